@@ -1,0 +1,69 @@
+"""The one exception hierarchy of imagesim.
+
+Every error the Rust core raises maps to one of these classes (see
+``rust/imagesim-py/src/error.rs``). Where a builtin says the same thing, the class inherits it too,
+so ``except FileNotFoundError`` or ``except ValueError`` keep working (the approach of rasterio's
+``errors.py``).
+"""
+
+from __future__ import annotations
+
+
+class ImagesimError(Exception):
+    """Base class of every imagesim error."""
+
+
+class InvalidArgumentError(ImagesimError, ValueError):
+    """An option or argument has a value imagesim cannot use."""
+
+
+class GridError(ImagesimError, ValueError):
+    """A quadkey, tile, UTM zone or chip name that breaks the ARD grid rules."""
+
+
+class ImagesimFileNotFoundError(ImagesimError, FileNotFoundError):
+    """A file or directory imagesim needs does not exist."""
+
+
+class ImagesimIOError(ImagesimError, OSError):
+    """The operating system failed to read or write a file."""
+
+
+class CogError(ImagesimError):
+    """A GeoTIFF/COG could not be read."""
+
+
+class CorruptTiffError(CogError, ValueError):
+    """The TIFF structure or a tile's compressed data is damaged."""
+
+
+class UnsupportedTiffError(CogError, NotImplementedError):
+    """A valid TIFF using a feature imagesim does not read."""
+
+
+class GeoreferenceError(CogError, ValueError):
+    """A COG's georeferencing does not match the ARD cell it is filed under."""
+
+
+class WindowError(CogError, IndexError):
+    """A pixel window or overview level outside the image."""
+
+
+class JpegError(ImagesimError, ValueError):
+    """A JPEG could not be encoded or decoded."""
+
+
+class SampleDataError(ImagesimError):
+    """The sample ARD delivery could not be written."""
+
+
+class ArdLayoutError(ImagesimError, ValueError):
+    """A path does not look like an ARD delivery."""
+
+
+class OutputExistsError(ImagesimError, FileExistsError):
+    """An output already exists and overwriting was not asked for."""
+
+
+class MissingDependencyError(ImagesimError, ImportError):
+    """An optional dependency needed by this command is not installed."""

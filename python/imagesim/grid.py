@@ -1,0 +1,101 @@
+"""The ARD UTM-zone quadkey grid (DESIGN.md §2), backed by the Rust core.
+
+Tiles are ``(x, y, z)`` in the quadtree over x ∈ [-9,740,000, 10,740,000] and
+y ∈ [-10,240,000, 10,240,000] of a UTM zone; quadkey digits are Bing-style. Southern tiles
+(quadkey starting with 2 or 3) are shifted by 10,000,000 m of false northing (EPSG:327zz).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+from imagesim import _imagesim as _rs
+
+CELL_ZOOM: int = _rs.CELL_ZOOM
+CELL_PIXELS: int = _rs.CELL_PIXELS
+APRON: int = _rs.APRON
+COG_PIXELS: int = _rs.COG_PIXELS
+PIXEL_SIZE: float = _rs.PIXEL_SIZE
+
+
+class Tile(NamedTuple):
+    x: int
+    y: int
+    z: int
+
+
+class Bounds(NamedTuple):
+    west: float
+    south: float
+    east: float
+    north: float
+
+
+class Window(NamedTuple):
+    col_off: int
+    row_off: int
+    width: int
+    height: int
+
+
+class ChipName(NamedTuple):
+    zone: int
+    quadkey: str
+    catalog_id: str
+
+    @property
+    def cell(self) -> str:
+        """The level-12 cell quadkey the chip lies in."""
+        return self.quadkey[:CELL_ZOOM]
+
+    @property
+    def file_name(self) -> str:
+        return chip_name(self.zone, self.quadkey, self.catalog_id)
+
+
+def quadkey_to_tile(quadkey: str) -> Tile:
+    return Tile(*_rs.quadkey_to_tile(quadkey))
+
+
+def tile_to_quadkey(tile: Tile | tuple[int, int, int]) -> str:
+    return _rs.tile_to_quadkey(tuple(tile))
+
+
+def bounds(quadkey: str) -> Bounds:
+    """Bounds of a tile in its zone's metres (southern shift applied)."""
+    return Bounds(*_rs.quadkey_bounds(quadkey))
+
+
+def epsg(quadkey: str, zone: int) -> int:
+    """EPSG code of the UTM CRS of a tile: 326zz north, 327zz south."""
+    return _rs.quadkey_epsg(quadkey, zone)
+
+
+def children(quadkey: str, zoom: int) -> list[str]:
+    """Quadkeys of all descendants at ``zoom``, row-major (north to south, west to east)."""
+    return _rs.quadkey_children(quadkey, zoom)
+
+
+def chip_window(quadkey: str) -> Window:
+    """Pixel window of a chip (zoom >= 12) inside its level-12 cell COG."""
+    return Window(*_rs.chip_window(quadkey))
+
+
+def cell_geotransform(cell_quadkey: str) -> tuple[float, float, float, float, float, float]:
+    """GDAL geotransform of a level-12 cell COG (17,408 px with the 512 px apron)."""
+    return tuple(_rs.cell_geotransform(cell_quadkey))  # type: ignore[return-value]
+
+
+def chip_name(zone: int, quadkey: str, catalog_id: str) -> str:
+    """``Z<zone>-<quadkey>_<catalog-id>.jpg``."""
+    return _rs.chip_name(zone, quadkey, catalog_id)
+
+
+def parse_chip_name(name: str) -> ChipName:
+    return ChipName(*_rs.parse_chip_name(name))
+
+
+def cog_path_from_chip(chip: str, ard_root: str | Path) -> Path:
+    """The ``-visual.tif`` a chip was cut from (raises ImagesimFileNotFoundError if absent)."""
+    return Path(_rs.cog_path_from_chip(chip, Path(ard_root)))

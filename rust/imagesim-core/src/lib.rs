@@ -1,0 +1,15 @@
+//! imagesim-core: the pure-Rust hot path of imagesim (no Python here).
+//!
+//! - [`grid`]: the ARD UTM quadkey grid, chip names and windows.
+//! - [`cog`]: GeoTIFF/COG parsing and windowed reads, decoding only the chunks a window touches.
+//! - [`jpeg`]: libjpeg-turbo decode/encode and JPEG-in-TIFF tile to standalone JFIF.
+//! - [`chip`]: cutting one cell COG into chips (re-encode or passthrough) with no-data counts.
+//! - [`pool`]: the rayon pool a call runs on.
+pub mod chip;
+pub mod cog;
+pub mod error;
+pub mod grid;
+pub mod jpeg;
+pub mod pool;
+
+pub use error::{Error, Result};

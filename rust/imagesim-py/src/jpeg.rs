@@ -1,0 +1,6 @@
+//! Bindings of `imagesim_core::jpeg`.
+use pyo3::prelude::*;
+
+pub fn register(_m: &Bound<'_, PyModule>) -> PyResult<()> {
+    Ok(())
+}

@@ -1,0 +1,20 @@
+//! `imagesim._imagesim`: the thin PyO3 layer over imagesim-core. Argument conversion lives in
+//! the per-concern files; `release.rs` is the one place that drops the GIL and converts errors.
+use pyo3::prelude::*;
+
+mod chip;
+mod cog;
+mod error;
+mod grid;
+mod jpeg;
+mod release;
+
+#[pymodule]
+fn _imagesim(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    grid::register(m)?;
+    cog::register(m)?;
+    jpeg::register(m)?;
+    chip::register(m)?;
+    Ok(())
+}
