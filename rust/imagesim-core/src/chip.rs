@@ -1,0 +1,467 @@
+//! Cutting one ARD cell COG into chips: JPEG files on the quadkey grid plus, for every chip,
+//! the count of no-data pixels measured on the source pixels in the same pass.
+//!
+//! Fast paths, in order of preference:
+//! - the chip is exactly one JPEG tile of the COG (z17 with 512 px blocks): the tile's bytes are
+//!   decoded straight to YUV planes, measured, and re-encoded from YUV — or, with
+//!   `passthrough`, copied out as a standalone JPEG without re-encoding;
+//! - chips smaller than a tile and aligned to it (z18+): each tile is decoded once and cut;
+//! - anything else: a windowed read of the chunks the chip touches.
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rayon::prelude::*;
+
+use crate::cog::{compression, photometric, Cog, Level, SampleFormat};
+use crate::error::{Error, Result};
+use crate::grid::{self, chip_window, ChipName, Tile, Window};
+use crate::jpeg;
+
+/// How a chip run behaves; one value for the whole run.
+#[derive(Debug, Clone)]
+pub struct ChipOptions {
+    pub zoom: u8,
+    pub quality: u8,
+    /// Copy JPEG tiles out unchanged when a chip is exactly one tile.
+    pub passthrough: bool,
+    /// A pixel is no-data when every band is <= this value.
+    pub nodata_threshold: u8,
+    /// Rewrite chips that already exist.
+    pub overwrite: bool,
+    /// Do not write chips whose every pixel is no-data (they are still measured and recorded).
+    pub skip_empty: bool,
+}
+
+impl Default for ChipOptions {
+    fn default() -> Self {
+        ChipOptions { zoom: 17, quality: 90, passthrough: false, nodata_threshold: 0, overwrite: false, skip_empty: false }
+    }
+}
+
+/// One COG to chip and where its chips go.
+#[derive(Debug, Clone)]
+pub struct CogJob {
+    pub cog_path: PathBuf,
+    pub zone: u8,
+    pub cell_quadkey: String,
+    pub catalog_id: String,
+    /// Folder the chips are written into (`DEST/<zone>`).
+    pub out_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChipStatus {
+    /// Written by this run.
+    Written,
+    /// Already on disk and known to the caller: not read, not written.
+    Skipped,
+    /// Already on disk but unknown to the caller: measured, file left as it was.
+    Measured,
+    /// Entirely no-data and `skip_empty` asked not to write it.
+    Empty,
+    Failed,
+}
+
+impl ChipStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChipStatus::Written => "written",
+            ChipStatus::Skipped => "skipped",
+            ChipStatus::Measured => "measured",
+            ChipStatus::Empty => "empty",
+            ChipStatus::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Reencoded,
+    Passthrough,
+    None,
+}
+
+impl Encoding {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Encoding::Reencoded => "reencode",
+            Encoding::Passthrough => "passthrough",
+            Encoding::None => "",
+        }
+    }
+}
+
+/// What happened to one chip.
+#[derive(Debug, Clone)]
+pub struct ChipRecord {
+    pub name: String,
+    pub quadkey: String,
+    pub window: Window,
+    pub status: ChipStatus,
+    pub encoding: Encoding,
+    /// Pixels whose bands are all <= the threshold (None when the chip was not read).
+    pub nodata_pixels: Option<u64>,
+    pub total_pixels: u64,
+    pub bytes: u64,
+    pub error: Option<String>,
+}
+
+/// Check that a COG is an ARD visual image of `cell` in `zone`: size, georeferencing, bands.
+pub fn validate_ard_cog(cog: &Cog, zone: u8, cell: &Tile) -> Result<()> {
+    let path = cog.path();
+    let mismatch = |msg: String| Error::Georeference { path: path.to_path_buf(), msg };
+    let level = cog.levels().first().ok_or_else(|| Error::corrupt(path, "no image in file"))?;
+    if level.width != grid::COG_PIXELS || level.height != grid::COG_PIXELS {
+        return Err(mismatch(format!(
+            "image is {}x{} px; an ARD level-12 COG is {n}x{n}",
+            level.width,
+            level.height,
+            n = grid::COG_PIXELS
+        )));
+    }
+    if level.bands < 3 || level.bits_per_sample != 8 || level.sample_format != SampleFormat::Uint {
+        return Err(Error::unsupported(
+            path,
+            format!("expected a 3-band uint8 visual image, found {} band(s) of {}-bit samples", level.bands, level.bits_per_sample),
+        ));
+    }
+    let expected = grid::cell_geotransform(cell)?;
+    let actual = cog.geo().geotransform.ok_or_else(|| mismatch("file has no geotransform".into()))?;
+    let close = |a: f64, b: f64, tol: f64| (a - b).abs() <= tol;
+    let ok = close(actual[0], expected[0], 1e-3)
+        && close(actual[3], expected[3], 1e-3)
+        && close(actual[1], expected[1], 1e-9)
+        && close(actual[5], expected[5], 1e-9)
+        && actual[2].abs() < 1e-12
+        && actual[4].abs() < 1e-12;
+    if !ok {
+        return Err(mismatch(format!(
+            "geotransform {actual:?} does not match cell {} (expected {expected:?})",
+            cell.quadkey()
+        )));
+    }
+    if let Some(epsg) = cog.geo().epsg {
+        let want = cell.epsg(zone)?;
+        if epsg != want {
+            return Err(mismatch(format!("CRS is EPSG:{epsg}, cell {} in zone {zone} is EPSG:{want}", cell.quadkey())));
+        }
+    }
+    Ok(())
+}
+
+/// Per-thread scratch buffers reused across chips.
+struct Scratch {
+    rgb: Vec<u8>,
+    yuv: jpeg::Yuv,
+}
+
+impl Scratch {
+    fn new() -> Self {
+        Scratch { rgb: Vec::new(), yuv: jpeg::Yuv { pixels: Vec::new(), width: 0, height: 0, subsamp: turbojpeg::Subsamp::None } }
+    }
+}
+
+/// A measured chip ready to be written: its JPEG bytes (None when nothing is to be written).
+struct Cut {
+    nodata_pixels: u64,
+    jpeg: Option<Vec<u8>>,
+    encoding: Encoding,
+}
+
+/// Count interleaved pixels (`stride` bytes each, first 3 bands compared) that are no-data.
+fn count_nodata(pixels: &[u8], stride: usize, threshold: u8) -> u64 {
+    pixels.chunks_exact(stride).filter(|p| p[0] <= threshold && p[1] <= threshold && p[2] <= threshold).count() as u64
+}
+
+/// The run over one COG.
+struct CogChipper<'a> {
+    cog: Cog,
+    job: &'a CogJob,
+    opts: &'a ChipOptions,
+    /// JPEG of an all-no-data chip, encoded once (sparse tiles).
+    empty_chip: std::sync::OnceLock<std::result::Result<Vec<u8>, String>>,
+}
+
+impl CogChipper<'_> {
+    fn level(&self) -> &Level {
+        &self.cog.levels()[0]
+    }
+
+    /// JPEG tiles of a YCbCr or RGB 3-band image can be decoded/copied tile by tile.
+    fn jpeg_tiles(&self) -> bool {
+        let l = self.level();
+        l.compression == compression::JPEG
+            && l.tiled
+            && !l.planar
+            && l.bands == 3
+            && (l.photometric == photometric::YCBCR || l.photometric == photometric::RGB)
+    }
+
+    /// Chips that are whole chunks, or sub-squares of one chunk, can be cut chunk by chunk.
+    fn aligned_to_chunks(&self, size: u32) -> bool {
+        let l = self.level();
+        l.tiled
+            && l.chunk_width == l.chunk_height
+            && l.chunk_width % size == 0
+            && grid::APRON % l.chunk_width == 0
+            && grid::COG_PIXELS % l.chunk_width == 0
+    }
+
+    fn fill_value(&self) -> u8 {
+        // GDAL fills sparse chunks with the nodata value (0 when there is none).
+        self.cog.geo().nodata.filter(|v| (0.0..=255.0).contains(v)).map_or(0, |v| v as u8)
+    }
+
+    fn empty_jpeg(&self, size: u32) -> Result<Vec<u8>> {
+        let fill = self.fill_value();
+        self.empty_chip
+            .get_or_init(|| {
+                let n = size as usize;
+                jpeg::encode_rgb(&vec![fill; n * n * 3], n, n, n * 3, self.opts.quality)
+            })
+            .clone()
+            .map_err(|e| Error::jpeg(self.cog.path(), e))
+    }
+
+    /// The chip is exactly one JPEG tile: decode (and maybe copy) that tile alone.
+    fn cut_whole_jpeg_tile(&self, window: Window, write: bool, scratch: &mut Scratch) -> Result<Cut> {
+        let l = self.level();
+        let (cx, cy) = (window.col_off / l.chunk_width, window.row_off / l.chunk_height);
+        let total = u64::from(window.width) * u64::from(window.height);
+        let path = self.cog.path();
+        let Some(raw) = self.cog.read_raw_chunk(0, l.chunk_index(cx, cy))? else {
+            // Sparse tile: every pixel is the fill value.
+            let nodata = if self.fill_value() <= self.opts.nodata_threshold { total } else { 0 };
+            let jpeg = if write { Some(self.empty_jpeg(window.width)?) } else { None };
+            return Ok(Cut { nodata_pixels: nodata, jpeg, encoding: Encoding::Reencoded });
+        };
+        let passthrough = self.opts.passthrough && l.photometric == photometric::YCBCR;
+        let stream = jpeg::tiff_tile_to_jpeg(l.jpeg_tables.as_deref(), &raw, passthrough)
+            .map_err(|e| Error::corrupt(path, format!("tile ({cx}, {cy}): {e}")))?;
+        let corrupt = |e: String| Error::corrupt(path, format!("JPEG tile ({cx}, {cy}): {e}"));
+        jpeg::decode_yuv_into(&stream, &mut scratch.yuv).map_err(corrupt)?;
+        if scratch.yuv.width != l.chunk_width as usize || scratch.yuv.height != l.chunk_height as usize {
+            return Err(corrupt(format!("decodes to {}x{} px, expected the tile size", scratch.yuv.width, scratch.yuv.height)));
+        }
+        let threshold = self.opts.nodata_threshold;
+        // A no-data pixel (all bands <= T) has luma <= T + 1 (luma is a convex combination of
+        // the bands, plus rounding), so a tile whose darkest luma is above that has none and
+        // needs no RGB decode. Otherwise count exactly on the RGB pixels.
+        let darkest = scratch.yuv.y_plane().iter().copied().min().unwrap_or(255);
+        let nodata = if u16::from(darkest) > u16::from(threshold) + 1 {
+            0
+        } else {
+            jpeg::decode_rgb_into(&stream, &mut scratch.rgb).map_err(corrupt)?;
+            count_nodata(&scratch.rgb, 3, threshold)
+        };
+        if !write {
+            return Ok(Cut { nodata_pixels: nodata, jpeg: None, encoding: Encoding::None });
+        }
+        if passthrough {
+            return Ok(Cut { nodata_pixels: nodata, jpeg: Some(stream), encoding: Encoding::Passthrough });
+        }
+        let jpeg = jpeg::encode_yuv(&scratch.yuv, self.opts.quality).map_err(|e| Error::jpeg(path, e))?;
+        Ok(Cut { nodata_pixels: nodata, jpeg: Some(jpeg), encoding: Encoding::Reencoded })
+    }
+
+    /// Measure and encode interleaved pixels (`bands` per pixel, first 3 used) of a chip.
+    fn cut_pixels(&self, pixels: &[u8], width: u32, height: u32, pitch: usize, bands: usize, write: bool) -> Result<Cut> {
+        let threshold = self.opts.nodata_threshold;
+        let (w, h) = (width as usize, height as usize);
+        let mut rgb: Vec<u8>;
+        let (data, data_pitch) = if bands == 3 {
+            (pixels, pitch)
+        } else {
+            // Drop extra bands (alpha) for JPEG.
+            rgb = Vec::with_capacity(w * h * 3);
+            for row in 0..h {
+                let line = &pixels[row * pitch..row * pitch + w * bands];
+                line.chunks_exact(bands).for_each(|p| rgb.extend_from_slice(&p[..3]));
+            }
+            (rgb.as_slice(), w * 3)
+        };
+        let nodata: u64 = (0..h).map(|row| count_nodata(&data[row * data_pitch..row * data_pitch + w * 3], 3, threshold)).sum();
+        let jpeg = if write {
+            Some(jpeg::encode_rgb(data, w, h, data_pitch, self.opts.quality).map_err(|e| Error::jpeg(self.cog.path(), e))?)
+        } else {
+            None
+        };
+        Ok(Cut { nodata_pixels: nodata, jpeg, encoding: if write { Encoding::Reencoded } else { Encoding::None } })
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a hidden temporary file in the same folder, then rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("chip");
+    let tmp = dir.join(format!(".{name}.{}.{:?}.tmp", std::process::id(), std::thread::current().id()).replace(['(', ')'], ""));
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(path, e)
+    })
+}
+
+/// A chip of the run: its name, tile and window, and what the caller already knows of it.
+struct ChipTask {
+    name: String,
+    tile: Tile,
+    window: Window,
+    /// On disk already and not to be overwritten.
+    exists: bool,
+}
+
+/// Chip one cell COG. COG-level problems (unreadable file, wrong georeferencing) are an `Err`;
+/// chip-level problems (a corrupt tile) become `Failed` records and the rest goes on.
+/// `known` holds chip names the caller has records for: existing files among them are skipped
+/// without reading. `progress` is incremented once per chip finished.
+pub fn chip_cog(job: &CogJob, opts: &ChipOptions, known: &HashSet<String>, progress: &AtomicU64) -> Result<Vec<ChipRecord>> {
+    if !(grid::CELL_ZOOM..=20).contains(&opts.zoom) {
+        return Err(Error::InvalidArgument(format!("chip zoom must be 12..20, got {}", opts.zoom)));
+    }
+    if !(1..=100).contains(&opts.quality) {
+        return Err(Error::InvalidArgument(format!("JPEG quality must be 1..100, got {}", opts.quality)));
+    }
+    let cell = Tile::from_quadkey(&job.cell_quadkey)?;
+    if cell.z != grid::CELL_ZOOM {
+        return Err(Error::Grid(format!("cell quadkey {:?} must have 12 digits", job.cell_quadkey)));
+    }
+    let cog = Cog::open(&job.cog_path)?;
+    validate_ard_cog(&cog, job.zone, &cell)?;
+    std::fs::create_dir_all(&job.out_dir).map_err(|e| Error::io(&job.out_dir, e))?;
+
+    let mut tasks = Vec::new();
+    for tile in cell.children_at(opts.zoom)? {
+        let name = ChipName::new(job.zone, &tile.quadkey(), &job.catalog_id)?.file_name();
+        let exists = !opts.overwrite && job.out_dir.join(&name).exists();
+        tasks.push(ChipTask { name, tile, window: chip_window(&tile)?, exists });
+    }
+    let chipper = CogChipper { cog, job, opts, empty_chip: std::sync::OnceLock::new() };
+    let size = tasks[0].window.width;
+    let level = chipper.level().clone();
+
+    let records: Vec<ChipRecord> = if chipper.aligned_to_chunks(size) && size < level.chunk_width {
+        // Several chips per chunk: group chips by chunk, decode each chunk once.
+        let per_side = (level.chunk_width / size) as usize;
+        let mut groups: std::collections::BTreeMap<(u32, u32), Vec<&ChipTask>> = Default::default();
+        for t in &tasks {
+            groups.entry((t.window.col_off / level.chunk_width, t.window.row_off / level.chunk_height)).or_default().push(t);
+        }
+        debug_assert!(groups.values().all(|g| g.len() == per_side * per_side));
+        groups
+            .into_par_iter()
+            .flat_map_iter(|((cx, cy), group)| chipper.chip_group(cx, cy, &group, known, progress))
+            .collect()
+    } else {
+        tasks
+            .par_iter()
+            .map_init(Scratch::new, |scratch, task| {
+                let rec = chipper.chip_one(task, known, scratch);
+                progress.fetch_add(1, Ordering::Relaxed);
+                rec
+            })
+            .collect()
+    };
+    Ok(records)
+}
+
+impl CogChipper<'_> {
+    fn record(&self, task: &ChipTask, status: ChipStatus) -> ChipRecord {
+        ChipRecord {
+            name: task.name.clone(),
+            quadkey: task.tile.quadkey(),
+            window: task.window,
+            status,
+            encoding: Encoding::None,
+            nodata_pixels: None,
+            total_pixels: u64::from(task.window.width) * u64::from(task.window.height),
+            bytes: 0,
+            error: None,
+        }
+    }
+
+    /// Turn a cut (or its error) into a record, writing the file when there is one.
+    fn finish(&self, task: &ChipTask, cut: Result<Cut>) -> ChipRecord {
+        let mut rec = self.record(task, ChipStatus::Failed);
+        let cut = match cut {
+            Ok(cut) => cut,
+            Err(e) => {
+                rec.error = Some(e.to_string());
+                return rec;
+            }
+        };
+        rec.nodata_pixels = Some(cut.nodata_pixels);
+        rec.encoding = cut.encoding;
+        if task.exists {
+            rec.status = ChipStatus::Measured;
+            return rec;
+        }
+        if self.opts.skip_empty && cut.nodata_pixels == rec.total_pixels {
+            rec.status = ChipStatus::Empty;
+            rec.encoding = Encoding::None;
+            return rec;
+        }
+        match cut.jpeg {
+            Some(bytes) => match write_atomic(&self.job.out_dir.join(&task.name), &bytes) {
+                Ok(()) => {
+                    rec.status = ChipStatus::Written;
+                    rec.bytes = bytes.len() as u64;
+                }
+                Err(e) => rec.error = Some(e.to_string()),
+            },
+            None => rec.error = Some("internal: nothing was encoded".into()),
+        }
+        rec
+    }
+
+    fn chip_one(&self, task: &ChipTask, known: &HashSet<String>, scratch: &mut Scratch) -> ChipRecord {
+        if task.exists && known.contains(&task.name) {
+            return self.record(task, ChipStatus::Skipped);
+        }
+        let write = !task.exists;
+        let w = task.window;
+        let whole_tile = self.jpeg_tiles()
+            && self.aligned_to_chunks(w.width)
+            && w.width == self.level().chunk_width
+            && w.col_off % w.width == 0
+            && w.row_off % w.height == 0;
+        let cut = if whole_tile {
+            self.cut_whole_jpeg_tile(w, write, scratch)
+        } else {
+            let bands = usize::from(self.level().bands);
+            self.cog
+                .read_window_u8(0, w)
+                .and_then(|px| self.cut_pixels(&px, w.width, w.height, w.width as usize * bands, bands, write))
+        };
+        self.finish(task, cut)
+    }
+
+    /// Chips smaller than a chunk: decode the chunk once and cut every chip from it.
+    fn chip_group(&self, cx: u32, cy: u32, group: &[&ChipTask], known: &HashSet<String>, progress: &AtomicU64) -> Vec<ChipRecord> {
+        let todo: Vec<&&ChipTask> = group.iter().filter(|t| !(t.exists && known.contains(&t.name))).collect();
+        let decoded = if todo.is_empty() { None } else { Some(self.cog.decode_chunk_u8(0, cx, cy)) };
+        let l = self.level();
+        let bands = usize::from(l.bands);
+        let pitch = l.chunk_width as usize * bands;
+        group
+            .iter()
+            .map(|task| {
+                progress.fetch_add(1, Ordering::Relaxed);
+                if task.exists && known.contains(&task.name) {
+                    return self.record(task, ChipStatus::Skipped);
+                }
+                let cut = match decoded.as_ref().expect("decoded when any chip is to do") {
+                    Err(e) => Err(Error::corrupt(self.cog.path(), e.to_string())),
+                    Ok(px) => {
+                        let w = task.window;
+                        let x = (w.col_off - cx * l.chunk_width) as usize;
+                        let y = (w.row_off - cy * l.chunk_height) as usize;
+                        self.cut_pixels(&px[y * pitch + x * bands..], w.width, w.height, pitch, bands, !task.exists)
+                    }
+                };
+                self.finish(task, cut)
+            })
+            .collect()
+    }
+}

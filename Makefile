@@ -1,0 +1,73 @@
+# imagesim: `make demo` and `make test` set everything up on a fresh Debian machine (as root):
+# system packages, the Python venv (.venv), the release build of the Rust extension.
+SHELL := /bin/bash
+VENV  ?= .venv
+PY    := $(VENV)/bin/python
+PIP   := $(VENV)/bin/pip
+STAMP := .stamp
+DEMO  ?= demo-out
+APT_PACKAGES := gdal-bin libgdal-dev cmake nasm pkg-config
+RUST_SOURCES := $(shell find rust -name '*.rs' -o -name Cargo.toml) Cargo.toml pyproject.toml
+
+.PHONY: all setup build demo test test-rust test-python bench bench-chip stubtest clean
+
+all: build
+
+$(STAMP):
+	mkdir -p $(STAMP)
+
+# System packages: GDAL (sample data, parity tests), cmake + nasm (libjpeg-turbo with SIMD).
+$(STAMP)/apt: | $(STAMP)
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+	@command -v cargo >/dev/null || { echo "cargo (Rust) is required: https://rustup.rs"; exit 1; }
+	touch $@
+
+$(STAMP)/venv: $(STAMP)/apt pyproject.toml | $(STAMP)
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q numpy setuptools wheel "maturin>=1.5,<2"
+	# GDAL's bindings must match the system libgdal and be built with numpy present.
+	$(PY) -c "import osgeo.gdal_array" 2>/dev/null || \
+	  $(PIP) install -q --no-build-isolation "gdal==$$(gdal-config --version)"
+	$(PIP) install -q "typer>=0.12" "rich>=13" "polars>=1.0" "osmium>=3.6" "shapely>=2" "pyproj>=3.5" \
+	  "pytest>=7" "pillow>=10" "mypy>=1.8" "rasterio>=1.3"
+	touch $@
+
+$(STAMP)/build: $(STAMP)/venv $(RUST_SOURCES) | $(STAMP)
+	source $(VENV)/bin/activate && maturin develop --release -q
+	touch $@
+
+setup: $(STAMP)/build
+build: $(STAMP)/build
+
+demo: $(STAMP)/build
+	$(VENV)/bin/imagesim sample-data $(DEMO)/sample --seed 0 $(if $(SMALL),--small,) --overwrite
+	$(VENV)/bin/imagesim chip --ard-path $(DEMO)/sample/ard --dest $(DEMO)/chips --zoom 17
+	@echo
+	@echo "Sample ARD delivery:  $(DEMO)/sample/ard"
+	@echo "OpenStreetMap data:   $(DEMO)/sample/sample.osm.pbf"
+	@echo "Chips:                $(DEMO)/chips/<zone>/*.jpg"
+	@echo "Chip manifest:        $(DEMO)/chips/chips.parquet"
+
+test: $(STAMP)/build test-rust test-python stubtest
+
+test-rust: $(STAMP)/apt
+	cargo test -p imagesim-core -q
+
+test-python: $(STAMP)/build
+	$(PY) -m pytest -q tests
+
+stubtest: $(STAMP)/build
+	$(VENV)/bin/python -m mypy.stubtest imagesim._imagesim --allowlist tests/stubtest-allowlist.txt
+
+bench: bench-chip
+bench-chip: $(STAMP)/build
+	$(PY) benches/bench_chip.py
+
+clean:
+	rm -rf $(STAMP) target $(DEMO)

@@ -1,0 +1,115 @@
+"""Finding the `-visual.tif` COGs of an ARD delivery tree.
+
+Layout (DESIGN.md §2): ``<root>/<utm-zone>/<level-12 quadkey>/<YYYY-MM-DD>/<catalog-id>-visual.tif``.
+Other files are ignored; a ``-visual.tif`` in the wrong place is reported, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from imagesim.errors import ArdLayoutError, ImagesimFileNotFoundError, InvalidArgumentError
+
+VISUAL_SUFFIX = "-visual.tif"
+_ZONE = re.compile(r"^\d{1,2}$")
+_CELL = re.compile(r"^[0-3]{12}$")
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_CATALOG_ID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """One `-visual.tif` of the delivery, with where it sits in the grid."""
+
+    zone: int
+    cell: str
+    date: str
+    catalog_id: str
+    visual: Path
+
+    @property
+    def metadata(self) -> Path:
+        return self.visual.with_name(f"{self.catalog_id}.json")
+
+    @property
+    def data_mask(self) -> Path:
+        return self.visual.with_name(f"{self.catalog_id}-data-mask.gpkg")
+
+
+@dataclass(frozen=True)
+class Misplaced:
+    """A `-visual.tif` found outside the expected layout."""
+
+    path: Path
+    reason: str
+
+
+def find_acquisitions(
+    root: str | Path,
+    *,
+    zones: list[int] | None = None,
+    quadkeys: list[str] | None = None,
+    catalog_ids: list[str] | None = None,
+) -> tuple[list[Acquisition], list[Misplaced]]:
+    """All acquisitions under ``root`` matching the filters, sorted by zone, cell, date.
+
+    ``quadkeys`` are cell quadkeys or coarser prefixes (at most 12 digits).
+    """
+    root = Path(root)
+    if not root.exists():
+        raise ImagesimFileNotFoundError(f"{root}: ARD path does not exist")
+    if not root.is_dir():
+        raise ArdLayoutError(f"{root}: ARD path is not a directory")
+    for qk in quadkeys or []:
+        if not re.fullmatch(r"[0-3]{1,12}", qk):
+            raise InvalidArgumentError(f"--quadkey {qk!r}: give a cell quadkey or a prefix of one (1-12 digits 0-3)")
+    for z in zones or []:
+        if not 1 <= z <= 60:
+            raise InvalidArgumentError(f"--zone {z}: UTM zones are 1..60")
+
+    found: list[Acquisition] = []
+    misplaced: list[Misplaced] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if not name.endswith(VISUAL_SUFFIX):
+                continue
+            path = Path(dirpath) / name
+            acq = _parse(root, path)
+            if isinstance(acq, Misplaced):
+                misplaced.append(acq)
+            elif _wanted(acq, zones, quadkeys, catalog_ids):
+                found.append(acq)
+    found.sort(key=lambda a: (a.zone, a.cell, a.date, a.catalog_id))
+    return found, misplaced
+
+
+def _parse(root: Path, path: Path) -> Acquisition | Misplaced:
+    parts = path.relative_to(root).parts
+    expected = "<zone>/<12-digit quadkey>/<YYYY-MM-DD>/<catalog-id>-visual.tif"
+    if len(parts) != 4:
+        return Misplaced(path, f"not at {expected} below the ARD root")
+    zone, cell, date, name = parts
+    catalog_id = name[: -len(VISUAL_SUFFIX)]
+    if not _ZONE.match(zone) or not 1 <= int(zone) <= 60:
+        return Misplaced(path, f"zone folder {zone!r} is not a UTM zone 1..60")
+    if not _CELL.match(cell):
+        return Misplaced(path, f"cell folder {cell!r} is not a 12-digit quadkey")
+    if not _DATE.match(date):
+        return Misplaced(path, f"date folder {date!r} is not YYYY-MM-DD")
+    if not _CATALOG_ID.match(catalog_id):
+        return Misplaced(path, f"catalog id {catalog_id!r} has characters other than letters, digits and '-'")
+    return Acquisition(int(zone), cell, date, catalog_id, path)
+
+
+def _wanted(
+    acq: Acquisition, zones: list[int] | None, quadkeys: list[str] | None, catalog_ids: list[str] | None
+) -> bool:
+    if zones and acq.zone not in zones:
+        return False
+    if quadkeys and not any(acq.cell.startswith(q) for q in quadkeys):
+        return False
+    return not catalog_ids or acq.catalog_id in catalog_ids

@@ -1,0 +1,297 @@
+"""`imagesim chip`: every ARD `-visual.tif` into JPEG chips on the quadkey grid.
+
+Each COG is one call into Rust (GIL released, rayon fan-out); Python finds the COGs, keeps the
+manifest ``chips.parquet`` and the error report ``chip-errors.json``, and draws the progress bar.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from imagesim import _imagesim as _rs
+from imagesim.ard import Acquisition, Misplaced, find_acquisitions
+from imagesim.errors import ImagesimError, InvalidArgumentError
+from imagesim.fsutil import write_json, write_with
+
+MANIFEST = "chips.parquet"
+ERRORS = "chip-errors.json"
+DEFAULT_MIN_NODATA_PIXELS = 16
+
+MANIFEST_SCHEMA: dict[str, pl.DataType] = {
+    "chip": pl.String(),
+    "zone": pl.UInt8(),
+    "quadkey": pl.String(),
+    "zoom": pl.UInt8(),
+    "cell": pl.String(),
+    "catalog_id": pl.String(),
+    "acquisition_date": pl.String(),
+    "source_cog": pl.String(),
+    "col_off": pl.UInt32(),
+    "row_off": pl.UInt32(),
+    "width": pl.UInt32(),
+    "height": pl.UInt32(),
+    "nodata_pixels": pl.UInt64(),
+    "valid_fraction": pl.Float64(),
+    "nodata_class": pl.String(),
+    "written": pl.Boolean(),
+    "encoding": pl.String(),
+    "bytes": pl.UInt64(),
+}
+
+
+@dataclass
+class ChipSettings:
+    zoom: int = 17
+    quality: int = 90
+    passthrough: bool = False
+    nodata_threshold: int = 0
+    min_nodata_pixels: int = DEFAULT_MIN_NODATA_PIXELS
+    overwrite: bool = False
+    skip_empty: bool = False
+    proc: int = 0
+
+    def check(self) -> None:
+        if not 12 <= self.zoom <= 20:
+            raise InvalidArgumentError(f"--zoom {self.zoom}: chips are cut at zoom 12..20")
+        if not 1 <= self.quality <= 100:
+            raise InvalidArgumentError(f"--quality {self.quality}: JPEG quality is 1..100")
+        if not 0 <= self.nodata_threshold <= 254:
+            raise InvalidArgumentError(f"--nodata-threshold {self.nodata_threshold}: use 0..254")
+        if self.min_nodata_pixels < 1:
+            raise InvalidArgumentError("--min-nodata-pixels must be at least 1")
+        if self.proc < 0:
+            raise InvalidArgumentError("--proc must be 0 (all cores) or more")
+
+
+@dataclass
+class ChipSummary:
+    dest: Path
+    cogs: int = 0
+    written: int = 0
+    skipped: int = 0
+    measured: int = 0
+    empty: int = 0
+    failed_chips: int = 0
+    failed_cogs: list[tuple[str, str]] = field(default_factory=list)
+    misplaced: list[Misplaced] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def processed(self) -> int:
+        return self.written + self.measured + self.empty
+
+    @property
+    def rate(self) -> float:
+        return self.processed / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        return (
+            f"{self.written} chips written, {self.skipped} skipped, {self.measured} measured (already on disk), "
+            f"{self.empty} empty not written, {self.failed_chips} failed, {len(self.failed_cogs)} COG(s) failed "
+            f"in {self.seconds:.1f}s ({self.rate:.0f} chips/s)"
+        )
+
+
+def nodata_class_expr(nodata: pl.Expr, total: pl.Expr, min_pixels: int) -> pl.Expr:
+    """``no_data`` when every pixel is no-data, ``partial_data`` from ``min_pixels`` on, else ``all_data``."""
+    return (
+        pl.when(nodata >= total)
+        .then(pl.lit("no_data"))
+        .when(nodata >= min_pixels)
+        .then(pl.lit("partial_data"))
+        .otherwise(pl.lit("all_data"))
+    )
+
+
+def load_manifest(dest: Path) -> pl.DataFrame:
+    path = dest / MANIFEST
+    if not path.exists():
+        return pl.DataFrame(schema=MANIFEST_SCHEMA)
+    try:
+        df = pl.read_parquet(path)
+    except Exception as exc:  # polars raises several types for damaged files
+        raise ImagesimError(f"{path}: cannot read the chip manifest ({exc}); move it away to start afresh") from exc
+    missing = set(MANIFEST_SCHEMA) - set(df.columns)
+    if missing:
+        raise ImagesimError(f"{path}: not an imagesim chip manifest (missing columns {sorted(missing)})")
+    return df.select(list(MANIFEST_SCHEMA)).cast(MANIFEST_SCHEMA)  # type: ignore[arg-type]
+
+
+def _records_frame(acq: Acquisition, cols: dict, settings: ChipSettings) -> pl.DataFrame:
+    """Manifest rows for the chips of one COG that were measured this run."""
+    df = pl.DataFrame(cols).filter(pl.col("status").is_in(["written", "measured", "empty"]))
+    total = pl.col("width").cast(pl.UInt64) * pl.col("height").cast(pl.UInt64)
+    nodata = pl.col("nodata_pixels")
+    return df.select(
+        pl.col("chip"),
+        pl.lit(acq.zone, pl.UInt8).alias("zone"),
+        pl.col("quadkey"),
+        pl.lit(settings.zoom, pl.UInt8).alias("zoom"),
+        pl.lit(acq.cell).alias("cell"),
+        pl.lit(acq.catalog_id).alias("catalog_id"),
+        pl.lit(acq.date).alias("acquisition_date"),
+        pl.lit(str(acq.visual)).alias("source_cog"),
+        "col_off",
+        "row_off",
+        "width",
+        "height",
+        nodata.cast(pl.UInt64),
+        (1.0 - nodata.cast(pl.Float64) / total.cast(pl.Float64)).alias("valid_fraction"),
+        nodata_class_expr(nodata, total, settings.min_nodata_pixels).alias("nodata_class"),
+        (pl.col("status") != "empty").alias("written"),
+        pl.col("encoding"),
+        pl.col("bytes").cast(pl.UInt64),
+    ).cast(MANIFEST_SCHEMA)  # type: ignore[arg-type]
+
+
+class _Manifest:
+    """The manifest being built: old rows plus this run's, flushed atomically now and then."""
+
+    def __init__(self, dest: Path) -> None:
+        self.dest = dest
+        self.old = load_manifest(dest)
+        self.new: list[pl.DataFrame] = []
+        self.last_flush = time.monotonic()
+
+    def known_names(self, zone: int) -> set[str]:
+        return set(self.old.filter(pl.col("zone") == zone)["chip"].to_list())
+
+    def add(self, frame: pl.DataFrame) -> None:
+        self.new.append(frame)
+        if time.monotonic() - self.last_flush > 30:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.new:
+            return
+        fresh = pl.concat(self.new)
+        merged = pl.concat([self.old.join(fresh.select("chip"), on="chip", how="anti"), fresh]).sort(
+            ["zone", "cell", "acquisition_date", "catalog_id", "quadkey"]
+        )
+        write_with(self.dest / MANIFEST, lambda tmp: merged.write_parquet(tmp))
+        self.old, self.new = merged, []
+        self.last_flush = time.monotonic()
+
+
+ProgressFactory = Callable[[int], "ProgressSink"]
+
+
+class ProgressSink:
+    """Receives the number of chips finished; the CLI plugs a rich progress bar in here."""
+
+    def update(self, done: int) -> None:  # pragma: no cover - trivial default
+        pass
+
+    def close(self) -> None:  # pragma: no cover
+        pass
+
+
+def run_chip(
+    ard_path: str | Path,
+    dest: str | Path,
+    settings: ChipSettings | None = None,
+    *,
+    zones: Sequence[int] | None = None,
+    quadkeys: Sequence[str] | None = None,
+    catalog_ids: Sequence[str] | None = None,
+    progress: ProgressFactory | None = None,
+) -> ChipSummary:
+    """Chip every matching `-visual.tif` under ``ard_path`` into ``dest``."""
+    settings = settings or ChipSettings()
+    settings.check()
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    acquisitions, misplaced = find_acquisitions(
+        ard_path,
+        zones=list(zones) if zones else None,
+        quadkeys=list(quadkeys) if quadkeys else None,
+        catalog_ids=list(catalog_ids) if catalog_ids else None,
+    )
+    summary = ChipSummary(dest=dest, cogs=len(acquisitions), misplaced=misplaced)
+    manifest = _Manifest(dest)
+    chips_per_cog = 4 ** (settings.zoom - 12)
+    threads = settings.proc or os.cpu_count() or 1
+    # Few chips per COG (low zooms): run COGs side by side, one thread each; otherwise one COG
+    # at a time with every thread on its chips.
+    side_by_side = chips_per_cog < 4 * threads
+    cog_workers, threads_per_cog = (threads, 1) if side_by_side else (1, threads)
+    counter = _rs.Progress()
+    sink = progress(chips_per_cog * len(acquisitions)) if progress else ProgressSink()
+    chip_errors: list[dict] = []
+    start = time.perf_counter()
+
+    def one(acq: Acquisition) -> dict:
+        return _rs.chip_cog(
+            acq.visual,
+            acq.zone,
+            acq.cell,
+            acq.catalog_id,
+            dest / str(acq.zone),
+            zoom=settings.zoom,
+            quality=settings.quality,
+            passthrough=settings.passthrough,
+            nodata_threshold=settings.nodata_threshold,
+            overwrite=settings.overwrite,
+            skip_empty=settings.skip_empty,
+            known=set() if settings.overwrite else manifest.known_names(acq.zone),
+            threads=threads_per_cog,
+            progress=counter,
+        )
+
+    try:
+        with ThreadPoolExecutor(max_workers=cog_workers, thread_name_prefix="imagesim-cog") as pool:
+            futures: dict[Future, Acquisition] = {pool.submit(one, acq): acq for acq in acquisitions}
+            pending = set(futures)
+            failed_cog_chips = 0
+            while pending:
+                done = {f for f in pending if f.done()}
+                for fut in done:
+                    acq = futures[fut]
+                    try:
+                        cols = fut.result()
+                    except ImagesimError as exc:
+                        summary.failed_cogs.append((str(acq.visual), str(exc)))
+                        failed_cog_chips += chips_per_cog
+                        continue
+                    _tally(summary, cols, chip_errors, acq)
+                    manifest.add(_records_frame(acq, cols, settings))
+                pending -= done
+                sink.update(counter.value + failed_cog_chips)
+                if pending:
+                    threading.Event().wait(0.1)
+    finally:
+        manifest.flush()
+        summary.seconds = time.perf_counter() - start
+        write_json(
+            dest / ERRORS,
+            {
+                "cogs": [{"cog": c, "error": e} for c, e in summary.failed_cogs],
+                "chips": chip_errors,
+                "misplaced": [{"path": str(m.path), "reason": m.reason} for m in misplaced],
+            },
+        )
+        sink.close()
+    return summary
+
+
+def _tally(summary: ChipSummary, cols: dict, chip_errors: list[dict], acq: Acquisition) -> None:
+    for chip, status, error in zip(cols["chip"], cols["status"], cols["error"]):
+        if status == "written":
+            summary.written += 1
+        elif status == "skipped":
+            summary.skipped += 1
+        elif status == "measured":
+            summary.measured += 1
+        elif status == "empty":
+            summary.empty += 1
+        else:
+            summary.failed_chips += 1
+            chip_errors.append({"chip": chip, "cog": str(acq.visual), "error": error})
