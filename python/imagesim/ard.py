@@ -70,6 +70,8 @@ def find_acquisitions(
         if not 1 <= z <= 60:
             raise InvalidArgumentError(f"--zone {z}: UTM zones are 1..60")
 
+    # The original tool took the zone folder itself (`--ard-path ard/33`); accept both.
+    base = root.parent if _is_zone_folder(root) else root
     found: list[Acquisition] = []
     misplaced: list[Misplaced] = []
     for dirpath, dirnames, filenames in os.walk(root):
@@ -78,13 +80,19 @@ def find_acquisitions(
             if not name.endswith(VISUAL_SUFFIX):
                 continue
             path = Path(dirpath) / name
-            acq = _parse(root, path)
+            acq = _parse(base, path)
             if isinstance(acq, Misplaced):
                 misplaced.append(acq)
             elif _wanted(acq, zones, quadkeys, catalog_ids):
                 found.append(acq)
     found.sort(key=lambda a: (a.zone, a.cell, a.date, a.catalog_id))
     return found, misplaced
+
+
+def _is_zone_folder(path: Path) -> bool:
+    if not _ZONE.match(path.name):
+        return False
+    return any(child.is_dir() and _CELL.match(child.name) for child in path.iterdir())
 
 
 def _parse(root: Path, path: Path) -> Acquisition | Misplaced:

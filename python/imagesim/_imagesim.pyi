@@ -1,0 +1,52 @@
+# Hand-written stubs of the compiled module `imagesim._imagesim` (checked by mypy.stubtest).
+from collections.abc import Set as AbstractSet
+from os import PathLike
+from typing import final
+
+__version__: str
+
+# --- grid ---
+ORIGIN_X: float
+ORIGIN_Y: float
+EXTENT: float
+CELL_ZOOM: int
+CELL_PIXELS: int
+APRON: int
+COG_PIXELS: int
+PIXEL_SIZE: float
+
+def quadkey_to_tile(quadkey: str) -> tuple[int, int, int]: ...
+def tile_to_quadkey(tile: tuple[int, int, int]) -> str: ...
+def quadkey_bounds(quadkey: str) -> tuple[float, float, float, float]: ...
+def quadkey_epsg(quadkey: str, zone: int) -> int: ...
+def quadkey_children(quadkey: str, zoom: int) -> list[str]: ...
+def chip_window(quadkey: str) -> tuple[int, int, int, int]: ...
+def cell_geotransform(quadkey: str) -> list[float]: ...
+def chip_name(zone: int, quadkey: str, catalog_id: str) -> str: ...
+def parse_chip_name(name: str) -> tuple[int, str, str]: ...
+def cog_path_from_chip(chip_name: str, ard_root: str | PathLike[str]) -> str: ...
+
+# --- chip ---
+@final
+class Progress:
+    def __new__(cls) -> Progress: ...
+    @property
+    def value(self) -> int: ...
+
+def chip_cog(
+    cog_path: str | PathLike[str],
+    zone: int,
+    cell_quadkey: str,
+    catalog_id: str,
+    out_dir: str | PathLike[str],
+    *,
+    zoom: int = 17,
+    quality: int = 90,
+    passthrough: bool = False,
+    nodata_threshold: int = 0,
+    overwrite: bool = False,
+    skip_empty: bool = False,
+    known: AbstractSet[str] = ...,
+    threads: int = 0,
+    progress: Progress | None = None,
+) -> dict[str, list]: ...
