@@ -1,0 +1,35 @@
+"""Shared fixtures: the small sample delivery (written once per session) and the real-data corpus."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def realdata() -> Path:
+    """`$IMAGESIM_REALDATA` (default `../shared/realdata`); tests skip visibly when it is absent."""
+    path = Path(os.environ.get("IMAGESIM_REALDATA", REPO.parent / "shared" / "realdata"))
+    if not path.is_dir():
+        pytest.skip(f"real-data corpus not found at {path} (set IMAGESIM_REALDATA)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_sample(tmp_path_factory: pytest.TempPathFactory):
+    """The `--small` sample delivery, JPEG COGs as ARD ships them."""
+    from imagesim.sample import write_sample
+
+    return write_sample(tmp_path_factory.mktemp("sample-jpeg"), seed=7, small=True)
+
+
+@pytest.fixture(scope="session")
+def small_sample_deflate(tmp_path_factory: pytest.TempPathFactory):
+    """The `--small` sample with lossless DEFLATE COGs, for exact pixel comparisons."""
+    from imagesim.sample import write_sample
+
+    return write_sample(tmp_path_factory.mktemp("sample-deflate"), seed=7, small=True, compression="deflate")
