@@ -158,7 +158,7 @@ struct Scratch {
 
 impl Scratch {
     fn new() -> Self {
-        Scratch { rgb: Vec::new(), yuv: jpeg::Yuv { pixels: Vec::new(), width: 0, height: 0, subsamp: turbojpeg::Subsamp::None } }
+        Scratch { rgb: Vec::new(), yuv: jpeg::Yuv::default() }
     }
 }
 

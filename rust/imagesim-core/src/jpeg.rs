@@ -5,7 +5,8 @@
 //! decompressor (`thread_local!`).
 use std::cell::RefCell;
 
-use turbojpeg::{Compressor, Decompressor, Image, PixelFormat, Subsamp, YuvImage};
+use turbojpeg::{Compressor, Decompressor, Image, PixelFormat, YuvImage};
+pub use turbojpeg::Subsamp;
 
 use crate::error::{Error, Result};
 
@@ -78,6 +79,12 @@ pub struct Yuv {
     pub width: usize,
     pub height: usize,
     pub subsamp: Subsamp,
+}
+
+impl Default for Yuv {
+    fn default() -> Self {
+        Yuv { pixels: Vec::new(), width: 0, height: 0, subsamp: Subsamp::None }
+    }
 }
 
 impl Yuv {
@@ -193,7 +200,7 @@ mod tests {
     fn yuv_round_trip_keeps_size() {
         let (w, h) = (32, 32);
         let jpg = encode_rgb(&gradient(w, h), w, h, w * 3, 90).unwrap();
-        let mut yuv = Yuv { pixels: Vec::new(), width: 0, height: 0, subsamp: Subsamp::None };
+        let mut yuv = Yuv::default();
         decode_yuv_into(&jpg, &mut yuv).unwrap();
         assert_eq!(yuv.subsamp, Subsamp::Sub2x2);
         assert_eq!(yuv.y_plane().len(), w * h);
