@@ -1,0 +1,575 @@
+//! GeoTIFF / COG reader.
+//!
+//! Opening parses the IFD chain once (`ifd`), picks the full-resolution image and its reduced-
+//! resolution overviews (masks are skipped) and reads the georeferencing (`geo`). Reads are
+//! `&self` and thread-safe: chunk bytes come from positional reads (`pread`) on one shared file
+//! handle and every codec is stateless per call (`decode`), with one libjpeg-turbo decompressor
+//! kept per thread. A window read decodes only the chunks (tiles or strips) it touches.
+//!
+//! Robustness: the file may be hostile. Sizes are bounded before anything is allocated, offsets
+//! are checked against the file size, IFD loops end the chain, and third-party decoders run under
+//! `catch_unwind`; every failure is a typed [`Error`] naming the file.
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::grid::Window;
+
+mod decode;
+mod geo;
+mod ifd;
+
+pub use decode::jpeg_tile_stream;
+pub use ifd::ByteOrder;
+
+/// TIFF compression codes we care about by name.
+pub mod compression {
+    pub const NONE: u16 = 1;
+    pub const LZW: u16 = 5;
+    pub const OJPEG: u16 = 6;
+    pub const JPEG: u16 = 7;
+    pub const DEFLATE: u16 = 8;
+    pub const PACKBITS: u16 = 32773;
+    pub const ADOBE_DEFLATE: u16 = 32946;
+    pub const ZSTD: u16 = 50000;
+    pub const WEBP: u16 = 50001;
+}
+
+/// Photometric interpretation codes.
+pub mod photometric {
+    pub const MIN_IS_WHITE: u16 = 0;
+    pub const MIN_IS_BLACK: u16 = 1;
+    pub const RGB: u16 = 2;
+    pub const PALETTE: u16 = 3;
+    pub const YCBCR: u16 = 6;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SampleFormat {
+    Uint,
+    Int,
+    Float,
+}
+
+/// One image (IFD) of the file: the full-resolution image is level 0, reduced-resolution
+/// overviews follow in file order. Mask IFDs are not levels.
+#[derive(Debug, Clone)]
+pub struct Level {
+    pub width: u32,
+    pub height: u32,
+    pub bands: u16,
+    pub bits_per_sample: u16,
+    pub sample_format: SampleFormat,
+    pub compression: u16,
+    pub photometric: u16,
+    /// PlanarConfiguration = 2 (one plane per band).
+    pub planar: bool,
+    pub predictor: u16,
+    pub tiled: bool,
+    /// Chunk size: tile size, or (width, rows per strip) for strips.
+    pub chunk_width: u32,
+    pub chunk_height: u32,
+    /// Chunk offsets/byte counts in file order (for planar, band-major).
+    pub offsets: Vec<u64>,
+    pub byte_counts: Vec<u64>,
+    /// JPEGTables (abbreviated table-specification stream) when compression is JPEG.
+    pub jpeg_tables: Option<Vec<u8>>,
+}
+
+impl Level {
+    /// Chunks across and down.
+    pub fn chunks_across(&self) -> u32 {
+        self.width.div_ceil(self.chunk_width)
+    }
+    pub fn chunks_down(&self) -> u32 {
+        self.height.div_ceil(self.chunk_height)
+    }
+    /// Index of the chunk at chunk column `cx`, row `cy` (plane 0 for planar).
+    pub fn chunk_index(&self, cx: u32, cy: u32) -> usize {
+        (cy * self.chunks_across() + cx) as usize
+    }
+}
+
+/// Georeferencing from the GeoTIFF tags.
+#[derive(Debug, Clone, Default)]
+pub struct GeoInfo {
+    /// GDAL-order geotransform (from ModelPixelScale + ModelTiepoint, or ModelTransformation).
+    pub geotransform: Option<[f64; 6]>,
+    /// EPSG code of the projected (or geographic) CRS when the GeoKeys give one.
+    pub epsg: Option<u32>,
+    /// GDAL_NODATA tag value.
+    pub nodata: Option<f64>,
+}
+
+/// Decoded pixels of a window, bands last (row-major, interleaved).
+#[derive(Debug, Clone)]
+pub enum RasterData {
+    U8(Vec<u8>),
+    U16(Vec<u16>),
+    I8(Vec<i8>),
+    I16(Vec<i16>),
+    U32(Vec<u32>),
+    I32(Vec<i32>),
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Raster {
+    pub width: u32,
+    pub height: u32,
+    pub bands: u16,
+    pub data: RasterData,
+}
+
+/// Largest window one read returns (bytes of decoded samples).
+pub const MAX_WINDOW_BYTES: u64 = 4 << 30;
+/// Largest decoded chunk (tile or strip) we allocate. Real COG tiles are ~1 MiB.
+pub const MAX_CHUNK_BYTES: u64 = 256 << 20;
+
+// Baseline / extension tag numbers used to build a level.
+mod tag {
+    pub const NEW_SUBFILE_TYPE: u16 = 254;
+    pub const IMAGE_WIDTH: u16 = 256;
+    pub const IMAGE_LENGTH: u16 = 257;
+    pub const BITS_PER_SAMPLE: u16 = 258;
+    pub const COMPRESSION: u16 = 259;
+    pub const PHOTOMETRIC: u16 = 262;
+    pub const STRIP_OFFSETS: u16 = 273;
+    pub const SAMPLES_PER_PIXEL: u16 = 277;
+    pub const ROWS_PER_STRIP: u16 = 278;
+    pub const STRIP_BYTE_COUNTS: u16 = 279;
+    pub const PLANAR_CONFIG: u16 = 284;
+    pub const PREDICTOR: u16 = 317;
+    pub const TILE_WIDTH: u16 = 322;
+    pub const TILE_LENGTH: u16 = 323;
+    pub const TILE_OFFSETS: u16 = 324;
+    pub const TILE_BYTE_COUNTS: u16 = 325;
+    pub const JPEG_TABLES: u16 = 347;
+    pub const SAMPLE_FORMAT: u16 = 339;
+}
+
+/// NewSubfileType bits.
+const SUBFILE_REDUCED: u64 = 1;
+const SUBFILE_MASK: u64 = 4;
+
+impl Level {
+    /// Bytes per sample (bits_per_sample / 8).
+    pub fn bytes_per_sample(&self) -> usize {
+        usize::from(self.bits_per_sample / 8)
+    }
+    /// Chunks in one plane (all chunks for chunky images).
+    pub fn chunks_per_plane(&self) -> usize {
+        self.chunks_across() as usize * self.chunks_down() as usize
+    }
+    /// Decoded size of one whole chunk, all bands interleaved.
+    pub fn chunk_bytes(&self) -> u64 {
+        u64::from(self.chunk_width)
+            * u64::from(self.chunk_height)
+            * u64::from(self.bands)
+            * u64::from(self.bits_per_sample / 8)
+    }
+    /// Rows of image data in chunk row `cy` (the last strip of a stripped image is shorter).
+    fn coded_rows(&self, cy: u32) -> u32 {
+        if self.tiled {
+            self.chunk_height
+        } else {
+            self.chunk_height.min(self.height - cy * self.chunk_height)
+        }
+    }
+    /// Whether samples of this level are a type we decode (8/16/32-bit ints, 32/64-bit floats).
+    fn check_sample_type(&self, path: &Path) -> Result<()> {
+        match (self.sample_format, self.bits_per_sample) {
+            (SampleFormat::Uint | SampleFormat::Int, 8 | 16 | 32) | (SampleFormat::Float, 32 | 64) => Ok(()),
+            (f, b) => Err(Error::unsupported(path, format!("{b}-bit {f:?} samples are not supported"))),
+        }
+    }
+}
+
+/// Build a level from an IFD, validating everything a read will rely on.
+fn build_level(tf: &ifd::TiffFile, path: &Path, d: &ifd::Ifd) -> Result<Level> {
+    let get = |t: u16| tf.uint(path, d, t);
+    let need = |t: u16, name: &str| -> Result<u64> {
+        get(t)?.ok_or_else(|| Error::corrupt(path, format!("missing {name} tag")))
+    };
+    let to_u32 = |v: u64, name: &str| -> Result<u32> {
+        u32::try_from(v).ok().filter(|&v| v > 0).ok_or_else(|| Error::corrupt(path, format!("{name} is {v}")))
+    };
+    let width = to_u32(need(tag::IMAGE_WIDTH, "ImageWidth")?, "ImageWidth")?;
+    let height = to_u32(need(tag::IMAGE_LENGTH, "ImageLength")?, "ImageLength")?;
+    let bands = get(tag::SAMPLES_PER_PIXEL)?.unwrap_or(1);
+    let bands = u16::try_from(bands)
+        .ok()
+        .filter(|&b| b > 0)
+        .ok_or_else(|| Error::corrupt(path, format!("SamplesPerPixel is {bands}")))?;
+    // Per-sample tags must agree across samples: we read one sample type per image.
+    let one_value = |t: u16, default: u64, name: &str| -> Result<u64> {
+        let v = tf.uints(path, d, t)?.unwrap_or_else(|| vec![default]);
+        let first = *v.first().unwrap_or(&default);
+        if v.iter().any(|&x| x != first) {
+            return Err(Error::unsupported(path, format!("{name} differs between samples: {v:?}")));
+        }
+        Ok(first)
+    };
+    let bits = one_value(tag::BITS_PER_SAMPLE, 1, "BitsPerSample")?;
+    let bits_per_sample =
+        u16::try_from(bits).map_err(|_| Error::corrupt(path, format!("BitsPerSample is {bits}")))?;
+    let sample_format = match one_value(tag::SAMPLE_FORMAT, 1, "SampleFormat")? {
+        1 | 4 => SampleFormat::Uint, // 4 = "undefined", read as unsigned like libtiff
+        2 => SampleFormat::Int,
+        3 => SampleFormat::Float,
+        f => return Err(Error::unsupported(path, format!("SampleFormat {f}"))),
+    };
+    let small = |t: u16, default: u16| -> Result<u16> {
+        Ok(get(t)?.map(|v| u16::try_from(v).unwrap_or(u16::MAX)).unwrap_or(default))
+    };
+    let compression = small(tag::COMPRESSION, compression::NONE)?;
+    let photometric = small(tag::PHOTOMETRIC, photometric::MIN_IS_BLACK)?;
+    let planar = small(tag::PLANAR_CONFIG, 1)? == 2 && bands > 1;
+    let predictor = small(tag::PREDICTOR, 1)?;
+
+    let tiled = d.entries.contains_key(&tag::TILE_WIDTH);
+    let (chunk_width, chunk_height, offsets_tag, counts_tag) = if tiled {
+        (
+            to_u32(need(tag::TILE_WIDTH, "TileWidth")?, "TileWidth")?,
+            to_u32(need(tag::TILE_LENGTH, "TileLength")?, "TileLength")?,
+            tag::TILE_OFFSETS,
+            tag::TILE_BYTE_COUNTS,
+        )
+    } else {
+        let rps = get(tag::ROWS_PER_STRIP)?.unwrap_or(u64::from(height));
+        let rps = to_u32(rps.min(u64::from(height)), "RowsPerStrip")?;
+        (width, rps, tag::STRIP_OFFSETS, tag::STRIP_BYTE_COUNTS)
+    };
+    let offsets = tf.uints(path, d, offsets_tag)?.ok_or_else(|| Error::corrupt(path, "missing chunk offsets"))?;
+    let byte_counts =
+        tf.uints(path, d, counts_tag)?.ok_or_else(|| Error::corrupt(path, "missing chunk byte counts"))?;
+    let jpeg_tables = if compression == compression::JPEG { tf.bytes(path, d, tag::JPEG_TABLES)? } else { None };
+
+    let level = Level {
+        width,
+        height,
+        bands,
+        bits_per_sample,
+        sample_format,
+        compression,
+        photometric,
+        planar,
+        predictor,
+        tiled,
+        chunk_width,
+        chunk_height,
+        offsets,
+        byte_counts,
+        jpeg_tables,
+    };
+    let planes = if planar { u64::from(bands) } else { 1 };
+    let expected = u64::from(level.chunks_across())
+        .checked_mul(u64::from(level.chunks_down()))
+        .and_then(|n| n.checked_mul(planes))
+        .unwrap_or(u64::MAX);
+    if (level.offsets.len() as u64) < expected || (level.byte_counts.len() as u64) < expected {
+        return Err(Error::corrupt(
+            path,
+            format!(
+                "{} chunk offsets / {} byte counts for {expected} chunks",
+                level.offsets.len(),
+                level.byte_counts.len()
+            ),
+        ));
+    }
+    if bits_per_sample % 8 != 0 && bits_per_sample != 1 {
+        return Err(Error::unsupported(path, format!("{bits_per_sample} bits per sample")));
+    }
+    Ok(level)
+}
+
+/// Plain numeric sample types a window can be decoded into (any bit pattern is a valid value).
+trait Sample: Copy + Default + Send + Sync {}
+impl Sample for u8 {}
+impl Sample for i8 {}
+impl Sample for u16 {}
+impl Sample for i16 {}
+impl Sample for u32 {}
+impl Sample for i32 {}
+impl Sample for f32 {}
+impl Sample for f64 {}
+
+fn as_bytes_mut<T: Sample>(v: &mut [T]) -> &mut [u8] {
+    // SAFETY: `Sample` types are plain numbers with no padding or invalid bit patterns, and u8
+    // has alignment 1, so viewing their memory as bytes is sound.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+}
+
+/// A GeoTIFF / COG opened for reading. `Send + Sync`: share it (e.g. in an `Arc`) between threads.
+pub struct Cog {
+    path: PathBuf,
+    levels: Vec<Level>,
+    geo: GeoInfo,
+    tf: ifd::TiffFile,
+}
+
+impl Cog {
+    /// Open a TIFF and parse its IFDs. Level 0 must be valid; overview IFDs that are not
+    /// (or that do not match level 0's bands) are skipped, like GDAL does.
+    pub fn open(path: &Path) -> Result<Cog> {
+        let tf = ifd::TiffFile::open(path)?;
+        let ifds = tf.read_chain(path)?;
+        let first = &ifds[0];
+        let mut levels = vec![build_level(&tf, path, first)?];
+        for d in &ifds[1..] {
+            let kind = tf.uint(path, d, tag::NEW_SUBFILE_TYPE).ok().flatten().unwrap_or(0);
+            if kind & SUBFILE_REDUCED == 0 || kind & SUBFILE_MASK != 0 {
+                continue; // another page, or a mask: not an overview
+            }
+            if let Ok(l) = build_level(&tf, path, d) {
+                if l.bands == levels[0].bands && l.bits_per_sample == levels[0].bits_per_sample {
+                    levels.push(l);
+                }
+            }
+        }
+        let geo = geo::read_geo(&tf, path, first);
+        Ok(Cog { path: path.to_path_buf(), levels, geo, tf })
+    }
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    pub fn levels(&self) -> &[Level] {
+        &self.levels
+    }
+    pub fn geo(&self) -> &GeoInfo {
+        &self.geo
+    }
+    /// Byte order of the file.
+    pub fn byte_order(&self) -> ByteOrder {
+        self.tf.order
+    }
+    /// Whether the file is a BigTIFF.
+    pub fn is_bigtiff(&self) -> bool {
+        self.tf.bigtiff
+    }
+
+    fn level(&self, level: usize) -> Result<&Level> {
+        self.levels.get(level).ok_or_else(|| {
+            Error::window(&self.path, format!("level {level} does not exist ({} levels)", self.levels.len()))
+        })
+    }
+
+    /// Still-compressed bytes of chunk `index` of `level`; `None` for a sparse chunk
+    /// (offset and byte count 0).
+    pub fn read_raw_chunk(&self, level: usize, index: usize) -> Result<Option<Vec<u8>>> {
+        let l = self.level(level)?;
+        let (Some(&off), Some(&n)) = (l.offsets.get(index), l.byte_counts.get(index)) else {
+            return Err(Error::window(&self.path, format!("chunk {index} does not exist in level {level}")));
+        };
+        if n == 0 {
+            return Ok(None); // sparse (GDAL treats a zero byte count as "not written")
+        }
+        self.tf.read_exact_at(&self.path, off, n).map(Some)
+    }
+
+    /// Decode one chunk to interleaved u8 pixels (chunk_width x chunk_height x bands,
+    /// all planes for planar files). Sparse chunks decode to the nodata value (or 0).
+    pub fn decode_chunk_u8(&self, level: usize, cx: u32, cy: u32) -> Result<Vec<u8>> {
+        let l = self.level(level)?;
+        if l.bits_per_sample != 8 {
+            return Err(Error::unsupported(&self.path, format!("{}-bit samples, not 8-bit", l.bits_per_sample)));
+        }
+        if cx >= l.chunks_across() || cy >= l.chunks_down() {
+            return Err(Error::window(&self.path, format!("chunk ({cx}, {cy}) is outside level {level}")));
+        }
+        self.check_chunk_size(l)?;
+        let mut buf = vec![0u8; l.chunk_bytes() as usize];
+        self.decode_chunk_into(level, cx, cy, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Any window of any level, any supported sample type, bands last.
+    pub fn read_window(&self, level: usize, window: Window) -> Result<Raster> {
+        let l = self.level(level)?;
+        l.check_sample_type(&self.path)?;
+        let n = self.window_samples(l, window)?;
+        let data = match (l.sample_format, l.bits_per_sample) {
+            (SampleFormat::Uint, 8) => RasterData::U8(self.read_typed(level, window, n)?),
+            (SampleFormat::Int, 8) => RasterData::I8(self.read_typed(level, window, n)?),
+            (SampleFormat::Uint, 16) => RasterData::U16(self.read_typed(level, window, n)?),
+            (SampleFormat::Int, 16) => RasterData::I16(self.read_typed(level, window, n)?),
+            (SampleFormat::Uint, 32) => RasterData::U32(self.read_typed(level, window, n)?),
+            (SampleFormat::Int, 32) => RasterData::I32(self.read_typed(level, window, n)?),
+            (SampleFormat::Float, 32) => RasterData::F32(self.read_typed(level, window, n)?),
+            (SampleFormat::Float, 64) => RasterData::F64(self.read_typed(level, window, n)?),
+            _ => unreachable!("checked by check_sample_type"),
+        };
+        Ok(Raster { width: window.width, height: window.height, bands: l.bands, data })
+    }
+
+    /// Window of an 8-bit image as interleaved u8, bands last.
+    pub fn read_window_u8(&self, level: usize, window: Window) -> Result<Vec<u8>> {
+        let l = self.level(level)?;
+        if l.bits_per_sample != 8 {
+            return Err(Error::unsupported(&self.path, format!("{}-bit samples, not 8-bit", l.bits_per_sample)));
+        }
+        let n = self.window_samples(l, window)?;
+        self.read_typed(level, window, n)
+    }
+
+    /// Validate a window against a level and the size cap; returns its sample count.
+    fn window_samples(&self, l: &Level, w: Window) -> Result<usize> {
+        let inside = w.width > 0
+            && w.height > 0
+            && u64::from(w.col_off) + u64::from(w.width) <= u64::from(l.width)
+            && u64::from(w.row_off) + u64::from(w.height) <= u64::from(l.height);
+        if !inside {
+            return Err(Error::window(
+                &self.path,
+                format!(
+                    "window (col_off {}, row_off {}, {}x{}) is outside the {}x{} image",
+                    w.col_off, w.row_off, w.width, w.height, l.width, l.height
+                ),
+            ));
+        }
+        let samples = u64::from(w.width) * u64::from(w.height) * u64::from(l.bands);
+        let bytes = samples.saturating_mul(u64::from(l.bits_per_sample / 8).max(1));
+        if bytes > MAX_WINDOW_BYTES {
+            return Err(Error::window(
+                &self.path,
+                format!("window of {bytes} bytes exceeds the {MAX_WINDOW_BYTES}-byte read limit"),
+            ));
+        }
+        Ok(samples as usize)
+    }
+
+    fn check_chunk_size(&self, l: &Level) -> Result<()> {
+        if l.chunk_bytes() > MAX_CHUNK_BYTES {
+            return Err(Error::unsupported(
+                &self.path,
+                format!("{}x{} chunks of {} bytes exceed the {MAX_CHUNK_BYTES}-byte limit", l.chunk_width, l.chunk_height, l.chunk_bytes()),
+            ));
+        }
+        Ok(())
+    }
+
+    fn read_typed<T: Sample>(&self, level: usize, w: Window, n: usize) -> Result<Vec<T>> {
+        let mut out = vec![T::default(); n];
+        self.read_window_bytes(level, w, as_bytes_mut(&mut out))?;
+        Ok(out)
+    }
+
+    /// Decode the chunks a window touches into `out` (window-sized, bands interleaved). Chunk
+    /// rows are decoded in parallel, each writing its own band of output rows.
+    fn read_window_bytes(&self, level: usize, w: Window, out: &mut [u8]) -> Result<()> {
+        let l = self.level(level)?;
+        l.check_sample_type(&self.path)?;
+        self.check_chunk_size(l)?;
+        let px = l.bands as usize * l.bytes_per_sample();
+        let out_row = w.width as usize * px;
+        let (cw, ch) = (l.chunk_width, l.chunk_height);
+        let (cx0, cx1) = (w.col_off / cw, (w.col_off + w.width - 1) / cw);
+        let (cy0, cy1) = (w.row_off / ch, (w.row_off + w.height - 1) / ch);
+
+        // Fast path: the window is exactly one whole chunk (a z17 chip of an ARD COG).
+        if cx0 == cx1 && cy0 == cy1 && w.col_off == cx0 * cw && w.row_off == cy0 * ch
+            && w.width == cw && w.height == ch && l.coded_rows(cy0) == ch
+        {
+            return self.decode_chunk_into(level, cx0, cy0, out);
+        }
+
+        // Split the output into one slice of rows per chunk row.
+        let mut bands_of_rows = Vec::with_capacity((cy1 - cy0 + 1) as usize);
+        let mut rest = out;
+        for cy in cy0..=cy1 {
+            let top = (cy * ch).max(w.row_off);
+            let bottom = ((cy + 1) * ch).min(w.row_off + w.height);
+            let (mine, tail) = rest.split_at_mut((bottom - top) as usize * out_row);
+            bands_of_rows.push((cy, top, mine));
+            rest = tail;
+        }
+        bands_of_rows.into_par_iter().try_for_each(|(cy, top, rows)| {
+            let mut chunk = vec![0u8; l.chunk_bytes() as usize];
+            for cx in cx0..=cx1 {
+                self.decode_chunk_into(level, cx, cy, &mut chunk)?;
+                // Intersection of this chunk with the window, in image pixels.
+                let left = (cx * cw).max(w.col_off);
+                let right = ((cx + 1) * cw).min(w.col_off + w.width);
+                let span = (right - left) as usize * px;
+                let src_x = (left - cx * cw) as usize * px;
+                let dst_x = (left - w.col_off) as usize * px;
+                let chunk_row = cw as usize * px;
+                for (i, dst) in rows.chunks_exact_mut(out_row).enumerate() {
+                    let src_y = (top - cy * ch) as usize + i;
+                    let s = src_y * chunk_row + src_x;
+                    dst[dst_x..dst_x + span].copy_from_slice(&chunk[s..s + span]);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Decode chunk (cx, cy) of level `l`, all planes, into `buf` (chunk-sized, interleaved).
+    fn decode_chunk_into(&self, level_no: usize, cx: u32, cy: u32, buf: &mut [u8]) -> Result<()> {
+        let l = &self.levels[level_no];
+        let bps = l.bytes_per_sample();
+        let index = l.chunk_index(cx, cy);
+        let rows = l.coded_rows(cy) as usize;
+        if !l.planar {
+            let geom = decode::ChunkGeom { width: l.chunk_width as usize, rows, samples: l.bands as usize, bytes: bps };
+            return self.decode_plane(l, level_no, index, geom, buf);
+        }
+        // Planar: decode each band's plane, then interleave it into the pixel buffer.
+        let geom = decode::ChunkGeom { width: l.chunk_width as usize, rows, samples: 1, bytes: bps };
+        let mut plane = vec![0u8; l.chunk_width as usize * l.chunk_height as usize * bps];
+        let px = l.bands as usize * bps;
+        for b in 0..l.bands as usize {
+            self.decode_plane(l, level_no, b * l.chunks_per_plane() + index, geom, &mut plane)?;
+            for (dst, src) in buf.chunks_exact_mut(px).zip(plane.chunks_exact(bps)) {
+                dst[b * bps..(b + 1) * bps].copy_from_slice(src);
+            }
+        }
+        Ok(())
+    }
+
+    /// Decode one stored chunk (sparse → nodata fill) into `out`.
+    fn decode_plane(&self, l: &Level, level_no: usize, index: usize, geom: decode::ChunkGeom, out: &mut [u8]) -> Result<()> {
+        let Some(data) = self.read_raw_chunk(level_no, index)? else {
+            self.fill_nodata(l, out);
+            return Ok(());
+        };
+        let order = self.tf.order;
+        let path = &self.path;
+        // Last line of defence: a panic inside a codec becomes a CorruptTiff error.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            decode::decode_into(path, l, order, &data, geom, out)
+        }))
+        .unwrap_or_else(|_| Err(Error::corrupt(path, format!("decoder panicked on chunk {index}"))))
+        .map_err(|e| match e {
+            Error::CorruptTiff { path, msg } => Error::CorruptTiff { path, msg: format!("chunk {index} of level {level_no}: {msg}") },
+            e => e,
+        })
+    }
+
+    /// Fill a sparse chunk with the nodata value in the level's sample type (0 when there is no
+    /// nodata or it does not fit the type), like GDAL.
+    fn fill_nodata(&self, l: &Level, out: &mut [u8]) {
+        let nd = self.geo.nodata.unwrap_or(0.0);
+        let fits = |lo: f64, hi: f64| nd.fract() == 0.0 && nd >= lo && nd <= hi;
+        let bytes: Vec<u8> = match (l.sample_format, l.bits_per_sample) {
+            (SampleFormat::Uint, 8) if fits(0.0, 255.0) => vec![nd as u8],
+            (SampleFormat::Int, 8) if fits(-128.0, 127.0) => (nd as i8).to_ne_bytes().to_vec(),
+            (SampleFormat::Uint, 16) if fits(0.0, 65535.0) => (nd as u16).to_ne_bytes().to_vec(),
+            (SampleFormat::Int, 16) if fits(-32768.0, 32767.0) => (nd as i16).to_ne_bytes().to_vec(),
+            (SampleFormat::Uint, 32) if fits(0.0, u32::MAX as f64) => (nd as u32).to_ne_bytes().to_vec(),
+            (SampleFormat::Int, 32) if fits(i32::MIN as f64, i32::MAX as f64) => (nd as i32).to_ne_bytes().to_vec(),
+            (SampleFormat::Float, 32) => (nd as f32).to_ne_bytes().to_vec(),
+            (SampleFormat::Float, 64) => nd.to_ne_bytes().to_vec(),
+            _ => vec![0],
+        };
+        if bytes.iter().all(|&b| b == 0) {
+            out.fill(0);
+        } else {
+            for s in out.chunks_exact_mut(bytes.len()) {
+                s.copy_from_slice(&bytes);
+            }
+        }
+    }
+}
