@@ -531,7 +531,13 @@ impl Cog {
 
     /// Decode one stored chunk (sparse → nodata fill) into `out`.
     fn decode_plane(&self, l: &Level, level_no: usize, index: usize, geom: decode::ChunkGeom, out: &mut [u8]) -> Result<()> {
-        let Some(data) = self.read_raw_chunk(level_no, index)? else {
+        let with_chunk = |e: Error| match e {
+            Error::CorruptTiff { path, msg } => {
+                Error::CorruptTiff { path, msg: format!("chunk {index} of level {level_no}: {msg}") }
+            }
+            e => e,
+        };
+        let Some(data) = self.read_raw_chunk(level_no, index).map_err(with_chunk)? else {
             self.fill_nodata(l, out);
             return Ok(());
         };
@@ -542,10 +548,7 @@ impl Cog {
             decode::decode_into(path, l, order, &data, geom, out)
         }))
         .unwrap_or_else(|_| Err(Error::corrupt(path, format!("decoder panicked on chunk {index}"))))
-        .map_err(|e| match e {
-            Error::CorruptTiff { path, msg } => Error::CorruptTiff { path, msg: format!("chunk {index} of level {level_no}: {msg}") },
-            e => e,
-        })
+        .map_err(with_chunk)
     }
 
     /// Fill a sparse chunk with the nodata value in the level's sample type (0 when there is no
