@@ -43,7 +43,11 @@ fn level_dict<'py>(py: Python<'py>, l: &Level) -> PyResult<Bound<'py, PyDict>> {
     Ok(d)
 }
 
-fn to_array<T: numpy::Element>(py: Python<'_>, shape: (usize, usize, usize), v: Vec<T>) -> PyResult<Py<PyAny>> {
+fn to_array<T: numpy::Element>(
+    py: Python<'_>,
+    shape: (usize, usize, usize),
+    v: Vec<T>,
+) -> PyResult<Py<PyAny>> {
     let a = Array3::from_shape_vec(shape, v)
         .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(format!("bad raster shape: {e}")))?;
     Ok(a.into_pyarray(py).into_any().unbind())
@@ -87,7 +91,12 @@ impl PyCog {
     /// Read a window `(col_off, row_off, width, height)` (None = whole level) of `level` as a
     /// numpy array shaped (height, width, bands) in the file's sample type.
     #[pyo3(signature = (window=None, level=0))]
-    fn read(&self, py: Python<'_>, window: Option<(u32, u32, u32, u32)>, level: usize) -> PyResult<Py<PyAny>> {
+    fn read(
+        &self,
+        py: Python<'_>,
+        window: Option<(u32, u32, u32, u32)>,
+        level: usize,
+    ) -> PyResult<Py<PyAny>> {
         let cog = Arc::clone(&self.inner);
         let raster = detached(py, move || {
             let window = match window {

@@ -48,7 +48,10 @@ pub fn decode_into(
     match level.compression {
         compression::NONE => {
             if data.len() < need {
-                return Err(Error::corrupt(path, format!("uncompressed chunk has {} bytes, needs {need}", data.len())));
+                return Err(Error::corrupt(
+                    path,
+                    format!("uncompressed chunk has {} bytes, needs {need}", data.len()),
+                ));
             }
             out.copy_from_slice(&data[..need]);
         }
@@ -63,12 +66,17 @@ pub fn decode_into(
                 .and_then(|mut d| d.decompress_to_buffer(data, &mut *out))
                 .map_err(|e| Error::corrupt(path, format!("ZSTD: {e}")))?;
             if n < need {
-                return Err(Error::corrupt(path, format!("ZSTD chunk decoded to {n} bytes, expected {need}")));
+                return Err(Error::corrupt(
+                    path,
+                    format!("ZSTD chunk decoded to {n} bytes, expected {need}"),
+                ));
             }
         }
         compression::WEBP => webp(path, data, geom, out)?,
         compression::JPEG => return jpeg(path, level, data, geom, out),
-        compression::OJPEG => return Err(Error::unsupported(path, "old-style JPEG (compression 6) is not supported")),
+        compression::OJPEG => {
+            return Err(Error::unsupported(path, "old-style JPEG (compression 6) is not supported"))
+        }
         c => return Err(Error::unsupported(path, format!("compression {c} is not supported"))),
     }
     // Codec output is in file byte order; the floating-point predictor handles order itself.
@@ -90,7 +98,10 @@ fn fill_from_reader(path: &Path, r: &mut impl Read, out: &mut [u8], codec: &str)
     while filled < out.len() {
         match r.read(&mut out[filled..]) {
             Ok(0) => {
-                return Err(Error::corrupt(path, format!("{codec} chunk ends after {filled} of {} bytes", out.len())))
+                return Err(Error::corrupt(
+                    path,
+                    format!("{codec} chunk ends after {filled} of {} bytes", out.len()),
+                ))
             }
             Ok(n) => filled += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -132,7 +143,9 @@ fn packbits(path: &Path, data: &[u8], out: &mut [u8]) -> Result<()> {
         i += 1;
         if n >= 0 {
             let len = n as usize + 1;
-            let src = data.get(i..i + len).ok_or_else(|| Error::corrupt(path, "PackBits literal runs past the data"))?;
+            let src = data
+                .get(i..i + len)
+                .ok_or_else(|| Error::corrupt(path, "PackBits literal runs past the data"))?;
             let len = len.min(out.len() - o);
             out[o..o + len].copy_from_slice(&src[..len]);
             i += n as usize + 1;
@@ -241,7 +254,9 @@ fn jpeg(path: &Path, level: &Level, data: &[u8], geom: ChunkGeom, out: &mut [u8]
     let format = match geom.samples {
         1 => turbojpeg::PixelFormat::GRAY,
         // YCbCr is converted to RGB by libjpeg; RGB JPEGs (Adobe marker) come out as-is.
-        3 if matches!(level.photometric, photometric::YCBCR | photometric::RGB) => turbojpeg::PixelFormat::RGB,
+        3 if matches!(level.photometric, photometric::YCBCR | photometric::RGB) => {
+            turbojpeg::PixelFormat::RGB
+        }
         s => {
             return Err(Error::unsupported(
                 path,
@@ -281,9 +296,15 @@ fn undo_horizontal_predictor(path: &Path, geom: ChunkGeom, buf: &mut [u8]) -> Re
                     row[i] = row[i].wrapping_add(row[i - s]);
                 }
             }
-            2 => accumulate::<2>(row, s, |a, b| (u16::from_ne_bytes(a).wrapping_add(u16::from_ne_bytes(b))).to_ne_bytes()),
-            4 => accumulate::<4>(row, s, |a, b| (u32::from_ne_bytes(a).wrapping_add(u32::from_ne_bytes(b))).to_ne_bytes()),
-            8 => accumulate::<8>(row, s, |a, b| (u64::from_ne_bytes(a).wrapping_add(u64::from_ne_bytes(b))).to_ne_bytes()),
+            2 => accumulate::<2>(row, s, |a, b| {
+                (u16::from_ne_bytes(a).wrapping_add(u16::from_ne_bytes(b))).to_ne_bytes()
+            }),
+            4 => accumulate::<4>(row, s, |a, b| {
+                (u32::from_ne_bytes(a).wrapping_add(u32::from_ne_bytes(b))).to_ne_bytes()
+            }),
+            8 => accumulate::<8>(row, s, |a, b| {
+                (u64::from_ne_bytes(a).wrapping_add(u64::from_ne_bytes(b))).to_ne_bytes()
+            }),
             n => return Err(Error::unsupported(path, format!("predictor 2 with {n}-byte samples"))),
         }
     }

@@ -66,7 +66,9 @@ impl TiffFile {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         let mut t = TiffFile { file, len, order: ByteOrder::Little, bigtiff: false };
-        let head = t.read_exact_at(path, 0, 8).map_err(|_| Error::corrupt(path, "file too short for a TIFF header"))?;
+        let head = t
+            .read_exact_at(path, 0, 8)
+            .map_err(|_| Error::corrupt(path, "file too short for a TIFF header"))?;
         t.order = match &head[0..2] {
             b"II" => ByteOrder::Little,
             b"MM" => ByteOrder::Big,
@@ -208,7 +210,12 @@ impl TiffFile {
             3 => b.chunks_exact(2).map(|c| u64::from(self.u16(c))).collect(),
             4 | 13 => b.chunks_exact(4).map(|c| u64::from(self.u32(c))).collect(),
             16 | 18 => b.chunks_exact(8).map(|c| self.u64(c)).collect(),
-            t => return Err(Error::corrupt(path, format!("tag {tag}: expected an integer type, got type {t}"))),
+            t => {
+                return Err(Error::corrupt(
+                    path,
+                    format!("tag {tag}: expected an integer type, got type {t}"),
+                ))
+            }
         };
         Ok(Some(v))
     }

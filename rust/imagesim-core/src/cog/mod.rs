@@ -242,10 +242,12 @@ fn build_level(tf: &ifd::TiffFile, path: &Path, d: &ifd::Ifd) -> Result<Level> {
         let rps = to_u32(rps.min(u64::from(height)), "RowsPerStrip")?;
         (width, rps, tag::STRIP_OFFSETS, tag::STRIP_BYTE_COUNTS)
     };
-    let offsets = tf.uints(path, d, offsets_tag)?.ok_or_else(|| Error::corrupt(path, "missing chunk offsets"))?;
+    let offsets =
+        tf.uints(path, d, offsets_tag)?.ok_or_else(|| Error::corrupt(path, "missing chunk offsets"))?;
     let byte_counts =
         tf.uints(path, d, counts_tag)?.ok_or_else(|| Error::corrupt(path, "missing chunk byte counts"))?;
-    let jpeg_tables = if compression == compression::JPEG { tf.bytes(path, d, tag::JPEG_TABLES)? } else { None };
+    let jpeg_tables =
+        if compression == compression::JPEG { tf.bytes(path, d, tag::JPEG_TABLES)? } else { None };
 
     let level = Level {
         width,
@@ -374,7 +376,10 @@ impl Cog {
     pub fn decode_chunk_u8(&self, level: usize, cx: u32, cy: u32) -> Result<Vec<u8>> {
         let l = self.level(level)?;
         if l.bits_per_sample != 8 {
-            return Err(Error::unsupported(&self.path, format!("{}-bit samples, not 8-bit", l.bits_per_sample)));
+            return Err(Error::unsupported(
+                &self.path,
+                format!("{}-bit samples, not 8-bit", l.bits_per_sample),
+            ));
         }
         if cx >= l.chunks_across() || cy >= l.chunks_down() {
             return Err(Error::window(&self.path, format!("chunk ({cx}, {cy}) is outside level {level}")));
@@ -408,7 +413,10 @@ impl Cog {
     pub fn read_window_u8(&self, level: usize, window: Window) -> Result<Vec<u8>> {
         let l = self.level(level)?;
         if l.bits_per_sample != 8 {
-            return Err(Error::unsupported(&self.path, format!("{}-bit samples, not 8-bit", l.bits_per_sample)));
+            return Err(Error::unsupported(
+                &self.path,
+                format!("{}-bit samples, not 8-bit", l.bits_per_sample),
+            ));
         }
         let n = self.window_samples(l, window)?;
         self.read_typed(level, window, n)
@@ -444,7 +452,12 @@ impl Cog {
         if l.chunk_bytes() > MAX_CHUNK_BYTES {
             return Err(Error::unsupported(
                 &self.path,
-                format!("{}x{} chunks of {} bytes exceed the {MAX_CHUNK_BYTES}-byte limit", l.chunk_width, l.chunk_height, l.chunk_bytes()),
+                format!(
+                    "{}x{} chunks of {} bytes exceed the {MAX_CHUNK_BYTES}-byte limit",
+                    l.chunk_width,
+                    l.chunk_height,
+                    l.chunk_bytes()
+                ),
             ));
         }
         Ok(())
@@ -469,8 +482,13 @@ impl Cog {
         let (cy0, cy1) = (w.row_off / ch, (w.row_off + w.height - 1) / ch);
 
         // Fast path: the window is exactly one whole chunk (a z17 chip of an ARD COG).
-        if cx0 == cx1 && cy0 == cy1 && w.col_off == cx0 * cw && w.row_off == cy0 * ch
-            && w.width == cw && w.height == ch && l.coded_rows(cy0) == ch
+        if cx0 == cx1
+            && cy0 == cy1
+            && w.col_off == cx0 * cw
+            && w.row_off == cy0 * ch
+            && w.width == cw
+            && w.height == ch
+            && l.coded_rows(cy0) == ch
         {
             return self.decode_chunk_into(level, cx0, cy0, out);
         }
@@ -480,7 +498,8 @@ impl Cog {
         let mut rest = out;
         for cy in cy0..=cy1 {
             let top = (cy * ch).max(w.row_off);
-            let bottom = ((cy + 1) * ch).min(w.row_off + w.height);
+            // u64: the end of the last chunk may lie beyond u32 even when the image does not.
+            let bottom = ((u64::from(cy) + 1) * u64::from(ch)).min(u64::from(w.row_off + w.height)) as u32;
             let (mine, tail) = rest.split_at_mut((bottom - top) as usize * out_row);
             bands_of_rows.push((cy, top, mine));
             rest = tail;
@@ -491,7 +510,7 @@ impl Cog {
                 self.decode_chunk_into(level, cx, cy, &mut chunk)?;
                 // Intersection of this chunk with the window, in image pixels.
                 let left = (cx * cw).max(w.col_off);
-                let right = ((cx + 1) * cw).min(w.col_off + w.width);
+                let right = ((u64::from(cx) + 1) * u64::from(cw)).min(u64::from(w.col_off + w.width)) as u32;
                 let span = (right - left) as usize * px;
                 let src_x = (left - cx * cw) as usize * px;
                 let dst_x = (left - w.col_off) as usize * px;
@@ -513,7 +532,12 @@ impl Cog {
         let index = l.chunk_index(cx, cy);
         let rows = l.coded_rows(cy) as usize;
         if !l.planar {
-            let geom = decode::ChunkGeom { width: l.chunk_width as usize, rows, samples: l.bands as usize, bytes: bps };
+            let geom = decode::ChunkGeom {
+                width: l.chunk_width as usize,
+                rows,
+                samples: l.bands as usize,
+                bytes: bps,
+            };
             return self.decode_plane(l, level_no, index, geom, buf);
         }
         // Planar: decode each band's plane, then interleave it into the pixel buffer.
@@ -530,7 +554,14 @@ impl Cog {
     }
 
     /// Decode one stored chunk (sparse → nodata fill) into `out`.
-    fn decode_plane(&self, l: &Level, level_no: usize, index: usize, geom: decode::ChunkGeom, out: &mut [u8]) -> Result<()> {
+    fn decode_plane(
+        &self,
+        l: &Level,
+        level_no: usize,
+        index: usize,
+        geom: decode::ChunkGeom,
+        out: &mut [u8],
+    ) -> Result<()> {
         let with_chunk = |e: Error| match e {
             Error::CorruptTiff { path, msg } => {
                 Error::CorruptTiff { path, msg: format!("chunk {index} of level {level_no}: {msg}") }
@@ -562,7 +593,9 @@ impl Cog {
             (SampleFormat::Uint, 16) if fits(0.0, 65535.0) => (nd as u16).to_ne_bytes().to_vec(),
             (SampleFormat::Int, 16) if fits(-32768.0, 32767.0) => (nd as i16).to_ne_bytes().to_vec(),
             (SampleFormat::Uint, 32) if fits(0.0, u32::MAX as f64) => (nd as u32).to_ne_bytes().to_vec(),
-            (SampleFormat::Int, 32) if fits(i32::MIN as f64, i32::MAX as f64) => (nd as i32).to_ne_bytes().to_vec(),
+            (SampleFormat::Int, 32) if fits(i32::MIN as f64, i32::MAX as f64) => {
+                (nd as i32).to_ne_bytes().to_vec()
+            }
             (SampleFormat::Float, 32) => (nd as f32).to_ne_bytes().to_vec(),
             (SampleFormat::Float, 64) => nd.to_ne_bytes().to_vec(),
             _ => vec![0],
@@ -572,6 +605,123 @@ impl Cog {
         } else {
             for s in out.chunks_exact_mut(bytes.len()) {
                 s.copy_from_slice(&bytes);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shared real-data corpus (`IMAGESIM_REALDATA`, default `<workspace>/../shared/realdata`).
+    fn realdata() -> Option<PathBuf> {
+        let p = std::env::var_os("IMAGESIM_REALDATA")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/realdata"));
+        if p.is_dir() {
+            Some(p)
+        } else {
+            eprintln!("skipping: real-data corpus not found at {} (set IMAGESIM_REALDATA)", p.display());
+            None
+        }
+    }
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn cog_is_send_and_sync() {
+        assert_send_sync::<Cog>();
+    }
+
+    #[test]
+    fn jpeg_ycbcr_cog_levels_geo_and_tiles() {
+        let Some(root) = realdata() else { return };
+        let cog = Cog::open(&root.join("tiff/rasterio__cogeo.tif")).unwrap();
+        let sizes: Vec<_> = cog.levels().iter().map(|l| (l.width, l.height)).collect();
+        // Six overviews; the internal mask IFDs are not levels.
+        assert_eq!(sizes, [(1024, 1024), (512, 512), (256, 256), (128, 128), (64, 64), (32, 32), (16, 16)]);
+        let l0 = &cog.levels()[0];
+        assert_eq!(
+            (l0.compression, l0.photometric, l0.chunk_width),
+            (compression::JPEG, photometric::YCBCR, 512)
+        );
+        assert_eq!(cog.geo().epsg, Some(3857));
+        assert!(cog.geo().geotransform.is_some());
+
+        // One whole tile through both entry points: the fast path and the chunk decoder agree.
+        let tile = cog.decode_chunk_u8(0, 1, 1).unwrap();
+        assert_eq!(tile.len(), 512 * 512 * 3);
+        let win = Window { col_off: 512, row_off: 512, width: 512, height: 512 };
+        assert_eq!(cog.read_window_u8(0, win).unwrap(), tile);
+        // A window across four tiles matches the tiles it is cut from.
+        let w = Window { col_off: 500, row_off: 510, width: 30, height: 7 };
+        let px = cog.read_window_u8(0, w).unwrap();
+        assert_eq!(&px[(2 * 30 + 12) * 3..(2 * 30 + 13) * 3], &tile[0..3]); // pixel (512, 512)
+
+        // Raw tile + tables make a standalone JPEG.
+        let raw = cog.read_raw_chunk(0, 0).unwrap().unwrap();
+        let s = jpeg_tile_stream(l0.jpeg_tables.as_deref(), &raw);
+        assert_eq!(&s[..2], &[0xFF, 0xD8]);
+        assert_eq!(&s[s.len() - 2..], &[0xFF, 0xD9]);
+    }
+
+    #[test]
+    fn lossless_formats_agree() {
+        let Some(root) = realdata() else { return };
+        // The same Landsat scene: stripped raw, tiled LZW, planar DEFLATE strips.
+        let w = Window { col_off: 250, row_off: 300, width: 300, height: 200 };
+        let read =
+            |name: &str| Cog::open(&root.join("tiff").join(name)).unwrap().read_window_u8(0, w).unwrap();
+        let raw = read("rasterio__RGB.byte.tif");
+        assert_eq!(raw, read("rasterio__rgb_lzw.tif"));
+        assert_eq!(raw, read("rasterio__rgb_deflate.tif"));
+        // Little- and big-endian BigTIFF hold the same pixels.
+        let a = Cog::open(&root.join("tiff/imagetiff__BigTIFF.tif")).unwrap();
+        let b = Cog::open(&root.join("tiff/imagetiff__BigTIFFMotorola.tif")).unwrap();
+        assert!(a.is_bigtiff() && b.byte_order() == ByteOrder::Big);
+        let full = Window { col_off: 0, row_off: 0, width: 64, height: 64 };
+        assert_eq!(a.read_window_u8(0, full).unwrap(), b.read_window_u8(0, full).unwrap());
+    }
+
+    #[test]
+    fn typed_reads_and_errors() {
+        let Some(root) = realdata() else { return };
+        let cog = Cog::open(&root.join("tiff/imagetiff__int16_zstd.tif")).unwrap();
+        let r = cog.read_window(0, Window { col_off: 0, row_off: 0, width: 64, height: 64 }).unwrap();
+        assert!(matches!(r.data, RasterData::I16(ref v) if v.len() == 64 * 64));
+        assert!(matches!(
+            cog.read_window_u8(0, Window { col_off: 0, row_off: 0, width: 1, height: 1 }),
+            Err(Error::UnsupportedTiff { .. })
+        ));
+        assert!(matches!(
+            cog.read_window(0, Window { col_off: 60, row_off: 0, width: 8, height: 1 }),
+            Err(Error::Window { .. })
+        ));
+        assert!(matches!(
+            cog.read_window(3, Window { col_off: 0, row_off: 0, width: 1, height: 1 }),
+            Err(Error::Window { .. })
+        ));
+        // Sparse overview tiles read as 0.
+        let sparse = Cog::open(&root.join("tiff/riocogeo__cog_no_offest.tif")).unwrap();
+        assert_eq!(sparse.read_raw_chunk(1, 0).unwrap(), None);
+        assert!(sparse.decode_chunk_u8(1, 0, 0).unwrap().iter().all(|&v| v == 0));
+    }
+
+    #[test]
+    fn corrupt_files_give_typed_errors() {
+        let Some(root) = realdata() else { return };
+        for entry in std::fs::read_dir(root.join("tiff-corrupt")).unwrap() {
+            let path = entry.unwrap().path();
+            let result = Cog::open(&path).and_then(|cog| {
+                for (i, l) in cog.levels().iter().enumerate() {
+                    cog.read_window(i, Window { col_off: 0, row_off: 0, width: l.width, height: l.height })?;
+                }
+                Ok(())
+            });
+            if let Err(e) = result {
+                assert!(!matches!(e, Error::Grid(_) | Error::InvalidArgument(_)), "{e}");
+                assert!(e.to_string().contains(path.file_name().unwrap().to_str().unwrap()), "{e}");
             }
         }
     }
