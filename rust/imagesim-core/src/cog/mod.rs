@@ -279,6 +279,8 @@ impl Cog {
                 ),
             ));
         }
+        // Refuse oversized chunks before the window buffer is allocated.
+        self.check_chunk_size(l)?;
         let samples = u64::from(w.width) * u64::from(w.height) * u64::from(l.bands);
         let bytes = samples.saturating_mul(u64::from(l.bits_per_sample / 8).max(1));
         if bytes > MAX_WINDOW_BYTES {
