@@ -1,7 +1,10 @@
 # Hand-written stubs of the compiled module `imagesim._imagesim` (checked by mypy.stubtest).
 from collections.abc import Set as AbstractSet
 from os import PathLike
-from typing import final
+from pathlib import Path
+from typing import Any, final
+
+import numpy.typing as npt
 
 __version__: str
 
@@ -25,6 +28,27 @@ def cell_geotransform(quadkey: str) -> list[float]: ...
 def chip_name(zone: int, quadkey: str, catalog_id: str) -> str: ...
 def parse_chip_name(name: str) -> tuple[int, str, str]: ...
 def cog_path_from_chip(chip_name: str, ard_root: str | PathLike[str]) -> str: ...
+
+# --- cog ---
+@final
+class Cog:
+    def __init__(self, path: str | PathLike[str]) -> None: ...
+    @property
+    def path(self) -> Path: ...
+    @property
+    def levels(self) -> list[dict[str, Any]]: ...
+    # keys: width, height, bands, bits_per_sample, sample_format ('uint'|'int'|'float'),
+    # compression, photometric, planar, tiled, chunk_width, chunk_height
+    @property
+    def geotransform(self) -> tuple[float, float, float, float, float, float] | None: ...
+    @property
+    def epsg(self) -> int | None: ...
+    @property
+    def nodata(self) -> float | None: ...
+    def read(
+        self, window: tuple[int, int, int, int] | None = None, level: int = 0
+    ) -> npt.NDArray[Any]: ...
+# --- end cog ---
 
 # --- chip ---
 @final
