@@ -23,8 +23,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-err = Console(stderr=True)
-out = Console()
+err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 
 def _progress_bar(description: str):
@@ -107,8 +107,8 @@ def chip(
         err.print(f"[red]failed[/] {msg}")
     if summary.cogs == 0:
         err.print(f"[yellow]no -visual.tif found under {ard_path} matching the filters[/]")
-    out.print(summary.line())
-    out.print(f"chips: {dest}  manifest: {dest / 'chips.parquet'}  errors: {dest / 'chip-errors.json'}")
+    out.print(summary.line(), soft_wrap=True)
+    out.print(f"chips: {dest}  manifest: {dest / 'chips.parquet'}  errors: {dest / 'chip-errors.json'}", soft_wrap=True)
     if summary.failed_cogs or summary.failed_chips:
         raise typer.Exit(code=1)
 

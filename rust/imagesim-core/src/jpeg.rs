@@ -5,8 +5,8 @@
 //! decompressor (`thread_local!`).
 use std::cell::RefCell;
 
-use turbojpeg::{Compressor, Decompressor, Image, PixelFormat, YuvImage};
-pub use turbojpeg::Subsamp;
+use turbojpeg::{Compressor, Decompressor, Image, YuvImage};
+pub use turbojpeg::{PixelFormat, Subsamp};
 
 use crate::error::{Error, Result};
 
@@ -71,6 +71,25 @@ pub fn decode_rgb_into(data: &[u8], out: &mut Vec<u8>) -> std::result::Result<He
         d.decompress(data, image).map_err(|e| e.to_string())
     })?;
     Ok(header)
+}
+
+/// Decode into a caller's buffer in `format` (tightly packed rows), refusing streams larger than
+/// `max_w` x `max_h`. Returns the decoded (width, height).
+pub fn decode_into(data: &[u8], format: PixelFormat, max_w: usize, max_h: usize, out: &mut [u8]) -> std::result::Result<(usize, usize), String> {
+    let header = read_header(data)?;
+    let (w, h) = (header.width, header.height);
+    if w == 0 || h == 0 || w > max_w || h > max_h {
+        return Err(format!("JPEG is {w}x{h}, larger than its {max_w}x{max_h} chunk"));
+    }
+    let pitch = w * format.size();
+    if out.len() < pitch * h {
+        return Err(format!("output buffer of {} bytes is too small for {w}x{h}", out.len()));
+    }
+    with_decompressor(|d| {
+        let image = Image { pixels: &mut out[..pitch * h], width: w, pitch, height: h, format };
+        d.decompress(data, image).map_err(|e| e.to_string())
+    })?;
+    Ok((w, h))
 }
 
 /// YUV planes of a decoded JPEG (packed, align 1): Y (width*height) then U and V.

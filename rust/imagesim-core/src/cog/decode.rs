@@ -3,7 +3,6 @@
 //! Every codec writes into a caller-sized buffer, so a hostile stream can never make us allocate
 //! more than the chunk's declared size (which the caller has already bounded). Third-party
 //! decoders run under `catch_unwind` (see `Cog::decode_chunk_bytes`).
-use std::cell::RefCell;
 use std::io::Read;
 use std::path::Path;
 
@@ -194,25 +193,8 @@ fn webp(path: &Path, data: &[u8], geom: ChunkGeom, out: &mut [u8]) -> Result<()>
     Ok(())
 }
 
-/// Join a JPEG-in-TIFF tile with the file's JPEGTables into one standalone JPEG stream:
-/// `SOI, tables…` (tables without their EOI) + the tile without its SOI.
-pub fn jpeg_tile_stream(tables: Option<&[u8]>, tile: &[u8]) -> Vec<u8> {
-    let Some(t) = tables.filter(|t| t.len() >= 4) else { return tile.to_vec() };
-    let t = if t.ends_with(&[0xFF, 0xD9]) { &t[..t.len() - 2] } else { t };
-    let tile = if tile.starts_with(&[0xFF, 0xD8]) { &tile[2..] } else { tile };
-    let mut v = Vec::with_capacity(t.len() + tile.len());
-    v.extend_from_slice(t);
-    v.extend_from_slice(tile);
-    v
-}
-
-thread_local! {
-    /// One libjpeg-turbo decompressor per thread, reused for every tile that thread decodes.
-    static DECOMPRESSOR: RefCell<Option<turbojpeg::Decompressor>> = const { RefCell::new(None) };
-}
-
-/// Decode a JPEG stream with libjpeg-turbo into `out` (`width*height*channels` bytes).
-/// Returns the JPEG's (width, height).
+/// Decode a JPEG stream with libjpeg-turbo (see [`crate::jpeg`]) into `out`, refusing streams
+/// larger than the chunk. Returns the JPEG's (width, height).
 pub fn turbo_decode(
     path: &Path,
     stream: &[u8],
@@ -221,30 +203,7 @@ pub fn turbo_decode(
     max_h: usize,
     out: &mut [u8],
 ) -> Result<(usize, usize)> {
-    DECOMPRESSOR.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        if slot.is_none() {
-            *slot = Some(turbojpeg::Decompressor::new().map_err(|e| Error::jpeg(path, e.to_string()))?);
-        }
-        let d = slot.as_mut().expect("just set");
-        let h = d.read_header(stream).map_err(|e| Error::corrupt(path, format!("JPEG: {e}")))?;
-        if h.width > max_w || h.height > max_h || h.width == 0 || h.height == 0 {
-            return Err(Error::corrupt(
-                path,
-                format!("JPEG chunk is {}x{}, larger than its {max_w}x{max_h} chunk", h.width, h.height),
-            ));
-        }
-        let pitch = h.width * format.size();
-        let img = turbojpeg::Image {
-            pixels: &mut out[..pitch * h.height],
-            width: h.width,
-            pitch,
-            height: h.height,
-            format,
-        };
-        d.decompress(stream, img).map_err(|e| Error::corrupt(path, format!("JPEG: {e}")))?;
-        Ok((h.width, h.height))
-    })
+    crate::jpeg::decode_into(stream, format, max_w, max_h, out).map_err(|e| Error::corrupt(path, format!("JPEG: {e}")))
 }
 
 fn jpeg(path: &Path, level: &Level, data: &[u8], geom: ChunkGeom, out: &mut [u8]) -> Result<()> {
@@ -264,7 +223,8 @@ fn jpeg(path: &Path, level: &Level, data: &[u8], geom: ChunkGeom, out: &mut [u8]
             ))
         }
     };
-    let stream = jpeg_tile_stream(level.jpeg_tables.as_deref(), data);
+    let stream = crate::jpeg::tiff_tile_to_jpeg(level.jpeg_tables.as_deref(), data, false)
+        .map_err(|e| Error::corrupt(path, e.to_string()))?;
     let (w, h) = turbo_decode(path, &stream, format, geom.width, geom.rows.max(1), out)?;
     if w != geom.width {
         // A narrower JPEG would need re-pitching; real writers never produce one.
@@ -367,8 +327,8 @@ mod tests {
     fn jpeg_stream_merge() {
         let tables = [0xFF, 0xD8, 0xFF, 0xDB, 0x00, 0x02, 0xFF, 0xD9];
         let tile = [0xFF, 0xD8, 0xFF, 0xDA, 0x01, 0xFF, 0xD9];
-        let s = jpeg_tile_stream(Some(&tables), &tile);
+        let s = crate::jpeg::tiff_tile_to_jpeg(Some(&tables), &tile, false).unwrap();
         assert_eq!(s, vec![0xFF, 0xD8, 0xFF, 0xDB, 0x00, 0x02, 0xFF, 0xDA, 0x01, 0xFF, 0xD9]);
-        assert_eq!(jpeg_tile_stream(None, &tile), tile.to_vec());
+        assert_eq!(crate::jpeg::tiff_tile_to_jpeg(None, &tile, false).unwrap(), tile.to_vec());
     }
 }

@@ -21,7 +21,6 @@ mod geo;
 mod ifd;
 mod level;
 
-pub use decode::jpeg_tile_stream;
 pub use ifd::ByteOrder;
 
 /// TIFF compression codes we care about by name.
@@ -505,7 +504,7 @@ mod tests {
 
         // Raw tile + tables make a standalone JPEG.
         let raw = cog.read_raw_chunk(0, 0).unwrap().unwrap();
-        let s = jpeg_tile_stream(l0.jpeg_tables.as_deref(), &raw);
+        let s = crate::jpeg::tiff_tile_to_jpeg(l0.jpeg_tables.as_deref(), &raw, false).unwrap();
         assert_eq!(&s[..2], &[0xFF, 0xD8]);
         assert_eq!(&s[s.len() - 2..], &[0xFF, 0xD9]);
     }
