@@ -7,10 +7,9 @@ manifest ``chips.parquet`` and the error report ``chip-errors.json``, and draws 
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -252,7 +251,7 @@ def run_chip(
             pending = set(futures)
             failed_cog_chips = 0
             while pending:
-                done = {f for f in pending if f.done()}
+                done, _ = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
                 for fut in done:
                     acq = futures[fut]
                     try:
@@ -265,8 +264,6 @@ def run_chip(
                     manifest.add(_records_frame(acq, cols, settings))
                 pending -= done
                 sink.update(counter.value + failed_cog_chips)
-                if pending:
-                    threading.Event().wait(0.1)
     finally:
         manifest.flush()
         summary.seconds = time.perf_counter() - start
