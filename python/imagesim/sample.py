@@ -23,8 +23,10 @@ import math
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +34,7 @@ import numpy as np
 
 from imagesim import grid
 from imagesim.errors import InvalidArgumentError, OutputExistsError, SampleDataError
-from imagesim.fsutil import atomic_path, write_json
+from imagesim.fsutil import atomic_path
 
 __all__ = ["SampleSummary", "write_sample", "ZONE", "CELLS", "ACQUISITIONS"]
 
@@ -42,9 +44,11 @@ CELLS = ("120020223032", "120020223033")
 OSM_FILE = "sample.osm.pbf"
 MARKER = ".imagesim-sample"
 
-# Render windows: rows of this many pixels (multiple of the 512 px block); ~0.4 GB working set.
-_CHUNK_ROWS = 1024
+# Render windows: rows of this many pixels (a multiple of the 512 px block); ~0.35 GB working set each.
+_CHUNK_ROWS = 512
 _P = grid.COG_PIXELS
+# 17,408 / 2^6 = 272 <= 512: the overview count GDAL's COG driver picks for an ARD COG.
+_OVERVIEW_LEVELS = 6
 
 
 @dataclass(frozen=True)
@@ -167,13 +171,13 @@ def write_sample(
             frac = _write_cog(cog, scene, acq, valid_geom, seed, small, compression)
             fractions[acq.catalog_id] = frac
             _write_mask(folder / f"{acq.catalog_id}-data-mask.gpkg", valid_geom, acq.cell)
-            write_json(folder / f"{acq.catalog_id}.json", _metadata(acq, valid_geom, frac))
+            _write_json(folder / f"{acq.catalog_id}.json", _metadata(acq, valid_geom, frac))
             cogs.append(cog)
             say(f"{cog.relative_to(dest)}: {frac:.1%} valid, {time.perf_counter() - t1:.1f} s")
         t1 = time.perf_counter()
         n = _write_osm(pbf, scene)
         say(f"{OSM_FILE}: {n} elements, {time.perf_counter() - t1:.1f} s")
-        write_json(dest / MARKER, {"seed": seed, "small": small, "compression": compression, "zone": ZONE,
+        _write_json(dest / MARKER, {"seed": seed, "small": small, "compression": compression, "zone": ZONE,
                                    "cells": list(CELLS), "catalog_ids": [a.catalog_id for a in ACQUISITIONS]})
     except (OutputExistsError, InvalidArgumentError):
         raise
@@ -190,22 +194,22 @@ def write_sample(
 # Scene model
 # --------------------------------------------------------------------------------------------
 
-# Render classes: (name, texture amplitudes at 8 px / 64 px / 512 px, fine noise DN)
+# Render classes: (name, texture amplitude of the 8 px field, of the low-frequency field, fine noise DN)
 _CLASSES = [
-    ("background", 0.10, 0.14, 0.10, 5.0),
-    ("grass", 0.08, 0.07, 0.05, 4.0),
-    ("meadow", 0.10, 0.10, 0.06, 5.0),
-    ("forest", 0.38, 0.10, 0.05, 5.0),
-    ("farmland", 0.04, 0.07, 0.04, 4.0),
-    ("water", 0.015, 0.04, 0.04, 1.5),
-    ("residential", 0.22, 0.08, 0.03, 5.0),
-    ("industrial", 0.05, 0.06, 0.03, 4.0),
-    ("park", 0.20, 0.06, 0.03, 4.0),
-    ("parking", 0.02, 0.03, 0.02, 3.0),
-    ("pitch", 0.02, 0.02, 0.01, 2.5),
-    ("rail", 0.12, 0.03, 0.02, 6.0),
-    ("road", 0.02, 0.04, 0.02, 3.0),
-    ("building", 0.01, 0.01, 0.0, 2.5),
+    ("background", 0.10, 0.16, 5.0),
+    ("grass", 0.08, 0.08, 4.0),
+    ("meadow", 0.10, 0.11, 5.0),
+    ("forest", 0.38, 0.10, 5.0),
+    ("farmland", 0.04, 0.08, 4.0),
+    ("water", 0.015, 0.05, 1.5),
+    ("residential", 0.22, 0.08, 5.0),
+    ("industrial", 0.05, 0.06, 4.0),
+    ("park", 0.20, 0.06, 4.0),
+    ("parking", 0.02, 0.03, 3.0),
+    ("pitch", 0.02, 0.02, 2.5),
+    ("rail", 0.12, 0.03, 6.0),
+    ("road", 0.02, 0.04, 3.0),
+    ("building", 0.01, 0.01, 2.5),
 ]
 _CLS = {name: i for i, (name, *_rest) in enumerate(_CLASSES)}
 _ROAD_WIDTH = {"motorway": 26.0, "primary": 13.0, "residential": 8.0, "service": 4.5}
@@ -601,6 +605,7 @@ class _Layers:
                 shadows.append((f.geom.union(moved).convex_hull, 1))
         self.shadow = self._layer("shadow", shadows)
         self.valid = self._layer("valid", [(valid_geom, 1)])
+        self._lock = threading.Lock()  # OGR layers (spatial filter + reading) are not thread-safe
 
     def _layer(self, name: str, items):
         from osgeo import ogr
@@ -615,96 +620,158 @@ class _Layers:
             lyr.CreateFeature(feat)
         return lyr
 
-    def rasterize(self, layer, gt, width: int, height: int, attribute: bool) -> np.ndarray:
+    def rasterize(self, layer, gt, out: np.ndarray, mem) -> np.ndarray:
+        """Burn ``layer`` (attribute ``code`` for Int32 ``out``, else 1) into ``out`` through ``mem``."""
         from osgeo import gdal
 
-        ds = gdal.GetDriverByName("MEM").Create("", width, height, 1, gdal.GDT_Int32 if attribute else gdal.GDT_Byte)
-        ds.SetGeoTransform(gt)
-        ds.SetProjection(self.srs.ExportToWkt())
+        height, width = out.shape
+        attribute = out.dtype == np.int32
+        mem.SetGeoTransform(gt)
+        band = mem.GetRasterBand(1)
+        band.Fill(0)
         x0, y1 = gt[0], gt[3]
         x1, y0 = gt[0] + width * gt[1], gt[3] + height * gt[5]
-        layer.SetSpatialFilterRect(x0, y0, x1, y1)
         opts = ["ATTRIBUTE=code"] if attribute else []
-        gdal.RasterizeLayer(ds, [1], layer, burn_values=[] if attribute else [1], options=opts)
-        layer.SetSpatialFilter(None)
-        return ds.GetRasterBand(1).ReadAsArray()
+        with self._lock:
+            layer.SetSpatialFilterRect(x0, y0, x1, y1)
+            try:
+                gdal.RasterizeLayer(mem, [1], layer, burn_values=[] if attribute else [1], options=opts)
+            finally:
+                layer.SetSpatialFilter(None)
+        band.ReadAsArray(buf_obj=out)
+        return out
+
+
+class _Work:
+    """Reusable buffers of one render thread for one window shape (avoids page-fault churn)."""
+
+    def __init__(self, h: int, w: int, wkt: str) -> None:
+        from osgeo import gdal
+
+        mem = gdal.GetDriverByName("MEM")
+        self.mem_i = mem.Create("", w, h, 1, gdal.GDT_Int32)
+        self.mem_b = mem.Create("", w, h, 1, gdal.GDT_Byte)
+        for ds in (self.mem_i, self.mem_b):
+            ds.SetProjection(wkt)
+        self.valid = np.zeros((h, w), np.uint8)
+        self.shadow = np.zeros((h, w), np.uint8)
+        self.code = np.zeros((h, w), np.int32)
+        self.idx = np.zeros((h, w), np.intp)
+        self.cls = np.zeros((h, w), np.uint8)
+        self.shade = np.zeros((h, w), np.float32)
+        self.t1 = np.zeros((h, w), np.float32)
+        self.t2 = np.zeros((h, w), np.float32)
 
 
 def _luts(scene: Scene):
     n = len(scene.features) + 1
     cls = np.zeros(n, np.uint8)
-    rgb = np.zeros((n, 3), np.float32)
-    rgb[0] = (150, 140, 112)  # bare ground / scrub where nothing is mapped
-    stripe = np.zeros((n, 4), np.float32)
+    rgb = np.zeros((3, n), np.float32)
+    rgb[:, 0] = (150, 140, 112)  # bare ground / scrub where nothing is mapped
+    stripe = np.zeros((4, n), np.float32)
     for i, f in enumerate(scene.features, start=1):
         if f.cls:
             cls[i] = _CLS[f.cls]
-            rgb[i] = f.rgb
-            stripe[i] = f.stripe
-    amp = np.array([c[1:] for c in _CLASSES], np.float32)  # (classes, 4)
-    return cls, rgb, stripe, amp
+            rgb[:, i] = f.rgb
+            stripe[:, i] = f.stripe
+    amp = np.array([c[1:] for c in _CLASSES], np.float32).T.copy()  # (3, classes)
+    amp[2] /= 127.5  # fine noise is drawn as 0..255 around 127.5
+    not_roof = (cls != _CLS["building"]).astype(np.uint8)
+    # everything indexed by feature code (0 = nothing mapped)
+    return rgb, stripe, np.ascontiguousarray(amp[:, cls]), not_roof
 
 
-def _upsample(coarse: np.ndarray, factor: int, r0: int, c0: int, h: int, w: int) -> np.ndarray:
-    """Bilinear upsampling of a coarse noise field to pixel rows r0..r0+h, cols c0..c0+w."""
-    rr = (np.arange(r0, r0 + h, dtype=np.float32) + 0.5) / factor - 0.5
-    cc = (np.arange(c0, c0 + w, dtype=np.float32) + 0.5) / factor - 0.5
-    ri = np.clip(np.floor(rr).astype(np.int64), 0, coarse.shape[0] - 2)
-    ci = np.clip(np.floor(cc).astype(np.int64), 0, coarse.shape[1] - 2)
-    fr = np.clip(rr - ri, 0, 1)[:, None]
-    fc = np.clip(cc - ci, 0, 1)[None, :]
-    top = coarse[ri][:, ci] * (1 - fc) + coarse[ri][:, ci + 1] * fc
-    bot = coarse[ri + 1][:, ci] * (1 - fc) + coarse[ri + 1][:, ci + 1] * fc
-    return top * (1 - fr) + bot * fr
+def _upsample(coarse: np.ndarray, factor: int, r0: int, c0: int, out: np.ndarray, tmp: np.ndarray) -> np.ndarray:
+    """Bilinear upsampling of a coarse noise field into ``out`` (float32, COG rows r0.., cols c0..).
+
+    ``coarse[i, j]`` sits at pixel ((i - 1/2) * factor, (j - 1/2) * factor): one coarse sample of
+    margin on every side, so every window interpolates without edge cases. ``tmp`` is scratch.
+    """
+    h, w = out.shape
+    rr = (np.arange(r0, r0 + h, dtype=np.float32) + 0.5) / factor + 0.5
+    cc = (np.arange(c0, c0 + w, dtype=np.float32) + 0.5) / factor + 0.5
+    ri = rr.astype(np.int64)
+    ci = cc.astype(np.int64)
+    fr = (rr - ri.astype(np.float32))[:, None]
+    fc = (cc - ci.astype(np.float32))[None, :]
+    lo, hi = int(ri.min()), int(ri.max()) + 2
+    sub = coarse[lo:hi]
+    rows = sub[:, ci] * (1 - fc) + sub[:, ci + 1] * fc  # (coarse rows, w), small
+    ri -= lo
+    np.take(rows, ri + 1, axis=0, out=out)
+    np.take(rows, ri, axis=0, out=tmp)
+    out -= tmp
+    out *= fr
+    out += tmp
+    return out
 
 
-def _render_window(layers: _Layers, luts, noise, acq: Acquisition, gt, c0: int, r0: int, w: int, h: int,
-                   rng: np.random.Generator) -> np.ndarray:
+def _render_window(layers: _Layers, luts, noise, fine_table: np.ndarray, acq: Acquisition, gt, c0: int, r0: int,
+                   work: _Work, rng: np.random.Generator) -> np.ndarray:
     """Pixels (3, h, w) uint8 of the COG window at (c0, r0); exactly 0 outside the valid polygon."""
-    cls_lut, rgb_lut, stripe_lut, amp = luts
+    rgb_lut, stripe_lut, amp, roof = luts
+    h, w = work.code.shape
     wgt = (gt[0] + c0 * gt[1], gt[1], 0.0, gt[3] + r0 * gt[5], 0.0, gt[5])
-    valid = layers.rasterize(layers.valid, wgt, w, h, attribute=False).astype(bool)
+    valid = layers.rasterize(layers.valid, wgt, work.valid, work.mem_b)
     out = np.zeros((3, h, w), np.uint8)
     if not valid.any():
         return out
-    code = layers.rasterize(layers.scene, wgt, w, h, attribute=True)
-    shadow = layers.rasterize(layers.shadow, wgt, w, h, attribute=False)
-    cls = cls_lut[code]
-    a = amp[cls]  # (h, w, 4)
-    n8, n64, n512 = noise
-    shade = 1.0 + a[..., 0] * _upsample(n8, 8, r0, c0, h, w)
-    shade += a[..., 1] * _upsample(n64, 64, r0, c0, h, w)
-    shade += a[..., 2] * _upsample(n512, 512, r0, c0, h, w)
+    code = layers.rasterize(layers.scene, wgt, work.code, work.mem_i)
+    shadow = layers.rasterize(layers.shadow, wgt, work.shadow, work.mem_b)
+    idx = work.idx  # np.take converts other index types to intp on every call: do it once
+    idx[...] = code
+    n8, nlo = noise
+    shade, t1, t2 = work.shade, work.t1, work.t2
+    _upsample(n8, 8, r0, c0, shade, t1)
+    shade *= np.take(amp[0], idx, out=t1)
+    _upsample(nlo, 64, r0, c0, t1, t2)
+    t1 *= np.take(amp[1], idx, out=t2)
+    shade += t1
+    shade += np.float32(1.0)
     # Oriented textures: crop rows (1), parking stall lines (2), mowing stripes (3).
-    kind = stripe_lut[code, 3]
-    sel = np.flatnonzero(kind > 0)
+    sel = np.flatnonzero(np.take(stripe_lut[3], idx, out=t1))
     if sel.size:
         rows, cols = np.divmod(sel, w)
-        cf = code.ravel()[sel]
-        ang, period, samp, k = stripe_lut[cf, 0], stripe_lut[cf, 1], stripe_lut[cf, 2], stripe_lut[cf, 3]
-        u = ((cols + c0) * np.cos(ang) - (rows + r0) * np.sin(ang)) * grid.PIXEL_SIZE  # metres across the rows
-        phase = np.mod(u / period, 1.0)
-        tex = np.where(k == 1, samp * np.sin(2 * np.pi * phase),
-                       np.where(k == 2, np.where(phase < 0.12, samp, 0.0), samp * np.sign(np.sin(2 * np.pi * phase))))
-        flat = shade.reshape(-1)
-        flat[sel] += tex.astype(np.float32)
-    is_building = cls == _CLS["building"]
-    shade *= np.where((shadow > 0) & ~is_building, np.float32(acq.shadow), np.float32(1.0))
-    fine = (rng.integers(0, 255, size=(h, w), dtype=np.uint8).astype(np.float32) - 127.0) / 127.0
-    fine *= a[..., 3]
+        cf = code.reshape(-1)[sel]
+        ang = stripe_lut[0][cf]
+        u = (cols + c0).astype(np.float32) * np.cos(ang) - (rows + r0).astype(np.float32) * np.sin(ang)
+        u *= np.float32(grid.PIXEL_SIZE) / stripe_lut[1][cf]
+        phase = u - np.floor(u)
+        k = stripe_lut[3][cf]
+        samp = stripe_lut[2][cf]
+        tex = np.where(k == 1, np.sin(np.float32(2 * np.pi) * phase),
+                       np.where(k == 2, (phase < 0.12).astype(np.float32), np.where(phase < 0.5, 1.0, -1.0).astype(np.float32)))
+        shade.reshape(-1)[sel] += samp * tex
+    # Building shadows darken whatever they fall on, except the roofs themselves.
+    sh = shadow
+    sh &= np.take(roof, idx, out=work.cls)
+    sh = sh.view(bool)
+    np.putmask(shade, sh, shade * np.float32(acq.shadow))
+    # Fine (sensor/clutter) noise: a slice of a pre-drawn table, scaled per class.
+    start = int(rng.integers(0, fine_table.shape[0] - h + 1))
+    fine = np.take(amp[2], idx, out=t2)
+    fine *= fine_table[start:start + h, :w]
     for b in range(3):
-        band = rgb_lut[code, b] * shade
-        band *= np.float32(acq.gain[b])
-        band += np.float32(acq.haze[b])
+        band = np.take(rgb_lut[b], idx, out=t1)  # gain already folded into the table
+        band *= shade
         band += fine
+        band += np.float32(acq.haze[b] + 0.5)
         np.clip(band, 1.0, 255.0, out=band)
-        out[b] = np.where(valid, band + 0.5, 0).astype(np.uint8)
+        ob = out[b]
+        ob[...] = band
+        ob *= valid
     return out
 
 
 def _noise_fields(seed: int, cell: str):
+    """Texture noise of a cell: crowns/clumps (8 px) and low-frequency variation (64 px + 512 px)."""
     rng = np.random.default_rng([seed, int(cell, 4)])
-    return tuple(rng.standard_normal((_P // f + 2, _P // f + 2)).astype(np.float32) for f in (8, 64, 512))
+    n8 = rng.standard_normal((_P // 8 + 3, _P // 8 + 3)).astype(np.float32)
+    n64 = rng.standard_normal((_P // 64 + 3, _P // 64 + 3)).astype(np.float32)
+    n512 = rng.standard_normal((_P // 512 + 3, _P // 512 + 3)).astype(np.float32)
+    # fold the 512 px field into the 64 px grid
+    big = _upsample(n512, 8, 0, 0, np.empty_like(n64), np.empty_like(n64))
+    return n8, (0.7 * n64 + 0.9 * big).astype(np.float32)
 
 
 def _windows(acq: Acquisition, small: bool) -> Iterator[tuple[int, int, int, int]]:
@@ -719,18 +786,45 @@ def _windows(acq: Acquisition, small: bool) -> Iterator[tuple[int, int, int, int
             yield 0, r, _P, min(_CHUNK_ROWS, _P - r)
 
 
+def _overviews(px: np.ndarray, valid: np.ndarray) -> Iterator[np.ndarray]:
+    """2x, 4x, ... averages of the valid pixels of a window (0 where a cell has none)."""
+    s = px.astype(np.uint32)
+    c = valid.astype(np.uint32)
+    for _k in range(_OVERVIEW_LEVELS):
+        s = s[:, 0::2, 0::2] + s[:, 1::2, 0::2] + s[:, 0::2, 1::2] + s[:, 1::2, 1::2]
+        c = c[0::2, 0::2] + c[1::2, 0::2] + c[0::2, 1::2] + c[1::2, 1::2]
+        level = (s + c // 2) // np.maximum(c, 1)
+        yield level.astype(np.uint8)
+
+
 def _write_cog(path: Path, scene: Scene, acq: Acquisition, valid_geom, seed: int, small: bool, compression: str) -> float:
     from osgeo import gdal
 
     epsg = grid.epsg(acq.cell, ZONE)
     gt = grid.cell_geotransform(acq.cell)
     layers = _Layers(scene, acq, valid_geom, epsg)
-    luts = _luts(scene)
+    rgb_lut, stripe_lut, amp, not_roof = _luts(scene)
+    luts = (rgb_lut * np.asarray(acq.gain, np.float32)[:, None], stripe_lut, amp, not_roof)
     noise = _noise_fields(seed, acq.cell)
-    rng = np.random.default_rng([seed, int(acq.catalog_id, 16) % (2**63)])
+    acq_key = int(acq.catalog_id, 16) % (2**63)
+    fine_table = np.random.default_rng([seed, acq_key]).integers(0, 256, size=(2 * _CHUNK_ROWS, _P), dtype=np.uint8)
+    fine_table = fine_table.astype(np.float32) - np.float32(127.5)
     n_valid = 0
     fd, src_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".src.tif", dir=path.parent)
     os.close(fd)
+
+    local = threading.local()
+    wkt = layers.srs.ExportToWkt()
+
+    def render(win: tuple[int, int, int, int]) -> tuple[tuple[int, int, int, int], np.ndarray]:
+        c0, r0, w, h = win
+        works = local.__dict__.setdefault("works", {})
+        work = works.get((h, w))
+        if work is None:
+            work = works[(h, w)] = _Work(h, w, wkt)
+        rng = np.random.default_rng([seed, acq_key, r0, c0])
+        return win, _render_window(layers, luts, noise, fine_table, acq, gt, c0, r0, work, rng)
+
     try:
         src = gdal.GetDriverByName("GTiff").Create(
             src_name, _P, _P, 3, gdal.GDT_Byte,
@@ -740,23 +834,38 @@ def _write_cog(path: Path, scene: Scene, acq: Acquisition, valid_geom, seed: int
         for b in range(3):
             src.GetRasterBand(b + 1).SetNoDataValue(0)
             src.GetRasterBand(b + 1).SetColorInterpretation([gdal.GCI_RedBand, gdal.GCI_GreenBand, gdal.GCI_BlueBand][b])
-        for c0, r0, w, h in _windows(acq, small):
-            px = _render_window(layers, luts, noise, acq, gt, c0, r0, w, h, rng)
-            n_valid += int(np.count_nonzero(px[0]))
-            if px.any():
-                src.WriteRaster(c0, r0, w, h, px.tobytes(), band_list=[1, 2, 3])
+        # Overview levels as the COG driver would choose them (down to <= one 512 px block); we fill
+        # them ourselves from each rendered window (no-data-aware average), which is much faster than
+        # letting GDAL average 17,408² mostly-empty pixels, and keeps empty overview blocks sparse.
+        src.BuildOverviews("NONE", [2**k for k in range(1, _OVERVIEW_LEVELS + 1)])
+        windows = list(_windows(acq, small))
+        with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
+            for i in range(0, len(windows), 4):  # bounded: at most 4 rendered windows in memory
+                for (c0, r0, w, h), px in pool.map(render, windows[i:i + 4]):
+                    valid = px[0] > 0
+                    count = int(np.count_nonzero(valid))
+                    if not count:
+                        continue
+                    n_valid += count
+                    src.WriteRaster(c0, r0, w, h, px, band_list=[1, 2, 3])
+                    for k, level in enumerate(_overviews(px, valid), start=1):
+                        for b in range(3):
+                            src.GetRasterBand(b + 1).GetOverview(k - 1).WriteArray(level[b], c0 >> k, r0 >> k)
         src.FlushCache()
-        opts = ["BLOCKSIZE=512", "OVERVIEWS=AUTO", "SPARSE_OK=TRUE", "NUM_THREADS=ALL_CPUS", "BIGTIFF=IF_SAFER",
-                "OVERVIEW_RESAMPLING=AVERAGE"]
+        opts = ["BLOCKSIZE=512", "OVERVIEWS=AUTO", "SPARSE_OK=TRUE", "NUM_THREADS=ALL_CPUS", "BIGTIFF=IF_SAFER"]
         if compression == "jpeg":
-            opts += ["COMPRESS=JPEG", "QUALITY=90", "OVERVIEW_QUALITY=90"]
+            opts += ["COMPRESS=JPEG", "QUALITY=90", "OVERVIEW_COMPRESS=JPEG", "OVERVIEW_QUALITY=90"]
         else:
-            opts += ["COMPRESS=DEFLATE", "PREDICTOR=2", "LEVEL=6"]
-        with atomic_path(path) as tmp:
+            opts += ["COMPRESS=DEFLATE", "PREDICTOR=2", "LEVEL=6", "OVERVIEW_COMPRESS=DEFLATE", "OVERVIEW_PREDICTOR=2"]
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.tif")
+        try:
             out = gdal.GetDriverByName("COG").CreateCopy(str(tmp), src, options=opts)
             if out is None:
                 raise SampleDataError(f"GDAL could not write {path}")
             out = None
+            _publish(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
         src = None
     finally:
         for p in (src_name, src_name + ".ovr", src_name + ".aux.xml"):
@@ -776,7 +885,9 @@ def _write_mask(path: Path, valid_geom, cell: str) -> None:
     srs.ImportFromEPSG(grid.epsg(cell, ZONE))
     srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
 
-    def write(tmp: Path) -> None:
+    # GDAL's GPKG driver wants the .gpkg extension: a temporary name that keeps it, then a rename.
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp.gpkg")
+    try:
         tmp.unlink(missing_ok=True)
         ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(tmp))
         lyr = ds.CreateLayer("data-mask", srs, ogr.wkbMultiPolygon)
@@ -787,9 +898,27 @@ def _write_mask(path: Path, valid_geom, cell: str) -> None:
         feat.SetGeometry(geom)
         lyr.CreateFeature(feat)
         ds = None
+        _publish(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
+
+def _write_json(path: Path, data: object) -> None:
     with atomic_path(path) as tmp:
-        write(tmp)
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        os.chmod(tmp, 0o666 & ~_umask())
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    """Give a finished temporary file ordinary permissions (mkstemp makes it 0600) and move it in place."""
+    os.chmod(tmp, 0o666 & ~_umask())
+    os.replace(tmp, path)
 
 
 def _to_wgs84(epsg: int):
@@ -914,7 +1043,7 @@ def _write_osm(path: Path, scene: Scene) -> int:
                     writer.add_relation(Relation(id=rid, members=members, tags=tags, **attrs))
             finally:
                 writer.close()
-            os.replace(final, tmp)
+            _publish(final, tmp)
         finally:
             final.unlink(missing_ok=True)
     return len(nodes) + len(ways) + len(rels)
