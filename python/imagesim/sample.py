@@ -99,7 +99,7 @@ ACQUISITIONS: tuple[Acquisition, ...] = (
         off_nadir=9.6, sun_elevation=58.1, sun_azimuth=146.2, cloud_cover=0.0,
         gain=(1.04, 1.01, 0.95), haze=(8.0, 8.0, 10.0), shadow=0.5,
         edge_point=(14300.0, 0.0), edge_angle=97.0, edge_side=-1,
-        small_box=(8000, 9000, 2560), small_edge_frac=0.7,
+        small_box=(8000, 9000, 2560), small_edge_frac=0.3,
     ),
 )
 
@@ -202,7 +202,7 @@ _CLASSES = [
     ("forest", 0.38, 0.10, 5.0),
     ("farmland", 0.04, 0.08, 4.0),
     ("water", 0.015, 0.05, 1.5),
-    ("residential", 0.22, 0.08, 5.0),
+    ("residential", 0.12, 0.07, 4.0),
     ("industrial", 0.05, 0.06, 4.0),
     ("park", 0.20, 0.06, 4.0),
     ("parking", 0.02, 0.03, 3.0),
@@ -291,7 +291,7 @@ def _build_scene(seed: int) -> Scene:
     a_box, b_box = ACQUISITIONS[0].small_box, ACQUISITIONS[2].small_box
     town = np.array(_pixel_to_world(CELLS[0], a_box[0] + a_box[2] * 0.45, a_box[1] + a_box[2] * 0.55))
     village = np.array(_pixel_to_world(CELLS[1], 13000, 4200))
-    lake_c = np.array(_pixel_to_world(CELLS[1], b_box[0] + b_box[2] * 0.62, b_box[1] + b_box[2] * 0.35))
+    lake_c = np.array(_pixel_to_world(CELLS[1], b_box[0] + b_box[2] * 0.45, b_box[1] + b_box[2] * 0.4))
 
     def rot(g):
         return affinity.rotate(g, theta, origin=(cx, cy))
@@ -407,7 +407,7 @@ def _build_scene(seed: int) -> Scene:
     lake_zone = lake.buffer(25)
 
     # River: north-south through cell B, west of the lake.
-    rx = lake_c[0] - 700
+    rx = lake_c[0] - 450
     river_line = _wavy_line(rng, (rx, N + 200), (rx + 600, S - 200), 260.0, 120)
     river_poly = river_line.buffer(22.0, cap_style="flat").intersection(region)
     feats_water.append(Feature(river_poly, {"waterway": "riverbank", "natural": "water", "water": "river"}, "water", (48, 72, 76)))
