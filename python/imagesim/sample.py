@@ -18,6 +18,7 @@ labels derived from it line up with the pixels.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -274,7 +275,9 @@ def _wavy_line(rng: np.random.Generator, p0, p1, amp: float, n: int = 60):
     return LineString(pts)
 
 
+@functools.lru_cache(maxsize=2)
 def _build_scene(seed: int) -> Scene:
+    """The vector scene of ``seed`` (cached: it is never modified after construction)."""
     import shapely
     from shapely import affinity
     from shapely.geometry import LineString, Polygon, box
@@ -484,13 +487,18 @@ def _build_scene(seed: int) -> Scene:
                                      stripe=(math.radians(theta), 10.0, 0.06, 3)))
         lot = rot(box(x0 + 60, y0 + 250, x0 + 160, y0 + 290))
         feats_top.append(Feature(lot, {"amenity": "parking"}, "parking", (96, 96, 98), stripe=(math.radians(theta), 2.6, 0.9, 2)))
+    # The town park (always present): a soccer pitch and a car park; streets and houses give way.
     tp = unrot_pt(town)
-    pitch = rot(box(tp[0] - 52, tp[1] - 34, tp[0] + 53, tp[1] + 34))
-    feats_top.append(Feature(pitch, {"leisure": "pitch", "sport": "soccer"}, "pitch", (78, 142, 60),
-                             stripe=(math.radians(theta), 10.0, 0.06, 3)))
-    lot = rot(box(tp[0] - 52, tp[1] + 40, tp[0] + 40, tp[1] + 75))
-    feats_top.append(Feature(lot, {"amenity": "parking", "parking": "surface"}, "parking", (94, 94, 96),
-                             stripe=(math.radians(theta), 2.6, 0.9, 2)))
+    town_park = rot(box(tp[0] - 90, tp[1] - 60, tp[0] + 90, tp[1] + 95))
+    town_feats = [
+        Feature(town_park, {"leisure": "park", "name": "Town Park"}, "park", (98, 134, 66)),
+        Feature(rot(box(tp[0] - 52, tp[1] - 34, tp[0] + 53, tp[1] + 34)), {"leisure": "pitch", "sport": "soccer"}, "pitch",
+                (78, 142, 60), stripe=(math.radians(theta), 10.0, 0.06, 3)),
+        Feature(rot(box(tp[0] - 52, tp[1] + 45, tp[0] + 40, tp[1] + 80)), {"amenity": "parking", "parking": "surface"},
+                "parking", (94, 94, 96), stripe=(math.radians(theta), 2.6, 0.9, 2)),
+    ]
+    streets = [(kind, ln.difference(town_park)) for kind, ln in
+               (item if isinstance(item, tuple) else ("residential", item) for item in streets)]
 
     # Roads (render as buffered polygons, OSM as centre lines).
     for ln in primary_lines:
@@ -509,7 +517,7 @@ def _build_scene(seed: int) -> Scene:
         rail.append(Feature(part, {"railway": "rail", "gauge": "1435"}, "rail", (118, 108, 98), render_geom=part.buffer(4.0, cap_style="flat")))
 
     # Everything linear or watery blocks buildings and pitches.
-    blockers = unary_union([r.render_geom.buffer(3) for r in roads + rail] + [lake_zone, river_poly.buffer(10)])
+    blockers = unary_union([r.render_geom.buffer(3) for r in roads + rail] + [lake_zone, river_poly.buffer(10), town_park])
     if clearing is not None:
         blockers = unary_union([blockers, clearing])
     shapely.prepare(blockers)
@@ -517,8 +525,11 @@ def _build_scene(seed: int) -> Scene:
     hit = shapely.intersects(blockers, np.array(keep_geoms, dtype=object)) if keep_geoms else np.array([], bool)
     for (geom, rgb, kind, height), bad in zip(house_polys, hit):
         if not bad and region.contains(geom):
-            buildings.append(Feature(geom, {"building": kind}, "building", rgb, height=height))
+            tag = kind if kind == "industrial" or rng.uniform() < 0.7 else "yes"
+            buildings.append(Feature(geom, {"building": tag}, "building", rgb, height=height))
     feats_top = [f for f in feats_top if not shapely.intersects(blockers, f.geom)]
+    feats_land += town_feats[:1]
+    feats_top += town_feats[1:]
 
     # Drawing order: land, water, pitches/parking, rail, roads (minor to major), buildings.
     order = {"service": 0, "residential": 1, "primary": 2, "motorway": 3}
@@ -807,7 +818,9 @@ def _write_cog(path: Path, scene: Scene, acq: Acquisition, valid_geom, seed: int
     luts = (rgb_lut * np.asarray(acq.gain, np.float32)[:, None], stripe_lut, amp, not_roof)
     noise = _noise_fields(seed, acq.cell)
     acq_key = int(acq.catalog_id, 16) % (2**63)
-    fine_table = np.random.default_rng([seed, acq_key]).integers(0, 256, size=(2 * _CHUNK_ROWS, _P), dtype=np.uint8)
+    windows = list(_windows(acq, small))
+    max_w = max(w for _c, _r, w, _h in windows)
+    fine_table = np.random.default_rng([seed, acq_key]).integers(0, 256, size=(2 * _CHUNK_ROWS, max_w), dtype=np.uint8)
     fine_table = fine_table.astype(np.float32) - np.float32(127.5)
     n_valid = 0
     fd, src_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".src.tif", dir=path.parent)
@@ -838,7 +851,6 @@ def _write_cog(path: Path, scene: Scene, acq: Acquisition, valid_geom, seed: int
         # them ourselves from each rendered window (no-data-aware average), which is much faster than
         # letting GDAL average 17,408² mostly-empty pixels, and keeps empty overview blocks sparse.
         src.BuildOverviews("NONE", [2**k for k in range(1, _OVERVIEW_LEVELS + 1)])
-        windows = list(_windows(acq, small))
         with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
             for i in range(0, len(windows), 4):  # bounded: at most 4 rendered windows in memory
                 for (c0, r0, w, h), px in pool.map(render, windows[i:i + 4]):
@@ -928,14 +940,17 @@ def _to_wgs84(epsg: int):
 
 
 def _metadata(acq: Acquisition, valid_geom, frac: float) -> dict:
+    import shapely
     from shapely.geometry import box, mapping
-    from shapely.ops import transform
 
     epsg = grid.epsg(acq.cell, ZONE)
     tr = _to_wgs84(epsg)
     b = grid.bounds(acq.cell)
-    footprint = transform(tr.transform, valid_geom.intersection(box(*b)).simplify(1.0))
-    cell_ll = transform(tr.transform, box(*b))
+    def to_ll(g):
+        return shapely.transform(g, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
+
+    footprint = to_ll(valid_geom.intersection(box(*b)).simplify(1.0))
+    cell_ll = to_ll(box(*b))
     return {
         "type": "Feature",
         "stac_version": "1.0.0",
