@@ -603,17 +603,27 @@ class _Layers:
         self.srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
         drv = ogr.GetDriverByName("Memory")
         self.ds = drv.CreateDataSource("scene")
-        self.scene = self._layer("scene", [(f.render_geom if f.render_geom is not None else f.geom, i + 1)
-                                           for i, f in enumerate(scene.features) if f.cls])
+        import shapely
+
+        # Only what can reach the valid-data polygon (shadows reach up to ~40 m).
+        feats = [f for f in scene.features if f.cls]
+        geoms = np.array([f.render_geom if f.render_geom is not None else f.geom for f in feats], dtype=object)
+        reach = shapely.box(*valid_geom.bounds).buffer(50.0)
+        keep = shapely.intersects(reach, geoms)
+        codes = [i + 1 for i, f in enumerate(scene.features) if f.cls]
+        self.scene = self._layer("scene", [(g, c) for g, c, k in zip(geoms, codes, keep) if k])
         # Building shadows: the building swept away from the sun.
         az = math.radians(acq.sun_azimuth)
         cot = 1.0 / math.tan(math.radians(acq.sun_elevation))
+        bld = [f for f, k in zip(feats, keep) if k and f.cls == "building" and f.height > 0]
         shadows = []
-        for f in scene.features:
-            if f.cls == "building" and f.height > 0:
-                dx, dy = -math.sin(az) * f.height * cot, -math.cos(az) * f.height * cot
-                moved = affinity.translate(f.geom, dx, dy)
-                shadows.append((f.geom.union(moved).convex_hull, 1))
+        if bld:
+            base = np.array([f.geom for f in bld], dtype=object)
+            h = np.array([f.height for f in bld]) * cot
+            dx, dy = -math.sin(az) * h, -math.cos(az) * h
+            moved = np.array([affinity.translate(g, x, y) for g, x, y in zip(base, dx, dy)], dtype=object)
+            hulls = shapely.convex_hull(shapely.union(base, moved))
+            shadows = [(g, 1) for g in hulls]
         self.shadow = self._layer("shadow", shadows)
         self.valid = self._layer("valid", [(valid_geom, 1)])
         self._lock = threading.Lock()  # OGR layers (spatial filter + reading) are not thread-safe
