@@ -169,6 +169,11 @@ struct Cut {
     encoding: Encoding,
 }
 
+/// Smallest byte of a plane (255 for an empty one); written as a fold so it vectorises.
+fn min_value(plane: &[u8]) -> u8 {
+    plane.iter().fold(255u8, |m, &v| m.min(v))
+}
+
 /// Count interleaved pixels (`stride` bytes each, first 3 bands compared) that are no-data.
 fn count_nodata(pixels: &[u8], stride: usize, threshold: u8) -> u64 {
     pixels.chunks_exact(stride).filter(|p| p[0] <= threshold && p[1] <= threshold && p[2] <= threshold).count() as u64
@@ -240,15 +245,28 @@ impl CogChipper<'_> {
         let stream = jpeg::tiff_tile_to_jpeg(l.jpeg_tables.as_deref(), &raw, passthrough)
             .map_err(|e| Error::corrupt(path, format!("tile ({cx}, {cy}): {e}")))?;
         let corrupt = |e: String| Error::corrupt(path, format!("JPEG tile ({cx}, {cy}): {e}"));
-        jpeg::decode_yuv_into(&stream, &mut scratch.yuv).map_err(corrupt)?;
-        if scratch.yuv.width != l.chunk_width as usize || scratch.yuv.height != l.chunk_height as usize {
-            return Err(corrupt(format!("decodes to {}x{} px, expected the tile size", scratch.yuv.width, scratch.yuv.height)));
-        }
+        let (tw, th) = (l.chunk_width as usize, l.chunk_height as usize);
+        // Re-encoding needs the YUV planes anyway; passthrough and measure-only need just luma,
+        // and a grayscale decode skips the chroma IDCT and upsampling.
+        let reencode = write && !passthrough;
+        let darkest = if reencode {
+            jpeg::decode_yuv_into(&stream, &mut scratch.yuv).map_err(corrupt)?;
+            if scratch.yuv.width != tw || scratch.yuv.height != th {
+                return Err(corrupt(format!("decodes to {}x{} px, expected {tw}x{th}", scratch.yuv.width, scratch.yuv.height)));
+            }
+            min_value(scratch.yuv.y_plane())
+        } else {
+            scratch.rgb.resize(tw * th, 0);
+            let (w, h) = jpeg::decode_into(&stream, jpeg::PixelFormat::GRAY, tw, th, &mut scratch.rgb).map_err(corrupt)?;
+            if (w, h) != (tw, th) {
+                return Err(corrupt(format!("decodes to {w}x{h} px, expected {tw}x{th}")));
+            }
+            min_value(&scratch.rgb[..tw * th])
+        };
         let threshold = self.opts.nodata_threshold;
         // A no-data pixel (all bands <= T) has luma <= T + 1 (luma is a convex combination of
         // the bands, plus rounding), so a tile whose darkest luma is above that has none and
         // needs no RGB decode. Otherwise count exactly on the RGB pixels.
-        let darkest = scratch.yuv.y_plane().iter().copied().min().unwrap_or(255);
         let nodata = if u16::from(darkest) > u16::from(threshold) + 1 {
             0
         } else {
