@@ -159,9 +159,15 @@ class _Manifest:
         self.old = load_manifest(dest)
         self.new: list[pl.DataFrame] = []
         self.last_flush = time.monotonic()
+        # Chips already recorded, per acquisition: built once, read by the worker threads.
+        self.known: dict[tuple[str, str], set[str]] = {
+            (cell, catalog_id): set(names)
+            for cell, catalog_id, names in self.old.group_by(["cell", "catalog_id"]).agg("chip").iter_rows()
+        }
 
-    def known_names(self, zone: int) -> set[str]:
-        return set(self.old.filter(pl.col("zone") == zone)["chip"].to_list())
+    def known_names(self, acq: Acquisition) -> set[str]:
+        """Chips of one acquisition the manifest already records."""
+        return self.known.get((acq.cell, acq.catalog_id), set())
 
     def add(self, frame: pl.DataFrame) -> None:
         self.new.append(frame)
@@ -240,7 +246,7 @@ def run_chip(
             nodata_threshold=settings.nodata_threshold,
             overwrite=settings.overwrite,
             skip_empty=settings.skip_empty,
-            known=set() if settings.overwrite else manifest.known_names(acq.zone),
+            known=set() if settings.overwrite else manifest.known_names(acq),
             threads=threads_per_cog,
             progress=counter,
         )
