@@ -34,12 +34,11 @@ $(STAMP)/venv: $(STAMP)/apt pyproject.toml | $(STAMP)
 	# GDAL's bindings must match the system libgdal and be built with numpy present.
 	$(PY) -c "import osgeo.gdal_array" 2>/dev/null || \
 	  $(PIP) install -q --no-build-isolation "gdal==$$(gdal-config --version)"
-	$(PIP) install -q "typer>=0.12" "rich>=13" "polars>=1.0" "osmium>=3.6" "shapely>=2" "pyproj>=3.5" \
-	  "pytest>=7" "pillow>=10" "mypy>=1.8" "rasterio>=1.3"
 	touch $@
 
 $(STAMP)/build: $(STAMP)/venv $(RUST_SOURCES) | $(STAMP)
-	source $(VENV)/bin/activate && maturin develop --release -q
+	# The package and its extras (sample data, tests, benchmark baseline) come from pyproject.toml.
+	source $(VENV)/bin/activate && maturin develop --release -q --extras sample,test,bench
 	touch $@
 
 setup: $(STAMP)/build
