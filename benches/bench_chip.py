@@ -20,6 +20,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 CODEC_BOUND_2PROC = 1060.0  # DESIGN.md §4: decode 1.03 ms + encode 0.86 ms per 512² chip, 2 cores
+ORIGINAL_ANCHOR_2PROC = 94.0  # DESIGN.md §4: the original approach, 2 processes
 
 
 def ensure_cog(out: Path) -> Path:
@@ -34,7 +35,7 @@ def ensure_cog(out: Path) -> Path:
     return max(cogs, key=lambda p: p.stat().st_size)
 
 
-def run_imagesim(cog: Path, dest: Path, proc: int, passthrough: bool) -> dict:
+def run_imagesim(cog: Path, dest: Path, proc: int, passthrough: bool, measure: bool = True) -> dict:
     from imagesim.ard import find_acquisitions
     from imagesim.chip import ChipSettings, run_chip
 
@@ -44,7 +45,7 @@ def run_imagesim(cog: Path, dest: Path, proc: int, passthrough: bool) -> dict:
     acqs, _ = find_acquisitions(root, catalog_ids=[catalog_id])
     assert len(acqs) == 1
     start = time.perf_counter()
-    summary = run_chip(root, dest, ChipSettings(zoom=17, proc=proc, passthrough=passthrough), catalog_ids=[catalog_id])
+    summary = run_chip(root, dest, ChipSettings(zoom=17, proc=proc, passthrough=passthrough, measure=measure), catalog_ids=[catalog_id])
     seconds = time.perf_counter() - start
     assert summary.written == 1024 and summary.failed_chips == 0, summary.line()
     return {"chips": summary.written, "seconds": seconds}
@@ -70,10 +71,15 @@ def main() -> None:
     cog.read_bytes()  # same warm page cache for everyone
 
     results: dict[str, dict] = {}
-    for name, passthrough in [("imagesim re-encode", False), ("imagesim passthrough", True)]:
+    modes = [
+        ("imagesim re-encode", False, True),
+        ("imagesim passthrough", True, True),
+        ("imagesim passthrough --no-measure", True, False),
+    ]
+    for name, passthrough, measure in modes:
         # Each run writes into a fresh folder: deleting thousands of files just before a run
         # makes the filesystem's inode allocation slower than it is on a real first run.
-        runs = [run_imagesim(cog, args.out / f"chips-imagesim-{i}", args.proc, passthrough) for i in range(args.repeat)]
+        runs = [run_imagesim(cog, args.out / f"chips-imagesim-{i}", args.proc, passthrough, measure) for i in range(args.repeat)]
         results[name] = min(runs, key=lambda r: r["seconds"])
         for i in range(args.repeat):
             shutil.rmtree(args.out / f"chips-imagesim-{i}", ignore_errors=True)
@@ -82,14 +88,18 @@ def main() -> None:
 
     rate = {k: v["chips"] / v["seconds"] for k, v in results.items()}
     base = rate[f"original (rasterio, {args.proc} proc)"]
-    print(f"\n{'approach':34} {'chips/s':>9} {'vs original':>12}")
+    print(f"\n{'approach':36} {'chips/s':>9} {'vs original':>12}")
     for name, r in rate.items():
-        print(f"{name:34} {r:9.0f} {r / base:11.1f}x")
+        print(f"{name:36} {r:9.0f} {r / base:11.1f}x")
     reencode, passthrough = rate["imagesim re-encode"], rate["imagesim passthrough"]
-    print(f"\nre-encode vs codec bound ({CODEC_BOUND_2PROC:.0f} chips/s, DESIGN.md §4): {reencode / CODEC_BOUND_2PROC:.0%}")
+    unmeasured = rate["imagesim passthrough --no-measure"]
+    print()
+    print(f"re-encode vs DESIGN.md's original anchor ({ORIGINAL_ANCHOR_2PROC:.0f} chips/s, 2 proc): {reencode / ORIGINAL_ANCHOR_2PROC:.1f}x")
+    print(f"re-encode vs codec bound ({CODEC_BOUND_2PROC:.0f} chips/s, DESIGN.md §4): {reencode / CODEC_BOUND_2PROC:.0%}")
     print(f"targets: re-encode >= 900 chips/s [{'met' if reencode >= 900 else 'MISSED'}], "
-          f">= 9x original [{'met' if reencode / base >= 9 else 'MISSED'}], "
-          f"passthrough >= 2500 chips/s [{'met' if passthrough >= 2500 else 'MISSED'}]")
+          f">= 9x original in this run [{'met' if reencode / base >= 9 else 'MISSED'}], "
+          f"passthrough >= 2500 chips/s [{'met' if passthrough >= 2500 else 'MISSED'} measuring, "
+          f"{'met' if unmeasured >= 2500 else 'MISSED'} with --no-measure]")
     (args.out / "bench_chip.json").write_text(json.dumps({"cog": str(cog), "proc": args.proc, "chips_per_s": rate}, indent=2))
 
 

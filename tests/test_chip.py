@@ -262,3 +262,17 @@ def test_cli_chip_end_to_end(small_sample, tmp_path) -> None:
     assert res.returncode == 0, res.stderr
     assert "chips written" in res.stdout and "chips/s" in res.stdout
     assert (tmp_path / "out" / MANIFEST).is_file()
+
+
+def test_passthrough_without_measuring(small_sample, tmp_path) -> None:
+    dest = tmp_path / "chips"
+    one = [small_sample.catalog_ids[0]]
+    summary = run_chip(small_sample.root, dest, ChipSettings(zoom=17, passthrough=True, measure=False), catalog_ids=one)
+    assert summary.written == 1024
+    manifest = pl.read_parquet(dest / MANIFEST)
+    copied = manifest.filter(pl.col("encoding") == "passthrough")
+    assert copied.height > 0
+    assert copied["nodata_pixels"].null_count() == copied.height
+    assert copied["nodata_class"].null_count() == copied.height
+    # Sparse tiles need no decode: they are still known to be empty.
+    assert set(manifest.filter(pl.col("encoding") == "reencode")["nodata_class"]) == {"no_data"}

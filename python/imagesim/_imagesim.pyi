@@ -70,6 +70,7 @@ def chip_cog(
     nodata_threshold: int = 0,
     overwrite: bool = False,
     skip_empty: bool = False,
+    measure: bool = True,
     known: AbstractSet[str] = ...,
     threads: int = 0,
     progress: Progress | None = None,

@@ -55,6 +55,7 @@ class ChipSettings:
     min_nodata_pixels: int = DEFAULT_MIN_NODATA_PIXELS
     overwrite: bool = False
     skip_empty: bool = False
+    measure: bool = True
     proc: int = 0
 
     def check(self) -> None:
@@ -100,9 +101,12 @@ class ChipSummary:
 
 
 def nodata_class_expr(nodata: pl.Expr, total: pl.Expr, min_pixels: int) -> pl.Expr:
-    """``no_data`` when every pixel is no-data, ``partial_data`` from ``min_pixels`` on, else ``all_data``."""
+    """``no_data`` when every pixel is no-data, ``partial_data`` from ``min_pixels`` on, else
+    ``all_data``; null when the chip was not measured."""
     return (
-        pl.when(nodata >= total)
+        pl.when(nodata.is_null())
+        .then(pl.lit(None, pl.String))
+        .when(nodata >= total)
         .then(pl.lit("no_data"))
         .when(nodata >= min_pixels)
         .then(pl.lit("partial_data"))
@@ -246,6 +250,7 @@ def run_chip(
             nodata_threshold=settings.nodata_threshold,
             overwrite=settings.overwrite,
             skip_empty=settings.skip_empty,
+            measure=settings.measure,
             known=set() if settings.overwrite else manifest.known_names(acq),
             threads=threads_per_cog,
             progress=counter,

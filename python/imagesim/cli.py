@@ -86,6 +86,7 @@ def chip(
     catalog_id: Annotated[Optional[list[str]], typer.Option("--catalog-id", help="Only this acquisition (repeatable).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Rewrite chips that already exist (default: skip them).")] = False,
     skip_empty: Annotated[bool, typer.Option("--skip-empty", help="Do not write chips that are entirely no-data (still listed in chips.parquet).")] = False,
+    measure: Annotated[bool, typer.Option("--measure/--no-measure", help="Count no-data pixels of every chip. --no-measure with --passthrough skips the decode that measuring costs (no-data columns left empty for copied chips; run nodata-index later).")] = True,
 ) -> None:
     """Cut every ARD `-visual.tif` into JPEG chips on the quadkey grid and record chips.parquet."""
     from imagesim.chip import ChipSettings, run_chip
@@ -98,6 +99,7 @@ def chip(
         min_nodata_pixels=min_nodata_pixels,
         overwrite=overwrite,
         skip_empty=skip_empty,
+        measure=measure,
         proc=proc,
     )
     summary = run_chip(ard_path, dest, settings, zones=zone, quadkeys=quadkey, catalog_ids=catalog_id, progress=_progress_bar("chip"))

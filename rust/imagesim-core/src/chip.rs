@@ -31,11 +31,13 @@ pub struct ChipOptions {
     pub overwrite: bool,
     /// Do not write chips whose every pixel is no-data (they are still measured and recorded).
     pub skip_empty: bool,
+    /// Measure no-data even where that is the only reason to decode (passthrough chips).
+    pub measure: bool,
 }
 
 impl Default for ChipOptions {
     fn default() -> Self {
-        ChipOptions { zoom: 17, quality: 90, passthrough: false, nodata_threshold: 0, overwrite: false, skip_empty: false }
+        ChipOptions { zoom: 17, quality: 90, passthrough: false, nodata_threshold: 0, overwrite: false, skip_empty: false, measure: true }
     }
 }
 
@@ -164,7 +166,8 @@ impl Scratch {
 
 /// A measured chip ready to be written: its JPEG bytes (None when nothing is to be written).
 struct Cut {
-    nodata_pixels: u64,
+    /// None when not measured (passthrough without measuring).
+    nodata_pixels: Option<u64>,
     jpeg: Option<Vec<u8>>,
     encoding: Encoding,
 }
@@ -239,11 +242,14 @@ impl CogChipper<'_> {
             // Sparse tile: every pixel is the fill value.
             let nodata = if self.fill_value() <= self.opts.nodata_threshold { total } else { 0 };
             let jpeg = if write { Some(self.empty_jpeg(window.width)?) } else { None };
-            return Ok(Cut { nodata_pixels: nodata, jpeg, encoding: Encoding::Reencoded });
+            return Ok(Cut { nodata_pixels: Some(nodata), jpeg, encoding: Encoding::Reencoded });
         };
         let passthrough = self.opts.passthrough && l.photometric == photometric::YCBCR;
         let stream = jpeg::tiff_tile_to_jpeg(l.jpeg_tables.as_deref(), &raw, passthrough)
             .map_err(|e| Error::corrupt(path, format!("tile ({cx}, {cy}): {e}")))?;
+        if passthrough && write && !self.opts.measure {
+            return Ok(Cut { nodata_pixels: None, jpeg: Some(stream), encoding: Encoding::Passthrough });
+        }
         let corrupt = |e: String| Error::corrupt(path, format!("JPEG tile ({cx}, {cy}): {e}"));
         let (tw, th) = (l.chunk_width as usize, l.chunk_height as usize);
         // Re-encoding needs the YUV planes anyway; passthrough and measure-only need just luma,
@@ -274,13 +280,13 @@ impl CogChipper<'_> {
             count_nodata(&scratch.rgb, 3, threshold)
         };
         if !write {
-            return Ok(Cut { nodata_pixels: nodata, jpeg: None, encoding: Encoding::None });
+            return Ok(Cut { nodata_pixels: Some(nodata), jpeg: None, encoding: Encoding::None });
         }
         if passthrough {
-            return Ok(Cut { nodata_pixels: nodata, jpeg: Some(stream), encoding: Encoding::Passthrough });
+            return Ok(Cut { nodata_pixels: Some(nodata), jpeg: Some(stream), encoding: Encoding::Passthrough });
         }
         let jpeg = jpeg::encode_yuv(&scratch.yuv, self.opts.quality).map_err(|e| Error::jpeg(path, e))?;
-        Ok(Cut { nodata_pixels: nodata, jpeg: Some(jpeg), encoding: Encoding::Reencoded })
+        Ok(Cut { nodata_pixels: Some(nodata), jpeg: Some(jpeg), encoding: Encoding::Reencoded })
     }
 
     /// Measure and encode interleaved pixels (`bands` per pixel, first 3 used) of a chip.
@@ -305,7 +311,7 @@ impl CogChipper<'_> {
         } else {
             None
         };
-        Ok(Cut { nodata_pixels: nodata, jpeg, encoding: if write { Encoding::Reencoded } else { Encoding::None } })
+        Ok(Cut { nodata_pixels: Some(nodata), jpeg, encoding: if write { Encoding::Reencoded } else { Encoding::None } })
     }
 }
 
@@ -409,13 +415,13 @@ impl CogChipper<'_> {
                 return rec;
             }
         };
-        rec.nodata_pixels = Some(cut.nodata_pixels);
+        rec.nodata_pixels = cut.nodata_pixels;
         rec.encoding = cut.encoding;
         if task.exists {
             rec.status = ChipStatus::Measured;
             return rec;
         }
-        if self.opts.skip_empty && cut.nodata_pixels == rec.total_pixels {
+        if self.opts.skip_empty && cut.nodata_pixels == Some(rec.total_pixels) {
             rec.status = ChipStatus::Empty;
             rec.encoding = Encoding::None;
             return rec;

@@ -34,7 +34,7 @@ impl Progress {
 /// Chip one cell COG; returns the per-chip records as a dict of equal-length columns.
 #[pyfunction]
 #[pyo3(signature = (cog_path, zone, cell_quadkey, catalog_id, out_dir, *, zoom=17, quality=90, passthrough=false,
-    nodata_threshold=0, overwrite=false, skip_empty=false, known=HashSet::new(), threads=0, progress=None))]
+    nodata_threshold=0, overwrite=false, skip_empty=false, measure=true, known=HashSet::new(), threads=0, progress=None))]
 #[allow(clippy::too_many_arguments)]
 fn chip_cog<'py>(
     py: Python<'py>,
@@ -49,12 +49,13 @@ fn chip_cog<'py>(
     nodata_threshold: u8,
     overwrite: bool,
     skip_empty: bool,
+    measure: bool,
     known: HashSet<String>,
     threads: usize,
     progress: Option<Bound<'py, Progress>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let job = CogJob { cog_path, zone, cell_quadkey, catalog_id, out_dir };
-    let opts = ChipOptions { zoom, quality, passthrough, nodata_threshold, overwrite, skip_empty };
+    let opts = ChipOptions { zoom, quality, passthrough, nodata_threshold, overwrite, skip_empty, measure };
     let counter = progress.map(|p| p.get().count.clone()).unwrap_or_default();
     let records = detached(py, || run_in_pool(threads, || chip::chip_cog(&job, &opts, &known, &counter))?)?;
 
