@@ -75,3 +75,12 @@ def chip_cog(
     threads: int = 0,
     progress: Progress | None = None,
 ) -> dict[str, list]: ...
+
+# --- nodata ---
+def scan_jpeg_files(
+    paths: list[str | PathLike[str]],
+    *,
+    threshold: int = 0,
+    threads: int = 0,
+    progress: Progress | None = None,
+) -> dict[str, list]: ...

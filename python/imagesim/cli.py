@@ -115,6 +115,36 @@ def chip(
         raise typer.Exit(code=1)
 
 
+@app.command("nodata-index")
+def nodata_index(
+    chip_dir: Annotated[Path, typer.Option("--chip-dir", help="Folder of chips (searched recursively), e.g. the DEST of `imagesim chip`.")],
+    filename: Annotated[str, typer.Option(help="Index file name, written in CHIP_DIR (or an absolute path).")] = "nodata-index.json",
+    overwrite: Annotated[bool, typer.Option("--overwrite/--no-overwrite", help="Replace an existing index (default: overwrite, as the original tool did).")] = True,
+    proc: Annotated[int, typer.Option(help="Worker threads for --source pixels (0 = all cores).")] = 0,
+    threshold: Annotated[int, typer.Option(help="A pixel is no-data when all bands are <= T (2-8 tolerates JPEG noise at no-data edges).")] = 0,
+    min_pixels: Annotated[int, typer.Option(help="No-data pixels from which a chip is partial_data (fewer: all_data).")] = 16,
+    source: Annotated[Optional[str], typer.Option(help="pixels (decode every chip), manifest (chips.parquet counts from the COG) or mask (ARD data-mask.gpkg). Default: manifest when CHIP_DIR has one, else pixels.")] = None,
+    ard_path: Annotated[Optional[Path], typer.Option("--ard-path", help="ARD root, to find data masks for --source mask when chips.parquet is absent.")] = None,
+) -> None:
+    """Classify every chip as all_data, partial_data or no_data (JSON index + nodata.parquet)."""
+    from imagesim.nodata import NodataSettings, run_nodata_index
+
+    settings = NodataSettings(
+        filename=filename, overwrite=overwrite, proc=proc, threshold=threshold, min_pixels=min_pixels, source=source, ard_path=ard_path
+    )
+    summary = run_nodata_index(chip_dir, settings, progress=_progress_bar("nodata"))
+    for path in summary.skipped[:10]:
+        err.print(f"[yellow]skipped (not a JPEG)[/] {path}")
+    if len(summary.skipped) > 10:
+        err.print(f"[yellow]… {len(summary.skipped) - 10} more non-JPEG files skipped[/]")
+    for path, msg in summary.failed[:10]:
+        err.print(f"[red]failed[/] {msg}")
+    out.print(summary.line())
+    out.print(f"index: {summary.index}  per-chip: {summary.parquet}  summary: {summary.summary}")
+    if summary.failed:
+        raise typer.Exit(code=1)
+
+
 def main() -> None:
     """Entry point: run the app, turning imagesim errors into one line and exit code 1."""
     debug = os.environ.get("IMAGESIM_DEBUG", "") not in ("", "0")

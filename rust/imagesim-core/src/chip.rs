@@ -17,6 +17,7 @@ use crate::cog::{compression, photometric, Cog, Level, SampleFormat};
 use crate::error::{Error, Result};
 use crate::grid::{self, chip_window, ChipName, Tile, Window};
 use crate::jpeg;
+use crate::nodata::{count_after_luma, count_nodata, min_value, Scratch};
 
 /// How a chip run behaves; one value for the whole run.
 #[derive(Debug, Clone)]
@@ -153,16 +154,6 @@ pub fn validate_ard_cog(cog: &Cog, zone: u8, cell: &Tile) -> Result<()> {
 }
 
 /// Per-thread scratch buffers reused across chips.
-struct Scratch {
-    rgb: Vec<u8>,
-    yuv: jpeg::Yuv,
-}
-
-impl Scratch {
-    fn new() -> Self {
-        Scratch { rgb: Vec::new(), yuv: jpeg::Yuv::default() }
-    }
-}
 
 /// A measured chip ready to be written: its JPEG bytes (None when nothing is to be written).
 struct Cut {
@@ -170,16 +161,6 @@ struct Cut {
     nodata_pixels: Option<u64>,
     jpeg: Option<Vec<u8>>,
     encoding: Encoding,
-}
-
-/// Smallest byte of a plane (255 for an empty one); written as a fold so it vectorises.
-fn min_value(plane: &[u8]) -> u8 {
-    plane.iter().fold(255u8, |m, &v| m.min(v))
-}
-
-/// Count interleaved pixels (`stride` bytes each, first 3 bands compared) that are no-data.
-fn count_nodata(pixels: &[u8], stride: usize, threshold: u8) -> u64 {
-    pixels.chunks_exact(stride).filter(|p| p[0] <= threshold && p[1] <= threshold && p[2] <= threshold).count() as u64
 }
 
 /// The run over one COG.
@@ -262,23 +243,15 @@ impl CogChipper<'_> {
             }
             min_value(scratch.yuv.y_plane())
         } else {
-            scratch.rgb.resize(tw * th, 0);
-            let (w, h) = jpeg::decode_into(&stream, jpeg::PixelFormat::GRAY, tw, th, &mut scratch.rgb).map_err(corrupt)?;
+            scratch.luma.resize(tw * th, 0);
+            let (w, h) = jpeg::decode_into(&stream, jpeg::PixelFormat::GRAY, tw, th, &mut scratch.luma).map_err(corrupt)?;
             if (w, h) != (tw, th) {
                 return Err(corrupt(format!("decodes to {w}x{h} px, expected {tw}x{th}")));
             }
-            min_value(&scratch.rgb[..tw * th])
+            min_value(&scratch.luma)
         };
-        let threshold = self.opts.nodata_threshold;
-        // A no-data pixel (all bands <= T) has luma <= T + 1 (luma is a convex combination of
-        // the bands, plus rounding), so a tile whose darkest luma is above that has none and
-        // needs no RGB decode. Otherwise count exactly on the RGB pixels.
-        let nodata = if u16::from(darkest) > u16::from(threshold) + 1 {
-            0
-        } else {
-            jpeg::decode_rgb_into(&stream, &mut scratch.rgb).map_err(corrupt)?;
-            count_nodata(&scratch.rgb, 3, threshold)
-        };
+        // Exact count; the RGB decode happens only when a luma sample is dark (see `nodata`).
+        let nodata = count_after_luma(&stream, darkest, self.opts.nodata_threshold, &mut scratch.rgb).map_err(corrupt)?;
         if !write {
             return Ok(Cut { nodata_pixels: Some(nodata), jpeg: None, encoding: Encoding::None });
         }
@@ -380,7 +353,7 @@ pub fn chip_cog(job: &CogJob, opts: &ChipOptions, known: &HashSet<String>, progr
     } else {
         tasks
             .par_iter()
-            .map_init(Scratch::new, |scratch, task| {
+            .map_init(Scratch::default, |scratch, task| {
                 let rec = chipper.chip_one(task, known, scratch);
                 progress.fetch_add(1, Ordering::Relaxed);
                 rec

@@ -4,12 +4,14 @@
 //! - [`cog`]: GeoTIFF/COG parsing and windowed reads, decoding only the chunks a window touches.
 //! - [`jpeg`]: libjpeg-turbo decode/encode and JPEG-in-TIFF tile to standalone JFIF.
 //! - [`chip`]: cutting one cell COG into chips (re-encode or passthrough) with no-data counts.
+//! - [`nodata`]: exact no-data counts, with a luma-only decode deciding the easy cases.
 //! - [`pool`]: the rayon pool a call runs on.
 pub mod chip;
 pub mod cog;
 pub mod error;
 pub mod grid;
 pub mod jpeg;
+pub mod nodata;
 pub mod pool;
 
 pub use error::{Error, Result};

@@ -31,6 +31,13 @@ impl Progress {
     }
 }
 
+impl Progress {
+    /// The shared counter, for Rust work to increment.
+    pub fn counter(&self) -> Arc<AtomicU64> {
+        self.count.clone()
+    }
+}
+
 /// Chip one cell COG; returns the per-chip records as a dict of equal-length columns.
 #[pyfunction]
 #[pyo3(signature = (cog_path, zone, cell_quadkey, catalog_id, out_dir, *, zoom=17, quality=90, passthrough=false,
@@ -56,7 +63,7 @@ fn chip_cog<'py>(
 ) -> PyResult<Bound<'py, PyDict>> {
     let job = CogJob { cog_path, zone, cell_quadkey, catalog_id, out_dir };
     let opts = ChipOptions { zoom, quality, passthrough, nodata_threshold, overwrite, skip_empty, measure };
-    let counter = progress.map(|p| p.get().count.clone()).unwrap_or_default();
+    let counter = progress.map(|p| p.get().counter()).unwrap_or_default();
     let records = detached(py, || run_in_pool(threads, || chip::chip_cog(&job, &opts, &known, &counter))?)?;
 
     let out = PyDict::new(py);

@@ -7,6 +7,7 @@ mod cog;
 mod error;
 mod grid;
 mod jpeg;
+mod nodata;
 mod release;
 
 #[pymodule]
@@ -16,5 +17,6 @@ fn _imagesim(m: &Bound<'_, PyModule>) -> PyResult<()> {
     cog::register(m)?;
     jpeg::register(m)?;
     chip::register(m)?;
+    nodata::register(m)?;
     Ok(())
 }
