@@ -7,6 +7,9 @@ PIP   := $(VENV)/bin/pip
 STAMP := .stamp
 DEMO  ?= demo-out
 APT_PACKAGES := gdal-bin libgdal-dev cmake nasm pkg-config
+# The shared real-data corpus (TIFF/COG variants, corrupt files, OSM): tests skip visibly without it.
+IMAGESIM_REALDATA ?= $(firstword $(abspath $(wildcard ../shared/realdata ../../shared/realdata /work/shared/realdata)))
+export IMAGESIM_REALDATA
 RUST_SOURCES := $(shell find rust -name '*.rs' -o -name Cargo.toml) Cargo.toml pyproject.toml
 
 .PHONY: all setup build demo test test-rust test-python bench bench-chip stubtest clean

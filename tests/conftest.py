@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from realdata import find_realdata
 
 
 @pytest.fixture(scope="session")
 def realdata() -> Path:
     """`$IMAGESIM_REALDATA` (default `../shared/realdata`); tests skip visibly when it is absent."""
-    path = Path(os.environ.get("IMAGESIM_REALDATA", REPO.parent / "shared" / "realdata"))
+    path = find_realdata()
     if not path.is_dir():
         pytest.skip(f"real-data corpus not found at {path} (set IMAGESIM_REALDATA)")
     return path

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from realdata import find_realdata
+
 REPO = Path(__file__).resolve().parents[1]
-REALDATA = Path(os.environ.get("IMAGESIM_REALDATA", REPO.parent / "shared" / "realdata"))
+REALDATA = find_realdata()
 CORRUPT_DIR = REALDATA / "tiff-corrupt"
 FILES = sorted(CORRUPT_DIR.iterdir()) if CORRUPT_DIR.is_dir() else []
 TIME_LIMIT_S = 20

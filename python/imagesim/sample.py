@@ -587,6 +587,15 @@ def _valid_polygon(acq: Acquisition, small: bool):
     if not half_plane.is_valid:
         half_plane = half_plane.buffer(0)
     valid = half_plane.intersection(extent)
+    # A small ragged no-data hole inside the imagery (a dropped scan segment), centred in one z17
+    # chip so that chip's four corners stay valid: the case the original corner rule misses.
+    inside = p + n * (s * 0.3 if small else 1500.0)
+    cx, cy = (np.floor((inside - grid.APRON) / 512.0) * 512.0 + grid.APRON + 256.0).tolist()
+    k = np.arange(24)
+    radius = 70.0 + 25.0 * rng.uniform(-1, 1, k.size)
+    hole = Polygon(np.column_stack([cx + radius * np.cos(2 * np.pi * k / k.size), cy + radius * np.sin(2 * np.pi * k / k.size)]))
+    if valid.contains(hole.buffer(200.0)):
+        valid = valid.difference(hole)
     gt = grid.cell_geotransform(acq.cell)
     # pixel (col, row) -> UTM (x, y)
     return affinity.affine_transform(valid, [gt[1], 0.0, 0.0, gt[5], gt[0], gt[3]])

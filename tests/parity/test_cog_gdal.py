@@ -19,13 +19,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from realdata import find_realdata
+
 gdal = pytest.importorskip("osgeo.gdal")
 from imagesim.cog import open_cog  # noqa: E402
 
 gdal.UseExceptions()
 
 REPO = Path(__file__).resolve().parents[2]
-REALDATA = Path(os.environ.get("IMAGESIM_REALDATA", REPO.parent / "shared" / "realdata"))
+REALDATA = find_realdata()
 TIFF_DIR = REALDATA / "tiff"
 FILES = (
     sorted(p for p in TIFF_DIR.iterdir() if p.suffix.lower() in (".tif", ".tiff"))
