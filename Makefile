@@ -12,7 +12,7 @@ IMAGESIM_REALDATA ?= $(firstword $(abspath $(wildcard ../shared/realdata ../../s
 export IMAGESIM_REALDATA
 RUST_SOURCES := $(shell find rust -name '*.rs' -o -name Cargo.toml) Cargo.toml pyproject.toml
 
-.PHONY: all setup build demo test test-rust test-python bench bench-chip stubtest clean
+.PHONY: all setup build demo test test-rust test-python bench bench-chip bench-nodata stubtest clean
 
 all: build
 
@@ -67,9 +67,11 @@ test-python: $(STAMP)/build
 stubtest: $(STAMP)/build
 	$(VENV)/bin/python -m mypy.stubtest imagesim._imagesim --allowlist tests/stubtest-allowlist.txt
 
-bench: bench-chip
+bench: bench-chip bench-nodata
 bench-chip: $(STAMP)/build
 	$(PY) benches/bench_chip.py
+bench-nodata: $(STAMP)/build
+	$(PY) benches/bench_nodata.py
 
 clean:
 	rm -rf $(STAMP) target $(DEMO)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,9 +115,8 @@ def _by_pixels(paths: list[Path], settings: NodataSettings, sink: ProgressSink, 
     counter = _rs.Progress()
     with ThreadPoolExecutor(max_workers=1) as pool:
         fut = pool.submit(_rs.scan_jpeg_files, [str(p) for p in paths], threshold=settings.threshold, threads=settings.proc, progress=counter)
-        while not fut.done():
+        while not wait([fut], timeout=0.1).done:
             sink.update(done_before + counter.value)
-            time.sleep(0.1)
         cols = fut.result()
     total = pl.col("width").cast(pl.UInt64) * pl.col("height").cast(pl.UInt64)
     return pl.DataFrame(
