@@ -50,11 +50,13 @@ build: $(STAMP)/build
 demo: $(STAMP)/build
 	$(VENV)/bin/imagesim sample-data $(DEMO)/sample --seed 0 $(if $(SMALL),--small,) --overwrite
 	$(VENV)/bin/imagesim chip --ard-path $(DEMO)/sample/ard --dest $(DEMO)/chips --zoom 17
+	$(VENV)/bin/imagesim nodata-index --chip-dir $(DEMO)/chips --source pixels --threshold 4
 	@echo
 	@echo "Sample ARD delivery:  $(DEMO)/sample/ard"
 	@echo "OpenStreetMap data:   $(DEMO)/sample/sample.osm.pbf"
 	@echo "Chips:                $(DEMO)/chips/<zone>/*.jpg"
 	@echo "Chip manifest:        $(DEMO)/chips/chips.parquet"
+	@echo "No-data index:        $(DEMO)/chips/nodata-index.json (+ nodata.parquet)"
 
 test: $(STAMP)/build test-rust test-python stubtest
 
