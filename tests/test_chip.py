@@ -276,3 +276,17 @@ def test_passthrough_without_measuring(small_sample, tmp_path) -> None:
     assert copied["nodata_class"].null_count() == copied.height
     # Sparse tiles need no decode: they are still known to be empty.
     assert set(manifest.filter(pl.col("encoding") == "reencode")["nodata_class"]) == {"no_data"}
+
+
+def test_changed_cog_is_chipped_again(small_sample, tmp_path) -> None:
+    root = tmp_path / "ard"
+    shutil.copytree(small_sample.root, root)
+    dest = tmp_path / "chips"
+    one = [small_sample.catalog_ids[-1]]
+    run_chip(root, dest, ChipSettings(zoom=17), catalog_ids=one)
+    cog = next(root.rglob(f"{one[0]}-visual.tif"))
+    os.utime(cog, ns=(cog.stat().st_atime_ns, cog.stat().st_mtime_ns + 10**9))  # re-delivered
+    summary = run_chip(root, dest, ChipSettings(zoom=17), catalog_ids=one)
+    assert summary.stale_cogs == [str(cog)] and summary.written == 1024
+    again = run_chip(root, dest, ChipSettings(zoom=17), catalog_ids=one)
+    assert again.skipped == 1024 and not again.stale_cogs

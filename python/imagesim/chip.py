@@ -33,6 +33,8 @@ MANIFEST_SCHEMA: dict[str, pl.DataType] = {
     "catalog_id": pl.String(),
     "acquisition_date": pl.String(),
     "source_cog": pl.String(),
+    "source_size": pl.UInt64(),
+    "source_mtime_ns": pl.Int64(),
     "col_off": pl.UInt32(),
     "row_off": pl.UInt32(),
     "width": pl.UInt32(),
@@ -83,6 +85,7 @@ class ChipSummary:
     failed_chips: int = 0
     failed_cogs: list[tuple[str, str]] = field(default_factory=list)
     misplaced: list[Misplaced] = field(default_factory=list)
+    stale_cogs: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
@@ -132,6 +135,7 @@ def load_manifest(dest: Path) -> pl.DataFrame:
 def _records_frame(acq: Acquisition, cols: dict, settings: ChipSettings) -> pl.DataFrame:
     """Manifest rows for the chips of one COG that were measured this run."""
     df = pl.DataFrame(cols).filter(pl.col("status").is_in(["written", "measured", "empty"]))
+    stamp = source_stamp(acq)
     total = pl.col("width").cast(pl.UInt64) * pl.col("height").cast(pl.UInt64)
     nodata = pl.col("nodata_pixels")
     return df.select(
@@ -143,6 +147,8 @@ def _records_frame(acq: Acquisition, cols: dict, settings: ChipSettings) -> pl.D
         pl.lit(acq.catalog_id).alias("catalog_id"),
         pl.lit(acq.date).alias("acquisition_date"),
         pl.lit(str(acq.visual)).alias("source_cog"),
+        pl.lit(stamp[0], pl.UInt64).alias("source_size"),
+        pl.lit(stamp[1], pl.Int64).alias("source_mtime_ns"),
         "col_off",
         "row_off",
         "width",
@@ -157,6 +163,12 @@ def _records_frame(acq: Acquisition, cols: dict, settings: ChipSettings) -> pl.D
     ).cast(MANIFEST_SCHEMA)  # type: ignore[arg-type]
 
 
+def source_stamp(acq: Acquisition) -> tuple[int, int]:
+    """(size, mtime) of a COG: chips recorded against another stamp are stale."""
+    st = acq.visual.stat()
+    return st.st_size, st.st_mtime_ns
+
+
 class _Manifest:
     """The manifest being built: old rows plus this run's, flushed atomically now and then."""
 
@@ -166,14 +178,21 @@ class _Manifest:
         self.new: list[pl.DataFrame] = []
         self.last_flush = time.monotonic()
         # Chips already recorded, per acquisition: built once, read by the worker threads.
-        self.known: dict[tuple[str, str], set[str]] = {
-            (cell, catalog_id): set(names)
-            for cell, catalog_id, names in self.old.group_by(["cell", "catalog_id"]).agg("chip").iter_rows()
-        }
+        groups = self.old.group_by(["cell", "catalog_id"]).agg("chip", pl.col("source_size", "source_mtime_ns").first())
+        self.known: dict[tuple[str, str], set[str]] = {}
+        self.stamps: dict[tuple[str, str], tuple[int, int]] = {}
+        for cell, catalog_id, names, size, mtime in groups.iter_rows():
+            self.known[(cell, catalog_id)] = set(names)
+            self.stamps[(cell, catalog_id)] = (size, mtime)
 
     def known_names(self, acq: Acquisition) -> set[str]:
         """Chips of one acquisition the manifest already records."""
         return self.known.get((acq.cell, acq.catalog_id), set())
+
+    def is_stale(self, acq: Acquisition) -> bool:
+        """The COG changed (size or mtime) since its chips were recorded: they must be redone."""
+        recorded = self.stamps.get((acq.cell, acq.catalog_id))
+        return recorded is not None and recorded != source_stamp(acq)
 
     def add(self, frame: pl.DataFrame) -> None:
         self.new.append(frame)
@@ -239,7 +258,11 @@ def run_chip(
     chip_errors: list[dict] = []
     start = time.perf_counter()
 
+    stale = [acq for acq in acquisitions if not settings.overwrite and manifest.is_stale(acq)]
+    summary.stale_cogs = [str(acq.visual) for acq in stale]
+
     def one(acq: Acquisition) -> dict:
+        overwrite = settings.overwrite or acq in stale
         return _rs.chip_cog(
             acq.visual,
             acq.zone,
@@ -250,10 +273,10 @@ def run_chip(
             quality=settings.quality,
             passthrough=settings.passthrough,
             nodata_threshold=settings.nodata_threshold,
-            overwrite=settings.overwrite,
+            overwrite=overwrite,
             skip_empty=settings.skip_empty,
             measure=settings.measure,
-            known=set() if settings.overwrite else manifest.known_names(acq),
+            known=set() if overwrite else manifest.known_names(acq),
             threads=threads_per_cog,
             progress=counter,
         )

@@ -105,6 +105,8 @@ def chip(
     summary = run_chip(ard_path, dest, settings, zones=zone, quadkeys=quadkey, catalog_ids=catalog_id, progress=_progress_bar("chip"))
     for m in summary.misplaced:
         err.print(f"[yellow]ignored[/] {m.path}: {m.reason}")
+    for cog in summary.stale_cogs:
+        err.print(f"[yellow]changed since its chips were cut, chips rewritten:[/] {cog}")
     for cog, msg in summary.failed_cogs:
         err.print(f"[red]failed[/] {msg}")
     if summary.cogs == 0:
