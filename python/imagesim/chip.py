@@ -49,6 +49,10 @@ MANIFEST_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
+# Columns added after the first manifests were written; older manifests get them as nulls.
+LATER_COLUMNS = {"source_size", "source_mtime_ns", "nodata_threshold"}
+
+
 @dataclass
 class ChipSettings:
     zoom: int = 17
@@ -127,8 +131,10 @@ def load_manifest(dest: Path) -> pl.DataFrame:
     except Exception as exc:  # polars raises several types for damaged files
         raise ImagesimError(f"{path}: cannot read the chip manifest ({exc}); move it away to start afresh") from exc
     missing = set(MANIFEST_SCHEMA) - set(df.columns)
-    if missing:
-        raise ImagesimError(f"{path}: not an imagesim chip manifest (missing columns {sorted(missing)})")
+    if missing - LATER_COLUMNS:
+        raise ImagesimError(f"{path}: not an imagesim chip manifest (missing columns {sorted(missing - LATER_COLUMNS)})")
+    # Manifests written before a column existed: the column is unknown (null), not an error.
+    df = df.with_columns(pl.lit(None, MANIFEST_SCHEMA[c]).alias(c) for c in missing)
     return df.select(list(MANIFEST_SCHEMA)).cast(MANIFEST_SCHEMA)  # type: ignore[arg-type]
 
 
@@ -192,7 +198,9 @@ class _Manifest:
     def is_stale(self, acq: Acquisition) -> bool:
         """The COG changed (size or mtime) since its chips were recorded: they must be redone."""
         recorded = self.stamps.get((acq.cell, acq.catalog_id))
-        return recorded is not None and recorded != source_stamp(acq)
+        if recorded is None or None in recorded:  # never recorded, or by an older imagesim
+            return False
+        return recorded != source_stamp(acq)
 
     def add(self, frame: pl.DataFrame) -> None:
         self.new.append(frame)

@@ -128,7 +128,7 @@ def _by_pixels(paths: list[Path], settings: NodataSettings, sink: ProgressSink, 
 def _by_manifest(chip_dir: Path, frame: pl.DataFrame, threshold: int) -> pl.DataFrame:
     """Counts from chips.parquet for the listed chips; rows it cannot answer keep nulls."""
     manifest = load_manifest(chip_dir)
-    used = manifest.filter(pl.col("nodata_pixels").is_not_null())["nodata_threshold"].unique().to_list()
+    used = manifest.filter(pl.col("nodata_pixels").is_not_null())["nodata_threshold"].drop_nulls().unique().to_list()
     if used and used != [threshold]:
         raise InvalidArgumentError(
             f"{chip_dir / MANIFEST} was measured with --nodata-threshold {used[0]}; pass --threshold {used[0]} "
