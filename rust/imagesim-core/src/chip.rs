@@ -17,7 +17,7 @@ use crate::cog::{compression, photometric, Cog, Level, SampleFormat};
 use crate::error::{Error, Result};
 use crate::grid::{self, chip_window, ChipName, Tile, Window};
 use crate::jpeg;
-use crate::nodata::{count_after_luma, count_nodata, min_value, Scratch};
+use crate::nodata::{count_decoded, count_nodata, Scratch};
 
 /// How a chip run behaves; one value for the whole run.
 #[derive(Debug, Clone)]
@@ -233,25 +233,12 @@ impl CogChipper<'_> {
         }
         let corrupt = |e: String| Error::corrupt(path, format!("JPEG tile ({cx}, {cy}): {e}"));
         let (tw, th) = (l.chunk_width as usize, l.chunk_height as usize);
-        // Re-encoding needs the YUV planes anyway; passthrough and measure-only need just luma,
-        // and a grayscale decode skips the chroma IDCT and upsampling.
-        let reencode = write && !passthrough;
-        let darkest = if reencode {
-            jpeg::decode_yuv_into(&stream, &mut scratch.yuv).map_err(corrupt)?;
-            if scratch.yuv.width != tw || scratch.yuv.height != th {
-                return Err(corrupt(format!("decodes to {}x{} px, expected {tw}x{th}", scratch.yuv.width, scratch.yuv.height)));
-            }
-            min_value(scratch.yuv.y_plane())
-        } else {
-            scratch.luma.resize(tw * th, 0);
-            let (w, h) = jpeg::decode_into(&stream, jpeg::PixelFormat::GRAY, tw, th, &mut scratch.luma).map_err(corrupt)?;
-            if (w, h) != (tw, th) {
-                return Err(corrupt(format!("decodes to {w}x{h} px, expected {tw}x{th}")));
-            }
-            min_value(&scratch.luma)
-        };
-        // Exact count; the RGB decode happens only when a luma sample is dark (see `nodata`).
-        let nodata = count_after_luma(&stream, darkest, self.opts.nodata_threshold, &mut scratch.rgb).map_err(corrupt)?;
+        // One YUV decode serves both the measurement and (when re-encoding) the encoder.
+        jpeg::decode_yuv_into(&stream, &mut scratch.yuv).map_err(corrupt)?;
+        if scratch.yuv.width != tw || scratch.yuv.height != th {
+            return Err(corrupt(format!("decodes to {}x{} px, expected {tw}x{th}", scratch.yuv.width, scratch.yuv.height)));
+        }
+        let nodata = count_decoded(&stream, &scratch.yuv, self.opts.nodata_threshold, &mut scratch.rgb).map_err(corrupt)?;
         if !write {
             return Ok(Cut { nodata_pixels: Some(nodata), jpeg: None, encoding: Encoding::None });
         }

@@ -106,9 +106,38 @@ impl Default for Yuv {
     }
 }
 
+/// The planes are packed (align 1) but padded to whole chroma samples, as TurboJPEG lays them
+/// out: with 4:2:0 a 61 x 47 image has a 62 x 48 Y plane and 31 x 24 chroma planes.
 impl Yuv {
+    /// Row length of the Y plane.
+    pub fn y_stride(&self) -> usize {
+        self.width.next_multiple_of(self.subsamp.width().max(1))
+    }
+    /// Rows of the Y plane.
+    pub fn y_rows(&self) -> usize {
+        self.height.next_multiple_of(self.subsamp.height().max(1))
+    }
+    /// Row length (= libjpeg's downsampled width) of each chroma plane.
+    pub fn uv_stride(&self) -> usize {
+        self.y_stride() / self.subsamp.width().max(1)
+    }
+    /// Rows (= libjpeg's downsampled height) of each chroma plane.
+    pub fn uv_rows(&self) -> usize {
+        self.y_rows() / self.subsamp.height().max(1)
+    }
+    /// The Y plane, padding included.
     pub fn y_plane(&self) -> &[u8] {
-        &self.pixels[..self.width * self.height]
+        &self.pixels[..self.y_stride() * self.y_rows()]
+    }
+    /// The Cb (`index` 0) or Cr (1) plane.
+    pub fn uv_plane(&self, index: usize) -> &[u8] {
+        let (y, uv) = (self.y_stride() * self.y_rows(), self.uv_stride() * self.uv_rows());
+        &self.pixels[y + index * uv..y + (index + 1) * uv]
+    }
+    /// Darkest luma sample of the image itself (padding excluded).
+    pub fn luma_min(&self) -> u8 {
+        let stride = self.y_stride();
+        (0..self.height).map(|r| crate::nodata::min_value(&self.pixels[r * stride..r * stride + self.width])).min().unwrap_or(255)
     }
 }
 
@@ -223,6 +252,10 @@ mod tests {
         decode_yuv_into(&jpg, &mut yuv).unwrap();
         assert_eq!(yuv.subsamp, Subsamp::Sub2x2);
         assert_eq!(yuv.y_plane().len(), w * h);
+        let mut odd = Yuv::default();
+        decode_yuv_into(&encode_rgb(&gradient(61, 47), 61, 47, 61 * 3, 90).unwrap(), &mut odd).unwrap();
+        assert_eq!((odd.y_stride(), odd.y_rows(), odd.uv_stride(), odd.uv_rows()), (62, 48, 31, 24));
+        assert_eq!(odd.pixels.len(), 62 * 48 + 2 * 31 * 24);
         let again = encode_yuv(&yuv, 90).unwrap();
         assert_eq!(read_header(&again).unwrap().width, w);
     }

@@ -30,18 +30,116 @@ pub fn luma_may_hold_nodata(darkest: u8, threshold: u8) -> bool {
 /// Buffers reused across images by one worker.
 #[derive(Default)]
 pub struct Scratch {
-    pub luma: Vec<u8>,
+    pub gray: Vec<u8>,
     pub rgb: Vec<u8>,
     pub yuv: jpeg::Yuv,
 }
 
-/// Exact no-data count of a colour JPEG whose luma plane's darkest sample is known.
-pub fn count_after_luma(stream: &[u8], darkest: u8, threshold: u8, rgb: &mut Vec<u8>) -> Result<u64, String> {
-    if !luma_may_hold_nodata(darkest, threshold) {
+/// Exact no-data count of a colour JPEG already decoded to `yuv`: nothing more when no luma
+/// sample is dark, RGB at the dark samples only when they are few, else a library RGB decode.
+pub fn count_decoded(stream: &[u8], yuv: &jpeg::Yuv, threshold: u8, rgb: &mut Vec<u8>) -> Result<u64, String> {
+    if !luma_may_hold_nodata(yuv.luma_min(), threshold) {
         return Ok(0);
+    }
+    if all_nodata(yuv, threshold) {
+        return Ok((yuv.width * yuv.height) as u64);
+    }
+    if let Some(n) = count_from_yuv(yuv, threshold) {
+        return Ok(n);
     }
     jpeg::decode_rgb_into(stream, rgb)?;
     Ok(count_nodata(rgb, 3, threshold))
+}
+
+/// libjpeg's fixed-point YCbCr -> RGB (jdcolor.c: SCALEBITS 16, FIX(x) = round(x * 65536)).
+mod ycc {
+    const ONE_HALF: i32 = 1 << 15;
+    const FIX_1_40200: i32 = 91881;
+    const FIX_1_77200: i32 = 116130;
+    const FIX_0_71414: i32 = 46802;
+    const FIX_0_34414: i32 = 22554;
+
+    /// The RGB libjpeg-turbo produces for one pixel of luma `y` and (upsampled) chroma.
+    pub fn to_rgb(y: u8, cb: u8, cr: u8) -> [u8; 3] {
+        let (y, cb, cr) = (i32::from(y), i32::from(cb) - 128, i32::from(cr) - 128);
+        let r = y + ((FIX_1_40200 * cr + ONE_HALF) >> 16);
+        let g = y + ((-FIX_0_34414 * cb + ONE_HALF - FIX_0_71414 * cr) >> 16);
+        let b = y + ((FIX_1_77200 * cb + ONE_HALF) >> 16);
+        [r.clamp(0, 255) as u8, g.clamp(0, 255) as u8, b.clamp(0, 255) as u8]
+    }
+}
+
+/// True when every pixel is provably no-data: RGB is monotonic in Y and in each chroma sample,
+/// and upsampled chroma stays within the range of the chroma samples, so the brightest possible
+/// R, G and B come from the planes' extremes. (A whole no-data chip decodes as flat black.)
+fn all_nodata(yuv: &jpeg::Yuv, threshold: u8) -> bool {
+    if !matches!(yuv.subsamp, jpeg::Subsamp::None | jpeg::Subsamp::Sub2x2 | jpeg::Subsamp::Sub2x1) {
+        return false;
+    }
+    let stride = yuv.y_stride();
+    let y_max = (0..yuv.height).flat_map(|r| &yuv.pixels[r * stride..r * stride + yuv.width]).copied().max().unwrap_or(0);
+    if y_max > threshold {
+        return false;
+    }
+    let range = |p: &[u8]| p.iter().fold((255u8, 0u8), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let ((cb_lo, cb_hi), (cr_lo, cr_hi)) = (range(yuv.uv_plane(0)), range(yuv.uv_plane(1)));
+    let [r, _, b] = ycc::to_rgb(y_max, cb_hi, cr_hi);
+    let g = ycc::to_rgb(y_max, cb_lo, cr_lo)[1];
+    r <= threshold && g <= threshold && b <= threshold
+}
+
+/// Exact no-data count from YUV planes, computing RGB only at the few dark-luma candidates with
+/// libjpeg-turbo's own arithmetic (h2v2 "fancy" chroma upsampling of jdsample.c, colour
+/// conversion of jdcolor.c). Returns None when the layout is not one reproduced here (4:2:0 and
+/// 4:4:4 are) or when candidates are so many that a library RGB decode is cheaper.
+pub fn count_from_yuv(yuv: &jpeg::Yuv, threshold: u8) -> Option<u64> {
+    count_from_yuv_up_to(yuv, threshold, yuv.width * yuv.height / 16)
+}
+
+fn count_from_yuv_up_to(yuv: &jpeg::Yuv, threshold: u8, max_candidates: usize) -> Option<u64> {
+    let (w, h, stride) = (yuv.width, yuv.height, yuv.y_stride());
+    let luma = yuv.y_plane();
+    let limit = u16::from(threshold) + 1;
+    let dark = |x: usize, y: usize| u16::from(luma[y * stride + x]) <= limit;
+    let candidates: usize = (0..h).map(|y| (0..w).filter(|&x| dark(x, y)).count()).sum();
+    if candidates == 0 {
+        return Some(0);
+    }
+    if candidates > max_candidates {
+        return None;
+    }
+    let (u, v, cw, ch) = (yuv.uv_plane(0), yuv.uv_plane(1), yuv.uv_stride(), yuv.uv_rows());
+    let chroma: fn(&[u8], usize, usize, usize, usize) -> u8 = match yuv.subsamp {
+        jpeg::Subsamp::None => |plane, cw, _, x, y| plane[y * cw + x],
+        jpeg::Subsamp::Sub2x2 if cw >= 2 => upsample_h2v2,
+        _ => return None,
+    };
+    let mut count = 0u64;
+    for y in 0..h {
+        for x in (0..w).filter(|&x| dark(x, y)) {
+            let rgb = ycc::to_rgb(luma[y * stride + x], chroma(u, cw, ch, x, y), chroma(v, cw, ch, x, y));
+            count += u64::from(rgb.iter().all(|&c| c <= threshold));
+        }
+    }
+    Some(count)
+}
+
+/// One output sample of libjpeg's h2v2 fancy upsampling (triangle filter, weights 9/3/3/1, with
+/// the alternating rounding bias of jdsample.c); image edges replicate the nearest row/column.
+fn upsample_h2v2(plane: &[u8], cw: usize, ch: usize, x: usize, y: usize) -> u8 {
+    let cy = y / 2;
+    // Even output rows lean on the chroma row above, odd rows on the one below.
+    let other = if y % 2 == 0 { cy.saturating_sub(1) } else { (cy + 1).min(ch - 1) };
+    let colsum = |c: usize| 3 * i32::from(plane[cy * cw + c]) + i32::from(plane[other * cw + c]);
+    let cx = x / 2;
+    let out = if x % 2 == 0 {
+        if cx == 0 { (colsum(0) * 4 + 8) >> 4 } else { (colsum(cx) * 3 + colsum(cx - 1) + 8) >> 4 }
+    } else if cx + 1 == cw {
+        (colsum(cx) * 4 + 7) >> 4
+    } else {
+        (colsum(cx) * 3 + colsum(cx + 1) + 7) >> 4
+    };
+    out as u8
 }
 
 /// What measuring one JPEG found.
@@ -61,21 +159,21 @@ impl JpegCount {
 /// Largest chip we measure (a z12 chip is 16,384 px square).
 const MAX_SIDE: usize = 16_384;
 
-/// Exact no-data count of a whole JPEG: luma-only decode, RGB only when a dark sample exists.
-/// Grayscale JPEGs are counted on their single band.
+/// Exact no-data count of a whole JPEG (see [`count_decoded`]); grayscale JPEGs are counted on
+/// their single band.
 pub fn count_in_jpeg(stream: &[u8], threshold: u8, scratch: &mut Scratch) -> Result<JpegCount, String> {
     let header = jpeg::read_header(stream)?;
     let (w, h) = (header.width, header.height);
     if w > MAX_SIDE || h > MAX_SIDE {
         return Err(format!("JPEG is {w}x{h} px, larger than any chip"));
     }
-    scratch.luma.resize(w * h, 0);
-    jpeg::decode_into(stream, PixelFormat::GRAY, w, h, &mut scratch.luma)?;
-    let darkest = min_value(&scratch.luma);
     let nodata = if header.components == 1 {
-        scratch.luma.iter().filter(|&&v| v <= threshold).count() as u64
+        scratch.gray.resize(w * h, 0);
+        jpeg::decode_into(stream, PixelFormat::GRAY, w, h, &mut scratch.gray)?;
+        scratch.gray.iter().filter(|&&v| v <= threshold).count() as u64
     } else {
-        count_after_luma(stream, darkest, threshold, &mut scratch.rgb)?
+        jpeg::decode_yuv_into(stream, &mut scratch.yuv)?;
+        count_decoded(stream, &scratch.yuv, threshold, &mut scratch.rgb)?
     };
     Ok(JpegCount { width: w as u32, height: h as u32, nodata_pixels: nodata })
 }
@@ -136,6 +234,43 @@ mod tests {
         }
         assert_eq!(count_in_jpeg(&images[0], 0, &mut scratch).unwrap().nodata_pixels, 0);
         assert!(count_in_jpeg(&images[1], 0, &mut scratch).unwrap().nodata_pixels > 0);
+    }
+
+    #[test]
+    fn yuv_candidates_match_the_library_rgb_decode() {
+        // Dark, near-neutral regions with chroma edges: the cases where upsampling matters.
+        let mut scratch = Scratch::default();
+        let mut checked_nonzero = false;
+        for (w, h) in [(64, 64), (61, 47), (512, 512), (33, 2)] {
+            for seed in 0..6usize {
+                let img = jpeg_of(w, h, |x, y| {
+                    let dark = ((x / 3 + seed) * 7 + y * 5) % 11 < 4;
+                    let c = ((x * 13 + y * 7 + seed * 31) % 9) as u8;
+                    if dark { [c / 3, (c / 2) % 3, c % 4] } else { [(40 + x * 3) as u8, 90, (y * 2 + 30) as u8] }
+                });
+                jpeg::decode_yuv_into(&img, &mut scratch.yuv).unwrap();
+                for t in [0, 1, 3, 8] {
+                    // No candidate cap here: every dark pixel goes through the reproduction.
+                    let got = count_from_yuv_up_to(&scratch.yuv, t, usize::MAX).expect("4:2:0 is reproduced");
+                    assert_eq!(got, full_rule(&img, t), "{w}x{h} seed {seed} threshold {t}");
+                    checked_nonzero |= got > 0;
+                }
+            }
+        }
+        assert!(checked_nonzero, "the images must contain no-data pixels");
+    }
+
+    #[test]
+    fn flat_black_is_all_nodata_and_near_black_is_counted() {
+        let mut scratch = Scratch::default();
+        let black = jpeg_of(64, 48, |_, _| [0, 0, 0]);
+        assert_eq!(count_in_jpeg(&black, 0, &mut scratch).unwrap().nodata_pixels, 64 * 48);
+        jpeg::decode_yuv_into(&black, &mut scratch.yuv).unwrap();
+        assert!(all_nodata(&scratch.yuv, 0));
+        let speck = jpeg_of(64, 48, |x, y| if x == 30 && y == 20 { [90, 90, 90] } else { [0, 0, 0] });
+        let got = count_in_jpeg(&speck, 0, &mut scratch).unwrap().nodata_pixels;
+        assert_eq!(got, full_rule(&speck, 0));
+        assert!(got < 64 * 48);
     }
 
     #[test]
