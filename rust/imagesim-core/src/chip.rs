@@ -38,7 +38,15 @@ pub struct ChipOptions {
 
 impl Default for ChipOptions {
     fn default() -> Self {
-        ChipOptions { zoom: 17, quality: 90, passthrough: false, nodata_threshold: 0, overwrite: false, skip_empty: false, measure: true }
+        ChipOptions {
+            zoom: 17,
+            quality: 90,
+            passthrough: false,
+            nodata_threshold: 0,
+            overwrite: false,
+            skip_empty: false,
+            measure: true,
+        }
     }
 }
 
@@ -113,8 +121,14 @@ pub struct ChipRecord {
 /// Check that a COG is an ARD visual image of `cell` in `zone`: size, georeferencing, bands.
 pub fn validate_ard_cog(cog: &Cog, zone: u8, cell: &Tile) -> Result<()> {
     let path = cog.path();
-    let mismatch = |msg: String| Error::Georeference { path: path.to_path_buf(), msg };
-    let level = cog.levels().first().ok_or_else(|| Error::corrupt(path, "no image in file"))?;
+    let mismatch = |msg: String| Error::Georeference {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let level = cog
+        .levels()
+        .first()
+        .ok_or_else(|| Error::corrupt(path, "no image in file"))?;
     if level.width != grid::COG_PIXELS || level.height != grid::COG_PIXELS {
         return Err(mismatch(format!(
             "image is {}x{} px; an ARD level-12 COG is {n}x{n}",
@@ -126,11 +140,17 @@ pub fn validate_ard_cog(cog: &Cog, zone: u8, cell: &Tile) -> Result<()> {
     if level.bands < 3 || level.bits_per_sample != 8 || level.sample_format != SampleFormat::Uint {
         return Err(Error::unsupported(
             path,
-            format!("expected a 3-band uint8 visual image, found {} band(s) of {}-bit samples", level.bands, level.bits_per_sample),
+            format!(
+                "expected a 3-band uint8 visual image, found {} band(s) of {}-bit samples",
+                level.bands, level.bits_per_sample
+            ),
         ));
     }
     let expected = grid::cell_geotransform(cell)?;
-    let actual = cog.geo().geotransform.ok_or_else(|| mismatch("file has no geotransform".into()))?;
+    let actual = cog
+        .geo()
+        .geotransform
+        .ok_or_else(|| mismatch("file has no geotransform".into()))?;
     let close = |a: f64, b: f64, tol: f64| (a - b).abs() <= tol;
     let ok = close(actual[0], expected[0], 1e-3)
         && close(actual[3], expected[3], 1e-3)
@@ -147,13 +167,14 @@ pub fn validate_ard_cog(cog: &Cog, zone: u8, cell: &Tile) -> Result<()> {
     if let Some(epsg) = cog.geo().epsg {
         let want = cell.epsg(zone)?;
         if epsg != want {
-            return Err(mismatch(format!("CRS is EPSG:{epsg}, cell {} in zone {zone} is EPSG:{want}", cell.quadkey())));
+            return Err(mismatch(format!(
+                "CRS is EPSG:{epsg}, cell {} in zone {zone} is EPSG:{want}",
+                cell.quadkey()
+            )));
         }
     }
     Ok(())
 }
-
-/// Per-thread scratch buffers reused across chips.
 
 /// A measured chip ready to be written: its JPEG bytes (None when nothing is to be written).
 struct Cut {
@@ -192,14 +213,18 @@ impl CogChipper<'_> {
         let l = self.level();
         l.tiled
             && l.chunk_width == l.chunk_height
-            && l.chunk_width % size == 0
-            && grid::APRON % l.chunk_width == 0
-            && grid::COG_PIXELS % l.chunk_width == 0
+            && l.chunk_width.is_multiple_of(size)
+            && grid::APRON.is_multiple_of(l.chunk_width)
+            && grid::COG_PIXELS.is_multiple_of(l.chunk_width)
     }
 
     fn fill_value(&self) -> u8 {
         // GDAL fills sparse chunks with the nodata value (0 when there is none).
-        self.cog.geo().nodata.filter(|v| (0.0..=255.0).contains(v)).map_or(0, |v| v as u8)
+        self.cog
+            .geo()
+            .nodata
+            .filter(|v| (0.0..=255.0).contains(v))
+            .map_or(0, |v| v as u8)
     }
 
     fn empty_jpeg(&self, size: u32) -> Result<Vec<u8>> {
@@ -214,43 +239,97 @@ impl CogChipper<'_> {
     }
 
     /// The chip is exactly one JPEG tile: decode (and maybe copy) that tile alone.
-    fn cut_whole_jpeg_tile(&self, window: Window, write: bool, scratch: &mut Scratch) -> Result<Cut> {
+    fn cut_whole_jpeg_tile(
+        &self,
+        window: Window,
+        write: bool,
+        scratch: &mut Scratch,
+    ) -> Result<Cut> {
         let l = self.level();
-        let (cx, cy) = (window.col_off / l.chunk_width, window.row_off / l.chunk_height);
+        let (cx, cy) = (
+            window.col_off / l.chunk_width,
+            window.row_off / l.chunk_height,
+        );
         let total = u64::from(window.width) * u64::from(window.height);
         let path = self.cog.path();
         let Some(raw) = self.cog.read_raw_chunk(0, l.chunk_index(cx, cy))? else {
             // Sparse tile: every pixel is the fill value.
-            let nodata = if self.fill_value() <= self.opts.nodata_threshold { total } else { 0 };
-            let jpeg = if write { Some(self.empty_jpeg(window.width)?) } else { None };
-            return Ok(Cut { nodata_pixels: Some(nodata), jpeg, encoding: Encoding::Reencoded });
+            let nodata = if self.fill_value() <= self.opts.nodata_threshold {
+                total
+            } else {
+                0
+            };
+            let jpeg = if write {
+                Some(self.empty_jpeg(window.width)?)
+            } else {
+                None
+            };
+            return Ok(Cut {
+                nodata_pixels: Some(nodata),
+                jpeg,
+                encoding: Encoding::Reencoded,
+            });
         };
         let passthrough = self.opts.passthrough && l.photometric == photometric::YCBCR;
         let stream = jpeg::tiff_tile_to_jpeg(l.jpeg_tables.as_deref(), &raw, passthrough)
             .map_err(|e| Error::corrupt(path, format!("tile ({cx}, {cy}): {e}")))?;
         if passthrough && write && !self.opts.measure {
-            return Ok(Cut { nodata_pixels: None, jpeg: Some(stream), encoding: Encoding::Passthrough });
+            return Ok(Cut {
+                nodata_pixels: None,
+                jpeg: Some(stream),
+                encoding: Encoding::Passthrough,
+            });
         }
         let corrupt = |e: String| Error::corrupt(path, format!("JPEG tile ({cx}, {cy}): {e}"));
         let (tw, th) = (l.chunk_width as usize, l.chunk_height as usize);
         // One YUV decode serves both the measurement and (when re-encoding) the encoder.
         jpeg::decode_yuv_into(&stream, &mut scratch.yuv).map_err(corrupt)?;
         if scratch.yuv.width != tw || scratch.yuv.height != th {
-            return Err(corrupt(format!("decodes to {}x{} px, expected {tw}x{th}", scratch.yuv.width, scratch.yuv.height)));
+            return Err(corrupt(format!(
+                "decodes to {}x{} px, expected {tw}x{th}",
+                scratch.yuv.width, scratch.yuv.height
+            )));
         }
-        let nodata = count_decoded(&stream, &scratch.yuv, self.opts.nodata_threshold, &mut scratch.rgb).map_err(corrupt)?;
+        let nodata = count_decoded(
+            &stream,
+            &scratch.yuv,
+            self.opts.nodata_threshold,
+            &mut scratch.rgb,
+        )
+        .map_err(corrupt)?;
         if !write {
-            return Ok(Cut { nodata_pixels: Some(nodata), jpeg: None, encoding: Encoding::None });
+            return Ok(Cut {
+                nodata_pixels: Some(nodata),
+                jpeg: None,
+                encoding: Encoding::None,
+            });
         }
         if passthrough {
-            return Ok(Cut { nodata_pixels: Some(nodata), jpeg: Some(stream), encoding: Encoding::Passthrough });
+            return Ok(Cut {
+                nodata_pixels: Some(nodata),
+                jpeg: Some(stream),
+                encoding: Encoding::Passthrough,
+            });
         }
-        let jpeg = jpeg::encode_yuv(&scratch.yuv, self.opts.quality).map_err(|e| Error::jpeg(path, e))?;
-        Ok(Cut { nodata_pixels: Some(nodata), jpeg: Some(jpeg), encoding: Encoding::Reencoded })
+        let jpeg =
+            jpeg::encode_yuv(&scratch.yuv, self.opts.quality).map_err(|e| Error::jpeg(path, e))?;
+        Ok(Cut {
+            nodata_pixels: Some(nodata),
+            jpeg: Some(jpeg),
+            encoding: Encoding::Reencoded,
+        })
     }
 
     /// Measure and encode interleaved pixels (`bands` per pixel, first 3 used) of a chip.
-    fn cut_pixels(&self, pixels: &[u8], width: u32, height: u32, pitch: usize, bands: usize, write: bool) -> Result<Cut> {
+    fn cut_pixels(
+        &self,
+        pixels: &[u8],
+        width: u32,
+        height: u32,
+        pitch: usize,
+        bands: usize,
+        write: bool,
+    ) -> Result<Cut> {
         let threshold = self.opts.nodata_threshold;
         let (w, h) = (width as usize, height as usize);
         let mut rgb: Vec<u8>;
@@ -261,17 +340,37 @@ impl CogChipper<'_> {
             rgb = Vec::with_capacity(w * h * 3);
             for row in 0..h {
                 let line = &pixels[row * pitch..row * pitch + w * bands];
-                line.chunks_exact(bands).for_each(|p| rgb.extend_from_slice(&p[..3]));
+                line.chunks_exact(bands)
+                    .for_each(|p| rgb.extend_from_slice(&p[..3]));
             }
             (rgb.as_slice(), w * 3)
         };
-        let nodata: u64 = (0..h).map(|row| count_nodata(&data[row * data_pitch..row * data_pitch + w * 3], 3, threshold)).sum();
+        let nodata: u64 = (0..h)
+            .map(|row| {
+                count_nodata(
+                    &data[row * data_pitch..row * data_pitch + w * 3],
+                    3,
+                    threshold,
+                )
+            })
+            .sum();
         let jpeg = if write {
-            Some(jpeg::encode_rgb(data, w, h, data_pitch, self.opts.quality).map_err(|e| Error::jpeg(self.cog.path(), e))?)
+            Some(
+                jpeg::encode_rgb(data, w, h, data_pitch, self.opts.quality)
+                    .map_err(|e| Error::jpeg(self.cog.path(), e))?,
+            )
         } else {
             None
         };
-        Ok(Cut { nodata_pixels: Some(nodata), jpeg, encoding: if write { Encoding::Reencoded } else { Encoding::None } })
+        Ok(Cut {
+            nodata_pixels: Some(nodata),
+            jpeg,
+            encoding: if write {
+                Encoding::Reencoded
+            } else {
+                Encoding::None
+            },
+        })
     }
 }
 
@@ -279,7 +378,14 @@ impl CogChipper<'_> {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("chip");
-    let tmp = dir.join(format!(".{name}.{}.{:?}.tmp", std::process::id(), std::thread::current().id()).replace(['(', ')'], ""));
+    let tmp = dir.join(
+        format!(
+            ".{name}.{}.{:?}.tmp",
+            std::process::id(),
+            std::thread::current().id()
+        )
+        .replace(['(', ')'], ""),
+    );
     std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
@@ -300,16 +406,30 @@ struct ChipTask {
 /// chip-level problems (a corrupt tile) become `Failed` records and the rest goes on.
 /// `known` holds chip names the caller has records for: existing files among them are skipped
 /// without reading. `progress` is incremented once per chip finished.
-pub fn chip_cog(job: &CogJob, opts: &ChipOptions, known: &HashSet<String>, progress: &AtomicU64) -> Result<Vec<ChipRecord>> {
+pub fn chip_cog(
+    job: &CogJob,
+    opts: &ChipOptions,
+    known: &HashSet<String>,
+    progress: &AtomicU64,
+) -> Result<Vec<ChipRecord>> {
     if !(grid::CELL_ZOOM..=20).contains(&opts.zoom) {
-        return Err(Error::InvalidArgument(format!("chip zoom must be 12..20, got {}", opts.zoom)));
+        return Err(Error::InvalidArgument(format!(
+            "chip zoom must be 12..20, got {}",
+            opts.zoom
+        )));
     }
     if !(1..=100).contains(&opts.quality) {
-        return Err(Error::InvalidArgument(format!("JPEG quality must be 1..100, got {}", opts.quality)));
+        return Err(Error::InvalidArgument(format!(
+            "JPEG quality must be 1..100, got {}",
+            opts.quality
+        )));
     }
     let cell = Tile::from_quadkey(&job.cell_quadkey)?;
     if cell.z != grid::CELL_ZOOM {
-        return Err(Error::Grid(format!("cell quadkey {:?} must have 12 digits", job.cell_quadkey)));
+        return Err(Error::Grid(format!(
+            "cell quadkey {:?} must have 12 digits",
+            job.cell_quadkey
+        )));
     }
     let cog = Cog::open(&job.cog_path)?;
     validate_ard_cog(&cog, job.zone, &cell)?;
@@ -319,9 +439,19 @@ pub fn chip_cog(job: &CogJob, opts: &ChipOptions, known: &HashSet<String>, progr
     for tile in cell.children_at(opts.zoom)? {
         let name = ChipName::new(job.zone, &tile.quadkey(), &job.catalog_id)?.file_name();
         let exists = !opts.overwrite && job.out_dir.join(&name).exists();
-        tasks.push(ChipTask { name, tile, window: chip_window(&tile)?, exists });
+        tasks.push(ChipTask {
+            name,
+            tile,
+            window: chip_window(&tile)?,
+            exists,
+        });
     }
-    let chipper = CogChipper { cog, job, opts, empty_chip: std::sync::OnceLock::new() };
+    let chipper = CogChipper {
+        cog,
+        job,
+        opts,
+        empty_chip: std::sync::OnceLock::new(),
+    };
     let size = tasks[0].window.width;
     let level = chipper.level().clone();
 
@@ -330,7 +460,13 @@ pub fn chip_cog(job: &CogJob, opts: &ChipOptions, known: &HashSet<String>, progr
         let per_side = (level.chunk_width / size) as usize;
         let mut groups: std::collections::BTreeMap<(u32, u32), Vec<&ChipTask>> = Default::default();
         for t in &tasks {
-            groups.entry((t.window.col_off / level.chunk_width, t.window.row_off / level.chunk_height)).or_default().push(t);
+            groups
+                .entry((
+                    t.window.col_off / level.chunk_width,
+                    t.window.row_off / level.chunk_height,
+                ))
+                .or_default()
+                .push(t);
         }
         debug_assert!(groups.values().all(|g| g.len() == per_side * per_side));
         groups
@@ -399,7 +535,12 @@ impl CogChipper<'_> {
         rec
     }
 
-    fn chip_one(&self, task: &ChipTask, known: &HashSet<String>, scratch: &mut Scratch) -> ChipRecord {
+    fn chip_one(
+        &self,
+        task: &ChipTask,
+        known: &HashSet<String>,
+        scratch: &mut Scratch,
+    ) -> ChipRecord {
         if task.exists && known.contains(&task.name) {
             return self.record(task, ChipStatus::Skipped);
         }
@@ -408,23 +549,44 @@ impl CogChipper<'_> {
         let whole_tile = self.jpeg_tiles()
             && self.aligned_to_chunks(w.width)
             && w.width == self.level().chunk_width
-            && w.col_off % w.width == 0
-            && w.row_off % w.height == 0;
+            && w.col_off.is_multiple_of(w.width)
+            && w.row_off.is_multiple_of(w.height);
         let cut = if whole_tile {
             self.cut_whole_jpeg_tile(w, write, scratch)
         } else {
             let bands = usize::from(self.level().bands);
-            self.cog
-                .read_window_u8(0, w)
-                .and_then(|px| self.cut_pixels(&px, w.width, w.height, w.width as usize * bands, bands, write))
+            self.cog.read_window_u8(0, w).and_then(|px| {
+                self.cut_pixels(
+                    &px,
+                    w.width,
+                    w.height,
+                    w.width as usize * bands,
+                    bands,
+                    write,
+                )
+            })
         };
         self.finish(task, cut)
     }
 
     /// Chips smaller than a chunk: decode the chunk once and cut every chip from it.
-    fn chip_group(&self, cx: u32, cy: u32, group: &[&ChipTask], known: &HashSet<String>, progress: &AtomicU64) -> Vec<ChipRecord> {
-        let todo: Vec<&&ChipTask> = group.iter().filter(|t| !(t.exists && known.contains(&t.name))).collect();
-        let decoded = if todo.is_empty() { None } else { Some(self.cog.decode_chunk_u8(0, cx, cy)) };
+    fn chip_group(
+        &self,
+        cx: u32,
+        cy: u32,
+        group: &[&ChipTask],
+        known: &HashSet<String>,
+        progress: &AtomicU64,
+    ) -> Vec<ChipRecord> {
+        let todo: Vec<&&ChipTask> = group
+            .iter()
+            .filter(|t| !(t.exists && known.contains(&t.name)))
+            .collect();
+        let decoded = if todo.is_empty() {
+            None
+        } else {
+            Some(self.cog.decode_chunk_u8(0, cx, cy))
+        };
         let l = self.level();
         let bands = usize::from(l.bands);
         let pitch = l.chunk_width as usize * bands;
@@ -441,7 +603,14 @@ impl CogChipper<'_> {
                         let w = task.window;
                         let x = (w.col_off - cx * l.chunk_width) as usize;
                         let y = (w.row_off - cy * l.chunk_height) as usize;
-                        self.cut_pixels(&px[y * pitch + x * bands..], w.width, w.height, pitch, bands, !task.exists)
+                        self.cut_pixels(
+                            &px[y * pitch + x * bands..],
+                            w.width,
+                            w.height,
+                            pitch,
+                            bands,
+                            !task.exists,
+                        )
                     }
                 };
                 self.finish(task, cut)

@@ -51,20 +51,38 @@ pub type Result<T> = std::result::Result<T, Error>;
 impl Error {
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
         if source.kind() == std::io::ErrorKind::NotFound {
-            return Error::NotFound { path: path.as_ref().to_path_buf(), msg: "no such file or directory".into() };
+            return Error::NotFound {
+                path: path.as_ref().to_path_buf(),
+                msg: "no such file or directory".into(),
+            };
         }
-        Error::Io { path: path.as_ref().to_path_buf(), source }
+        Error::Io {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
     }
     pub fn corrupt(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
-        Error::CorruptTiff { path: path.as_ref().to_path_buf(), msg: msg.into() }
+        Error::CorruptTiff {
+            path: path.as_ref().to_path_buf(),
+            msg: msg.into(),
+        }
     }
     pub fn unsupported(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
-        Error::UnsupportedTiff { path: path.as_ref().to_path_buf(), msg: msg.into() }
+        Error::UnsupportedTiff {
+            path: path.as_ref().to_path_buf(),
+            msg: msg.into(),
+        }
     }
     pub fn jpeg(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
-        Error::Jpeg { path: path.as_ref().to_path_buf(), msg: msg.into() }
+        Error::Jpeg {
+            path: path.as_ref().to_path_buf(),
+            msg: msg.into(),
+        }
     }
     pub fn window(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
-        Error::Window { path: path.as_ref().to_path_buf(), msg: msg.into() }
+        Error::Window {
+            path: path.as_ref().to_path_buf(),
+            msg: msg.into(),
+        }
     }
 }

@@ -54,29 +54,43 @@ pub struct Window {
 impl Tile {
     pub fn new(x: u32, y: u32, z: u8) -> Result<Tile> {
         if z > MAX_ZOOM {
-            return Err(Error::Grid(format!("zoom {z} is above the maximum {MAX_ZOOM}")));
+            return Err(Error::Grid(format!(
+                "zoom {z} is above the maximum {MAX_ZOOM}"
+            )));
         }
         let n = 1u64 << z;
         if u64::from(x) >= n || u64::from(y) >= n {
-            return Err(Error::Grid(format!("tile ({x}, {y}) is outside the {n}x{n} grid at zoom {z}")));
+            return Err(Error::Grid(format!(
+                "tile ({x}, {y}) is outside the {n}x{n} grid at zoom {z}"
+            )));
         }
         Ok(Tile { x, y, z })
     }
 
     pub fn from_quadkey(quadkey: &str) -> Result<Tile> {
         if quadkey.len() > MAX_ZOOM as usize {
-            return Err(Error::Grid(format!("quadkey {quadkey:?} is longer than {MAX_ZOOM} digits")));
+            return Err(Error::Grid(format!(
+                "quadkey {quadkey:?} is longer than {MAX_ZOOM} digits"
+            )));
         }
         let (mut x, mut y) = (0u32, 0u32);
         for ch in quadkey.chars() {
             let digit = match ch {
                 '0'..='3' => ch as u32 - '0' as u32,
-                _ => return Err(Error::Grid(format!("quadkey {quadkey:?} has digit {ch:?}; only 0-3 are allowed"))),
+                _ => {
+                    return Err(Error::Grid(format!(
+                        "quadkey {quadkey:?} has digit {ch:?}; only 0-3 are allowed"
+                    )))
+                }
             };
             x = (x << 1) | (digit & 1);
             y = (y << 1) | (digit >> 1);
         }
-        Ok(Tile { x, y, z: quadkey.len() as u8 })
+        Ok(Tile {
+            x,
+            y,
+            z: quadkey.len() as u8,
+        })
     }
 
     pub fn quadkey(&self) -> String {
@@ -105,31 +119,57 @@ impl Tile {
         let shift = if self.is_south() { SOUTH_SHIFT } else { 0.0 };
         let west = ORIGIN_X + f64::from(self.x) * side;
         let north = ORIGIN_Y - f64::from(self.y) * side + shift;
-        Bounds { west, south: north - side, east: west + side, north }
+        Bounds {
+            west,
+            south: north - side,
+            east: west + side,
+            north,
+        }
     }
 
     /// The ancestor at `zoom` (zoom <= self.z).
     pub fn parent_at(&self, zoom: u8) -> Result<Tile> {
         if zoom > self.z {
-            return Err(Error::Grid(format!("zoom {zoom} is deeper than the tile's zoom {}", self.z)));
+            return Err(Error::Grid(format!(
+                "zoom {zoom} is deeper than the tile's zoom {}",
+                self.z
+            )));
         }
         let shift = self.z - zoom;
-        Ok(Tile { x: self.x >> shift, y: self.y >> shift, z: zoom })
+        Ok(Tile {
+            x: self.x >> shift,
+            y: self.y >> shift,
+            z: zoom,
+        })
     }
 
     /// All descendants at `zoom`, row-major (north to south, west to east), matching the order
     /// of the tiles inside a COG.
     pub fn children_at(&self, zoom: u8) -> Result<Vec<Tile>> {
         if zoom < self.z || zoom > MAX_ZOOM {
-            return Err(Error::Grid(format!("children zoom {zoom} must be in {}..={MAX_ZOOM}", self.z)));
+            return Err(Error::Grid(format!(
+                "children zoom {zoom} must be in {}..={MAX_ZOOM}",
+                self.z
+            )));
         }
         let shift = zoom - self.z;
         if shift > 12 {
-            return Err(Error::Grid(format!("children {shift} levels down would be {} tiles; at most 12 levels", 1u64 << (2 * shift))));
+            return Err(Error::Grid(format!(
+                "children {shift} levels down would be {} tiles; at most 12 levels",
+                1u64 << (2 * shift)
+            )));
         }
         let n = 1u32 << shift;
         let (x0, y0) = (self.x << shift, self.y << shift);
-        Ok((0..n).flat_map(|dy| (0..n).map(move |dx| Tile { x: x0 + dx, y: y0 + dy, z: zoom })).collect())
+        Ok((0..n)
+            .flat_map(|dy| {
+                (0..n).map(move |dx| Tile {
+                    x: x0 + dx,
+                    y: y0 + dy,
+                    z: zoom,
+                })
+            })
+            .collect())
     }
 
     /// EPSG code of the tile's CRS in `zone`: WGS 84 / UTM north (326zz) or south (327zz).
@@ -150,27 +190,48 @@ pub fn check_zone(zone: u8) -> Result<u8> {
 /// The pixel window of a chip tile inside its level-12 cell COG (apron included).
 pub fn chip_window(chip: &Tile) -> Result<Window> {
     if chip.z < CELL_ZOOM {
-        return Err(Error::Grid(format!("chip zoom {} is below the cell zoom {CELL_ZOOM}", chip.z)));
+        return Err(Error::Grid(format!(
+            "chip zoom {} is below the cell zoom {CELL_ZOOM}",
+            chip.z
+        )));
     }
     let levels = chip.z - CELL_ZOOM;
     if levels > 14 {
-        return Err(Error::Grid(format!("chip zoom {} would make chips smaller than one pixel", chip.z)));
+        return Err(Error::Grid(format!(
+            "chip zoom {} would make chips smaller than one pixel",
+            chip.z
+        )));
     }
     let cell = chip.parent_at(CELL_ZOOM)?;
     let size = CELL_PIXELS >> levels;
     let col = chip.x - (cell.x << levels);
     let row = chip.y - (cell.y << levels);
-    Ok(Window { col_off: APRON + col * size, row_off: APRON + row * size, width: size, height: size })
+    Ok(Window {
+        col_off: APRON + col * size,
+        row_off: APRON + row * size,
+        width: size,
+        height: size,
+    })
 }
 
 /// GDAL-order geotransform of a cell COG: (x0, dx, 0, y0, 0, -dy), apron included.
 pub fn cell_geotransform(cell: &Tile) -> Result<[f64; 6]> {
     if cell.z != CELL_ZOOM {
-        return Err(Error::Grid(format!("cell quadkey must have {CELL_ZOOM} digits, got {}", cell.z)));
+        return Err(Error::Grid(format!(
+            "cell quadkey must have {CELL_ZOOM} digits, got {}",
+            cell.z
+        )));
     }
     let b = cell.bounds();
     let apron = f64::from(APRON) * PIXEL_SIZE;
-    Ok([b.west - apron, PIXEL_SIZE, 0.0, b.north + apron, 0.0, -PIXEL_SIZE])
+    Ok([
+        b.west - apron,
+        PIXEL_SIZE,
+        0.0,
+        b.north + apron,
+        0.0,
+        -PIXEL_SIZE,
+    ])
 }
 
 /// A parsed chip file name: `Z<zone>-<quadkey>_<catalog-id>.jpg`.
@@ -186,22 +247,44 @@ impl ChipName {
         check_zone(zone)?;
         let tile = Tile::from_quadkey(quadkey)?;
         if tile.z < CELL_ZOOM {
-            return Err(Error::Grid(format!("chip quadkey {quadkey:?} has fewer than {CELL_ZOOM} digits")));
+            return Err(Error::Grid(format!(
+                "chip quadkey {quadkey:?} has fewer than {CELL_ZOOM} digits"
+            )));
         }
         check_catalog_id(catalog_id)?;
-        Ok(ChipName { zone, quadkey: quadkey.to_string(), catalog_id: catalog_id.to_string() })
+        Ok(ChipName {
+            zone,
+            quadkey: quadkey.to_string(),
+            catalog_id: catalog_id.to_string(),
+        })
     }
 
     pub fn parse(name: &str) -> Result<ChipName> {
-        let bad = |why: &str| Error::Grid(format!("chip name {name:?} {why}; expected Z<zone>-<quadkey>_<catalog-id>.jpg"));
-        let stem = name.strip_suffix(".jpg").ok_or_else(|| bad("does not end in .jpg"))?;
-        let rest = stem.strip_prefix('Z').ok_or_else(|| bad("does not start with Z"))?;
-        let (zone, rest) = rest.split_once('-').ok_or_else(|| bad("has no '-' after the zone"))?;
-        let (quadkey, catalog_id) = rest.split_once('_').ok_or_else(|| bad("has no '_' before the catalog id"))?;
+        let bad = |why: &str| {
+            Error::Grid(format!(
+                "chip name {name:?} {why}; expected Z<zone>-<quadkey>_<catalog-id>.jpg"
+            ))
+        };
+        let stem = name
+            .strip_suffix(".jpg")
+            .ok_or_else(|| bad("does not end in .jpg"))?;
+        let rest = stem
+            .strip_prefix('Z')
+            .ok_or_else(|| bad("does not start with Z"))?;
+        let (zone, rest) = rest
+            .split_once('-')
+            .ok_or_else(|| bad("has no '-' after the zone"))?;
+        let (quadkey, catalog_id) = rest
+            .split_once('_')
+            .ok_or_else(|| bad("has no '_' before the catalog id"))?;
         if zone.is_empty() || zone.len() > 2 || !zone.bytes().all(|b| b.is_ascii_digit()) {
             return Err(bad("has a zone that is not a 1-2 digit number"));
         }
-        ChipName::new(zone.parse().map_err(|_| bad("has a bad zone"))?, quadkey, catalog_id)
+        ChipName::new(
+            zone.parse().map_err(|_| bad("has a bad zone"))?,
+            quadkey,
+            catalog_id,
+        )
     }
 
     pub fn file_name(&self) -> String {
@@ -220,11 +303,15 @@ impl ChipName {
 fn check_catalog_id(catalog_id: &str) -> Result<()> {
     let ok = !catalog_id.is_empty()
         && catalog_id.len() <= 64
-        && catalog_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        && catalog_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-');
     if ok {
         Ok(())
     } else {
-        Err(Error::Grid(format!("catalog id {catalog_id:?} must be 1-64 letters, digits or '-'")))
+        Err(Error::Grid(format!(
+            "catalog id {catalog_id:?} must be 1-64 letters, digits or '-'"
+        )))
     }
 }
 
@@ -236,15 +323,29 @@ pub fn cog_path_from_chip(chip_name: &str, ard_root: &Path) -> Result<PathBuf> {
     let zone_dirs = [chip.zone.to_string(), format!("{:02}", chip.zone)];
     for zone_dir in zone_dirs.iter().collect::<std::collections::BTreeSet<_>>() {
         let cell_dir = ard_root.join(zone_dir).join(chip.cell_quadkey());
-        let Ok(entries) = std::fs::read_dir(&cell_dir) else { continue };
-        let mut dates: Vec<PathBuf> = entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()).collect();
+        let Ok(entries) = std::fs::read_dir(&cell_dir) else {
+            continue;
+        };
+        let mut dates: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.is_dir())
+            .collect();
         dates.sort();
-        if let Some(found) = dates.into_iter().map(|d| d.join(&file)).find(|p| p.is_file()) {
+        if let Some(found) = dates
+            .into_iter()
+            .map(|d| d.join(&file))
+            .find(|p| p.is_file())
+        {
             return Ok(found);
         }
     }
     Err(Error::NotFound {
-        path: ard_root.join(chip.zone.to_string()).join(chip.cell_quadkey()).join("<date>").join(file),
+        path: ard_root
+            .join(chip.zone.to_string())
+            .join(chip.cell_quadkey())
+            .join("<date>")
+            .join(file),
         msg: format!("no COG found for chip {chip_name}"),
     })
 }
@@ -256,29 +357,57 @@ mod tests {
     #[test]
     fn design_check_values() {
         let b = Tile::from_quadkey("120020223032").unwrap().bounds();
-        assert_eq!((b.west, b.east, b.south, b.north), (550_000.0, 555_000.0, 4_180_000.0, 4_185_000.0));
+        assert_eq!(
+            (b.west, b.east, b.south, b.north),
+            (550_000.0, 555_000.0, 4_180_000.0, 4_185_000.0)
+        );
         let t = Tile::from_quadkey("300000000000").unwrap();
         assert!(t.is_south());
         let b = t.bounds();
-        assert_eq!((b.west, b.east, b.south, b.north), (500_000.0, 505_000.0, 9_995_000.0, 10_000_000.0));
+        assert_eq!(
+            (b.west, b.east, b.south, b.north),
+            (500_000.0, 505_000.0, 9_995_000.0, 10_000_000.0)
+        );
         assert_eq!(t.epsg(33).unwrap(), 32733);
-        assert_eq!(Tile::from_quadkey("120020223032").unwrap().epsg(10).unwrap(), 32610);
+        assert_eq!(
+            Tile::from_quadkey("120020223032")
+                .unwrap()
+                .epsg(10)
+                .unwrap(),
+            32610
+        );
     }
 
     #[test]
     fn tile_sides() {
         assert_eq!(Tile::from_quadkey("120020223032").unwrap().side(), 5_000.0);
-        assert_eq!(Tile::from_quadkey("12002022303201230").unwrap().side(), 156.25);
+        assert_eq!(
+            Tile::from_quadkey("12002022303201230").unwrap().side(),
+            156.25
+        );
     }
 
     #[test]
     fn quadkey_round_trip() {
-        for qk in ["", "0", "3", "120020223032", "30000000000012303", "0123012301230123012301"] {
+        for qk in [
+            "",
+            "0",
+            "3",
+            "120020223032",
+            "30000000000012303",
+            "0123012301230123012301",
+        ] {
             assert_eq!(Tile::from_quadkey(qk).unwrap().quadkey(), qk);
         }
         for z in 0..=20u8 {
             let n = 1u32 << z;
-            for (x, y) in [(0, 0), (n - 1, 0), (0, n - 1), (n / 3, n / 2), (n - 1, n - 1)] {
+            for (x, y) in [
+                (0, 0),
+                (n - 1, 0),
+                (0, n - 1),
+                (n / 3, n / 2),
+                (n - 1, n - 1),
+            ] {
                 let t = Tile::new(x, y, z).unwrap();
                 assert_eq!(Tile::from_quadkey(&t.quadkey()).unwrap(), t);
             }
@@ -298,12 +427,44 @@ mod tests {
         let cell = Tile::from_quadkey("120020223032").unwrap();
         let kids = cell.children_at(17).unwrap();
         assert_eq!(kids.len(), 1024);
-        assert_eq!(chip_window(&kids[0]).unwrap(), Window { col_off: 512, row_off: 512, width: 512, height: 512 });
-        assert_eq!(chip_window(&kids[33]).unwrap(), Window { col_off: 1024, row_off: 1024, width: 512, height: 512 });
+        assert_eq!(
+            chip_window(&kids[0]).unwrap(),
+            Window {
+                col_off: 512,
+                row_off: 512,
+                width: 512,
+                height: 512
+            }
+        );
+        assert_eq!(
+            chip_window(&kids[33]).unwrap(),
+            Window {
+                col_off: 1024,
+                row_off: 1024,
+                width: 512,
+                height: 512
+            }
+        );
         assert_eq!(chip_window(&kids[1023]).unwrap().col_off, 512 + 31 * 512);
         let z18 = Tile::from_quadkey("120020223032000001").unwrap();
-        assert_eq!(chip_window(&z18).unwrap(), Window { col_off: 512 + 256, row_off: 512, width: 256, height: 256 });
-        assert_eq!(chip_window(&cell).unwrap(), Window { col_off: 512, row_off: 512, width: 16384, height: 16384 });
+        assert_eq!(
+            chip_window(&z18).unwrap(),
+            Window {
+                col_off: 512 + 256,
+                row_off: 512,
+                width: 256,
+                height: 256
+            }
+        );
+        assert_eq!(
+            chip_window(&cell).unwrap(),
+            Window {
+                col_off: 512,
+                row_off: 512,
+                width: 16384,
+                height: 16384
+            }
+        );
         assert!(chip_window(&Tile::from_quadkey("12002022303").unwrap()).is_err());
         // Every child lies inside its parent, in quadkey terms too.
         for k in &kids {
@@ -318,7 +479,10 @@ mod tests {
         let gt = cell_geotransform(&cell).unwrap();
         assert_eq!(gt[0] + 512.0 * gt[1], 550_000.0);
         assert_eq!(gt[3] + 512.0 * gt[5], 4_185_000.0);
-        assert_eq!(gt[0] + f64::from(COG_PIXELS) * gt[1], 555_000.0 + 512.0 * PIXEL_SIZE);
+        assert_eq!(
+            gt[0] + f64::from(COG_PIXELS) * gt[1],
+            555_000.0 + 512.0 * PIXEL_SIZE
+        );
     }
 
     #[test]

@@ -15,7 +15,9 @@ thread_local! {
     static COMPRESSOR: RefCell<Option<Compressor>> = const { RefCell::new(None) };
 }
 
-fn with_decompressor<T>(f: impl FnOnce(&mut Decompressor) -> std::result::Result<T, String>) -> std::result::Result<T, String> {
+fn with_decompressor<T>(
+    f: impl FnOnce(&mut Decompressor) -> std::result::Result<T, String>,
+) -> std::result::Result<T, String> {
     DECOMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
@@ -25,7 +27,9 @@ fn with_decompressor<T>(f: impl FnOnce(&mut Decompressor) -> std::result::Result
     })
 }
 
-fn with_compressor<T>(f: impl FnOnce(&mut Compressor) -> std::result::Result<T, String>) -> std::result::Result<T, String> {
+fn with_compressor<T>(
+    f: impl FnOnce(&mut Compressor) -> std::result::Result<T, String>,
+) -> std::result::Result<T, String> {
     COMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
@@ -51,14 +55,22 @@ pub fn read_header(data: &[u8]) -> std::result::Result<Header, String> {
     with_decompressor(|d| {
         let h = d.read_header(data).map_err(|e| e.to_string())?;
         if h.width.saturating_mul(h.height) > MAX_DECODE_PIXELS {
-            return Err(format!("JPEG claims {}x{} px, more than we decode", h.width, h.height));
+            return Err(format!(
+                "JPEG claims {}x{} px, more than we decode",
+                h.width, h.height
+            ));
         }
         let components = match h.colorspace {
             turbojpeg::Colorspace::Gray => 1,
             turbojpeg::Colorspace::CMYK | turbojpeg::Colorspace::YCCK => 4,
             _ => 3,
         };
-        Ok(Header { width: h.width, height: h.height, subsamp: h.subsamp, components })
+        Ok(Header {
+            width: h.width,
+            height: h.height,
+            subsamp: h.subsamp,
+            components,
+        })
     })
 }
 
@@ -67,7 +79,13 @@ pub fn decode_rgb_into(data: &[u8], out: &mut Vec<u8>) -> std::result::Result<He
     let header = read_header(data)?;
     out.resize(header.width * header.height * 3, 0);
     with_decompressor(|d| {
-        let image = Image { pixels: out.as_mut_slice(), width: header.width, pitch: header.width * 3, height: header.height, format: PixelFormat::RGB };
+        let image = Image {
+            pixels: out.as_mut_slice(),
+            width: header.width,
+            pitch: header.width * 3,
+            height: header.height,
+            format: PixelFormat::RGB,
+        };
         d.decompress(data, image).map_err(|e| e.to_string())
     })?;
     Ok(header)
@@ -75,18 +93,35 @@ pub fn decode_rgb_into(data: &[u8], out: &mut Vec<u8>) -> std::result::Result<He
 
 /// Decode into a caller's buffer in `format` (tightly packed rows), refusing streams larger than
 /// `max_w` x `max_h`. Returns the decoded (width, height).
-pub fn decode_into(data: &[u8], format: PixelFormat, max_w: usize, max_h: usize, out: &mut [u8]) -> std::result::Result<(usize, usize), String> {
+pub fn decode_into(
+    data: &[u8],
+    format: PixelFormat,
+    max_w: usize,
+    max_h: usize,
+    out: &mut [u8],
+) -> std::result::Result<(usize, usize), String> {
     let header = read_header(data)?;
     let (w, h) = (header.width, header.height);
     if w == 0 || h == 0 || w > max_w || h > max_h {
-        return Err(format!("JPEG is {w}x{h}, larger than its {max_w}x{max_h} chunk"));
+        return Err(format!(
+            "JPEG is {w}x{h}, larger than its {max_w}x{max_h} chunk"
+        ));
     }
     let pitch = w * format.size();
     if out.len() < pitch * h {
-        return Err(format!("output buffer of {} bytes is too small for {w}x{h}", out.len()));
+        return Err(format!(
+            "output buffer of {} bytes is too small for {w}x{h}",
+            out.len()
+        ));
     }
     with_decompressor(|d| {
-        let image = Image { pixels: &mut out[..pitch * h], width: w, pitch, height: h, format };
+        let image = Image {
+            pixels: &mut out[..pitch * h],
+            width: w,
+            pitch,
+            height: h,
+            format,
+        };
         d.decompress(data, image).map_err(|e| e.to_string())
     })?;
     Ok((w, h))
@@ -102,7 +137,12 @@ pub struct Yuv {
 
 impl Default for Yuv {
     fn default() -> Self {
-        Yuv { pixels: Vec::new(), width: 0, height: 0, subsamp: Subsamp::None }
+        Yuv {
+            pixels: Vec::new(),
+            width: 0,
+            height: 0,
+            subsamp: Subsamp::None,
+        }
     }
 }
 
@@ -131,13 +171,19 @@ impl Yuv {
     }
     /// The Cb (`index` 0) or Cr (1) plane.
     pub fn uv_plane(&self, index: usize) -> &[u8] {
-        let (y, uv) = (self.y_stride() * self.y_rows(), self.uv_stride() * self.uv_rows());
+        let (y, uv) = (
+            self.y_stride() * self.y_rows(),
+            self.uv_stride() * self.uv_rows(),
+        );
         &self.pixels[y + index * uv..y + (index + 1) * uv]
     }
     /// Darkest luma sample of the image itself (padding excluded).
     pub fn luma_min(&self) -> u8 {
         let stride = self.y_stride();
-        (0..self.height).map(|r| crate::nodata::min_value(&self.pixels[r * stride..r * stride + self.width])).min().unwrap_or(255)
+        (0..self.height)
+            .map(|r| crate::nodata::min_value(&self.pixels[r * stride..r * stride + self.width]))
+            .min()
+            .unwrap_or(255)
     }
 }
 
@@ -146,25 +192,48 @@ impl Yuv {
 pub fn decode_yuv_into(data: &[u8], out: &mut Yuv) -> std::result::Result<(), String> {
     let header = read_header(data)?;
     if header.components != 3 {
-        return Err(format!("{}-component JPEG has no YUV planes", header.components));
+        return Err(format!(
+            "{}-component JPEG has no YUV planes",
+            header.components
+        ));
     }
-    let len = turbojpeg::yuv_pixels_len(header.width, 1, header.height, header.subsamp).map_err(|e| e.to_string())?;
+    let len = turbojpeg::yuv_pixels_len(header.width, 1, header.height, header.subsamp)
+        .map_err(|e| e.to_string())?;
     out.pixels.resize(len, 0);
     out.width = header.width;
     out.height = header.height;
     out.subsamp = header.subsamp;
     with_decompressor(|d| {
-        let image = YuvImage { pixels: out.pixels.as_mut_slice(), width: header.width, align: 1, height: header.height, subsamp: header.subsamp };
+        let image = YuvImage {
+            pixels: out.pixels.as_mut_slice(),
+            width: header.width,
+            align: 1,
+            height: header.height,
+            subsamp: header.subsamp,
+        };
         d.decompress_to_yuv(data, image).map_err(|e| e.to_string())
     })
 }
 
 /// Encode interleaved RGB (`pitch` bytes per row, 3 bytes per pixel) as 4:2:0 JPEG.
-pub fn encode_rgb(pixels: &[u8], width: usize, height: usize, pitch: usize, quality: u8) -> std::result::Result<Vec<u8>, String> {
+pub fn encode_rgb(
+    pixels: &[u8],
+    width: usize,
+    height: usize,
+    pitch: usize,
+    quality: u8,
+) -> std::result::Result<Vec<u8>, String> {
     with_compressor(|c| {
-        c.set_quality(i32::from(quality)).map_err(|e| e.to_string())?;
+        c.set_quality(i32::from(quality))
+            .map_err(|e| e.to_string())?;
         c.set_subsamp(Subsamp::Sub2x2).map_err(|e| e.to_string())?;
-        let image = Image { pixels, width, pitch, height, format: PixelFormat::RGB };
+        let image = Image {
+            pixels,
+            width,
+            pitch,
+            height,
+            format: PixelFormat::RGB,
+        };
         c.compress_to_vec(image).map_err(|e| e.to_string())
     })
 }
@@ -173,8 +242,15 @@ pub fn encode_rgb(pixels: &[u8], width: usize, height: usize, pitch: usize, qual
 /// both colour conversions of a decode-RGB-encode round trip).
 pub fn encode_yuv(yuv: &Yuv, quality: u8) -> std::result::Result<Vec<u8>, String> {
     with_compressor(|c| {
-        c.set_quality(i32::from(quality)).map_err(|e| e.to_string())?;
-        let image = YuvImage { pixels: yuv.pixels.as_slice(), width: yuv.width, align: 1, height: yuv.height, subsamp: yuv.subsamp };
+        c.set_quality(i32::from(quality))
+            .map_err(|e| e.to_string())?;
+        let image = YuvImage {
+            pixels: yuv.pixels.as_slice(),
+            width: yuv.width,
+            align: 1,
+            height: yuv.height,
+            subsamp: yuv.subsamp,
+        };
         c.compress_yuv_to_vec(image).map_err(|e| e.to_string())
     })
 }
@@ -182,7 +258,10 @@ pub fn encode_yuv(yuv: &Yuv, quality: u8) -> std::result::Result<Vec<u8>, String
 const SOI: [u8; 2] = [0xFF, 0xD8];
 const EOI: [u8; 2] = [0xFF, 0xD9];
 /// A JFIF 1.01 APP0 segment with no density information.
-const JFIF_APP0: [u8; 18] = [0xFF, 0xE0, 0x00, 0x10, b'J', b'F', b'I', b'F', 0x00, 0x01, 0x01, 0x00, 0x00, 0x01, 0x00, 0x01, 0x00, 0x00];
+const JFIF_APP0: [u8; 18] = [
+    0xFF, 0xE0, 0x00, 0x10, b'J', b'F', b'I', b'F', 0x00, 0x01, 0x01, 0x00, 0x00, 0x01, 0x00, 0x01,
+    0x00, 0x00,
+];
 
 /// Join a TIFF JPEGTables stream (SOI tables EOI) and an abbreviated tile stream (SOI … EOI)
 /// into one standalone JPEG. With `jfif`, a JFIF APP0 marker is added so every viewer reads the
@@ -229,7 +308,9 @@ mod tests {
     use super::*;
 
     fn gradient(w: usize, h: usize) -> Vec<u8> {
-        (0..w * h * 3).map(|i| ((i / 3) % w + (i % 3) * 40) as u8).collect()
+        (0..w * h * 3)
+            .map(|i| ((i / 3) % w + (i % 3) * 40) as u8)
+            .collect()
     }
 
     #[test]
@@ -240,7 +321,12 @@ mod tests {
         let mut out = Vec::new();
         let header = decode_rgb_into(&jpg, &mut out).unwrap();
         assert_eq!((header.width, header.height), (w, h));
-        let max_diff = src.iter().zip(&out).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+        let max_diff = src
+            .iter()
+            .zip(&out)
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap();
         assert!(max_diff < 24, "max diff {max_diff}");
     }
 
@@ -253,8 +339,15 @@ mod tests {
         assert_eq!(yuv.subsamp, Subsamp::Sub2x2);
         assert_eq!(yuv.y_plane().len(), w * h);
         let mut odd = Yuv::default();
-        decode_yuv_into(&encode_rgb(&gradient(61, 47), 61, 47, 61 * 3, 90).unwrap(), &mut odd).unwrap();
-        assert_eq!((odd.y_stride(), odd.y_rows(), odd.uv_stride(), odd.uv_rows()), (62, 48, 31, 24));
+        decode_yuv_into(
+            &encode_rgb(&gradient(61, 47), 61, 47, 61 * 3, 90).unwrap(),
+            &mut odd,
+        )
+        .unwrap();
+        assert_eq!(
+            (odd.y_stride(), odd.y_rows(), odd.uv_stride(), odd.uv_rows()),
+            (62, 48, 31, 24)
+        );
         assert_eq!(odd.pixels.len(), 62 * 48 + 2 * 31 * 24);
         let again = encode_yuv(&yuv, 90).unwrap();
         assert_eq!(read_header(&again).unwrap().width, w);

@@ -14,7 +14,10 @@ use crate::jpeg::{self, PixelFormat};
 
 /// Count interleaved pixels (`stride` bytes each, first 3 bands compared) that are no-data.
 pub fn count_nodata(pixels: &[u8], stride: usize, threshold: u8) -> u64 {
-    pixels.chunks_exact(stride).filter(|p| p[0] <= threshold && p[1] <= threshold && p[2] <= threshold).count() as u64
+    pixels
+        .chunks_exact(stride)
+        .filter(|p| p[0] <= threshold && p[1] <= threshold && p[2] <= threshold)
+        .count() as u64
 }
 
 /// Smallest byte of a plane (255 for an empty one); written as a fold so it vectorises.
@@ -37,7 +40,12 @@ pub struct Scratch {
 
 /// Exact no-data count of a colour JPEG already decoded to `yuv`: nothing more when no luma
 /// sample is dark, RGB at the dark samples only when they are few, else a library RGB decode.
-pub fn count_decoded(stream: &[u8], yuv: &jpeg::Yuv, threshold: u8, rgb: &mut Vec<u8>) -> Result<u64, String> {
+pub fn count_decoded(
+    stream: &[u8],
+    yuv: &jpeg::Yuv,
+    threshold: u8,
+    rgb: &mut Vec<u8>,
+) -> Result<u64, String> {
     if !luma_may_hold_nodata(yuv.luma_min(), threshold) {
         return Ok(0);
     }
@@ -65,7 +73,11 @@ mod ycc {
         let r = y + ((FIX_1_40200 * cr + ONE_HALF) >> 16);
         let g = y + ((-FIX_0_34414 * cb + ONE_HALF - FIX_0_71414 * cr) >> 16);
         let b = y + ((FIX_1_77200 * cb + ONE_HALF) >> 16);
-        [r.clamp(0, 255) as u8, g.clamp(0, 255) as u8, b.clamp(0, 255) as u8]
+        [
+            r.clamp(0, 255) as u8,
+            g.clamp(0, 255) as u8,
+            b.clamp(0, 255) as u8,
+        ]
     }
 }
 
@@ -73,15 +85,25 @@ mod ycc {
 /// and upsampled chroma stays within the range of the chroma samples, so the brightest possible
 /// R, G and B come from the planes' extremes. (A whole no-data chip decodes as flat black.)
 fn all_nodata(yuv: &jpeg::Yuv, threshold: u8) -> bool {
-    if !matches!(yuv.subsamp, jpeg::Subsamp::None | jpeg::Subsamp::Sub2x2 | jpeg::Subsamp::Sub2x1) {
+    if !matches!(
+        yuv.subsamp,
+        jpeg::Subsamp::None | jpeg::Subsamp::Sub2x2 | jpeg::Subsamp::Sub2x1
+    ) {
         return false;
     }
     let stride = yuv.y_stride();
-    let y_max = (0..yuv.height).flat_map(|r| &yuv.pixels[r * stride..r * stride + yuv.width]).copied().max().unwrap_or(0);
+    let y_max = (0..yuv.height)
+        .flat_map(|r| &yuv.pixels[r * stride..r * stride + yuv.width])
+        .copied()
+        .max()
+        .unwrap_or(0);
     if y_max > threshold {
         return false;
     }
-    let range = |p: &[u8]| p.iter().fold((255u8, 0u8), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let range = |p: &[u8]| {
+        p.iter()
+            .fold((255u8, 0u8), |(lo, hi), &v| (lo.min(v), hi.max(v)))
+    };
     let ((cb_lo, cb_hi), (cr_lo, cr_hi)) = (range(yuv.uv_plane(0)), range(yuv.uv_plane(1)));
     let [r, _, b] = ycc::to_rgb(y_max, cb_hi, cr_hi);
     let g = ycc::to_rgb(y_max, cb_lo, cr_lo)[1];
@@ -108,7 +130,12 @@ fn count_from_yuv_up_to(yuv: &jpeg::Yuv, threshold: u8, max_candidates: usize) -
     if candidates > max_candidates {
         return None;
     }
-    let (u, v, cw, ch) = (yuv.uv_plane(0), yuv.uv_plane(1), yuv.uv_stride(), yuv.uv_rows());
+    let (u, v, cw, ch) = (
+        yuv.uv_plane(0),
+        yuv.uv_plane(1),
+        yuv.uv_stride(),
+        yuv.uv_rows(),
+    );
     let chroma: fn(&[u8], usize, usize, usize, usize) -> u8 = match yuv.subsamp {
         jpeg::Subsamp::None => |plane, cw, _, x, y| plane[y * cw + x],
         jpeg::Subsamp::Sub2x2 if cw >= 2 => upsample_h2v2,
@@ -117,7 +144,11 @@ fn count_from_yuv_up_to(yuv: &jpeg::Yuv, threshold: u8, max_candidates: usize) -
     let mut count = 0u64;
     for y in 0..h {
         for x in (0..w).filter(|&x| dark(x, y)) {
-            let rgb = ycc::to_rgb(luma[y * stride + x], chroma(u, cw, ch, x, y), chroma(v, cw, ch, x, y));
+            let rgb = ycc::to_rgb(
+                luma[y * stride + x],
+                chroma(u, cw, ch, x, y),
+                chroma(v, cw, ch, x, y),
+            );
             count += u64::from(rgb.iter().all(|&c| c <= threshold));
         }
     }
@@ -129,11 +160,19 @@ fn count_from_yuv_up_to(yuv: &jpeg::Yuv, threshold: u8, max_candidates: usize) -
 fn upsample_h2v2(plane: &[u8], cw: usize, ch: usize, x: usize, y: usize) -> u8 {
     let cy = y / 2;
     // Even output rows lean on the chroma row above, odd rows on the one below.
-    let other = if y % 2 == 0 { cy.saturating_sub(1) } else { (cy + 1).min(ch - 1) };
+    let other = if y.is_multiple_of(2) {
+        cy.saturating_sub(1)
+    } else {
+        (cy + 1).min(ch - 1)
+    };
     let colsum = |c: usize| 3 * i32::from(plane[cy * cw + c]) + i32::from(plane[other * cw + c]);
     let cx = x / 2;
-    let out = if x % 2 == 0 {
-        if cx == 0 { (colsum(0) * 4 + 8) >> 4 } else { (colsum(cx) * 3 + colsum(cx - 1) + 8) >> 4 }
+    let out = if x.is_multiple_of(2) {
+        if cx == 0 {
+            (colsum(0) * 4 + 8) >> 4
+        } else {
+            (colsum(cx) * 3 + colsum(cx - 1) + 8) >> 4
+        }
     } else if cx + 1 == cw {
         (colsum(cx) * 4 + 7) >> 4
     } else {
@@ -161,7 +200,11 @@ const MAX_SIDE: usize = 16_384;
 
 /// Exact no-data count of a whole JPEG (see [`count_decoded`]); grayscale JPEGs are counted on
 /// their single band.
-pub fn count_in_jpeg(stream: &[u8], threshold: u8, scratch: &mut Scratch) -> Result<JpegCount, String> {
+pub fn count_in_jpeg(
+    stream: &[u8],
+    threshold: u8,
+    scratch: &mut Scratch,
+) -> Result<JpegCount, String> {
     let header = jpeg::read_header(stream)?;
     let (w, h) = (header.width, header.height);
     if w > MAX_SIDE || h > MAX_SIDE {
@@ -175,12 +218,20 @@ pub fn count_in_jpeg(stream: &[u8], threshold: u8, scratch: &mut Scratch) -> Res
         jpeg::decode_yuv_into(stream, &mut scratch.yuv)?;
         count_decoded(stream, &scratch.yuv, threshold, &mut scratch.rgb)?
     };
-    Ok(JpegCount { width: w as u32, height: h as u32, nodata_pixels: nodata })
+    Ok(JpegCount {
+        width: w as u32,
+        height: h as u32,
+        nodata_pixels: nodata,
+    })
 }
 
 /// Measure JPEG files in parallel on the current rayon pool; one result per path, in order.
 /// `progress` is incremented once per file. A failure names the file and does not stop the rest.
-pub fn scan_jpeg_files(paths: &[PathBuf], threshold: u8, progress: &AtomicU64) -> Vec<Result<JpegCount, String>> {
+pub fn scan_jpeg_files(
+    paths: &[PathBuf],
+    threshold: u8,
+    progress: &AtomicU64,
+) -> Vec<Result<JpegCount, String>> {
     paths
         .par_iter()
         .map_init(Scratch::default, |scratch, path| {
@@ -221,19 +272,45 @@ mod tests {
     fn shortcut_equals_full_rule() {
         let images = [
             jpeg_of(64, 64, |_, _| [140, 150, 120]),
-            jpeg_of(64, 64, |x, y| if x + y / 2 < 30 { [0, 0, 0] } else { [90, 100, 80] }),
-            jpeg_of(64, 64, |x, y| if (x * 7 + y * 13) % 97 == 0 { [2, 1, 3] } else { [20, 25, 30] }),
+            jpeg_of(64, 64, |x, y| {
+                if x + y / 2 < 30 {
+                    [0, 0, 0]
+                } else {
+                    [90, 100, 80]
+                }
+            }),
+            jpeg_of(64, 64, |x, y| {
+                if (x * 7 + y * 13) % 97 == 0 {
+                    [2, 1, 3]
+                } else {
+                    [20, 25, 30]
+                }
+            }),
             jpeg_of(48, 40, |x, _| [(x * 5) as u8, 10, 4]),
         ];
         let mut scratch = Scratch::default();
         for (i, img) in images.iter().enumerate() {
             for t in [0, 1, 4, 10] {
                 let got = count_in_jpeg(img, t, &mut scratch).unwrap();
-                assert_eq!(got.nodata_pixels, full_rule(img, t), "image {i}, threshold {t}");
+                assert_eq!(
+                    got.nodata_pixels,
+                    full_rule(img, t),
+                    "image {i}, threshold {t}"
+                );
             }
         }
-        assert_eq!(count_in_jpeg(&images[0], 0, &mut scratch).unwrap().nodata_pixels, 0);
-        assert!(count_in_jpeg(&images[1], 0, &mut scratch).unwrap().nodata_pixels > 0);
+        assert_eq!(
+            count_in_jpeg(&images[0], 0, &mut scratch)
+                .unwrap()
+                .nodata_pixels,
+            0
+        );
+        assert!(
+            count_in_jpeg(&images[1], 0, &mut scratch)
+                .unwrap()
+                .nodata_pixels
+                > 0
+        );
     }
 
     #[test]
@@ -246,12 +323,17 @@ mod tests {
                 let img = jpeg_of(w, h, |x, y| {
                     let dark = ((x / 3 + seed) * 7 + y * 5) % 11 < 4;
                     let c = ((x * 13 + y * 7 + seed * 31) % 9) as u8;
-                    if dark { [c / 3, (c / 2) % 3, c % 4] } else { [(40 + x * 3) as u8, 90, (y * 2 + 30) as u8] }
+                    if dark {
+                        [c / 3, (c / 2) % 3, c % 4]
+                    } else {
+                        [(40 + x * 3) as u8, 90, (y * 2 + 30) as u8]
+                    }
                 });
                 jpeg::decode_yuv_into(&img, &mut scratch.yuv).unwrap();
                 for t in [0, 1, 3, 8] {
                     // No candidate cap here: every dark pixel goes through the reproduction.
-                    let got = count_from_yuv_up_to(&scratch.yuv, t, usize::MAX).expect("4:2:0 is reproduced");
+                    let got = count_from_yuv_up_to(&scratch.yuv, t, usize::MAX)
+                        .expect("4:2:0 is reproduced");
                     assert_eq!(got, full_rule(&img, t), "{w}x{h} seed {seed} threshold {t}");
                     checked_nonzero |= got > 0;
                 }
@@ -264,11 +346,24 @@ mod tests {
     fn flat_black_is_all_nodata_and_near_black_is_counted() {
         let mut scratch = Scratch::default();
         let black = jpeg_of(64, 48, |_, _| [0, 0, 0]);
-        assert_eq!(count_in_jpeg(&black, 0, &mut scratch).unwrap().nodata_pixels, 64 * 48);
+        assert_eq!(
+            count_in_jpeg(&black, 0, &mut scratch)
+                .unwrap()
+                .nodata_pixels,
+            64 * 48
+        );
         jpeg::decode_yuv_into(&black, &mut scratch.yuv).unwrap();
         assert!(all_nodata(&scratch.yuv, 0));
-        let speck = jpeg_of(64, 48, |x, y| if x == 30 && y == 20 { [90, 90, 90] } else { [0, 0, 0] });
-        let got = count_in_jpeg(&speck, 0, &mut scratch).unwrap().nodata_pixels;
+        let speck = jpeg_of(64, 48, |x, y| {
+            if x == 30 && y == 20 {
+                [90, 90, 90]
+            } else {
+                [0, 0, 0]
+            }
+        });
+        let got = count_in_jpeg(&speck, 0, &mut scratch)
+            .unwrap()
+            .nodata_pixels;
         assert_eq!(got, full_rule(&speck, 0));
         assert!(got < 64 * 48);
     }

@@ -9,6 +9,8 @@ pub fn run_in_pool<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> Res
         .num_threads(threads)
         .thread_name(|i| format!("imagesim-{i}"))
         .build()
-        .map_err(|e| Error::InvalidArgument(format!("cannot start {threads} worker threads: {e}")))?;
+        .map_err(|e| {
+            Error::InvalidArgument(format!("cannot start {threads} worker threads: {e}"))
+        })?;
     Ok(pool.install(f))
 }

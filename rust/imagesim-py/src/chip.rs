@@ -61,24 +61,85 @@ fn chip_cog<'py>(
     threads: usize,
     progress: Option<Bound<'py, Progress>>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let job = CogJob { cog_path, zone, cell_quadkey, catalog_id, out_dir };
-    let opts = ChipOptions { zoom, quality, passthrough, nodata_threshold, overwrite, skip_empty, measure };
+    let job = CogJob {
+        cog_path,
+        zone,
+        cell_quadkey,
+        catalog_id,
+        out_dir,
+    };
+    let opts = ChipOptions {
+        zoom,
+        quality,
+        passthrough,
+        nodata_threshold,
+        overwrite,
+        skip_empty,
+        measure,
+    };
     let counter = progress.map(|p| p.get().counter()).unwrap_or_default();
-    let records = detached(py, || run_in_pool(threads, || chip::chip_cog(&job, &opts, &known, &counter))?)?;
+    let records = detached(py, || {
+        run_in_pool(threads, || chip::chip_cog(&job, &opts, &known, &counter))?
+    })?;
 
     let out = PyDict::new(py);
-    out.set_item("chip", records.iter().map(|r| r.name.as_str()).collect::<Vec<_>>())?;
-    out.set_item("quadkey", records.iter().map(|r| r.quadkey.as_str()).collect::<Vec<_>>())?;
-    out.set_item("col_off", records.iter().map(|r| r.window.col_off).collect::<Vec<_>>())?;
-    out.set_item("row_off", records.iter().map(|r| r.window.row_off).collect::<Vec<_>>())?;
-    out.set_item("width", records.iter().map(|r| r.window.width).collect::<Vec<_>>())?;
-    out.set_item("height", records.iter().map(|r| r.window.height).collect::<Vec<_>>())?;
-    out.set_item("status", records.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())?;
-    out.set_item("encoding", records.iter().map(|r| r.encoding.as_str()).collect::<Vec<_>>())?;
-    out.set_item("nodata_pixels", records.iter().map(|r| r.nodata_pixels).collect::<Vec<_>>())?;
-    out.set_item("total_pixels", records.iter().map(|r| r.total_pixels).collect::<Vec<_>>())?;
+    out.set_item(
+        "chip",
+        records.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+    )?;
+    out.set_item(
+        "quadkey",
+        records
+            .iter()
+            .map(|r| r.quadkey.as_str())
+            .collect::<Vec<_>>(),
+    )?;
+    out.set_item(
+        "col_off",
+        records.iter().map(|r| r.window.col_off).collect::<Vec<_>>(),
+    )?;
+    out.set_item(
+        "row_off",
+        records.iter().map(|r| r.window.row_off).collect::<Vec<_>>(),
+    )?;
+    out.set_item(
+        "width",
+        records.iter().map(|r| r.window.width).collect::<Vec<_>>(),
+    )?;
+    out.set_item(
+        "height",
+        records.iter().map(|r| r.window.height).collect::<Vec<_>>(),
+    )?;
+    out.set_item(
+        "status",
+        records
+            .iter()
+            .map(|r| r.status.as_str())
+            .collect::<Vec<_>>(),
+    )?;
+    out.set_item(
+        "encoding",
+        records
+            .iter()
+            .map(|r| r.encoding.as_str())
+            .collect::<Vec<_>>(),
+    )?;
+    out.set_item(
+        "nodata_pixels",
+        records.iter().map(|r| r.nodata_pixels).collect::<Vec<_>>(),
+    )?;
+    out.set_item(
+        "total_pixels",
+        records.iter().map(|r| r.total_pixels).collect::<Vec<_>>(),
+    )?;
     out.set_item("bytes", records.iter().map(|r| r.bytes).collect::<Vec<_>>())?;
-    out.set_item("error", records.iter().map(|r| r.error.as_deref()).collect::<Vec<_>>())?;
+    out.set_item(
+        "error",
+        records
+            .iter()
+            .map(|r| r.error.as_deref())
+            .collect::<Vec<_>>(),
+    )?;
     Ok(out)
 }
 

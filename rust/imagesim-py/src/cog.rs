@@ -58,7 +58,9 @@ impl PyCog {
     #[new]
     fn new(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
         let cog = detached(py, move || Cog::open(&path))?;
-        Ok(PyCog { inner: Arc::new(cog) })
+        Ok(PyCog {
+            inner: Arc::new(cog),
+        })
     }
 
     #[getter]
@@ -69,13 +71,20 @@ impl PyCog {
     /// Level 0 (full resolution) then the internal overviews, as dicts.
     #[getter]
     fn levels<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
-        self.inner.levels().iter().map(|l| level_dict(py, l)).collect()
+        self.inner
+            .levels()
+            .iter()
+            .map(|l| level_dict(py, l))
+            .collect()
     }
 
     /// GDAL-order geotransform, or None.
     #[getter]
     fn geotransform(&self) -> Option<(f64, f64, f64, f64, f64, f64)> {
-        self.inner.geo().geotransform.map(|g| (g[0], g[1], g[2], g[3], g[4], g[5]))
+        self.inner
+            .geo()
+            .geotransform
+            .map(|g| (g[0], g[1], g[2], g[3], g[4], g[5]))
     }
 
     #[getter]
@@ -100,17 +109,34 @@ impl PyCog {
         let cog = Arc::clone(&self.inner);
         let raster = detached(py, move || {
             let window = match window {
-                Some((col_off, row_off, width, height)) => Window { col_off, row_off, width, height },
+                Some((col_off, row_off, width, height)) => Window {
+                    col_off,
+                    row_off,
+                    width,
+                    height,
+                },
                 None => {
                     let l = cog.levels().get(level).ok_or_else(|| {
-                        imagesim_core::Error::window(cog.path(), format!("level {level} does not exist"))
+                        imagesim_core::Error::window(
+                            cog.path(),
+                            format!("level {level} does not exist"),
+                        )
                     })?;
-                    Window { col_off: 0, row_off: 0, width: l.width, height: l.height }
+                    Window {
+                        col_off: 0,
+                        row_off: 0,
+                        width: l.width,
+                        height: l.height,
+                    }
                 }
             };
             cog.read_window(level, window)
         })?;
-        let shape = (raster.height as usize, raster.width as usize, raster.bands as usize);
+        let shape = (
+            raster.height as usize,
+            raster.width as usize,
+            raster.bands as usize,
+        );
         match raster.data {
             RasterData::U8(v) => to_array(py, shape, v),
             RasterData::I8(v) => to_array(py, shape, v),

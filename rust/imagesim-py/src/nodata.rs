@@ -21,12 +21,40 @@ fn scan_jpeg_files<'py>(
     progress: Option<Bound<'py, Progress>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let counter = progress.map(|p| p.get().counter()).unwrap_or_default();
-    let results = detached(py, || run_in_pool(threads, || nodata::scan_jpeg_files(&paths, threshold, &counter)))?;
+    let results = detached(py, || {
+        run_in_pool(threads, || {
+            nodata::scan_jpeg_files(&paths, threshold, &counter)
+        })
+    })?;
     let out = PyDict::new(py);
-    out.set_item("width", results.iter().map(|r| r.as_ref().ok().map(|c| c.width)).collect::<Vec<_>>())?;
-    out.set_item("height", results.iter().map(|r| r.as_ref().ok().map(|c| c.height)).collect::<Vec<_>>())?;
-    out.set_item("nodata_pixels", results.iter().map(|r| r.as_ref().ok().map(|c| c.nodata_pixels)).collect::<Vec<_>>())?;
-    out.set_item("error", results.iter().map(|r| r.as_ref().err().map(String::as_str)).collect::<Vec<_>>())?;
+    out.set_item(
+        "width",
+        results
+            .iter()
+            .map(|r| r.as_ref().ok().map(|c| c.width))
+            .collect::<Vec<_>>(),
+    )?;
+    out.set_item(
+        "height",
+        results
+            .iter()
+            .map(|r| r.as_ref().ok().map(|c| c.height))
+            .collect::<Vec<_>>(),
+    )?;
+    out.set_item(
+        "nodata_pixels",
+        results
+            .iter()
+            .map(|r| r.as_ref().ok().map(|c| c.nodata_pixels))
+            .collect::<Vec<_>>(),
+    )?;
+    out.set_item(
+        "error",
+        results
+            .iter()
+            .map(|r| r.as_ref().err().map(String::as_str))
+            .collect::<Vec<_>>(),
+    )?;
     Ok(out)
 }
 

@@ -74,9 +74,17 @@ pub fn decode_into(
         compression::WEBP => webp(path, data, geom, out)?,
         compression::JPEG => return jpeg(path, level, data, geom, out),
         compression::OJPEG => {
-            return Err(Error::unsupported(path, "old-style JPEG (compression 6) is not supported"))
+            return Err(Error::unsupported(
+                path,
+                "old-style JPEG (compression 6) is not supported",
+            ))
         }
-        c => return Err(Error::unsupported(path, format!("compression {c} is not supported"))),
+        c => {
+            return Err(Error::unsupported(
+                path,
+                format!("compression {c} is not supported"),
+            ))
+        }
     }
     // Codec output is in file byte order; the floating-point predictor handles order itself.
     if level.predictor == 3 {
@@ -130,7 +138,10 @@ fn lzw(path: &Path, data: &[u8], out: &mut [u8]) -> Result<()> {
         }
     }
     if filled < out.len() {
-        return Err(Error::corrupt(path, format!("LZW chunk decoded to {filled} of {} bytes", out.len())));
+        return Err(Error::corrupt(
+            path,
+            format!("LZW chunk decoded to {filled} of {} bytes", out.len()),
+        ));
     }
     Ok(())
 }
@@ -151,14 +162,19 @@ fn packbits(path: &Path, data: &[u8], out: &mut [u8]) -> Result<()> {
             o += len;
         } else if n != -128 {
             let len = ((1 - n as isize) as usize).min(out.len() - o);
-            let v = *data.get(i).ok_or_else(|| Error::corrupt(path, "PackBits run without a value"))?;
+            let v = *data
+                .get(i)
+                .ok_or_else(|| Error::corrupt(path, "PackBits run without a value"))?;
             out[o..o + len].fill(v);
             i += 1;
             o += len;
         }
     }
     if o < out.len() {
-        return Err(Error::corrupt(path, format!("PackBits chunk decoded to {o} of {} bytes", out.len())));
+        return Err(Error::corrupt(
+            path,
+            format!("PackBits chunk decoded to {o} of {} bytes", out.len()),
+        ));
     }
     Ok(())
 }
@@ -170,7 +186,10 @@ fn webp(path: &Path, data: &[u8], geom: ChunkGeom, out: &mut [u8]) -> Result<()>
     if w as usize != geom.width || h as usize != geom.rows || geom.bytes != 1 {
         return Err(Error::corrupt(
             path,
-            format!("WebP chunk is {w}x{h}, expected {}x{} 8-bit", geom.width, geom.rows),
+            format!(
+                "WebP chunk is {w}x{h}, expected {}x{} 8-bit",
+                geom.width, geom.rows
+            ),
         ));
     }
     let px = geom.width * geom.rows;
@@ -187,7 +206,10 @@ fn webp(path: &Path, data: &[u8], geom: ChunkGeom, out: &mut [u8]) -> Result<()>
             }
         }
         (s, a) => {
-            return Err(Error::unsupported(path, format!("WebP chunk with alpha={a} in a {s}-sample image")));
+            return Err(Error::unsupported(
+                path,
+                format!("WebP chunk with alpha={a} in a {s}-sample image"),
+            ));
         }
     }
     Ok(())
@@ -203,12 +225,16 @@ pub fn turbo_decode(
     max_h: usize,
     out: &mut [u8],
 ) -> Result<(usize, usize)> {
-    crate::jpeg::decode_into(stream, format, max_w, max_h, out).map_err(|e| Error::corrupt(path, format!("JPEG: {e}")))
+    crate::jpeg::decode_into(stream, format, max_w, max_h, out)
+        .map_err(|e| Error::corrupt(path, format!("JPEG: {e}")))
 }
 
 fn jpeg(path: &Path, level: &Level, data: &[u8], geom: ChunkGeom, out: &mut [u8]) -> Result<()> {
     if geom.bytes != 1 {
-        return Err(Error::unsupported(path, "JPEG with more than 8 bits per sample"));
+        return Err(Error::unsupported(
+            path,
+            "JPEG with more than 8 bits per sample",
+        ));
     }
     let format = match geom.samples {
         1 => turbojpeg::PixelFormat::GRAY,
@@ -219,7 +245,10 @@ fn jpeg(path: &Path, level: &Level, data: &[u8], geom: ChunkGeom, out: &mut [u8]
         s => {
             return Err(Error::unsupported(
                 path,
-                format!("JPEG with {s} interleaved samples (photometric {})", level.photometric),
+                format!(
+                    "JPEG with {s} interleaved samples (photometric {})",
+                    level.photometric
+                ),
             ))
         }
     };
@@ -228,7 +257,10 @@ fn jpeg(path: &Path, level: &Level, data: &[u8], geom: ChunkGeom, out: &mut [u8]
     let (w, h) = turbo_decode(path, &stream, format, geom.width, geom.rows.max(1), out)?;
     if w != geom.width {
         // A narrower JPEG would need re-pitching; real writers never produce one.
-        return Err(Error::corrupt(path, format!("JPEG chunk is {w} wide, expected {}", geom.width)));
+        return Err(Error::corrupt(
+            path,
+            format!("JPEG chunk is {w} wide, expected {}", geom.width),
+        ));
     }
     // A short JPEG strip leaves the rest of the chunk zero, as GDAL does.
     out[w * h * geom.samples..geom.coded_bytes()].fill(0);
@@ -265,7 +297,12 @@ fn undo_horizontal_predictor(path: &Path, geom: ChunkGeom, buf: &mut [u8]) -> Re
             8 => accumulate::<8>(row, s, |a, b| {
                 (u64::from_ne_bytes(a).wrapping_add(u64::from_ne_bytes(b))).to_ne_bytes()
             }),
-            n => return Err(Error::unsupported(path, format!("predictor 2 with {n}-byte samples"))),
+            n => {
+                return Err(Error::unsupported(
+                    path,
+                    format!("predictor 2 with {n}-byte samples"),
+                ))
+            }
         }
     }
     Ok(())
@@ -274,7 +311,9 @@ fn undo_horizontal_predictor(path: &Path, geom: ChunkGeom, buf: &mut [u8]) -> Re
 fn accumulate<const N: usize>(row: &mut [u8], s: usize, add: impl Fn([u8; N], [u8; N]) -> [u8; N]) {
     let n = row.len() / N;
     for i in s..n {
-        let prev: [u8; N] = row[(i - s) * N..(i - s + 1) * N].try_into().expect("N bytes");
+        let prev: [u8; N] = row[(i - s) * N..(i - s + 1) * N]
+            .try_into()
+            .expect("N bytes");
         let cur: [u8; N] = row[i * N..(i + 1) * N].try_into().expect("N bytes");
         row[i * N..(i + 1) * N].copy_from_slice(&add(cur, prev));
     }
@@ -285,7 +324,10 @@ fn accumulate<const N: usize>(row: &mut [u8], s: usize, add: impl Fn([u8; N], [u
 fn undo_float_predictor(path: &Path, geom: ChunkGeom, buf: &mut [u8]) -> Result<()> {
     let (s, bps) = (geom.samples, geom.bytes);
     if !matches!(bps, 2 | 4 | 8) {
-        return Err(Error::unsupported(path, format!("predictor 3 with {bps}-byte samples")));
+        return Err(Error::unsupported(
+            path,
+            format!("predictor 3 with {bps}-byte samples"),
+        ));
     }
     let mut tmp = vec![0u8; geom.row_bytes()];
     for row in buf.chunks_exact_mut(geom.row_bytes()) {
@@ -298,7 +340,11 @@ fn undo_float_predictor(path: &Path, geom: ChunkGeom, buf: &mut [u8]) -> Result<
             for b in 0..bps {
                 // Plane b holds byte b counted from the most significant end.
                 let v = tmp[b * wc + c];
-                let pos = if cfg!(target_endian = "big") { b } else { bps - 1 - b };
+                let pos = if cfg!(target_endian = "big") {
+                    b
+                } else {
+                    bps - 1 - b
+                };
                 row[c * bps + pos] = v;
             }
         }
@@ -313,7 +359,10 @@ mod tests {
     #[test]
     fn packbits_roundtrip_example() {
         // Apple's example stream.
-        let enc = [0xFE, 0xAA, 0x02, 0x80, 0x00, 0x2A, 0xFD, 0xAA, 0x03, 0x80, 0x00, 0x2A, 0x22, 0xF7, 0xAA];
+        let enc = [
+            0xFE, 0xAA, 0x02, 0x80, 0x00, 0x2A, 0xFD, 0xAA, 0x03, 0x80, 0x00, 0x2A, 0x22, 0xF7,
+            0xAA,
+        ];
         let mut out = vec![0u8; 24];
         packbits(Path::new("x"), &enc, &mut out).unwrap();
         assert_eq!(&out[..3], &[0xAA; 3]);
@@ -328,7 +377,13 @@ mod tests {
         let tables = [0xFF, 0xD8, 0xFF, 0xDB, 0x00, 0x02, 0xFF, 0xD9];
         let tile = [0xFF, 0xD8, 0xFF, 0xDA, 0x01, 0xFF, 0xD9];
         let s = crate::jpeg::tiff_tile_to_jpeg(Some(&tables), &tile, false).unwrap();
-        assert_eq!(s, vec![0xFF, 0xD8, 0xFF, 0xDB, 0x00, 0x02, 0xFF, 0xDA, 0x01, 0xFF, 0xD9]);
-        assert_eq!(crate::jpeg::tiff_tile_to_jpeg(None, &tile, false).unwrap(), tile.to_vec());
+        assert_eq!(
+            s,
+            vec![0xFF, 0xD8, 0xFF, 0xDB, 0x00, 0x02, 0xFF, 0xDA, 0x01, 0xFF, 0xD9]
+        );
+        assert_eq!(
+            crate::jpeg::tiff_tile_to_jpeg(None, &tile, false).unwrap(),
+            tile.to_vec()
+        );
     }
 }

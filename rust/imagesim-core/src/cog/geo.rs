@@ -31,7 +31,11 @@ fn geo_key(keys: &[u64], id: u16) -> Option<u16> {
 }
 
 pub fn read_geo(tf: &TiffFile, path: &Path, ifd: &Ifd) -> GeoInfo {
-    let keys = tf.uints(path, ifd, GEO_KEY_DIRECTORY).ok().flatten().unwrap_or_default();
+    let keys = tf
+        .uints(path, ifd, GEO_KEY_DIRECTORY)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
     let epsg = [PROJECTED_CS_TYPE_KEY, GEOGRAPHIC_TYPE_KEY]
         .iter()
         .filter_map(|&k| geo_key(&keys, k))
@@ -39,12 +43,23 @@ pub fn read_geo(tf: &TiffFile, path: &Path, ifd: &Ifd) -> GeoInfo {
         .map(u32::from);
 
     let mut geotransform = None;
-    if let Some(m) = tf.doubles(path, ifd, MODEL_TRANSFORMATION).ok().flatten().filter(|m| m.len() >= 16) {
+    if let Some(m) = tf
+        .doubles(path, ifd, MODEL_TRANSFORMATION)
+        .ok()
+        .flatten()
+        .filter(|m| m.len() >= 16)
+    {
         // 4x4 row-major matrix: x = m0*col + m1*row + m3, y = m4*col + m5*row + m7.
         geotransform = Some([m[3], m[0], m[1], m[7], m[4], m[5]]);
     } else if let (Some(tp), Some(sc)) = (
-        tf.doubles(path, ifd, MODEL_TIEPOINT).ok().flatten().filter(|t| t.len() >= 6),
-        tf.doubles(path, ifd, MODEL_PIXEL_SCALE).ok().flatten().filter(|s| s.len() >= 2),
+        tf.doubles(path, ifd, MODEL_TIEPOINT)
+            .ok()
+            .flatten()
+            .filter(|t| t.len() >= 6),
+        tf.doubles(path, ifd, MODEL_PIXEL_SCALE)
+            .ok()
+            .flatten()
+            .filter(|s| s.len() >= 2),
     ) {
         // Tiepoint (i, j, k, x, y, z): raster (i, j) sits at model (x, y).
         let (i, j, x, y) = (tp[0], tp[1], tp[3], tp[4]);
@@ -59,10 +74,20 @@ pub fn read_geo(tf: &TiffFile, path: &Path, ifd: &Ifd) -> GeoInfo {
         }
     }
 
-    let nodata = tf.bytes(path, ifd, GDAL_NODATA).ok().flatten().and_then(|b| {
-        let s = String::from_utf8_lossy(&b);
-        s.trim_matches(|c: char| c == '\0' || c.is_whitespace()).parse::<f64>().ok()
-    });
+    let nodata = tf
+        .bytes(path, ifd, GDAL_NODATA)
+        .ok()
+        .flatten()
+        .and_then(|b| {
+            let s = String::from_utf8_lossy(&b);
+            s.trim_matches(|c: char| c == '\0' || c.is_whitespace())
+                .parse::<f64>()
+                .ok()
+        });
 
-    GeoInfo { geotransform, epsg, nodata }
+    GeoInfo {
+        geotransform,
+        epsg,
+        nodata,
+    }
 }

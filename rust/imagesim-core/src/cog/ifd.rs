@@ -65,14 +65,24 @@ impl TiffFile {
     pub fn open(path: &Path) -> Result<TiffFile> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-        let mut t = TiffFile { file, len, order: ByteOrder::Little, bigtiff: false };
+        let mut t = TiffFile {
+            file,
+            len,
+            order: ByteOrder::Little,
+            bigtiff: false,
+        };
         let head = t
             .read_exact_at(path, 0, 8)
             .map_err(|_| Error::corrupt(path, "file too short for a TIFF header"))?;
         t.order = match &head[0..2] {
             b"II" => ByteOrder::Little,
             b"MM" => ByteOrder::Big,
-            _ => return Err(Error::corrupt(path, "not a TIFF file (bad byte-order mark)")),
+            _ => {
+                return Err(Error::corrupt(
+                    path,
+                    "not a TIFF file (bad byte-order mark)",
+                ))
+            }
         };
         match t.u16(&head[2..4]) {
             42 => {}
@@ -84,15 +94,22 @@ impl TiffFile {
 
     /// Read exactly `n` bytes at `offset`, refusing ranges beyond the end of the file.
     pub fn read_exact_at(&self, path: &Path, offset: u64, n: u64) -> Result<Vec<u8>> {
-        let end = offset.checked_add(n).ok_or_else(|| Error::corrupt(path, "offset overflow"))?;
+        let end = offset
+            .checked_add(n)
+            .ok_or_else(|| Error::corrupt(path, "offset overflow"))?;
         if end > self.len {
             return Err(Error::corrupt(
                 path,
-                format!("data at {offset}+{n} runs past the end of the file ({} bytes)", self.len),
+                format!(
+                    "data at {offset}+{n} runs past the end of the file ({} bytes)",
+                    self.len
+                ),
             ));
         }
         let mut buf = vec![0u8; n as usize];
-        self.file.read_exact_at(&mut buf, offset).map_err(|e| Error::io(path, e))?;
+        self.file
+            .read_exact_at(&mut buf, offset)
+            .map_err(|e| Error::io(path, e))?;
         Ok(buf)
     }
 
@@ -134,11 +151,19 @@ impl TiffFile {
 
     /// Parse the IFD at `offset`; returns it and the next IFD's offset (0 = end of chain).
     pub fn read_ifd(&self, path: &Path, offset: u64) -> Result<(Ifd, u64)> {
-        let (count_size, entry_size, next_size) = if self.bigtiff { (8, 20, 8) } else { (2, 12, 4) };
+        let (count_size, entry_size, next_size) =
+            if self.bigtiff { (8, 20, 8) } else { (2, 12, 4) };
         let cb = self.read_exact_at(path, offset, count_size)?;
-        let n = if self.bigtiff { self.u64(&cb) } else { u64::from(self.u16(&cb)) };
+        let n = if self.bigtiff {
+            self.u64(&cb)
+        } else {
+            u64::from(self.u16(&cb))
+        };
         if n == 0 || n > MAX_ENTRIES {
-            return Err(Error::corrupt(path, format!("IFD at {offset} claims {n} entries")));
+            return Err(Error::corrupt(
+                path,
+                format!("IFD at {offset} claims {n} entries"),
+            ));
         }
         let body = self.read_exact_at(path, offset + count_size, n * entry_size + next_size)?;
         let mut entries = BTreeMap::new();
@@ -157,7 +182,11 @@ impl TiffFile {
             entries.entry(tag).or_insert(Entry { typ, count, raw });
         }
         let nb = &body[(n * entry_size) as usize..];
-        let next = if self.bigtiff { self.u64(nb) } else { u64::from(self.u32(nb)) };
+        let next = if self.bigtiff {
+            self.u64(nb)
+        } else {
+            u64::from(self.u32(nb))
+        };
         Ok((Ifd { offset, entries }, next))
     }
 
@@ -196,14 +225,20 @@ impl TiffFile {
         if total <= inline {
             Ok(e.raw[..total as usize].to_vec())
         } else {
-            let off = if self.bigtiff { self.u64(&e.raw) } else { u64::from(self.u32(&e.raw)) };
+            let off = if self.bigtiff {
+                self.u64(&e.raw)
+            } else {
+                u64::from(self.u32(&e.raw))
+            };
             self.read_exact_at(path, off, total)
         }
     }
 
     /// An integer-typed tag as u64 values (BYTE/SHORT/LONG/LONG8/IFD types).
     pub fn uints(&self, path: &Path, ifd: &Ifd, tag: u16) -> Result<Option<Vec<u64>>> {
-        let Some(e) = ifd.entries.get(&tag) else { return Ok(None) };
+        let Some(e) = ifd.entries.get(&tag) else {
+            return Ok(None);
+        };
         let b = self.value_bytes(path, tag, e)?;
         let v = match e.typ {
             1 | 7 => b.iter().map(|&x| u64::from(x)).collect(),
@@ -227,19 +262,34 @@ impl TiffFile {
 
     /// A DOUBLE (or FLOAT) tag as f64 values.
     pub fn doubles(&self, path: &Path, ifd: &Ifd, tag: u16) -> Result<Option<Vec<f64>>> {
-        let Some(e) = ifd.entries.get(&tag) else { return Ok(None) };
+        let Some(e) = ifd.entries.get(&tag) else {
+            return Ok(None);
+        };
         let b = self.value_bytes(path, tag, e)?;
         let v = match e.typ {
-            12 => b.chunks_exact(8).map(|c| f64::from_bits(self.u64(c))).collect(),
-            11 => b.chunks_exact(4).map(|c| f64::from(f32::from_bits(self.u32(c)))).collect(),
-            t => return Err(Error::corrupt(path, format!("tag {tag}: expected DOUBLE, got type {t}"))),
+            12 => b
+                .chunks_exact(8)
+                .map(|c| f64::from_bits(self.u64(c)))
+                .collect(),
+            11 => b
+                .chunks_exact(4)
+                .map(|c| f64::from(f32::from_bits(self.u32(c))))
+                .collect(),
+            t => {
+                return Err(Error::corrupt(
+                    path,
+                    format!("tag {tag}: expected DOUBLE, got type {t}"),
+                ))
+            }
         };
         Ok(Some(v))
     }
 
     /// Raw bytes of a BYTE/UNDEFINED/ASCII tag.
     pub fn bytes(&self, path: &Path, ifd: &Ifd, tag: u16) -> Result<Option<Vec<u8>>> {
-        let Some(e) = ifd.entries.get(&tag) else { return Ok(None) };
+        let Some(e) = ifd.entries.get(&tag) else {
+            return Ok(None);
+        };
         Ok(Some(self.value_bytes(path, tag, e)?))
     }
 }

@@ -57,8 +57,12 @@ impl Level {
     /// Whether samples of this level are a type we decode (8/16/32-bit ints, 32/64-bit floats).
     pub(super) fn check_sample_type(&self, path: &Path) -> Result<()> {
         match (self.sample_format, self.bits_per_sample) {
-            (SampleFormat::Uint | SampleFormat::Int, 8 | 16 | 32) | (SampleFormat::Float, 32 | 64) => Ok(()),
-            (f, b) => Err(Error::unsupported(path, format!("{b}-bit {f:?} samples are not supported"))),
+            (SampleFormat::Uint | SampleFormat::Int, 8 | 16 | 32)
+            | (SampleFormat::Float, 32 | 64) => Ok(()),
+            (f, b) => Err(Error::unsupported(
+                path,
+                format!("{b}-bit {f:?} samples are not supported"),
+            )),
         }
     }
 }
@@ -70,7 +74,10 @@ pub(super) fn build_level(tf: &ifd::TiffFile, path: &Path, d: &ifd::Ifd) -> Resu
         get(t)?.ok_or_else(|| Error::corrupt(path, format!("missing {name} tag")))
     };
     let to_u32 = |v: u64, name: &str| -> Result<u32> {
-        u32::try_from(v).ok().filter(|&v| v > 0).ok_or_else(|| Error::corrupt(path, format!("{name} is {v}")))
+        u32::try_from(v)
+            .ok()
+            .filter(|&v| v > 0)
+            .ok_or_else(|| Error::corrupt(path, format!("{name} is {v}")))
     };
     let width = to_u32(need(tag::IMAGE_WIDTH, "ImageWidth")?, "ImageWidth")?;
     let height = to_u32(need(tag::IMAGE_LENGTH, "ImageLength")?, "ImageLength")?;
@@ -84,13 +91,16 @@ pub(super) fn build_level(tf: &ifd::TiffFile, path: &Path, d: &ifd::Ifd) -> Resu
         let v = tf.uints(path, d, t)?.unwrap_or_else(|| vec![default]);
         let first = *v.first().unwrap_or(&default);
         if v.iter().any(|&x| x != first) {
-            return Err(Error::unsupported(path, format!("{name} differs between samples: {v:?}")));
+            return Err(Error::unsupported(
+                path,
+                format!("{name} differs between samples: {v:?}"),
+            ));
         }
         Ok(first)
     };
     let bits = one_value(tag::BITS_PER_SAMPLE, 1, "BitsPerSample")?;
-    let bits_per_sample =
-        u16::try_from(bits).map_err(|_| Error::corrupt(path, format!("BitsPerSample is {bits}")))?;
+    let bits_per_sample = u16::try_from(bits)
+        .map_err(|_| Error::corrupt(path, format!("BitsPerSample is {bits}")))?;
     let sample_format = match one_value(tag::SAMPLE_FORMAT, 1, "SampleFormat")? {
         1 | 4 => SampleFormat::Uint, // 4 = "undefined", read as unsigned like libtiff
         2 => SampleFormat::Int,
@@ -98,7 +108,9 @@ pub(super) fn build_level(tf: &ifd::TiffFile, path: &Path, d: &ifd::Ifd) -> Resu
         f => return Err(Error::unsupported(path, format!("SampleFormat {f}"))),
     };
     let small = |t: u16, default: u16| -> Result<u16> {
-        Ok(get(t)?.map(|v| u16::try_from(v).unwrap_or(u16::MAX)).unwrap_or(default))
+        Ok(get(t)?
+            .map(|v| u16::try_from(v).unwrap_or(u16::MAX))
+            .unwrap_or(default))
     };
     let compression = small(tag::COMPRESSION, compression::NONE)?;
     let photometric = small(tag::PHOTOMETRIC, photometric::MIN_IS_BLACK)?;
@@ -118,12 +130,17 @@ pub(super) fn build_level(tf: &ifd::TiffFile, path: &Path, d: &ifd::Ifd) -> Resu
         let rps = to_u32(rps.min(u64::from(height)), "RowsPerStrip")?;
         (width, rps, tag::STRIP_OFFSETS, tag::STRIP_BYTE_COUNTS)
     };
-    let offsets =
-        tf.uints(path, d, offsets_tag)?.ok_or_else(|| Error::corrupt(path, "missing chunk offsets"))?;
-    let byte_counts =
-        tf.uints(path, d, counts_tag)?.ok_or_else(|| Error::corrupt(path, "missing chunk byte counts"))?;
-    let jpeg_tables =
-        if compression == compression::JPEG { tf.bytes(path, d, tag::JPEG_TABLES)? } else { None };
+    let offsets = tf
+        .uints(path, d, offsets_tag)?
+        .ok_or_else(|| Error::corrupt(path, "missing chunk offsets"))?;
+    let byte_counts = tf
+        .uints(path, d, counts_tag)?
+        .ok_or_else(|| Error::corrupt(path, "missing chunk byte counts"))?;
+    let jpeg_tables = if compression == compression::JPEG {
+        tf.bytes(path, d, tag::JPEG_TABLES)?
+    } else {
+        None
+    };
 
     let level = Level {
         width,
@@ -158,7 +175,10 @@ pub(super) fn build_level(tf: &ifd::TiffFile, path: &Path, d: &ifd::Ifd) -> Resu
         ));
     }
     if bits_per_sample % 8 != 0 && bits_per_sample != 1 {
-        return Err(Error::unsupported(path, format!("{bits_per_sample} bits per sample")));
+        return Err(Error::unsupported(
+            path,
+            format!("{bits_per_sample} bits per sample"),
+        ));
     }
     Ok(level)
 }

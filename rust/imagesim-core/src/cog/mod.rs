@@ -162,7 +162,11 @@ impl Cog {
         let first = &ifds[0];
         let mut levels = vec![level::build_level(&tf, path, first)?];
         for d in &ifds[1..] {
-            let kind = tf.uint(path, d, level::tag::NEW_SUBFILE_TYPE).ok().flatten().unwrap_or(0);
+            let kind = tf
+                .uint(path, d, level::tag::NEW_SUBFILE_TYPE)
+                .ok()
+                .flatten()
+                .unwrap_or(0);
             if kind & level::SUBFILE_REDUCED == 0 || kind & level::SUBFILE_MASK != 0 {
                 continue; // another page, or a mask: not an overview
             }
@@ -173,7 +177,12 @@ impl Cog {
             }
         }
         let geo = geo::read_geo(&tf, path, first);
-        Ok(Cog { path: path.to_path_buf(), levels, geo, tf })
+        Ok(Cog {
+            path: path.to_path_buf(),
+            levels,
+            geo,
+            tf,
+        })
     }
     pub fn path(&self) -> &Path {
         &self.path
@@ -195,7 +204,13 @@ impl Cog {
 
     fn level(&self, level: usize) -> Result<&Level> {
         self.levels.get(level).ok_or_else(|| {
-            Error::window(&self.path, format!("level {level} does not exist ({} levels)", self.levels.len()))
+            Error::window(
+                &self.path,
+                format!(
+                    "level {level} does not exist ({} levels)",
+                    self.levels.len()
+                ),
+            )
         })
     }
 
@@ -204,7 +219,10 @@ impl Cog {
     pub fn read_raw_chunk(&self, level: usize, index: usize) -> Result<Option<Vec<u8>>> {
         let l = self.level(level)?;
         let (Some(&off), Some(&n)) = (l.offsets.get(index), l.byte_counts.get(index)) else {
-            return Err(Error::window(&self.path, format!("chunk {index} does not exist in level {level}")));
+            return Err(Error::window(
+                &self.path,
+                format!("chunk {index} does not exist in level {level}"),
+            ));
         };
         if n == 0 {
             return Ok(None); // sparse (GDAL treats a zero byte count as "not written")
@@ -223,7 +241,10 @@ impl Cog {
             ));
         }
         if cx >= l.chunks_across() || cy >= l.chunks_down() {
-            return Err(Error::window(&self.path, format!("chunk ({cx}, {cy}) is outside level {level}")));
+            return Err(Error::window(
+                &self.path,
+                format!("chunk ({cx}, {cy}) is outside level {level}"),
+            ));
         }
         self.check_chunk_size(l)?;
         let mut buf = vec![0u8; l.chunk_bytes() as usize];
@@ -247,7 +268,12 @@ impl Cog {
             (SampleFormat::Float, 64) => RasterData::F64(self.read_typed(level, window, n)?),
             _ => unreachable!("checked by check_sample_type"),
         };
-        Ok(Raster { width: window.width, height: window.height, bands: l.bands, data })
+        Ok(Raster {
+            width: window.width,
+            height: window.height,
+            bands: l.bands,
+            data,
+        })
     }
 
     /// Window of an 8-bit image as interleaved u8, bands last.
@@ -342,30 +368,34 @@ impl Cog {
         for cy in cy0..=cy1 {
             let top = (cy * ch).max(w.row_off);
             // u64: the end of the last chunk may lie beyond u32 even when the image does not.
-            let bottom = ((u64::from(cy) + 1) * u64::from(ch)).min(u64::from(w.row_off + w.height)) as u32;
+            let bottom =
+                ((u64::from(cy) + 1) * u64::from(ch)).min(u64::from(w.row_off + w.height)) as u32;
             let (mine, tail) = rest.split_at_mut((bottom - top) as usize * out_row);
             bands_of_rows.push((cy, top, mine));
             rest = tail;
         }
-        bands_of_rows.into_par_iter().try_for_each(|(cy, top, rows)| {
-            let mut chunk = vec![0u8; l.chunk_bytes() as usize];
-            for cx in cx0..=cx1 {
-                self.decode_chunk_into(level, cx, cy, &mut chunk)?;
-                // Intersection of this chunk with the window, in image pixels.
-                let left = (cx * cw).max(w.col_off);
-                let right = ((u64::from(cx) + 1) * u64::from(cw)).min(u64::from(w.col_off + w.width)) as u32;
-                let span = (right - left) as usize * px;
-                let src_x = (left - cx * cw) as usize * px;
-                let dst_x = (left - w.col_off) as usize * px;
-                let chunk_row = cw as usize * px;
-                for (i, dst) in rows.chunks_exact_mut(out_row).enumerate() {
-                    let src_y = (top - cy * ch) as usize + i;
-                    let s = src_y * chunk_row + src_x;
-                    dst[dst_x..dst_x + span].copy_from_slice(&chunk[s..s + span]);
+        bands_of_rows
+            .into_par_iter()
+            .try_for_each(|(cy, top, rows)| {
+                let mut chunk = vec![0u8; l.chunk_bytes() as usize];
+                for cx in cx0..=cx1 {
+                    self.decode_chunk_into(level, cx, cy, &mut chunk)?;
+                    // Intersection of this chunk with the window, in image pixels.
+                    let left = (cx * cw).max(w.col_off);
+                    let right = ((u64::from(cx) + 1) * u64::from(cw))
+                        .min(u64::from(w.col_off + w.width)) as u32;
+                    let span = (right - left) as usize * px;
+                    let src_x = (left - cx * cw) as usize * px;
+                    let dst_x = (left - w.col_off) as usize * px;
+                    let chunk_row = cw as usize * px;
+                    for (i, dst) in rows.chunks_exact_mut(out_row).enumerate() {
+                        let src_y = (top - cy * ch) as usize + i;
+                        let s = src_y * chunk_row + src_x;
+                        dst[dst_x..dst_x + span].copy_from_slice(&chunk[s..s + span]);
+                    }
                 }
-            }
-            Ok(())
-        })
+                Ok(())
+            })
     }
 
     /// Decode chunk (cx, cy) of level `l`, all planes, into `buf` (chunk-sized, interleaved).
@@ -384,11 +414,22 @@ impl Cog {
             return self.decode_plane(l, level_no, index, geom, buf);
         }
         // Planar: decode each band's plane, then interleave it into the pixel buffer.
-        let geom = decode::ChunkGeom { width: l.chunk_width as usize, rows, samples: 1, bytes: bps };
+        let geom = decode::ChunkGeom {
+            width: l.chunk_width as usize,
+            rows,
+            samples: 1,
+            bytes: bps,
+        };
         let mut plane = vec![0u8; l.chunk_width as usize * l.chunk_height as usize * bps];
         let px = l.bands as usize * bps;
         for b in 0..l.bands as usize {
-            self.decode_plane(l, level_no, b * l.chunks_per_plane() + index, geom, &mut plane)?;
+            self.decode_plane(
+                l,
+                level_no,
+                b * l.chunks_per_plane() + index,
+                geom,
+                &mut plane,
+            )?;
             for (dst, src) in buf.chunks_exact_mut(px).zip(plane.chunks_exact(bps)) {
                 dst[b * bps..(b + 1) * bps].copy_from_slice(src);
             }
@@ -406,9 +447,10 @@ impl Cog {
         out: &mut [u8],
     ) -> Result<()> {
         let with_chunk = |e: Error| match e {
-            Error::CorruptTiff { path, msg } => {
-                Error::CorruptTiff { path, msg: format!("chunk {index} of level {level_no}: {msg}") }
-            }
+            Error::CorruptTiff { path, msg } => Error::CorruptTiff {
+                path,
+                msg: format!("chunk {index} of level {level_no}: {msg}"),
+            },
             e => e,
         };
         let Some(data) = self.read_raw_chunk(level_no, index).map_err(with_chunk)? else {
@@ -421,7 +463,12 @@ impl Cog {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             decode::decode_into(path, l, order, &data, geom, out)
         }))
-        .unwrap_or_else(|_| Err(Error::corrupt(path, format!("decoder panicked on chunk {index}"))))
+        .unwrap_or_else(|_| {
+            Err(Error::corrupt(
+                path,
+                format!("decoder panicked on chunk {index}"),
+            ))
+        })
         .map_err(with_chunk)
     }
 
@@ -434,8 +481,12 @@ impl Cog {
             (SampleFormat::Uint, 8) if fits(0.0, 255.0) => vec![nd as u8],
             (SampleFormat::Int, 8) if fits(-128.0, 127.0) => (nd as i8).to_ne_bytes().to_vec(),
             (SampleFormat::Uint, 16) if fits(0.0, 65535.0) => (nd as u16).to_ne_bytes().to_vec(),
-            (SampleFormat::Int, 16) if fits(-32768.0, 32767.0) => (nd as i16).to_ne_bytes().to_vec(),
-            (SampleFormat::Uint, 32) if fits(0.0, u32::MAX as f64) => (nd as u32).to_ne_bytes().to_vec(),
+            (SampleFormat::Int, 16) if fits(-32768.0, 32767.0) => {
+                (nd as i16).to_ne_bytes().to_vec()
+            }
+            (SampleFormat::Uint, 32) if fits(0.0, u32::MAX as f64) => {
+                (nd as u32).to_ne_bytes().to_vec()
+            }
             (SampleFormat::Int, 32) if fits(i32::MIN as f64, i32::MAX as f64) => {
                 (nd as i32).to_ne_bytes().to_vec()
             }
@@ -461,11 +512,16 @@ mod tests {
     fn realdata() -> Option<PathBuf> {
         let p = std::env::var_os("IMAGESIM_REALDATA")
             .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/realdata"));
+            .unwrap_or_else(|| {
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/realdata")
+            });
         if p.is_dir() {
             Some(p)
         } else {
-            eprintln!("skipping: real-data corpus not found at {} (set IMAGESIM_REALDATA)", p.display());
+            eprintln!(
+                "skipping: real-data corpus not found at {} (set IMAGESIM_REALDATA)",
+                p.display()
+            );
             None
         }
     }
@@ -483,7 +539,18 @@ mod tests {
         let cog = Cog::open(&root.join("tiff/rasterio__cogeo.tif")).unwrap();
         let sizes: Vec<_> = cog.levels().iter().map(|l| (l.width, l.height)).collect();
         // Six overviews; the internal mask IFDs are not levels.
-        assert_eq!(sizes, [(1024, 1024), (512, 512), (256, 256), (128, 128), (64, 64), (32, 32), (16, 16)]);
+        assert_eq!(
+            sizes,
+            [
+                (1024, 1024),
+                (512, 512),
+                (256, 256),
+                (128, 128),
+                (64, 64),
+                (32, 32),
+                (16, 16)
+            ]
+        );
         let l0 = &cog.levels()[0];
         assert_eq!(
             (l0.compression, l0.photometric, l0.chunk_width),
@@ -495,10 +562,20 @@ mod tests {
         // One whole tile through both entry points: the fast path and the chunk decoder agree.
         let tile = cog.decode_chunk_u8(0, 1, 1).unwrap();
         assert_eq!(tile.len(), 512 * 512 * 3);
-        let win = Window { col_off: 512, row_off: 512, width: 512, height: 512 };
+        let win = Window {
+            col_off: 512,
+            row_off: 512,
+            width: 512,
+            height: 512,
+        };
         assert_eq!(cog.read_window_u8(0, win).unwrap(), tile);
         // A window across four tiles matches the tiles it is cut from.
-        let w = Window { col_off: 500, row_off: 510, width: 30, height: 7 };
+        let w = Window {
+            col_off: 500,
+            row_off: 510,
+            width: 30,
+            height: 7,
+        };
         let px = cog.read_window_u8(0, w).unwrap();
         assert_eq!(&px[(2 * 30 + 12) * 3..(2 * 30 + 13) * 3], &tile[0..3]); // pixel (512, 512)
 
@@ -515,8 +592,9 @@ mod tests {
         let cog = Cog::open(&root.join("tiff/titiler__TCI.tif")).unwrap();
         let l = &cog.levels()[0];
         let (across, down) = (l.chunks_across(), l.chunks_down());
-        let serial: Vec<_> =
-            (0..across * down).map(|i| cog.decode_chunk_u8(0, i % across, i / across).unwrap()).collect();
+        let serial: Vec<_> = (0..across * down)
+            .map(|i| cog.decode_chunk_u8(0, i % across, i / across).unwrap())
+            .collect();
         let parallel: Vec<_> = (0..across * down)
             .into_par_iter()
             .map(|i| cog.decode_chunk_u8(0, i % across, i / across).unwrap())
@@ -528,9 +606,18 @@ mod tests {
     fn lossless_formats_agree() {
         let Some(root) = realdata() else { return };
         // The same Landsat scene: stripped raw, tiled LZW, planar DEFLATE strips.
-        let w = Window { col_off: 250, row_off: 300, width: 300, height: 200 };
-        let read =
-            |name: &str| Cog::open(&root.join("tiff").join(name)).unwrap().read_window_u8(0, w).unwrap();
+        let w = Window {
+            col_off: 250,
+            row_off: 300,
+            width: 300,
+            height: 200,
+        };
+        let read = |name: &str| {
+            Cog::open(&root.join("tiff").join(name))
+                .unwrap()
+                .read_window_u8(0, w)
+                .unwrap()
+        };
         let raw = read("rasterio__RGB.byte.tif");
         assert_eq!(raw, read("rasterio__rgb_lzw.tif"));
         assert_eq!(raw, read("rasterio__rgb_deflate.tif"));
@@ -538,32 +625,78 @@ mod tests {
         let a = Cog::open(&root.join("tiff/imagetiff__BigTIFF.tif")).unwrap();
         let b = Cog::open(&root.join("tiff/imagetiff__BigTIFFMotorola.tif")).unwrap();
         assert!(a.is_bigtiff() && b.byte_order() == ByteOrder::Big);
-        let full = Window { col_off: 0, row_off: 0, width: 64, height: 64 };
-        assert_eq!(a.read_window_u8(0, full).unwrap(), b.read_window_u8(0, full).unwrap());
+        let full = Window {
+            col_off: 0,
+            row_off: 0,
+            width: 64,
+            height: 64,
+        };
+        assert_eq!(
+            a.read_window_u8(0, full).unwrap(),
+            b.read_window_u8(0, full).unwrap()
+        );
     }
 
     #[test]
     fn typed_reads_and_errors() {
         let Some(root) = realdata() else { return };
         let cog = Cog::open(&root.join("tiff/imagetiff__int16_zstd.tif")).unwrap();
-        let r = cog.read_window(0, Window { col_off: 0, row_off: 0, width: 64, height: 64 }).unwrap();
+        let r = cog
+            .read_window(
+                0,
+                Window {
+                    col_off: 0,
+                    row_off: 0,
+                    width: 64,
+                    height: 64,
+                },
+            )
+            .unwrap();
         assert!(matches!(r.data, RasterData::I16(ref v) if v.len() == 64 * 64));
         assert!(matches!(
-            cog.read_window_u8(0, Window { col_off: 0, row_off: 0, width: 1, height: 1 }),
+            cog.read_window_u8(
+                0,
+                Window {
+                    col_off: 0,
+                    row_off: 0,
+                    width: 1,
+                    height: 1
+                }
+            ),
             Err(Error::UnsupportedTiff { .. })
         ));
         assert!(matches!(
-            cog.read_window(0, Window { col_off: 60, row_off: 0, width: 8, height: 1 }),
+            cog.read_window(
+                0,
+                Window {
+                    col_off: 60,
+                    row_off: 0,
+                    width: 8,
+                    height: 1
+                }
+            ),
             Err(Error::Window { .. })
         ));
         assert!(matches!(
-            cog.read_window(3, Window { col_off: 0, row_off: 0, width: 1, height: 1 }),
+            cog.read_window(
+                3,
+                Window {
+                    col_off: 0,
+                    row_off: 0,
+                    width: 1,
+                    height: 1
+                }
+            ),
             Err(Error::Window { .. })
         ));
         // Sparse overview tiles read as 0.
         let sparse = Cog::open(&root.join("tiff/riocogeo__cog_no_offest.tif")).unwrap();
         assert_eq!(sparse.read_raw_chunk(1, 0).unwrap(), None);
-        assert!(sparse.decode_chunk_u8(1, 0, 0).unwrap().iter().all(|&v| v == 0));
+        assert!(sparse
+            .decode_chunk_u8(1, 0, 0)
+            .unwrap()
+            .iter()
+            .all(|&v| v == 0));
     }
 
     #[test]
@@ -573,13 +706,28 @@ mod tests {
             let path = entry.unwrap().path();
             let result = Cog::open(&path).and_then(|cog| {
                 for (i, l) in cog.levels().iter().enumerate() {
-                    cog.read_window(i, Window { col_off: 0, row_off: 0, width: l.width, height: l.height })?;
+                    cog.read_window(
+                        i,
+                        Window {
+                            col_off: 0,
+                            row_off: 0,
+                            width: l.width,
+                            height: l.height,
+                        },
+                    )?;
                 }
                 Ok(())
             });
             if let Err(e) = result {
-                assert!(!matches!(e, Error::Grid(_) | Error::InvalidArgument(_)), "{e}");
-                assert!(e.to_string().contains(path.file_name().unwrap().to_str().unwrap()), "{e}");
+                assert!(
+                    !matches!(e, Error::Grid(_) | Error::InvalidArgument(_)),
+                    "{e}"
+                );
+                assert!(
+                    e.to_string()
+                        .contains(path.file_name().unwrap().to_str().unwrap()),
+                    "{e}"
+                );
             }
         }
     }
