@@ -67,3 +67,26 @@ class OutputExistsError(ImagesimError, FileExistsError):
 
 class MissingDependencyError(ImagesimError, ImportError):
     """An optional dependency needed by this command is not installed."""
+
+
+# --- osm ---
+
+
+class OsmError(ImagesimError):
+    """OpenStreetMap data could not be fetched, imported or read."""
+
+
+class OverpassError(OsmError):
+    """An Overpass request failed for good (retries spent, or an error retrying cannot fix)."""
+
+
+class OverpassResponseError(OverpassError, ValueError):
+    """An Overpass answer that is partial, malformed or reports a runtime error in ``remark``."""
+
+
+class OsmImportError(OsmError, ValueError):
+    """An OSM extract that cannot be read: corrupt, empty or in an unknown format."""
+
+
+class OsmDataError(OsmError, ValueError):
+    """An ``osm_data.json`` that is not a valid per-cell OSM file."""
