@@ -280,7 +280,10 @@ def _read(osmium, source, path: Path, work: Path, lookup: CellLookup, spools: _S
                 member = obj.id in member_ways
                 if not (tagged or member):
                     continue
-                refs, geom, lats, lons = [], [], [], []
+                refs: list[int] = []
+                geom: list[dict[str, float] | None] = []  # None: node missing from the extract (Overpass writes null)
+                lats: list[float] = []
+                lons: list[float] = []
                 packed = array("i")
                 for nd in obj.nodes:
                     refs.append(nd.ref)
