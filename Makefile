@@ -41,7 +41,7 @@ $(STAMP)/venv: $(STAMP)/apt pyproject.toml | $(STAMP)
 
 $(STAMP)/build: $(STAMP)/venv $(RUST_SOURCES) | $(STAMP)
 	# The package and its extras (sample data, tests, benchmark baseline) come from pyproject.toml.
-	source $(VENV)/bin/activate && maturin develop --release -q --extras sample,test,bench
+	source $(VENV)/bin/activate && maturin develop --release -q --extras test,bench
 	touch $@
 
 setup: $(STAMP)/build
@@ -51,12 +51,15 @@ demo: $(STAMP)/build
 	$(VENV)/bin/imagesim sample-data $(DEMO)/sample --seed 0 $(if $(SMALL),--small,) --overwrite
 	$(VENV)/bin/imagesim chip --ard-path $(DEMO)/sample/ard --dest $(DEMO)/chips --zoom 17
 	$(VENV)/bin/imagesim nodata-index --chip-dir $(DEMO)/chips --source pixels --threshold 4
+	$(VENV)/bin/imagesim osm import $(DEMO)/sample/sample.osm.pbf --ard-path $(DEMO)/sample/ard --overwrite
+	$(VENV)/bin/imagesim osm tags --ard-path $(DEMO)/sample/ard --top 12
 	@echo
 	@echo "Sample ARD delivery:  $(DEMO)/sample/ard"
 	@echo "OpenStreetMap data:   $(DEMO)/sample/sample.osm.pbf"
 	@echo "Chips:                $(DEMO)/chips/<zone>/*.jpg"
 	@echo "Chip manifest:        $(DEMO)/chips/chips.parquet"
 	@echo "No-data index:        $(DEMO)/chips/nodata-index.json (+ nodata.parquet)"
+	@echo "OSM per cell:         $(DEMO)/sample/ard/<zone>/<qk12>/osm_data.json (+ osm_tags.parquet)"
 
 test: $(STAMP)/build test-rust test-python stubtest
 

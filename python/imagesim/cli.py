@@ -147,6 +147,15 @@ def nodata_index(
         raise typer.Exit(code=1)
 
 
+def _register_subcommands() -> None:
+    from imagesim.osm_cli import osm_app
+
+    app.add_typer(osm_app, name="osm")
+
+
+_register_subcommands()
+
+
 def main() -> None:
     """Entry point: run the app, turning imagesim errors into one line and exit code 1."""
     debug = os.environ.get("IMAGESIM_DEBUG", "") not in ("", "0")
