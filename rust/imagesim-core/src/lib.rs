@@ -5,12 +5,14 @@
 //! - [`jpeg`]: libjpeg-turbo decode/encode and JPEG-in-TIFF tile to standalone JFIF.
 //! - [`chip`]: cutting one cell COG into chips (re-encode or passthrough) with no-data counts.
 //! - [`nodata`]: exact no-data counts, with a luma-only decode deciding the easy cases.
+//! - [`labels`]: multilabel bitsets (u64 words) ⇄ sparse id lists ⇄ dense rows.
 //! - [`pool`]: the rayon pool a call runs on.
 pub mod chip;
 pub mod cog;
 pub mod error;
 pub mod grid;
 pub mod jpeg;
+pub mod labels;
 pub mod nodata;
 pub mod pool;
 

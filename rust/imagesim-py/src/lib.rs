@@ -7,6 +7,7 @@ mod cog;
 mod error;
 mod grid;
 mod jpeg;
+mod labels;
 mod nodata;
 mod release;
 
@@ -18,5 +19,6 @@ fn _imagesim(m: &Bound<'_, PyModule>) -> PyResult<()> {
     jpeg::register(m)?;
     chip::register(m)?;
     nodata::register(m)?;
+    labels::register(m)?;
     Ok(())
 }
