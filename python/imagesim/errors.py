@@ -90,3 +90,18 @@ class OsmImportError(OsmError, ValueError):
 
 class OsmDataError(OsmError, ValueError):
     """An ``osm_data.json`` that is not a valid per-cell OSM file."""
+
+
+# --- labels ---
+
+
+class LabelError(ImagesimError):
+    """Labels could not be built, read or split."""
+
+
+class TaxonomyError(LabelError, ValueError):
+    """A taxonomy TOML file that is not valid."""
+
+
+class LabelInputError(LabelError, ValueError):
+    """A chips manifest, nodata index or labels file that cannot be used as labels input."""

@@ -1,0 +1,360 @@
+"""`imagesim labels build`: multilabel training targets for every chip from per-cell OSM data.
+
+Reads the chip manifest (``chips.parquet``, no image reads), the no-data classes, and each cell's
+``osm_data.json``; builds the taxonomy's geometries per cell, joins them against the cell's chip
+grid (:mod:`imagesim.labels_join`) and writes three encodings of the same labels:
+
+- ``labels.parquet``: one row per chip, ``label_ids`` (sparse, ascending class ids) and ``bitset``
+  (fixed-width u64 words, packed in Rust), plus chip identity columns and ``split``;
+- ``labels.csv``: the dense ``Feature,<class1>,…`` 0/1 table the original training notebook read;
+- ``labels.json``: class names, the taxonomy used, counts, and what was left out and why.
+
+Cells are processed one at a time, so memory holds one cell's features, never a zone's.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import shapely
+import shapely.errors
+
+from imagesim import _imagesim, grid
+from imagesim.errors import ImagesimFileNotFoundError, InvalidArgumentError, LabelInputError, OutputExistsError
+from imagesim.fsutil import write_json, write_with
+from imagesim.labels_join import CellGrid, join_cell, local_index
+from imagesim.osm import OSM_FILE, ard_base, check_osm_data
+from imagesim.osm_geometry import GeometryReport, features_from_osm
+from imagesim.taxonomy import Taxonomy, load_taxonomy
+
+LABELS_PARQUET = "labels.parquet"
+LABELS_CSV = "labels.csv"
+LABELS_JSON = "labels.json"
+MANIFEST = "chips.parquet"
+NODATA_PARQUET = "nodata.parquet"
+INCLUDE_CHOICES = ("all_data", "partial", "unmeasured")
+
+
+@dataclass
+class LabelSettings:
+    taxonomy: str | Path | None = None  # None: the shipped default
+    include: tuple[str, ...] = ()  # "partial": partial_data chips too; "unmeasured": chips with no nodata class
+    out_dir: Path | None = None  # default: the chips folder
+    nodata_index: Path | None = None  # nodata.parquet or nodata-index.json; default: CHIPS/nodata.parquet if present
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        bad = [i for i in self.include if i not in INCLUDE_CHOICES]
+        if bad:
+            raise InvalidArgumentError(f"--include {bad[0]!r}: choose from {', '.join(INCLUDE_CHOICES[1:])}")
+
+
+@dataclass
+class LabelSummary:
+    out_dir: Path
+    classes: list[str]
+    chips: int = 0  # rows written
+    labelled: int = 0  # rows with at least one class
+    cells: int = 0
+    excluded: dict[str, int] = field(default_factory=dict)  # nodata class -> chips left out
+    missing_cells: list[str] = field(default_factory=list)  # "zone/cell" without osm_data.json
+    failed_cells: list[tuple[str, str]] = field(default_factory=list)  # ("zone/cell", error)
+    class_counts: dict[str, int] = field(default_factory=dict)
+    geometry: GeometryReport = field(default_factory=GeometryReport)
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.missing_cells or self.failed_cells)
+
+    def line(self) -> str:
+        excluded = ", ".join(f"{n} {k}" for k, n in sorted(self.excluded.items()) if n) or "none"
+        return (
+            f"labels: {self.chips} chips in {self.cells} cells, {self.labelled} with at least one of "
+            f"{len(self.classes)} classes; excluded: {excluded}; "
+            f"{len(self.missing_cells)} cells without OSM data, {len(self.failed_cells)} failed; "
+            f"{self.seconds:.1f} s"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------------
+
+
+def read_chip_table(chips_dir: Path, nodata_index: Path | None = None) -> pl.DataFrame:
+    """Chip identity and no-data class of every chip in the manifest (latest no-data measure wins)."""
+    manifest = chips_dir / MANIFEST
+    if not manifest.is_file():
+        raise ImagesimFileNotFoundError(f"{manifest}: no chip manifest; run `imagesim chip --dest {chips_dir}` first")
+    need = ["chip", "zone", "quadkey", "zoom", "cell", "catalog_id", "nodata_class"]
+    try:
+        lazy = pl.scan_parquet(manifest)
+        have = lazy.collect_schema().names()
+    except Exception as exc:  # polars raises several types for unreadable files
+        raise LabelInputError(f"{manifest}: cannot read the chip manifest ({exc})") from None
+    missing = [c for c in need if c not in have]
+    if missing:
+        raise LabelInputError(f"{manifest}: not a chip manifest, missing column(s) {', '.join(missing)}")
+    chips = lazy.select(need).unique(subset=["chip"], keep="last").sort("chip").collect()
+
+    source = nodata_index or (chips_dir / NODATA_PARQUET if (chips_dir / NODATA_PARQUET).is_file() else None)
+    if source is not None:
+        classes = _read_nodata(Path(source))
+        chips = (
+            chips.join(classes, on="chip", how="left")
+            .with_columns(pl.coalesce("nodata_class_index", "nodata_class").alias("nodata_class"))
+            .drop("nodata_class_index")
+        )
+    return chips
+
+
+def _read_nodata(path: Path) -> pl.DataFrame:
+    """``chip → nodata_class`` from a nodata.parquet or an original-format nodata-index JSON."""
+    if not path.is_file():
+        raise ImagesimFileNotFoundError(f"{path}: no-data index not found")
+    try:
+        if path.suffix == ".json":
+            doc = json.loads(path.read_text())
+            if not isinstance(doc, dict):
+                raise ValueError("not a JSON object")
+            rows = [(Path(name).name, cls) for cls, names in doc.items() if isinstance(names, list) for name in names]
+            return pl.DataFrame(rows, schema={"chip": pl.String, "nodata_class_index": pl.String}, orient="row")
+        frame = pl.read_parquet(path, columns=["chip", "nodata_class"])
+    except (OSError, ValueError, pl.exceptions.PolarsError) as exc:
+        raise LabelInputError(f"{path}: cannot read the no-data index ({exc})") from None
+    return frame.rename({"nodata_class": "nodata_class_index"}).unique(subset=["chip"], keep="last")
+
+
+def _load_cell_osm(root: Path, zone: int, cell: str) -> dict[str, Any] | None:
+    path = root / str(zone) / cell / OSM_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise LabelInputError(f"{path}: not readable JSON ({exc})") from None
+    check_osm_data(data, cell, str(path))
+    return data
+
+
+def _transformer(epsg: int) -> Callable[[np.ndarray], np.ndarray]:
+    from pyproj import Transformer
+
+    tr = Transformer.from_crs(4326, epsg, always_xy=True)
+
+    def apply(xy: np.ndarray) -> np.ndarray:
+        x, y = tr.transform(xy[:, 0], xy[:, 1])
+        return np.column_stack([x, y])
+
+    return apply
+
+
+# --------------------------------------------------------------------------------------------
+# Build
+# --------------------------------------------------------------------------------------------
+
+
+def label_cell(data: dict[str, Any], taxonomy: Taxonomy, zone: int, cell: str, zoom: int) -> tuple[np.ndarray, np.ndarray, GeometryReport]:
+    """``(local chip index, class id)`` pairs of one cell at a chip zoom, and the geometry report."""
+    if not 12 <= zoom <= 24:
+        raise InvalidArgumentError(f"chip zoom {zoom}: labels need chips at zoom 12 or finer")
+    features, report = features_from_osm(data, taxonomy, _transformer(grid.epsg(cell, zone)))
+    chip, cls = join_cell(features, taxonomy, CellGrid.of(tuple(grid.bounds(cell)), 1 << (zoom - 12)))
+    return chip, cls, report
+
+
+def build_labels(
+    chips_dir: str | Path,
+    ard_path: str | Path,
+    settings: LabelSettings | None = None,
+    progress: Callable[[int], Any] | None = None,
+) -> LabelSummary:
+    """Label every chip of ``chips_dir`` from the ``osm_data.json`` files of ``ard_path``."""
+    settings = settings or LabelSettings()
+    t0 = time.perf_counter()
+    chips_dir, ard_root = Path(chips_dir), ard_base(Path(ard_path))
+    if not Path(ard_path).is_dir():
+        raise ImagesimFileNotFoundError(f"{ard_path}: ARD path does not exist")
+    out_dir = Path(settings.out_dir or chips_dir)
+    outputs = [out_dir / LABELS_PARQUET, out_dir / LABELS_CSV, out_dir / LABELS_JSON]
+    if not settings.overwrite:
+        for path in outputs:
+            if path.exists():
+                raise OutputExistsError(f"{path}: labels already exist; give --overwrite to rebuild them (any split is reset)")
+    taxonomy = load_taxonomy(settings.taxonomy)
+    summary = LabelSummary(out_dir=out_dir, classes=taxonomy.names)
+
+    chips = read_chip_table(chips_dir, settings.nodata_index)
+    keep = pl.col("nodata_class") == "all_data"
+    if "partial" in settings.include:
+        keep = keep | (pl.col("nodata_class") == "partial_data")
+    if "unmeasured" in settings.include:
+        keep = keep | pl.col("nodata_class").is_null()
+    excluded = chips.filter(~keep.fill_null(False))
+    summary.excluded = {
+        (k or "unmeasured"): n for k, n in excluded.group_by("nodata_class").len().iter_rows()
+    }
+    chips = chips.filter(keep.fill_null(False))
+
+    # One (zone, cell, zoom) group at a time: one cell's OSM features in memory.
+    groups = chips.select("zone", "cell", "zoom").unique().sort("zone", "cell", "zoom").rows()
+    parts: list[pl.DataFrame] = []
+    cache: tuple[tuple[int, str], dict[str, Any] | None] | None = None
+    for i, (zone, cell, zoom) in enumerate(groups):
+        where = f"{zone}/{cell}"
+        try:
+            if cache is None or cache[0] != (zone, cell):
+                cache = ((zone, cell), _load_cell_osm(ard_root, zone, cell))
+            data = cache[1]
+            if data is None:
+                if where not in summary.missing_cells:
+                    summary.missing_cells.append(where)
+            else:
+                chip_idx, cls, report = label_cell(data, taxonomy, zone, cell, zoom)
+                summary.geometry.merge(report)
+                parts.append(pl.DataFrame({
+                    "zone": pl.Series(np.full(len(chip_idx), zone), dtype=pl.UInt8),
+                    "cell": pl.Series([cell] * len(chip_idx), dtype=pl.String),
+                    "zoom": pl.Series(np.full(len(chip_idx), zoom), dtype=pl.UInt8),
+                    "local": pl.Series(chip_idx, dtype=pl.Int64),
+                    "class_id": pl.Series(cls, dtype=pl.UInt16),
+                }))
+                summary.cells += 1
+        except (LabelInputError, ValueError, shapely.errors.ShapelyError) as exc:  # a bad cell: report it, go on
+            summary.failed_cells.append((where, str(exc)))
+        if progress:
+            progress(i + 1)
+
+    bad_cells = {tuple(w.split("/")) for w in summary.missing_cells} | {tuple(w.split("/")) for w, _ in summary.failed_cells}
+    if bad_cells:
+        bad = pl.DataFrame([(int(z), c) for z, c in bad_cells], schema={"zone": pl.UInt8, "cell": pl.String}, orient="row")
+        summary.excluded["no OSM data for the cell"] = chips.join(bad, on=["zone", "cell"], how="semi").height
+        chips = chips.join(bad, on=["zone", "cell"], how="anti")
+
+    table = _assemble(chips, parts, taxonomy)
+    summary.chips = table.height
+    summary.labelled = int((table["label_ids"].list.len() > 0).sum())
+    dense = _imagesim.dense_labels(_bitset_matrix(table, len(taxonomy.classes)), len(taxonomy.classes))
+    summary.class_counts = dict(zip(taxonomy.names, (int(x) for x in dense.sum(axis=0))))
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_with(outputs[0], lambda tmp: table.write_parquet(tmp))
+    csv = pl.DataFrame({"Feature": table["path"]}).hstack(
+        [pl.Series(name, dense[:, j], dtype=pl.UInt8) for j, name in enumerate(taxonomy.names)]
+    )
+    write_with(outputs[1], lambda tmp: csv.write_csv(tmp))
+    summary.seconds = time.perf_counter() - t0
+    write_json(outputs[2], _sidecar(summary, taxonomy, chips_dir, ard_root, table))
+    return summary
+
+
+def _assemble(chips: pl.DataFrame, parts: list[pl.DataFrame], taxonomy: Taxonomy) -> pl.DataFrame:
+    """One row per chip: identity columns, sorted class ids, the packed bitset, an empty split."""
+    n_classes = len(taxonomy.classes)
+    words = _imagesim.label_words(n_classes)
+    long = pl.concat(parts) if parts else pl.DataFrame(
+        schema={"zone": pl.UInt8, "cell": pl.String, "zoom": pl.UInt8, "local": pl.Int64, "class_id": pl.UInt16})
+    per_chip = long.group_by("zone", "cell", "zoom", "local").agg(pl.col("class_id").unique().sort().alias("label_ids"))
+    local = np.empty(chips.height, np.int64)
+    zooms = chips["zoom"].to_numpy()
+    quadkeys = chips["quadkey"].to_list()
+    for z in np.unique(zooms):
+        rows = np.flatnonzero(zooms == z)
+        local[rows] = local_index([quadkeys[r] for r in rows])
+    table = (
+        chips.with_columns(pl.Series("local", local, dtype=pl.Int64))
+        .join(per_chip, on=["zone", "cell", "zoom", "local"], how="left")
+        .with_columns(
+            pl.col("label_ids").fill_null(pl.lit([], dtype=pl.List(pl.UInt16))),
+            pl.concat_str(pl.col("zone").cast(pl.String), pl.lit("/"), pl.col("chip")).alias("path"),
+        )
+        .sort("chip")
+    )
+    ids = table["label_ids"].explode().drop_nulls().to_numpy().astype(np.uint32)
+    offsets = np.concatenate([[0], np.cumsum(table["label_ids"].list.len().to_numpy())]).astype(np.int64)
+    bits = _imagesim.pack_labels(ids, offsets, n_classes)
+    return table.select(
+        "chip", "path", "zone", "quadkey", "cell", "catalog_id", "nodata_class", "label_ids",
+        pl.Series("bitset", bits, dtype=pl.Array(pl.UInt64, words)),
+        pl.lit(None, dtype=pl.String).alias("split"),
+    )
+
+
+def _bitset_matrix(table: pl.DataFrame, n_classes: int) -> np.ndarray:
+    words = _imagesim.label_words(n_classes)
+    if table.height == 0:
+        return np.zeros((0, words), np.uint64)
+    return np.ascontiguousarray(table["bitset"].to_numpy().reshape(table.height, words), dtype=np.uint64)
+
+
+def _sidecar(summary: LabelSummary, taxonomy: Taxonomy, chips_dir: Path, ard_root: Path, table: pl.DataFrame) -> dict[str, Any]:
+    n = max(summary.chips, 1)
+    return {
+        "classes": taxonomy.names,
+        "n_classes": len(taxonomy.names),
+        "words": _imagesim.label_words(len(taxonomy.names)),
+        "chips_dir": str(chips_dir.resolve()),
+        "ard_path": str(ard_root.resolve()),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "chips": summary.chips,
+        "labelled": summary.labelled,
+        "class_counts": summary.class_counts,
+        "class_frequency": {k: v / n for k, v in summary.class_counts.items()},
+        "label_cardinality": float(table["label_ids"].list.len().mean() or 0.0) if table.height else 0.0,
+        "excluded": summary.excluded,
+        "missing_osm_cells": summary.missing_cells,
+        "failed_cells": [{"cell": c, "error": e} for c, e in summary.failed_cells],
+        "geometry": summary.geometry.as_dict(),
+        "taxonomy": taxonomy.describe(),
+        "split": None,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Reading labels back (train, report, split)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Labels:
+    table: pl.DataFrame
+    classes: list[str]
+    meta: dict[str, Any]
+    path: Path
+
+    @property
+    def bits(self) -> np.ndarray:
+        return _bitset_matrix(self.table, len(self.classes))
+
+    def dense(self) -> np.ndarray:
+        return _imagesim.dense_labels(self.bits, len(self.classes))
+
+
+def read_labels(path: str | Path) -> Labels:
+    """``labels.parquet`` with its ``labels.json`` sidecar (or a folder holding both)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / LABELS_PARQUET
+    meta_path = path.with_name(LABELS_JSON)
+    for p in (path, meta_path):
+        if not p.is_file():
+            raise ImagesimFileNotFoundError(f"{p}: not found; run `imagesim labels build` first")
+    try:
+        meta = json.loads(meta_path.read_text())
+        table = pl.read_parquet(path)
+        classes = list(meta["classes"])
+    except (OSError, ValueError, KeyError, TypeError, pl.exceptions.PolarsError) as exc:
+        raise LabelInputError(f"{path}: cannot read labels ({exc})") from None
+    for col in ("chip", "cell", "label_ids", "bitset"):
+        if col not in table.columns:
+            raise LabelInputError(f"{path}: not a labels file, missing column {col!r}")
+    return Labels(table, classes, meta, path)
