@@ -120,11 +120,20 @@ def main() -> None:
     expected = [strtree_join(geoms, cls, dist, share, grid) for grid, (geoms, _kinds, cls, dist, share) in sample]
     base = (time.perf_counter() - t0) * len(cells) / len(sample)
     print(f"STRtree baseline:     {base:7.1f} s  (measured on {len(sample)} cells, scaled to {len(cells)})")
+    extra = 0
     for (grid, (geoms, kinds, cls, dist, share)), want in zip(sample, expected):
         chip, got_cls = join_pairs(geoms, kinds, np.arange(len(geoms)), cls, dist, share, grid)
         got = set(zip(chip.tolist(), got_cls.tolist()))
-        assert got == want, f"labels differ from the baseline: {len(got - want)} extra, {len(want - got)} missing"
-    print(f"same labels as the baseline on all {len(sample)} sampled cells")
+        assert not want - got, f"{len(want - got)} labels of the baseline missing"
+        # The baseline's polygonal buffers (chords) miss slivers of the true buffer that
+        # imagesim's exact distance test sees: every extra label must be such a case.
+        for c, k in got - want:
+            box = grid.boxes(np.array([c % grid.n]), np.array([c // grid.n]))[0]
+            near = [f for f in np.flatnonzero((cls == k) & (dist > 0)) if geoms[f].distance(box) <= dist[f]]
+            assert near, f"label ({c}, {k}) is not explained by a buffered feature"
+            extra += 1
+    print(f"same labels as the baseline on all {len(sample)} sampled cells, except {extra} where a line or point "
+          f"is within its buffer distance only by the exact distance (the baseline's polygon buffer misses it)")
     print(f"ratio: {base / ours:.1f}x faster than the STRtree join")
 
 

@@ -148,9 +148,11 @@ def nodata_index(
 
 
 def _register_subcommands() -> None:
+    from imagesim.labels_cli import labels_app
     from imagesim.osm_cli import osm_app
 
     app.add_typer(osm_app, name="osm")
+    app.add_typer(labels_app, name="labels")
 
 
 _register_subcommands()

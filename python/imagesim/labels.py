@@ -29,6 +29,7 @@ import shapely.errors
 
 from imagesim import _imagesim, grid
 from imagesim.errors import ImagesimFileNotFoundError, InvalidArgumentError, LabelInputError, OutputExistsError
+from imagesim.chip import ProgressFactory, ProgressSink
 from imagesim.fsutil import write_json, write_with
 from imagesim.labels_join import CellGrid, join_cell, local_index
 from imagesim.osm import OSM_FILE, ard_base, check_osm_data
@@ -176,7 +177,7 @@ def build_labels(
     chips_dir: str | Path,
     ard_path: str | Path,
     settings: LabelSettings | None = None,
-    progress: Callable[[int], Any] | None = None,
+    progress: ProgressFactory | None = None,
 ) -> LabelSummary:
     """Label every chip of ``chips_dir`` from the ``osm_data.json`` files of ``ard_path``."""
     settings = settings or LabelSettings()
@@ -207,6 +208,7 @@ def build_labels(
 
     # One (zone, cell, zoom) group at a time: one cell's OSM features in memory.
     groups = chips.select("zone", "cell", "zoom").unique().sort("zone", "cell", "zoom").rows()
+    sink = progress(len(groups)) if progress else ProgressSink()
     parts: list[pl.DataFrame] = []
     cache: tuple[tuple[int, str], dict[str, Any] | None] | None = None
     for i, (zone, cell, zoom) in enumerate(groups):
@@ -231,8 +233,8 @@ def build_labels(
                 summary.cells += 1
         except (LabelInputError, ValueError, shapely.errors.ShapelyError) as exc:  # a bad cell: report it, go on
             summary.failed_cells.append((where, str(exc)))
-        if progress:
-            progress(i + 1)
+        sink.update(i + 1)
+    sink.close()
 
     bad_cells = {tuple(w.split("/")) for w in summary.missing_cells} | {tuple(w.split("/")) for w, _ in summary.failed_cells}
     if bad_cells:
