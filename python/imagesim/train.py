@@ -360,7 +360,7 @@ def run_train(
                     scheduler.step()
                 else:
                     probs.append(torch.sigmoid(logits.float()).cpu().numpy())
-                total += float(loss) * len(x)
+                total += float(loss.detach()) * len(x)
                 count += len(x)
                 bar.update(step)
         finally:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -57,8 +57,8 @@ class Split:
     train: np.ndarray  # row indices into the LabelTable
     val: np.ndarray
     how: str  # one line: where the split came from
-    groups: int = 0
-    extra: dict = field(default_factory=dict)
+    groups: int = 0  # places (quadkey prefixes) the fallback split grouped chips by
+    prefix: int = 0  # quadkey digits of those places (12 = level-12 cell); 0 for a stored split
 
 
 def _chip_quadkey(name: str) -> str | None:
@@ -253,7 +253,7 @@ def make_split(table: LabelTable, val_fraction: float = 0.2) -> Split:
         how = f"by level-12 cell ({len(groups)} cells)"
     else:
         how = f"by level-{prefix} quadkey prefix ({len(groups)} groups; the labels cover only {len({q[:12] for q in qks})} level-12 cells)"
-    result = Split(train_idx, val_idx, how=f"no split in the labels; made one {how}", groups=len(groups))
+    result = Split(train_idx, val_idx, how=f"no split in the labels; made one {how}", groups=len(groups), prefix=prefix)
     _check_nonempty(result, src)
     return result
 
