@@ -283,6 +283,7 @@ def run_train(
 
     model = MultilabelNet(config.backbone, len(table.classes))
     if ckpt is None:
+        model.init_prior(y_train.mean(0))
         if config.weights:
             n = load_backbone_weights(model, config.weights)
             log(f"backbone weights: {n} tensors from {config.weights}")

@@ -55,6 +55,13 @@ class MultilabelNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.embed_and_logits(x)[1]
 
+    def init_prior(self, frequency) -> None:
+        """Start the classifier at the label frequencies (bias = logit of each class's share), so the
+        untrained model already predicts the priors and rare classes start near 0, not 0.5."""
+        f = torch.as_tensor(frequency, dtype=torch.float32).clamp(1e-3, 1 - 1e-3)
+        with torch.no_grad():
+            self.classifier.bias.copy_(torch.log(f / (1 - f)))
+
     def head_parameters(self) -> list[nn.Parameter]:
         return [*self.neck.parameters(), *self.classifier.parameters()]
 
