@@ -215,6 +215,26 @@ def test_csv_labels_and_workers_give_the_same_run(chips, tmp_path) -> None:
     assert timeless(a.history) == timeless(b.history)
 
 
+def test_trains_on_real_osm_labels(small_sample, chips, tmp_path) -> None:
+    """The labels stage's own output (OSM labels of the sample scene, split by `labels split`) loads and trains."""
+    labels_mod = pytest.importorskip("imagesim.labels")
+    from imagesim.labels_split import split_labels
+    from imagesim.osm import find_cells
+    from imagesim.osm_import import import_osm
+
+    ard = tmp_path / "ard"
+    shutil.copytree(small_sample.root, ard, ignore=shutil.ignore_patterns("*.tif", "*.gpkg"))
+    import_osm(small_sample.osm_pbf, ard, find_cells(ard))
+    summary = labels_mod.build_labels(chips, ard, labels_mod.LabelSettings(include=("partial",), out_dir=tmp_path / "labels"))
+    table = load_labels(tmp_path / "labels" / "labels.parquet")
+    assert table.classes == summary.classes and len(table) == summary.chips and table.targets.sum() > 0
+    assert np.array_equal(table.targets, load_labels(tmp_path / "labels" / "labels.csv").targets)
+    split_labels(tmp_path / "labels" / "labels.parquet", val=0.3, group_level=15)
+    result = run_train(config(chips, tmp_path / "run", labels=str(tmp_path / "labels" / "labels.parquet")))
+    assert result.split.startswith("split column") and result.n_val > 0
+    assert set(result.best["per_class"]) == set(summary.classes)
+
+
 # --- bad inputs ---
 
 
