@@ -12,7 +12,7 @@ IMAGESIM_REALDATA ?= $(firstword $(abspath $(wildcard ../shared/realdata ../../s
 export IMAGESIM_REALDATA
 RUST_SOURCES := $(shell find rust -name '*.rs' -o -name Cargo.toml) Cargo.toml pyproject.toml
 
-.PHONY: all setup build demo test test-rust test-python bench bench-chip bench-nodata stubtest clean
+.PHONY: all setup build demo test test-rust test-python bench bench-chip bench-nodata bench-labels stubtest clean
 
 all: build
 
@@ -53,6 +53,9 @@ demo: $(STAMP)/build
 	$(VENV)/bin/imagesim nodata-index --chip-dir $(DEMO)/chips --source pixels --threshold 4
 	$(VENV)/bin/imagesim osm import $(DEMO)/sample/sample.osm.pbf --ard-path $(DEMO)/sample/ard --overwrite
 	$(VENV)/bin/imagesim osm tags --ard-path $(DEMO)/sample/ard --top 12
+	$(VENV)/bin/imagesim labels build --ard-path $(DEMO)/sample/ard --chips $(DEMO)/chips --include partial --overwrite
+	$(VENV)/bin/imagesim labels split --chips $(DEMO)/chips --val 0.2 --seed 0 --group-level 14
+	$(VENV)/bin/imagesim labels report --chips $(DEMO)/chips
 	@echo
 	@echo "Sample ARD delivery:  $(DEMO)/sample/ard"
 	@echo "OpenStreetMap data:   $(DEMO)/sample/sample.osm.pbf"
@@ -60,6 +63,8 @@ demo: $(STAMP)/build
 	@echo "Chip manifest:        $(DEMO)/chips/chips.parquet"
 	@echo "No-data index:        $(DEMO)/chips/nodata-index.json (+ nodata.parquet)"
 	@echo "OSM per cell:         $(DEMO)/sample/ard/<zone>/<qk12>/osm_data.json (+ osm_tags.parquet)"
+	@echo "Labels:               $(DEMO)/chips/labels.parquet (+ labels.csv, labels.json, labels-train/val.csv)"
+	@echo "Label report:         $(DEMO)/chips/labels-report/report.md (+ PNG figures)"
 
 test: $(STAMP)/build test-rust test-python stubtest
 
@@ -72,11 +77,13 @@ test-python: $(STAMP)/build
 stubtest: $(STAMP)/build
 	$(VENV)/bin/python -m mypy.stubtest imagesim._imagesim --allowlist tests/stubtest-allowlist.txt
 
-bench: bench-chip bench-nodata
+bench: bench-chip bench-nodata bench-labels
 bench-chip: $(STAMP)/build
 	$(PY) benches/bench_chip.py
 bench-nodata: $(STAMP)/build
 	$(PY) benches/bench_nodata.py
+bench-labels: $(STAMP)/build
+	$(PY) benches/bench_labels.py
 
 clean:
 	rm -rf $(STAMP) target $(DEMO)
