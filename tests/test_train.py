@@ -317,6 +317,8 @@ def test_cli_smoke(chips, tmp_path) -> None:
     assert "trained 1 epoch" in res.output and "baseline" in res.output and (out / "model.pt").is_file()
     res = runner.invoke(app, args)
     assert isinstance(res.exception, OutputExistsError)
+    res = runner.invoke(app, [*args[:-6], "--resume"])
+    assert res.exit_code == 0 and "nothing to do" in res.output, res.output
     res = runner.invoke(app, [*args[:-6], "--epochs", "2", "--resume"])
     assert res.exit_code == 0, res.output
     assert len(json.loads((out / "metrics.json").read_text())["epochs"]) == 2

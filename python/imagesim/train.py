@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ CHECKPOINT_FORMAT = "imagesim-train-checkpoint/1"
 MODEL_FORMAT = "imagesim-model/1"
 MONITOR = "f1_micro_tuned"
 DEVICES = ("auto", "cpu", "cuda")
+DEFAULT_EPOCHS = 10
 
 
 @dataclass
@@ -44,7 +45,7 @@ class TrainConfig:
     backbone: str = "resnet50"
     weights: str | None = None
     chip_size: int = 224
-    epochs: int = 10
+    epochs: int | None = None  # None: DEFAULT_EPOCHS for a new run, the run's own count on --resume
     batch_size: int = 32
     lr: float = 1e-3
     backbone_lr_factor: float = 0.1
@@ -64,7 +65,7 @@ class TrainConfig:
             raise InvalidArgumentError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
         if self.device not in DEVICES:
             raise InvalidArgumentError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        for name, value, low in (("chip-size", self.chip_size, 32), ("epochs", self.epochs, 1), ("batch-size", self.batch_size, 2), ("workers", self.workers, 0)):
+        for name, value, low in (("chip-size", self.chip_size, 32), ("epochs", self.epochs or 0, 1), ("batch-size", self.batch_size, 2), ("workers", self.workers, 0)):
             if value < low:
                 raise InvalidArgumentError(f"--{name} must be at least {low}, got {value}")
         if self.freeze_epochs is not None and self.freeze_epochs < 0:
@@ -252,11 +253,14 @@ def run_train(
     if resume:
         ckpt = load_checkpoint(out / "last.pt")
         saved = ckpt["config"]
-        keep = {"epochs": config.epochs, "workers": config.workers, "device": config.device}
+        keep = {"epochs": config.epochs or saved["epochs"], "workers": config.workers, "device": config.device}
         config = TrainConfig(**{**{f.name: saved[f.name] for f in fields(TrainConfig) if f.name in saved}, **keep})
         if config.epochs != saved["epochs"]:
             note(f"resume: epochs {saved['epochs']} → {config.epochs}; the cosine schedule is stretched to the new length")
+    elif config.epochs is None:
+        config = replace(config, epochs=DEFAULT_EPOCHS)
     config.check()
+    epochs = int(config.epochs or DEFAULT_EPOCHS)
     chips = Path(config.chips)
 
     table = load_labels(config.labels)
@@ -310,10 +314,11 @@ def run_train(
 
         loader_args |= {"multiprocessing_context": mp.get_context("forkserver"), "persistent_workers": True}
     # BatchNorm1d cannot train on a batch of one: drop a trailing single-chip batch.
-    train_loader = torch.utils.data.DataLoader(train_set, sampler=train_sampler, drop_last=len(train_set) % config.batch_size == 1, **loader_args)
-    val_loader = torch.utils.data.DataLoader(val_set, sampler=val_sampler, **loader_args)
+    drop_last = len(train_set) % config.batch_size == 1
+    train_loader: Any = torch.utils.data.DataLoader(train_set, sampler=train_sampler, drop_last=drop_last, **loader_args)  # type: ignore[arg-type]
+    val_loader: Any = torch.utils.data.DataLoader(val_set, sampler=val_sampler, **loader_args)  # type: ignore[arg-type]
     steps_per_epoch = len(train_loader)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(config.epochs * steps_per_epoch))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(epochs * steps_per_epoch))
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     pos_weight = torch.from_numpy(_pos_weight(y_train)).to(device) if config.pos_weight else None
     criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
@@ -328,8 +333,8 @@ def run_train(
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
         history, best, best_epoch, start_epoch = ckpt["history"], ckpt["best"], ckpt["best_epoch"], ckpt["epoch"]
-        log(f"resuming {out} after epoch {start_epoch} of {config.epochs}")
-        if start_epoch >= config.epochs:
+        log(f"resuming {out} after epoch {start_epoch} of {epochs}")
+        if start_epoch >= epochs:
             note(f"the run already has {start_epoch} epoch(s); nothing to do (give a larger --epochs to extend it)")
 
     split_info = {"how": split.how, "train": [table.paths[i] for i in split.train], "val": [table.paths[i] for i in split.val]}
@@ -341,7 +346,7 @@ def run_train(
         loader, sampler = (train_loader, train_sampler) if train else (val_loader, val_sampler)
         sampler.epoch = epoch
         model.train(train)
-        bar = bar_factory(f"epoch {epoch + 1}/{config.epochs} {'train' if train else 'val'}", len(loader))
+        bar = bar_factory(f"epoch {epoch + 1}/{epochs} {'train' if train else 'val'}", len(loader))
         total, count, probs = 0.0, 0, []
         t0 = time.perf_counter()
         try:
@@ -371,7 +376,7 @@ def run_train(
 
     ran = 0
     rates: list[float] = []
-    for epoch in range(start_epoch, config.epochs):
+    for epoch in range(start_epoch, epochs):
         if stop_after is not None and ran >= stop_after:
             break
         torch.manual_seed(_epoch_seed(config.seed, epoch))
@@ -435,7 +440,7 @@ def run_train(
         _write_metrics(out, config, table, split_info, baseline, history, best, best_epoch)
         plot_curves(history, baseline, out / "training_curves.png")
         log(
-            f"epoch {epoch + 1}/{config.epochs}{' (backbone frozen)' if frozen else ''}: loss {train_loss:.4f} / val {val_loss:.4f}; "
+            f"epoch {epoch + 1}/{epochs}{' (backbone frozen)' if frozen else ''}: loss {train_loss:.4f} / val {val_loss:.4f}; "
             f"val F1 micro {record['f1_micro']:.3f} @{config.threshold} {record['f1_micro_tuned']:.3f} tuned "
             f"(baseline {baseline['f1_micro']:.3f}), samples {record['f1_samples_tuned']:.3f}, macro {record['f1_macro_tuned']:.3f}, "
             f"mAP {record['map']:.3f}; {rate:.1f} img/s{'  ← best' if is_best else ''}"

@@ -36,7 +36,7 @@ def train(
     backbone: Annotated[str, typer.Option(help="resnet50 or resnet18.")] = "resnet50",
     weights: Annotated[Optional[Path], typer.Option(help="Local torchvision ResNet state dict for the backbone (nothing is downloaded). Without it: from scratch.")] = None,
     chip_size: Annotated[int, typer.Option("--chip-size", help="Chips are resized to this many pixels square.")] = 224,
-    epochs: Annotated[int, typer.Option(help="Epochs in all (with --resume: extend a run to this many).")] = 10,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs in all (default 10; with --resume: the run's own, or extend it to this many).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Chips per batch.")] = 32,
     lr: Annotated[float, typer.Option(help="Adam learning rate of the head (cosine schedule per step).")] = 1e-3,
     backbone_lr_factor: Annotated[float, typer.Option("--backbone-lr-factor", help="Backbone learning rate = LR × this, once unfrozen.")] = 0.1,

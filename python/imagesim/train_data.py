@@ -148,7 +148,8 @@ def _load_parquet(path: Path) -> LabelTable:
     elif "bitset" in df.columns:
         from imagesim import _imagesim
 
-        bits = np.ascontiguousarray(np.stack(df["bitset"].to_numpy()).astype(np.uint64))
+        words = _imagesim.label_words(n_classes)
+        bits = np.ascontiguousarray(df["bitset"].to_numpy().reshape(df.height, words), dtype=np.uint64)
         targets = np.asarray(_imagesim.dense_labels(bits, n_classes), dtype=np.uint8)
     else:
         raise InvalidArgumentError(f"{path}: needs a 'label_ids' or 'bitset' column")
@@ -222,7 +223,7 @@ def make_split(table: LabelTable, val_fraction: float = 0.2) -> Split:
         nulls = sum(s is None for s in table.split)
         if nulls:
             raise InvalidArgumentError(f"{src}: {nulls} of {n} chips have no split value; re-run `imagesim labels split`")
-        unknown = sorted({s for s in table.split} - {"train", "val", "test"})
+        unknown = sorted({str(s) for s in table.split} - {"train", "val", "test"})
         if unknown:
             raise InvalidArgumentError(f"{src}: unknown split value(s) {unknown}; expected train, val (or test)")
         split = np.array(table.split, dtype=object)
@@ -277,12 +278,12 @@ def load_chip(path: str | Path, size: int) -> np.ndarray:
     """
     from PIL import Image
 
-    with Image.open(path) as im:
-        im.draft("RGB", (size, size))
-        im = im.convert("RGB")
-        if im.size != (size, size):
-            im = im.resize((size, size), Image.Resampling.BILINEAR)
-        return np.asarray(im, dtype=np.uint8)
+    with Image.open(path) as src:
+        src.draft("RGB", (size, size))
+        rgb = src.convert("RGB")
+    if rgb.size != (size, size):
+        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(rgb, dtype=np.uint8)
 
 
 def augment(img: np.ndarray, rng: np.random.Generator, jitter: float = 0.1) -> np.ndarray:
@@ -291,7 +292,7 @@ def augment(img: np.ndarray, rng: np.random.Generator, jitter: float = 0.1) -> n
         img = img[:, ::-1]
     img = np.rot90(img, int(rng.integers(4)))
     if jitter > 0:
-        b, c, s = rng.uniform(1 - jitter, 1 + jitter, size=3)
+        b, c, s = (float(v) for v in rng.uniform(1 - jitter, 1 + jitter, size=3))
         img = img * b
         mean = img.mean()
         img = (img - mean) * c + mean
@@ -303,7 +304,7 @@ def augment(img: np.ndarray, rng: np.random.Generator, jitter: float = 0.1) -> n
 
 def to_input(img_u8: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
     """uint8 HWC → normalised float32 CHW (augmented when ``rng`` is given)."""
-    img = img_u8.astype(np.float32) / 255.0
+    img: np.ndarray = img_u8.astype(np.float32) / 255.0
     if rng is not None:
         img = augment(img, rng)
     img = (img - np.array(IMAGENET_MEAN, dtype=np.float32)) / np.array(IMAGENET_STD, dtype=np.float32)
