@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import polars as pl
 import shapely
 import shapely.errors
@@ -140,7 +141,7 @@ def _load_cell_osm(root: Path, zone: int, cell: str) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text())
+        data = orjson.loads(path.read_bytes())  # 3-4x the stdlib's speed on large OSM files
     except (OSError, ValueError) as exc:
         raise LabelInputError(f"{path}: not readable JSON ({exc})") from None
     check_osm_data(data, cell, str(path))
