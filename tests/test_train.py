@@ -259,6 +259,35 @@ def test_bad_options_fail_clearly(chips, tmp_path) -> None:
         run_train(config(chips, tmp_path / "r3", labels=str(tmp_path / "labels.parquet")))
 
 
+def test_local_backbone_weights(chips, tmp_path) -> None:
+    import torchvision
+
+    torch.manual_seed(1)
+    net = torchvision.models.resnet18(weights=None)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}}, tmp_path / "r18.pth")
+    logs: list[str] = []
+    result = run_train(config(chips, tmp_path / "run", weights=str(tmp_path / "r18.pth")), log=logs.append)
+    assert any("backbone weights: " in m and "r18.pth" in m for m in logs)
+    assert result.history[0]["backbone_frozen"], "--weights freezes the backbone for the first epoch by default"
+    model, _ = load_model(tmp_path / "run" / "model.pt")
+    # frozen for the only epoch: the backbone is still exactly the file's weights (BatchNorm statistics too)
+    for k, v in net.state_dict().items():
+        if not k.startswith("fc."):
+            assert torch.equal(model.backbone.state_dict()[k], v), k
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), tmp_path / "r50.pth")
+    with pytest.raises(InvalidArgumentError, match="r50.pth: weights do not fit this backbone"):
+        run_train(config(chips, tmp_path / "run2", weights=str(tmp_path / "r50.pth")))
+
+
+def test_missing_torch_is_one_clear_error(monkeypatch) -> None:
+    from imagesim.errors import MissingDependencyError
+    from imagesim.train_cli import _require_torch
+
+    monkeypatch.setitem(__import__("sys").modules, "torchvision", None)
+    with pytest.raises(MissingDependencyError, match="needs torch and torchvision.*imagesim\\[train\\]"):
+        _require_torch()
+
+
 def test_missing_chip_files_are_named_and_counted(chips, tmp_path) -> None:
     copy = data_copy(chips, tmp_path / "chips")
     gone = sorted((copy / "10").iterdir())[:2]

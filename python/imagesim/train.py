@@ -30,6 +30,7 @@ from imagesim.errors import ImagesimFileNotFoundError, InvalidArgumentError, Out
 from imagesim.fsutil import write_json, write_with
 
 RUN_FILES = ("last.pt", "model.pt", "metrics.json", "training_curves.png", "split.json")
+RUN_MARKERS = RUN_FILES[:3]  # a folder with any of these holds a run (split.json alone: a run that never finished an epoch)
 CHECKPOINT_FORMAT = "imagesim-train-checkpoint/1"
 MODEL_FORMAT = "imagesim-model/1"
 MONITOR = "f1_micro_tuned"
@@ -133,15 +134,15 @@ def resolve_device(name: str) -> str:
 
 
 def _prepare_out(out: Path, *, resume: bool, overwrite: bool) -> None:
-    existing = [n for n in RUN_FILES if (out / n).exists()]
     if resume:
         if not (out / "last.pt").is_file():
             raise ImagesimFileNotFoundError(f"--resume: no checkpoint {out / 'last.pt'} to continue from")
         return
+    existing = [n for n in RUN_MARKERS if (out / n).exists()]
     if existing and not overwrite:
         raise OutputExistsError(f"{out} already holds a training run ({', '.join(existing)}); use --resume to continue it or --overwrite to start again")
-    for n in existing:
-        (out / n).unlink()
+    for n in RUN_FILES:
+        (out / n).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
 
 
@@ -163,7 +164,7 @@ def load_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise ImagesimFileNotFoundError(f"checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise InvalidArgumentError(f"{path}: cannot read as a PyTorch checkpoint ({exc})") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") not in (CHECKPOINT_FORMAT, MODEL_FORMAT):
@@ -213,6 +214,10 @@ def plot_curves(history: list[dict], baseline: dict, path: Path) -> None:
     b.axhline(baseline["f1_micro"], color="grey", ls="--", label="F1 micro, label-frequency baseline")
     b.set(xlabel="epoch", ylim=(0, 1), title="validation")
     b.legend(fontsize=8)
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (a, b):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
