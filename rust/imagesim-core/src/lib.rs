@@ -1,5 +1,6 @@
 //! imagesim-core: the pure-Rust hot path of imagesim (no Python here).
 //!
+//! - [`batch`]: model input batches: many JPEGs decoded (DCT-scaled) and resized into one buffer.
 //! - [`grid`]: the ARD UTM quadkey grid, chip names and windows.
 //! - [`cog`]: GeoTIFF/COG parsing and windowed reads, decoding only the chunks a window touches.
 //! - [`jpeg`]: libjpeg-turbo decode/encode and JPEG-in-TIFF tile to standalone JFIF.
@@ -7,6 +8,7 @@
 //! - [`nodata`]: exact no-data counts, with a luma-only decode deciding the easy cases.
 //! - [`labels`]: multilabel bitsets (u64 words) ⇄ sparse id lists ⇄ dense rows.
 //! - [`pool`]: the rayon pool a call runs on.
+pub mod batch;
 pub mod chip;
 pub mod cog;
 pub mod error;
