@@ -40,8 +40,8 @@ $(STAMP)/venv: $(STAMP)/apt pyproject.toml | $(STAMP)
 	touch $@
 
 $(STAMP)/build: $(STAMP)/venv $(RUST_SOURCES) | $(STAMP)
-	# The package and its extras (sample data, tests, benchmark baseline) come from pyproject.toml.
-	source $(VENV)/bin/activate && maturin develop --release -q --extras test,bench
+	# The package and its extras (tests, benchmark baseline, training) come from pyproject.toml.
+	source $(VENV)/bin/activate && maturin develop --release -q --extras test,bench,train
 	touch $@
 
 setup: $(STAMP)/build
@@ -56,6 +56,7 @@ demo: $(STAMP)/build
 	$(VENV)/bin/imagesim labels build --ard-path $(DEMO)/sample/ard --chips $(DEMO)/chips --include partial --overwrite
 	$(VENV)/bin/imagesim labels split --chips $(DEMO)/chips --val 0.2 --seed 0 --group-level 14
 	$(VENV)/bin/imagesim labels report --chips $(DEMO)/chips
+	$(VENV)/bin/imagesim train --chips $(DEMO)/chips --out $(DEMO)/run --backbone resnet18 --chip-size 64 --epochs 4 --batch-size 32 --lr 2e-3 --overwrite
 	@echo
 	@echo "Sample ARD delivery:  $(DEMO)/sample/ard"
 	@echo "OpenStreetMap data:   $(DEMO)/sample/sample.osm.pbf"
@@ -65,6 +66,7 @@ demo: $(STAMP)/build
 	@echo "OSM per cell:         $(DEMO)/sample/ard/<zone>/<qk12>/osm_data.json (+ osm_tags.parquet)"
 	@echo "Labels:               $(DEMO)/chips/labels.parquet (+ labels.csv, labels.json, labels-train/val.csv)"
 	@echo "Label report:         $(DEMO)/chips/labels-report/report.md (+ PNG figures)"
+	@echo "Model:                $(DEMO)/run/model.pt (+ metrics.json, training_curves.png)"
 
 test: $(STAMP)/build test-rust test-python stubtest
 

@@ -154,6 +154,10 @@ def _register_subcommands() -> None:
     app.add_typer(osm_app, name="osm")
     app.add_typer(labels_app, name="labels")
 
+    from imagesim.train_cli import register as register_train
+
+    register_train(app)
+
 
 _register_subcommands()
 
