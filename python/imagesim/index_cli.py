@@ -36,8 +36,12 @@ def _print_table(result, index_dir: Path) -> None:  # type: ignore[no-untyped-de
 
     table = Table(title=f"chips most similar to {' + '.join(result.positives)}" + (f" − {' − '.join(result.negatives)}" if result.negatives else ""), title_justify="left")
     # the chip name carries the zone and the quadkey; --json has them as fields
-    for col, justify in (("rank", "right"), ("score", "right"), ("chip", "left"), ("lon", "right"), ("lat", "right"), ("labels", "left")):
-        table.add_column(col, justify=justify, no_wrap=col != "labels")  # type: ignore[arg-type]
+    table.add_column("rank", justify="right", min_width=4)
+    table.add_column("score", justify="right", min_width=6)
+    table.add_column("chip", overflow="fold")
+    table.add_column("lon", justify="right", min_width=10)
+    table.add_column("lat", justify="right", min_width=8)
+    table.add_column("labels", overflow="fold", min_width=12)
     for h in result.hits:
         table.add_row(str(h.rank), f"{h.score:.4f}", h.chip, f"{h.lon:.5f}", f"{h.lat:.5f}", ", ".join(h.labels))
     out.print(table)
