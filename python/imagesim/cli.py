@@ -158,6 +158,10 @@ def _register_subcommands() -> None:
 
     register_train(app)
 
+    from imagesim.encode_cli import register as register_encode
+
+    register_encode(app)
+
 
 _register_subcommands()
 

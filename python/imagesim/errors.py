@@ -105,3 +105,14 @@ class TaxonomyError(LabelError, ValueError):
 
 class LabelInputError(LabelError, ValueError):
     """A chips manifest, nodata index or labels file that cannot be used as labels input."""
+
+
+# --- export / encode ---
+
+
+class ExportError(ImagesimError):
+    """An ONNX export that failed its parity check against the PyTorch model."""
+
+
+class EncodeError(ImagesimError):
+    """Chips could not be encoded (bad model, unusable provider, unreadable inputs)."""

@@ -54,30 +54,16 @@ pub fn decode_resize_into(
         if slot.is_none() {
             *slot = Some(Decompressor::new().map_err(|e| e.to_string())?);
         }
-        let d = slot.as_mut().expect("initialised above");
-        let header = d
-            .read_header(data)
-            .map_err(|e| format!("not a readable JPEG: {e}"))?;
-        if header.width == 0
-            || header.height == 0
-            || header.width.saturating_mul(header.height) > MAX_PIXELS
-        {
-            return Err(format!("JPEG claims {}x{} px", header.width, header.height));
+        let result = decode_scaled(
+            slot.as_mut().expect("initialised above"),
+            data,
+            size,
+            scratch,
+        );
+        if result.is_err() {
+            *slot = None; // a handle that failed mid-stream can carry its state into the next image
         }
-        let factor = dct_scale(header.width, header.height, size);
-        d.set_scaling_factor(factor).map_err(|e| e.to_string())?;
-        let (w, h) = (factor.scale(header.width), factor.scale(header.height));
-        scratch.resize(w * h * 3, 0);
-        let image = Image {
-            pixels: scratch.as_mut_slice(),
-            width: w,
-            pitch: w * 3,
-            height: h,
-            format: PixelFormat::RGB,
-        };
-        d.decompress(data, image)
-            .map_err(|e| format!("corrupt JPEG: {e}"))?;
-        Ok((w, h))
+        result
     })?;
     if w == size && h == size {
         out.copy_from_slice(&scratch[..size * size * 3]);
@@ -98,6 +84,38 @@ pub fn decode_resize_into(
             .resize(&src, &mut dst, &options)
             .map_err(|e| e.to_string())
     })
+}
+
+/// Decode at the DCT scale [`dct_scale`] picks into `scratch`; returns the decoded size.
+fn decode_scaled(
+    d: &mut Decompressor,
+    data: &[u8],
+    size: usize,
+    scratch: &mut Vec<u8>,
+) -> std::result::Result<(usize, usize), String> {
+    let header = d
+        .read_header(data)
+        .map_err(|e| format!("not a readable JPEG: {e}"))?;
+    if header.width == 0
+        || header.height == 0
+        || header.width.saturating_mul(header.height) > MAX_PIXELS
+    {
+        return Err(format!("JPEG claims {}x{} px", header.width, header.height));
+    }
+    let factor = dct_scale(header.width, header.height, size);
+    d.set_scaling_factor(factor).map_err(|e| e.to_string())?;
+    let (w, h) = (factor.scale(header.width), factor.scale(header.height));
+    scratch.resize(w * h * 3, 0);
+    let image = Image {
+        pixels: scratch.as_mut_slice(),
+        width: w,
+        pitch: w * 3,
+        height: h,
+        format: PixelFormat::RGB,
+    };
+    d.decompress(data, image)
+        .map_err(|e| format!("corrupt JPEG: {e}"))?;
+    Ok((w, h))
 }
 
 /// Decode and resize every file into its slot of `out` (`paths.len() * size * size * 3` bytes,
@@ -155,6 +173,21 @@ mod tests {
             }
         }
         crate::jpeg::encode_rgb(&rgb, w, h, w * 3, 95).unwrap()
+    }
+
+    #[test]
+    fn a_corrupt_image_does_not_spoil_the_next_one_on_the_thread() {
+        let good = jpeg(512, 512);
+        let mut scratch = Vec::new();
+        let mut out = vec![0u8; 64 * 64 * 3];
+        let mut expected = vec![0u8; 64 * 64 * 3];
+        decode_resize_into(&good, 64, &mut expected, &mut scratch).unwrap();
+        for cut in (100..1200).step_by(25).chain([good.len() / 2]) {
+            let _ = decode_resize_into(&good[..cut], 64, &mut out, &mut scratch);
+            out.fill(0);
+            decode_resize_into(&good, 64, &mut out, &mut scratch).unwrap();
+            assert_eq!(out, expected, "after a stream cut at {cut} bytes");
+        }
     }
 
     #[test]

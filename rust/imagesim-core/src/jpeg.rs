@@ -23,7 +23,13 @@ fn with_decompressor<T>(
         if slot.is_none() {
             *slot = Some(Decompressor::new().map_err(|e| e.to_string())?);
         }
-        f(slot.as_mut().expect("initialised above"))
+        let result = f(slot.as_mut().expect("initialised above"));
+        if result.is_err() {
+            // A handle that failed mid-stream can carry its state into the next call
+            // (a corrupt chip followed by a good one): start the next call fresh.
+            *slot = None;
+        }
+        result
     })
 }
 
@@ -311,6 +317,23 @@ mod tests {
         (0..w * h * 3)
             .map(|i| ((i / 3) % w + (i % 3) * 40) as u8)
             .collect()
+    }
+
+    #[test]
+    fn a_cut_stream_does_not_spoil_the_next_decode_on_the_thread() {
+        let (w, h) = (256, 256);
+        let jpeg = encode_rgb(&gradient(w, h), w, h, w * 3, 90).unwrap();
+        let mut expected = Vec::new();
+        decode_rgb_into(&jpeg, &mut expected).unwrap();
+        let mut out = Vec::new();
+        let mut yuv = Yuv::default();
+        for cut in (100..1200).step_by(25) {
+            let _ = decode_rgb_into(&jpeg[..cut], &mut out);
+            decode_rgb_into(&jpeg, &mut out).unwrap();
+            assert_eq!(out, expected, "RGB after a stream cut at {cut} bytes");
+            let _ = decode_yuv_into(&jpeg[..cut], &mut yuv);
+            decode_yuv_into(&jpeg, &mut yuv).unwrap();
+        }
     }
 
     #[test]
