@@ -341,3 +341,73 @@ def test_precision_at_10_well_above_random(emb, flat_dir, tmp_path):
     assert out.exit_code == 0 and "precision@10" in out.output and "random" in out.output
     out = cli("similar", "--evaluate", "--index", flat_dir)
     assert isinstance(out.exception, InvalidArgumentError) and "--labels" in str(out.exception)
+
+
+# --- the real sample pipeline: chips and OSM labels of the small sample ---
+
+
+@pytest.fixture(scope="module")
+def sample_index(tmp_path_factory, small_sample):
+    """Chips and labels of the small sample; embeddings from colour features until `imagesim encode` is used.
+
+    The stand-in embedding (a 4×4×4 RGB histogram and an 8×8 thumbnail of each chip) is written
+    with exactly the columns `imagesim encode` writes, so the index sees real chip names, paths,
+    several acquisitions of one quadkey, and labels built from the sample's OSM data.
+    """
+    from PIL import Image
+
+    from imagesim.chip import ChipSettings, run_chip
+    from imagesim.labels import LabelSettings, build_labels
+    from imagesim.osm import find_cells
+    from imagesim.osm_import import import_osm
+
+    base = tmp_path_factory.mktemp("sample-index")
+    chips = base / "chips"
+    run_chip(small_sample.root, chips, ChipSettings(zoom=17, skip_empty=True))
+    osm_root = base / "ard"
+    cells = find_cells(small_sample.root)
+    for cell in cells:
+        cell.folder(osm_root).mkdir(parents=True)
+    import_osm(small_sample.osm_pbf, osm_root, cells)
+    build_labels(chips, osm_root, LabelSettings(include=("partial",)))
+
+    manifest = pl.read_parquet(chips / "chips.parquet").filter(pl.col("nodata_class") != "no_data")
+    vectors = []
+    for zone, chip in zip(manifest["zone"].to_list(), manifest["chip"].to_list()):
+        img = np.asarray(Image.open(chips / str(zone) / chip).convert("RGB").reduce(8))
+        hist = np.histogramdd(img.reshape(-1, 3), bins=(4, 4, 4), range=[(0, 256)] * 3)[0].ravel()
+        thumb = np.asarray(Image.fromarray(img).convert("L").resize((8, 8))).ravel() / 255.0
+        v = np.concatenate([hist / hist.sum() * 4, thumb - thumb.mean()]).astype(np.float32)
+        vectors.append(v / np.linalg.norm(v))
+    dim = len(vectors[0])
+    table = manifest.select(
+        "chip",
+        pl.format("{}/{}", "zone", "chip").alias("path"),
+        pl.col("zone").cast(pl.UInt8),
+        "quadkey",
+        "cell",
+        "catalog_id",
+        pl.lit(MODEL_ID).alias("model_id"),
+        pl.Series("embedding", np.stack(vectors), dtype=pl.Array(pl.Float32, dim)),
+        pl.lit([], dtype=pl.List(pl.String)).alias("predicted"),
+    )
+    table.write_parquet(base / "embeddings.parquet")
+    build_index(base / "embeddings.parquet", base / "index")
+    return chips, base / "index", table
+
+
+def test_sample_pipeline_index(sample_index):
+    chips, index_dir, table = sample_index
+    loaded = load_index(index_dir)
+    assert loaded.n == table.height > 50
+    multi = table.group_by("quadkey").len().filter(pl.col("len") > 1)["quadkey"]
+    assert multi.len() > 0, "the sample has a cell with two acquisitions"
+    res = similar(loaded, [multi[0]], k=5)
+    assert len(res.hits) == 5 and all(h.quadkey != multi[0] for h in res.hits)
+    for h in res.hits:
+        assert (chips / h.path).is_file()
+        assert -126 < h.lon < -120 and 30 < h.lat < 45  # zone 10 north
+    # labels built from the sample's OSM data: neighbours in colour share the rarest label more often than chance
+    res = precision_at_k(index_dir, chips / "labels.parquet", k=10)
+    print(res.line())
+    assert res.queries > 20 and res.precision > res.baseline, res

@@ -207,12 +207,18 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
 
 
 def _tune(index: Any, kind: str, vectors: np.ndarray, faiss: Any, target: float, seed: int) -> dict[str, Any]:
-    """Smallest nprobe / efSearch whose recall@10 on sample rows reaches ``target`` (+ margin)."""
+    """Smallest nprobe / efSearch whose recall@10 on sample rows reaches ``target`` (+ margin).
+
+    Queries are rows of the index, as in a query by chip; the row itself is left out of both the
+    true and the found neighbours (it is always an easy hit and would flatter the recall).
+    """
     rng = np.random.default_rng(seed)
     nq = min(len(vectors), TUNE_QUERIES)
-    queries = vectors[rng.choice(len(vectors), nq, replace=False)]
-    k = min(10, len(vectors))
-    _, truth = faiss.knn(queries, vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
+    picked = rng.choice(len(vectors), nq, replace=False)
+    queries = vectors[picked]
+    k = min(10, len(vectors) - 1)
+    _, truth = faiss.knn(queries, vectors, k + 1, metric=faiss.METRIC_INNER_PRODUCT)
+    truth = _drop_self(truth, picked, k)
     if kind == "ivf":
         ivf = faiss.extract_index_ivf(index)
         name, values = "nprobe", [v for v in (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256) if v < ivf.nlist] + [ivf.nlist]
@@ -221,11 +227,20 @@ def _tune(index: Any, kind: str, vectors: np.ndarray, faiss: Any, target: float,
     recall = 0.0
     for value in values:
         _set_search_param(index, kind, value, faiss)
-        _, found = index.search(queries, k)
-        recall = recall_at_k(found, truth)
+        _, found = index.search(queries, k + 1)
+        recall = recall_at_k(_drop_self(found, picked, k), truth)
         if recall >= target + TUNE_MARGIN:
             break
     return {name: value, "tuned_recall_at_10": round(recall, 4), "tune_queries": nq, "target_recall_at_10": target}
+
+
+def _drop_self(rows: np.ndarray, query_rows: np.ndarray, k: int) -> np.ndarray:
+    """Each row's first ``k`` neighbours other than the query row itself (-1 padded)."""
+    out = np.full((len(rows), k), -1, dtype=np.int64)
+    for i, (found, q) in enumerate(zip(rows, query_rows)):
+        keep = found[found != q][:k]
+        out[i, : len(keep)] = keep
+    return out
 
 
 def _set_search_param(index: Any, kind: str, value: int, faiss: Any) -> None:
