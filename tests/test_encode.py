@@ -93,6 +93,17 @@ def test_export_metadata_dynamic_batch_and_parity(onnx_path, model_pt, chips):
     np.testing.assert_allclose(emb, torch.nn.functional.normalize(want_emb, dim=1).numpy(), atol=1e-4)
 
 
+@pytest.mark.parametrize(("opset", "exporter"), [(17, "torchscript"), (18, "dynamo")])
+def test_export_opsets_use_the_matching_exporter(model_pt, tmp_path, opset, exporter):
+    import onnx
+
+    out = tmp_path / f"m{opset}.onnx"
+    summary = export_onnx(model_pt, out, ExportSettings(opset=opset))
+    assert read_metadata(out)["exporter"] == exporter
+    assert {o.domain: o.version for o in onnx.load(str(out)).opset_import}[""] == opset
+    assert max(summary.max_abs_diff.values()) < 1e-3 and summary.parity_source.startswith("chips")
+
+
 def test_export_fp16_and_refusals(model_pt, tmp_path, monkeypatch):
     out = tmp_path / "half.onnx"
     summary = export_onnx(model_pt, out, ExportSettings(fp16=True, normalize=False))

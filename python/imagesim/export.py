@@ -125,6 +125,28 @@ def parity_images(chips: Path | None, size: int, count: int) -> tuple[np.ndarray
     return rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8), "random images (no chips found)"
 
 
+def _export_graph(torch: Any, wrapper: Any, dummy: Any, path: Path, opset: int) -> str:
+    """Write the graph with torch's exporter for ``opset``: the torch.export-based ("dynamo") one
+    from opset 18, TorchScript's below (the dynamo exporter does not write older opsets)."""
+    import warnings
+
+    names = {"input_names": ["image"], "output_names": ["embedding", "logits"], "opset_version": opset}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if opset >= 18:
+            try:
+                import onnxscript  # noqa: F401 - the dynamo exporter needs it
+            except ImportError:
+                pass
+            else:
+                torch.onnx.export(wrapper, (dummy,), str(path), dynamo=True, external_data=False, verbose=False,
+                                  dynamic_shapes={"image": {0: torch.export.Dim("batch")}}, **names)
+                return "dynamo"
+        torch.onnx.export(wrapper, (dummy,), str(path), dynamo=False, do_constant_folding=True,
+                          dynamic_axes={"image": {0: "batch"}, "embedding": {0: "batch"}, "logits": {0: "batch"}}, **names)
+        return "torchscript"
+
+
 def export_onnx(model_path: str | Path, out: str | Path, settings: ExportSettings | None = None) -> ExportSummary:
     settings = settings or ExportSettings()
     t0 = time.perf_counter()
@@ -156,12 +178,7 @@ def export_onnx(model_path: str | Path, out: str | Path, settings: ExportSetting
     dummy = torch.zeros((2, size, size, 3), dtype=torch.uint8)
     with tempfile.TemporaryDirectory(prefix=".imagesim-export-", dir=out.parent if out.parent.exists() else None) as tmp:
         raw = Path(tmp) / "raw.onnx"
-        with torch.no_grad():
-            torch.onnx.export(
-                wrapper, (dummy,), str(raw), input_names=["image"], output_names=["embedding", "logits"],
-                dynamic_axes={"image": {0: "batch"}, "embedding": {0: "batch"}, "logits": {0: "batch"}},
-                opset_version=settings.opset, dynamo=False, do_constant_folding=True,
-            )
+        exporter = _export_graph(torch, wrapper, dummy, raw, settings.opset)
         graph = onnx.load(str(raw))
         thresholds = [float(t) for t in np.asarray(ckpt.get("thresholds", [0.35] * len(classes))).ravel()]
         metrics = ckpt.get("metrics") or {}
@@ -176,6 +193,7 @@ def export_onnx(model_path: str | Path, out: str | Path, settings: ExportSetting
             "embedding_normalized": json.dumps(settings.normalize),
             "backbone": str(ckpt["config"]["backbone"]),
             "precision": precision,
+            "exporter": exporter,
             "source_model": str(model_path.resolve()),
             "source_sha256": hashlib.sha256(model_path.read_bytes()).hexdigest(),
             "epoch": str(ckpt.get("epoch", "")),
