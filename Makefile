@@ -12,7 +12,7 @@ IMAGESIM_REALDATA ?= $(firstword $(abspath $(wildcard ../shared/realdata ../../s
 export IMAGESIM_REALDATA
 RUST_SOURCES := $(shell find rust -name '*.rs' -o -name Cargo.toml) Cargo.toml pyproject.toml
 
-.PHONY: all setup build demo test test-rust test-python bench bench-chip bench-nodata bench-labels stubtest clean
+.PHONY: all setup build demo test test-rust test-python bench bench-chip bench-nodata bench-labels bench-encode stubtest clean
 
 all: build
 
@@ -57,6 +57,8 @@ demo: $(STAMP)/build
 	$(VENV)/bin/imagesim labels split --chips $(DEMO)/chips --val 0.2 --seed 0 --group-level 14
 	$(VENV)/bin/imagesim labels report --chips $(DEMO)/chips
 	$(VENV)/bin/imagesim train --chips $(DEMO)/chips --out $(DEMO)/run --backbone resnet18 --chip-size 64 --epochs 4 --batch-size 32 --lr 2e-3 --overwrite
+	$(VENV)/bin/imagesim export --model $(DEMO)/run/model.pt --out $(DEMO)/run/model.onnx --overwrite
+	$(VENV)/bin/imagesim encode --onnx $(DEMO)/run/model.onnx --chips $(DEMO)/chips --overwrite
 	@echo
 	@echo "Sample ARD delivery:  $(DEMO)/sample/ard"
 	@echo "OpenStreetMap data:   $(DEMO)/sample/sample.osm.pbf"
@@ -66,7 +68,8 @@ demo: $(STAMP)/build
 	@echo "OSM per cell:         $(DEMO)/sample/ard/<zone>/<qk12>/osm_data.json (+ osm_tags.parquet)"
 	@echo "Labels:               $(DEMO)/chips/labels.parquet (+ labels.csv, labels.json, labels-train/val.csv)"
 	@echo "Label report:         $(DEMO)/chips/labels-report/report.md (+ PNG figures)"
-	@echo "Model:                $(DEMO)/run/model.pt (+ metrics.json, training_curves.png)"
+	@echo "Model:                $(DEMO)/run/model.pt (+ metrics.json, training_curves.png), ONNX: $(DEMO)/run/model.onnx"
+	@echo "Embeddings:           $(DEMO)/chips/embeddings.parquet (+ embeddings.json)"
 
 test: $(STAMP)/build test-rust test-python stubtest
 
@@ -79,13 +82,15 @@ test-python: $(STAMP)/build
 stubtest: $(STAMP)/build
 	$(VENV)/bin/python -m mypy.stubtest imagesim._imagesim --allowlist tests/stubtest-allowlist.txt
 
-bench: bench-chip bench-nodata bench-labels
+bench: bench-chip bench-nodata bench-labels bench-encode
 bench-chip: $(STAMP)/build
 	$(PY) benches/bench_chip.py
 bench-nodata: $(STAMP)/build
 	$(PY) benches/bench_nodata.py
 bench-labels: $(STAMP)/build
 	$(PY) benches/bench_labels.py
+bench-encode: $(STAMP)/build
+	$(PY) benches/bench_encode.py
 
 clean:
 	rm -rf $(STAMP) target $(DEMO)
