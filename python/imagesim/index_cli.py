@@ -50,7 +50,7 @@ def _print_table(result, index_dir: Path) -> None:  # type: ignore[no-untyped-de
 
 
 def similar(
-    chips: Annotated[Optional[list[str]], typer.Argument(help="Chip file names (Z10-<quadkey>_<catalog-id>.jpg) or chip quadkeys (all acquisitions averaged): the positive examples.", show_default=False)] = None,
+    chips: Annotated[Optional[list[str]], typer.Argument(help="Chip file names (Z10-<quadkey>_<catalog-id>.jpg) or chip quadkeys (all acquisitions averaged): the positive examples.", metavar="CHIP_OR_QUADKEY...", show_default=False)] = None,
     negative: Annotated[Optional[list[str]], typer.Option("--negative", help="A negative example (repeatable): query = mean(positives) − mean(negatives).")] = None,
     k: Annotated[int, typer.Option("--k", help="Number of results, 1..10,000.")] = 10,
     index_dir: Annotated[Path, typer.Option("--index", help="Index folder written by `imagesim index`.")] = Path("index"),
