@@ -272,7 +272,7 @@ def make_index(
         index.cp.spherical = True  # centroids on the unit sphere: k-means for cosine
         index.cp.niter = 10
         index.cp.seed = seed
-        n_train = min(n, max(32 * nlist, 50_000))  # FAISS asks for 30-256 per list; k-means time grows with it
+        n_train = min(n, max(40 * nlist, 50_000))  # FAISS wants >= 39 per list; k-means time grows with it
         train = vectors if n_train == n else vectors[np.sort(np.random.default_rng(seed).choice(n, n_train, replace=False))]
         index.train(train)
         _add(index, vectors, progress)
