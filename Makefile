@@ -12,7 +12,7 @@ IMAGESIM_REALDATA ?= $(firstword $(abspath $(wildcard ../shared/realdata ../../s
 export IMAGESIM_REALDATA
 RUST_SOURCES := $(shell find rust -name '*.rs' -o -name Cargo.toml) Cargo.toml pyproject.toml
 
-.PHONY: all setup build demo test test-rust test-python bench bench-chip bench-nodata bench-labels bench-encode stubtest clean
+.PHONY: all setup build demo test test-rust test-python bench bench-chip bench-nodata bench-labels bench-encode bench-index stubtest clean
 
 all: build
 
@@ -41,7 +41,7 @@ $(STAMP)/venv: $(STAMP)/apt pyproject.toml | $(STAMP)
 
 $(STAMP)/build: $(STAMP)/venv $(RUST_SOURCES) | $(STAMP)
 	# The package and its extras (tests, benchmark baseline, training) come from pyproject.toml.
-	source $(VENV)/bin/activate && maturin develop --release -q --extras test,bench,train,encode
+	source $(VENV)/bin/activate && maturin develop --release -q --extras test,bench,train,encode,index
 	touch $@
 
 setup: $(STAMP)/build
@@ -59,6 +59,9 @@ demo: $(STAMP)/build
 	$(VENV)/bin/imagesim train --chips $(DEMO)/chips --out $(DEMO)/run --backbone resnet18 --chip-size 64 --epochs 4 --batch-size 32 --lr 2e-3 --overwrite
 	$(VENV)/bin/imagesim export --model $(DEMO)/run/model.pt --out $(DEMO)/run/model.onnx --overwrite
 	$(VENV)/bin/imagesim encode --onnx $(DEMO)/run/model.onnx --chips $(DEMO)/chips --overwrite
+	$(VENV)/bin/imagesim index --embeddings $(DEMO)/chips/embeddings.parquet --out $(DEMO)/index --overwrite
+	$(VENV)/bin/imagesim similar --evaluate --labels $(DEMO)/chips/labels.parquet --index $(DEMO)/index
+	$(VENV)/bin/imagesim similar $$($(PY) -c "import polars as pl; print(pl.read_parquet('$(DEMO)/index/ids.parquet')['chip'][0])") --index $(DEMO)/index --k 5 --geojson $(DEMO)/similar.geojson
 	@echo
 	@echo "Sample ARD delivery:  $(DEMO)/sample/ard"
 	@echo "OpenStreetMap data:   $(DEMO)/sample/sample.osm.pbf"
@@ -70,6 +73,7 @@ demo: $(STAMP)/build
 	@echo "Label report:         $(DEMO)/chips/labels-report/report.md (+ PNG figures)"
 	@echo "Model:                $(DEMO)/run/model.pt (+ metrics.json, training_curves.png), ONNX: $(DEMO)/run/model.onnx"
 	@echo "Embeddings:           $(DEMO)/chips/embeddings.parquet (+ embeddings.json)"
+	@echo "Index:                $(DEMO)/index (index.faiss, ids.parquet, index.json); similar chips: $(DEMO)/similar.geojson"
 
 test: $(STAMP)/build test-rust test-python stubtest
 
@@ -82,7 +86,7 @@ test-python: $(STAMP)/build
 stubtest: $(STAMP)/build
 	$(VENV)/bin/python -m mypy.stubtest imagesim._imagesim --allowlist tests/stubtest-allowlist.txt
 
-bench: bench-chip bench-nodata bench-labels bench-encode
+bench: bench-chip bench-nodata bench-labels bench-encode bench-index
 bench-chip: $(STAMP)/build
 	$(PY) benches/bench_chip.py
 bench-nodata: $(STAMP)/build
@@ -91,6 +95,8 @@ bench-labels: $(STAMP)/build
 	$(PY) benches/bench_labels.py
 bench-encode: $(STAMP)/build
 	$(PY) benches/bench_encode.py
+bench-index: $(STAMP)/build
+	$(PY) benches/bench_index.py
 
 clean:
 	rm -rf $(STAMP) target $(DEMO)

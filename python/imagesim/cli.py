@@ -162,6 +162,10 @@ def _register_subcommands() -> None:
 
     register_encode(app)
 
+    from imagesim.index_cli import register as register_index
+
+    register_index(app)
+
 
 _register_subcommands()
 
