@@ -43,31 +43,36 @@ def serve(
     if block_cache_mb < 0 or cog_cache < 1:
         raise InvalidArgumentError("--block-cache-mb must be >= 0 and --cog-cache >= 1")
 
+    import sys
+
     from imagesim.serve.app import allowed_hosts_for, create_app
 
+    # build the app here first: a bad path or index fails now with one line, not in a worker
+    app = create_app(ard_path, chips, index, block_cache_mb=block_cache_mb if workers == 1 else 0,
+                     cog_cache=cog_cache, quality=quality, allowed_hosts=allowed_hosts_for(host))
     if host not in ("127.0.0.1", "localhost", "::1") and not host.startswith("127."):
         err.print(f"[yellow]warning:[/] binding {host}: the viewer is reachable from other machines (no authentication)", highlight=False)
     url_host = f"[{host}]" if ":" in host else host
     err.print(f"imagesim viewer on http://{url_host}:{port}/  (Ctrl-C stops it)", highlight=False)
     log_level = "info" if os.environ.get("IMAGESIM_DEBUG") else "warning"
     if workers == 1:
-        app = create_app(ard_path, chips, index, block_cache_mb=block_cache_mb, cog_cache=cog_cache, quality=quality,
-                         allowed_hosts=allowed_hosts_for(host))
         uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
         return
-    # several processes: each builds the app from the environment (checked once here first)
-    create_app(ard_path, chips, index, block_cache_mb=0, cog_cache=1)
-    os.environ.update({
-        "IMAGESIM_SERVE_ARD": str(ard_path.resolve()),
-        "IMAGESIM_SERVE_CHIPS": str(chips.resolve()),
-        "IMAGESIM_SERVE_INDEX": str(index.resolve()) if index else "",
-        "IMAGESIM_SERVE_BLOCK_CACHE_MB": str(block_cache_mb),
-        "IMAGESIM_SERVE_COG_CACHE": str(cog_cache),
-        "IMAGESIM_SERVE_QUALITY": str(quality),
-        "IMAGESIM_SERVE_HOST": host,
-    })
-    uvicorn.run("imagesim.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level=log_level, server_header=False)
+    # several processes: uvicorn's own command line runs them (each builds the app from the environment)
+    env = dict(os.environ,
+               IMAGESIM_SERVE_ARD=str(ard_path.resolve()),
+               IMAGESIM_SERVE_CHIPS=str(chips.resolve()),
+               IMAGESIM_SERVE_INDEX=str(index.resolve()) if index else "",
+               IMAGESIM_SERVE_BLOCK_CACHE_MB=str(block_cache_mb),
+               IMAGESIM_SERVE_COG_CACHE=str(cog_cache),
+               IMAGESIM_SERVE_QUALITY=str(quality),
+               IMAGESIM_SERVE_HOST=host)
+    del app
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "uvicorn", "imagesim.serve.app:app_from_env", "--factory",
+                               "--host", host, "--port", str(port), "--workers", str(workers), "--log-level", log_level,
+                               "--no-server-header"], env)
 
 
 def register(app: typer.Typer) -> None:

@@ -283,7 +283,7 @@ def create_app(
         except ImagesimError as exc:
             raise _bad(str(exc)) from None
         acq = check_acquisition(acquisition)
-        headers = {"Cache-Control": "public, max-age=3600", "Access-Control-Allow-Origin": "*"}
+        headers = {"Cache-Control": "public, max-age=3600"}
         if z < renderer.minzoom:
             return Response(status_code=204, headers=headers)
         data = renderer.render(z, x, y, fmt, acq)
