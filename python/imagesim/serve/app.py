@@ -166,9 +166,9 @@ class Thumbnails:
             if data is not None:
                 self._data.move_to_end(key)
                 return data
-        with Image.open(path) as im:
-            im.draft("RGB", (size, size))  # JPEG DCT scaling: decode at 1/2, 1/4 or 1/8 directly
-            im = im.convert("RGB")
+        with Image.open(path) as src:
+            src.draft("RGB", (size, size))  # JPEG DCT scaling: decode at 1/2, 1/4 or 1/8 directly
+            im = src.convert("RGB")
             im.thumbnail((size, size))
             buf = io.BytesIO()
             im.save(buf, "JPEG", quality=85)
