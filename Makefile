@@ -6,20 +6,21 @@ PY    := $(VENV)/bin/python
 PIP   := $(VENV)/bin/pip
 STAMP := .stamp
 DEMO  ?= demo-out
-APT_PACKAGES := gdal-bin libgdal-dev cmake nasm pkg-config
+APT_PACKAGES := gdal-bin libgdal-dev cmake nasm pkg-config chromium chromium-driver wrk
 # The shared real-data corpus (TIFF/COG variants, corrupt files, OSM): tests skip visibly without it.
 IMAGESIM_REALDATA ?= $(firstword $(abspath $(wildcard ../shared/realdata ../../shared/realdata /work/shared/realdata)))
 export IMAGESIM_REALDATA
 RUST_SOURCES := $(shell find rust -name '*.rs' -o -name Cargo.toml) Cargo.toml pyproject.toml
 
-.PHONY: all setup build demo test test-rust test-python bench bench-chip bench-nodata bench-labels bench-encode bench-index stubtest clean
+.PHONY: all setup build demo test test-rust test-python bench bench-chip bench-nodata bench-labels bench-encode bench-index bench-tiles stubtest clean
 
 all: build
 
 $(STAMP):
 	mkdir -p $(STAMP)
 
-# System packages: GDAL (sample data, parity tests), cmake + nasm (libjpeg-turbo with SIMD).
+# System packages: GDAL (sample data, parity tests), cmake + nasm (libjpeg-turbo with SIMD),
+# chromium + chromium-driver (the viewer's browser test), wrk (tile-server benchmark).
 $(STAMP)/apt: | $(STAMP)
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -41,7 +42,7 @@ $(STAMP)/venv: $(STAMP)/apt pyproject.toml | $(STAMP)
 
 $(STAMP)/build: $(STAMP)/venv $(RUST_SOURCES) | $(STAMP)
 	# The package and its extras (tests, benchmark baseline, training) come from pyproject.toml.
-	source $(VENV)/bin/activate && maturin develop --release -q --extras test,bench,train,encode,index
+	source $(VENV)/bin/activate && maturin develop --release -q --extras test,bench,train,encode,index,serve
 	touch $@
 
 setup: $(STAMP)/build
@@ -74,6 +75,7 @@ demo: $(STAMP)/build
 	@echo "Model:                $(DEMO)/run/model.pt (+ metrics.json, training_curves.png), ONNX: $(DEMO)/run/model.onnx"
 	@echo "Embeddings:           $(DEMO)/chips/embeddings.parquet (+ embeddings.json)"
 	@echo "Index:                $(DEMO)/index (index.faiss, ids.parquet, index.json); similar chips: $(DEMO)/similar.geojson"
+	@echo "Viewer:               $(VENV)/bin/imagesim serve --ard-path $(DEMO)/sample/ard --chips $(DEMO)/chips --index $(DEMO)/index  -> http://127.0.0.1:8000/"
 
 test: $(STAMP)/build test-rust test-python stubtest
 
@@ -86,7 +88,7 @@ test-python: $(STAMP)/build
 stubtest: $(STAMP)/build
 	$(VENV)/bin/python -m mypy.stubtest imagesim._imagesim --allowlist tests/stubtest-allowlist.txt
 
-bench: bench-chip bench-nodata bench-labels bench-encode bench-index
+bench: bench-chip bench-nodata bench-labels bench-encode bench-index bench-tiles
 bench-chip: $(STAMP)/build
 	$(PY) benches/bench_chip.py
 bench-nodata: $(STAMP)/build
@@ -97,6 +99,8 @@ bench-encode: $(STAMP)/build
 	$(PY) benches/bench_encode.py
 bench-index: $(STAMP)/build
 	$(PY) benches/bench_index.py
+bench-tiles: $(STAMP)/build
+	$(PY) benches/bench_tiles.py
 
 clean:
 	rm -rf $(STAMP) target $(DEMO)

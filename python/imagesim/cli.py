@@ -166,6 +166,10 @@ def _register_subcommands() -> None:
 
     register_index(app)
 
+    from imagesim.serve_cli import register as register_serve
+
+    register_serve(app)
+
 
 _register_subcommands()
 
