@@ -10,8 +10,9 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -241,10 +242,20 @@ def run_chip(
     quadkeys: Sequence[str] | None = None,
     catalog_ids: Sequence[str] | None = None,
     progress: ProgressFactory | None = None,
+    scheduler: Any = None,
 ) -> ChipSummary:
-    """Chip every matching `-visual.tif` under ``ard_path`` into ``dest``."""
+    """Chip every matching `-visual.tif` under ``ard_path`` into ``dest``.
+
+    ``scheduler``: None chips in-process (Rust threads); a Dask scheduler address (``tcp://HOST:PORT``),
+    ``"local"`` (a LocalCluster) or a ``distributed.Client`` runs one task per COG there instead —
+    same chips, same ``chips.parquet`` and ``chip-errors.json``.
+    """
     settings = settings or ChipSettings()
     settings.check()
+    if isinstance(scheduler, str):
+        from imagesim.cluster import check_address
+
+        scheduler = check_address(scheduler)
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     acquisitions, misplaced = find_acquisitions(
@@ -269,27 +280,17 @@ def run_chip(
     stale = [acq for acq in acquisitions if not settings.overwrite and manifest.is_stale(acq)]
     summary.stale_cogs = [str(acq.visual) for acq in stale]
 
-    def one(acq: Acquisition) -> dict:
+    def task_args(acq: Acquisition) -> tuple:
         overwrite = settings.overwrite or acq in stale
-        return _rs.chip_cog(
-            acq.visual,
-            acq.zone,
-            acq.cell,
-            acq.catalog_id,
-            dest / str(acq.zone),
-            zoom=settings.zoom,
-            quality=settings.quality,
-            passthrough=settings.passthrough,
-            nodata_threshold=settings.nodata_threshold,
-            overwrite=overwrite,
-            skip_empty=settings.skip_empty,
-            measure=settings.measure,
-            known=set() if overwrite else manifest.known_names(acq),
-            threads=threads_per_cog,
-            progress=counter,
-        )
+        return acq, dest, settings, set() if overwrite else manifest.known_names(acq), overwrite
+
+    def one(acq: Acquisition) -> dict:
+        return chip_one_cog(*task_args(acq), threads=threads_per_cog, progress=counter)
 
     try:
+        if scheduler is not None:
+            _run_on_cluster(scheduler, acquisitions, task_args, summary, manifest, settings, chip_errors, sink, chips_per_cog)
+            return summary
         with ThreadPoolExecutor(max_workers=cog_workers, thread_name_prefix="imagesim-cog") as pool:
             futures: dict[Future, Acquisition] = {pool.submit(one, acq): acq for acq in acquisitions}
             pending = set(futures)
@@ -321,6 +322,79 @@ def run_chip(
         )
         sink.close()
     return summary
+
+
+def chip_one_cog(
+    acq: Acquisition,
+    dest: Path,
+    settings: ChipSettings,
+    known: set[str],
+    overwrite: bool,
+    *,
+    threads: int,
+    progress: _rs.Progress | None = None,
+) -> dict:
+    """Chip one COG into ``dest/<zone>/`` (the Rust core); the per-chip columns it returns become
+    manifest rows. ``known``: chips the manifest already records (skipped when on disk)."""
+    return _rs.chip_cog(
+        acq.visual,
+        acq.zone,
+        acq.cell,
+        acq.catalog_id,
+        dest / str(acq.zone),
+        zoom=settings.zoom,
+        quality=settings.quality,
+        passthrough=settings.passthrough,
+        nodata_threshold=settings.nodata_threshold,
+        overwrite=overwrite,
+        skip_empty=settings.skip_empty,
+        measure=settings.measure,
+        known=known,
+        threads=threads,
+        progress=progress,
+    )
+
+
+def chip_cog_task(acq: Acquisition, dest: Path, settings: ChipSettings, known: set[str], overwrite: bool) -> dict:
+    """:func:`chip_one_cog` as a Dask task, with the worker's share of its cores."""
+    from imagesim.cluster import worker_threads
+
+    return chip_one_cog(acq, dest, settings, known, overwrite, threads=worker_threads(settings.proc))
+
+
+def _run_on_cluster(
+    scheduler: Any,
+    acquisitions: list[Acquisition],
+    task_args: Callable[[Acquisition], tuple],
+    summary: ChipSummary,
+    manifest: _Manifest,
+    settings: ChipSettings,
+    chip_errors: list[dict],
+    sink: ProgressSink,
+    chips_per_cog: int,
+) -> None:
+    """One Dask task per COG; results merged here, in completion order, like in-process results."""
+    from imagesim.cluster import connect, run_tasks
+
+    if not acquisitions:
+        return
+    # Paths travel to the workers absolute (their working directory is not ours).
+    def args(acq: Acquisition) -> tuple:
+        a, dest, s, known, overwrite = task_args(acq)
+        return replace(a, visual=a.visual.absolute()), dest.absolute(), s, known, overwrite
+
+    done = 0
+    with connect(scheduler) as client:
+        for outcome in run_tasks(client, chip_cog_task, acquisitions, args, name="imagesim-chip"):
+            acq = outcome.item
+            if outcome.error is not None:
+                msg = outcome.error if str(acq.visual) in outcome.error else f"{acq.visual}: {outcome.error}"
+                summary.failed_cogs.append((str(acq.visual), msg))
+            else:
+                _tally(summary, outcome.result, chip_errors, acq)
+                manifest.add(_records_frame(acq, outcome.result, settings))
+            done += chips_per_cog
+            sink.update(done)
 
 
 def _tally(summary: ChipSummary, cols: dict, chip_errors: list[dict], acq: Acquisition) -> None:

@@ -87,6 +87,7 @@ def chip(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Rewrite chips that already exist (default: skip them).")] = False,
     skip_empty: Annotated[bool, typer.Option("--skip-empty", help="Do not write chips that are entirely no-data (still listed in chips.parquet).")] = False,
     measure: Annotated[bool, typer.Option("--measure/--no-measure", help="Count no-data pixels of every chip. --no-measure with --passthrough skips the decode that measuring costs (no-data columns left empty for copied chips; run nodata-index later).")] = True,
+    scheduler: Annotated[Optional[str], typer.Option(envvar="IMAGESIM_SCHEDULER", help="Dask scheduler address tcp://HOST:PORT, or 'local' for a LocalCluster on this machine; default: in-process Rust threads.")] = None,
 ) -> None:
     """Cut every ARD `-visual.tif` into JPEG chips on the quadkey grid and record chips.parquet."""
     from imagesim.chip import ChipSettings, run_chip
@@ -102,7 +103,7 @@ def chip(
         measure=measure,
         proc=proc,
     )
-    summary = run_chip(ard_path, dest, settings, zones=zone, quadkeys=quadkey, catalog_ids=catalog_id, progress=_progress_bar("chip"))
+    summary = run_chip(ard_path, dest, settings, zones=zone, quadkeys=quadkey, catalog_ids=catalog_id, progress=_progress_bar("chip"), scheduler=scheduler)
     for m in summary.misplaced:
         err.print(f"[yellow]ignored[/] {m.path}: {m.reason}")
     for cog in summary.stale_cogs:
@@ -127,6 +128,7 @@ def nodata_index(
     min_pixels: Annotated[int, typer.Option(help="No-data pixels from which a chip is partial_data (fewer: all_data).")] = 16,
     source: Annotated[Optional[str], typer.Option(help="pixels (decode every chip), manifest (chips.parquet counts from the COG) or mask (ARD data-mask.gpkg). Default: manifest when CHIP_DIR has one, else pixels.")] = None,
     ard_path: Annotated[Optional[Path], typer.Option("--ard-path", help="ARD root, to find data masks for --source mask when chips.parquet is absent.")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(envvar="IMAGESIM_SCHEDULER", help="Dask scheduler address tcp://HOST:PORT, or 'local' for a LocalCluster on this machine; default: in-process Rust threads.")] = None,
 ) -> None:
     """Classify every chip as all_data, partial_data or no_data (JSON index + nodata.parquet)."""
     from imagesim.nodata import NodataSettings, run_nodata_index
@@ -134,7 +136,7 @@ def nodata_index(
     settings = NodataSettings(
         filename=filename, overwrite=overwrite, proc=proc, threshold=threshold, min_pixels=min_pixels, source=source, ard_path=ard_path
     )
-    summary = run_nodata_index(chip_dir, settings, progress=_progress_bar("nodata"))
+    summary = run_nodata_index(chip_dir, settings, progress=_progress_bar("nodata"), scheduler=scheduler)
     for path in summary.skipped[:10]:
         err.print(f"[yellow]skipped (not a JPEG)[/] {path}")
     if len(summary.skipped) > 10:

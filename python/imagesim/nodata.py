@@ -22,6 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -42,6 +43,7 @@ SOURCES = ("pixels", "manifest", "mask")
 CLASSES = ("all_data", "partial_data", "no_data")
 PARQUET = "nodata.parquet"
 JPEG_SUFFIXES = (".jpg", ".jpeg")
+BATCH = 2000  # chips per Dask task with --scheduler
 # Files imagesim itself keeps in a chip folder: not chips, not "skipped" either.
 OWN_FILES = {MANIFEST, PARQUET, "chip-errors.json"}
 
@@ -111,18 +113,60 @@ def summary_name(index_name: str) -> str:
     return f"{Path(index_name).stem}-summary.json"
 
 
-def _by_pixels(paths: list[Path], settings: NodataSettings, sink: ProgressSink, done_before: int) -> pl.DataFrame:
-    counter = _rs.Progress()
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        fut = pool.submit(_rs.scan_jpeg_files, [str(p) for p in paths], threshold=settings.threshold, threads=settings.proc, progress=counter)
-        while not wait([fut], timeout=0.1).done:
-            sink.update(done_before + counter.value)
-        cols = fut.result()
+def _by_pixels(
+    paths: list[Path], settings: NodataSettings, sink: ProgressSink, done_before: int, scheduler: Any = None
+) -> pl.DataFrame:
+    if scheduler is not None and paths:
+        cols = _scan_on_cluster(scheduler, paths, settings, sink, done_before)
+    else:
+        counter = _rs.Progress()
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            fut = pool.submit(_rs.scan_jpeg_files, [str(p) for p in paths], threshold=settings.threshold, threads=settings.proc, progress=counter)
+            while not wait([fut], timeout=0.1).done:
+                sink.update(done_before + counter.value)
+            cols = fut.result()
     total = pl.col("width").cast(pl.UInt64) * pl.col("height").cast(pl.UInt64)
     return pl.DataFrame(
         {"path": [str(p) for p in paths], **cols},
         schema_overrides={"width": pl.UInt32, "height": pl.UInt32, "nodata_pixels": pl.UInt64, "error": pl.String},
     ).select("path", pl.col("nodata_pixels"), total.alias("total_pixels"), "error", pl.lit("pixels").alias("source"))
+
+
+def scan_batch_task(paths: list[str], threshold: int, proc: int) -> dict[str, list]:
+    """One batch of chips decoded and counted on a Dask worker (the Rust scanner, the worker's cores)."""
+    from imagesim.cluster import worker_threads
+
+    return _rs.scan_jpeg_files(paths, threshold=threshold, threads=worker_threads(proc))
+
+
+def _scan_on_cluster(
+    scheduler: Any, paths: list[Path], settings: NodataSettings, sink: ProgressSink, done_before: int
+) -> dict[str, list]:
+    """``scan_jpeg_files`` columns for ``paths``, in order, computed as one Dask task per batch.
+
+    A batch that fails for good (retries spent, workers lost) gives its chips that error, so they are
+    reported as failed chips like unreadable JPEGs are.
+    """
+    from imagesim.cluster import connect, run_tasks
+
+    absolute = [str(p.absolute()) for p in paths]  # the workers' working directory is not ours
+    batches = [(i, absolute[i : i + BATCH]) for i in range(0, len(absolute), BATCH)]
+    parts: dict[int, dict[str, list]] = {}
+    done = 0
+    with connect(scheduler) as client:
+        outcomes = run_tasks(
+            client, scan_batch_task, batches, lambda b: (b[1], settings.threshold, settings.proc), name="imagesim-nodata"
+        )
+        for outcome in outcomes:
+            start, batch = outcome.item
+            if outcome.error is not None:
+                n = len(batch)
+                parts[start] = {"width": [None] * n, "height": [None] * n, "nodata_pixels": [None] * n, "error": [f"{p}: {outcome.error}" for p in batch]}
+            else:
+                parts[start] = outcome.result
+            done += len(batch)
+            sink.update(done_before + done)
+    return {key: [v for start in sorted(parts) for v in parts[start][key]] for key in ("width", "height", "nodata_pixels", "error")}
 
 
 def _by_manifest(chip_dir: Path, frame: pl.DataFrame, threshold: int) -> pl.DataFrame:
@@ -211,9 +255,16 @@ def run_nodata_index(
     settings: NodataSettings | None = None,
     *,
     progress: Callable[[int], ProgressSink] | None = None,
+    scheduler: Any = None,
 ) -> NodataSummary:
+    """``scheduler`` (a Dask address, ``"local"`` or a ``distributed.Client``): chips decoded for
+    ``--source pixels`` (and those the manifest lacks) are scanned there, one task per batch of chips."""
     settings = settings or NodataSettings()
     settings.check()
+    if isinstance(scheduler, str):
+        from imagesim.cluster import check_address
+
+        scheduler = check_address(scheduler)
     chip_dir = Path(chip_dir)
     if not chip_dir.is_dir():
         raise ImagesimFileNotFoundError(f"{chip_dir}: chip folder does not exist")
@@ -230,7 +281,7 @@ def run_nodata_index(
     frame = pl.DataFrame({"path": [str(p) for p in jpegs], "name": [p.name for p in jpegs]}, schema={"path": pl.String, "name": pl.String})
     try:
         if source == "pixels":
-            measured = _by_pixels(jpegs, settings, sink, 0).with_columns(pl.Series("name", [p.name for p in jpegs], pl.String))
+            measured = _by_pixels(jpegs, settings, sink, 0, scheduler).with_columns(pl.Series("name", [p.name for p in jpegs], pl.String))
         elif source == "manifest":
             joined = _by_manifest(chip_dir, frame, settings.threshold)
             known = joined.filter(pl.col("nodata_pixels").is_not_null()).with_columns(
@@ -238,7 +289,7 @@ def run_nodata_index(
             )
             unknown = joined.filter(pl.col("nodata_pixels").is_null()).select("path", "name")
             sink.update(known.height)
-            rest = _by_pixels([Path(p) for p in unknown["path"]], settings, sink, known.height).with_columns(
+            rest = _by_pixels([Path(p) for p in unknown["path"]], settings, sink, known.height, scheduler).with_columns(
                 unknown["name"]
             )
             measured = pl.concat([known.select(rest.columns), rest])
