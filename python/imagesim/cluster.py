@@ -72,7 +72,7 @@ def _import_distributed():
 
 
 @contextmanager
-def connect(address: Any, *, timeout: float = CONNECT_TIMEOUT_S, n_workers: int = 2) -> Iterator[Any]:
+def connect(address: Any, *, timeout: float | None = None, n_workers: int = 2) -> Iterator[Any]:
     """A ``distributed.Client`` for ``address`` (``local``: a LocalCluster started here), closed on exit.
 
     ``address`` may also be a ``distributed.Client`` the caller owns: it is used as is and left open.
@@ -82,6 +82,7 @@ def connect(address: Any, *, timeout: float = CONNECT_TIMEOUT_S, n_workers: int 
         return
     address = check_address(address)
     distributed = _import_distributed()
+    timeout = CONNECT_TIMEOUT_S if timeout is None else timeout
     cluster = None
     if address == LOCAL:
         cluster = distributed.LocalCluster(
