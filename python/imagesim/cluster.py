@@ -161,11 +161,12 @@ def run_tasks(
                 except Exception as exc:  # lost between finishing and fetching: report, go on
                     yield Outcome(item, error=describe_failure(exc))
                     continue
+            failure: BaseException | None
             try:
-                exc = fut.exception()
+                failure = fut.exception()
             except BaseException as cancelled:  # cancelled futures raise instead of returning
-                exc = cancelled
-            yield Outcome(item, error=describe_failure(exc) if exc is not None else f"task ended as {fut.status}")
+                failure = cancelled
+            yield Outcome(item, error=describe_failure(failure) if failure is not None else f"task ended as {fut.status}")
     finally:
         client.cancel(list(futures))
 

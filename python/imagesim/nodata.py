@@ -132,7 +132,7 @@ def _by_pixels(
     ).select("path", pl.col("nodata_pixels"), total.alias("total_pixels"), "error", pl.lit("pixels").alias("source"))
 
 
-def scan_batch_task(paths: list[str], threshold: int, proc: int) -> dict[str, list]:
+def scan_batch_task(paths: list[str | os.PathLike[str]], threshold: int, proc: int) -> dict[str, list]:
     """One batch of chips decoded and counted on a Dask worker (the Rust scanner, the worker's cores)."""
     from imagesim.cluster import worker_threads
 
