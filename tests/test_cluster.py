@@ -180,3 +180,41 @@ def test_cli_bad_scheduler_is_one_line(tmp_path) -> None:
     assert res.returncode == 1
     assert "--scheduler 'nowhere'" in res.stderr and "tcp://HOST:PORT" in res.stderr
     assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def onnx_model(tmp_path_factory) -> Path:
+    """An untrained resnet18 exported to ONNX (as in test_encode.py); skipped without torch/onnxruntime."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from dataclasses import asdict
+
+    from imagesim.export import export_onnx
+    from imagesim.train import MODEL_FORMAT, TrainConfig
+    from imagesim.train_model import MultilabelNet
+
+    torch.manual_seed(0)
+    classes = ["building", "road", "water", "forest"]
+    net = MultilabelNet("resnet18", len(classes)).eval()
+    run = tmp_path_factory.mktemp("encode-run")
+    config = TrainConfig(chips=str(run), labels=str(run / "labels.parquet"), out=str(run), backbone="resnet18", chip_size=64)
+    torch.save({
+        "format": MODEL_FORMAT, "config": asdict(config), "classes": classes, "chip_size": 64, "epoch": 1,
+        "model": net.state_dict(), "thresholds": [0.5, 0.4, 0.3, 0.2], "metrics": {},
+    }, run / "model.pt")
+    export_onnx(run / "model.pt", run / "model.onnx")
+    return run / "model.onnx"
+
+
+def test_encode_on_cluster_matches_in_process(onnx_model, in_process, client, tmp_path, monkeypatch) -> None:
+    from imagesim import encode
+    from imagesim.encode import EncodeSettings, run_encode
+
+    local = run_encode(onnx_model, in_process, EncodeSettings(out=tmp_path / "a.parquet", batch_size=8, provider="cpu"))
+    monkeypatch.setattr(encode, "TASK_BATCHES", 2)  # 16 chips per task: several tasks, any completion order
+    remote = run_encode(onnx_model, in_process, EncodeSettings(out=tmp_path / "b.parquet", batch_size=8, provider="cpu"), scheduler=client)
+    assert remote.encoded == local.encoded > 16 and not remote.failed and remote.excluded == local.excluded
+    assert remote.provider == "CPUExecutionProvider on Dask workers"
+    a, b = pl.read_parquet(tmp_path / "a.parquet"), pl.read_parquet(tmp_path / "b.parquet")
+    assert a.equals(b)

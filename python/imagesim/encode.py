@@ -205,22 +205,71 @@ def _rows(meta: dict[str, Any], mid: str, chips: pl.DataFrame, emb: np.ndarray, 
     )
 
 
+# Sessions a Dask worker process opened, by (model, provider): opened by its first task, reused.
+_WORKER_SESSIONS: dict[tuple[str, str], tuple[Any, str, int]] = {}
+TASK_BATCHES = 32  # inference batches per Dask task with --scheduler
+
+
+def encode_chips_task(onnx_path: str, provider: str, paths: list[str], batch_size: int, proc: int) -> dict[str, Any]:
+    """On a Dask worker: decode and encode ``paths`` in batches of ``batch_size`` (as in-process).
+
+    Returns the provider that ran, the per-chip decode errors (None when decoded) and the
+    ``embedding``/``logits`` rows of the decoded chips, in order.
+    """
+    from imagesim.cluster import worker_threads
+
+    key = (onnx_path, provider)
+    if key not in _WORKER_SESSIONS:
+        session, running = open_session(Path(onnx_path), provider)
+        meta = decode_metadata(session.get_modelmeta().custom_metadata_map, Path(onnx_path))
+        _WORKER_SESSIONS[key] = (session, running, meta["chip_size"])
+    session, running, size = _WORKER_SESSIONS[key]
+    runner = _Runner(session, running, batch_size, size)
+    threads = worker_threads(proc)
+    errors: list[str | None] = []
+    embs, logits = [], []
+    for s in range(0, len(paths), batch_size):
+        n = min(batch_size, len(paths) - s)
+        buf = runner.buffers[0][:n]
+        errs = _imagesim.decode_batch(paths[s:s + n], buf, threads=threads)
+        ok = np.array([e is None for e in errs])
+        if ok.any():
+            emb, lg = runner.run(buf if ok.all() else np.ascontiguousarray(buf[ok]))
+            embs.append(np.array(emb)), logits.append(np.array(lg))
+        errors.extend(errs)
+    return {"provider": running, "errors": errors,
+            "embedding": np.concatenate(embs) if embs else None, "logits": np.concatenate(logits) if logits else None}
+
+
 def run_encode(onnx_path: str | Path, chips_dir: str | Path, settings: EncodeSettings | None = None,
-               progress: ProgressFactory | None = None, log=lambda _msg: None) -> EncodeSummary:
+               progress: ProgressFactory | None = None, log=lambda _msg: None, scheduler: Any = None) -> EncodeSummary:
+    """``scheduler`` (a Dask address, ``"local"`` or a ``distributed.Client``): the chips are decoded and
+    encoded on its workers (``settings.provider`` there), one task per ``TASK_BATCHES`` batches; this
+    process only reads the model's metadata and writes the same embeddings files as an in-process run."""
     settings = settings or EncodeSettings()
     settings.check()
+    if isinstance(scheduler, str):
+        from imagesim.cluster import check_address
+
+        scheduler = check_address(scheduler)
     t0 = time.perf_counter()
     onnx_path, chips_dir = Path(onnx_path), Path(chips_dir)
     if not onnx_path.is_file():
         raise ImagesimFileNotFoundError(f"ONNX model not found: {onnx_path} (run `imagesim export`)")
     out = Path(settings.out or chips_dir / EMBEDDINGS)
-    session, running = open_session(onnx_path, settings.provider)
+    # With a scheduler the model runs on the workers; here only its metadata is read (on the CPU).
+    session, running = open_session(onnx_path, settings.provider if scheduler is None else "cpu")
     meta = decode_metadata(session.get_modelmeta().custom_metadata_map, onnx_path)
     mid = model_id(onnx_path)
     size = meta["chip_size"]
     summary = EncodeSummary(out=out, model_id=mid, provider=running)
-    log(f"encoding with {running}{' (no CUDA GPU found)' if running == 'CPUExecutionProvider' and settings.provider == 'auto' else ''}, "
-        f"model {onnx_path.name} ({meta.get('backbone', '?')}, {size} px, id {mid})")
+    if scheduler is not None:
+        summary.provider = f"Dask workers (--provider {settings.provider})"
+        log(f"encoding on the Dask cluster (--provider {settings.provider} on the workers), "
+            f"model {onnx_path.name} ({meta.get('backbone', '?')}, {size} px, id {mid})")
+    else:
+        log(f"encoding with {running}{' (no CUDA GPU found)' if running == 'CPUExecutionProvider' and settings.provider == 'auto' else ''}, "
+            f"model {onnx_path.name} ({meta.get('backbone', '?')}, {size} px, id {mid})")
 
     chips = read_chip_table(chips_dir, settings.nodata_index)
     if not settings.include_nodata:
@@ -262,10 +311,45 @@ def run_encode(onnx_path: str | Path, chips_dir: str | Path, settings: EncodeSet
         errors = _imagesim.decode_batch(paths[s:s + n], buf, threads=settings.proc)
         return s, buf, errors
 
+    def take(s: int, errors: list[str | None], emb: np.ndarray | None, logits: np.ndarray | None) -> None:
+        """One finished batch (chips ``s`` … of ``todo``) from a Dask task into the summary and the rows."""
+        ok = np.array([e is None for e in errors], dtype=bool)
+        for i in np.flatnonzero(~ok):
+            summary.failed.append((todo["chip"][s + int(i)], str(errors[i])))
+        if ok.any():
+            rows = todo.slice(s, len(errors)).filter(pl.Series(ok))
+            pending.append(_rows(meta, mid, rows, emb, logits))  # type: ignore[arg-type]
+            summary.encoded += int(ok.sum())
+
     try:
+        if scheduler is not None and paths:
+            from imagesim.cluster import connect, run_tasks
+
+            chunk = batch * TASK_BATCHES  # a whole number of batches: the same batches as in-process
+            tasks = [(s, paths[s:s + chunk]) for s in range(0, len(paths), chunk)]
+            done_chips = 0
+            absolute_onnx = str(onnx_path.absolute())
+            with connect(scheduler) as client:
+                for outcome in run_tasks(
+                    client, encode_chips_task, tasks,
+                    lambda t: (absolute_onnx, settings.provider, [str(Path(p).absolute()) for p in t[1]], batch, settings.proc),
+                    name="imagesim-encode",
+                ):
+                    s, chunk_paths = outcome.item
+                    if outcome.error is not None:
+                        take(s, [outcome.error] * len(chunk_paths), None, None)
+                    else:
+                        res = outcome.result
+                        summary.provider = f"{res['provider']} on Dask workers"
+                        take(s, res["errors"], res["embedding"], res["logits"])
+                    done_chips += len(chunk_paths)
+                    sink.update(done_chips)
+                    if time.perf_counter() - last_flush > CHECKPOINT_SECONDS:
+                        flush()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="imagesim-decode") as pool:
-            ahead = pool.submit(decode, 0) if starts else None
-            for k in range(len(starts)):
+            local = scheduler is None
+            ahead = pool.submit(decode, 0) if starts and local else None
+            for k in range(len(starts) if local else 0):
                 s, buf, errors = ahead.result()  # type: ignore[union-attr]
                 # Decode the next batch into the other buffer while this one runs.
                 ahead = pool.submit(decode, k + 1) if k + 1 < len(starts) else None
@@ -298,7 +382,7 @@ def run_encode(onnx_path: str | Path, chips_dir: str | Path, settings: EncodeSet
             "model_id": mid, "onnx": str(onnx_path.resolve()), "classes": meta["classes"],
             "thresholds": meta.get("thresholds"), "dim": meta["embedding_dim"], "chip_size": size,
             "embedding_normalized": meta.get("embedding_normalized", True), "chips_dir": str(chips_dir.resolve()),
-            "chips": table.height, "provider": running, "last_run": {
+            "chips": table.height, "provider": summary.provider, "last_run": {
                 "encoded": summary.encoded, "skipped": summary.skipped, "failed": len(summary.failed),
                 "chips_per_s": summary.rate},
             "failed": [{"chip": c, "error": e} for c, e in summary.failed],

@@ -41,6 +41,7 @@ def encode(
     proc: Annotated[int, typer.Option(help="JPEG decode threads (0 = all cores).")] = 0,
     include_nodata: Annotated[bool, typer.Option("--include-nodata", help="Also encode chips classed no_data (skipped by default).")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Encode every chip again (default: skip chips already encoded with this model).")] = False,
+    scheduler: Annotated[Optional[str], typer.Option(envvar="IMAGESIM_SCHEDULER", help="Dask scheduler address tcp://HOST:PORT, or 'local' for a LocalCluster on this machine; default: in-process (this machine's GPU or CPU).")] = None,
 ) -> None:
     """Encode every chip into an embedding (+ predicted labels) with an exported ONNX model; resumable."""
     from imagesim.cli import _progress_bar
@@ -48,7 +49,7 @@ def encode(
 
     settings = EncodeSettings(out=out_path, batch_size=batch_size, provider=provider, proc=proc, nodata_index=nodata_index,
                               include_nodata=include_nodata, overwrite=overwrite)
-    summary = run_encode(onnx, chips, settings, progress=_progress_bar("encode"), log=lambda m: err.print(m, highlight=False))
+    summary = run_encode(onnx, chips, settings, progress=_progress_bar("encode"), log=lambda m: err.print(m, highlight=False), scheduler=scheduler)
     for chip, msg in summary.failed[:10]:
         err.print(f"[red]failed[/] {msg}", highlight=False)
     if len(summary.failed) > 10:
