@@ -231,11 +231,12 @@ def encode_chips_task(onnx_path: str, provider: str, paths: list[str], batch_siz
     for s in range(0, len(paths), batch_size):
         n = min(batch_size, len(paths) - s)
         buf = runner.buffers[0][:n]
-        errs = _imagesim.decode_batch(paths[s:s + n], buf, threads=threads)
+        errs = _imagesim.decode_batch(paths[s:s + n], buf, threads=threads)  # type: ignore[arg-type]
         ok = np.array([e is None for e in errs])
         if ok.any():
             emb, lg = runner.run(buf if ok.all() else np.ascontiguousarray(buf[ok]))
-            embs.append(np.array(emb)), logits.append(np.array(lg))
+            embs.append(np.array(emb))
+            logits.append(np.array(lg))
         errors.extend(errs)
     return {"provider": running, "errors": errors,
             "embedding": np.concatenate(embs) if embs else None, "logits": np.concatenate(logits) if logits else None}
@@ -327,7 +328,7 @@ def run_encode(onnx_path: str | Path, chips_dir: str | Path, settings: EncodeSet
 
             chunk = batch * TASK_BATCHES  # a whole number of batches: the same batches as in-process
             tasks = [(s, paths[s:s + chunk]) for s in range(0, len(paths), chunk)]
-            done_chips = 0
+            finished = 0
             absolute_onnx = str(onnx_path.absolute())
             with connect(scheduler) as client:
                 for outcome in run_tasks(
@@ -342,8 +343,8 @@ def run_encode(onnx_path: str | Path, chips_dir: str | Path, settings: EncodeSet
                         res = outcome.result
                         summary.provider = f"{res['provider']} on Dask workers"
                         take(s, res["errors"], res["embedding"], res["logits"])
-                    done_chips += len(chunk_paths)
-                    sink.update(done_chips)
+                    finished += len(chunk_paths)
+                    sink.update(finished)
                     if time.perf_counter() - last_flush > CHECKPOINT_SECONDS:
                         flush()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="imagesim-decode") as pool:
