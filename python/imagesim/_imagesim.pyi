@@ -100,3 +100,6 @@ def decode_batch(
     *,
     threads: int = 0,
 ) -> list[str | None]: ...
+
+# --- object storage ---
+def list_objects(prefix: str) -> list[tuple[str, int, int]]: ...

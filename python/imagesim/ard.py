@@ -20,6 +20,41 @@ _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _CATALOG_ID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 
 
+def is_url(path: str | os.PathLike[str]) -> bool:
+    """Whether an ARD path names an object store (``s3://``, ``gs://``, ``az://``, ``https://``)."""
+    return isinstance(path, (str, StoreObject)) and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", str(path)) is not None
+
+
+@dataclass(frozen=True)
+class StoreObject:
+    """A COG in an object store, standing in for a local ``Path`` where the pipeline needs one:
+    ``os.fspath`` gives its URL (the Rust reader opens URLs with range requests), ``stat()`` the
+    size and modification time the listing reported."""
+
+    url: str
+    size: int
+    mtime_ns: int
+
+    def __str__(self) -> str:
+        return self.url
+
+    def __fspath__(self) -> str:
+        return self.url
+
+    @property
+    def name(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+    def with_name(self, name: str) -> StoreObject:
+        return StoreObject(f"{self.url.rsplit('/', 1)[0]}/{name}", 0, 0)
+
+    def absolute(self) -> StoreObject:
+        return self
+
+    def stat(self) -> os.stat_result:
+        return os.stat_result((0, 0, 0, 0, 0, 0, self.size, 0, self.mtime_ns // 10**9, 0, 0, 0, 0, self.mtime_ns))
+
+
 @dataclass(frozen=True)
 class Acquisition:
     """One `-visual.tif` of the delivery, with where it sits in the grid."""
@@ -28,14 +63,14 @@ class Acquisition:
     cell: str
     date: str
     catalog_id: str
-    visual: Path
+    visual: Path | StoreObject
 
     @property
-    def metadata(self) -> Path:
+    def metadata(self) -> Path | StoreObject:
         return self.visual.with_name(f"{self.catalog_id}.json")
 
     @property
-    def data_mask(self) -> Path:
+    def data_mask(self) -> Path | StoreObject:
         return self.visual.with_name(f"{self.catalog_id}-data-mask.gpkg")
 
 
@@ -43,7 +78,7 @@ class Acquisition:
 class Misplaced:
     """A `-visual.tif` found outside the expected layout."""
 
-    path: Path
+    path: Path | StoreObject
     reason: str
 
 
@@ -56,19 +91,22 @@ def find_acquisitions(
 ) -> tuple[list[Acquisition], list[Misplaced]]:
     """All acquisitions under ``root`` matching the filters, sorted by zone, cell, date.
 
-    ``quadkeys`` are cell quadkeys or coarser prefixes (at most 12 digits).
+    ``quadkeys`` are cell quadkeys or coarser prefixes (at most 12 digits). ``root`` may be an
+    object-store URL (``s3://bucket/delivery``): the delivery is then listed in the store.
     """
-    root = Path(root)
-    if not root.exists():
-        raise ImagesimFileNotFoundError(f"{root}: ARD path does not exist")
-    if not root.is_dir():
-        raise ArdLayoutError(f"{root}: ARD path is not a directory")
     for qk in quadkeys or []:
         if not re.fullmatch(r"[0-3]{1,12}", qk):
             raise InvalidArgumentError(f"--quadkey {qk!r}: give a cell quadkey or a prefix of one (1-12 digits 0-3)")
     for z in zones or []:
         if not 1 <= z <= 60:
             raise InvalidArgumentError(f"--zone {z}: UTM zones are 1..60")
+    if is_url(root):
+        return _find_in_store(str(root), zones, quadkeys, catalog_ids)
+    root = Path(root)
+    if not root.exists():
+        raise ImagesimFileNotFoundError(f"{root}: ARD path does not exist")
+    if not root.is_dir():
+        raise ArdLayoutError(f"{root}: ARD path is not a directory")
 
     # The original tool took the zone folder itself (`--ard-path ard/33`); accept both.
     base = root.parent if _is_zone_folder(root) else root
@@ -89,6 +127,34 @@ def find_acquisitions(
     return found, misplaced
 
 
+def _find_in_store(
+    root: str, zones: list[int] | None, quadkeys: list[str] | None, catalog_ids: list[str] | None
+) -> tuple[list[Acquisition], list[Misplaced]]:
+    from imagesim import _imagesim
+
+    prefix = root.rstrip("/") + "/"
+    objects = _imagesim.list_objects(prefix)
+    if not objects:
+        raise ImagesimFileNotFoundError(f"{root}: no objects under this ARD prefix")
+    found: list[Acquisition] = []
+    misplaced: list[Misplaced] = []
+    parts_of = [(url[len(prefix):].split("/"), url, size, mtime) for url, size, mtime in objects if url.startswith(prefix)]
+    # Like a local zone folder, accept a prefix that is one zone of the delivery.
+    zone_prefix = _ZONE.match(root.rstrip("/").rsplit("/", 1)[-1]) is not None and all(len(p) == 3 for p, *_ in parts_of if p[-1].endswith(VISUAL_SUFFIX))
+    for parts, url, size, mtime in sorted(parts_of):
+        if not parts[-1].endswith(VISUAL_SUFFIX):
+            continue
+        if zone_prefix:
+            parts = [root.rstrip("/").rsplit("/", 1)[-1], *parts]
+        acq = _parse_parts(tuple(parts), StoreObject(url, size, mtime))
+        if isinstance(acq, Misplaced):
+            misplaced.append(acq)
+        elif _wanted(acq, zones, quadkeys, catalog_ids):
+            found.append(acq)
+    found.sort(key=lambda a: (a.zone, a.cell, a.date, a.catalog_id))
+    return found, misplaced
+
+
 def _is_zone_folder(path: Path) -> bool:
     if not _ZONE.match(path.name):
         return False
@@ -96,7 +162,10 @@ def _is_zone_folder(path: Path) -> bool:
 
 
 def _parse(root: Path, path: Path) -> Acquisition | Misplaced:
-    parts = path.relative_to(root).parts
+    return _parse_parts(path.relative_to(root).parts, path)
+
+
+def _parse_parts(parts: tuple[str, ...], path: Path | StoreObject) -> Acquisition | Misplaced:
     expected = "<zone>/<12-digit quadkey>/<YYYY-MM-DD>/<catalog-id>-visual.tif"
     if len(parts) != 4:
         return Misplaced(path, f"not at {expected} below the ARD root")

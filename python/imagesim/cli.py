@@ -73,7 +73,7 @@ def sample_data(
 
 @app.command("chip")
 def chip(
-    ard_path: Annotated[Path, typer.Option("--ard-path", help="Root of the ARD delivery (<zone>/<quadkey>/<date>/<catid>-visual.tif).")],
+    ard_path: Annotated[str, typer.Option("--ard-path", help="Root of the ARD delivery (<zone>/<quadkey>/<date>/<catid>-visual.tif): a folder, or an object-store URL (s3://, gs://, az://, https://) read with range requests.")],
     dest: Annotated[Path, typer.Option("--dest", help="Output folder: DEST/<zone>/Z<zone>-<quadkey>_<catid>.jpg plus chips.parquet.")],
     zoom: Annotated[int, typer.Option(help="Chip zoom 12..20 (17 = 512 px, 156.25 m chips).")] = 17,
     proc: Annotated[int, typer.Option(help="Worker threads (0 = all cores).")] = 0,

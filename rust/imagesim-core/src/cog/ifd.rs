@@ -3,9 +3,8 @@
 //! Everything here is defensive: the file may be hostile. Counts are bounded before anything is
 //! allocated, every offset is checked against the file size, and the IFD chain is walked with a
 //! visited-set so loops end instead of spinning.
+use super::source::Source;
 use std::collections::{BTreeMap, HashSet};
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use crate::error::{Error, Result};
@@ -26,7 +25,7 @@ pub enum ByteOrder {
 /// The file plus what every read needs: its size, byte order and flavour.
 #[derive(Debug)]
 pub struct TiffFile {
-    pub file: File,
+    pub source: Source,
     pub len: u64,
     pub order: ByteOrder,
     pub bigtiff: bool,
@@ -63,10 +62,9 @@ fn type_size(typ: u16) -> Option<u64> {
 
 impl TiffFile {
     pub fn open(path: &Path) -> Result<TiffFile> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        let (source, len) = Source::open(path).map_err(|e| Error::io(path, e))?;
         let mut t = TiffFile {
-            file,
+            source,
             len,
             order: ByteOrder::Little,
             bigtiff: false,
@@ -107,7 +105,7 @@ impl TiffFile {
             ));
         }
         let mut buf = vec![0u8; n as usize];
-        self.file
+        self.source
             .read_exact_at(&mut buf, offset)
             .map_err(|e| Error::io(path, e))?;
         Ok(buf)

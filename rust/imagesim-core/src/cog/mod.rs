@@ -20,6 +20,7 @@ mod decode;
 mod geo;
 mod ifd;
 mod level;
+pub mod source;
 
 pub use ifd::ByteOrder;
 

@@ -1,0 +1,264 @@
+//! Where a TIFF's bytes come from: a local file (positional reads) or an object in a store
+//! (`s3://`, `gs://`, `az://`, `https://`) read with HTTP range requests through `object_store`.
+//!
+//! A remote object's first [`HEAD_BYTES`] are fetched once at open, so parsing the COG header
+//! (IFDs, tile offsets) costs one request; every chunk read is then one range request. Credentials
+//! and endpoints come from the standard environment (`AWS_*`, `GOOGLE_*`, `AZURE_*`: keys,
+//! profiles' exported values, `AWS_ENDPOINT` for S3-compatible stores, `AWS_ALLOW_HTTP`,
+//! `AWS_SKIP_SIGNATURE` for public buckets); `object_store` retries 5xx answers and timeouts with
+//! exponential backoff.
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
+
+/// Bytes read at open from a remote object (COG headers sit at the start of the file).
+pub const HEAD_BYTES: u64 = 64 * 1024;
+/// Chunk reads are merged into aligned blocks of this size: a COG's tiles lie in order in the
+/// file, so one request serves many neighbouring tiles (a 512 px JPEG tile is ~100-200 kB).
+pub const BLOCK_BYTES: u64 = 4 * 1024 * 1024;
+/// Blocks kept per open object (bounded memory: 16 x 4 MiB).
+const BLOCKS_KEPT: usize = 16;
+/// Blocks fetched ahead, concurrently, while the current one is decoded.
+const READ_AHEAD: u64 = 3;
+
+/// The bytes of one TIFF.
+#[derive(Debug)]
+pub enum Source {
+    Local(File),
+    Remote(Remote),
+}
+
+pub struct Remote {
+    store: Arc<dyn ObjectStore>,
+    location: ObjectPath,
+    len: u64,
+    head: Vec<u8>,
+    /// Recently used blocks, most recent last. A block is fetched once even when several
+    /// threads want it (the cell is shared), and the next block is fetched ahead in the
+    /// background while this one is decoded.
+    blocks: Mutex<Vec<(u64, Block)>>,
+}
+
+type Block = Arc<tokio::sync::OnceCell<bytes::Bytes>>;
+
+async fn fetch(
+    store: Arc<dyn ObjectStore>,
+    location: ObjectPath,
+    start: u64,
+    end: u64,
+) -> object_store::Result<bytes::Bytes> {
+    store.get_range(&location, start..end).await
+}
+
+impl Remote {
+    /// The cell of block `index` (created when absent) and whether it was created now.
+    fn cell(&self, index: u64) -> (Block, bool) {
+        let mut blocks = self.blocks.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(pos) = blocks.iter().position(|(i, _)| *i == index) {
+            let entry = blocks.remove(pos);
+            let cell = entry.1.clone();
+            blocks.push(entry);
+            return (cell, false);
+        }
+        if blocks.len() >= BLOCKS_KEPT {
+            blocks.remove(0);
+        }
+        let cell: Block = Arc::default();
+        blocks.push((index, cell.clone()));
+        (cell, true)
+    }
+
+    fn range(&self, index: u64) -> (u64, u64) {
+        let start = index * BLOCK_BYTES;
+        (start, (start + BLOCK_BYTES).min(self.len))
+    }
+
+    fn block(&self, index: u64) -> std::io::Result<bytes::Bytes> {
+        let (cell, _) = self.cell(index);
+        for next in index + 1..=index + READ_AHEAD {
+            if next * BLOCK_BYTES >= self.len {
+                break;
+            }
+            let (ahead, created) = self.cell(next);
+            if created {
+                let (store, location) = (self.store.clone(), self.location.clone());
+                let (start, end) = self.range(next);
+                runtime().spawn(async move {
+                    // A failure here is retried by whoever needs the block.
+                    let _ = ahead
+                        .get_or_try_init(|| fetch(store, location, start, end))
+                        .await;
+                });
+            }
+        }
+        let (start, end) = self.range(index);
+        let (store, location) = (self.store.clone(), self.location.clone());
+        let bytes = runtime()
+            .block_on(cell.get_or_try_init(|| fetch(store, location, start, end)))
+            .map_err(io_error)?
+            .clone();
+        if bytes.len() as u64 != end - start {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!(
+                    "store returned {} bytes for a {}-byte range",
+                    bytes.len(),
+                    end - start
+                ),
+            ));
+        }
+        Ok(bytes)
+    }
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Remote({})", self.location)
+    }
+}
+
+/// Whether a path names an object in a store rather than a local file.
+pub fn is_url(path: &Path) -> bool {
+    path.to_str().is_some_and(|s| {
+        s.split_once("://").is_some_and(|(scheme, _)| {
+            !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric())
+        })
+    })
+}
+
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("imagesim-io")
+            .enable_all()
+            .build()
+            .expect("the I/O runtime starts")
+    })
+}
+
+fn io_error(e: object_store::Error) -> std::io::Error {
+    match e {
+        object_store::Error::NotFound { .. } => {
+            std::io::Error::new(std::io::ErrorKind::NotFound, e.to_string())
+        }
+        object_store::Error::PermissionDenied { .. }
+        | object_store::Error::Unauthenticated { .. } => std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("access denied (check credentials): {e}"),
+        ),
+        other => std::io::Error::other(other.to_string()),
+    }
+}
+
+/// One store per bucket / host, shared by every object in it (one HTTP connection pool).
+fn store_for(url: &url::Url) -> std::io::Result<(Arc<dyn ObjectStore>, ObjectPath)> {
+    static STORES: OnceLock<Mutex<HashMap<String, Arc<dyn ObjectStore>>>> = OnceLock::new();
+    let key = format!("{}://{}", url.scheme(), url.authority());
+    let options: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| {
+            k.starts_with("AWS_") || k.starts_with("GOOGLE_") || k.starts_with("AZURE_")
+        })
+        .collect();
+    let (store, location) = object_store::parse_url_opts(url, options)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    let mut stores = STORES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let shared = stores
+        .entry(key)
+        .or_insert_with(|| Arc::from(store))
+        .clone();
+    Ok((shared, location))
+}
+
+/// List the objects under a URL prefix: `(url, size, last modified in ns since the epoch)`.
+pub fn list(prefix: &str) -> std::io::Result<Vec<(String, u64, i64)>> {
+    use futures_util::TryStreamExt;
+
+    let url = url::Url::parse(prefix).map_err(|e| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{prefix}: {e}"))
+    })?;
+    let (store, location) = store_for(&url)?;
+    let base = format!("{}://{}", url.scheme(), url.authority());
+    let items: Vec<object_store::ObjectMeta> = runtime()
+        .block_on(store.list(Some(&location)).try_collect())
+        .map_err(io_error)?;
+    Ok(items
+        .into_iter()
+        .map(|m| {
+            let ns = m.last_modified.timestamp_nanos_opt().unwrap_or(0);
+            (format!("{base}/{}", m.location), m.size, ns)
+        })
+        .collect())
+}
+
+impl Source {
+    /// Open a local file, or (for a URL) fetch the object's size and its first bytes.
+    pub fn open(path: &Path) -> std::io::Result<(Source, u64)> {
+        if !is_url(path) {
+            let file = File::open(path)?;
+            let len = file.metadata()?.len();
+            return Ok((Source::Local(file), len));
+        }
+        let text = path.to_str().expect("is_url checked it is UTF-8");
+        let url = url::Url::parse(text)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+        let (store, location) = store_for(&url)?;
+        let meta = runtime()
+            .block_on(store.head(&location))
+            .map_err(io_error)?;
+        let len = meta.size;
+        let head = if len == 0 {
+            Vec::new()
+        } else {
+            runtime()
+                .block_on(store.get_range(&location, 0..len.min(HEAD_BYTES)))
+                .map_err(io_error)?
+                .to_vec()
+        };
+        Ok((
+            Source::Remote(Remote {
+                store,
+                location,
+                len,
+                head,
+                blocks: Mutex::new(Vec::new()),
+            }),
+            len,
+        ))
+    }
+
+    /// Fill `buf` from `offset` (the caller has checked the range is inside the object).
+    pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        match self {
+            Source::Local(file) => file.read_exact_at(buf, offset),
+            Source::Remote(r) => {
+                let end = offset + buf.len() as u64;
+                if end <= r.head.len() as u64 {
+                    buf.copy_from_slice(&r.head[offset as usize..end as usize]);
+                    return Ok(());
+                }
+                // Served from merged, aligned blocks (several requests only across block edges).
+                let mut pos = offset;
+                while pos < end {
+                    let index = pos / BLOCK_BYTES;
+                    let block = r.block(index)?;
+                    let from = (pos - index * BLOCK_BYTES) as usize;
+                    let take = ((end - pos) as usize).min(block.len() - from);
+                    let at = (pos - offset) as usize;
+                    buf[at..at + take].copy_from_slice(&block[from..from + take]);
+                    pos += take as u64;
+                }
+                Ok(())
+            }
+        }
+    }
+}
