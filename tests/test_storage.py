@@ -91,3 +91,90 @@ def test_missing_keys_and_buckets_are_clear(s3):
         run_chip(f"s3://{BUCKET}/not-a-delivery", "/tmp/never-written", ChipSettings())
     with pytest.raises(ImagesimError, match="no-such-bucket"):
         _imagesim.list_objects("s3://no-such-bucket/delivery/")
+
+
+class _FaultyProxy:
+    """An HTTP proxy in front of the S3 server that fails some range reads: 503s, a connection
+    dropped mid-body and a slow answer, in sequence, then passes everything through."""
+
+    def __init__(self, upstream: str, faults: list[str]) -> None:
+        import http.client
+        import threading
+        import time
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import urlsplit
+
+        up = urlsplit(upstream)
+        self.faults = list(faults)
+        self.injected: list[str] = []
+        lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:  # quiet
+                pass
+
+            def _forward(self) -> None:
+                fault = None
+                if self.command == "GET" and "Range" in self.headers:
+                    with lock:
+                        fault = proxy.faults.pop(0) if proxy.faults else None
+                        if fault:
+                            proxy.injected.append(fault)
+                if fault == "503":
+                    body = b"<Error><Code>SlowDown</Code></Error>"
+                    self.send_response(503)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                length = int(self.headers.get("Content-Length") or 0)
+                data = self.rfile.read(length) if length else None
+                conn = http.client.HTTPConnection(up.hostname, up.port, timeout=30)
+                conn.request(self.command, self.path, body=data, headers=dict(self.headers))
+                resp = conn.getresponse()
+                payload = resp.read()
+                if fault == "slow":
+                    time.sleep(0.5)
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection"):
+                        self.send_header(k, v)
+                self.end_headers()
+                if fault == "drop":
+                    self.wfile.write(payload[: len(payload) // 3])
+                    self.wfile.flush()
+                    self.connection.shutdown(2)
+                    self.close_connection = True
+                    return
+                if self.command != "HEAD":
+                    self.wfile.write(payload)
+
+            do_GET = do_HEAD = do_PUT = do_POST = _forward
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_faults_are_retried_and_give_the_same_chips(s3, tmp_path, monkeypatch):
+    url, root = s3
+    proxy = _FaultyProxy(os.environ["AWS_ENDPOINT"], ["503", "503", "drop", "slow", "503", "drop"])
+    try:
+        # Another endpoint in the environment gives another store (stores are keyed by their settings).
+        monkeypatch.setenv("AWS_ENDPOINT", proxy.url)
+        local = run_chip(root, tmp_path / "local", ChipSettings(zoom=17))
+        remote = run_chip(url, tmp_path / "remote", ChipSettings(zoom=17))
+    finally:
+        proxy.close()
+    assert sorted(proxy.injected) == sorted(["503", "503", "drop", "slow", "503", "drop"])
+    assert remote.written == local.written and not remote.failed_cogs and not remote.failed_chips
+    for p in (tmp_path / "local").rglob("*.jpg"):
+        assert (tmp_path / "remote" / p.relative_to(tmp_path / "local")).read_bytes() == p.read_bytes()

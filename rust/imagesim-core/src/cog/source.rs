@@ -157,15 +157,20 @@ fn io_error(e: object_store::Error) -> std::io::Error {
     }
 }
 
-/// One store per bucket / host, shared by every object in it (one HTTP connection pool).
+/// One store per bucket / host and settings, shared by every object in it (one connection pool).
 fn store_for(url: &url::Url) -> std::io::Result<(Arc<dyn ObjectStore>, ObjectPath)> {
     static STORES: OnceLock<Mutex<HashMap<String, Arc<dyn ObjectStore>>>> = OnceLock::new();
-    let key = format!("{}://{}", url.scheme(), url.authority());
-    let options: Vec<(String, String)> = std::env::vars()
+    let mut options: Vec<(String, String)> = std::env::vars()
         .filter(|(k, _)| {
             k.starts_with("AWS_") || k.starts_with("GOOGLE_") || k.starts_with("AZURE_")
         })
         .collect();
+    options.sort();
+    // Keyed by the settings too: new credentials or another endpoint get their own store.
+    let mut key = format!("{}://{}", url.scheme(), url.authority());
+    for (k, v) in &options {
+        key.push_str(&format!("|{k}={v}"));
+    }
     let (store, location) = object_store::parse_url_opts(url, options)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
     let mut stores = STORES
