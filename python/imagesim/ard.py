@@ -110,19 +110,31 @@ def find_acquisitions(
 
     # The original tool took the zone folder itself (`--ard-path ard/33`); accept both.
     base = root.parent if _is_zone_folder(root) else root
-    found: list[Acquisition] = []
-    misplaced: list[Misplaced] = []
+    visuals = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for name in sorted(filenames):
-            if not name.endswith(VISUAL_SUFFIX):
-                continue
-            path = Path(dirpath) / name
-            acq = _parse(base, path)
-            if isinstance(acq, Misplaced):
-                misplaced.append(acq)
-            elif _wanted(acq, zones, quadkeys, catalog_ids):
-                found.append(acq)
+            if name.endswith(VISUAL_SUFFIX):
+                path = Path(dirpath) / name
+                visuals.append((path.relative_to(base).parts, path))
+    return _sort_out(visuals, zones, quadkeys, catalog_ids)
+
+
+def _sort_out(
+    visuals: list[tuple[tuple[str, ...], Path | StoreObject]],
+    zones: list[int] | None,
+    quadkeys: list[str] | None,
+    catalog_ids: list[str] | None,
+) -> tuple[list[Acquisition], list[Misplaced]]:
+    """Acquisitions matching the filters (sorted) and misplaced files, from (parts below the root, file)."""
+    found: list[Acquisition] = []
+    misplaced: list[Misplaced] = []
+    for parts, visual in visuals:
+        acq = _parse_parts(parts, visual)
+        if isinstance(acq, Misplaced):
+            misplaced.append(acq)
+        elif _wanted(acq, zones, quadkeys, catalog_ids):
+            found.append(acq)
     found.sort(key=lambda a: (a.zone, a.cell, a.date, a.catalog_id))
     return found, misplaced
 
@@ -136,33 +148,23 @@ def _find_in_store(
     objects = _imagesim.list_objects(prefix)
     if not objects:
         raise ImagesimFileNotFoundError(f"{root}: no objects under this ARD prefix")
-    found: list[Acquisition] = []
-    misplaced: list[Misplaced] = []
     parts_of = [(url[len(prefix):].split("/"), url, size, mtime) for url, size, mtime in objects if url.startswith(prefix)]
     # Like a local zone folder, accept a prefix that is one zone of the delivery.
-    zone_prefix = _ZONE.match(root.rstrip("/").rsplit("/", 1)[-1]) is not None and all(len(p) == 3 for p, *_ in parts_of if p[-1].endswith(VISUAL_SUFFIX))
-    for parts, url, size, mtime in sorted(parts_of):
-        if not parts[-1].endswith(VISUAL_SUFFIX):
-            continue
-        if zone_prefix:
-            parts = [root.rstrip("/").rsplit("/", 1)[-1], *parts]
-        acq = _parse_parts(tuple(parts), StoreObject(url, size, mtime))
-        if isinstance(acq, Misplaced):
-            misplaced.append(acq)
-        elif _wanted(acq, zones, quadkeys, catalog_ids):
-            found.append(acq)
-    found.sort(key=lambda a: (a.zone, a.cell, a.date, a.catalog_id))
-    return found, misplaced
+    last = root.rstrip("/").rsplit("/", 1)[-1]
+    visual_parts = [p for p, *_ in parts_of if p[-1].endswith(VISUAL_SUFFIX)]
+    zone_prefix = _ZONE.match(last) is not None and all(len(p) == 3 for p in visual_parts)
+    visuals = [
+        (tuple([last, *parts] if zone_prefix else parts), StoreObject(url, size, mtime))
+        for parts, url, size, mtime in sorted(parts_of)
+        if parts[-1].endswith(VISUAL_SUFFIX)
+    ]
+    return _sort_out(visuals, zones, quadkeys, catalog_ids)
 
 
 def _is_zone_folder(path: Path) -> bool:
     if not _ZONE.match(path.name):
         return False
     return any(child.is_dir() and _CELL.match(child.name) for child in path.iterdir())
-
-
-def _parse(root: Path, path: Path) -> Acquisition | Misplaced:
-    return _parse_parts(path.relative_to(root).parts, path)
 
 
 def _parse_parts(parts: tuple[str, ...], path: Path | StoreObject) -> Acquisition | Misplaced:

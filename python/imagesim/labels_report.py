@@ -157,7 +157,7 @@ def _samples_figure(plt: Any, labels: Labels, picks: list[int], chips_root: Path
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4.3 * rows), squeeze=False)
     taxonomy_doc = labels.meta.get("taxonomy", {})
     ard = Path(labels.meta.get("ard_path", ""))
-    outlines = _OutlineSource(ard, labels, taxonomy_doc)
+    outlines = _OutlineSource(ard, taxonomy_doc)
     table = labels.table
     for ax in axes.flat:
         ax.axis("off")
@@ -190,7 +190,7 @@ def _samples_figure(plt: Any, labels: Labels, picks: list[int], chips_root: Path
 class _OutlineSource:
     """The OSM features of a chip's labelled classes, clipped to the chip, in chip metres."""
 
-    def __init__(self, ard: Path, labels: Labels, taxonomy_doc: dict[str, Any]) -> None:
+    def __init__(self, ard: Path, taxonomy_doc: dict[str, Any]) -> None:
         self.ard = ard
         self.cache: dict[tuple[int, str], Any] = {}
         self.taxonomy = _taxonomy_from_meta(taxonomy_doc)
@@ -226,21 +226,11 @@ class _OutlineSource:
 
 
 def _taxonomy_from_meta(doc: dict[str, Any]):
-    """Rebuild the taxonomy recorded in labels.json (so outlines follow the rules that made the labels)."""
-    if not doc.get("classes"):
+    """The taxonomy recorded in labels.json (so outlines follow the rules that made the labels)."""
+    if not doc.get("toml"):
         return None
-    lines = ["version = 1"]
-    for c in doc["classes"]:
-        lines.append("[[class]]")
-        lines.append(f"name = {json.dumps(c['name'])}")
-        for key in ("polygons", "line_buffer_m", "point_buffer_m", "min_share"):
-            lines.append(f"{key} = {json.dumps(c[key])}")
-        for table in ("match", "exclude"):
-            if c.get(table):
-                lines.append(f"[class.{table}]")
-                lines += [f"{json.dumps(k)} = {json.dumps(v)}" for k, v in c[table].items()]
     try:
-        return parse_taxonomy("\n".join(lines), "labels.json")
+        return parse_taxonomy(doc["toml"], "labels.json")
     except ValueError:
         return None
 

@@ -56,6 +56,7 @@ class Taxonomy:
     classes: tuple[LabelClass, ...]
     source: str  # file path, or "default"
     digest: str  # sha256 of the TOML text: labels built with another taxonomy are not mixed
+    text: str = ""  # the TOML itself, kept with the labels so the same rules can be rebuilt
 
     @property
     def names(self) -> list[str]:
@@ -70,6 +71,7 @@ class Taxonomy:
         return {
             "source": self.source,
             "sha256": self.digest,
+            "toml": self.text,
             "classes": [
                 {
                     "id": c.id,
@@ -157,7 +159,7 @@ def parse_taxonomy(text: str, source: str = "<string>") -> Taxonomy:
         )
     if len(classes) > 65535:
         raise TaxonomyError(f"{source}: {len(classes)} classes; at most 65535")
-    return Taxonomy(tuple(classes), source, hashlib.sha256(text.encode()).hexdigest())
+    return Taxonomy(tuple(classes), source, hashlib.sha256(text.encode()).hexdigest(), text)
 
 
 def _filter(value: Any, where: str) -> TagFilter:
