@@ -3,7 +3,9 @@ Rust reader with range requests; chips from the bucket are byte-identical to chi
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,8 @@ from imagesim import _imagesim  # noqa: E402
 from imagesim.chip import ChipSettings, run_chip  # noqa: E402
 from imagesim.cog import open_cog  # noqa: E402
 from imagesim.errors import ImagesimError, ImagesimFileNotFoundError  # noqa: E402
+from imagesim.nodata import NodataSettings, run_nodata_index  # noqa: E402
+from imagesim.storage import StorePath, read_parquet  # noqa: E402
 
 BUCKET = "ard-orders"
 
@@ -178,3 +182,108 @@ def test_faults_are_retried_and_give_the_same_chips(s3, tmp_path, monkeypatch):
     assert remote.written == local.written and not remote.failed_cogs and not remote.failed_chips
     for p in (tmp_path / "local").rglob("*.jpg"):
         assert (tmp_path / "remote" / p.relative_to(tmp_path / "local")).read_bytes() == p.read_bytes()
+
+
+def _objects(prefix: str) -> dict[str, bytes]:
+    """Every object under a prefix, by key relative to it."""
+    return {url[len(prefix) + 1:]: _imagesim.store_get(url) for url, _, _ in _imagesim.list_objects(prefix + "/")}
+
+
+@pytest.fixture(scope="module")
+def chipped(s3, tmp_path_factory):
+    """The sample chipped twice: bucket → bucket and disk → disk."""
+    url, root = s3
+    local = tmp_path_factory.mktemp("chips-local")
+    dest = f"s3://{BUCKET}/chips"
+    a = run_chip(root, local, ChipSettings(zoom=17))
+    b = run_chip(url, dest, ChipSettings(zoom=17))
+    assert b.written == a.written > 0 and not b.failed_cogs and not b.failed_chips
+    return url, local, dest
+
+
+def test_chips_written_to_a_bucket_equal_chips_on_disk(chipped):
+    url, local, dest = chipped
+    objects = _objects(dest)
+    files = {p.relative_to(local).as_posix(): p for p in local.rglob("*.jpg")}
+    assert sorted(k for k in objects if k.endswith(".jpg")) == sorted(files)
+    assert all(objects[k] == p.read_bytes() for k, p in files.items())
+    assert {"chips.parquet", "chip-errors.json"} <= set(objects)
+    a = pl.read_parquet(local / "chips.parquet")
+    b = read_parquet(StorePath(dest) / "chips.parquet")
+    same = [c for c in a.columns if c not in ("source_cog", "source_mtime_ns")]
+    assert a.select(same).equals(b.select(same))
+    assert b["source_cog"].str.starts_with(url).all()
+
+
+def test_a_rerun_into_the_bucket_redoes_only_what_is_missing(s3, chipped):
+    url, _, dest = chipped
+    again = run_chip(url, dest, ChipSettings(zoom=17))
+    assert again.written == 0 and again.skipped > 0
+    chip = sorted(k for k in _objects(dest) if k.endswith(".jpg"))[5]
+    _imagesim.store_delete(f"{dest}/{chip}")
+    assert StorePath(f"{dest}/{chip}").head() is None
+    third = run_chip(url, dest, ChipSettings(zoom=17))
+    assert third.written == 1 and third.skipped == again.skipped - 1
+    assert StorePath(f"{dest}/{chip}").is_file()
+
+
+def test_nodata_index_of_chips_in_a_bucket_equals_local(chipped):
+    _, local, dest = chipped
+    for source in ("pixels", "manifest"):
+        settings = NodataSettings(source=source, overwrite=True)
+        a = run_nodata_index(local, settings)
+        b = run_nodata_index(dest, settings)
+        assert b.counts == a.counts and not b.failed and sum(b.counts.values()) > 0
+        assert isinstance(b.index, StorePath)
+        assert json.loads((StorePath(dest) / "nodata-index.json").read_text()) == json.loads((local / "nodata-index.json").read_text())
+        ta, tb = pl.read_parquet(local / "nodata.parquet"), read_parquet(StorePath(dest) / "nodata.parquet")
+        assert ta.drop("path").equals(tb.drop("path")) and tb["path"].str.starts_with(dest).all()
+
+
+def test_nodata_index_cli_on_a_bucket(chipped):
+    from typer.testing import CliRunner
+
+    from imagesim.cli import app
+
+    _, _, dest = chipped
+    result = CliRunner().invoke(app, ["nodata-index", "--chip-dir", dest, "--source", "pixels", "--filename", "cli-index.json"])
+    assert result.exit_code == 0, result.output
+    assert StorePath(f"{dest}/cli-index.json").is_file() and StorePath(f"{dest}/cli-index-summary.json").is_file()
+
+
+def test_encode_reads_chips_from_a_bucket(chipped, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("torch")
+    from imagesim.encode import EncodeSettings, run_encode
+
+    _, local, dest = chipped
+    onnx = _tiny_model(tmp_path, local)
+    a = run_encode(onnx, local, EncodeSettings(out=tmp_path / "a.parquet", batch_size=16))
+    b = run_encode(onnx, dest, EncodeSettings(out=f"{dest}/emb/b.parquet", batch_size=16))
+    assert b.encoded == a.encoded > 0 and not b.failed
+    ea = pl.read_parquet(tmp_path / "a.parquet").sort("chip")
+    eb = read_parquet(StorePath(f"{dest}/emb/b.parquet")).sort("chip")
+    assert ea["chip"].equals(eb["chip"])
+    np.testing.assert_allclose(np.stack(ea["embedding"].to_numpy()), np.stack(eb["embedding"].to_numpy()), atol=1e-6)
+    assert StorePath(f"{dest}/emb/b.json").is_file() and not StorePath(f"{dest}/emb/.b.parquet.parts").is_dir()
+    # Run again: everything is already encoded with this model.
+    c = run_encode(onnx, dest, EncodeSettings(out=f"{dest}/emb/b.parquet", batch_size=16))
+    assert c.encoded == 0 and c.skipped == b.encoded
+
+
+def _tiny_model(tmp_path: Path, chips: Path) -> Path:
+    """An untrained resnet18 at 32 px, saved as `imagesim train` does and exported to ONNX."""
+    import torch
+
+    from imagesim.export import export_onnx
+    from imagesim.train import MODEL_FORMAT, TrainConfig
+    from imagesim.train_model import MultilabelNet
+
+    torch.manual_seed(0)
+    classes = ["building", "road"]
+    net = MultilabelNet("resnet18", len(classes)).eval()
+    config = TrainConfig(chips=str(chips), labels=str(chips / "labels.parquet"), out=str(tmp_path), backbone="resnet18", chip_size=32)
+    torch.save({"format": MODEL_FORMAT, "config": asdict(config), "classes": classes, "chip_size": 32, "epoch": 1,
+                "model": net.state_dict(), "thresholds": [0.5, 0.5], "metrics": {}}, tmp_path / "model.pt")
+    export_onnx(tmp_path / "model.pt", tmp_path / "model.onnx")
+    return tmp_path / "model.onnx"

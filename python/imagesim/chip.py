@@ -20,6 +20,7 @@ from imagesim import _imagesim as _rs
 from imagesim.ard import Acquisition, Misplaced, find_acquisitions
 from imagesim.errors import ImagesimError, InvalidArgumentError
 from imagesim.fsutil import write_json, write_with
+from imagesim.storage import AnyPath, StorePath, location, read_parquet
 
 MANIFEST = "chips.parquet"
 ERRORS = "chip-errors.json"
@@ -81,7 +82,7 @@ class ChipSettings:
 
 @dataclass
 class ChipSummary:
-    dest: Path
+    dest: AnyPath
     cogs: int = 0
     written: int = 0
     skipped: int = 0
@@ -123,12 +124,12 @@ def nodata_class_expr(nodata: pl.Expr, total: pl.Expr, min_pixels: int) -> pl.Ex
     )
 
 
-def load_manifest(dest: Path) -> pl.DataFrame:
+def load_manifest(dest: AnyPath) -> pl.DataFrame:
     path = dest / MANIFEST
-    if not path.exists():
+    if not path.is_file():
         return pl.DataFrame(schema=MANIFEST_SCHEMA)
     try:
-        df = pl.read_parquet(path)
+        df = read_parquet(path)
     except Exception as exc:  # polars raises several types for damaged files
         raise ImagesimError(f"{path}: cannot read the chip manifest ({exc}); move it away to start afresh") from exc
     missing = set(MANIFEST_SCHEMA) - set(df.columns)
@@ -179,7 +180,7 @@ def source_stamp(acq: Acquisition) -> tuple[int, int]:
 class _Manifest:
     """The manifest being built: old rows plus this run's, flushed atomically now and then."""
 
-    def __init__(self, dest: Path) -> None:
+    def __init__(self, dest: AnyPath) -> None:
         self.dest = dest
         self.old = load_manifest(dest)
         self.new: list[pl.DataFrame] = []
@@ -256,7 +257,7 @@ def run_chip(
         from imagesim.cluster import check_address
 
         scheduler = check_address(scheduler)
-    dest = Path(dest)
+    dest = location(dest)
     dest.mkdir(parents=True, exist_ok=True)
     acquisitions, misplaced = find_acquisitions(
         ard_path,
@@ -279,10 +280,13 @@ def run_chip(
 
     stale = [acq for acq in acquisitions if not settings.overwrite and manifest.is_stale(acq)]
     summary.stale_cogs = [str(acq.visual) for acq in stale]
+    # In a store, each zone's chips are listed once here rather than looked up one by one.
+    in_store = _chips_in_store(dest, {acq.zone for acq in acquisitions}) if isinstance(dest, StorePath) and not settings.overwrite else None
 
     def task_args(acq: Acquisition) -> tuple:
         overwrite = settings.overwrite or acq in stale
-        return acq, dest, settings, set() if overwrite else manifest.known_names(acq), overwrite
+        existing = None if in_store is None else _chips_of(in_store.get(acq.zone, set()), acq)
+        return acq, dest, settings, set() if overwrite else manifest.known_names(acq), overwrite, existing
 
     def one(acq: Acquisition) -> dict:
         return chip_one_cog(*task_args(acq), threads=threads_per_cog, progress=counter)
@@ -324,18 +328,35 @@ def run_chip(
     return summary
 
 
+def _chips_in_store(dest: StorePath, zones: set[int]) -> dict[int, set[str]]:
+    """Names of the chips already in each zone prefix of a store destination."""
+    found: dict[int, set[str]] = {}
+    for zone in zones:
+        prefix = dest / str(zone)
+        found[zone] = {p.name for p, _, _ in prefix.files() if "/" not in p.relative_to(prefix)}
+    return found
+
+
+def _chips_of(names: set[str], acq: Acquisition) -> set[str]:
+    """The chips of one acquisition among a zone's chip names (``Z<zone>-<quadkey>_<catalog id>.jpg``)."""
+    head, tail = f"Z{acq.zone}-{acq.cell}", f"_{acq.catalog_id}.jpg"
+    return {n for n in names if n.startswith(head) and n.endswith(tail)}
+
+
 def chip_one_cog(
     acq: Acquisition,
-    dest: Path,
+    dest: AnyPath,
     settings: ChipSettings,
     known: set[str],
     overwrite: bool,
+    existing: set[str] | None = None,
     *,
     threads: int,
     progress: _rs.Progress | None = None,
 ) -> dict:
     """Chip one COG into ``dest/<zone>/`` (the Rust core); the per-chip columns it returns become
-    manifest rows. ``known``: chips the manifest already records (skipped when on disk)."""
+    manifest rows. ``known``: chips the manifest already records (skipped when on disk).
+    ``existing``: chip files already at the destination, when it was listed (stores)."""
     return _rs.chip_cog(
         acq.visual,
         acq.zone,
@@ -350,16 +371,19 @@ def chip_one_cog(
         skip_empty=settings.skip_empty,
         measure=settings.measure,
         known=known,
+        existing=existing,
         threads=threads,
         progress=progress,
     )
 
 
-def chip_cog_task(acq: Acquisition, dest: Path, settings: ChipSettings, known: set[str], overwrite: bool) -> dict:
+def chip_cog_task(
+    acq: Acquisition, dest: AnyPath, settings: ChipSettings, known: set[str], overwrite: bool, existing: set[str] | None = None
+) -> dict:
     """:func:`chip_one_cog` as a Dask task, with the worker's share of its cores."""
     from imagesim.cluster import worker_threads
 
-    return chip_one_cog(acq, dest, settings, known, overwrite, threads=worker_threads(settings.proc))
+    return chip_one_cog(acq, dest, settings, known, overwrite, existing, threads=worker_threads(settings.proc))
 
 
 def _run_on_cluster(
@@ -380,8 +404,8 @@ def _run_on_cluster(
         return
     # Paths travel to the workers absolute (their working directory is not ours).
     def args(acq: Acquisition) -> tuple:
-        a, dest, s, known, overwrite = task_args(acq)
-        return replace(a, visual=a.visual.absolute()), dest.absolute(), s, known, overwrite
+        a, dest, s, known, overwrite, existing = task_args(acq)
+        return replace(a, visual=a.visual.absolute()), dest.absolute(), s, known, overwrite, existing
 
     done = 0
     with connect(scheduler) as client:

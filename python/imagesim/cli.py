@@ -74,7 +74,7 @@ def sample_data(
 @app.command("chip")
 def chip(
     ard_path: Annotated[str, typer.Option("--ard-path", help="Root of the ARD delivery (<zone>/<quadkey>/<date>/<catid>-visual.tif): a folder, or an object-store URL (s3://, gs://, az://, https://) read with range requests.")],
-    dest: Annotated[Path, typer.Option("--dest", help="Output folder: DEST/<zone>/Z<zone>-<quadkey>_<catid>.jpg plus chips.parquet.")],
+    dest: Annotated[str, typer.Option("--dest", help="Output folder or object-store prefix (s3://bucket/chips): DEST/<zone>/Z<zone>-<quadkey>_<catid>.jpg plus chips.parquet.")],
     zoom: Annotated[int, typer.Option(help="Chip zoom 12..20 (17 = 512 px, 156.25 m chips).")] = 17,
     proc: Annotated[int, typer.Option(help="Worker threads (0 = all cores).")] = 0,
     quality: Annotated[int, typer.Option(help="JPEG quality of re-encoded chips.")] = 90,
@@ -113,21 +113,21 @@ def chip(
     if summary.cogs == 0:
         err.print(f"[yellow]no -visual.tif found under {ard_path} matching the filters[/]")
     out.print(summary.line(), soft_wrap=True)
-    out.print(f"chips: {dest}  manifest: {dest / 'chips.parquet'}  errors: {dest / 'chip-errors.json'}", soft_wrap=True)
+    out.print(f"chips: {summary.dest}  manifest: {summary.dest / 'chips.parquet'}  errors: {summary.dest / 'chip-errors.json'}", soft_wrap=True)
     if summary.failed_cogs or summary.failed_chips:
         raise typer.Exit(code=1)
 
 
 @app.command("nodata-index")
 def nodata_index(
-    chip_dir: Annotated[Path, typer.Option("--chip-dir", help="Folder of chips (searched recursively), e.g. the DEST of `imagesim chip`.")],
+    chip_dir: Annotated[str, typer.Option("--chip-dir", help="Folder or object-store prefix of chips (searched recursively), e.g. the DEST of `imagesim chip`.")],
     filename: Annotated[str, typer.Option(help="Index file name, written in CHIP_DIR (or an absolute path).")] = "nodata-index.json",
     overwrite: Annotated[bool, typer.Option("--overwrite/--no-overwrite", help="Replace an existing index (default: overwrite, as the original tool did).")] = True,
     proc: Annotated[int, typer.Option(help="Worker threads for --source pixels (0 = all cores).")] = 0,
     threshold: Annotated[int, typer.Option(help="A pixel is no-data when all bands are <= T (2-8 tolerates JPEG noise at no-data edges).")] = 0,
     min_pixels: Annotated[int, typer.Option(help="No-data pixels from which a chip is partial_data (fewer: all_data).")] = 16,
     source: Annotated[Optional[str], typer.Option(help="pixels (decode every chip), manifest (chips.parquet counts from the COG) or mask (ARD data-mask.gpkg). Default: manifest when CHIP_DIR has one, else pixels.")] = None,
-    ard_path: Annotated[Optional[Path], typer.Option("--ard-path", help="ARD root, to find data masks for --source mask when chips.parquet is absent.")] = None,
+    ard_path: Annotated[Optional[str], typer.Option("--ard-path", help="ARD root (folder or object-store URL), to find data masks for --source mask when chips.parquet is absent.")] = None,
     scheduler: Annotated[Optional[str], typer.Option(envvar="IMAGESIM_SCHEDULER", help="Dask scheduler address tcp://HOST:PORT, or 'local' for a LocalCluster on this machine; default: in-process Rust threads.")] = None,
 ) -> None:
     """Classify every chip as all_data, partial_data or no_data (JSON index + nodata.parquet)."""

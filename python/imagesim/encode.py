@@ -10,6 +10,7 @@ interrupted run resumes where it stopped; chips already encoded with the same mo
 from __future__ import annotations
 
 import ctypes
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from imagesim.errors import EncodeError, ImagesimFileNotFoundError, InvalidArgum
 from imagesim.export import decode_metadata, model_id
 from imagesim.fsutil import write_json, write_with
 from imagesim.labels import read_chip_table
+from imagesim.storage import AnyPath, location, read_parquet
 
 EMBEDDINGS = "embeddings.parquet"
 PROVIDERS = ("auto", "cuda", "tensorrt", "cpu")
@@ -33,11 +35,11 @@ CHECKPOINT_SECONDS = 60.0  # write a part file at least this often
 
 @dataclass
 class EncodeSettings:
-    out: Path | None = None  # default: CHIPS/embeddings.parquet
+    out: str | AnyPath | None = None  # default: CHIPS/embeddings.parquet (a local path or a store URL)
     batch_size: int = 64
     provider: str = "auto"
     proc: int = 0  # decode threads (0 = all cores)
-    nodata_index: Path | None = None
+    nodata_index: str | AnyPath | None = None
     include_nodata: bool = False
     overwrite: bool = False
 
@@ -52,7 +54,7 @@ class EncodeSettings:
 
 @dataclass
 class EncodeSummary:
-    out: Path
+    out: AnyPath
     model_id: str
     provider: str
     encoded: int = 0
@@ -166,17 +168,17 @@ class _Runner:
         return emb, logits
 
 
-def _parts_dir(out: Path) -> Path:
+def _parts_dir(out: AnyPath) -> AnyPath:
     return out.parent / f".{out.name}.parts"
 
 
-def _existing(out: Path, mid: str, overwrite: bool) -> list[pl.DataFrame]:
+def _existing(out: AnyPath, mid: str, overwrite: bool) -> list[pl.DataFrame]:
     """Embeddings already written for this model (final file and parts of an interrupted run)."""
     frames = []
     parts = sorted(_parts_dir(out).glob("part-*.parquet")) if _parts_dir(out).is_dir() else []
     for path in ([out] if out.is_file() else []) + parts:
         try:
-            frame = pl.read_parquet(path)
+            frame = read_parquet(path)
         except Exception as exc:  # noqa: BLE001 - polars raises several types
             if path == out:
                 raise EncodeError(f"{out}: exists but is not readable Parquet ({exc}); move it away or give --overwrite") from None
@@ -242,7 +244,7 @@ def encode_chips_task(onnx_path: str, provider: str, paths: list[str], batch_siz
             "embedding": np.concatenate(embs) if embs else None, "logits": np.concatenate(logits) if logits else None}
 
 
-def run_encode(onnx_path: str | Path, chips_dir: str | Path, settings: EncodeSettings | None = None,
+def run_encode(onnx_path: str | Path, chips_dir: str | AnyPath, settings: EncodeSettings | None = None,
                progress: ProgressFactory | None = None, log=lambda _msg: None, scheduler: Any = None) -> EncodeSummary:
     """``scheduler`` (a Dask address, ``"local"`` or a ``distributed.Client``): the chips are decoded and
     encoded on its workers (``settings.provider`` there), one task per ``TASK_BATCHES`` batches; this
@@ -254,10 +256,10 @@ def run_encode(onnx_path: str | Path, chips_dir: str | Path, settings: EncodeSet
 
         scheduler = check_address(scheduler)
     t0 = time.perf_counter()
-    onnx_path, chips_dir = Path(onnx_path), Path(chips_dir)
+    onnx_path, chips_dir = Path(onnx_path), location(chips_dir)
     if not onnx_path.is_file():
         raise ImagesimFileNotFoundError(f"ONNX model not found: {onnx_path} (run `imagesim export`)")
-    out = Path(settings.out or chips_dir / EMBEDDINGS)
+    out = location(settings.out) if settings.out else chips_dir / EMBEDDINGS
     # With a scheduler the model runs on the workers; here only its metadata is read (on the CPU).
     session, running = open_session(onnx_path, settings.provider if scheduler is None else "cpu")
     meta = decode_metadata(session.get_modelmeta().custom_metadata_map, onnx_path)
@@ -333,7 +335,7 @@ def run_encode(onnx_path: str | Path, chips_dir: str | Path, settings: EncodeSet
             with connect(scheduler) as client:
                 for outcome in run_tasks(
                     client, encode_chips_task, tasks,
-                    lambda t: (absolute_onnx, settings.provider, [str(Path(p).absolute()) for p in t[1]], batch, settings.proc),
+                    lambda t: (absolute_onnx, settings.provider, [os.fspath(location(p).absolute()) for p in t[1]], batch, settings.proc),
                     name="imagesim-encode",
                 ):
                     s, chunk_paths = outcome.item

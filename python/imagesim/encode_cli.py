@@ -33,9 +33,9 @@ def export(
 
 def encode(
     onnx: Annotated[Path, typer.Option("--onnx", help="Model from `imagesim export`.")],
-    chips: Annotated[Path, typer.Option("--chips", help="Chips folder (the DEST of `imagesim chip`, with chips.parquet).")],
-    nodata_index: Annotated[Optional[Path], typer.Option("--nodata-index", help="nodata.parquet or nodata-index.json (default: CHIPS/nodata.parquet if present, else chips.parquet).")] = None,
-    out_path: Annotated[Optional[Path], typer.Option("--out", help="Embeddings Parquet (default: CHIPS/embeddings.parquet; a .json summary is written beside it).")] = None,
+    chips: Annotated[str, typer.Option("--chips", help="Chips folder or object-store prefix (the DEST of `imagesim chip`, with chips.parquet).")],
+    nodata_index: Annotated[Optional[str], typer.Option("--nodata-index", help="nodata.parquet or nodata-index.json (default: CHIPS/nodata.parquet if present, else chips.parquet).")] = None,
+    out_path: Annotated[Optional[str], typer.Option("--out", help="Embeddings Parquet, local or in a store (default: CHIPS/embeddings.parquet; a .json summary is written beside it).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Chips per inference batch.")] = 64,
     provider: Annotated[str, typer.Option(help="auto (CUDA when a GPU is present, else CPU), cuda, tensorrt or cpu.")] = "auto",
     proc: Annotated[int, typer.Option(help="JPEG decode threads (0 = all cores).")] = 0,

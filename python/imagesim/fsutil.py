@@ -1,4 +1,5 @@
-"""Atomic file writes: a temporary file in the destination folder, then ``os.replace``."""
+"""Atomic file writes: a temporary file in the destination folder, then ``os.replace``; for an
+object in a store, a local temporary file uploaded in one PUT (atomic by nature)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from imagesim.storage import AnyPath, StorePath
+
 
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | AnyPath) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step."""
+    if isinstance(path, StorePath):
+        with tempfile.TemporaryDirectory(prefix="imagesim-upload-") as folder:
+            tmp = Path(folder) / path.name
+            yield tmp
+            path.write_bytes(tmp.read_bytes())
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -26,12 +35,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
-def write_with(path: str | Path, writer: Callable[[Path], Any]) -> None:
+def write_with(path: str | AnyPath, writer: Callable[[Path], Any]) -> None:
     """Atomically write ``path`` with ``writer(tmp_path)``."""
     with atomic_path(path) as tmp:
         writer(tmp)
 
 
-def write_json(path: str | Path, data: Any) -> None:
+def write_json(path: str | AnyPath, data: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n")

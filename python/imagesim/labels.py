@@ -32,6 +32,7 @@ from imagesim import _imagesim, grid
 from imagesim.errors import ImagesimFileNotFoundError, InvalidArgumentError, LabelInputError, OutputExistsError
 from imagesim.chip import ProgressFactory, ProgressSink
 from imagesim.fsutil import write_json, write_with
+from imagesim.storage import AnyPath, location, read_parquet
 from imagesim.labels_join import CellGrid, join_cell, local_index
 from imagesim.osm import OSM_FILE, ard_base, check_osm_data
 from imagesim.osm_geometry import GeometryReport, features_from_osm
@@ -92,14 +93,14 @@ class LabelSummary:
 # --------------------------------------------------------------------------------------------
 
 
-def read_chip_table(chips_dir: Path, nodata_index: Path | None = None) -> pl.DataFrame:
+def read_chip_table(chips_dir: AnyPath, nodata_index: str | AnyPath | None = None) -> pl.DataFrame:
     """Chip identity and no-data class of every chip in the manifest (latest no-data measure wins)."""
     manifest = chips_dir / MANIFEST
     if not manifest.is_file():
         raise ImagesimFileNotFoundError(f"{manifest}: no chip manifest; run `imagesim chip --dest {chips_dir}` first")
     need = ["chip", "zone", "quadkey", "zoom", "cell", "catalog_id", "nodata_class"]
     try:
-        lazy = pl.scan_parquet(manifest)
+        lazy = pl.scan_parquet(manifest) if isinstance(manifest, Path) else read_parquet(manifest).lazy()
         have = lazy.collect_schema().names()
     except Exception as exc:  # polars raises several types for unreadable files
         raise LabelInputError(f"{manifest}: cannot read the chip manifest ({exc})") from None
@@ -110,7 +111,7 @@ def read_chip_table(chips_dir: Path, nodata_index: Path | None = None) -> pl.Dat
 
     source = nodata_index or (chips_dir / NODATA_PARQUET if (chips_dir / NODATA_PARQUET).is_file() else None)
     if source is not None:
-        classes = _read_nodata(Path(source))
+        classes = _read_nodata(location(source))
         chips = (
             chips.join(classes, on="chip", how="left")
             .with_columns(pl.coalesce("nodata_class_index", "nodata_class").alias("nodata_class"))
@@ -119,7 +120,7 @@ def read_chip_table(chips_dir: Path, nodata_index: Path | None = None) -> pl.Dat
     return chips
 
 
-def _read_nodata(path: Path) -> pl.DataFrame:
+def _read_nodata(path: AnyPath) -> pl.DataFrame:
     """``chip → nodata_class`` from a nodata.parquet or an original-format nodata-index JSON."""
     if not path.is_file():
         raise ImagesimFileNotFoundError(f"{path}: no-data index not found")
@@ -130,7 +131,7 @@ def _read_nodata(path: Path) -> pl.DataFrame:
                 raise ValueError("not a JSON object")
             rows = [(Path(name).name, cls) for cls, names in doc.items() if isinstance(names, list) for name in names]
             return pl.DataFrame(rows, schema={"chip": pl.String, "nodata_class_index": pl.String}, orient="row")
-        frame = pl.read_parquet(path, columns=["chip", "nodata_class"])
+        frame = read_parquet(path, columns=["chip", "nodata_class"])
     except (OSError, ValueError, pl.exceptions.PolarsError) as exc:
         raise LabelInputError(f"{path}: cannot read the no-data index ({exc})") from None
     return frame.rename({"nodata_class": "nodata_class_index"}).unique(subset=["chip"], keep="last")

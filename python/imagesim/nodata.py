@@ -38,6 +38,7 @@ from imagesim.errors import (
     OutputExistsError,
 )
 from imagesim.fsutil import write_json, write_with
+from imagesim.storage import AnyPath, StorePath, is_url, location
 
 SOURCES = ("pixels", "manifest", "mask")
 CLASSES = ("all_data", "partial_data", "no_data")
@@ -56,7 +57,7 @@ class NodataSettings:
     threshold: int = 0
     min_pixels: int = 16
     source: str | None = None  # None: manifest when the chip folder has one, else pixels
-    ard_path: Path | None = None  # where to find data masks for source=mask without a manifest
+    ard_path: str | Path | None = None  # where to find data masks for source=mask without a manifest
 
     def check(self) -> None:
         if self.source is not None and self.source not in SOURCES:
@@ -71,9 +72,9 @@ class NodataSettings:
 
 @dataclass
 class NodataSummary:
-    index: Path
-    parquet: Path
-    summary: Path
+    index: AnyPath
+    parquet: AnyPath
+    summary: AnyPath
     source: str
     counts: dict[str, int] = field(default_factory=dict)
     failed: list[tuple[str, str]] = field(default_factory=list)
@@ -94,11 +95,18 @@ class NodataSummary:
         )
 
 
-def list_chip_files(chip_dir: Path, index_name: str) -> tuple[list[Path], list[Path]]:
+def list_chip_files(chip_dir: AnyPath, index_name: str) -> tuple[list[AnyPath], list[AnyPath]]:
     """JPEG files under ``chip_dir`` (recursively) and the other files that are skipped."""
-    jpegs: list[Path] = []
-    others: list[Path] = []
+    jpegs: list[AnyPath] = []
+    others: list[AnyPath] = []
     own = OWN_FILES | {index_name, summary_name(index_name)}
+    if isinstance(chip_dir, StorePath):
+        for path, _, _ in chip_dir.files():
+            rel = path.relative_to(chip_dir)
+            if any(part.startswith(".") for part in rel.split("/")) or rel in own:
+                continue
+            (jpegs if rel.lower().endswith(JPEG_SUFFIXES) else others).append(path)
+        return jpegs, others
     for dirpath, dirnames, filenames in os.walk(chip_dir):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
@@ -114,7 +122,7 @@ def summary_name(index_name: str) -> str:
 
 
 def _by_pixels(
-    paths: list[Path], settings: NodataSettings, sink: ProgressSink, done_before: int, scheduler: Any = None
+    paths: list[AnyPath], settings: NodataSettings, sink: ProgressSink, done_before: int, scheduler: Any = None
 ) -> pl.DataFrame:
     if scheduler is not None and paths:
         cols = _scan_on_cluster(scheduler, paths, settings, sink, done_before)
@@ -169,7 +177,7 @@ def _scan_on_cluster(
     return {key: [v for start in sorted(parts) for v in parts[start][key]] for key in ("width", "height", "nodata_pixels", "error")}
 
 
-def _by_manifest(chip_dir: Path, frame: pl.DataFrame, threshold: int) -> pl.DataFrame:
+def _by_manifest(chip_dir: AnyPath, frame: pl.DataFrame, threshold: int) -> pl.DataFrame:
     """Counts from chips.parquet for the listed chips; rows it cannot answer keep nulls."""
     manifest = load_manifest(chip_dir)
     used = manifest.filter(pl.col("nodata_pixels").is_not_null())["nodata_threshold"].drop_nulls().unique().to_list()
@@ -189,34 +197,57 @@ def _by_manifest(chip_dir: Path, frame: pl.DataFrame, threshold: int) -> pl.Data
 class _MaskLookup:
     """Data-mask polygons of each acquisition, read once, and chip footprint coverage."""
 
-    def __init__(self, chip_dir: Path, ard_path: Path | None) -> None:
+    def __init__(self, chip_dir: AnyPath, ard_path: str | Path | None) -> None:
         try:
             import shapely
-            from osgeo import ogr
+            from osgeo import gdal, ogr
         except ImportError as exc:  # pragma: no cover - installed by `make`
             raise MissingDependencyError(f"--source mask needs GDAL and shapely ({exc})") from exc
-        self.shapely, self.ogr = shapely, ogr
+        self.shapely, self.ogr, self.gdal = shapely, ogr, gdal
         self.ard_path = ard_path
         self.cogs: dict[str, str] = {}
         if (chip_dir / MANIFEST).exists():
             m = load_manifest(chip_dir)
             self.cogs = dict(zip(m["chip"].to_list(), m["source_cog"].to_list()))
-        self.masks: dict[Path, object] = {}
+        self.masks: dict[AnyPath, object] = {}
+        self.store_cogs: dict[tuple[int, str, str], str] | None = None
 
-    def mask_path(self, chip: str) -> Path:
+    def _cog_in_store(self, chip: str) -> str:
+        """The COG of a chip in an ARD delivery in a store (listed once)."""
+        if self.store_cogs is None:
+            from imagesim.ard import find_acquisitions
+
+            found, _ = find_acquisitions(str(self.ard_path))
+            self.store_cogs = {(a.zone, a.cell, a.catalog_id): str(a.visual) for a in found}
+        zone, quadkey, catalog_id = grid.parse_chip_name(chip)
+        cog = self.store_cogs.get((zone, quadkey[: grid.CELL_ZOOM], catalog_id))
+        if cog is None:
+            raise ImagesimFileNotFoundError(f"{chip}: no -visual.tif for it under {self.ard_path}")
+        return cog
+
+    def mask_path(self, chip: str) -> AnyPath:
         cog = self.cogs.get(chip)
         if cog is None:
             if self.ard_path is None:
                 raise ImagesimFileNotFoundError(f"{chip}: not in {MANIFEST}; pass --ard-path to find its data mask")
-            cog = str(grid.cog_path_from_chip(chip, self.ard_path))
-        catalog_id = Path(cog).name[: -len("-visual.tif")]
-        return Path(cog).with_name(f"{catalog_id}-data-mask.gpkg")
+            if is_url(str(self.ard_path)):
+                cog = self._cog_in_store(chip)
+            else:
+                cog = str(grid.cog_path_from_chip(chip, self.ard_path))
+        visual = location(cog)
+        catalog_id = visual.name[: -len("-visual.tif")]
+        return visual.with_name(f"{catalog_id}-data-mask.gpkg")
 
-    def polygon(self, path: Path):
+    def polygon(self, path: AnyPath):
         if path not in self.masks:
             if not path.is_file():
                 raise ImagesimFileNotFoundError(f"{path}: data mask not found")
-            ds = self.ogr.Open(str(path))
+            if isinstance(path, StorePath):  # GDAL reads a GeoPackage from memory
+                vsi = f"/vsimem/imagesim/{path.name}"
+                self.gdal.FileFromMemBuffer(vsi, path.read_bytes())
+                ds = self.ogr.Open(vsi)
+            else:
+                ds = self.ogr.Open(str(path))
             if ds is None or ds.GetLayerCount() == 0:
                 raise ImagesimError(f"{path}: not a readable data-mask GeoPackage")
             layer = ds.GetLayer(0)
@@ -251,7 +282,7 @@ def _by_mask(frame: pl.DataFrame, lookup: _MaskLookup) -> pl.DataFrame:
 
 
 def run_nodata_index(
-    chip_dir: str | Path,
+    chip_dir: str | AnyPath,
     settings: NodataSettings | None = None,
     *,
     progress: Callable[[int], ProgressSink] | None = None,
@@ -265,10 +296,11 @@ def run_nodata_index(
         from imagesim.cluster import check_address
 
         scheduler = check_address(scheduler)
-    chip_dir = Path(chip_dir)
+    chip_dir = location(chip_dir)
     if not chip_dir.is_dir():
         raise ImagesimFileNotFoundError(f"{chip_dir}: chip folder does not exist")
-    index_path = Path(settings.filename) if Path(settings.filename).is_absolute() else chip_dir / settings.filename
+    named = location(settings.filename)
+    index_path = named if named.is_absolute() else chip_dir / settings.filename
     parquet_path = index_path.with_name(PARQUET)
     summary_path = index_path.with_name(summary_name(index_path.name))
     if index_path.exists() and not settings.overwrite:
@@ -289,7 +321,7 @@ def run_nodata_index(
             )
             unknown = joined.filter(pl.col("nodata_pixels").is_null()).select("path", "name")
             sink.update(known.height)
-            rest = _by_pixels([Path(p) for p in unknown["path"]], settings, sink, known.height, scheduler).with_columns(
+            rest = _by_pixels([location(p) for p in unknown["path"]], settings, sink, known.height, scheduler).with_columns(
                 unknown["name"]
             )
             measured = pl.concat([known.select(rest.columns), rest])

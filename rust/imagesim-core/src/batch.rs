@@ -13,6 +13,7 @@ use rayon::prelude::*;
 use turbojpeg::{Decompressor, Image, PixelFormat, ScalingFactor};
 
 use crate::error::{Error, Result};
+use crate::store;
 
 thread_local! {
     static DECODER: RefCell<Option<Decompressor>> = const { RefCell::new(None) };
@@ -140,11 +141,21 @@ pub fn decode_batch(
             paths.len() * slot
         )));
     }
+    // Objects in a store are downloaded together (many requests in flight), files read by each worker.
+    let fetched: Vec<Option<std::io::Result<bytes::Bytes>>> = if paths.iter().any(|p| store::is_url(p)) {
+        store::fetch_many(paths).wait().into_iter().map(Some).collect()
+    } else {
+        paths.iter().map(|_| None).collect()
+    };
     Ok(out
         .par_chunks_mut(slot)
-        .zip(paths.par_iter())
-        .map_init(Vec::new, |scratch, (dst, path)| {
-            let result = std::fs::read(path)
+        .zip(paths.par_iter().zip(fetched.into_par_iter()))
+        .map_init(Vec::new, |scratch, (dst, (path, fetched))| {
+            let data = match fetched {
+                Some(got) => got,
+                None => std::fs::read(path).map(bytes::Bytes::from),
+            };
+            let result = data
                 .map_err(|e| format!("{}: {e}", path.display()))
                 .and_then(|data| {
                     decode_resize_into(&data, size, dst, scratch)

@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::grid::{self, chip_window, ChipName, Tile, Window};
 use crate::jpeg;
 use crate::nodata::{count_decoded, count_nodata, Scratch};
+use crate::store;
 
 /// How a chip run behaves; one value for the whole run.
 #[derive(Debug, Clone)]
@@ -57,8 +58,12 @@ pub struct CogJob {
     pub zone: u8,
     pub cell_quadkey: String,
     pub catalog_id: String,
-    /// Folder the chips are written into (`DEST/<zone>`).
+    /// Folder the chips are written into (`DEST/<zone>`): a local folder or an object-store
+    /// prefix (`s3://bucket/chips/10`), where chips are uploaded in the background.
     pub out_dir: PathBuf,
+    /// Chip names already in `out_dir`, when the caller listed it (a store is listed once per run,
+    /// not once per COG); `None`: look each chip up (local) or list `out_dir` (store).
+    pub existing: Option<HashSet<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,6 +196,8 @@ struct CogChipper<'a> {
     opts: &'a ChipOptions,
     /// JPEG of an all-no-data chip, encoded once (sparse tiles).
     empty_chip: std::sync::OnceLock<std::result::Result<Vec<u8>, String>>,
+    /// Chips on their way to an object store (`None`: written to a local folder).
+    uploads: Option<store::Uploads>,
 }
 
 impl CogChipper<'_> {
@@ -433,12 +440,29 @@ pub fn chip_cog(
     }
     let cog = Cog::open(&job.cog_path)?;
     validate_ard_cog(&cog, job.zone, &cell)?;
-    std::fs::create_dir_all(&job.out_dir).map_err(|e| Error::io(&job.out_dir, e))?;
+    let remote = store::is_url(&job.out_dir);
+    let listed;
+    let existing = match (&job.existing, remote) {
+        (Some(names), _) => Some(names),
+        (None, true) if !opts.overwrite => {
+            listed = list_names(&job.out_dir)?;
+            Some(&listed)
+        }
+        (None, true) => None,
+        (None, false) => {
+            std::fs::create_dir_all(&job.out_dir).map_err(|e| Error::io(&job.out_dir, e))?;
+            None
+        }
+    };
 
     let mut tasks = Vec::new();
     for tile in cell.children_at(opts.zoom)? {
         let name = ChipName::new(job.zone, &tile.quadkey(), &job.catalog_id)?.file_name();
-        let exists = !opts.overwrite && job.out_dir.join(&name).exists();
+        let exists = !opts.overwrite
+            && match existing {
+                Some(names) => names.contains(&name),
+                None => !remote && job.out_dir.join(&name).exists(),
+            };
         tasks.push(ChipTask {
             name,
             tile,
@@ -451,11 +475,12 @@ pub fn chip_cog(
         job,
         opts,
         empty_chip: std::sync::OnceLock::new(),
+        uploads: remote.then(store::Uploads::default),
     };
     let size = tasks[0].window.width;
     let level = chipper.level().clone();
 
-    let records: Vec<ChipRecord> = if chipper.aligned_to_chunks(size) && size < level.chunk_width {
+    let mut records: Vec<ChipRecord> = if chipper.aligned_to_chunks(size) && size < level.chunk_width {
         // Several chips per chunk: group chips by chunk, decode each chunk once.
         let per_side = (level.chunk_width / size) as usize;
         let mut groups: std::collections::BTreeMap<(u32, u32), Vec<&ChipTask>> = Default::default();
@@ -483,7 +508,28 @@ pub fn chip_cog(
             })
             .collect()
     };
+    if let Some(uploads) = chipper.uploads {
+        // Chips were recorded as written when queued; the ones whose upload failed are not.
+        let failed: std::collections::HashMap<String, std::io::Error> =
+            uploads.finish().into_iter().collect();
+        for rec in records.iter_mut().filter(|r| failed.contains_key(&r.name)) {
+            let url = job.out_dir.join(&rec.name);
+            rec.status = ChipStatus::Failed;
+            rec.bytes = 0;
+            rec.error = Some(format!("{}: upload failed: {}", url.display(), failed[&rec.name]));
+        }
+    }
     Ok(records)
+}
+
+/// Names of the objects directly under a store prefix.
+fn list_names(prefix: &Path) -> Result<HashSet<String>> {
+    let text = format!("{}/", prefix.display().to_string().trim_end_matches('/'));
+    let objects = store::list(&text, None).map_err(|e| Error::io(prefix, e))?;
+    Ok(objects
+        .into_iter()
+        .filter_map(|(url, _, _)| url.strip_prefix(&text).filter(|n| !n.contains('/')).map(str::to_owned))
+        .collect())
 }
 
 impl CogChipper<'_> {
@@ -522,8 +568,20 @@ impl CogChipper<'_> {
             rec.encoding = Encoding::None;
             return rec;
         }
+        let path = self.job.out_dir.join(&task.name);
         match cut.jpeg {
-            Some(bytes) => match write_atomic(&self.job.out_dir.join(&task.name), &bytes) {
+            Some(bytes) if self.uploads.is_some() => {
+                let len = bytes.len() as u64;
+                let uploads = self.uploads.as_ref().expect("checked");
+                match uploads.put(task.name.clone(), &path.display().to_string(), bytes) {
+                    Ok(()) => {
+                        rec.status = ChipStatus::Written;
+                        rec.bytes = len;
+                    }
+                    Err(e) => rec.error = Some(format!("{}: {e}", path.display())),
+                }
+            }
+            Some(bytes) => match write_atomic(&path, &bytes) {
                 Ok(()) => {
                     rec.status = ChipStatus::Written;
                     rec.bytes = bytes.len() as u64;

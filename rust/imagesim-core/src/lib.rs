@@ -8,6 +8,7 @@
 //! - [`nodata`]: exact no-data counts, with a luma-only decode deciding the easy cases.
 //! - [`labels`]: multilabel bitsets (u64 words) ⇄ sparse id lists ⇄ dense rows.
 //! - [`pool`]: the rayon pool a call runs on.
+//! - [`store`]: object stores (S3, GCS, Azure, HTTP): listing, reads, background uploads.
 pub mod batch;
 pub mod chip;
 pub mod cog;
@@ -17,5 +18,6 @@ pub mod jpeg;
 pub mod labels;
 pub mod nodata;
 pub mod pool;
+pub mod store;
 
 pub use error::{Error, Result};

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rayon::prelude::*;
 
 use crate::jpeg::{self, PixelFormat};
+use crate::store;
 
 /// Count interleaved pixels (`stride` bytes each, first 3 bands compared) that are no-data.
 pub fn count_nodata(pixels: &[u8], stride: usize, threshold: u8) -> u64 {
@@ -232,15 +233,44 @@ pub fn scan_jpeg_files(
     threshold: u8,
     progress: &AtomicU64,
 ) -> Vec<Result<JpegCount, String>> {
-    paths
-        .par_iter()
-        .map_init(Scratch::default, |scratch, path| {
-            let result = measure_file(path, threshold, scratch);
-            progress.fetch_add(1, Ordering::Relaxed);
-            result
-        })
-        .collect()
+    if !paths.iter().any(|p| store::is_url(p)) {
+        return paths
+            .par_iter()
+            .map_init(Scratch::default, |scratch, path| {
+                let result = measure_file(path, threshold, scratch);
+                progress.fetch_add(1, Ordering::Relaxed);
+                result
+            })
+            .collect();
+    }
+    // Chips in an object store: the next window is downloaded while this one is measured.
+    let windows: Vec<&[PathBuf]> = paths.chunks(FETCH_WINDOW).collect();
+    let mut out = Vec::with_capacity(paths.len());
+    let mut next = windows.first().map(|w| store::fetch_many(w));
+    for (i, window) in windows.iter().enumerate() {
+        let fetched = next.take().expect("started before the loop or the step before").wait();
+        next = windows.get(i + 1).map(|w| store::fetch_many(w));
+        out.par_extend(
+            window
+                .par_iter()
+                .zip(fetched.into_par_iter())
+                .map_init(Scratch::default, |scratch, (path, bytes)| {
+                    let result = bytes
+                        .map_err(|e| format!("{}: {e}", path.display()))
+                        .and_then(|b| {
+                            count_in_jpeg(&b, threshold, scratch)
+                                .map_err(|e| format!("{}: {e}", path.display()))
+                        });
+                    progress.fetch_add(1, Ordering::Relaxed);
+                    result
+                }),
+        );
+    }
+    out
 }
+
+/// Chips downloaded per step when scanning an object store (~20-40 MB of JPEG).
+const FETCH_WINDOW: usize = 256;
 
 fn measure_file(path: &Path, threshold: u8, scratch: &mut Scratch) -> Result<JpegCount, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;

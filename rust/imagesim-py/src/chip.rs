@@ -41,7 +41,7 @@ impl Progress {
 /// Chip one cell COG; returns the per-chip records as a dict of equal-length columns.
 #[pyfunction]
 #[pyo3(signature = (cog_path, zone, cell_quadkey, catalog_id, out_dir, *, zoom=17, quality=90, passthrough=false,
-    nodata_threshold=0, overwrite=false, skip_empty=false, measure=true, known=HashSet::new(), threads=0, progress=None))]
+    nodata_threshold=0, overwrite=false, skip_empty=false, measure=true, known=HashSet::new(), existing=None, threads=0, progress=None))]
 #[allow(clippy::too_many_arguments)]
 fn chip_cog<'py>(
     py: Python<'py>,
@@ -58,6 +58,7 @@ fn chip_cog<'py>(
     skip_empty: bool,
     measure: bool,
     known: HashSet<String>,
+    existing: Option<HashSet<String>>,
     threads: usize,
     progress: Option<Bound<'py, Progress>>,
 ) -> PyResult<Bound<'py, PyDict>> {
@@ -67,6 +68,7 @@ fn chip_cog<'py>(
         cell_quadkey,
         catalog_id,
         out_dir,
+        existing,
     };
     let opts = ChipOptions {
         zoom,

@@ -164,16 +164,5 @@ impl PyCog {
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyCog>()?;
-    m.add_function(wrap_pyfunction!(list_objects, m)?)?;
     Ok(())
-}
-
-/// Objects under a store URL prefix (`s3://bucket/prefix`, `gs://…`, `az://…`, `https://…`):
-/// `(url, size, last modified ns)` tuples.
-#[pyfunction]
-pub fn list_objects(py: Python<'_>, prefix: String) -> PyResult<Vec<(String, u64, i64)>> {
-    let url = prefix.clone();
-    detached(py, move || {
-        imagesim_core::cog::source::list(&url).map_err(|e| imagesim_core::Error::io(&prefix, e))
-    })
 }

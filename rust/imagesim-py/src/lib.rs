@@ -10,6 +10,7 @@ mod jpeg;
 mod labels;
 mod nodata;
 mod release;
+mod store;
 
 #[pymodule]
 fn _imagesim(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -20,5 +21,6 @@ fn _imagesim(m: &Bound<'_, PyModule>) -> PyResult<()> {
     chip::register(m)?;
     nodata::register(m)?;
     labels::register(m)?;
+    store::register(m)?;
     Ok(())
 }

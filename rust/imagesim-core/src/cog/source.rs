@@ -1,20 +1,20 @@
 //! Where a TIFF's bytes come from: a local file (positional reads) or an object in a store
 //! (`s3://`, `gs://`, `az://`, `https://`) read with HTTP range requests through `object_store`.
 //!
+//! Stores, credentials and retries: [`crate::store`].
+//!
 //! A remote object's first [`HEAD_BYTES`] are fetched once at open, so parsing the COG header
-//! (IFDs, tile offsets) costs one request; every chunk read is then one range request. Credentials
-//! and endpoints come from the standard environment (`AWS_*`, `GOOGLE_*`, `AZURE_*`: keys,
-//! profiles' exported values, `AWS_ENDPOINT` for S3-compatible stores, `AWS_ALLOW_HTTP`,
-//! `AWS_SKIP_SIGNATURE` for public buckets); `object_store` retries 5xx answers and timeouts with
-//! exponential backoff.
-use std::collections::HashMap;
+//! (IFDs, tile offsets) costs one request; chunk reads are then served from merged, aligned
+//! blocks read ahead in the background.
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
+
+use crate::store::{io_error, is_url, locate, runtime};
 
 /// Bytes read at open from a remote object (COG headers sit at the start of the file).
 pub const HEAD_BYTES: u64 = 64 * 1024;
@@ -122,89 +122,6 @@ impl std::fmt::Debug for Remote {
     }
 }
 
-/// Whether a path names an object in a store rather than a local file.
-pub fn is_url(path: &Path) -> bool {
-    path.to_str().is_some_and(|s| {
-        s.split_once("://").is_some_and(|(scheme, _)| {
-            !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric())
-        })
-    })
-}
-
-fn runtime() -> &'static tokio::runtime::Runtime {
-    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RUNTIME.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("imagesim-io")
-            .enable_all()
-            .build()
-            .expect("the I/O runtime starts")
-    })
-}
-
-fn io_error(e: object_store::Error) -> std::io::Error {
-    match e {
-        object_store::Error::NotFound { .. } => {
-            std::io::Error::new(std::io::ErrorKind::NotFound, e.to_string())
-        }
-        object_store::Error::PermissionDenied { .. }
-        | object_store::Error::Unauthenticated { .. } => std::io::Error::new(
-            std::io::ErrorKind::PermissionDenied,
-            format!("access denied (check credentials): {e}"),
-        ),
-        other => std::io::Error::other(other.to_string()),
-    }
-}
-
-/// One store per bucket / host and settings, shared by every object in it (one connection pool).
-fn store_for(url: &url::Url) -> std::io::Result<(Arc<dyn ObjectStore>, ObjectPath)> {
-    static STORES: OnceLock<Mutex<HashMap<String, Arc<dyn ObjectStore>>>> = OnceLock::new();
-    let mut options: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| {
-            k.starts_with("AWS_") || k.starts_with("GOOGLE_") || k.starts_with("AZURE_")
-        })
-        .collect();
-    options.sort();
-    // Keyed by the settings too: new credentials or another endpoint get their own store.
-    let mut key = format!("{}://{}", url.scheme(), url.authority());
-    for (k, v) in &options {
-        key.push_str(&format!("|{k}={v}"));
-    }
-    let (store, location) = object_store::parse_url_opts(url, options)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
-    let mut stores = STORES
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    let shared = stores
-        .entry(key)
-        .or_insert_with(|| Arc::from(store))
-        .clone();
-    Ok((shared, location))
-}
-
-/// List the objects under a URL prefix: `(url, size, last modified in ns since the epoch)`.
-pub fn list(prefix: &str) -> std::io::Result<Vec<(String, u64, i64)>> {
-    use futures_util::TryStreamExt;
-
-    let url = url::Url::parse(prefix).map_err(|e| {
-        std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{prefix}: {e}"))
-    })?;
-    let (store, location) = store_for(&url)?;
-    let base = format!("{}://{}", url.scheme(), url.authority());
-    let items: Vec<object_store::ObjectMeta> = runtime()
-        .block_on(store.list(Some(&location)).try_collect())
-        .map_err(io_error)?;
-    Ok(items
-        .into_iter()
-        .map(|m| {
-            let ns = m.last_modified.timestamp_nanos_opt().unwrap_or(0);
-            (format!("{base}/{}", m.location), m.size, ns)
-        })
-        .collect())
-}
-
 impl Source {
     /// Open a local file, or (for a URL) fetch the object's size and its first bytes.
     pub fn open(path: &Path) -> std::io::Result<(Source, u64)> {
@@ -214,9 +131,7 @@ impl Source {
             return Ok((Source::Local(file), len));
         }
         let text = path.to_str().expect("is_url checked it is UTF-8");
-        let url = url::Url::parse(text)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
-        let (store, location) = store_for(&url)?;
+        let (store, location) = locate(text)?;
         let meta = runtime()
             .block_on(store.head(&location))
             .map_err(io_error)?;
