@@ -287,3 +287,37 @@ def _tiny_model(tmp_path: Path, chips: Path) -> Path:
                 "model": net.state_dict(), "thresholds": [0.5, 0.5], "metrics": {}}, tmp_path / "model.pt")
     export_onnx(tmp_path / "model.pt", tmp_path / "model.onnx")
     return tmp_path / "model.onnx"
+
+
+def test_bad_credentials_are_a_clear_permission_error(s3, monkeypatch, tmp_path):
+    """moto checks signatures once its IAM auth is switched on: a known key works, a wrong secret
+    or an unknown key is refused, and imagesim says so, naming the object."""
+    from moto import settings as moto_settings
+    from moto.core.authorization import ActionAuthenticatorMixin
+
+    from imagesim.errors import ImagesimPermissionError
+
+    url, _ = s3
+    iam = boto3.client("iam", endpoint_url=os.environ["AWS_ENDPOINT"], region_name="us-east-1",
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    iam.create_user(UserName="reader")
+    iam.put_user_policy(UserName="reader", PolicyName="s3", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+    key = iam.create_access_key(UserName="reader")["AccessKey"]
+    monkeypatch.setattr(moto_settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)
+    monkeypatch.setattr(ActionAuthenticatorMixin, "request_count", 0)
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+    assert _imagesim.list_objects(url + "/")  # the right key and secret
+
+    visual = next(u for u, _, _ in _imagesim.list_objects(url + "/") if u.endswith("-visual.tif"))
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    with pytest.raises(ImagesimPermissionError, match="access denied") as denied:
+        open_cog(visual)
+    assert visual in str(denied.value)
+    with pytest.raises(ImagesimPermissionError, match="access denied"):
+        run_chip(url, tmp_path / "chips", ChipSettings())
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIANOBODYKNOWS00000")
+    with pytest.raises(PermissionError, match=f"{BUCKET}.*access denied"):
+        StorePath(f"{url}/10").is_dir()

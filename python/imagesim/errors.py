@@ -29,6 +29,10 @@ class ImagesimIOError(ImagesimError, OSError):
     """The operating system failed to read or write a file."""
 
 
+class ImagesimPermissionError(ImagesimIOError, PermissionError):
+    """Access refused: file permissions, or an object store rejecting the credentials."""
+
+
 class CogError(ImagesimError):
     """A GeoTIFF/COG could not be read."""
 

@@ -13,6 +13,10 @@ pub enum Error {
     #[error("{path}: {msg}")]
     NotFound { path: PathBuf, msg: String },
 
+    /// Access refused: file permissions, or an object store rejecting the credentials.
+    #[error("{path}: {msg}")]
+    PermissionDenied { path: PathBuf, msg: String },
+
     /// Operating-system I/O failure on a file.
     #[error("{path}: {source}")]
     Io {
@@ -54,6 +58,12 @@ impl Error {
             return Error::NotFound {
                 path: path.as_ref().to_path_buf(),
                 msg: "no such file or directory".into(),
+            };
+        }
+        if source.kind() == std::io::ErrorKind::PermissionDenied {
+            return Error::PermissionDenied {
+                path: path.as_ref().to_path_buf(),
+                msg: source.to_string(),
             };
         }
         Error::Io {

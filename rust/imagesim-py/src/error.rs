@@ -6,6 +6,7 @@ use pyo3::PyErr;
 pyo3::import_exception!(imagesim.errors, GridError);
 pyo3::import_exception!(imagesim.errors, ImagesimFileNotFoundError);
 pyo3::import_exception!(imagesim.errors, ImagesimIOError);
+pyo3::import_exception!(imagesim.errors, ImagesimPermissionError);
 pyo3::import_exception!(imagesim.errors, CorruptTiffError);
 pyo3::import_exception!(imagesim.errors, UnsupportedTiffError);
 pyo3::import_exception!(imagesim.errors, GeoreferenceError);
@@ -19,6 +20,7 @@ pub fn to_py(err: Error) -> PyErr {
         Error::Grid(_) => GridError::new_err(msg),
         Error::NotFound { .. } => ImagesimFileNotFoundError::new_err(msg),
         Error::Io { .. } => ImagesimIOError::new_err(msg),
+        Error::PermissionDenied { .. } => ImagesimPermissionError::new_err(msg),
         Error::CorruptTiff { .. } => CorruptTiffError::new_err(msg),
         Error::UnsupportedTiff { .. } => UnsupportedTiffError::new_err(msg),
         Error::Georeference { .. } => GeoreferenceError::new_err(msg),
