@@ -22,16 +22,21 @@ from imagesim.errors import ImagesimError, ImagesimFileNotFoundError  # noqa: E4
 from imagesim.nodata import NodataSettings, run_nodata_index  # noqa: E402
 from imagesim.storage import StorePath, read_parquet  # noqa: E402
 
-BUCKET = "ard-orders"
+# Unique per run: CI's server (IMAGESIM_TEST_S3_ENDPOINT) may outlive one test session.
+BUCKET = f"ard-orders-{os.getpid()}"
 
 
 @pytest.fixture(scope="module")
 def s3(small_sample):
-    """A moto S3 server on a free loopback port with the small sample uploaded; AWS_* set for it."""
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
+    """A moto S3 server on 127.0.0.1 with the small sample uploaded; AWS_* set for it. CI's `.ci/run`
+    starts the server and passes IMAGESIM_TEST_S3_ENDPOINT; otherwise the fixture starts its own."""
+    endpoint = os.environ.get("IMAGESIM_TEST_S3_ENDPOINT")
+    server = None
+    if not endpoint:
+        server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
     env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
            "AWS_ENDPOINT": endpoint, "AWS_ALLOW_HTTP": "true"}
     saved = {k: os.environ.get(k) for k in env}
@@ -44,7 +49,8 @@ def s3(small_sample):
         if path.is_file():
             client.upload_file(str(path), BUCKET, f"delivery/{path.relative_to(root).as_posix()}")
     yield f"s3://{BUCKET}/delivery", root
-    server.stop()
+    if server is not None:
+        server.stop()
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)
@@ -292,20 +298,30 @@ def _tiny_model(tmp_path: Path, chips: Path) -> Path:
 def test_bad_credentials_are_a_clear_permission_error(s3, monkeypatch, tmp_path):
     """moto checks signatures once its IAM auth is switched on: a known key works, a wrong secret
     or an unknown key is refused, and imagesim says so, naming the object."""
-    from moto import settings as moto_settings
-    from moto.core.authorization import ActionAuthenticatorMixin
+    import urllib.request
 
-    from imagesim.errors import ImagesimPermissionError
+    def moto_auth(after: str) -> None:
+        """Switch moto's IAM authentication on ("0": from the next request) or off ("inf")."""
+        req = urllib.request.Request(f"{os.environ['AWS_ENDPOINT']}/moto-api/reset-auth", data=after.encode(),
+                                     headers={"Content-Type": "text/plain"}, method="POST")
+        urllib.request.urlopen(req, timeout=10).read()
 
     url, _ = s3
     iam = boto3.client("iam", endpoint_url=os.environ["AWS_ENDPOINT"], region_name="us-east-1",
                        aws_access_key_id="testing", aws_secret_access_key="testing")
-    iam.create_user(UserName="reader")
-    iam.put_user_policy(UserName="reader", PolicyName="s3", PolicyDocument=json.dumps(
+    iam.create_user(UserName=f"reader-{BUCKET}")
+    iam.put_user_policy(UserName=f"reader-{BUCKET}", PolicyName="s3", PolicyDocument=json.dumps(
         {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
-    key = iam.create_access_key(UserName="reader")["AccessKey"]
-    monkeypatch.setattr(moto_settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)
-    monkeypatch.setattr(ActionAuthenticatorMixin, "request_count", 0)
+    key = iam.create_access_key(UserName=f"reader-{BUCKET}")["AccessKey"]
+    moto_auth("0")
+    try:
+        _check_credentials(url, key, monkeypatch, tmp_path)
+    finally:
+        moto_auth("inf")
+
+
+def _check_credentials(url: str, key: dict, monkeypatch, tmp_path) -> None:
+    from imagesim.errors import ImagesimPermissionError
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
