@@ -12,7 +12,7 @@ IMAGESIM_REALDATA ?= $(firstword $(abspath $(wildcard ../shared/realdata ../../s
 export IMAGESIM_REALDATA
 RUST_SOURCES := $(shell find rust -name '*.rs' -o -name Cargo.toml) Cargo.toml pyproject.toml
 
-.PHONY: all setup build demo test test-rust test-python bench bench-chip bench-nodata bench-labels bench-encode bench-index bench-tiles stubtest clean
+.PHONY: all setup build demo test test-rust test-python bench bench-chip bench-nodata bench-labels bench-encode bench-index bench-tiles bench-storage stubtest clean
 
 all: build
 
@@ -88,7 +88,7 @@ test-python: $(STAMP)/build
 stubtest: $(STAMP)/build
 	$(VENV)/bin/python -m mypy.stubtest imagesim._imagesim --allowlist tests/stubtest-allowlist.txt
 
-bench: bench-chip bench-nodata bench-labels bench-encode bench-index bench-tiles
+bench: bench-chip bench-nodata bench-labels bench-encode bench-index bench-tiles bench-storage
 bench-chip: $(STAMP)/build
 	$(PY) benches/bench_chip.py
 bench-nodata: $(STAMP)/build
@@ -101,6 +101,13 @@ bench-index: $(STAMP)/build
 	$(PY) benches/bench_index.py
 bench-tiles: $(STAMP)/build
 	$(PY) benches/bench_tiles.py
+# s3s-fs: a Rust S3-compatible server over a folder, fast enough that the server is not the bound
+# (moto, pure Python, is: `$(PY) benches/bench_storage.py --server moto`).
+S3S_FS := .bench-tools/bin/s3s-fs
+$(S3S_FS): $(STAMP)/apt
+	cargo install -q s3s-fs@0.14.1 --features binary --root .bench-tools
+bench-storage: $(STAMP)/build $(S3S_FS)
+	$(PY) benches/bench_storage.py --server s3s
 
 clean:
 	rm -rf $(STAMP) target $(DEMO)
