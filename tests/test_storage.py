@@ -337,3 +337,22 @@ def _check_credentials(url: str, key: dict, monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIANOBODYKNOWS00000")
     with pytest.raises(PermissionError, match=f"{BUCKET}.*access denied"):
         StorePath(f"{url}/10").is_dir()
+
+
+def test_a_dask_cluster_reads_and_writes_the_bucket(chipped):
+    """Workers read the COGs and upload the chips themselves (no shared filesystem): same objects."""
+    distributed = pytest.importorskip("distributed")
+    url, _, dest = chipped
+    other = f"s3://{BUCKET}/chips-cluster"
+    # Started after the fixture set AWS_*: the worker processes inherit the credentials and endpoint.
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  worker_dashboard_address=None) as lc, distributed.Client(lc, set_as_default=False) as client:
+        summary = run_chip(url, other, ChipSettings(zoom=17), scheduler=client)
+        assert not summary.failed_cogs and not summary.failed_chips and summary.written > 0
+        scanned = run_nodata_index(other, NodataSettings(source="pixels"), scheduler=client)
+    reference = _objects(dest)
+    produced = _objects(other)
+    jpgs = sorted(k for k in reference if k.endswith(".jpg"))
+    assert sorted(k for k in produced if k.endswith(".jpg")) == jpgs
+    assert all(produced[k] == reference[k] for k in jpgs)
+    assert scanned.counts == run_nodata_index(dest, NodataSettings(source="pixels", filename="again.json")).counts
