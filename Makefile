@@ -101,13 +101,8 @@ bench-index: $(STAMP)/build
 	$(PY) benches/bench_index.py
 bench-tiles: $(STAMP)/build
 	$(PY) benches/bench_tiles.py
-# s3s-fs: a Rust S3-compatible server over a folder, fast enough that the server is not the bound
-# (moto, pure Python, is: `$(PY) benches/bench_storage.py --server moto`).
-S3S_FS := .bench-tools/bin/s3s-fs
-$(S3S_FS): $(STAMP)/apt
-	cargo install -q s3s-fs@0.14.1 --features binary --root .bench-tools
-bench-storage: $(STAMP)/build $(S3S_FS)
-	$(PY) benches/bench_storage.py --server s3s
+bench-storage: $(STAMP)/build
+	$(PY) benches/bench_storage.py
 
 clean:
 	rm -rf $(STAMP) target $(DEMO)

@@ -470,6 +470,9 @@ pub fn chip_cog(
             exists,
         });
     }
+    // Row-major, the order a COG stores its tiles in: reads then move forward through the file,
+    // which is what read-ahead (object stores) and the page cache (local disks) reward.
+    tasks.sort_by_key(|t| (t.window.row_off, t.window.col_off));
     let chipper = CogChipper {
         cog,
         job,
@@ -483,12 +486,13 @@ pub fn chip_cog(
     let mut records: Vec<ChipRecord> = if chipper.aligned_to_chunks(size) && size < level.chunk_width {
         // Several chips per chunk: group chips by chunk, decode each chunk once.
         let per_side = (level.chunk_width / size) as usize;
+        // Keyed (row, column): chunks in file order.
         let mut groups: std::collections::BTreeMap<(u32, u32), Vec<&ChipTask>> = Default::default();
         for t in &tasks {
             groups
                 .entry((
-                    t.window.col_off / level.chunk_width,
                     t.window.row_off / level.chunk_height,
+                    t.window.col_off / level.chunk_width,
                 ))
                 .or_default()
                 .push(t);
@@ -496,7 +500,7 @@ pub fn chip_cog(
         debug_assert!(groups.values().all(|g| g.len() == per_side * per_side));
         groups
             .into_par_iter()
-            .flat_map_iter(|((cx, cy), group)| chipper.chip_group(cx, cy, &group, known, progress))
+            .flat_map_iter(|((cy, cx), group)| chipper.chip_group(cx, cy, &group, known, progress))
             .collect()
     } else {
         tasks
