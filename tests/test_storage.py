@@ -356,3 +356,62 @@ def test_a_dask_cluster_reads_and_writes_the_bucket(chipped):
     assert sorted(k for k in produced if k.endswith(".jpg")) == jpgs
     assert all(produced[k] == reference[k] for k in jpgs)
     assert scanned.counts == run_nodata_index(dest, NodataSettings(source="pixels", filename="again.json")).counts
+
+
+def test_osm_and_labels_with_the_delivery_in_a_bucket(s3, small_sample, chipped, tmp_path):
+    """`osm import` writes each cell's osm_data.json into the bucket, `osm tags` and `labels build`
+    read them there (chips in the bucket too): the same files and labels as on disk."""
+    from imagesim.labels import LabelSettings, build_labels
+    from imagesim.osm import find_cells, tag_inventory
+    from imagesim.osm_import import import_osm
+
+    url, root, dest = chipped[0], s3[1], chipped[2]
+    local_chips = chipped[1]
+    cells = find_cells(root)
+    assert find_cells(url) == cells and find_cells(f"{url}/{cells[0].zone}") == [c for c in cells if c.zone == cells[0].zone]
+    osm_local = tmp_path / "ard"
+    for cell in cells:
+        cell.folder(osm_local).mkdir(parents=True)
+    import_osm(small_sample.osm_pbf, osm_local, cells)
+    import_osm(small_sample.osm_pbf, url, cells)
+    for cell in cells:
+        assert cell.osm_path(url).read_bytes() == cell.osm_path(osm_local).read_bytes()
+    assert tag_inventory(url).rows() == tag_inventory(osm_local).rows()
+
+    a = build_labels(local_chips, osm_local, LabelSettings(include=("partial",), out_dir=tmp_path / "labels"))
+    b = build_labels(dest, url, LabelSettings(include=("partial",)))
+    assert b.class_counts == a.class_counts and b.chips == a.chips > 0 and not b.failed_cells
+    la = pl.read_parquet(tmp_path / "labels" / "labels.parquet")
+    lb = read_parquet(StorePath(dest) / "labels.parquet")
+    assert la.equals(lb)
+    assert (StorePath(dest) / "labels.csv").read_bytes() == (tmp_path / "labels" / "labels.csv").read_bytes()
+
+
+def test_viewer_tiles_from_the_bucket_equal_tiles_from_disk(chipped):
+    pytest.importorskip("fastapi")
+    mercantile = pytest.importorskip("mercantile")
+    from fastapi.testclient import TestClient
+
+    from imagesim.serve.app import create_app
+
+    url, local_chips, _ = chipped
+    root = Path(pl.read_parquet(local_chips / "chips.parquet")["source_cog"][0]).parents[3]
+    clients = [TestClient(create_app(r, local_chips, None), base_url="http://127.0.0.1") for r in (root, url)]
+    row = pl.read_parquet(local_chips / "chips.parquet").filter(pl.col("nodata_class") == "all_data").row(0, named=True)
+    lon, lat = _centre(row)
+    for z in (14, 17, 19):
+        t = mercantile.tile(lon, lat, z)
+        disk, bucket = (c.get(f"/tiles/{z}/{t.x}/{t.y}.png") for c in clients)
+        assert disk.status_code == bucket.status_code == 200, z
+        assert disk.content == bucket.content, z
+
+
+def _centre(row: dict) -> tuple[float, float]:
+    from pyproj import Transformer
+
+    from imagesim import grid
+
+    b = grid.bounds(row["quadkey"])
+    tr = Transformer.from_crs(grid.epsg(row["quadkey"], row["zone"]), 4326, always_xy=True)
+    lon, lat = tr.transform((b.west + b.east) / 2, (b.south + b.north) / 2)
+    return float(lon), float(lat)

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from imagesim import storage
 from imagesim.errors import ArdLayoutError, ImagesimFileNotFoundError, InvalidArgumentError
 
 VISUAL_SUFFIX = "-visual.tif"
@@ -22,7 +23,7 @@ _CATALOG_ID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 
 def is_url(path: str | os.PathLike[str]) -> bool:
     """Whether an ARD path names an object store (``s3://``, ``gs://``, ``az://``, ``https://``)."""
-    return isinstance(path, (str, StoreObject)) and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", str(path)) is not None
+    return isinstance(path, StoreObject) or storage.is_url(path)
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ class Misplaced:
 
 
 def find_acquisitions(
-    root: str | Path,
+    root: str | Path | storage.StorePath,
     *,
     zones: list[int] | None = None,
     quadkeys: list[str] | None = None,

@@ -11,12 +11,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from imagesim.storage import AnyPath, StorePath
+from imagesim.storage import AnyPath, StorePath, location
 
 
 @contextmanager
 def atomic_path(path: str | AnyPath) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step."""
+    path = location(path)
     if isinstance(path, StorePath):
         with tempfile.TemporaryDirectory(prefix="imagesim-upload-") as folder:
             tmp = Path(folder) / path.name

@@ -50,8 +50,8 @@ INCLUDE_CHOICES = ("all_data", "partial", "unmeasured")
 class LabelSettings:
     taxonomy: str | Path | None = None  # None: the shipped default
     include: tuple[str, ...] = ()  # "partial": partial_data chips too; "unmeasured": chips with no nodata class
-    out_dir: Path | None = None  # default: the chips folder
-    nodata_index: Path | None = None  # nodata.parquet or nodata-index.json; default: CHIPS/nodata.parquet if present
+    out_dir: str | AnyPath | None = None  # default: the chips folder
+    nodata_index: str | AnyPath | None = None  # nodata.parquet or nodata-index.json; default: CHIPS/nodata.parquet if present
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -62,7 +62,7 @@ class LabelSettings:
 
 @dataclass
 class LabelSummary:
-    out_dir: Path
+    out_dir: AnyPath
     classes: list[str]
     chips: int = 0  # rows written
     labelled: int = 0  # rows with at least one class
@@ -137,7 +137,7 @@ def _read_nodata(path: AnyPath) -> pl.DataFrame:
     return frame.rename({"nodata_class": "nodata_class_index"}).unique(subset=["chip"], keep="last")
 
 
-def _load_cell_osm(root: Path, zone: int, cell: str) -> dict[str, Any] | None:
+def _load_cell_osm(root: AnyPath, zone: int, cell: str) -> dict[str, Any] | None:
     path = root / str(zone) / cell / OSM_FILE
     if not path.is_file():
         return None
@@ -176,18 +176,18 @@ def label_cell(data: dict[str, Any], taxonomy: Taxonomy, zone: int, cell: str, z
 
 
 def build_labels(
-    chips_dir: str | Path,
-    ard_path: str | Path,
+    chips_dir: str | AnyPath,
+    ard_path: str | AnyPath,
     settings: LabelSettings | None = None,
     progress: ProgressFactory | None = None,
 ) -> LabelSummary:
     """Label every chip of ``chips_dir`` from the ``osm_data.json`` files of ``ard_path``."""
     settings = settings or LabelSettings()
     t0 = time.perf_counter()
-    chips_dir, ard_root = Path(chips_dir), ard_base(Path(ard_path))
-    if not Path(ard_path).is_dir():
+    chips_dir, ard_root = location(chips_dir), ard_base(ard_path)
+    if not location(ard_path).is_dir():
         raise ImagesimFileNotFoundError(f"{ard_path}: ARD path does not exist")
-    out_dir = Path(settings.out_dir or chips_dir)
+    out_dir = location(settings.out_dir) if settings.out_dir else chips_dir
     outputs = [out_dir / LABELS_PARQUET, out_dir / LABELS_CSV, out_dir / LABELS_JSON]
     if not settings.overwrite:
         for path in outputs:
@@ -300,7 +300,7 @@ def _bitset_matrix(table: pl.DataFrame, n_classes: int) -> np.ndarray:
     return np.ascontiguousarray(table["bitset"].to_numpy().reshape(table.height, words), dtype=np.uint64)
 
 
-def _sidecar(summary: LabelSummary, taxonomy: Taxonomy, chips_dir: Path, ard_root: Path, table: pl.DataFrame) -> dict[str, Any]:
+def _sidecar(summary: LabelSummary, taxonomy: Taxonomy, chips_dir: AnyPath, ard_root: AnyPath, table: pl.DataFrame) -> dict[str, Any]:
     n = max(summary.chips, 1)
     return {
         "classes": taxonomy.names,

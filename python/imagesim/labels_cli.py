@@ -24,12 +24,12 @@ LabelsFile = Annotated[Optional[Path], typer.Option("--labels", help="labels.par
 
 @labels_app.command("build")
 def build(
-    ard_path: Annotated[Path, typer.Option("--ard-path", help="ARD root whose <zone>/<qk12>/osm_data.json files hold the OSM data.")],
-    chips: Chips,
+    ard_path: Annotated[str, typer.Option("--ard-path", help="ARD root whose <zone>/<qk12>/osm_data.json files hold the OSM data (a folder or an object-store URL).")],
+    chips: Annotated[str, typer.Option("--chips", help="Chips folder or object-store prefix (the DEST of `imagesim chip`, holding chips.parquet).")],
     taxonomy: Annotated[Optional[Path], typer.Option(help="Taxonomy TOML (classes → OSM tag filters and geometry rules); default: the shipped 13-class one.")] = None,
     include: Annotated[Optional[list[str]], typer.Option(help="Also label 'partial' (partial_data) chips, or 'unmeasured' ones (no no-data class). Repeatable. no_data chips are never labelled.")] = None,
-    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Folder for labels.parquet, labels.csv and labels.json (default: CHIPS).")] = None,
-    nodata_index: Annotated[Optional[Path], typer.Option("--nodata-index", help="nodata.parquet or nodata-index.json giving each chip's no-data class (default: CHIPS/nodata.parquet if present, else chips.parquet).")] = None,
+    out_dir: Annotated[Optional[str], typer.Option("--out", help="Folder (or store prefix) for labels.parquet, labels.csv and labels.json (default: CHIPS).")] = None,
+    nodata_index: Annotated[Optional[str], typer.Option("--nodata-index", help="nodata.parquet or nodata-index.json giving each chip's no-data class (default: CHIPS/nodata.parquet if present, else chips.parquet).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing labels (their split is reset).")] = False,
 ) -> None:
     """Label every chip from the OSM features that cover it: labels.parquet (ids + bitset), labels.csv, labels.json."""

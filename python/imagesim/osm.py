@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 from imagesim import grid
 from imagesim.errors import ArdLayoutError, ImagesimFileNotFoundError, InvalidArgumentError, OsmDataError
+from imagesim.storage import AnyPath, StorePath, location
 
 OSM_FILE = "osm_data.json"
 ELEMENT_KEYS = {"node": "nodes", "way": "ways", "relation": "relations"}
@@ -32,10 +33,10 @@ class Cell(NamedTuple):
     zone: int
     quadkey: str
 
-    def folder(self, root: Path) -> Path:
-        return Path(root) / str(self.zone) / self.quadkey
+    def folder(self, root: str | AnyPath) -> AnyPath:
+        return location(root) / str(self.zone) / self.quadkey
 
-    def osm_path(self, root: Path) -> Path:
+    def osm_path(self, root: str | AnyPath) -> AnyPath:
         return self.folder(root) / OSM_FILE
 
 
@@ -60,9 +61,11 @@ class BBox(NamedTuple):
 # --------------------------------------------------------------------------------------------
 
 
-def find_cells(root: str | Path, zones: Iterable[int] | None = None) -> list[Cell]:
+def find_cells(root: str | AnyPath, zones: Iterable[int] | None = None) -> list[Cell]:
     """The ``<root>/<zone>/<qk12>`` cell folders, sorted (a cell needs no COG to be listed)."""
-    root = Path(root)
+    root = location(root)
+    if isinstance(root, StorePath):
+        return _cells_in_store(root, set(zones or []))
     if not root.exists():
         raise ImagesimFileNotFoundError(f"{root}: ARD path does not exist")
     if not root.is_dir():
@@ -83,13 +86,35 @@ def find_cells(root: str | Path, zones: Iterable[int] | None = None) -> list[Cel
     return sorted(cells)
 
 
-def ard_base(root: str | Path) -> Path:
+def _cells_in_store(root: StorePath, zones: set[int]) -> list[Cell]:
+    """Cells of a delivery in a store: the ``<zone>/<qk12>/`` prefixes that hold objects."""
+    for z in zones:
+        _check_zone(z)
+    found: set[Cell] = set()
+    zone_prefix = _is_zone_folder(root)
+    for path, _, _ in root.files():
+        parts = path.relative_to(root).split("/")
+        if zone_prefix:
+            parts = [root.name, *parts]
+        if len(parts) < 3 or not _ZONE.match(parts[0]) or not 1 <= int(parts[0]) <= 60 or not _CELL.match(parts[1]):
+            continue
+        if not zones or int(parts[0]) in zones:
+            found.add(Cell(int(parts[0]), parts[1]))
+    return sorted(found)
+
+
+def ard_base(root: str | AnyPath) -> AnyPath:
     """The folder holding the zone folders (``root``, or its parent when ``root`` is a zone folder)."""
-    root = Path(root)
+    root = location(root)
     return root.parent if _is_zone_folder(root) else root
 
 
-def _is_zone_folder(path: Path) -> bool:
+def _is_zone_folder(path: AnyPath) -> bool:
+    if isinstance(path, StorePath):  # a zone prefix: its objects sit under 12-digit cell prefixes
+        if not _ZONE.match(path.name):
+            return False
+        first = [p for p, _, _ in path.files(limit=1)]
+        return bool(first) and _CELL.match(first[0].relative_to(path).split("/")[0]) is not None
     if not _ZONE.match(path.name) or not path.is_dir():
         return False
     return any(c.is_dir() and _CELL.match(c.name) for c in path.iterdir())
@@ -185,10 +210,10 @@ def check_osm_data(data: Any, quadkey: str, where: str = OSM_FILE) -> None:
                 raise OsmDataError(f"{where}: {key!r} holds something that is not a {kind} element")
 
 
-def is_valid_file(path: Path, quadkey: str) -> bool:
+def is_valid_file(path: AnyPath, quadkey: str) -> bool:
     """Whether ``path`` holds a complete, valid ``osm_data.json`` for ``quadkey`` (resume check)."""
     try:
-        check_osm_data(json.loads(Path(path).read_text()), quadkey, str(path))
+        check_osm_data(json.loads(location(path).read_text()), quadkey, str(path))
     except (OSError, ValueError):
         return False
     return True
@@ -230,7 +255,7 @@ class TagInventory:
         return sorted(((k, n, values[k]) for k, n in total.items()), key=lambda t: (-t[1], t[0]))
 
 
-def tag_inventory(root: str | Path, element: str | None = None, zones: Iterable[int] | None = None) -> TagInventory:
+def tag_inventory(root: str | AnyPath, element: str | None = None, zones: Iterable[int] | None = None) -> TagInventory:
     """Key/value counts over every ``osm_data.json`` of the ARD tree.
 
     An element found in several cells (they overlap at the edges, and big areas span many) is
@@ -243,7 +268,7 @@ def tag_inventory(root: str | Path, element: str | None = None, zones: Iterable[
     seen: set[tuple[str, int]] = set()
     for cell in find_cells(root, zones):
         path = cell.osm_path(base)
-        if not path.exists():
+        if not path.is_file():
             continue
         try:
             data = json.loads(path.read_text())

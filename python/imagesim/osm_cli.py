@@ -19,19 +19,20 @@ osm_app = typer.Typer(
 err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
 
-ArdPath = Annotated[Path, typer.Option("--ard-path", help="ARD root (<zone>/<qk12>/… folders), or one zone folder.")]
+ArdPath = Annotated[str, typer.Option("--ard-path", help="ARD root (<zone>/<qk12>/… folders), or one zone folder; a folder or an object-store URL (s3://, gs://, az://).")]
 Zones = Annotated[Optional[list[int]], typer.Option("--zone", help="Only this UTM zone (repeatable). Required with --bbox.")]
 
 
-def _cells(ard_path: Path, zone: list[int] | None, bbox: str | None):
+def _cells(ard_path: str, zone: list[int] | None, bbox: str | None):
     from imagesim.errors import InvalidArgumentError
     from imagesim.osm import ard_base, cells_covering, find_cells, parse_bbox
+    from imagesim.storage import location
 
     if bbox is None:
         return ard_base(ard_path), find_cells(ard_path, zone)
     if not zone or len(zone) != 1:
         raise InvalidArgumentError("--bbox needs exactly one --zone: the UTM zone whose level-12 cells cover the box")
-    ard_path.mkdir(parents=True, exist_ok=True)
+    location(ard_path).mkdir(parents=True, exist_ok=True)
     return ard_base(ard_path), cells_covering(parse_bbox(bbox), zone[0])
 
 
@@ -101,7 +102,7 @@ def tags(
     ard_path: ArdPath,
     element: Annotated[Optional[str], typer.Option(help="Count only node, way or relation elements.")] = None,
     zone: Zones = None,
-    out_path: Annotated[Optional[Path], typer.Option("--out", help="Parquet file of (key, value, count, nodes, ways, relations); default ARD/osm_tags.parquet.")] = None,
+    out_path: Annotated[Optional[str], typer.Option("--out", help="Parquet file of (key, value, count, nodes, ways, relations), local or in a store; default ARD/osm_tags.parquet.")] = None,
     top: Annotated[int, typer.Option(help="Keys shown on screen (the Parquet has every key and value).")] = 30,
 ) -> None:
     """Tag inventory (key → value counts) over every osm_data.json, to help choose label classes."""

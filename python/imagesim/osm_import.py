@@ -31,6 +31,7 @@ from typing import IO, Any
 
 from imagesim.errors import ImagesimFileNotFoundError, InvalidArgumentError, OsmImportError
 from imagesim.fsutil import write_with
+from imagesim.storage import location
 from imagesim.osm import BBox, Cell, cell_bbox, is_valid_file
 
 _FORMATS = (".osm.pbf", ".pbf", ".osm", ".osm.bz2", ".osm.gz", ".osm.xml", ".o5m", ".opl")
@@ -182,7 +183,7 @@ def import_osm(
     """
     import osmium
 
-    path, root = Path(path), Path(root)
+    path, root = Path(path), location(root)
     if not path.is_file():
         raise ImagesimFileNotFoundError(f"{path}: OSM file does not exist")
     source = _open_file(path, fmt)
@@ -199,7 +200,8 @@ def import_osm(
         return summary
     lookup = CellLookup([cell_bbox(c) for c in todo])
 
-    work = Path(tempfile.mkdtemp(prefix=".osm-import-", dir=root if root.is_dir() else None))
+    # Spools beside the delivery when it is a local folder (same disk), else in the temp folder.
+    work = Path(tempfile.mkdtemp(prefix=".osm-import-", dir=root if isinstance(root, Path) and root.is_dir() else None))
     try:
         spools = _Spools(work, len(todo))
         try:

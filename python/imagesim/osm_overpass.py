@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 
 from imagesim.errors import InvalidArgumentError, OsmDataError, OverpassError, OverpassResponseError
 from imagesim.fsutil import write_json
+from imagesim.storage import location
 from imagesim.osm import BBox, Cell, cell_bbox, check_osm_data, is_valid_file, split_elements
 
 DEFAULT_ENDPOINT = "https://overpass-api.de/api/interpreter"
@@ -278,7 +279,7 @@ def fetch_cells(
     progress: Callable[[int], Any] | None = None,
 ) -> FetchSummary:
     """Fetch every cell in turn (one request at a time); valid existing files are skipped unless ``overwrite``."""
-    root = Path(root)
+    root = location(root)
     summary = FetchSummary()
     t0 = time.perf_counter()
     r0 = client.requests

@@ -15,7 +15,7 @@ err = Console(stderr=True, soft_wrap=True)
 
 
 def serve(
-    ard_path: Annotated[Path, typer.Option("--ard-path", help="ARD delivery root (<zone>/<quadkey>/<date>/<catalog-id>-visual.tif).")],
+    ard_path: Annotated[str, typer.Option("--ard-path", help="ARD delivery root (<zone>/<quadkey>/<date>/<catalog-id>-visual.tif): a folder or an object-store URL (tiles then come from range requests).")],
     chips: Annotated[Path, typer.Option("--chips", help="Chips folder (the DEST of `imagesim chip`), for thumbnails.")],
     index: Annotated[Optional[Path], typer.Option("--index", help="Index folder from `imagesim index` (similar-chip queries).")] = None,
     host: Annotated[str, typer.Option(help="Address to bind; the default serves this machine only.")] = "127.0.0.1",
@@ -46,6 +46,7 @@ def serve(
     import sys
 
     from imagesim.serve.app import allowed_hosts_for, create_app
+    from imagesim.storage import location
 
     # build the app here first: a bad path or index fails now with one line, not in a worker
     app = create_app(ard_path, chips, index, block_cache_mb=block_cache_mb if workers == 1 else 0,
@@ -60,7 +61,7 @@ def serve(
         return
     # several processes: uvicorn's own command line runs them (each builds the app from the environment)
     env = dict(os.environ,
-               IMAGESIM_SERVE_ARD=str(ard_path.resolve()),
+               IMAGESIM_SERVE_ARD=str(location(ard_path).resolve()),
                IMAGESIM_SERVE_CHIPS=str(chips.resolve()),
                IMAGESIM_SERVE_INDEX=str(index.resolve()) if index else "",
                IMAGESIM_SERVE_BLOCK_CACHE_MB=str(block_cache_mb),

@@ -113,9 +113,10 @@ class StorePath:
         size, mtime_ns = found
         return os.stat_result((0, 0, 0, 0, 0, 0, size, 0, mtime_ns // 10**9, 0, 0, 0, 0, mtime_ns))
 
-    def files(self) -> Iterator[tuple[StorePath, int, int]]:
-        """Every object under this prefix, recursively: ``(path, size, modified ns)``, sorted."""
-        for url, size, mtime in sorted(_imagesim.list_objects(self.url + "/")):
+    def files(self, limit: int | None = None) -> Iterator[tuple[StorePath, int, int]]:
+        """Every object under this prefix (the first ``limit`` listed), recursively:
+        ``(path, size, modified ns)``, sorted."""
+        for url, size, mtime in sorted(_imagesim.list_objects(self.url + "/", limit=limit)):
             yield StorePath(url), size, mtime
 
     # --- reading and writing ---

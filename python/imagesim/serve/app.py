@@ -217,7 +217,6 @@ def create_app(
     """The viewer app over an ARD delivery, its chips folder and an index folder (from `imagesim index`)."""
     from imagesim.errors import ImagesimFileNotFoundError
 
-    ard_path = Path(ard_path)
     chips_root = Path(chips_dir).resolve()
     if not chips_root.is_dir():
         raise ImagesimFileNotFoundError(f"{chips_dir}: chips folder not found")

@@ -34,6 +34,7 @@ import numpy as np
 from imagesim import grid
 from imagesim.ard import Acquisition, find_acquisitions
 from imagesim.errors import ImagesimError, InvalidArgumentError
+from imagesim.storage import location
 
 TILE = 256
 MESH = 4  # mesh cells per tile side (64 px each)
@@ -108,7 +109,7 @@ class Catalog:
     """The acquisitions of a delivery, indexed for tile look-ups."""
 
     def __init__(self, ard_path: str | Path, transformers: Transformers | None = None) -> None:
-        self.root = Path(ard_path)
+        self.root = location(ard_path)
         self.transformers = transformers or Transformers()
         acquisitions, self.misplaced = find_acquisitions(self.root)
         if not acquisitions:
