@@ -415,3 +415,91 @@ def _centre(row: dict) -> tuple[float, float]:
     tr = Transformer.from_crs(grid.epsg(row["quadkey"], row["zone"]), 4326, always_xy=True)
     lon, lat = tr.transform((b.west + b.east) / 2, (b.south + b.north) / 2)
     return float(lon), float(lat)
+
+
+class _RangeServer:
+    """A plain web server (no S3 API) serving a folder with HEAD and single byte-range GETs, the
+    way a CDN or a static bucket website serves COGs."""
+
+    def __init__(self, root: Path) -> None:
+        import threading
+        from email.utils import formatdate
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        served = self.served = []
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def _file(self) -> Path | None:
+                path = (root / self.path.lstrip("/").split("?")[0]).resolve()
+                return path if path.is_file() and root.resolve() in path.parents else None
+
+            def _head(self, status: int, length: int, path: Path, extra: dict) -> None:
+                self.send_response(status)
+                self.send_header("Content-Length", str(length))
+                self.send_header("Last-Modified", formatdate(path.stat().st_mtime, usegmt=True))
+                self.send_header("Accept-Ranges", "bytes")
+                for k, v in extra.items():
+                    self.send_header(k, v)
+                self.end_headers()
+
+            def do_HEAD(self) -> None:
+                path = self._file()
+                if path is None:
+                    self.send_error(404)
+                    return
+                self._head(200, path.stat().st_size, path, {})
+
+            def do_GET(self) -> None:
+                path = self._file()
+                if path is None:
+                    self.send_error(404)
+                    return
+                data = path.read_bytes()
+                rng = self.headers.get("Range")
+                if rng:
+                    start_s, end_s = rng.removeprefix("bytes=").split("-")
+                    start, end = int(start_s), min(int(end_s) if end_s else len(data) - 1, len(data) - 1)
+                    served.append(("range", start, end))
+                    self._head(206, end - start + 1, path, {"Content-Range": f"bytes {start}-{end}/{len(data)}"})
+                    self.wfile.write(data[start:end + 1])
+                else:
+                    served.append(("whole", 0, len(data) - 1))
+                    self._head(200, len(data), path, {})
+                    self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_cogs_over_plain_https_style_urls_read_with_ranges(small_sample):
+    """http(s):// URLs go through object_store's HTTP store: range reads equal the file; a plain web
+    server cannot be listed, which is said clearly."""
+    from imagesim.ard import find_acquisitions
+
+    root = Path(small_sample.root)
+    visual = sorted(root.rglob("*-visual.tif"))[0]
+    web = _RangeServer(root)
+    try:
+        url = f"{web.url}/{visual.relative_to(root).as_posix()}"
+        remote, disk = open_cog(url), open_cog(visual)
+        full = (0, 0, disk.levels[0]["width"], disk.levels[0]["height"])
+        assert np.array_equal(remote.read(window=full), disk.read(window=full))
+        # The 64 kB header first, then merged 8 MiB blocks (this small COG fits in one): range requests only.
+        assert web.served[0] == ("range", 0, 65535) and all(kind == "range" for kind, _, _ in web.served)
+        with pytest.raises(ImagesimFileNotFoundError):
+            open_cog(f"{web.url}/10/nope-visual.tif")
+        with pytest.raises(ImagesimError, match="WebDAV"):
+            find_acquisitions(web.url)
+    finally:
+        web.close()

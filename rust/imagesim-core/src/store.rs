@@ -79,6 +79,10 @@ pub(crate) fn locate(text: &str) -> io::Result<(Arc<dyn ObjectStore>, ObjectPath
     let mut options: Vec<(String, String)> = std::env::vars()
         .filter(|(k, _)| k.starts_with("AWS_") || k.starts_with("GOOGLE_") || k.starts_with("AZURE_"))
         .collect();
+    if url.scheme() == "http" {
+        // An http:// URL is an explicit choice of plain HTTP (object_store refuses it by default).
+        options.push(("allow_http".into(), "true".into()));
+    }
     options.sort();
     let mut key = format!("{}://{}", url.scheme(), url.authority());
     for (k, v) in &options {
@@ -103,14 +107,23 @@ pub fn list(prefix: &str, limit: Option<usize>) -> io::Result<Vec<(String, u64, 
     let (store, location) = locate(prefix)?;
     let base = format!("{}://{}", url.scheme(), url.authority());
     let stream = store.list(Some(&location));
-    let items: Vec<object_store::ObjectMeta> = runtime()
-        .block_on(async move {
-            match limit {
-                Some(n) => stream.take(n).try_collect().await,
-                None => stream.try_collect().await,
-            }
-        })
-        .map_err(io_error)?;
+    let listed: object_store::Result<Vec<object_store::ObjectMeta>> = runtime().block_on(async move {
+        match limit {
+            Some(n) => stream.take(n).try_collect().await,
+            None => stream.try_collect().await,
+        }
+    });
+    let items = match listed {
+        Ok(items) => items,
+        // Plain web servers cannot list; object_store lists HTTP with WebDAV (PROPFIND).
+        Err(e) if url.scheme().starts_with("http") && !matches!(e, object_store::Error::NotFound { .. }) => {
+            return Err(io::Error::other(format!(
+                "cannot list an http(s) location ({e}); listing needs a WebDAV server: use the \
+                 s3://, gs:// or az:// URL of the bucket, or open single COGs by URL"
+            )))
+        }
+        Err(e) => return Err(io_error(e)),
+    };
     Ok(items
         .into_iter()
         .map(|m| {
