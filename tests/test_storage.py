@@ -503,3 +503,14 @@ def test_cogs_over_plain_https_style_urls_read_with_ranges(small_sample):
             find_acquisitions(web.url)
     finally:
         web.close()
+
+
+def test_chip_cli_bucket_to_bucket(chipped):
+    from typer.testing import CliRunner
+
+    from imagesim.cli import app
+
+    url, _, dest = chipped
+    result = CliRunner().invoke(app, ["chip", "--ard-path", url, "--dest", dest, "--zoom", "17"])
+    assert result.exit_code == 0, result.output
+    assert "0 chips written" in result.output and f"{dest}/chips.parquet" in result.output.replace("\n", "")
