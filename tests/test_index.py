@@ -28,6 +28,8 @@ from imagesim.index import build_index, choose_kind, load_index, read_embeddings
 from imagesim.index_cli import register  # noqa: E402
 from imagesim.similar import precision_at_k, query_vector, resolve, similar  # noqa: E402
 
+from embedding_table import embeddings_table  # noqa: E402
+
 CELLS = ("120020223032", "120020223033")  # zone 10, San Francisco; x 550-555 km / 555-560 km
 DIM = 512
 N_LABELS = 12
@@ -379,18 +381,7 @@ def sample_index(tmp_path_factory, small_sample):
         thumb = np.asarray(Image.fromarray(img).convert("L").resize((8, 8))).ravel() / 255.0
         v = np.concatenate([hist / hist.sum() * 4, thumb - thumb.mean()]).astype(np.float32)
         vectors.append(v / np.linalg.norm(v))
-    dim = len(vectors[0])
-    table = manifest.select(
-        "chip",
-        pl.format("{}/{}", "zone", "chip").alias("path"),
-        pl.col("zone").cast(pl.UInt8),
-        "quadkey",
-        "cell",
-        "catalog_id",
-        pl.lit(MODEL_ID).alias("model_id"),
-        pl.Series("embedding", np.stack(vectors), dtype=pl.Array(pl.Float32, dim)),
-        pl.lit([], dtype=pl.List(pl.String)).alias("predicted"),
-    )
+    table = embeddings_table(manifest, np.stack(vectors), MODEL_ID, [[] for _ in vectors])
     table.write_parquet(base / "embeddings.parquet")
     build_index(base / "embeddings.parquet", base / "index")
     return chips, base / "index", table

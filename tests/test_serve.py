@@ -32,6 +32,8 @@ from PIL import Image  # noqa: E402
 from imagesim import grid  # noqa: E402
 from imagesim.index import build_index, load_index  # noqa: E402
 from imagesim.serve.app import create_app  # noqa: E402
+
+from embedding_table import embeddings_table  # noqa: E402
 from imagesim.serve.tiles import EARTH_HALF, TILE, Transformers, mesh_error  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,17 +62,7 @@ def viewer(tmp_path_factory, small_sample) -> Viewer:
     rng = np.random.default_rng(3)
     vectors = rng.normal(size=(manifest.height, 32)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    table = manifest.select(
-        "chip",
-        pl.format("{}/{}", "zone", "chip").alias("path"),
-        pl.col("zone").cast(pl.UInt8),
-        "quadkey",
-        "cell",
-        "catalog_id",
-        pl.lit("test-model").alias("model_id"),
-        pl.Series("embedding", vectors, dtype=pl.Array(pl.Float32, 32)),
-        pl.Series("predicted", [[LABELS[i % len(LABELS)]] for i in range(manifest.height)], dtype=pl.List(pl.String)),
-    )
+    table = embeddings_table(manifest, vectors, "test-model", [[LABELS[i % len(LABELS)]] for i in range(manifest.height)])
     table.write_parquet(base / "embeddings.parquet")
     build_index(base / "embeddings.parquet", base / "index")
     return Viewer(small_sample, chips, base / "index", manifest)

@@ -103,7 +103,23 @@ def test_missing_keys_and_buckets_are_clear(s3):
         _imagesim.list_objects("s3://no-such-bucket/delivery/")
 
 
-class _FaultyProxy:
+class _LoopbackServer:
+    """An HTTP server of the test's own on a free loopback port, answering from a thread."""
+
+    def _serve(self, handler) -> None:
+        import threading
+        from http.server import ThreadingHTTPServer
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class _FaultyProxy(_LoopbackServer):
     """An HTTP proxy in front of the S3 server that fails some range reads: 503s, a connection
     dropped mid-body and a slow answer, in sequence, then passes everything through."""
 
@@ -111,7 +127,7 @@ class _FaultyProxy:
         import http.client
         import threading
         import time
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from http.server import BaseHTTPRequestHandler
         from urllib.parse import urlsplit
 
         up = urlsplit(upstream)
@@ -164,14 +180,7 @@ class _FaultyProxy:
 
             do_GET = do_HEAD = do_PUT = do_POST = _forward
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._serve(Handler)
 
 
 def test_faults_are_retried_and_give_the_same_chips(s3, tmp_path, monkeypatch):
@@ -338,6 +347,21 @@ def _check_credentials(url: str, key: dict, monkeypatch, tmp_path) -> None:
     with pytest.raises(PermissionError, match=f"{BUCKET}.*access denied"):
         StorePath(f"{url}/10").is_dir()
 
+    # No keys in the environment: the AWS_PROFILE profile of the shared credentials file is used.
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    creds = tmp_path / "aws-credentials"
+    creds.write_text(f"[default]\naws_access_key_id = AKIANOBODYKNOWS00000\naws_secret_access_key = x\n\n"
+                     f"[imagesim-test]\naws_access_key_id = {key['AccessKeyId']}\n"
+                     f"aws_secret_access_key = {key['SecretAccessKey']}\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(creds))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_PROFILE", "imagesim-test")
+    assert _imagesim.list_objects(url + "/")
+    monkeypatch.setenv("AWS_PROFILE", "default")
+    with pytest.raises(ImagesimPermissionError, match="access denied"):
+        _imagesim.list_objects(url + "/")
+
 
 def test_a_dask_cluster_reads_and_writes_the_bucket(chipped):
     """Workers read the COGs and upload the chips themselves (no shared filesystem): same objects."""
@@ -417,14 +441,13 @@ def _centre(row: dict) -> tuple[float, float]:
     return float(lon), float(lat)
 
 
-class _RangeServer:
+class _RangeServer(_LoopbackServer):
     """A plain web server (no S3 API) serving a folder with HEAD and single byte-range GETs, the
     way a CDN or a static bucket website serves COGs."""
 
     def __init__(self, root: Path) -> None:
-        import threading
         from email.utils import formatdate
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from http.server import BaseHTTPRequestHandler
 
         served = self.served = []
 
@@ -472,14 +495,7 @@ class _RangeServer:
                     self._head(200, len(data), path, {})
                     self.wfile.write(data)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._serve(Handler)
 
 
 def test_cogs_over_plain_https_style_urls_read_with_ranges(small_sample):

@@ -17,6 +17,10 @@ CELL_PIXELS: int = _rs.CELL_PIXELS
 APRON: int = _rs.APRON
 COG_PIXELS: int = _rs.COG_PIXELS
 PIXEL_SIZE: float = _rs.PIXEL_SIZE
+# The quadtree square every zone shares (DESIGN.md §2), in the zone's northern-CRS metres.
+ORIGIN_X: float = _rs.ORIGIN_X
+ORIGIN_Y: float = _rs.ORIGIN_Y
+CELL_SIZE: float = CELL_PIXELS * PIXEL_SIZE  # metres on a side of a level-12 cell (5 km)
 
 
 class Tile(NamedTuple):

@@ -149,7 +149,8 @@ def _load_cell_osm(root: AnyPath, zone: int, cell: str) -> dict[str, Any] | None
     return data
 
 
-def _transformer(epsg: int) -> Callable[[np.ndarray], np.ndarray]:
+def wgs84_to(epsg: int) -> Callable[[np.ndarray], np.ndarray]:
+    """A vectorised lon/lat → ``epsg`` transform of ``(n, 2)`` arrays (OSM geometry into a cell's UTM)."""
     from pyproj import Transformer
 
     tr = Transformer.from_crs(4326, epsg, always_xy=True)
@@ -170,7 +171,7 @@ def label_cell(data: dict[str, Any], taxonomy: Taxonomy, zone: int, cell: str, z
     """``(local chip index, class id)`` pairs of one cell at a chip zoom, and the geometry report."""
     if not 12 <= zoom <= 24:
         raise InvalidArgumentError(f"chip zoom {zoom}: labels need chips at zoom 12 or finer")
-    features, report = features_from_osm(data, taxonomy, _transformer(grid.epsg(cell, zone)))
+    features, report = features_from_osm(data, taxonomy, wgs84_to(grid.epsg(cell, zone)))
     chip, cls = join_cell(features, taxonomy, CellGrid.of(tuple(grid.bounds(cell)), 1 << (zoom - 12)))
     return chip, cls, report
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import shapely
 
+from imagesim import grid
 from imagesim.osm_geometry import AREA, LINE, POINT, Features
 from imagesim.taxonomy import Taxonomy
 
@@ -33,7 +34,7 @@ class CellGrid:
 
     @property
     def size(self) -> float:
-        return 5000.0 / self.n
+        return grid.CELL_SIZE / self.n
 
     @staticmethod
     def of(bounds: tuple[float, float, float, float], n: int) -> CellGrid:

@@ -22,7 +22,7 @@ import numpy as np
 from imagesim import _imagesim, grid
 from imagesim.errors import LabelInputError
 from imagesim.fsutil import write_with
-from imagesim.labels import Labels, _transformer, read_labels
+from imagesim.labels import Labels, read_labels, wgs84_to
 from imagesim.osm import OSM_FILE
 from imagesim.osm_geometry import AREA, features_from_osm
 from imagesim.taxonomy import parse_taxonomy
@@ -205,7 +205,7 @@ class _OutlineSource:
             path = self.ard / str(key[0]) / key[1] / OSM_FILE
             try:
                 data = json.loads(path.read_text())
-                self.cache[key] = features_from_osm(data, self.taxonomy, _transformer(grid.epsg(key[1], key[0])))[0]
+                self.cache[key] = features_from_osm(data, self.taxonomy, wgs84_to(grid.epsg(key[1], key[0])))[0]
             except (OSError, ValueError):
                 self.cache[key] = None
         feats = self.cache[key]

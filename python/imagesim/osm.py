@@ -25,8 +25,6 @@ OSM_FILE = "osm_data.json"
 ELEMENT_KEYS = {"node": "nodes", "way": "ways", "relation": "relations"}
 _ZONE = re.compile(r"^\d{1,2}$")
 _CELL = re.compile(r"^[0-3]{12}$")
-# The quadtree square of every zone (DESIGN.md §2), in the zone's northern-CRS metres.
-_X0, _Y0, _SIDE12 = -9_740_000.0, 10_240_000.0, 5_000.0
 
 
 class Cell(NamedTuple):
@@ -158,10 +156,10 @@ def cells_covering(bbox: BBox, zone: int) -> list[Cell]:
     lats = [s + (n - s) * i / k for i in range(k + 1)]
     pts = [(x, s) for x in lons] + [(x, n) for x in lons] + [(w, y) for y in lats] + [(e, y) for y in lats]
     xs, ys = tr.transform([p[0] for p in pts], [p[1] for p in pts])
-    x0 = math.floor((min(xs) - _X0) / _SIDE12)
-    x1 = math.floor((max(xs) - _X0) / _SIDE12)
-    y0 = math.floor((_Y0 - max(ys)) / _SIDE12)
-    y1 = math.floor((_Y0 - min(ys)) / _SIDE12)
+    x0 = math.floor((min(xs) - grid.ORIGIN_X) / grid.CELL_SIZE)
+    x1 = math.floor((max(xs) - grid.ORIGIN_X) / grid.CELL_SIZE)
+    y0 = math.floor((grid.ORIGIN_Y - max(ys)) / grid.CELL_SIZE)
+    y1 = math.floor((grid.ORIGIN_Y - min(ys)) / grid.CELL_SIZE)
     n_tiles = 1 << 12
     cells = []
     for y in range(max(y0, 0), min(y1, n_tiles - 1) + 1):

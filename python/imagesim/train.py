@@ -158,15 +158,10 @@ def _cpu_state(module) -> dict:
 
 def load_checkpoint(path: str | Path) -> dict:
     """Read ``last.pt`` or ``model.pt`` (CPU tensors)."""
-    import torch
+    from imagesim.train_model import read_torch_file
 
     path = Path(path)
-    if not path.is_file():
-        raise ImagesimFileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise InvalidArgumentError(f"{path}: cannot read as a PyTorch checkpoint ({exc})") from exc
+    ckpt = read_torch_file(path, "checkpoint", "checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("format") not in (CHECKPOINT_FORMAT, MODEL_FORMAT):
         raise InvalidArgumentError(f"{path}: not an imagesim checkpoint")
     return ckpt

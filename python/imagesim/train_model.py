@@ -77,16 +77,23 @@ class MultilabelNet(nn.Module):
         return self
 
 
+def read_torch_file(path: str | Path, what: str, kind: str):
+    """``torch.load`` of a local file on the CPU, tensors and plain containers only (no pickled code);
+    a missing file or an unreadable one is a typed error naming ``what`` / ``kind``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImagesimFileNotFoundError(f"{what} not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InvalidArgumentError(f"{path}: cannot read as a PyTorch {kind} ({exc})") from exc
+
+
 def load_backbone_weights(model: MultilabelNet, path: str | Path) -> int:
     """Load a local torchvision ResNet state dict (``fc.*`` ignored; ``module.``/``backbone.`` prefixes
     and ``state_dict``/``model`` wrappers accepted). Returns the number of tensors loaded."""
     path = Path(path)
-    if not path.is_file():
-        raise ImagesimFileNotFoundError(f"backbone weights not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise InvalidArgumentError(f"{path}: cannot read as a PyTorch state dict ({exc})") from exc
+    state = read_torch_file(path, "backbone weights", "state dict")
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -2,9 +2,10 @@
 //! small tokio runtime so the rest of the core stays synchronous.
 //!
 //! Credentials and endpoints come from the standard environment (`AWS_*`, `GOOGLE_*`, `AZURE_*`:
-//! keys, profiles' exported values, `AWS_ENDPOINT` for S3-compatible stores, `AWS_ALLOW_HTTP`,
-//! `AWS_SKIP_SIGNATURE` for public buckets); `object_store` retries 5xx answers, dropped
-//! connections and timeouts with exponential backoff.
+//! keys, `AWS_ENDPOINT` for S3-compatible stores, `AWS_ALLOW_HTTP`, `AWS_SKIP_SIGNATURE` for public
+//! buckets), then for S3 from the `AWS_PROFILE` (or `default`) profile of `~/.aws/credentials` and
+//! `~/.aws/config` ([`profile`]), then instance metadata / web identity as `object_store` does.
+//! `object_store` retries 5xx answers, dropped connections and timeouts with exponential backoff.
 //!
 //! Paths stay `Path`s: a path whose text starts with `scheme://` names an object, anything else a
 //! local file. [`read`], [`fetch_many`] and [`Uploads`] accept both.
@@ -17,6 +18,8 @@ use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+mod profile;
 
 /// Requests in flight at once for batch reads and chip uploads: enough to hide a store's latency
 /// (tens of ms on S3) behind a few cores' worth of decoding.
@@ -79,6 +82,10 @@ pub(crate) fn locate(text: &str) -> io::Result<(Arc<dyn ObjectStore>, ObjectPath
     let mut options: Vec<(String, String)> = std::env::vars()
         .filter(|(k, _)| k.starts_with("AWS_") || k.starts_with("GOOGLE_") || k.starts_with("AZURE_"))
         .collect();
+    if matches!(url.scheme(), "s3" | "s3a") {
+        let from_profile = profile::options(&options);
+        options.extend(from_profile);
+    }
     if url.scheme() == "http" {
         // An http:// URL is an explicit choice of plain HTTP (object_store refuses it by default).
         options.push(("allow_http".into(), "true".into()));
