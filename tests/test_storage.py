@@ -101,6 +101,16 @@ def test_missing_keys_and_buckets_are_clear(s3):
         run_chip(f"s3://{BUCKET}/not-a-delivery", "/tmp/never-written", ChipSettings())
     with pytest.raises(ImagesimError, match="no-such-bucket"):
         _imagesim.list_objects("s3://no-such-bucket/delivery/")
+    # Empty and truncated objects: typed errors naming the object, as for local files.
+    _imagesim.store_put(f"s3://{BUCKET}/broken/empty-visual.tif", b"")
+    with pytest.raises(ImagesimError, match="empty-visual.tif"):
+        open_cog(f"s3://{BUCKET}/broken/empty-visual.tif")
+    head = _imagesim.store_get(next(u for u, _, _ in _imagesim.list_objects(url + "/") if u.endswith("-visual.tif")))[:5000]
+    _imagesim.store_put(f"s3://{BUCKET}/broken/cut-visual.tif", head)
+    with pytest.raises(ImagesimError, match="cut-visual.tif"):
+        open_cog(f"s3://{BUCKET}/broken/cut-visual.tif").read(window=(0, 0, 512, 512))
+    for name in ("empty", "cut"):
+        _imagesim.store_delete(f"s3://{BUCKET}/broken/{name}-visual.tif")
 
 
 class _LoopbackServer:
