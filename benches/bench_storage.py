@@ -1,13 +1,14 @@
 """Object-storage benchmark: chipping a full-size COG from a local S3-compatible server on
 127.0.0.1 vs from local disk, same run, same settings. Target: >= 70 % of local-disk speed.
 
-The remote reads go through the Rust reader: one HEAD + one 64 kB header read per COG, then chunk
-reads merged into aligned 4 MiB range requests read ahead. Also measured: chips written *to* the
-bucket (background uploads, 32 in flight).
+The remote reads go through the Rust reader: one 64 kB range read per COG for the header (the size
+comes with it), then chunk reads merged into aligned 16 MiB range requests read ahead. Also
+measured: chips written *to* the bucket (background uploads, 32 in flight).
 
-The server is moto (from PyPI, pure Python, one process), sharing the machine's cores with the
-chipping. It serves a whole 63 MB object at ~650 MB/s on loopback; s3s-fs (a Rust S3 server) was
-tried and serves it at ~130 MB/s, so moto is the faster local stand-in.
+The server is moto (from PyPI, pure Python), running in this process and sharing the machine's
+cores with the chipping; each range request costs it ~40 ms however small (it reads the whole
+object), which is why few, large requests matter here. s3s-fs (a Rust S3 server) was tried and
+serves a whole 63 MB object at ~130 MB/s against moto's ~650 MB/s, so moto is the faster stand-in.
 
     python benches/bench_storage.py [--proc 2] [--passthrough]
 """
