@@ -17,6 +17,7 @@ from typing import Any
 import polars as pl
 
 from imagesim import _imagesim as _rs
+from imagesim import grid
 from imagesim.ard import Acquisition, Misplaced, find_acquisitions
 from imagesim.errors import ImagesimError, InvalidArgumentError
 from imagesim.fsutil import write_json, write_with
@@ -285,7 +286,7 @@ def run_chip(
 
     def task_args(acq: Acquisition) -> tuple:
         overwrite = settings.overwrite or acq in stale
-        existing = None if in_store is None else _chips_of(in_store.get(acq.zone, set()), acq)
+        existing = None if in_store is None else in_store.get((acq.zone, acq.cell, acq.catalog_id), set())
         return acq, dest, settings, set() if overwrite else manifest.known_names(acq), overwrite, existing
 
     def one(acq: Acquisition) -> dict:
@@ -328,19 +329,22 @@ def run_chip(
     return summary
 
 
-def _chips_in_store(dest: StorePath, zones: set[int]) -> dict[int, set[str]]:
-    """Names of the chips already in each zone prefix of a store destination."""
-    found: dict[int, set[str]] = {}
+def _chips_in_store(dest: StorePath, zones: set[int]) -> dict[tuple[int, str, str], set[str]]:
+    """Chips already in each zone prefix of a store destination, by (zone, cell, catalog id): one
+    listing per zone for the whole run, each acquisition then gets its own chips at no cost."""
+    found: dict[tuple[int, str, str], set[str]] = {}
     for zone in zones:
         prefix = dest / str(zone)
-        found[zone] = {p.name for p, _, _ in prefix.files() if "/" not in p.relative_to(prefix)}
+        for path, _, _ in prefix.files():
+            name = path.name
+            if "/" in path.relative_to(prefix) or not name.endswith(".jpg"):
+                continue
+            try:
+                z, quadkey, catalog_id = grid.parse_chip_name(name)
+            except ImagesimError:
+                continue  # not a chip of ours: left alone
+            found.setdefault((z, quadkey[: grid.CELL_ZOOM], catalog_id), set()).add(name)
     return found
-
-
-def _chips_of(names: set[str], acq: Acquisition) -> set[str]:
-    """The chips of one acquisition among a zone's chip names (``Z<zone>-<quadkey>_<catalog id>.jpg``)."""
-    head, tail = f"Z{acq.zone}-{acq.cell}", f"_{acq.catalog_id}.jpg"
-    return {n for n in names if n.startswith(head) and n.endswith(tail)}
 
 
 def chip_one_cog(
