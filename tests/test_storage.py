@@ -154,14 +154,14 @@ class _FaultyProxy(_LoopbackServer):
 
             def _forward(self) -> None:
                 fault = None
-                if self.command == "GET" and "Range" in self.headers:
+                if (self.command == "GET" and "Range" in self.headers) or self.command == "PUT":
                     with lock:
                         fault = proxy.faults.pop(0) if proxy.faults else None
                         if fault:
                             proxy.injected.append(fault)
-                if fault == "503":
-                    body = b"<Error><Code>SlowDown</Code></Error>"
-                    self.send_response(503)
+                if fault in ("500", "503"):
+                    body = b"<Error><Code>InternalError</Code></Error>" if fault == "500" else b"<Error><Code>SlowDown</Code></Error>"
+                    self.send_response(int(fault))
                     self.send_header("Content-Length", str(len(body)))
                     self.end_headers()
                     self.wfile.write(body)
@@ -174,6 +174,10 @@ class _FaultyProxy(_LoopbackServer):
                 payload = resp.read()
                 if fault == "slow":
                     time.sleep(0.5)
+                if fault == "drop" and self.command == "PUT":  # stored, but the answer never comes
+                    self.connection.shutdown(2)
+                    self.close_connection = True
+                    return
                 self.send_response(resp.status)
                 for k, v in resp.getheaders():
                     if k.lower() not in ("transfer-encoding", "connection"):
@@ -193,20 +197,35 @@ class _FaultyProxy(_LoopbackServer):
         self._serve(Handler)
 
 
-def test_faults_are_retried_and_give_the_same_chips(s3, tmp_path, monkeypatch):
+def test_faults_are_retried_and_give_the_same_chips(s3, small_sample, tmp_path, monkeypatch):
+    """500s, 503s, dropped connections and slow answers on range reads, then on chip uploads: all
+    retried, and the chips are the same as from disk."""
     url, root = s3
-    proxy = _FaultyProxy(os.environ["AWS_ENDPOINT"], ["503", "503", "drop", "slow", "503", "drop"])
+    reads = ["503", "500", "drop", "slow", "503", "drop"]
+    uploads = ["500", "drop", "503", "slow", "500", "drop"]
+    dest = f"s3://{BUCKET}/chips-through-faults"
+    proxy = _FaultyProxy(os.environ["AWS_ENDPOINT"], reads)
     try:
         # Another endpoint in the environment gives another store (stores are keyed by their settings).
         monkeypatch.setenv("AWS_ENDPOINT", proxy.url)
         local = run_chip(root, tmp_path / "local", ChipSettings(zoom=17))
         remote = run_chip(url, tmp_path / "remote", ChipSettings(zoom=17))
+        assert sorted(proxy.injected) == sorted(reads)
+        proxy.faults.extend(uploads)
+        # One acquisition (1,024 uploads): every request crosses this Python proxy, which is slow.
+        to_bucket = run_chip(url, dest, ChipSettings(zoom=17), catalog_ids=[small_sample.catalog_ids[0]])
     finally:
         proxy.close()
-    assert sorted(proxy.injected) == sorted(["503", "503", "drop", "slow", "503", "drop"])
+    assert sorted(proxy.injected) == sorted(reads + uploads)
     assert remote.written == local.written and not remote.failed_cogs and not remote.failed_chips
+    assert to_bucket.written == 1024 and not to_bucket.failed_cogs and not to_bucket.failed_chips
+    objects = _objects(dest)
     for p in (tmp_path / "local").rglob("*.jpg"):
-        assert (tmp_path / "remote" / p.relative_to(tmp_path / "local")).read_bytes() == p.read_bytes()
+        rel = p.relative_to(tmp_path / "local")
+        assert (tmp_path / "remote" / rel).read_bytes() == p.read_bytes()
+        if p.name.endswith(f"_{small_sample.catalog_ids[0]}.jpg"):
+            assert objects.pop(rel.as_posix()) == p.read_bytes()
+    assert not [k for k in objects if k.endswith(".jpg")]  # nothing else, nothing twice
 
 
 def _objects(prefix: str) -> dict[str, bytes]:
