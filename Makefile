@@ -88,21 +88,11 @@ test-python: $(STAMP)/build
 stubtest: $(STAMP)/build
 	$(VENV)/bin/python -m mypy.stubtest imagesim._imagesim --allowlist tests/stubtest-allowlist.txt
 
-bench: bench-chip bench-nodata bench-labels bench-encode bench-index bench-tiles bench-storage
-bench-chip: $(STAMP)/build
-	$(PY) benches/bench_chip.py
-bench-nodata: $(STAMP)/build
-	$(PY) benches/bench_nodata.py
-bench-labels: $(STAMP)/build
-	$(PY) benches/bench_labels.py
-bench-encode: $(STAMP)/build
-	$(PY) benches/bench_encode.py
-bench-index: $(STAMP)/build
-	$(PY) benches/bench_index.py
-bench-tiles: $(STAMP)/build
-	$(PY) benches/bench_tiles.py
-bench-storage: $(STAMP)/build
-	$(PY) benches/bench_storage.py
+BENCHES := chip nodata labels encode index tiles storage
+bench: $(addprefix bench-,$(BENCHES))
+# bench-chip runs benches/bench_chip.py, and so on.
+$(addprefix bench-,$(BENCHES)): bench-%: $(STAMP)/build
+	$(PY) benches/bench_$*.py
 
 clean:
 	rm -rf $(STAMP) target $(DEMO)

@@ -11,49 +11,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagesim import storage
 from imagesim.errors import ArdLayoutError, ImagesimFileNotFoundError, InvalidArgumentError
+from imagesim.storage import StorePath, is_url
 
 VISUAL_SUFFIX = "-visual.tif"
 _ZONE = re.compile(r"^\d{1,2}$")
 _CELL = re.compile(r"^[0-3]{12}$")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _CATALOG_ID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
-
-
-def is_url(path: str | os.PathLike[str]) -> bool:
-    """Whether an ARD path names an object store (``s3://``, ``gs://``, ``az://``, ``https://``)."""
-    return isinstance(path, StoreObject) or storage.is_url(path)
-
-
-@dataclass(frozen=True)
-class StoreObject:
-    """A COG in an object store, standing in for a local ``Path`` where the pipeline needs one:
-    ``os.fspath`` gives its URL (the Rust reader opens URLs with range requests), ``stat()`` the
-    size and modification time the listing reported."""
-
-    url: str
-    size: int
-    mtime_ns: int
-
-    def __str__(self) -> str:
-        return self.url
-
-    def __fspath__(self) -> str:
-        return self.url
-
-    @property
-    def name(self) -> str:
-        return self.url.rsplit("/", 1)[-1]
-
-    def with_name(self, name: str) -> StoreObject:
-        return StoreObject(f"{self.url.rsplit('/', 1)[0]}/{name}", 0, 0)
-
-    def absolute(self) -> StoreObject:
-        return self
-
-    def stat(self) -> os.stat_result:
-        return os.stat_result((0, 0, 0, 0, 0, 0, self.size, 0, self.mtime_ns // 10**9, 0, 0, 0, 0, self.mtime_ns))
 
 
 @dataclass(frozen=True)
@@ -64,14 +29,14 @@ class Acquisition:
     cell: str
     date: str
     catalog_id: str
-    visual: Path | StoreObject
+    visual: Path | StorePath
 
     @property
-    def metadata(self) -> Path | StoreObject:
+    def metadata(self) -> Path | StorePath:
         return self.visual.with_name(f"{self.catalog_id}.json")
 
     @property
-    def data_mask(self) -> Path | StoreObject:
+    def data_mask(self) -> Path | StorePath:
         return self.visual.with_name(f"{self.catalog_id}-data-mask.gpkg")
 
 
@@ -79,12 +44,12 @@ class Acquisition:
 class Misplaced:
     """A `-visual.tif` found outside the expected layout."""
 
-    path: Path | StoreObject
+    path: Path | StorePath
     reason: str
 
 
 def find_acquisitions(
-    root: str | Path | storage.StorePath,
+    root: str | Path | StorePath,
     *,
     zones: list[int] | None = None,
     quadkeys: list[str] | None = None,
@@ -122,7 +87,7 @@ def find_acquisitions(
 
 
 def _sort_out(
-    visuals: list[tuple[tuple[str, ...], Path | StoreObject]],
+    visuals: list[tuple[tuple[str, ...], Path | StorePath]],
     zones: list[int] | None,
     quadkeys: list[str] | None,
     catalog_ids: list[str] | None,
@@ -143,20 +108,18 @@ def _sort_out(
 def _find_in_store(
     root: str, zones: list[int] | None, quadkeys: list[str] | None, catalog_ids: list[str] | None
 ) -> tuple[list[Acquisition], list[Misplaced]]:
-    from imagesim import _imagesim
-
     prefix = root.rstrip("/") + "/"
-    objects = _imagesim.list_objects(prefix)
+    objects = list(StorePath(root).files())
     if not objects:
         raise ImagesimFileNotFoundError(f"{root}: no objects under this ARD prefix")
-    parts_of = [(url[len(prefix):].split("/"), url, size, mtime) for url, size, mtime in objects if url.startswith(prefix)]
+    parts_of = [(obj.url[len(prefix):].split("/"), obj) for obj, _, _ in objects if obj.url.startswith(prefix)]
     # Like a local zone folder, accept a prefix that is one zone of the delivery.
     last = root.rstrip("/").rsplit("/", 1)[-1]
-    visual_parts = [p for p, *_ in parts_of if p[-1].endswith(VISUAL_SUFFIX)]
+    visual_parts = [p for p, _ in parts_of if p[-1].endswith(VISUAL_SUFFIX)]
     zone_prefix = _ZONE.match(last) is not None and all(len(p) == 3 for p in visual_parts)
     visuals = [
-        (tuple([last, *parts] if zone_prefix else parts), StoreObject(url, size, mtime))
-        for parts, url, size, mtime in sorted(parts_of)
+        (tuple([last, *parts] if zone_prefix else parts), obj)
+        for parts, obj in parts_of
         if parts[-1].endswith(VISUAL_SUFFIX)
     ]
     return _sort_out(visuals, zones, quadkeys, catalog_ids)
@@ -168,7 +131,7 @@ def _is_zone_folder(path: Path) -> bool:
     return any(child.is_dir() and _CELL.match(child.name) for child in path.iterdir())
 
 
-def _parse_parts(parts: tuple[str, ...], path: Path | StoreObject) -> Acquisition | Misplaced:
+def _parse_parts(parts: tuple[str, ...], path: Path | StorePath) -> Acquisition | Misplaced:
     expected = "<zone>/<12-digit quadkey>/<YYYY-MM-DD>/<catalog-id>-visual.tif"
     if len(parts) != 4:
         return Misplaced(path, f"not at {expected} below the ARD root")

@@ -14,7 +14,7 @@ import io
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
@@ -31,9 +31,12 @@ def is_url(path: object) -> bool:
 
 @dataclass(frozen=True, order=True)
 class StorePath:
-    """An object (or prefix) in a store, addressed by URL: ``s3://bucket/chips/10/Z10-….jpg``."""
+    """An object (or prefix) in a store, addressed by URL: ``s3://bucket/chips/10/Z10-….jpg``.
+    ``size``/``mtime_ns``, when a listing gave them, answer :meth:`stat` without a request."""
 
     url: str
+    size: int | None = field(default=None, compare=False)
+    mtime_ns: int | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not _URL.match(self.url):
@@ -107,7 +110,7 @@ class StorePath:
         return self.is_file() or self.is_dir()
 
     def stat(self) -> os.stat_result:
-        found = self.head()
+        found = (self.size, self.mtime_ns) if self.size is not None and self.mtime_ns is not None else self.head()
         if found is None:
             raise FileNotFoundError(f"{self}: no such object")
         size, mtime_ns = found
@@ -117,7 +120,7 @@ class StorePath:
         """Every object under this prefix (the first ``limit`` listed), recursively:
         ``(path, size, modified ns)``, sorted."""
         for url, size, mtime in sorted(_imagesim.list_objects(self.url + "/", limit=limit)):
-            yield StorePath(url), size, mtime
+            yield StorePath(url, size, mtime), size, mtime
 
     # --- reading and writing ---
     def read_bytes(self) -> bytes:
