@@ -22,7 +22,7 @@ def atomic_path(path: str | AnyPath) -> Iterator[Path]:
         with tempfile.TemporaryDirectory(prefix="imagesim-upload-") as folder:
             tmp = Path(folder) / path.name
             yield tmp
-            path.write_bytes(tmp.read_bytes())
+            path.upload(tmp)
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

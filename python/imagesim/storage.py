@@ -134,6 +134,10 @@ class StorePath:
         _imagesim.store_put(self.url, data)
         return len(data)
 
+    def upload(self, local: str | os.PathLike[str]) -> None:
+        """Upload a local file as this object (one PUT, or streamed in parts above 64 MiB)."""
+        _imagesim.store_put_file(self.url, local)
+
     def write_text(self, text: str, encoding: str = "utf-8") -> int:
         return self.write_bytes(text.encode(encoding))
 

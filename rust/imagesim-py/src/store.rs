@@ -34,6 +34,12 @@ fn store_put(py: Python<'_>, url: String, data: Cow<'_, [u8]>) -> PyResult<()> {
     detached(py, || imagesim_core::store::put(&url, data).map_err(|e| failed(&url, e)))
 }
 
+/// Upload a local file as an object (multipart, streamed, above 64 MiB).
+#[pyfunction]
+fn store_put_file(py: Python<'_>, url: String, path: std::path::PathBuf) -> PyResult<()> {
+    detached(py, || imagesim_core::store::put_file(&url, &path).map_err(|e| failed(&url, e)))
+}
+
 /// `(size, last modified ns)` of an object, or None when there is none.
 #[pyfunction]
 fn store_head(py: Python<'_>, url: String) -> PyResult<Option<(u64, i64)>> {
@@ -50,6 +56,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(list_objects, m)?)?;
     m.add_function(wrap_pyfunction!(store_get, m)?)?;
     m.add_function(wrap_pyfunction!(store_put, m)?)?;
+    m.add_function(wrap_pyfunction!(store_put_file, m)?)?;
     m.add_function(wrap_pyfunction!(store_head, m)?)?;
     m.add_function(wrap_pyfunction!(store_delete, m)?)?;
     Ok(())

@@ -159,6 +159,47 @@ pub fn put(url: &str, data: Vec<u8>) -> io::Result<()> {
         .map_err(io_error)
 }
 
+/// Files up to this size go up in one PUT; larger ones in parts (S3 takes at most 5 GB per PUT,
+/// and a part at a time keeps memory flat).
+const MULTIPART_FROM: u64 = 64 * 1024 * 1024;
+const PART_BYTES: usize = 16 * 1024 * 1024;
+
+/// Upload a local file as an object: one PUT, or a multipart upload streamed from the file
+/// (4 parts in flight; aborted on failure, so no partial object is ever visible).
+pub fn put_file(url: &str, file: &Path) -> io::Result<()> {
+    use std::io::Read;
+
+    let len = std::fs::metadata(file)?.len();
+    if len <= MULTIPART_FROM {
+        return put(url, std::fs::read(file)?);
+    }
+    let (store, location) = locate(url)?;
+    let mut source = std::fs::File::open(file)?;
+    runtime().block_on(async move {
+        let upload = store.put_multipart(&location).await.map_err(io_error)?;
+        let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
+        let mut buf = vec![0u8; PART_BYTES];
+        let sent: io::Result<()> = async {
+            loop {
+                let n = source.read(&mut buf)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                writer.wait_for_capacity(4).await.map_err(io_error)?;
+                writer.write(&buf[..n]);
+            }
+        }
+        .await;
+        match sent {
+            Ok(()) => writer.finish().await.map(|_| ()).map_err(io_error),
+            Err(e) => {
+                let _ = writer.abort().await;
+                Err(e)
+            }
+        }
+    })
+}
+
 /// Remove an object (absent objects are not an error).
 pub fn delete(url: &str) -> io::Result<()> {
     let (store, location) = locate(url)?;
