@@ -24,7 +24,7 @@ ORIGINAL_ANCHOR_2PROC = 94.0  # DESIGN.md §4: the original approach, 2 processe
 
 
 def ensure_cog(out: Path) -> Path:
-    from imagesim.sample import write_sample
+    from imagesim.imagery.sample import write_sample
 
     sample_dir = out / "sample-full"
     cogs = sorted(sample_dir.glob("ard/*/*/*/*-visual.tif"))
@@ -36,8 +36,8 @@ def ensure_cog(out: Path) -> Path:
 
 
 def run_imagesim(cog: Path, dest: Path, proc: int, passthrough: bool, measure: bool = True) -> dict:
-    from imagesim.ard import find_acquisitions
-    from imagesim.chip import ChipSettings, run_chip
+    from imagesim.imagery.ard import find_acquisitions
+    from imagesim.imagery.chip import ChipSettings, run_chip
 
     shutil.rmtree(dest, ignore_errors=True)
     root = cog.parents[3]

@@ -31,8 +31,8 @@ CLASSES = [f"class{i}" for i in range(13)]
 def make_model(path: Path, backbone: str, size: int, chips: Path) -> None:
     import torch
 
-    from imagesim.train import MODEL_FORMAT, TrainConfig
-    from imagesim.train_model import MultilabelNet
+    from imagesim.learn.train import MODEL_FORMAT, TrainConfig
+    from imagesim.learn.model import MultilabelNet
 
     torch.manual_seed(0)
     net = MultilabelNet(backbone, len(CLASSES)).eval()
@@ -67,7 +67,7 @@ def run_baseline(model_pt: Path, paths: list[Path], size: int, batch: int, worke
     import torch
     from torch.utils.data import DataLoader
 
-    from imagesim.train import load_model
+    from imagesim.learn.train import load_model
 
     model, _ = load_model(model_pt, device)
     loader = DataLoader(PilChips(paths, size), batch_size=batch, num_workers=workers, pin_memory=device == "cuda",
@@ -101,9 +101,9 @@ def main() -> None:
     import polars as pl
     import torch
 
-    from imagesim.chip import ChipSettings, run_chip
-    from imagesim.encode import EncodeSettings, cuda_device_count, run_encode
-    from imagesim.export import ExportSettings, export_onnx
+    from imagesim.imagery.chip import ChipSettings, run_chip
+    from imagesim.learn.encode import EncodeSettings, cuda_device_count, run_encode
+    from imagesim.learn.export import ExportSettings, export_onnx
 
     cog = ensure_cog(args.out)
     catalog_id = cog.name[: -len("-visual.tif")]

@@ -3,7 +3,7 @@
 Vectors are drawn around 1,000 random unit centres (gaussian spread, ``--spread`` relative to the
 centre's norm) and L2-normalised, so neighbours have structure and recall means something. Queries
 are fresh draws from the same clusters (not in the index). imagesim's own builder
-(`imagesim.index.make_index`, the code `imagesim index` runs, nprobe/efSearch tuned at build time)
+(`imagesim.search.index.make_index`, the code `imagesim index` runs, nprobe/efSearch tuned at build time)
 makes the approximate index; an exact `IndexFlatIP` is the baseline and the ground truth.
 
 Prints build time, single-query latency p50/p99 (one query per call, FAISS on 2 threads), recall@10
@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from imagesim.index import make_index, recall_at_k
+from imagesim.search.index import make_index, recall_at_k
 
 P50_TARGET_MS = 5.0
 RECALL_TARGET = 0.95

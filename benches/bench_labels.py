@@ -18,8 +18,8 @@ import time
 import numpy as np
 import shapely
 
-from imagesim.labels_join import CellGrid, join_pairs
-from imagesim.osm_geometry import AREA, LINE, POINT
+from imagesim.labels.join import CellGrid, join_pairs
+from imagesim.labels.geometry import AREA, LINE, POINT
 
 CHIPS_PER_SIDE = 32  # z17 chips in a level-12 cell
 CELL = 5000.0

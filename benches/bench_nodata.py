@@ -25,8 +25,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "bench-out")
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
-    from imagesim.chip import ChipSettings, run_chip
-    from imagesim.nodata import NodataSettings, run_nodata_index
+    from imagesim.imagery.chip import ChipSettings, run_chip
+    from imagesim.imagery.nodata import NodataSettings, run_nodata_index
 
     cog = ensure_cog(args.out)
     catalog_id = cog.name[: -len("-visual.tif")]

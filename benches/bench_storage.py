@@ -64,7 +64,7 @@ def main() -> None:
     import boto3
 
     from imagesim import _imagesim
-    from imagesim.chip import ChipSettings, run_chip
+    from imagesim.imagery.chip import ChipSettings, run_chip
 
     cog = ensure_cog(args.out)
     root = cog.parents[3]

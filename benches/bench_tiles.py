@@ -1,6 +1,6 @@
 """Tile-server throughput: `imagesim serve` under wrk on loopback, against ≥ 200 tiles/s with p99 < 100 ms.
 
-The server runs as ``uvicorn imagesim.serve.app:app_from_env --factory`` (what
+The server runs as ``uvicorn imagesim.search.serve.app:app_from_env --factory`` (what
 ``imagesim serve --workers N`` runs) on 127.0.0.1; wrk (Debian package ``wrk``) drives it for a
 bounded time with a Lua script that rotates over tile URLs, each wrk thread starting at a different
 offset. The URLs are every tile of one zoom (default 17, where ARD overview level 1 is read) that
@@ -70,7 +70,7 @@ def tile_urls(ard: Path, zoom: int, limit: int) -> list[str]:
     import mercantile
     import numpy as np
 
-    from imagesim.serve.tiles import Catalog, TileRenderer
+    from imagesim.search.serve.tiles import Catalog, TileRenderer
 
     catalog = Catalog(ard)
     renderer = TileRenderer(catalog, block_cache_mb=0)
@@ -94,7 +94,7 @@ def start_server(ard: Path, workers: int, block_cache_mb: int) -> tuple[subproce
     env = dict(os.environ, IMAGESIM_SERVE_ARD=str(ard), IMAGESIM_SERVE_CHIPS=str(chips), IMAGESIM_SERVE_INDEX="",
                IMAGESIM_SERVE_BLOCK_CACHE_MB=str(block_cache_mb), IMAGESIM_SERVE_HOST="127.0.0.1")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "imagesim.serve.app:app_from_env", "--factory", "--host", "127.0.0.1",
+        [sys.executable, "-m", "uvicorn", "imagesim.search.serve.app:app_from_env", "--factory", "--host", "127.0.0.1",
          "--port", str(port), "--workers", str(workers), "--log-level", "warning", "--no-server-header", "--no-access-log"],
         env=env,
     )
@@ -149,7 +149,7 @@ def render_cost(ard: Path, urls: list[str], n: int, baseline: bool) -> None:
     import mercantile
     from PIL import Image
 
-    from imagesim.serve.tiles import Catalog, TileRenderer
+    from imagesim.search.serve.tiles import Catalog, TileRenderer
 
     picks = urls[:: max(1, len(urls) // n)][:n]
     tiles = [tuple(int(v) for v in u.removeprefix("/tiles/").removesuffix(".jpg").split("/")) for u in picks]
@@ -206,7 +206,7 @@ def main() -> None:
 
     ard = args.ard_path
     if not ard.is_dir():
-        from imagesim.sample import write_sample
+        from imagesim.imagery.sample import write_sample
 
         dest = Path(tempfile.mkdtemp(prefix="bench-tiles-"))
         print(f"{ard} not found: writing the sample delivery to {dest} …", flush=True)

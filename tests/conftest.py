@@ -21,7 +21,7 @@ def realdata() -> Path:
 @pytest.fixture(scope="session")
 def small_sample(tmp_path_factory: pytest.TempPathFactory):
     """The `--small` sample delivery, JPEG COGs as ARD ships them."""
-    from imagesim.sample import write_sample
+    from imagesim.imagery.sample import write_sample
 
     return write_sample(tmp_path_factory.mktemp("sample-jpeg"), seed=7, small=True)
 
@@ -29,6 +29,6 @@ def small_sample(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def small_sample_deflate(tmp_path_factory: pytest.TempPathFactory):
     """The `--small` sample with lossless DEFLATE COGs, for exact pixel comparisons."""
-    from imagesim.sample import write_sample
+    from imagesim.imagery.sample import write_sample
 
     return write_sample(tmp_path_factory.mktemp("sample-deflate"), seed=7, small=True, compression="deflate")

@@ -16,10 +16,10 @@ moto_server = pytest.importorskip("moto.server", reason="the S3 tests need moto[
 boto3 = pytest.importorskip("boto3")
 
 from imagesim import _imagesim  # noqa: E402
-from imagesim.chip import ChipSettings, run_chip  # noqa: E402
+from imagesim.imagery.chip import ChipSettings, run_chip  # noqa: E402
 from imagesim.cog import open_cog  # noqa: E402
 from imagesim.errors import ImagesimError, ImagesimFileNotFoundError  # noqa: E402
-from imagesim.nodata import NodataSettings, run_nodata_index  # noqa: E402
+from imagesim.imagery.nodata import NodataSettings, run_nodata_index  # noqa: E402
 from imagesim.storage import StorePath, read_parquet  # noqa: E402
 
 # Unique per run: CI's server (IMAGESIM_TEST_S3_ENDPOINT) may outlive one test session.
@@ -298,7 +298,7 @@ def test_nodata_index_cli_on_a_bucket(chipped):
 def test_encode_reads_chips_from_a_bucket(chipped, tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("torch")
-    from imagesim.encode import EncodeSettings, run_encode
+    from imagesim.learn.encode import EncodeSettings, run_encode
 
     _, local, dest = chipped
     onnx = _tiny_model(tmp_path, local)
@@ -319,9 +319,9 @@ def _tiny_model(tmp_path: Path, chips: Path) -> Path:
     """An untrained resnet18 at 32 px, saved as `imagesim train` does and exported to ONNX."""
     import torch
 
-    from imagesim.export import export_onnx
-    from imagesim.train import MODEL_FORMAT, TrainConfig
-    from imagesim.train_model import MultilabelNet
+    from imagesim.learn.export import export_onnx
+    from imagesim.learn.train import MODEL_FORMAT, TrainConfig
+    from imagesim.learn.model import MultilabelNet
 
     torch.manual_seed(0)
     classes = ["building", "road"]
@@ -414,9 +414,9 @@ def test_a_dask_cluster_reads_and_writes_the_bucket(chipped):
 def test_osm_and_labels_with_the_delivery_in_a_bucket(s3, small_sample, chipped, tmp_path):
     """`osm import` writes each cell's osm_data.json into the bucket, `osm tags` and `labels build`
     read them there (chips in the bucket too): the same files and labels as on disk."""
-    from imagesim.labels import LabelSettings, build_labels
-    from imagesim.osm import find_cells, tag_inventory
-    from imagesim.osm_import import import_osm
+    from imagesim.labels.build import LabelSettings, build_labels
+    from imagesim.labels.cells import find_cells, tag_inventory
+    from imagesim.labels.osm_import import import_osm
 
     url, root, dest = chipped[0], s3[1], chipped[2]
     local_chips = chipped[1]
@@ -445,7 +445,7 @@ def test_viewer_tiles_from_the_bucket_equal_tiles_from_disk(chipped):
     mercantile = pytest.importorskip("mercantile")
     from fastapi.testclient import TestClient
 
-    from imagesim.serve.app import create_app
+    from imagesim.search.serve.app import create_app
 
     url, local_chips, _ = chipped
     root = Path(pl.read_parquet(local_chips / "chips.parquet")["source_cog"][0]).parents[3]
@@ -530,7 +530,7 @@ class _RangeServer(_LoopbackServer):
 def test_cogs_over_plain_https_style_urls_read_with_ranges(small_sample):
     """http(s):// URLs go through object_store's HTTP store: range reads equal the file; a plain web
     server cannot be listed, which is said clearly."""
-    from imagesim.ard import find_acquisitions
+    from imagesim.imagery.ard import find_acquisitions
 
     root = Path(small_sample.root)
     visual = sorted(root.rglob("*-visual.tif"))[0]

@@ -8,13 +8,23 @@ so ``except FileNotFoundError`` or ``except ValueError`` keep working (the appro
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ImagesimError(Exception):
     """Base class of every imagesim error."""
 
 
 class InvalidArgumentError(ImagesimError, ValueError):
-    """An option or argument has a value imagesim cannot use."""
+    """An option or argument has a value imagesim cannot use.
+
+    Library code names parameters in backticks (```zoom` 21: …``) and sets ``param`` when one
+    parameter is at fault; the command line shows each named parameter as its flag (``--zoom 21: …``).
+    """
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class GridError(ImagesimError, ValueError):
@@ -71,6 +81,21 @@ class OutputExistsError(ImagesimError, FileExistsError):
 
 class MissingDependencyError(ImagesimError, ImportError):
     """An optional dependency needed by this command is not installed."""
+
+
+def require(module: str, extra: str, *, purpose: str = "this") -> Any:
+    """``module`` imported, or a :class:`MissingDependencyError` naming the extra that installs it.
+
+    The one way imagesim imports an optional dependency (torch, onnxruntime, faiss, dask, fastapi …).
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"{purpose} needs {module.split('.')[0]} ({exc}); install it with `pip install 'imagesim[{extra}]'`"
+        ) from exc
 
 
 # --- osm ---

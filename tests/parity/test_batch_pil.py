@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from imagesim import _imagesim
-from imagesim.chip import ChipSettings, run_chip
+from imagesim.imagery.chip import ChipSettings, run_chip
 
 
 @pytest.fixture(scope="module")

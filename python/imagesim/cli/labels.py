@@ -1,0 +1,104 @@
+"""`imagesim labels …`: build multilabel targets from OSM, report on them, split them.
+
+Registered by the main app with ``app.add_typer(labels_app, name="labels")``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+labels_app = typer.Typer(
+    help="Multilabel training data from OSM: build (parquet/bitset/CSV), report (figures), split (by area).",
+    no_args_is_help=True,
+)
+err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
+
+Chips = Annotated[Path, typer.Option("--chips", help="Chips folder (the DEST of `imagesim chip`, holding chips.parquet).")]
+LabelsFile = Annotated[Optional[Path], typer.Option("--labels", help="labels.parquet to use (default: CHIPS/labels.parquet).")]
+
+
+@labels_app.command("build")
+def build(
+    ard_path: Annotated[str, typer.Option("--ard-path", help="ARD root whose <zone>/<qk12>/osm_data.json files hold the OSM data (a folder or an object-store URL).")],
+    chips: Annotated[str, typer.Option("--chips", help="Chips folder or object-store prefix (the DEST of `imagesim chip`, holding chips.parquet).")],
+    taxonomy: Annotated[Optional[Path], typer.Option(help="Taxonomy TOML (classes → OSM tag filters and geometry rules); default: the shipped 13-class one.")] = None,
+    include: Annotated[Optional[list[str]], typer.Option(help="Also label 'partial' (partial_data) chips, or 'unmeasured' ones (no no-data class). Repeatable. no_data chips are never labelled.")] = None,
+    out_dir: Annotated[Optional[str], typer.Option("--out", help="Folder (or store prefix) for labels.parquet, labels.csv and labels.json (default: CHIPS).")] = None,
+    nodata_index: Annotated[Optional[str], typer.Option("--nodata-index", help="nodata.parquet or nodata-index.json giving each chip's no-data class (default: CHIPS/nodata.parquet if present, else chips.parquet).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing labels (their split is reset).")] = False,
+) -> None:
+    """Label every chip from the OSM features that cover it: labels.parquet (ids + bitset), labels.csv, labels.json."""
+    from imagesim.cli import _progress_bar
+    from imagesim.labels.build import LabelSettings, build_labels
+
+    settings = LabelSettings(taxonomy=taxonomy, include=tuple(include or ()), out_dir=out_dir, nodata_index=nodata_index, overwrite=overwrite)
+    summary = build_labels(chips, ard_path, settings, progress=_progress_bar("labels"))
+    for cell in summary.missing_cells:
+        err.print(f"[yellow]no osm_data.json[/] for cell {cell}: its chips were left out (run `imagesim osm fetch` or `imagesim osm import`)", highlight=False)
+    for cell, msg in summary.failed_cells:
+        err.print(f"[red]failed[/] cell {cell}: {msg}", highlight=False)
+    geo = summary.geometry
+    if geo.dropped or geo.repaired:
+        dropped = ", ".join(f"{n} {reason} (e.g. {geo.examples[reason]})" for reason, n in geo.dropped.items())
+        err.print(f"[yellow]geometry:[/] {geo.repaired} invalid polygons repaired; {dropped or 'none dropped'}", highlight=False)
+    counts = ", ".join(f"{k} {v}" for k, v in summary.class_counts.items())
+    out.print(f"classes (chips): {counts}", highlight=False)
+    out.print(summary.line(), highlight=False)
+    base = summary.out_dir
+    out.print(f"labels: {base / 'labels.parquet'}  dense: {base / 'labels.csv'}  summary: {base / 'labels.json'}", highlight=False)
+    if summary.failed:
+        raise typer.Exit(code=1)
+
+
+def _labels_path(chips: Path | None, labels: Path | None) -> Path:
+    from imagesim.errors import InvalidArgumentError
+
+    if labels is not None:
+        return labels
+    if chips is None:
+        raise InvalidArgumentError("give --chips DEST (labels in DEST/labels.parquet) or --labels FILE")
+    return chips / "labels.parquet"
+
+
+@labels_app.command("report")
+def report(
+    chips: Annotated[Optional[Path], typer.Option("--chips", help="Chips folder holding labels.parquet and the chip JPEGs.")] = None,
+    labels: LabelsFile = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Report folder (default: next to the labels, labels-report/).")] = None,
+    samples: Annotated[int, typer.Option(help="Chips in the sample grid (rare classes first).")] = 16,
+    seed: Annotated[int, typer.Option(help="Seed for picking sample chips.")] = 0,
+) -> None:
+    """Per-class counts, cardinality, co-occurrence/correlation heatmaps, sample chips with labels drawn: PNGs + report.md."""
+    from imagesim.labels.report import write_report
+
+    summary = write_report(_labels_path(chips, labels), out_dir, samples=samples, seed=seed, chips_dir=chips)
+    for f in summary.files:
+        out.print(f"  {f}", highlight=False)
+    out.print(summary.line(), highlight=False)
+
+
+@labels_app.command("split")
+def split(
+    chips: Annotated[Optional[Path], typer.Option("--chips", help="Chips folder holding labels.parquet.")] = None,
+    labels: LabelsFile = None,
+    val: Annotated[float, typer.Option(help="Share of chips for validation.")] = 0.2,
+    seed: Annotated[int, typer.Option(help="Seed for shuffling the groups.")] = 0,
+    group_level: Annotated[int, typer.Option("--group-level", help="Quadkey level of the groups kept on one side: 12 = the 5 km ARD cell, 13 = 2.5 km, 14 = 1.25 km …")] = 12,
+) -> None:
+    """Train/validation split by area (whole quadkey groups), so neighbouring chips do not leak into validation."""
+    from imagesim.labels.split import split_labels
+
+    summary = split_labels(_labels_path(chips, labels), val=val, seed=seed, group_level=group_level)
+    if abs(summary.val_share - val) > max(0.1, val / 2):
+        err.print(f"[yellow]validation share {summary.val_share:.1%} is far from {val:.0%}: only {summary.groups} groups at level "
+                  f"{group_level}; a finer --group-level gives a closer split[/]", highlight=False)
+    missing = summary.missing_in_val()
+    if missing:
+        err.print(f"[yellow]no validation chip for: {', '.join(missing)}[/]", highlight=False)
+    out.print(summary.line(), highlight=False)
+    out.print(f"split column in {summary.path}; {summary.path.parent / 'labels-train.csv'} and labels-val.csv written", highlight=False)

@@ -1,0 +1,366 @@
+"""`imagesim chip`: every ARD `-visual.tif` into JPEG chips on the quadkey grid.
+
+Each COG is one call into Rust (GIL released, rayon fan-out); Python finds the COGs, keeps the
+manifest ``chips.parquet`` and the error report ``chip-errors.json``, and draws the progress bar.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from imagesim import _imagesim as _rs
+from imagesim import grid
+from imagesim import options
+from imagesim.artefacts import CHIP_ERRORS, CHIPS_MANIFEST, MANIFEST_SCHEMA, nodata_class_expr, read_manifest
+from imagesim.imagery.ard import Acquisition, Misplaced, find_acquisitions
+from imagesim.errors import ImagesimError, InvalidArgumentError
+from imagesim.fsutil import write_json, write_with
+from imagesim.progress import ProgressFactory, ProgressSink
+from imagesim.storage import AnyPath, StorePath, location, read_parquet
+
+@dataclass
+class ChipSettings:
+    zoom: int = 17
+    quality: int = 90
+    passthrough: bool = False
+    nodata_threshold: int = 0
+    min_nodata_pixels: int = options.MIN_NODATA_PIXELS
+    overwrite: bool = False
+    skip_empty: bool = False
+    measure: bool = True
+    proc: int = 0
+
+    def check(self) -> None:
+        if not 12 <= self.zoom <= 20:
+            raise InvalidArgumentError(f"--zoom {self.zoom}: chips are cut at zoom 12..20")
+        if not 1 <= self.quality <= 100:
+            raise InvalidArgumentError(f"--quality {self.quality}: JPEG quality is 1..100")
+        if not 0 <= self.nodata_threshold <= 254:
+            raise InvalidArgumentError(f"--nodata-threshold {self.nodata_threshold}: use 0..254")
+        if self.min_nodata_pixels < 1:
+            raise InvalidArgumentError("--min-nodata-pixels must be at least 1")
+        if self.proc < 0:
+            raise InvalidArgumentError("--proc must be 0 (all cores) or more")
+
+
+@dataclass
+class ChipSummary:
+    dest: AnyPath
+    cogs: int = 0
+    written: int = 0
+    skipped: int = 0
+    measured: int = 0
+    empty: int = 0
+    failed_chips: int = 0
+    failed_cogs: list[tuple[str, str]] = field(default_factory=list)
+    misplaced: list[Misplaced] = field(default_factory=list)
+    stale_cogs: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def processed(self) -> int:
+        return self.written + self.measured + self.empty
+
+    @property
+    def rate(self) -> float:
+        return self.processed / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        return (
+            f"{self.written} chips written, {self.skipped} skipped, {self.measured} measured (already on disk), "
+            f"{self.empty} empty not written, {self.failed_chips} failed, {len(self.failed_cogs)} COG(s) failed "
+            f"in {self.seconds:.1f}s ({self.rate:.0f} chips/s)"
+        )
+
+def _records_frame(acq: Acquisition, cols: dict, settings: ChipSettings) -> pl.DataFrame:
+    """Manifest rows for the chips of one COG that were measured this run."""
+    df = pl.DataFrame(cols).filter(pl.col("status").is_in(["written", "measured", "empty"]))
+    stamp = source_stamp(acq)
+    total = pl.col("width").cast(pl.UInt64) * pl.col("height").cast(pl.UInt64)
+    nodata = pl.col("nodata_pixels")
+    return df.select(
+        pl.col("chip"),
+        pl.lit(acq.zone, pl.UInt8).alias("zone"),
+        pl.col("quadkey"),
+        pl.lit(settings.zoom, pl.UInt8).alias("zoom"),
+        pl.lit(acq.cell).alias("cell"),
+        pl.lit(acq.catalog_id).alias("catalog_id"),
+        pl.lit(acq.date).alias("acquisition_date"),
+        pl.lit(str(acq.visual)).alias("source_cog"),
+        pl.lit(stamp[0], pl.UInt64).alias("source_size"),
+        pl.lit(stamp[1], pl.Int64).alias("source_mtime_ns"),
+        "col_off",
+        "row_off",
+        "width",
+        "height",
+        nodata.cast(pl.UInt64),
+        pl.lit(settings.nodata_threshold, pl.UInt8).alias("nodata_threshold"),
+        (1.0 - nodata.cast(pl.Float64) / total.cast(pl.Float64)).alias("valid_fraction"),
+        nodata_class_expr(nodata, total, settings.min_nodata_pixels).alias("nodata_class"),
+        (pl.col("status") != "empty").alias("written"),
+        pl.col("encoding"),
+        pl.col("bytes").cast(pl.UInt64),
+    ).cast(MANIFEST_SCHEMA)  # type: ignore[arg-type]
+
+
+def source_stamp(acq: Acquisition) -> tuple[int, int]:
+    """(size, mtime) of a COG: chips recorded against another stamp are stale."""
+    st = acq.visual.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+class _Manifest:
+    """The manifest being built: old rows plus this run's, flushed atomically now and then."""
+
+    def __init__(self, dest: AnyPath) -> None:
+        self.dest = dest
+        self.old = read_manifest(dest)
+        self.new: list[pl.DataFrame] = []
+        self.last_flush = time.monotonic()
+        # Chips already recorded, per acquisition: built once, read by the worker threads.
+        groups = self.old.group_by(["cell", "catalog_id"]).agg("chip", pl.col("source_size", "source_mtime_ns").first())
+        self.known: dict[tuple[str, str], set[str]] = {}
+        self.stamps: dict[tuple[str, str], tuple[int, int]] = {}
+        for cell, catalog_id, names, size, mtime in groups.iter_rows():
+            self.known[(cell, catalog_id)] = set(names)
+            self.stamps[(cell, catalog_id)] = (size, mtime)
+
+    def known_names(self, acq: Acquisition) -> set[str]:
+        """Chips of one acquisition the manifest already records."""
+        return self.known.get((acq.cell, acq.catalog_id), set())
+
+    def is_stale(self, acq: Acquisition) -> bool:
+        """The COG changed (size or mtime) since its chips were recorded: they must be redone."""
+        recorded = self.stamps.get((acq.cell, acq.catalog_id))
+        if recorded is None or None in recorded:  # never recorded, or by an older imagesim
+            return False
+        return recorded != source_stamp(acq)
+
+    def add(self, frame: pl.DataFrame) -> None:
+        self.new.append(frame)
+        if time.monotonic() - self.last_flush > 30:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.new:
+            return
+        fresh = pl.concat(self.new)
+        merged = pl.concat([self.old.join(fresh.select("chip"), on="chip", how="anti"), fresh]).sort(
+            ["zone", "cell", "acquisition_date", "catalog_id", "quadkey"]
+        )
+        write_with(self.dest / CHIPS_MANIFEST, lambda tmp: merged.write_parquet(tmp))
+        self.old, self.new = merged, []
+        self.last_flush = time.monotonic()
+
+
+def run_chip(
+    ard_path: str | Path,
+    dest: str | Path,
+    settings: ChipSettings | None = None,
+    *,
+    zones: Sequence[int] | None = None,
+    quadkeys: Sequence[str] | None = None,
+    catalog_ids: Sequence[str] | None = None,
+    progress: ProgressFactory | None = None,
+    scheduler: Any = None,
+) -> ChipSummary:
+    """Chip every matching `-visual.tif` under ``ard_path`` into ``dest``.
+
+    ``scheduler``: None chips in-process (Rust threads); a Dask scheduler address (``tcp://HOST:PORT``),
+    ``"local"`` (a LocalCluster) or a ``distributed.Client`` runs one task per COG there instead —
+    same chips, same ``chips.parquet`` and ``chip-errors.json``.
+    """
+    settings = settings or ChipSettings()
+    settings.check()
+    if isinstance(scheduler, str):
+        from imagesim.runner import check_address
+
+        scheduler = check_address(scheduler)
+    dest = location(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    acquisitions, misplaced = find_acquisitions(
+        ard_path,
+        zones=list(zones) if zones else None,
+        quadkeys=list(quadkeys) if quadkeys else None,
+        catalog_ids=list(catalog_ids) if catalog_ids else None,
+    )
+    summary = ChipSummary(dest=dest, cogs=len(acquisitions), misplaced=misplaced)
+    manifest = _Manifest(dest)
+    chips_per_cog = 4 ** (settings.zoom - 12)
+    threads = settings.proc or os.cpu_count() or 1
+    # Few chips per COG (low zooms): run COGs side by side, one thread each; otherwise one COG
+    # at a time with every thread on its chips.
+    side_by_side = chips_per_cog < 4 * threads
+    cog_workers, threads_per_cog = (threads, 1) if side_by_side else (1, threads)
+    counter = _rs.Progress()
+    sink = progress(chips_per_cog * len(acquisitions)) if progress else ProgressSink()
+    chip_errors: list[dict] = []
+    start = time.perf_counter()
+
+    stale = [acq for acq in acquisitions if not settings.overwrite and manifest.is_stale(acq)]
+    summary.stale_cogs = [str(acq.visual) for acq in stale]
+    # In a store, each zone's chips are listed once here rather than looked up one by one.
+    in_store = _chips_in_store(dest, {acq.zone for acq in acquisitions}) if isinstance(dest, StorePath) and not settings.overwrite else None
+
+    def task_args(acq: Acquisition) -> tuple:
+        overwrite = settings.overwrite or acq in stale
+        existing = None if in_store is None else in_store.get((acq.zone, acq.cell, acq.catalog_id), set())
+        return acq, dest, settings, set() if overwrite else manifest.known_names(acq), overwrite, existing
+
+    def one(acq: Acquisition) -> dict:
+        return chip_one_cog(*task_args(acq), threads=threads_per_cog, progress=counter)
+
+    try:
+        if scheduler is not None:
+            _run_on_cluster(scheduler, acquisitions, task_args, summary, manifest, settings, chip_errors, sink, chips_per_cog)
+            return summary
+        with ThreadPoolExecutor(max_workers=cog_workers, thread_name_prefix="imagesim-cog") as pool:
+            futures: dict[Future, Acquisition] = {pool.submit(one, acq): acq for acq in acquisitions}
+            pending = set(futures)
+            failed_cog_chips = 0
+            while pending:
+                done, _ = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    acq = futures[fut]
+                    try:
+                        cols = fut.result()
+                    except ImagesimError as exc:
+                        summary.failed_cogs.append((str(acq.visual), str(exc)))
+                        failed_cog_chips += chips_per_cog
+                        continue
+                    _tally(summary, cols, chip_errors, acq)
+                    manifest.add(_records_frame(acq, cols, settings))
+                pending -= done
+                sink.update(counter.value + failed_cog_chips)
+    finally:
+        manifest.flush()
+        summary.seconds = time.perf_counter() - start
+        write_json(
+            dest / CHIP_ERRORS,
+            {
+                "cogs": [{"cog": c, "error": e} for c, e in summary.failed_cogs],
+                "chips": chip_errors,
+                "misplaced": [{"path": str(m.path), "reason": m.reason} for m in misplaced],
+            },
+        )
+        sink.close()
+    return summary
+
+
+def _chips_in_store(dest: StorePath, zones: set[int]) -> dict[tuple[int, str, str], set[str]]:
+    """Chips already in each zone prefix of a store destination, by (zone, cell, catalog id): one
+    listing per zone for the whole run, each acquisition then gets its own chips at no cost."""
+    found: dict[tuple[int, str, str], set[str]] = {}
+    for zone in zones:
+        prefix = dest / str(zone)
+        for path, _, _ in prefix.files():
+            name = path.name
+            if "/" in path.relative_to(prefix) or not name.endswith(".jpg"):
+                continue
+            try:
+                z, quadkey, catalog_id = grid.parse_chip_name(name)
+            except ImagesimError:
+                continue  # not a chip of ours: left alone
+            found.setdefault((z, quadkey[: grid.CELL_ZOOM], catalog_id), set()).add(name)
+    return found
+
+
+def chip_one_cog(
+    acq: Acquisition,
+    dest: AnyPath,
+    settings: ChipSettings,
+    known: set[str],
+    overwrite: bool,
+    existing: set[str] | None = None,
+    *,
+    threads: int,
+    progress: _rs.Progress | None = None,
+) -> dict:
+    """Chip one COG into ``dest/<zone>/`` (the Rust core); the per-chip columns it returns become
+    manifest rows. ``known``: chips the manifest already records (skipped when on disk).
+    ``existing``: chip files already at the destination, when it was listed (stores)."""
+    return _rs.chip_cog(
+        acq.visual,
+        acq.zone,
+        acq.cell,
+        acq.catalog_id,
+        dest / str(acq.zone),
+        zoom=settings.zoom,
+        quality=settings.quality,
+        passthrough=settings.passthrough,
+        nodata_threshold=settings.nodata_threshold,
+        overwrite=overwrite,
+        skip_empty=settings.skip_empty,
+        measure=settings.measure,
+        known=known,
+        existing=existing,
+        threads=threads,
+        progress=progress,
+    )
+
+
+def chip_cog_task(
+    acq: Acquisition, dest: AnyPath, settings: ChipSettings, known: set[str], overwrite: bool, existing: set[str] | None = None
+) -> dict:
+    """:func:`chip_one_cog` as a Dask task, with the worker's share of its cores."""
+    from imagesim.runner import worker_threads
+
+    return chip_one_cog(acq, dest, settings, known, overwrite, existing, threads=worker_threads(settings.proc))
+
+
+def _run_on_cluster(
+    scheduler: Any,
+    acquisitions: list[Acquisition],
+    task_args: Callable[[Acquisition], tuple],
+    summary: ChipSummary,
+    manifest: _Manifest,
+    settings: ChipSettings,
+    chip_errors: list[dict],
+    sink: ProgressSink,
+    chips_per_cog: int,
+) -> None:
+    """One Dask task per COG; results merged here, in completion order, like in-process results."""
+    from imagesim.runner import connect, run_tasks
+
+    if not acquisitions:
+        return
+    # Paths travel to the workers absolute (their working directory is not ours).
+    def args(acq: Acquisition) -> tuple:
+        a, dest, s, known, overwrite, existing = task_args(acq)
+        return replace(a, visual=a.visual.absolute()), dest.absolute(), s, known, overwrite, existing
+
+    done = 0
+    with connect(scheduler) as client:
+        for outcome in run_tasks(client, chip_cog_task, acquisitions, args, name="imagesim-chip"):
+            acq = outcome.item
+            if outcome.error is not None:
+                msg = outcome.error if str(acq.visual) in outcome.error else f"{acq.visual}: {outcome.error}"
+                summary.failed_cogs.append((str(acq.visual), msg))
+            else:
+                _tally(summary, outcome.result, chip_errors, acq)
+                manifest.add(_records_frame(acq, outcome.result, settings))
+            done += chips_per_cog
+            sink.update(done)
+
+
+def _tally(summary: ChipSummary, cols: dict, chip_errors: list[dict], acq: Acquisition) -> None:
+    for chip, status, error in zip(cols["chip"], cols["status"], cols["error"]):
+        if status == "written":
+            summary.written += 1
+        elif status == "skipped":
+            summary.skipped += 1
+        elif status == "measured":
+            summary.measured += 1
+        elif status == "empty":
+            summary.empty += 1
+        else:
+            summary.failed_chips += 1
+            chip_errors.append({"chip": chip, "cog": str(acq.visual), "error": error})

@@ -1,0 +1,376 @@
+"""`imagesim nodata-index`: classify every chip as all_data, partial_data or no_data.
+
+Three sources of truth:
+
+- ``pixels``: decode every chip JPEG in Rust (libjpeg-turbo, parallel, GIL released) and apply the
+  full-pixel rule — a pixel is no-data when all bands are <= the threshold; a chip is ``no_data``
+  when every pixel is, ``partial_data`` from ``min_pixels`` no-data pixels on, else ``all_data``.
+- ``manifest``: the counts `imagesim chip` measured on the source COG pixels (instant; exact
+  w.r.t. the COG rather than the chip JPEG). Chips the manifest does not measure fall back to pixels.
+- ``mask``: intersect each chip's footprint with its delivery's ``-data-mask.gpkg`` (no decoding).
+
+Writes the original JSON index (``{"all_data": [...], "partial_data": [...], "no_data": [...]}``,
+chip file names), ``nodata.parquet`` with per-chip counts, and a summary JSON listing skipped
+and failed files. Chips are never modified.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from imagesim import _imagesim as _rs
+from imagesim import grid
+from imagesim.artefacts import (
+    CHIP_FOLDER_FILES,
+    CHIPS_MANIFEST,
+    NODATA_CLASSES,
+    NODATA_INDEX,
+    NODATA_PARQUET,
+    nodata_class_expr,
+    nodata_summary_name,
+    read_manifest,
+)
+from imagesim.errors import (
+    GridError,
+    ImagesimError,
+    ImagesimFileNotFoundError,
+    InvalidArgumentError,
+    MissingDependencyError,
+    OutputExistsError,
+)
+from imagesim.fsutil import write_json, write_with
+from imagesim.progress import ProgressSink
+from imagesim.storage import AnyPath, StorePath, is_url, location
+
+SOURCES = ("pixels", "manifest", "mask")
+JPEG_SUFFIXES = (".jpg", ".jpeg")
+BATCH = 2000  # chips per Dask task with --scheduler
+
+
+@dataclass
+class NodataSettings:
+    filename: str = NODATA_INDEX
+    overwrite: bool = True
+    proc: int = 0
+    threshold: int = 0
+    min_pixels: int = 16
+    source: str | None = None  # None: manifest when the chip folder has one, else pixels
+    ard_path: str | Path | None = None  # where to find data masks for source=mask without a manifest
+
+    def check(self) -> None:
+        if self.source is not None and self.source not in SOURCES:
+            raise InvalidArgumentError(f"--source {self.source!r}: choose one of {', '.join(SOURCES)}")
+        if not 0 <= self.threshold <= 254:
+            raise InvalidArgumentError(f"--threshold {self.threshold}: use 0..254")
+        if self.min_pixels < 1:
+            raise InvalidArgumentError("--min-pixels must be at least 1")
+        if self.proc < 0:
+            raise InvalidArgumentError("--proc must be 0 (all cores) or more")
+
+
+@dataclass
+class NodataSummary:
+    index: AnyPath
+    parquet: AnyPath
+    summary: AnyPath
+    source: str
+    counts: dict[str, int] = field(default_factory=dict)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    by_source: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def chips(self) -> int:
+        return sum(self.counts.values()) + len(self.failed)
+
+    def line(self) -> str:
+        rate = self.chips / self.seconds if self.seconds > 0 else 0.0
+        parts = ", ".join(f"{self.counts.get(c, 0)} {c}" for c in NODATA_CLASSES)
+        return (
+            f"{self.chips} chips: {parts}, {len(self.failed)} failed, {len(self.skipped)} non-JPEG files skipped "
+            f"(source {self.source}) in {self.seconds:.1f}s ({rate:.0f} chips/s)"
+        )
+
+
+def list_chip_files(chip_dir: AnyPath, index_name: str) -> tuple[list[AnyPath], list[AnyPath]]:
+    """JPEG files under ``chip_dir`` (recursively) and the other files that are skipped."""
+    jpegs: list[AnyPath] = []
+    others: list[AnyPath] = []
+    own = CHIP_FOLDER_FILES | {index_name, nodata_summary_name(index_name)}
+    if isinstance(chip_dir, StorePath):
+        for path, _, _ in chip_dir.files():
+            rel = path.relative_to(chip_dir)
+            if any(part.startswith(".") for part in rel.split("/")) or rel in own:
+                continue
+            (jpegs if rel.lower().endswith(JPEG_SUFFIXES) else others).append(path)
+        return jpegs, others
+    for dirpath, dirnames, filenames in os.walk(chip_dir):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith(".") or (Path(dirpath) == chip_dir and name in own):
+                continue
+            path = Path(dirpath) / name
+            (jpegs if name.lower().endswith(JPEG_SUFFIXES) else others).append(path)
+    return jpegs, others
+
+
+def _by_pixels(
+    paths: list[AnyPath], settings: NodataSettings, sink: ProgressSink, done_before: int, scheduler: Any = None
+) -> pl.DataFrame:
+    if scheduler is not None and paths:
+        cols = _scan_on_cluster(scheduler, paths, settings, sink, done_before)
+    else:
+        counter = _rs.Progress()
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            fut = pool.submit(_rs.scan_jpeg_files, [str(p) for p in paths], threshold=settings.threshold, threads=settings.proc, progress=counter)
+            while not wait([fut], timeout=0.1).done:
+                sink.update(done_before + counter.value)
+            cols = fut.result()
+    total = pl.col("width").cast(pl.UInt64) * pl.col("height").cast(pl.UInt64)
+    return pl.DataFrame(
+        {"path": [str(p) for p in paths], **cols},
+        schema_overrides={"width": pl.UInt32, "height": pl.UInt32, "nodata_pixels": pl.UInt64, "error": pl.String},
+    ).select("path", pl.col("nodata_pixels"), total.alias("total_pixels"), "error", pl.lit("pixels").alias("source"))
+
+
+def scan_batch_task(paths: list[str | os.PathLike[str]], threshold: int, proc: int) -> dict[str, list]:
+    """One batch of chips decoded and counted on a Dask worker (the Rust scanner, the worker's cores)."""
+    from imagesim.runner import worker_threads
+
+    return _rs.scan_jpeg_files(paths, threshold=threshold, threads=worker_threads(proc))
+
+
+def _scan_on_cluster(
+    scheduler: Any, paths: list[Path], settings: NodataSettings, sink: ProgressSink, done_before: int
+) -> dict[str, list]:
+    """``scan_jpeg_files`` columns for ``paths``, in order, computed as one Dask task per batch.
+
+    A batch that fails for good (retries spent, workers lost) gives its chips that error, so they are
+    reported as failed chips like unreadable JPEGs are.
+    """
+    from imagesim.runner import connect, run_tasks
+
+    absolute = [str(p.absolute()) for p in paths]  # the workers' working directory is not ours
+    batches = [(i, absolute[i : i + BATCH]) for i in range(0, len(absolute), BATCH)]
+    parts: dict[int, dict[str, list]] = {}
+    done = 0
+    with connect(scheduler) as client:
+        outcomes = run_tasks(
+            client, scan_batch_task, batches, lambda b: (b[1], settings.threshold, settings.proc), name="imagesim-nodata"
+        )
+        for outcome in outcomes:
+            start, batch = outcome.item
+            if outcome.error is not None:
+                n = len(batch)
+                parts[start] = {"width": [None] * n, "height": [None] * n, "nodata_pixels": [None] * n, "error": [f"{p}: {outcome.error}" for p in batch]}
+            else:
+                parts[start] = outcome.result
+            done += len(batch)
+            sink.update(done_before + done)
+    return {key: [v for start in sorted(parts) for v in parts[start][key]] for key in ("width", "height", "nodata_pixels", "error")}
+
+
+def _by_manifest(chip_dir: AnyPath, frame: pl.DataFrame, threshold: int) -> pl.DataFrame:
+    """Counts from chips.parquet for the listed chips; rows it cannot answer keep nulls."""
+    manifest = read_manifest(chip_dir)
+    used = manifest.filter(pl.col("nodata_pixels").is_not_null())["nodata_threshold"].drop_nulls().unique().to_list()
+    if used and used != [threshold]:
+        raise InvalidArgumentError(
+            f"{chip_dir / CHIPS_MANIFEST} was measured with --nodata-threshold {used[0]}; pass --threshold {used[0]} "
+            f"or use --source pixels"
+        )
+    counts = manifest.select(
+        pl.col("chip").alias("name"),
+        "nodata_pixels",
+        (pl.col("width").cast(pl.UInt64) * pl.col("height").cast(pl.UInt64)).alias("total_pixels"),
+    ).unique("name", keep="last")
+    return frame.join(counts, on="name", how="left")
+
+
+class _MaskLookup:
+    """Data-mask polygons of each acquisition, read once, and chip footprint coverage."""
+
+    def __init__(self, chip_dir: AnyPath, ard_path: str | Path | None) -> None:
+        try:
+            import shapely
+            from osgeo import gdal, ogr
+        except ImportError as exc:  # pragma: no cover - installed by `make`
+            raise MissingDependencyError(f"--source mask needs GDAL and shapely ({exc})") from exc
+        self.shapely, self.ogr, self.gdal = shapely, ogr, gdal
+        self.ard_path = ard_path
+        self.cogs: dict[str, str] = {}
+        if (chip_dir / CHIPS_MANIFEST).exists():
+            m = read_manifest(chip_dir)
+            self.cogs = dict(zip(m["chip"].to_list(), m["source_cog"].to_list()))
+        self.masks: dict[AnyPath, object] = {}
+        self.store_cogs: dict[tuple[int, str, str], str] | None = None
+
+    def _cog_in_store(self, chip: str) -> str:
+        """The COG of a chip in an ARD delivery in a store (listed once)."""
+        if self.store_cogs is None:
+            from imagesim.imagery.ard import find_acquisitions
+
+            found, _ = find_acquisitions(str(self.ard_path))
+            self.store_cogs = {(a.zone, a.cell, a.catalog_id): str(a.visual) for a in found}
+        zone, quadkey, catalog_id = grid.parse_chip_name(chip)
+        cog = self.store_cogs.get((zone, quadkey[: grid.CELL_ZOOM], catalog_id))
+        if cog is None:
+            raise ImagesimFileNotFoundError(f"{chip}: no -visual.tif for it under {self.ard_path}")
+        return cog
+
+    def mask_path(self, chip: str) -> AnyPath:
+        cog = self.cogs.get(chip)
+        if cog is None:
+            if self.ard_path is None:
+                raise ImagesimFileNotFoundError(f"{chip}: not in {CHIPS_MANIFEST}; pass --ard-path to find its data mask")
+            if is_url(str(self.ard_path)):
+                cog = self._cog_in_store(chip)
+            else:
+                cog = str(grid.cog_path_from_chip(chip, self.ard_path))
+        visual = location(cog)
+        catalog_id = visual.name[: -len("-visual.tif")]
+        return visual.with_name(f"{catalog_id}-data-mask.gpkg")
+
+    def polygon(self, path: AnyPath):
+        if path not in self.masks:
+            if not path.is_file():
+                raise ImagesimFileNotFoundError(f"{path}: data mask not found")
+            if isinstance(path, StorePath):  # GDAL reads a GeoPackage from memory
+                vsi = f"/vsimem/imagesim/{path.name}"
+                self.gdal.FileFromMemBuffer(vsi, path.read_bytes())
+                ds = self.ogr.Open(vsi)
+            else:
+                ds = self.ogr.Open(str(path))
+            if ds is None or ds.GetLayerCount() == 0:
+                raise ImagesimError(f"{path}: not a readable data-mask GeoPackage")
+            layer = ds.GetLayer(0)
+            parts = [self.shapely.from_wkb(bytes(f.GetGeometryRef().ExportToWkb())) for f in layer if f.GetGeometryRef()]
+            self.masks[path] = self.shapely.make_valid(self.shapely.union_all(parts)) if parts else self.shapely.Polygon()
+        return self.masks[path]
+
+    def coverage(self, chip: str) -> tuple[int, int]:
+        """(no-data pixels, total pixels) of a chip from its footprint's share outside the mask."""
+        zone, quadkey, _ = grid.parse_chip_name(chip)
+        size = grid.CELL_PIXELS >> (len(quadkey) - grid.CELL_ZOOM)
+        footprint = self.shapely.box(*grid.bounds(quadkey))
+        inside = self.polygon(self.mask_path(chip)).intersection(footprint).area / footprint.area
+        total = size * size
+        return round((1.0 - min(inside, 1.0)) * total), total
+
+
+def _by_mask(frame: pl.DataFrame, lookup: _MaskLookup) -> pl.DataFrame:
+    nodata, totals, errors = [], [], []
+    for name in frame["name"].to_list():
+        try:
+            n, t = lookup.coverage(name)
+            nodata.append(n), totals.append(t), errors.append(None)
+        except (ImagesimError, GridError) as exc:
+            nodata.append(None), totals.append(None), errors.append(str(exc))
+    return frame.with_columns(
+        pl.Series("nodata_pixels", nodata, pl.UInt64),
+        pl.Series("total_pixels", totals, pl.UInt64),
+        pl.Series("error", errors, pl.String),
+        pl.lit("mask").alias("source"),
+    )
+
+
+def run_nodata_index(
+    chip_dir: str | AnyPath,
+    settings: NodataSettings | None = None,
+    *,
+    progress: Callable[[int], ProgressSink] | None = None,
+    scheduler: Any = None,
+) -> NodataSummary:
+    """``scheduler`` (a Dask address, ``"local"`` or a ``distributed.Client``): chips decoded for
+    ``--source pixels`` (and those the manifest lacks) are scanned there, one task per batch of chips."""
+    settings = settings or NodataSettings()
+    settings.check()
+    if isinstance(scheduler, str):
+        from imagesim.runner import check_address
+
+        scheduler = check_address(scheduler)
+    chip_dir = location(chip_dir)
+    if not chip_dir.is_dir():
+        raise ImagesimFileNotFoundError(f"{chip_dir}: chip folder does not exist")
+    named = location(settings.filename)
+    index_path = named if named.is_absolute() else chip_dir / settings.filename
+    parquet_path = index_path.with_name(NODATA_PARQUET)
+    summary_path = index_path.with_name(nodata_summary_name(index_path.name))
+    if index_path.exists() and not settings.overwrite:
+        raise OutputExistsError(f"{index_path}: index exists; pass --overwrite to replace it")
+    source = settings.source or ("manifest" if (chip_dir / CHIPS_MANIFEST).exists() else "pixels")
+
+    start = time.perf_counter()
+    jpegs, others = list_chip_files(chip_dir, index_path.name)
+    sink = progress(len(jpegs)) if progress else ProgressSink()
+    frame = pl.DataFrame({"path": [str(p) for p in jpegs], "name": [p.name for p in jpegs]}, schema={"path": pl.String, "name": pl.String})
+    try:
+        if source == "pixels":
+            measured = _by_pixels(jpegs, settings, sink, 0, scheduler).with_columns(pl.Series("name", [p.name for p in jpegs], pl.String))
+        elif source == "manifest":
+            joined = _by_manifest(chip_dir, frame, settings.threshold)
+            known = joined.filter(pl.col("nodata_pixels").is_not_null()).with_columns(
+                pl.lit(None, pl.String).alias("error"), pl.lit("manifest").alias("source")
+            )
+            unknown = joined.filter(pl.col("nodata_pixels").is_null()).select("path", "name")
+            sink.update(known.height)
+            rest = _by_pixels([location(p) for p in unknown["path"]], settings, sink, known.height, scheduler).with_columns(
+                unknown["name"]
+            )
+            measured = pl.concat([known.select(rest.columns), rest])
+        else:
+            measured = _by_mask(frame, _MaskLookup(chip_dir, settings.ard_path))
+            sink.update(len(jpegs))
+    finally:
+        sink.close()
+
+    table = measured.select(
+        pl.col("name").alias("chip"),
+        pl.col("path"),
+        pl.col("nodata_pixels").cast(pl.UInt64),
+        pl.col("total_pixels").cast(pl.UInt64),
+        (1.0 - pl.col("nodata_pixels").cast(pl.Float64) / pl.col("total_pixels").cast(pl.Float64)).alias("valid_fraction"),
+        nodata_class_expr(pl.col("nodata_pixels"), pl.col("total_pixels"), settings.min_pixels).alias("nodata_class"),
+        pl.col("source"),
+        pl.col("error"),
+    ).sort("chip")
+    ok = table.filter(pl.col("error").is_null())
+    failed = table.filter(pl.col("error").is_not_null())
+    index = {cls: ok.filter(pl.col("nodata_class") == cls)["chip"].to_list() for cls in NODATA_CLASSES}
+    summary = NodataSummary(
+        index=index_path,
+        parquet=parquet_path,
+        summary=summary_path,
+        source=source,
+        counts={cls: len(names) for cls, names in index.items()},
+        failed=list(zip(failed["path"].to_list(), failed["error"].to_list())),
+        skipped=[str(p) for p in others],
+        by_source={src: n for src, n in ok.group_by("source").len().iter_rows()},
+        seconds=time.perf_counter() - start,
+    )
+    write_json(index_path, index)
+    write_with(parquet_path, lambda tmp: table.write_parquet(tmp))
+    write_json(
+        summary_path,
+        {
+            "chip_dir": str(chip_dir),
+            "source": source,
+            "threshold": settings.threshold,
+            "min_pixels": settings.min_pixels,
+            "counts": summary.counts,
+            "measured_by": summary.by_source,
+            "failed": [{"file": f, "error": e} for f, e in summary.failed],
+            "skipped_non_jpeg": summary.skipped,
+            "seconds": summary.seconds,
+        },
+    )
+    return summary

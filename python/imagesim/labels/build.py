@@ -1,0 +1,272 @@
+"""`imagesim labels build`: multilabel training targets for every chip from per-cell OSM data.
+
+Reads the chip manifest (``chips.parquet``, no image reads), the no-data classes, and each cell's
+``osm_data.json``; builds the taxonomy's geometries per cell, joins them against the cell's chip
+grid (:mod:`imagesim.labels.join`) and writes three encodings of the same labels:
+
+- ``labels.parquet``: one row per chip, ``label_ids`` (sparse, ascending class ids) and ``bitset``
+  (fixed-width u64 words, packed in Rust), plus chip identity columns and ``split``;
+- ``labels.csv``: the dense ``Feature,<class1>,…`` 0/1 table the original training notebook read;
+- ``labels.json``: class names, the taxonomy used, counts, and what was left out and why.
+
+Cells are processed one at a time, so memory holds one cell's features, never a zone's.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import polars as pl
+import shapely
+import shapely.errors
+
+from imagesim import _imagesim, grid
+from imagesim.artefacts import LABELS_CSV, LABELS_JSON, LABELS_PARQUET, OSM_DATA, bitset_matrix, read_chip_table
+from imagesim.errors import ImagesimFileNotFoundError, InvalidArgumentError, LabelInputError, OutputExistsError
+from imagesim.progress import ProgressFactory, ProgressSink
+from imagesim.fsutil import write_json, write_with
+from imagesim.storage import AnyPath, location, read_parquet
+from imagesim.labels.join import CellGrid, join_cell, local_index
+from imagesim.labels.cells import ard_base, check_osm_data
+from imagesim.labels.geometry import GeometryReport, features_from_osm
+from imagesim.labels.taxonomy import Taxonomy, load_taxonomy
+
+INCLUDE_CHOICES = ("all_data", "partial", "unmeasured")
+
+
+@dataclass
+class LabelSettings:
+    taxonomy: str | Path | None = None  # None: the shipped default
+    include: tuple[str, ...] = ()  # "partial": partial_data chips too; "unmeasured": chips with no nodata class
+    out_dir: str | AnyPath | None = None  # default: the chips folder
+    nodata_index: str | AnyPath | None = None  # nodata.parquet or nodata-index.json; default: CHIPS/nodata.parquet if present
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        bad = [i for i in self.include if i not in INCLUDE_CHOICES]
+        if bad:
+            raise InvalidArgumentError(f"--include {bad[0]!r}: choose from {', '.join(INCLUDE_CHOICES[1:])}")
+
+
+@dataclass
+class LabelSummary:
+    out_dir: AnyPath
+    classes: list[str]
+    chips: int = 0  # rows written
+    labelled: int = 0  # rows with at least one class
+    cells: int = 0
+    excluded: dict[str, int] = field(default_factory=dict)  # nodata class -> chips left out
+    missing_cells: list[str] = field(default_factory=list)  # "zone/cell" without osm_data.json
+    failed_cells: list[tuple[str, str]] = field(default_factory=list)  # ("zone/cell", error)
+    class_counts: dict[str, int] = field(default_factory=dict)
+    geometry: GeometryReport = field(default_factory=GeometryReport)
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.missing_cells or self.failed_cells)
+
+    def line(self) -> str:
+        excluded = ", ".join(f"{n} {k}" for k, n in sorted(self.excluded.items()) if n) or "none"
+        return (
+            f"labels: {self.chips} chips in {self.cells} cells, {self.labelled} with at least one of "
+            f"{len(self.classes)} classes; excluded: {excluded}; "
+            f"{len(self.missing_cells)} cells without OSM data, {len(self.failed_cells)} failed; "
+            f"{self.seconds:.1f} s"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------------
+
+def _load_cell_osm(root: AnyPath, zone: int, cell: str) -> dict[str, Any] | None:
+    path = root / str(zone) / cell / OSM_DATA
+    if not path.is_file():
+        return None
+    try:
+        data = orjson.loads(path.read_bytes())  # 3-4x the stdlib's speed on large OSM files
+    except (OSError, ValueError) as exc:
+        raise LabelInputError(f"{path}: not readable JSON ({exc})") from None
+    check_osm_data(data, cell, str(path))
+    return data
+
+
+def wgs84_to(epsg: int) -> Callable[[np.ndarray], np.ndarray]:
+    """A vectorised lon/lat → ``epsg`` transform of ``(n, 2)`` arrays (OSM geometry into a cell's UTM)."""
+    from pyproj import Transformer
+
+    tr = Transformer.from_crs(4326, epsg, always_xy=True)
+
+    def apply(xy: np.ndarray) -> np.ndarray:
+        x, y = tr.transform(xy[:, 0], xy[:, 1])
+        return np.column_stack([x, y])
+
+    return apply
+
+
+# --------------------------------------------------------------------------------------------
+# Build
+# --------------------------------------------------------------------------------------------
+
+
+def label_cell(data: dict[str, Any], taxonomy: Taxonomy, zone: int, cell: str, zoom: int) -> tuple[np.ndarray, np.ndarray, GeometryReport]:
+    """``(local chip index, class id)`` pairs of one cell at a chip zoom, and the geometry report."""
+    if not 12 <= zoom <= 24:
+        raise InvalidArgumentError(f"chip zoom {zoom}: labels need chips at zoom 12 or finer")
+    features, report = features_from_osm(data, taxonomy, wgs84_to(grid.epsg(cell, zone)))
+    chip, cls = join_cell(features, taxonomy, CellGrid.of(tuple(grid.bounds(cell)), 1 << (zoom - 12)))
+    return chip, cls, report
+
+
+def build_labels(
+    chips_dir: str | AnyPath,
+    ard_path: str | AnyPath,
+    settings: LabelSettings | None = None,
+    progress: ProgressFactory | None = None,
+) -> LabelSummary:
+    """Label every chip of ``chips_dir`` from the ``osm_data.json`` files of ``ard_path``."""
+    settings = settings or LabelSettings()
+    t0 = time.perf_counter()
+    chips_dir, ard_root = location(chips_dir), ard_base(ard_path)
+    if not location(ard_path).is_dir():
+        raise ImagesimFileNotFoundError(f"{ard_path}: ARD path does not exist")
+    out_dir = location(settings.out_dir) if settings.out_dir else chips_dir
+    outputs = [out_dir / LABELS_PARQUET, out_dir / LABELS_CSV, out_dir / LABELS_JSON]
+    if not settings.overwrite:
+        for path in outputs:
+            if path.exists():
+                raise OutputExistsError(f"{path}: labels already exist; give --overwrite to rebuild them (any split is reset)")
+    taxonomy = load_taxonomy(settings.taxonomy)
+    summary = LabelSummary(out_dir=out_dir, classes=taxonomy.names)
+
+    chips = read_chip_table(chips_dir, settings.nodata_index)
+    keep = pl.col("nodata_class") == "all_data"
+    if "partial" in settings.include:
+        keep = keep | (pl.col("nodata_class") == "partial_data")
+    if "unmeasured" in settings.include:
+        keep = keep | pl.col("nodata_class").is_null()
+    excluded = chips.filter(~keep.fill_null(False))
+    summary.excluded = {
+        (k or "unmeasured"): n for k, n in excluded.group_by("nodata_class").len().iter_rows()
+    }
+    chips = chips.filter(keep.fill_null(False))
+
+    # One (zone, cell, zoom) group at a time: one cell's OSM features in memory.
+    groups = chips.select("zone", "cell", "zoom").unique().sort("zone", "cell", "zoom").rows()
+    sink = progress(len(groups)) if progress else ProgressSink()
+    parts: list[pl.DataFrame] = []
+    cache: tuple[tuple[int, str], dict[str, Any] | None] | None = None
+    for i, (zone, cell, zoom) in enumerate(groups):
+        where = f"{zone}/{cell}"
+        try:
+            if cache is None or cache[0] != (zone, cell):
+                cache = ((zone, cell), _load_cell_osm(ard_root, zone, cell))
+            data = cache[1]
+            if data is None:
+                if where not in summary.missing_cells:
+                    summary.missing_cells.append(where)
+            else:
+                chip_idx, cls, report = label_cell(data, taxonomy, zone, cell, zoom)
+                summary.geometry.merge(report)
+                parts.append(pl.DataFrame({
+                    "zone": pl.Series(np.full(len(chip_idx), zone), dtype=pl.UInt8),
+                    "cell": pl.Series([cell] * len(chip_idx), dtype=pl.String),
+                    "zoom": pl.Series(np.full(len(chip_idx), zoom), dtype=pl.UInt8),
+                    "local": pl.Series(chip_idx, dtype=pl.Int64),
+                    "class_id": pl.Series(cls, dtype=pl.UInt16),
+                }))
+                summary.cells += 1
+        except (LabelInputError, ValueError, shapely.errors.ShapelyError) as exc:  # a bad cell: report it, go on
+            summary.failed_cells.append((where, str(exc)))
+        sink.update(i + 1)
+    sink.close()
+
+    bad_cells = {tuple(w.split("/")) for w in summary.missing_cells} | {tuple(w.split("/")) for w, _ in summary.failed_cells}
+    if bad_cells:
+        bad = pl.DataFrame([(int(z), c) for z, c in bad_cells], schema={"zone": pl.UInt8, "cell": pl.String}, orient="row")
+        summary.excluded["no OSM data for the cell"] = chips.join(bad, on=["zone", "cell"], how="semi").height
+        chips = chips.join(bad, on=["zone", "cell"], how="anti")
+
+    table = _assemble(chips, parts, taxonomy)
+    summary.chips = table.height
+    summary.labelled = int((table["label_ids"].list.len() > 0).sum())
+    dense = _imagesim.dense_labels(bitset_matrix(table, len(taxonomy.classes)), len(taxonomy.classes))
+    summary.class_counts = dict(zip(taxonomy.names, (int(x) for x in dense.sum(axis=0))))
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_with(outputs[0], lambda tmp: table.write_parquet(tmp))
+    csv = pl.DataFrame({"Feature": table["path"]}).hstack(
+        [pl.Series(name, dense[:, j], dtype=pl.UInt8) for j, name in enumerate(taxonomy.names)]
+    )
+    write_with(outputs[1], lambda tmp: csv.write_csv(tmp))
+    summary.seconds = time.perf_counter() - t0
+    write_json(outputs[2], _sidecar(summary, taxonomy, chips_dir, ard_root, table))
+    return summary
+
+
+def _assemble(chips: pl.DataFrame, parts: list[pl.DataFrame], taxonomy: Taxonomy) -> pl.DataFrame:
+    """One row per chip: identity columns, sorted class ids, the packed bitset, an empty split."""
+    n_classes = len(taxonomy.classes)
+    words = _imagesim.label_words(n_classes)
+    long = pl.concat(parts) if parts else pl.DataFrame(
+        schema={"zone": pl.UInt8, "cell": pl.String, "zoom": pl.UInt8, "local": pl.Int64, "class_id": pl.UInt16})
+    per_chip = long.group_by("zone", "cell", "zoom", "local").agg(pl.col("class_id").unique().sort().alias("label_ids"))
+    local = np.empty(chips.height, np.int64)
+    zooms = chips["zoom"].to_numpy()
+    quadkeys = chips["quadkey"].to_list()
+    for z in np.unique(zooms):
+        rows = np.flatnonzero(zooms == z)
+        local[rows] = local_index([quadkeys[r] for r in rows])
+    table = (
+        chips.with_columns(pl.Series("local", local, dtype=pl.Int64))
+        .join(per_chip, on=["zone", "cell", "zoom", "local"], how="left")
+        .with_columns(
+            pl.col("label_ids").fill_null(pl.lit([], dtype=pl.List(pl.UInt16))),
+            pl.concat_str(pl.col("zone").cast(pl.String), pl.lit("/"), pl.col("chip")).alias("path"),
+        )
+        .sort("chip")
+    )
+    ids = table["label_ids"].explode().drop_nulls().to_numpy().astype(np.uint32)
+    offsets = np.concatenate([[0], np.cumsum(table["label_ids"].list.len().to_numpy())]).astype(np.int64)
+    bits = _imagesim.pack_labels(ids, offsets, n_classes)
+    return table.select(
+        "chip", "path", "zone", "quadkey", "cell", "catalog_id", "nodata_class", "label_ids",
+        pl.Series("bitset", bits, dtype=pl.Array(pl.UInt64, words)),
+        pl.lit(None, dtype=pl.String).alias("split"),
+    )
+
+def _sidecar(summary: LabelSummary, taxonomy: Taxonomy, chips_dir: AnyPath, ard_root: AnyPath, table: pl.DataFrame) -> dict[str, Any]:
+    n = max(summary.chips, 1)
+    return {
+        "classes": taxonomy.names,
+        "n_classes": len(taxonomy.names),
+        "words": _imagesim.label_words(len(taxonomy.names)),
+        "chips_dir": str(chips_dir.resolve()),
+        "ard_path": str(ard_root.resolve()),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "chips": summary.chips,
+        "labelled": summary.labelled,
+        "class_counts": summary.class_counts,
+        "class_frequency": {k: v / n for k, v in summary.class_counts.items()},
+        "label_cardinality": float(table["label_ids"].list.len().mean() or 0.0) if table.height else 0.0,
+        "excluded": summary.excluded,
+        "missing_osm_cells": summary.missing_cells,
+        "failed_cells": [{"cell": c, "error": e} for c, e in summary.failed_cells],
+        "geometry": summary.geometry.as_dict(),
+        "taxonomy": taxonomy.describe(),
+        "split": None,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Reading labels back (train, report, split)
+# --------------------------------------------------------------------------------------------

@@ -1,0 +1,300 @@
+"""`imagesim osm fetch`: an Overpass client that survives the public servers.
+
+Public Overpass instances rate-limit hard: HTTP 429, 503/504 (the "Dispatcher_Client" timeouts),
+HTTP 200 answers whose ``remark`` says ``runtime error: Query timed out``, and connections cut
+mid-answer. The client is polite and stubborn: one request at a time, it reads ``/api/status`` and
+waits for a free slot before each request, retries with exponential backoff and jitter, and never
+writes an answer it could not fully parse and check. The clock (``sleep``) and the RNG are injected
+so tests run against a real local HTTP server without really waiting.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import random
+import re
+import socket
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from imagesim.errors import InvalidArgumentError, OsmDataError, OverpassError, OverpassResponseError
+from imagesim.fsutil import write_json
+from imagesim.storage import location
+from imagesim.labels.cells import BBox, Cell, cell_bbox, check_osm_data, is_valid_file, split_elements
+
+DEFAULT_ENDPOINT = "https://overpass-api.de/api/interpreter"
+RETRY_STATUS = {429, 500, 502, 503, 504}
+USER_AGENT = "imagesim-osm-fetch (+https://github.com/imagesim)"
+
+
+def overpass_query(bbox: BBox, timeout: int) -> str:
+    """Overpass QL: nodes, ways and relations with at least one tag in ``bbox``, with geometry."""
+    b = bbox.overpass()
+    return (
+        f"[out:json][timeout:{int(timeout)}];\n"
+        "(\n"
+        f"  node({b})(if:count_tags() > 0);\n"
+        f"  way({b})(if:count_tags() > 0);\n"
+        f"  relation({b})(if:count_tags() > 0);\n"
+        ");\n"
+        "out geom;\n"
+    )
+
+
+class SlotStatus(NamedTuple):
+    """What ``/api/status`` says: ``available`` free slots now, ``waits`` seconds until the others free up."""
+
+    rate_limit: int | None
+    available: int
+    waits: list[int]
+
+
+_RATE = re.compile(r"^Rate limit:\s*(\d+)", re.M)
+_AVAILABLE = re.compile(r"^(\d+) slots? available now", re.M)
+_AFTER = re.compile(r"^Slot available after: \S+, in (-?\d+) seconds?\.", re.M)
+
+
+def parse_status(text: str) -> SlotStatus:
+    """Parse an ``/api/status`` body (with or without the ``Announced endpoint`` line)."""
+    rate = _RATE.search(text)
+    avail = _AVAILABLE.search(text)
+    waits = [max(0, int(s)) for s in _AFTER.findall(text)]
+    rate_limit = int(rate.group(1)) if rate else None
+    if avail:
+        available = int(avail.group(1))
+    elif rate_limit == 0 or (rate_limit is None and not waits):
+        available = 1  # no limit, or a body we do not understand: do not block on it
+    else:
+        available = 0
+    return SlotStatus(rate_limit, available, waits)
+
+
+@dataclass
+class OverpassSettings:
+    endpoint: str = DEFAULT_ENDPOINT
+    timeout: int = 180  # the server's [timeout:] in seconds
+    http_timeout: float | None = None  # socket timeout; default: timeout + 60 s
+    max_retries: int = 8  # retries after the first attempt, per cell
+    backoff_base: float = 5.0  # first backoff; doubles each retry
+    backoff_max: float = 600.0
+    status_wait_max: float = 1800.0  # longest total wait for a slot before one request
+    use_status: bool = True
+
+    def __post_init__(self) -> None:
+        scheme = urllib.parse.urlsplit(self.endpoint).scheme
+        if scheme not in ("http", "https"):
+            raise InvalidArgumentError(f"--endpoint {self.endpoint!r}: give an http(s) URL such as {DEFAULT_ENDPOINT}")
+        if self.timeout <= 0:
+            raise InvalidArgumentError(f"--timeout {self.timeout}: must be positive")
+        if self.max_retries < 0:
+            raise InvalidArgumentError(f"--max-retries {self.max_retries}: must be 0 or more")
+
+    @property
+    def status_url(self) -> str:
+        base, _, last = self.endpoint.rstrip("/").rpartition("/")
+        return f"{base}/status" if last == "interpreter" else f"{self.endpoint.rstrip('/')}/status"
+
+
+class _Retry(Exception):
+    """A failure worth another try; ``after`` is a server-given wait (Retry-After), if any."""
+
+    def __init__(self, message: str, after: float | None = None) -> None:
+        super().__init__(message)
+        self.after = after
+
+
+@dataclass
+class OverpassClient:
+    settings: OverpassSettings = field(default_factory=OverpassSettings)
+    sleep: Callable[[float], None] = time.sleep
+    rng: random.Random = field(default_factory=random.Random)
+    log: Callable[[str], None] = lambda _msg: None
+    requests: int = 0  # interpreter requests made (for reports and tests)
+
+    def backoff(self, attempt: int, after: float | None = None) -> float:
+        """Seconds to wait before retry ``attempt`` (0-based): base·2^attempt capped, jittered to [½, 1]×."""
+        s = self.settings
+        delay = min(s.backoff_max, s.backoff_base * (2 ** attempt))
+        delay *= 0.5 + 0.5 * self.rng.random()
+        if after is not None:
+            delay = max(delay, min(after, s.backoff_max))
+        return delay
+
+    def wait_for_slot(self) -> None:
+        """Block (via ``sleep``) until ``/api/status`` reports a free slot; give up waiting after ``status_wait_max``."""
+        if not self.settings.use_status:
+            return
+        waited = 0.0
+        while waited < self.settings.status_wait_max:
+            try:
+                text = self._get(self.settings.status_url)
+            except (OSError, http.client.HTTPException, ValueError):
+                return  # private instances often have no /api/status: just go ahead
+            st = parse_status(text)
+            if st.available > 0:
+                return
+            # Wake just after the earliest slot frees (1 s slack: the server's clock rounds).
+            delay = (min(st.waits) if st.waits else self.settings.backoff_base) + 1.0
+            delay = min(delay, self.settings.status_wait_max - waited)
+            self.log(f"no free Overpass slot, waiting {delay:.0f} s")
+            self.sleep(delay)
+            waited += delay
+
+    def query(self, ql: str, what: str = "query") -> dict[str, Any]:
+        """POST ``ql`` and return the parsed answer, retrying what a retry can fix."""
+        s = self.settings
+        last = ""
+        last_exc: _Retry | None = None
+        for attempt in range(s.max_retries + 1):
+            if attempt:
+                delay = self.backoff(attempt - 1, last_exc.after if last_exc else None)
+                self.log(f"{what}: {last}; retry {attempt}/{s.max_retries} in {delay:.1f} s")
+                self.sleep(delay)
+            self.wait_for_slot()
+            try:
+                return self._post(ql)
+            except _Retry as exc:
+                last_exc = exc
+                last = str(exc)
+        raise OverpassError(f"{s.endpoint}: {what} failed after {s.max_retries + 1} attempts, last: {last}")
+
+    # -- one attempt ---------------------------------------------------------------------
+
+    def _post(self, ql: str) -> dict[str, Any]:
+        s = self.settings
+        self.requests += 1
+        body = urllib.parse.urlencode({"data": ql}).encode()
+        req = urllib.request.Request(s.endpoint, data=body, headers={
+            "User-Agent": USER_AGENT, "Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=self._http_timeout()) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as exc:
+            detail = _error_text(exc)
+            if exc.code in RETRY_STATUS:
+                raise _Retry(f"HTTP {exc.code}{detail}", _retry_after(exc.headers.get("Retry-After"))) from None
+            raise OverpassError(f"{s.endpoint}: HTTP {exc.code}{detail}") from None
+        except (TimeoutError, socket.timeout) as exc:
+            raise _Retry(f"no answer within {self._http_timeout():.0f} s ({exc})") from None
+        except urllib.error.URLError as exc:
+            if isinstance(exc.reason, (TimeoutError, socket.timeout)):
+                raise _Retry(f"no answer within {self._http_timeout():.0f} s") from None
+            raise _Retry(f"connection failed: {exc.reason}") from None
+        except (http.client.HTTPException, ConnectionError) as exc:  # IncompleteRead, RemoteDisconnected, reset
+            raise _Retry(f"answer cut off: {type(exc).__name__}: {exc}") from None
+        try:
+            return parse_answer(raw)
+        except OverpassResponseError as exc:
+            raise _Retry(str(exc)) from None
+
+    def _get(self, url: str) -> str:
+        req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+        with urllib.request.urlopen(req, timeout=min(30.0, self._http_timeout())) as resp:
+            return resp.read().decode("utf-8", "replace")
+
+    def _http_timeout(self) -> float:
+        s = self.settings
+        return s.http_timeout if s.http_timeout is not None else s.timeout + 60.0
+
+
+def parse_answer(raw: bytes) -> dict[str, Any]:
+    """Parse an Overpass JSON answer; raise OverpassResponseError when it is partial or failed."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        start = raw[:80].decode("utf-8", "replace").strip().replace("\n", " ")
+        raise OverpassResponseError(f"answer is not complete JSON ({exc}; {len(raw)} bytes starting {start!r})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("elements"), list):
+        raise OverpassResponseError("answer has no 'elements' list")
+    remark = data.get("remark")
+    # "runtime remark: ..." is informational; "runtime error: ..." means the answer is incomplete.
+    if isinstance(remark, str) and "error" in remark.split(":", 1)[0].lower():
+        raise OverpassResponseError(f"server remark: {remark.strip()}")
+    return data
+
+
+def _error_text(exc: urllib.error.HTTPError) -> str:
+    try:
+        text = exc.read(4096).decode("utf-8", "replace")
+    except (OSError, http.client.HTTPException):
+        return ""
+    # Overpass error pages are HTML; the useful line is in a <p><strong>Error</strong>: ...</p>.
+    text = re.sub(r"<[^>]+>", " ", text)
+    lines = [ln.strip() for ln in text.splitlines() if "error" in ln.lower() and ln.strip()]
+    return f" ({' '.join(lines[0].split())[:200]})" if lines else ""
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# Many cells
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FetchSummary:
+    done: list[Cell] = field(default_factory=list)
+    skipped: list[Cell] = field(default_factory=list)
+    failed: list[tuple[Cell, str]] = field(default_factory=list)
+    requests: int = 0
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        return (f"osm fetch: {len(self.done)} cells written, {len(self.skipped)} skipped (already fetched), "
+                f"{len(self.failed)} failed; {self.requests} requests in {self.seconds:.0f} s")
+
+
+def fetch_cell(cell: Cell, root: Path, client: OverpassClient) -> Path:
+    """Query one cell and write its ``osm_data.json`` (only after the answer passed every check)."""
+    ql = overpass_query(cell_bbox(cell), client.settings.timeout)
+    data = client.query(ql, what=f"cell {cell.zone}/{cell.quadkey}")
+    doc = split_elements(cell.quadkey, data["elements"])
+    path = cell.osm_path(root)
+    try:
+        check_osm_data(doc, cell.quadkey, str(path))
+    except OsmDataError as exc:
+        raise OverpassResponseError(f"{client.settings.endpoint}: cell {cell.quadkey}: {exc}") from None
+    write_json(path, doc)
+    return path
+
+
+def fetch_cells(
+    cells: Iterable[Cell],
+    root: str | Path,
+    client: OverpassClient,
+    *,
+    overwrite: bool = False,
+    progress: Callable[[int], Any] | None = None,
+) -> FetchSummary:
+    """Fetch every cell in turn (one request at a time); valid existing files are skipped unless ``overwrite``."""
+    root = location(root)
+    summary = FetchSummary()
+    t0 = time.perf_counter()
+    r0 = client.requests
+    cells = list(cells)
+    for i, cell in enumerate(cells):
+        if not overwrite and is_valid_file(cell.osm_path(root), cell.quadkey):
+            summary.skipped.append(cell)
+        else:
+            try:
+                fetch_cell(cell, root, client)
+                summary.done.append(cell)
+            except OverpassError as exc:
+                summary.failed.append((cell, str(exc)))
+        if progress:
+            progress(i + 1)
+    summary.requests = client.requests - r0
+    summary.seconds = time.perf_counter() - t0
+    return summary

@@ -1,0 +1,392 @@
+"""`imagesim encode`: every chip to an embedding with an exported ONNX model, GPU-fast, CPU fallback.
+
+The input pipeline is the hot path: the Rust core decodes a whole batch of JPEGs (libjpeg-turbo with
+DCT scaling, parallel, GIL released) straight into a reused uint8 buffer while onnxruntime runs the
+previous batch (two buffers, one decode thread ahead). On CUDA the input buffer is pinned and the
+session uses IO binding. Results are checkpointed as part files while the run goes, so an
+interrupted run resumes where it stopped; chips already encoded with the same model are skipped.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from imagesim import _imagesim
+from imagesim.progress import ProgressFactory, ProgressSink
+from imagesim.errors import EncodeError, ImagesimFileNotFoundError, InvalidArgumentError, MissingDependencyError
+from imagesim.learn.export import decode_metadata, model_id
+from imagesim.fsutil import write_json, write_with
+from imagesim.artefacts import EMBEDDINGS, read_chip_table, sidecar
+from imagesim.storage import AnyPath, location, read_parquet
+
+PROVIDERS = ("auto", "cuda", "tensorrt", "cpu")
+CHECKPOINT_SECONDS = 60.0  # write a part file at least this often
+
+
+@dataclass
+class EncodeSettings:
+    out: str | AnyPath | None = None  # default: CHIPS/embeddings.parquet (a local path or a store URL)
+    batch_size: int = 64
+    provider: str = "auto"
+    proc: int = 0  # decode threads (0 = all cores)
+    nodata_index: str | AnyPath | None = None
+    include_nodata: bool = False
+    overwrite: bool = False
+
+    def check(self) -> None:
+        if self.provider not in PROVIDERS:
+            raise InvalidArgumentError(f"--provider {self.provider!r}: choose one of {', '.join(PROVIDERS)}")
+        if not 1 <= self.batch_size <= 4096:
+            raise InvalidArgumentError(f"--batch-size {self.batch_size}: give 1..4096")
+        if self.proc < 0:
+            raise InvalidArgumentError(f"--proc {self.proc}: give 0 (all cores) or more")
+
+
+@dataclass
+class EncodeSummary:
+    out: AnyPath
+    model_id: str
+    provider: str
+    encoded: int = 0
+    skipped: int = 0  # already encoded with this model
+    excluded: int = 0  # no_data chips left out
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.encoded / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        return (
+            f"encode: {self.encoded} chips encoded, {self.skipped} already done, {self.excluded} no_data left out, "
+            f"{len(self.failed)} failed; {self.rate:,.0f} chips/s on {self.provider} ({self.seconds:.1f} s)"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Providers
+# --------------------------------------------------------------------------------------------
+
+
+def cuda_device_count() -> int:
+    """GPUs the CUDA driver sees (0 without a driver). onnxruntime-gpu lists the CUDA provider even
+    on machines without a GPU, so the provider list alone proves nothing."""
+    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        count = ctypes.c_int(0)
+        if lib.cuInit(0) != 0 or lib.cuDeviceGetCount(ctypes.byref(count)) != 0:
+            return 0
+        return count.value
+    return 0
+
+
+def open_session(onnx_path: Path, provider: str) -> tuple[Any, str]:
+    """An onnxruntime session on the requested provider and the name of the one that really runs."""
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise MissingDependencyError(f"onnxruntime is needed: pip install 'imagesim[encode]' ({exc})") from None
+    available = ort.get_available_providers()
+    gpus = cuda_device_count()
+    wanted = provider
+    if provider == "auto":
+        wanted = "cuda" if gpus and "CUDAExecutionProvider" in available else "cpu"
+    if wanted in ("cuda", "tensorrt"):
+        if not gpus:
+            raise EncodeError(f"--provider {provider}: no CUDA GPU on this machine (use --provider cpu or auto)")
+        name = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}[wanted]
+        if name not in available:
+            raise EncodeError(f"--provider {provider}: this onnxruntime has no {name} (install onnxruntime-gpu)")
+        if hasattr(ort, "preload_dlls"):
+            try:  # CUDA/cuDNN from the nvidia-* wheels that torch installs
+                ort.preload_dlls()
+            except Exception:  # noqa: BLE001 - a system CUDA may still work
+                pass
+        providers = [name, "CPUExecutionProvider"] if wanted == "cuda" else [name, "CUDAExecutionProvider", "CPUExecutionProvider"]
+    else:
+        providers = ["CPUExecutionProvider"]
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise EncodeError(f"{onnx_path}: cannot load the model with {providers[0]} ({exc})") from None
+    running = session.get_providers()[0]
+    if running != providers[0]:
+        raise EncodeError(f"{onnx_path}: {providers[0]} did not start (onnxruntime fell back to {running}); check the CUDA/cuDNN libraries")
+    return session, running
+
+
+# --------------------------------------------------------------------------------------------
+# Encoding
+# --------------------------------------------------------------------------------------------
+
+
+class _Runner:
+    """Runs batches on a session; IO binding with a pinned input buffer on CUDA."""
+
+    def __init__(self, session: Any, provider: str, batch: int, size: int) -> None:
+        self.session = session
+        self.cuda = provider != "CPUExecutionProvider"
+        shape = (batch, size, size, 3)
+        self.buffers = [self._host_buffer(shape), self._host_buffer(shape)]
+
+    def _host_buffer(self, shape: tuple[int, ...]) -> np.ndarray:
+        if self.cuda:
+            try:
+                import torch
+
+                return torch.empty(shape, dtype=torch.uint8).pin_memory().numpy()
+            except Exception:  # noqa: BLE001 - torch absent: pageable memory works, a little slower
+                pass
+        return np.empty(shape, np.uint8)
+
+    def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if not self.cuda:
+            emb, logits = self.session.run(["embedding", "logits"], {"image": images})
+            return emb, logits
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("image", images)
+        binding.bind_output("embedding", "cuda")
+        binding.bind_output("logits", "cuda")
+        self.session.run_with_iobinding(binding)
+        emb, logits = binding.copy_outputs_to_cpu()
+        return emb, logits
+
+
+def _parts_dir(out: AnyPath) -> AnyPath:
+    return out.parent / f".{out.name}.parts"
+
+
+def _existing(out: AnyPath, mid: str, overwrite: bool) -> list[pl.DataFrame]:
+    """Embeddings already written for this model (final file and parts of an interrupted run)."""
+    frames = []
+    parts = sorted(_parts_dir(out).glob("part-*.parquet")) if _parts_dir(out).is_dir() else []
+    for path in ([out] if out.is_file() else []) + parts:
+        try:
+            frame = read_parquet(path)
+        except Exception as exc:  # noqa: BLE001 - polars raises several types
+            if path == out:
+                raise EncodeError(f"{out}: exists but is not readable Parquet ({exc}); move it away or give --overwrite") from None
+            continue  # a part cut off mid-write cannot exist (atomic), but be safe
+        if frame.height == 0:
+            continue
+        ids = set(frame["model_id"].unique().to_list())
+        if ids != {mid}:
+            if overwrite:
+                continue
+            raise EncodeError(f"{path}: holds embeddings of model {', '.join(sorted(ids))}, not {mid}; give --overwrite or another --out")
+        frames.append(frame)
+    return frames if not overwrite else []
+
+
+def _rows(meta: dict[str, Any], mid: str, chips: pl.DataFrame, emb: np.ndarray, logits: np.ndarray) -> pl.DataFrame:
+    classes = meta["classes"]
+    thresholds = np.asarray(meta.get("thresholds") or [0.35] * len(classes), np.float32)
+    prob = 1.0 / (1.0 + np.exp(-logits.astype(np.float32)))
+    predicted = [[classes[j] for j in np.flatnonzero(row >= thresholds)] for row in prob]
+    return chips.select("chip", "path", "zone", "quadkey", "cell", "catalog_id").with_columns(
+        pl.lit(mid).alias("model_id"),
+        pl.Series("embedding", emb.astype(np.float32), dtype=pl.Array(pl.Float32, emb.shape[1])),
+        pl.Series("predicted", predicted, dtype=pl.List(pl.String)),
+        pl.Series("probabilities", prob, dtype=pl.Array(pl.Float32, len(classes))),
+    )
+
+
+# Sessions a Dask worker process opened, by (model, provider): opened by its first task, reused.
+_WORKER_SESSIONS: dict[tuple[str, str], tuple[Any, str, int]] = {}
+TASK_BATCHES = 32  # inference batches per Dask task with --scheduler
+
+
+def encode_chips_task(onnx_path: str, provider: str, paths: list[str], batch_size: int, proc: int) -> dict[str, Any]:
+    """On a Dask worker: decode and encode ``paths`` in batches of ``batch_size`` (as in-process).
+
+    Returns the provider that ran, the per-chip decode errors (None when decoded) and the
+    ``embedding``/``logits`` rows of the decoded chips, in order.
+    """
+    from imagesim.runner import worker_threads
+
+    key = (onnx_path, provider)
+    if key not in _WORKER_SESSIONS:
+        session, running = open_session(Path(onnx_path), provider)
+        meta = decode_metadata(session.get_modelmeta().custom_metadata_map, Path(onnx_path))
+        _WORKER_SESSIONS[key] = (session, running, meta["chip_size"])
+    session, running, size = _WORKER_SESSIONS[key]
+    runner = _Runner(session, running, batch_size, size)
+    threads = worker_threads(proc)
+    errors: list[str | None] = []
+    embs, logits = [], []
+    for s in range(0, len(paths), batch_size):
+        n = min(batch_size, len(paths) - s)
+        buf = runner.buffers[0][:n]
+        errs = _imagesim.decode_batch(paths[s:s + n], buf, threads=threads)  # type: ignore[arg-type]
+        ok = np.array([e is None for e in errs])
+        if ok.any():
+            emb, lg = runner.run(buf if ok.all() else np.ascontiguousarray(buf[ok]))
+            embs.append(np.array(emb))
+            logits.append(np.array(lg))
+        errors.extend(errs)
+    return {"provider": running, "errors": errors,
+            "embedding": np.concatenate(embs) if embs else None, "logits": np.concatenate(logits) if logits else None}
+
+
+def run_encode(onnx_path: str | Path, chips_dir: str | AnyPath, settings: EncodeSettings | None = None,
+               progress: ProgressFactory | None = None, log=lambda _msg: None, scheduler: Any = None) -> EncodeSummary:
+    """``scheduler`` (a Dask address, ``"local"`` or a ``distributed.Client``): the chips are decoded and
+    encoded on its workers (``settings.provider`` there), one task per ``TASK_BATCHES`` batches; this
+    process only reads the model's metadata and writes the same embeddings files as an in-process run."""
+    settings = settings or EncodeSettings()
+    settings.check()
+    if isinstance(scheduler, str):
+        from imagesim.runner import check_address
+
+        scheduler = check_address(scheduler)
+    t0 = time.perf_counter()
+    onnx_path, chips_dir = Path(onnx_path), location(chips_dir)
+    if not onnx_path.is_file():
+        raise ImagesimFileNotFoundError(f"ONNX model not found: {onnx_path} (run `imagesim export`)")
+    out = location(settings.out) if settings.out else chips_dir / EMBEDDINGS
+    # With a scheduler the model runs on the workers; here only its metadata is read (on the CPU).
+    session, running = open_session(onnx_path, settings.provider if scheduler is None else "cpu")
+    meta = decode_metadata(session.get_modelmeta().custom_metadata_map, onnx_path)
+    mid = model_id(onnx_path)
+    size = meta["chip_size"]
+    summary = EncodeSummary(out=out, model_id=mid, provider=running)
+    if scheduler is not None:
+        summary.provider = f"Dask workers (--provider {settings.provider})"
+        log(f"encoding on the Dask cluster (--provider {settings.provider} on the workers), "
+            f"model {onnx_path.name} ({meta.get('backbone', '?')}, {size} px, id {mid})")
+    else:
+        log(f"encoding with {running}{' (no CUDA GPU found)' if running == 'CPUExecutionProvider' and settings.provider == 'auto' else ''}, "
+            f"model {onnx_path.name} ({meta.get('backbone', '?')}, {size} px, id {mid})")
+
+    chips = read_chip_table(chips_dir, settings.nodata_index)
+    if not settings.include_nodata:
+        summary.excluded = int((chips["nodata_class"] == "no_data").sum())
+        chips = chips.filter((pl.col("nodata_class") != "no_data").fill_null(True))
+    chips = chips.with_columns(pl.concat_str(pl.col("zone").cast(pl.String), pl.lit("/"), pl.col("chip")).alias("path"))
+    done = _existing(out, mid, settings.overwrite)
+    done_chips = set(pl.concat(done)["chip"].to_list()) if done else set()
+    todo = chips.filter(~pl.col("chip").is_in(list(done_chips)))
+    summary.skipped = chips.height - todo.height
+
+    parts = _parts_dir(out)
+    part_no = len(list(parts.glob("part-*.parquet"))) if parts.is_dir() else 0
+    pending: list[pl.DataFrame] = []
+    last_flush = time.perf_counter()
+
+    def flush() -> None:
+        nonlocal part_no, pending, last_flush
+        if not pending:
+            return
+        parts.mkdir(parents=True, exist_ok=True)
+        frame = pl.concat(pending)
+        part_no += 1
+        write_with(parts / f"part-{part_no:05d}.parquet", lambda tmp: frame.write_parquet(tmp))
+        done.append(frame)
+        pending, last_flush = [], time.perf_counter()
+
+    batch = settings.batch_size
+    runner = _Runner(session, running, batch, size)
+    paths = [str(chips_dir / p) for p in todo["path"].to_list()]
+    starts = list(range(0, len(paths), batch))
+    sink = progress(len(paths)) if progress else ProgressSink()
+    t_run = time.perf_counter()
+
+    def decode(k: int) -> tuple[int, np.ndarray, list[str | None]]:
+        s = starts[k]
+        n = min(batch, len(paths) - s)
+        buf = runner.buffers[k % 2][:n]
+        errors = _imagesim.decode_batch(paths[s:s + n], buf, threads=settings.proc)
+        return s, buf, errors
+
+    def take(s: int, errors: list[str | None], emb: np.ndarray | None, logits: np.ndarray | None) -> None:
+        """One finished batch (chips ``s`` … of ``todo``) from a Dask task into the summary and the rows."""
+        ok = np.array([e is None for e in errors], dtype=bool)
+        for i in np.flatnonzero(~ok):
+            summary.failed.append((todo["chip"][s + int(i)], str(errors[i])))
+        if ok.any():
+            rows = todo.slice(s, len(errors)).filter(pl.Series(ok))
+            pending.append(_rows(meta, mid, rows, emb, logits))  # type: ignore[arg-type]
+            summary.encoded += int(ok.sum())
+
+    try:
+        if scheduler is not None and paths:
+            from imagesim.runner import connect, run_tasks
+
+            chunk = batch * TASK_BATCHES  # a whole number of batches: the same batches as in-process
+            tasks = [(s, paths[s:s + chunk]) for s in range(0, len(paths), chunk)]
+            finished = 0
+            absolute_onnx = str(onnx_path.absolute())
+            with connect(scheduler) as client:
+                for outcome in run_tasks(
+                    client, encode_chips_task, tasks,
+                    lambda t: (absolute_onnx, settings.provider, [os.fspath(location(p).absolute()) for p in t[1]], batch, settings.proc),
+                    name="imagesim-encode",
+                ):
+                    s, chunk_paths = outcome.item
+                    if outcome.error is not None:
+                        take(s, [outcome.error] * len(chunk_paths), None, None)
+                    else:
+                        res = outcome.result
+                        summary.provider = f"{res['provider']} on Dask workers"
+                        take(s, res["errors"], res["embedding"], res["logits"])
+                    finished += len(chunk_paths)
+                    sink.update(finished)
+                    if time.perf_counter() - last_flush > CHECKPOINT_SECONDS:
+                        flush()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="imagesim-decode") as pool:
+            local = scheduler is None
+            ahead = pool.submit(decode, 0) if starts and local else None
+            for k in range(len(starts) if local else 0):
+                s, buf, errors = ahead.result()  # type: ignore[union-attr]
+                # Decode the next batch into the other buffer while this one runs.
+                ahead = pool.submit(decode, k + 1) if k + 1 < len(starts) else None
+                ok = np.array([e is None for e in errors])
+                for i in np.flatnonzero(~ok):
+                    summary.failed.append((todo["chip"][s + int(i)], str(errors[i])))
+                if ok.any():
+                    emb, logits = runner.run(buf if ok.all() else np.ascontiguousarray(buf[ok]))
+                    rows = todo.slice(s, len(errors)).filter(pl.Series(ok))
+                    pending.append(_rows(meta, mid, rows, emb, logits))
+                    summary.encoded += int(ok.sum())
+                sink.update(s + len(errors))
+                if time.perf_counter() - last_flush > CHECKPOINT_SECONDS:
+                    flush()
+        flush()
+    finally:
+        sink.close()
+    summary.seconds = time.perf_counter() - t_run
+
+    if done or not out.exists():
+        table = pl.concat(done) if done else _rows(meta, mid, todo.head(0), np.zeros((0, meta["embedding_dim"]), np.float32),
+                                                   np.zeros((0, len(meta["classes"])), np.float32))
+        table = table.unique(subset=["chip"], keep="last").sort("chip")
+        write_with(out, lambda tmp: table.write_parquet(tmp))
+        for part in sorted(parts.glob("part-*.parquet")) if parts.is_dir() else []:
+            part.unlink()
+        if parts.is_dir():
+            parts.rmdir()
+        write_json(sidecar(out), {
+            "model_id": mid, "onnx": str(onnx_path.resolve()), "classes": meta["classes"],
+            "thresholds": meta.get("thresholds"), "dim": meta["embedding_dim"], "chip_size": size,
+            "embedding_normalized": meta.get("embedding_normalized", True), "chips_dir": str(chips_dir.resolve()),
+            "chips": table.height, "provider": summary.provider, "last_run": {
+                "encoded": summary.encoded, "skipped": summary.skipped, "failed": len(summary.failed),
+                "chips_per_s": summary.rate},
+            "failed": [{"chip": c, "error": e} for c, e in summary.failed],
+        })
+    return summary

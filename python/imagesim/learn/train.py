@@ -1,0 +1,488 @@
+"""`imagesim train`: a multilabel ResNet on chips and their OSM labels.
+
+:func:`run_train` does the whole run: read and check the labels, split, build the model
+(:mod:`imagesim.learn.model`), train with a frozen backbone for the first epochs, evaluate every epoch
+(:mod:`imagesim.learn.metrics`), and write into the run folder:
+
+- ``last.pt`` — everything to continue (weights, optimizer, scheduler, AMP scaler, epoch, history);
+- ``model.pt`` — the best epoch's model: weights, config, class names, tuned thresholds, metrics;
+- ``metrics.json`` — per-epoch metrics, the label-frequency baseline, the split;
+- ``training_curves.png`` — loss and F1/mAP per epoch.
+
+Determinism: the model is initialised from ``seed``; each epoch reseeds torch from ``(seed, epoch)``;
+the shuffle order and every sample's augmentation are drawn from ``(seed, epoch, index)``. A run
+resumed from ``last.pt`` therefore continues exactly as the uninterrupted run would have (on the same
+device and thread count).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imagesim.artefacts import LAST_PT, METRICS_JSON, MODEL_PT, RUN_FILES, SPLIT_JSON, TRAINING_CURVES
+from imagesim.errors import ImagesimFileNotFoundError, InvalidArgumentError, OutputExistsError
+from imagesim.fsutil import write_json, write_with
+
+RUN_MARKERS = RUN_FILES[:3]  # a folder with any of these holds a run (split.json alone: a run that never finished an epoch)
+CHECKPOINT_FORMAT = "imagesim-train-checkpoint/1"
+MODEL_FORMAT = "imagesim-model/1"
+MONITOR = "f1_micro_tuned"
+DEVICES = ("auto", "cpu", "cuda")
+DEFAULT_EPOCHS = 10
+
+
+@dataclass
+class TrainConfig:
+    chips: str
+    labels: str
+    out: str
+    backbone: str = "resnet50"
+    weights: str | None = None
+    chip_size: int = 224
+    epochs: int | None = None  # None: DEFAULT_EPOCHS for a new run, the run's own count on --resume
+    batch_size: int = 32
+    lr: float = 1e-3
+    backbone_lr_factor: float = 0.1
+    freeze_epochs: int | None = None  # None: 1 with --weights, 0 when training from scratch
+    pos_weight: bool = False
+    threshold: float = 0.35
+    val_fraction: float = 0.2
+    device: str = "auto"
+    amp: bool = False
+    workers: int = 2
+    seed: int = 0
+
+    def check(self) -> None:
+        from imagesim.learn.model import BACKBONES
+
+        if self.backbone not in BACKBONES:
+            raise InvalidArgumentError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
+        if self.device not in DEVICES:
+            raise InvalidArgumentError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        for name, value, low in (("chip-size", self.chip_size, 32), ("epochs", self.epochs or 0, 1), ("batch-size", self.batch_size, 2), ("workers", self.workers, 0)):
+            if value < low:
+                raise InvalidArgumentError(f"--{name} must be at least {low}, got {value}")
+        if self.freeze_epochs is not None and self.freeze_epochs < 0:
+            raise InvalidArgumentError(f"--freeze-epochs must be at least 0, got {self.freeze_epochs}")
+        if not (self.lr > 0 and self.backbone_lr_factor > 0):
+            raise InvalidArgumentError("--lr and --backbone-lr-factor must be positive")
+        if not 0 < self.threshold < 1:
+            raise InvalidArgumentError(f"--threshold must be between 0 and 1, got {self.threshold}")
+
+    @property
+    def frozen_epochs(self) -> int:
+        if self.freeze_epochs is not None:
+            return self.freeze_epochs
+        return 1 if self.weights else 0
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    epochs_run: int
+    epochs_total: int
+    best_epoch: int
+    best: dict
+    baseline: dict
+    history: list[dict]
+    seconds: float
+    images_per_s: float
+    n_train: int
+    n_val: int
+    split: str
+    device: str
+    notes: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        b = self.best
+        return (
+            f"trained {self.epochs_run} epoch(s) ({self.epochs_total} in all) on {self.device} in {self.seconds:.1f} s "
+            f"({self.images_per_s:.1f} img/s); best epoch {self.best_epoch}: val F1 micro {b[MONITOR]:.3f} "
+            f"(label-frequency baseline {self.baseline['f1_micro']:.3f}), F1 samples {b['f1_samples_tuned']:.3f}, "
+            f"mAP {b['map']:.3f} → {self.out / 'model.pt'}"
+        )
+
+
+class _NullBar:
+    def update(self, done: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+ProgressFactory = Callable[[str, int], Any]
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InvalidArgumentError("--device cuda asked for, but torch sees no CUDA device (use --device cpu or auto)")
+    return name
+
+
+def _prepare_out(out: Path, *, resume: bool, overwrite: bool) -> None:
+    if resume:
+        if not (out / LAST_PT).is_file():
+            raise ImagesimFileNotFoundError(f"--resume: no checkpoint {out / 'last.pt'} to continue from")
+        return
+    existing = [n for n in RUN_MARKERS if (out / n).exists()]
+    if existing and not overwrite:
+        raise OutputExistsError(f"{out} already holds a training run ({', '.join(existing)}); use --resume to continue it or --overwrite to start again")
+    for n in RUN_FILES:
+        (out / n).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _save_torch(path: Path, obj: Any) -> None:
+    import torch
+
+    write_with(path, lambda tmp: torch.save(obj, tmp))
+
+
+def _cpu_state(module) -> dict:
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read ``last.pt`` or ``model.pt`` (CPU tensors)."""
+    from imagesim.learn.model import read_torch_file
+
+    path = Path(path)
+    ckpt = read_torch_file(path, "checkpoint", "checkpoint")
+    if not isinstance(ckpt, dict) or ckpt.get("format") not in (CHECKPOINT_FORMAT, MODEL_FORMAT):
+        raise InvalidArgumentError(f"{path}: not an imagesim checkpoint")
+    return ckpt
+
+
+def load_model(path: str | Path, device: str = "cpu"):
+    """``(model, checkpoint)`` from a ``model.pt``: the network in eval mode on ``device``; the
+    checkpoint dict gives ``classes``, ``thresholds``, ``config``, ``chip_size``, ``mean``/``std``."""
+    from imagesim.learn.model import MultilabelNet
+
+    ckpt = load_checkpoint(path)
+    model = MultilabelNet(ckpt["config"]["backbone"], len(ckpt["classes"]))
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), ckpt
+
+
+def _cosine(total_steps: int, floor: float = 0.01) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        t = min(step, total_steps) / max(total_steps, 1)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+    return factor
+
+
+def _pos_weight(y: np.ndarray, cap: float = 50.0) -> np.ndarray:
+    pos = y.sum(0).astype(np.float64)
+    neg = len(y) - pos
+    return np.where(pos > 0, np.clip(neg / np.maximum(pos, 1), 1.0, cap), 1.0).astype(np.float32)
+
+
+def plot_curves(history: list[dict], baseline: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [h["epoch"] for h in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    a.plot(ep, [h["train_loss"] for h in history], "o-", label="train")
+    a.plot(ep, [h["val_loss"] for h in history], "o-", label="validation")
+    a.set(xlabel="epoch", ylabel="BCE loss", title="loss")
+    a.legend()
+    for key, label in (("f1_micro_tuned", "F1 micro (tuned)"), ("f1_samples_tuned", "F1 samples (tuned)"), ("f1_macro_tuned", "F1 macro (tuned)"), ("f1_micro", "F1 micro @ threshold"), ("map", "mAP")):
+        b.plot(ep, [h[key] for h in history], "o-", label=label)
+    b.axhline(baseline["f1_micro"], color="grey", ls="--", label="F1 micro, label-frequency baseline")
+    b.set(xlabel="epoch", ylim=(0, 1), title="validation")
+    b.legend(fontsize=8)
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (a, b):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.tight_layout()
+    write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+
+
+def run_train(
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    log: Callable[[str], None] = lambda m: None,
+    progress: ProgressFactory | None = None,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Train (or continue) a run in ``config.out``.
+
+    ``resume`` continues ``last.pt`` with the run's saved settings; only ``epochs`` (to extend a
+    finished run; the cosine schedule then stretches), ``workers`` and ``device`` come from
+    ``config``. ``stop_after`` ends this call after that many epochs (time-boxed jobs, tests).
+    """
+    import torch
+    from torch import nn
+
+    from imagesim.learn.dataset import ChipDataset, EpochSampler, check_chips, load_labels, make_split
+    from imagesim.learn.metrics import evaluate, frequency_baseline
+    from imagesim.learn.model import MultilabelNet, load_backbone_weights
+
+    started = time.perf_counter()
+    out = Path(config.out)
+    notes: list[str] = []
+
+    def note(msg: str) -> None:
+        notes.append(msg)
+        log(msg)
+
+    ckpt = None
+    _prepare_out(out, resume=resume, overwrite=overwrite)
+    if resume:
+        ckpt = load_checkpoint(out / LAST_PT)
+        saved = ckpt["config"]
+        keep = {"epochs": config.epochs or saved["epochs"], "workers": config.workers, "device": config.device}
+        config = TrainConfig(**{**{f.name: saved[f.name] for f in fields(TrainConfig) if f.name in saved}, **keep})
+        if config.epochs != saved["epochs"]:
+            note(f"resume: epochs {saved['epochs']} → {config.epochs}; the cosine schedule is stretched to the new length")
+    elif config.epochs is None:
+        config = replace(config, epochs=DEFAULT_EPOCHS)
+    config.check()
+    epochs = int(config.epochs or DEFAULT_EPOCHS)
+    chips = Path(config.chips)
+
+    table = load_labels(config.labels)
+    if table.dropped_nodata:
+        note(f"left out {table.dropped_nodata} no_data chip(s) (nothing to learn in them)")
+    check_chips(table, chips)
+    split = make_split(table, config.val_fraction)
+    if ckpt is not None and ckpt["labels_digest"] != table.digest():
+        raise InvalidArgumentError(f"{config.labels}: the labels changed since the run in {out} started; start a new run (--overwrite)")
+    log(f"{len(table)} chips, {len(table.classes)} classes; {split.train.size} train / {split.val.size} validation ({split.how})")
+    y = table.targets
+    y_train, y_val = y[split.train], y[split.val]
+    baseline = frequency_baseline(y_train, y_val)
+
+    device = resolve_device(config.device)
+    cuda = device == "cuda"
+    amp = config.amp and cuda
+    if config.amp and not cuda:
+        note("--amp needs CUDA; training in float32 on the CPU")
+    torch.manual_seed(config.seed)
+    if cuda:
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+    model = MultilabelNet(config.backbone, len(table.classes))
+    if ckpt is None:
+        model.init_prior(y_train.mean(0))
+        if config.weights:
+            n = load_backbone_weights(model, config.weights)
+            log(f"backbone weights: {n} tensors from {config.weights}")
+        else:
+            note(f"no --weights: training the {config.backbone} backbone from scratch (random initialisation)")
+    model.to(device)
+    if cuda:
+        model.to(memory_format=torch.channels_last)
+
+    optimizer = torch.optim.Adam(
+        [
+            {"params": list(model.backbone.parameters()), "lr": config.lr * config.backbone_lr_factor, "name": "backbone"},
+            {"params": model.head_parameters(), "lr": config.lr, "name": "head"},
+        ]
+    )
+    train_set = ChipDataset(chips, [table.paths[i] for i in split.train], y_train, config.chip_size, train=True, seed=config.seed)
+    val_set = ChipDataset(chips, [table.paths[i] for i in split.val], y_val, config.chip_size, train=False, seed=config.seed)
+    train_sampler = EpochSampler(len(train_set), shuffle=True, seed=config.seed)
+    val_sampler = EpochSampler(len(val_set), shuffle=False, seed=config.seed)
+    loader_args: dict[str, Any] = {"batch_size": config.batch_size, "num_workers": config.workers, "pin_memory": cuda}
+    if config.workers > 0:
+        # Fresh interpreters for workers: forking a process that runs Rust (rayon) or CUDA threads can deadlock.
+        import multiprocessing as mp
+
+        loader_args |= {"multiprocessing_context": mp.get_context("forkserver"), "persistent_workers": True}
+    # BatchNorm1d cannot train on a batch of one: drop a trailing single-chip batch.
+    drop_last = len(train_set) % config.batch_size == 1
+    train_loader: Any = torch.utils.data.DataLoader(train_set, sampler=train_sampler, drop_last=drop_last, **loader_args)  # type: ignore[arg-type]
+    val_loader: Any = torch.utils.data.DataLoader(val_set, sampler=val_sampler, **loader_args)  # type: ignore[arg-type]
+    steps_per_epoch = len(train_loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(epochs * steps_per_epoch))
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    pos_weight = torch.from_numpy(_pos_weight(y_train)).to(device) if config.pos_weight else None
+    criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+
+    history: list[dict] = []
+    best: dict | None = None
+    best_epoch = 0
+    start_epoch = 0
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        history, best, best_epoch, start_epoch = ckpt["history"], ckpt["best"], ckpt["best_epoch"], ckpt["epoch"]
+        log(f"resuming {out} after epoch {start_epoch} of {epochs}")
+        if start_epoch >= epochs:
+            note(f"the run already has {start_epoch} epoch(s); nothing to do (give a larger --epochs to extend it)")
+
+    split_info = {"how": split.how, "train": [table.paths[i] for i in split.train], "val": [table.paths[i] for i in split.val]}
+    if ckpt is None:
+        write_json(out / SPLIT_JSON, split_info)
+    bar_factory = progress or (lambda desc, total: _NullBar())
+
+    def run_epoch(epoch: int, train: bool) -> tuple[float, np.ndarray, float]:
+        loader, sampler = (train_loader, train_sampler) if train else (val_loader, val_sampler)
+        sampler.epoch = epoch
+        model.train(train)
+        bar = bar_factory(f"epoch {epoch + 1}/{epochs} {'train' if train else 'val'}", len(loader))
+        total, count, probs = 0.0, 0, []
+        t0 = time.perf_counter()
+        try:
+            for step, (x, t) in enumerate(loader, 1):
+                x = x.to(device, non_blocking=True)
+                t = t.to(device, non_blocking=True)
+                if cuda:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with torch.set_grad_enabled(train), torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+                    logits = model(x)
+                    loss = criterion(logits.float(), t)
+                if train:
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                    scheduler.step()
+                else:
+                    probs.append(torch.sigmoid(logits.float()).cpu().numpy())
+                total += float(loss.detach()) * len(x)
+                count += len(x)
+                bar.update(step)
+        finally:
+            bar.close()
+        seconds = time.perf_counter() - t0
+        return total / max(count, 1), (np.concatenate(probs) if probs else np.zeros((0, len(table.classes)))), count / max(seconds, 1e-9)
+
+    ran = 0
+    rates: list[float] = []
+    for epoch in range(start_epoch, epochs):
+        if stop_after is not None and ran >= stop_after:
+            break
+        torch.manual_seed(_epoch_seed(config.seed, epoch))
+        frozen = epoch < config.frozen_epochs
+        model.set_backbone_frozen(frozen)
+        t0 = time.perf_counter()
+        train_loss, _, rate = run_epoch(epoch, True)
+        val_loss, probs, _ = run_epoch(epoch, False)
+        rates.append(rate)
+        m = evaluate(y_val, probs, table.classes, config.threshold)
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            **m,
+            "backbone_frozen": frozen,
+            "lr": optimizer.param_groups[1]["lr"],
+            "backbone_lr": optimizer.param_groups[0]["lr"],
+            "train_images_per_s": rate,
+            "seconds": time.perf_counter() - t0,
+        }
+        history.append(record)
+        is_best = best is None or record[MONITOR] > best[MONITOR]
+        if is_best:
+            best, best_epoch = record, epoch + 1
+        state = _cpu_state(model)
+        common = {"config": asdict(config), "classes": table.classes, "labels_digest": table.digest(), "chip_size": config.chip_size, "epoch": epoch + 1}
+        if is_best:
+            from imagesim.learn.dataset import IMAGENET_MEAN, IMAGENET_STD
+            from imagesim.learn.model import EMBEDDING_DIM
+
+            _save_torch(
+                out / MODEL_PT,
+                {
+                    "format": MODEL_FORMAT,
+                    **common,
+                    "model": state,
+                    "thresholds": record["thresholds"],
+                    "threshold": config.threshold,
+                    "metrics": record,
+                    "baseline": baseline,
+                    "embedding_dim": EMBEDDING_DIM,
+                    "mean": list(IMAGENET_MEAN),
+                    "std": list(IMAGENET_STD),
+                },
+            )
+        _save_torch(
+            out / LAST_PT,
+            {
+                "format": CHECKPOINT_FORMAT,
+                **common,
+                "model": state,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "history": history,
+                "best": best,
+                "best_epoch": best_epoch,
+            },
+        )
+        _write_metrics(out, config, table, split_info, baseline, history, best, best_epoch)
+        plot_curves(history, baseline, out / TRAINING_CURVES)
+        log(
+            f"epoch {epoch + 1}/{epochs}{' (backbone frozen)' if frozen else ''}: loss {train_loss:.4f} / val {val_loss:.4f}; "
+            f"val F1 micro {record['f1_micro']:.3f} @{config.threshold} {record['f1_micro_tuned']:.3f} tuned "
+            f"(baseline {baseline['f1_micro']:.3f}), samples {record['f1_samples_tuned']:.3f}, macro {record['f1_macro_tuned']:.3f}, "
+            f"mAP {record['map']:.3f}; {rate:.1f} img/s{'  ← best' if is_best else ''}"
+        )
+        ran += 1
+
+    if best is None:  # nothing ran and nothing saved: cannot happen after a check()ed config
+        raise InvalidArgumentError(f"{out}: no epoch was trained")
+    return TrainResult(
+        out=out,
+        epochs_run=ran,
+        epochs_total=len(history),
+        best_epoch=best_epoch,
+        best=best,
+        baseline=baseline,
+        history=history,
+        seconds=time.perf_counter() - started,
+        images_per_s=float(np.mean(rates)) if rates else 0.0,
+        n_train=int(split.train.size),
+        n_val=int(split.val.size),
+        split=split.how,
+        device=device,
+        notes=notes,
+    )
+
+
+def _write_metrics(out: Path, config: TrainConfig, table, split_info: dict, baseline: dict, history: list[dict], best: dict | None, best_epoch: int) -> None:
+    write_json(
+        out / METRICS_JSON,
+        {
+            "classes": table.classes,
+            "config": asdict(config),
+            "n_train": len(split_info["train"]),
+            "n_val": len(split_info["val"]),
+            "split": split_info["how"],
+            "monitor": MONITOR,
+            "baseline": baseline,
+            "best_epoch": best_epoch,
+            "best": best,
+            "epochs": history,
+        },
+    )
+
+
+__all__ = ["TrainConfig", "TrainResult", "run_train", "load_model", "load_checkpoint", "resolve_device"]

@@ -1,0 +1,441 @@
+"""The `imagesim serve` web app: XYZ tiles, TileJSON, the map page and the JSON API.
+
+``create_app(ard_path, chips_dir, index_dir)`` returns a FastAPI app. Routes:
+
+- ``GET /`` the map page (``static/index.html``), ``/static/...`` its script, style and Leaflet;
+- ``GET /tiles/{z}/{x}/{y}.jpg|png[?acquisition=ID]`` Web Mercator tiles (204 where there is no imagery);
+- ``GET /tilejson.json[?acquisition=ID]`` TileJSON 3.0.0;
+- ``GET /api/acquisitions``, ``/api/chips?bbox=w,s,e,n``, ``/api/similar?chip=…&k=10``,
+  ``/api/chip/{chip}/thumbnail.jpg``, ``/api/info``.
+
+Every path a request names is checked against a strict pattern and resolved inside the configured
+roots; parameters are bounded; errors answer JSON ``{"detail": …}`` without tracebacks.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import re
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+from fastapi import FastAPI, HTTPException, Path as PathParam, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+from imagesim import grid
+from imagesim.errors import ImagesimError
+from imagesim.search.serve.tiles import MAX_ZOOM, Catalog, TileRenderer, Transformers, check_tile
+
+log = logging.getLogger("imagesim.search.serve")
+
+STATIC = Path(__file__).parent / "static"
+K_MAX_UI = 100
+CHIPS_LIMIT_DEFAULT = 2000
+CHIPS_LIMIT_MAX = 5000
+THUMB_DEFAULT = 160
+THUMB_CACHE = 1024
+CHIP_RE = re.compile(r"^Z(\d{1,2})-([0-3]{12,24})_([A-Za-z0-9-]{1,64})(\.jpg)?$")
+QUADKEY_RE = re.compile(r"^[0-3]{12,24}$")
+CATALOG_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+PAGE_CSP = (
+    "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; script-src 'self'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+
+class SecurityHeaders:
+    """Pure ASGI middleware adding :data:`SECURITY_HEADERS` to every response (cheaper than ``@app.middleware``)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.extra = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                present = {k.lower() for k, _ in message.get("headers", [])}
+                message["headers"] = list(message.get("headers", [])) + [(k, v) for k, v in self.extra if k not in present]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class ChipTable:
+    """The index's chips with their footprints (WGS84), for the grid, the map and the thumbnails."""
+
+    def __init__(self, ids: pl.DataFrame, catalog: Catalog, transformers: Transformers) -> None:
+        self.ids = ids
+        n = ids.height
+        self.chip = ids["chip"].to_list()
+        self.quadkey = ids["quadkey"].to_list()
+        self.zone = ids["zone"].to_numpy().astype(np.int64)
+        self.catalog_id = ids["catalog_id"].to_list()
+        self.path = ids["path"].to_list() if "path" in ids.columns else [f"{z}/{c}" for z, c in zip(self.zone.tolist(), self.chip)]
+        self.predicted = ids["predicted"].to_list() if "predicted" in ids.columns else [[] for _ in range(n)]
+        self.lon = ids["lon"].to_numpy().astype(np.float64)
+        self.lat = ids["lat"].to_numpy().astype(np.float64)
+        self.by_chip = {c: i for i, c in enumerate(self.chip)}
+        self.by_quadkey: dict[str, list[int]] = {}
+        for i, q in enumerate(self.quadkey):
+            self.by_quadkey.setdefault(q, []).append(i)
+        self.catalog_arr = np.array(self.catalog_id, dtype=object)
+        # corners (lon, lat) of each chip square, one pyproj call per CRS
+        xs = np.empty((n, 4))
+        ys = np.empty((n, 4))
+        codes = np.empty(n, dtype=np.int64)
+        for i, (zone, qk) in enumerate(zip(self.zone.tolist(), self.quadkey)):
+            b = grid.bounds(qk)
+            xs[i] = (b.west, b.east, b.east, b.west)
+            ys[i] = (b.south, b.south, b.north, b.north)
+            codes[i] = grid.epsg(qk, zone)
+        self.corner_lon = np.empty((n, 4))
+        self.corner_lat = np.empty((n, 4))
+        for code in np.unique(codes):
+            sel = codes == code
+            lo, la = transformers.get(int(code), 4326).transform(xs[sel], ys[sel])
+            self.corner_lon[sel], self.corner_lat[sel] = lo, la
+        # the chip the grid shows for each quadkey: the newest acquisition's (dates from the delivery)
+        dates = [catalog.dates.get(c, "") for c in self.catalog_id]
+        order = sorted(range(n), key=lambda i: (self.quadkey[i], dates[i], self.catalog_id[i]), reverse=True)
+        newest: dict[str, int] = {}
+        for i in order:
+            newest.setdefault(self.quadkey[i], i)
+        self.newest = np.zeros(n, dtype=bool)
+        self.newest[list(newest.values())] = True
+
+    def ring(self, i: int) -> list[list[float]]:
+        pts = [[round(float(self.corner_lon[i, j]), 8), round(float(self.corner_lat[i, j]), 8)] for j in range(4)]
+        return pts + [pts[0]]
+
+    def feature(self, i: int, **extra: Any) -> dict[str, Any]:
+        return {
+            "type": "Feature",
+            "id": self.chip[i],
+            "geometry": {"type": "Polygon", "coordinates": [self.ring(i)]},
+            "properties": {
+                "chip": self.chip[i], "quadkey": self.quadkey[i], "zone": int(self.zone[i]),
+                "catalog_id": self.catalog_id[i], "labels": list(self.predicted[i] or []), **extra,
+            },
+        }
+
+    def in_bbox(self, w: float, s: float, e: float, n: float, acquisition: str | None) -> np.ndarray:
+        sel = (self.lon >= w) & (self.lon <= e) & (self.lat >= s) & (self.lat <= n)
+        if acquisition is None:
+            sel &= self.newest
+        else:
+            sel &= self.catalog_arr == acquisition
+        return np.flatnonzero(sel)
+
+
+class Thumbnails:
+    """Down-scaled chip JPEGs, LRU-cached by (path, mtime, size)."""
+
+    def __init__(self, capacity: int = THUMB_CACHE) -> None:
+        self.capacity = capacity
+        self._data: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, path: Path, size: int) -> bytes:
+        from PIL import Image
+
+        key = (str(path), path.stat().st_mtime_ns, size)
+        with self._lock:
+            data = self._data.get(key)
+            if data is not None:
+                self._data.move_to_end(key)
+                return data
+        with Image.open(path) as src:
+            src.draft("RGB", (size, size))  # JPEG DCT scaling: decode at 1/2, 1/4 or 1/8 directly
+            im = src.convert("RGB")
+            im.thumbnail((size, size))
+            buf = io.BytesIO()
+            im.save(buf, "JPEG", quality=85)
+        data = buf.getvalue()
+        with self._lock:
+            self._data[key] = data
+            while len(self._data) > self.capacity:
+                self._data.popitem(last=False)
+        return data
+
+
+def _bad(message: str, status: int = 400) -> HTTPException:
+    return HTTPException(status_code=status, detail=message)
+
+
+def _inside(root: Path, rel: str) -> Path | None:
+    """``root/rel`` resolved (symlinks followed), or None if it leaves ``root`` or is not a file."""
+    if not rel or rel.startswith(("/", "\\")) or "\x00" in rel:
+        return None
+    try:
+        path = (root / rel).resolve(strict=True)
+    except (OSError, RuntimeError):
+        return None
+    if not path.is_relative_to(root) or not path.is_file():
+        return None
+    return path
+
+
+def allowed_hosts_for(host: str) -> list[str]:
+    """Host headers accepted: loopback names when bound to loopback (blocks DNS rebinding), else any."""
+    if host in LOOPBACK or host.startswith("127."):
+        return ["127.0.0.1", "localhost", "::1", "[::1]", host]
+    return ["*"]
+
+
+def create_app(
+    ard_path: str | Path,
+    chips_dir: str | Path,
+    index_dir: str | Path | None,
+    *,
+    block_cache_mb: int = 256,
+    cog_cache: int = 256,
+    quality: int = 85,
+    allowed_hosts: list[str] | None = None,
+) -> FastAPI:
+    """The viewer app over an ARD delivery, its chips folder and an index folder (from `imagesim index`)."""
+    from imagesim.errors import ImagesimFileNotFoundError
+
+    chips_root = Path(chips_dir).resolve()
+    if not chips_root.is_dir():
+        raise ImagesimFileNotFoundError(f"{chips_dir}: chips folder not found")
+    transformers = Transformers()
+    catalog = Catalog(ard_path, transformers)
+    renderer = TileRenderer(catalog, block_cache_mb=block_cache_mb, cog_cache=cog_cache, quality=quality)
+    index = None
+    chips: ChipTable | None = None
+    if index_dir is not None:
+        from imagesim.search.index import load_index
+
+        index = load_index(index_dir)
+        chips = ChipTable(index.ids, catalog, transformers)
+    thumbs = Thumbnails()
+    w, s, e, n = catalog.bounds
+    page = (STATIC / "index.html").read_bytes()
+
+    app = FastAPI(title="imagesim", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.catalog = catalog
+    app.state.renderer = renderer
+    app.state.index = index
+    app.state.chips = chips
+    app.state.chips_root = chips_root
+    app.add_middleware(SecurityHeaders)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or ["127.0.0.1", "localhost", "::1", "[::1]"])
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail if isinstance(exc.detail, str) else "error"}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'request'}: {e.get('msg', 'invalid')}" for e in exc.errors()]
+        return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("error serving %s", request.url.path)
+        return JSONResponse({"detail": "internal server error"}, status_code=500)
+
+    def check_acquisition(acquisition: str | None) -> str | None:
+        if acquisition is None or acquisition == "":
+            return None
+        if not CATALOG_RE.match(acquisition):
+            raise _bad("acquisition must be a catalog id (letters, digits and '-')")
+        if acquisition not in catalog.catalog_ids:
+            raise _bad(f"no acquisition {acquisition} in this delivery", 404)
+        return acquisition
+
+    # --- page ---
+
+    @app.get("/", include_in_schema=False)
+    def index_page() -> Response:
+        return Response(page, media_type="text/html; charset=utf-8", headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC, follow_symlink=False), name="static")
+
+    # --- tiles ---
+
+    def tile(z: int, x: int, y: int, fmt: str, acquisition: str | None) -> Response:
+        try:
+            check_tile(z, x, y)
+        except ImagesimError as exc:
+            raise _bad(str(exc)) from None
+        acq = check_acquisition(acquisition)
+        headers = {"Cache-Control": "public, max-age=3600"}
+        if z < renderer.minzoom:
+            return Response(status_code=204, headers=headers)
+        data = renderer.render(z, x, y, fmt, acq)
+        if data is None:
+            return Response(status_code=204, headers=headers)
+        return Response(data, media_type="image/png" if fmt == "png" else "image/jpeg", headers=headers)
+
+    @app.get("/tiles/{z}/{x}/{y}.jpg")
+    def tile_jpg(z: int = PathParam(ge=0, le=MAX_ZOOM), x: int = PathParam(ge=0), y: int = PathParam(ge=0),
+                 acquisition: str | None = Query(None, max_length=64)) -> Response:
+        return tile(z, x, y, "jpg", acquisition)
+
+    @app.get("/tiles/{z}/{x}/{y}.png")
+    def tile_png(z: int = PathParam(ge=0, le=MAX_ZOOM), x: int = PathParam(ge=0), y: int = PathParam(ge=0),
+                 acquisition: str | None = Query(None, max_length=64)) -> Response:
+        return tile(z, x, y, "png", acquisition)
+
+    @app.get("/tilejson.json")
+    def tilejson(request: Request, acquisition: str | None = Query(None, max_length=64), format: str = Query("jpg", pattern="^(jpg|png)$")) -> dict[str, Any]:
+        acq = check_acquisition(acquisition)
+        base = str(request.base_url).rstrip("/")
+        query = f"?acquisition={acq}" if acq else ""
+        zoom = min(renderer.maxzoom, max(renderer.minzoom, renderer.native_zoom - 4))
+        srcs = [s for s in catalog.sources if acq is None or s.acquisition.catalog_id == acq]
+        bw, bs = min(s.lonlat[0] for s in srcs), min(s.lonlat[1] for s in srcs)
+        be, bn = max(s.lonlat[2] for s in srcs), max(s.lonlat[3] for s in srcs)
+        return {
+            "tilejson": "3.0.0",
+            "name": "imagesim" + (f" {acq}" if acq else " (newest acquisition per cell)"),
+            "description": "Maxar ARD visual COGs rendered on the fly (Web Mercator)",
+            "version": "1.0.0",
+            "scheme": "xyz",
+            "tiles": [f"{base}/tiles/{{z}}/{{x}}/{{y}}.{format}{query}"],
+            "minzoom": renderer.minzoom,
+            "maxzoom": renderer.native_zoom,
+            "bounds": [round(v, 7) for v in (bw, bs, be, bn)],
+            "center": [round((bw + be) / 2, 7), round((bs + bn) / 2, 7), zoom],
+            "attribution": "Imagery: Maxar ARD",
+        }
+
+    # --- API ---
+
+    @app.get("/api/info")
+    def info() -> dict[str, Any]:
+        return {
+            "bounds": [round(v, 7) for v in (w, s, e, n)],
+            "minzoom": renderer.minzoom,
+            "maxzoom": renderer.native_zoom,
+            "chips": 0 if chips is None else len(chips.chip),
+            "index": None if index is None else {"kind": index.kind, "n": index.n, "model_id": index.meta.get("model_id")},
+            "k_max": K_MAX_UI,
+        }
+
+    @app.get("/api/acquisitions")
+    def acquisitions() -> dict[str, Any]:
+        rows = catalog.describe()
+        per_id: dict[str, dict[str, Any]] = {}
+        for r in rows:
+            d = per_id.setdefault(r["catalog_id"], {"catalog_id": r["catalog_id"], "date": r["date"], "cells": [], "newest_in": 0})
+            d["cells"].append(f"{r['zone']}/{r['cell']}")
+            d["newest_in"] += int(r["newest"])
+        ids = sorted(per_id.values(), key=lambda d: (d["date"], d["catalog_id"]), reverse=True)
+        return {"catalog_ids": ids, "acquisitions": rows}
+
+    @app.get("/api/chips")
+    def chips_in_bbox(bbox: str = Query(..., max_length=200), acquisition: str | None = Query(None, max_length=64),
+                      limit: int = Query(CHIPS_LIMIT_DEFAULT, ge=1, le=CHIPS_LIMIT_MAX)) -> dict[str, Any]:
+        if chips is None:
+            raise _bad("no index loaded", 404)
+        try:
+            bw, bs, be, bn = (float(v) for v in bbox.split(","))
+        except ValueError:
+            raise _bad("bbox must be four numbers west,south,east,north") from None
+        if not all(math.isfinite(v) for v in (bw, bs, be, bn)) or not (-180 <= bw < be <= 180 and -90 <= bs < bn <= 90):
+            raise _bad("bbox must be west,south,east,north in degrees with west < east and south < north")
+        acq = check_acquisition(acquisition)
+        rows = chips.in_bbox(bw, bs, be, bn, acq)
+        truncated = len(rows) > limit
+        if truncated:  # keep the ones nearest the centre of the view
+            cx, cy = (bw + be) / 2, (bs + bn) / 2
+            d = (chips.lon[rows] - cx) ** 2 + (chips.lat[rows] - cy) ** 2
+            rows = rows[np.argsort(d, kind="stable")[:limit]]
+        return {"type": "FeatureCollection", "features": [chips.feature(int(i)) for i in rows], "count": len(rows), "truncated": truncated}
+
+    def chip_ref(chip: str) -> str:
+        """A validated chip name (with .jpg) or chip quadkey."""
+        chip = chip.strip()
+        if QUADKEY_RE.match(chip):
+            return chip
+        m = CHIP_RE.match(chip)
+        if not m or not 1 <= int(m.group(1)) <= 60:
+            raise _bad("chip must be a chip name Z<zone>-<quadkey>_<catalog-id>.jpg or a chip quadkey (12-24 digits 0-3)")
+        return chip if chip.endswith(".jpg") else chip + ".jpg"
+
+    @app.get("/api/similar")
+    def similar_chips(chip: str = Query(..., max_length=120), k: int = Query(10, ge=1, le=K_MAX_UI),
+                      exclude_same_cell: bool = Query(False)) -> dict[str, Any]:
+        from imagesim.search.similar import geojson, similar
+
+        if index is None or chips is None:
+            raise _bad("no index loaded", 404)
+        ref = chip_ref(chip)
+        if QUADKEY_RE.match(ref):
+            if ref not in chips.by_quadkey:
+                raise _bad(f"no chip with quadkey {ref} in the index", 404)
+            query_rows = chips.by_quadkey[ref]
+        else:
+            row = chips.by_chip.get(ref)
+            if row is None:
+                raise _bad(f"chip {ref} is not in the index", 404)
+            query_rows = [row]
+        try:
+            result = similar(index, [ref], k=k, exclude_same_cell=exclude_same_cell)
+        except ImagesimError as exc:
+            raise _bad(str(exc).replace(str(index.folder), "the index")) from None
+        body = result.to_json()
+        for hit in body["results"]:
+            hit["thumbnail"] = f"/api/chip/{hit['chip']}/thumbnail.jpg"
+        body["query"]["chips"] = [chips.feature(i, thumbnail=f"/api/chip/{chips.chip[i]}/thumbnail.jpg") for i in query_rows]
+        body["geojson"] = geojson(result)
+        return body
+
+    @app.get("/api/chip/{chip}/thumbnail.jpg")
+    def thumbnail(chip: str = PathParam(max_length=120), size: int = Query(THUMB_DEFAULT, ge=16, le=512)) -> Response:
+        ref = chip_ref(chip)
+        if QUADKEY_RE.match(ref):
+            raise _bad("name a chip file (Z<zone>-<quadkey>_<catalog-id>.jpg), not a quadkey")
+        rel = None
+        if chips is not None and ref in chips.by_chip:
+            rel = chips.path[chips.by_chip[ref]]
+        if rel is None:
+            rel = f"{grid.parse_chip_name(ref).zone}/{ref}"
+        path = _inside(chips_root, rel)
+        if path is None:
+            raise _bad(f"no chip file for {ref}", 404)
+        try:
+            data = thumbs.get(path, size)
+        except (OSError, ValueError):
+            raise _bad(f"chip {ref} could not be read", 404) from None
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=3600"})
+
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory`` (several workers): settings from ``IMAGESIM_SERVE_*``."""
+    env = os.environ
+    return create_app(
+        env["IMAGESIM_SERVE_ARD"],
+        env["IMAGESIM_SERVE_CHIPS"],
+        env.get("IMAGESIM_SERVE_INDEX") or None,
+        block_cache_mb=int(env.get("IMAGESIM_SERVE_BLOCK_CACHE_MB", "256")),
+        cog_cache=int(env.get("IMAGESIM_SERVE_COG_CACHE", "256")),
+        quality=int(env.get("IMAGESIM_SERVE_QUALITY", "85")),
+        allowed_hosts=allowed_hosts_for(env.get("IMAGESIM_SERVE_HOST", "127.0.0.1")),
+    )

@@ -1,0 +1,221 @@
+"""`--scheduler`: chip and nodata-index on a Dask LocalCluster give the in-process outputs exactly,
+survive a worker killed mid-run, report failed tasks, and refuse bad scheduler addresses clearly."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+distributed = pytest.importorskip("distributed")
+
+from imagesim import runner as cluster  # noqa: E402
+from imagesim.imagery import nodata  # noqa: E402
+from imagesim.imagery.chip import ERRORS, MANIFEST, ChipSettings, run_chip  # noqa: E402
+from imagesim.errors import InvalidArgumentError  # noqa: E402
+from imagesim.imagery.nodata import PARQUET, NodataSettings, run_nodata_index  # noqa: E402
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "imagesim.cli", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=120)
+
+
+def chip_bytes(dest: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(dest)): p.read_bytes() for p in sorted(dest.rglob("*.jpg"))}
+
+
+def manifest(dest: Path) -> pl.DataFrame:
+    return pl.read_parquet(dest / MANIFEST).sort("chip")
+
+
+@pytest.fixture(scope="module")
+def client():
+    """Two worker processes of one thread each, shared by the tests of this module."""
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, worker_dashboard_address=None
+    ) as lc, distributed.Client(lc, set_as_default=False) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def in_process(small_sample, tmp_path_factory) -> Path:
+    """The reference: the sample chipped in-process (Rust threads)."""
+    dest = tmp_path_factory.mktemp("chips-in-process")
+    summary = run_chip(small_sample.root, dest, ChipSettings(zoom=17, proc=2))
+    assert summary.written == 1024 * len(small_sample.cogs) and not summary.failed_cogs
+    return dest
+
+
+def test_cli_chip_scheduler_local_matches_in_process(small_sample, in_process, tmp_path) -> None:
+    dest = tmp_path / "chips"
+    res = run_cli("chip", "--ard-path", str(small_sample.root), "--dest", str(dest), "--scheduler", "local")
+    assert res.returncode == 0, res.stderr
+    assert f"{1024 * len(small_sample.cogs)} chips written" in res.stdout
+    assert chip_bytes(dest) == chip_bytes(in_process)
+    assert manifest(dest).equals(manifest(in_process))
+    assert pl.read_parquet(dest / MANIFEST)["chip"].is_unique().all()
+    assert json.loads((dest / ERRORS).read_text()) == json.loads((in_process / ERRORS).read_text())
+
+
+def test_rerun_on_cluster_skips_like_in_process(small_sample, in_process, client, tmp_path) -> None:
+    dest = tmp_path / "chips"
+    shutil.copytree(in_process, dest)
+    before = manifest(dest)
+    summary = run_chip(small_sample.root, dest, ChipSettings(zoom=17), scheduler=client)
+    assert summary.skipped == 1024 * len(small_sample.cogs) and summary.written == 0
+    assert manifest(dest).equals(before)
+
+
+class KillOnce(distributed.WorkerPlugin):
+    """Kills its worker process (``os._exit``) shortly after a task whose key starts with ``prefix``
+    begins executing — once per test, remembered in a marker file across worker restarts."""
+
+    name = "imagesim-test-kill-once"
+
+    def __init__(self, prefix: str, marker: str, delay: float) -> None:
+        self.prefix, self.marker, self.delay = prefix, marker, delay
+
+    def transition(self, key, start, finish, **kwargs) -> None:
+        if finish == "executing" and str(key).startswith(self.prefix):
+            try:
+                fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                return
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+            threading.Timer(self.delay, os._exit, args=(1,)).start()
+
+
+def test_worker_killed_mid_run_is_survived(small_sample, in_process, client, tmp_path) -> None:
+    marker = tmp_path / "killed"
+    client.register_plugin(KillOnce("imagesim-chip-1-", str(marker), delay=0.05))
+    try:
+        dest = tmp_path / "chips"
+        pids = set(client.run(os.getpid).values())
+        summary = run_chip(small_sample.root, dest, ChipSettings(zoom=17), scheduler=client)
+    finally:
+        client.unregister_worker_plugin(KillOnce.name)
+    assert marker.exists(), "the worker was not killed"
+    assert int(marker.read_text()) in pids
+    n = 1024 * len(small_sample.cogs)
+    assert not summary.failed_cogs and summary.failed_chips == 0
+    # Chips the killed try wrote are found on disk by the retry and measured, not written twice.
+    assert summary.written + summary.measured == n
+    assert chip_bytes(dest) == chip_bytes(in_process)
+    got, want = manifest(dest), manifest(in_process)
+    assert got.height == n and got["chip"].is_unique().all()
+    same = [c for c in got.columns if c not in ("encoding", "bytes")]
+    assert got.select(same).equals(want.select(same))
+    # The nanny restarted the worker: the cluster is whole again for the next tests.
+    client.wait_for_workers(2, timeout=30)
+
+
+def test_failed_cog_is_retried_then_reported(small_sample, client, tmp_path) -> None:
+    root = tmp_path / "ard"
+    shutil.copytree(small_sample.root, root)
+    bad = sorted(root.rglob("*-visual.tif"))[1]
+    bad.write_bytes(b"II*\x00garbage" * 10)
+    dest = tmp_path / "chips"
+    summary = run_chip(root, dest, ChipSettings(zoom=17), scheduler=client)
+    assert [c for c, _ in summary.failed_cogs] == [str(bad)]
+    assert summary.written == 1024 * (len(small_sample.cogs) - 1)
+    report = json.loads((dest / ERRORS).read_text())
+    assert len(report["cogs"]) == 1 and report["cogs"][0]["cog"] == str(bad) and "-visual.tif" in report["cogs"][0]["error"]
+    assert manifest(dest)["source_cog"].unique().to_list().count(str(bad)) == 0
+
+
+def test_nodata_index_on_cluster_matches_in_process(in_process, client, tmp_path, monkeypatch) -> None:
+    local = run_nodata_index(in_process, NodataSettings(source="pixels", filename=str(tmp_path / "a" / "index.json")))
+    monkeypatch.setattr(nodata, "BATCH", 500)  # several batches, gathered back in order
+    remote = run_nodata_index(in_process, NodataSettings(source="pixels", filename=str(tmp_path / "b" / "index.json")), scheduler=client)
+    assert remote.counts == local.counts and not remote.failed and remote.chips == 3072
+    assert (tmp_path / "a" / "index.json").read_bytes() == (tmp_path / "b" / "index.json").read_bytes()
+    assert pl.read_parquet(tmp_path / "b" / PARQUET).equals(pl.read_parquet(tmp_path / "a" / PARQUET))
+
+
+def test_cli_nodata_index_through_env_scheduler(in_process, client, tmp_path) -> None:
+    """IMAGESIM_SCHEDULER=tcp://… reaches an existing scheduler (here the fixture's)."""
+    run_nodata_index(in_process, NodataSettings(source="pixels", filename=str(tmp_path / "a" / "index.json")))
+    address = client.scheduler.address
+    assert address.startswith("tcp://")
+    res = run_cli(
+        "nodata-index", "--chip-dir", str(in_process), "--source", "pixels", "--filename", str(tmp_path / "b" / "index.json"),
+        env={"IMAGESIM_SCHEDULER": address},
+    )
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "a" / "index.json").read_bytes() == (tmp_path / "b" / "index.json").read_bytes()
+    assert pl.read_parquet(tmp_path / "b" / PARQUET).equals(pl.read_parquet(tmp_path / "a" / PARQUET))
+
+
+@pytest.mark.parametrize("address", ["localhost:8786", "tcp://localhost", "http://localhost:8786", "tcp://host:port"])
+def test_malformed_scheduler_address_is_refused(small_sample, tmp_path, address) -> None:
+    with pytest.raises(InvalidArgumentError, match="not a Dask scheduler address"):
+        run_chip(small_sample.root, tmp_path / "chips", scheduler=address)
+    assert not (tmp_path / "chips" / MANIFEST).exists()
+
+
+def test_unreachable_scheduler_is_a_clear_error(small_sample, tmp_path, monkeypatch) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(cluster, "CONNECT_TIMEOUT_S", 2.0)
+    start = time.monotonic()
+    with pytest.raises(InvalidArgumentError, match=rf"tcp://127\.0\.0\.1:{port}: cannot reach the Dask scheduler"):
+        run_chip(small_sample.root, tmp_path / "chips", scheduler=f"tcp://127.0.0.1:{port}")
+    assert time.monotonic() - start < 15
+
+
+def test_cli_bad_scheduler_is_one_line(tmp_path) -> None:
+    res = run_cli("chip", "--ard-path", str(tmp_path), "--dest", str(tmp_path / "out"), "--scheduler", "nowhere")
+    assert res.returncode == 1
+    assert "--scheduler 'nowhere'" in res.stderr and "tcp://HOST:PORT" in res.stderr
+    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def onnx_model(tmp_path_factory) -> Path:
+    """An untrained resnet18 exported to ONNX (as in test_encode.py); skipped without torch/onnxruntime."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from dataclasses import asdict
+
+    from imagesim.learn.export import export_onnx
+    from imagesim.learn.train import MODEL_FORMAT, TrainConfig
+    from imagesim.learn.model import MultilabelNet
+
+    torch.manual_seed(0)
+    classes = ["building", "road", "water", "forest"]
+    net = MultilabelNet("resnet18", len(classes)).eval()
+    run = tmp_path_factory.mktemp("encode-run")
+    config = TrainConfig(chips=str(run), labels=str(run / "labels.parquet"), out=str(run), backbone="resnet18", chip_size=64)
+    torch.save({
+        "format": MODEL_FORMAT, "config": asdict(config), "classes": classes, "chip_size": 64, "epoch": 1,
+        "model": net.state_dict(), "thresholds": [0.5, 0.4, 0.3, 0.2], "metrics": {},
+    }, run / "model.pt")
+    export_onnx(run / "model.pt", run / "model.onnx")
+    return run / "model.onnx"
+
+
+def test_encode_on_cluster_matches_in_process(onnx_model, in_process, client, tmp_path, monkeypatch) -> None:
+    from imagesim.learn import encode
+    from imagesim.learn.encode import EncodeSettings, run_encode
+
+    local = run_encode(onnx_model, in_process, EncodeSettings(out=tmp_path / "a.parquet", batch_size=8, provider="cpu"))
+    monkeypatch.setattr(encode, "TASK_BATCHES", 2)  # 16 chips per task: several tasks, any completion order
+    remote = run_encode(onnx_model, in_process, EncodeSettings(out=tmp_path / "b.parquet", batch_size=8, provider="cpu"), scheduler=client)
+    assert remote.encoded == local.encoded > 16 and not remote.failed and remote.excluded == local.excluded
+    assert remote.provider == "CPUExecutionProvider on Dask workers"
+    a, b = pl.read_parquet(tmp_path / "a.parquet"), pl.read_parquet(tmp_path / "b.parquet")
+    assert a.equals(b)
