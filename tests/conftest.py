@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -32,3 +36,15 @@ def small_sample_deflate(tmp_path_factory: pytest.TempPathFactory):
     from imagesim.imagery.sample import write_sample
 
     return write_sample(tmp_path_factory.mktemp("sample-deflate"), seed=7, small=True, compression="deflate")
+
+
+def run_imagesim(*args: object, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The `imagesim` command in a child process, as a user runs it: exit code, stdout, stderr."""
+    cmd = [sys.executable, "-m", "imagesim.cli", *(str(a) for a in args)]
+    return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def cli() -> Callable[..., subprocess.CompletedProcess]:
+    """``cli("chip", "--ard-path", root, …)`` runs `imagesim` in a subprocess (see :func:`run_imagesim`)."""
+    return run_imagesim

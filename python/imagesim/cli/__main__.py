@@ -1,0 +1,5 @@
+"""`python -m imagesim.cli …`: the `imagesim` command."""
+
+from imagesim.cli import main
+
+main()
