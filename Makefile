@@ -12,7 +12,7 @@ IMAGESIM_REALDATA ?= $(firstword $(abspath $(wildcard ../shared/realdata ../../s
 export IMAGESIM_REALDATA
 RUST_SOURCES := $(shell find rust -name '*.rs' -o -name Cargo.toml) Cargo.toml pyproject.toml
 
-.PHONY: all setup build demo test test-rust test-python bench bench-chip bench-nodata bench-labels bench-encode bench-index bench-tiles bench-storage stubtest clean
+.PHONY: all setup build demo test lint lint-python lint-rust test-rust test-python bench bench-chip bench-nodata bench-labels bench-encode bench-index bench-tiles bench-storage stubtest clean
 
 all: build
 
@@ -77,7 +77,19 @@ demo: $(STAMP)/build
 	@echo "Index:                $(DEMO)/index (index.faiss, ids.parquet, index.json); similar chips: $(DEMO)/similar.geojson"
 	@echo "Viewer:               $(VENV)/bin/imagesim serve --ard-path $(DEMO)/sample/ard --chips $(DEMO)/chips --index $(DEMO)/index  -> http://127.0.0.1:8000/"
 
-test: $(STAMP)/build test-rust test-python stubtest
+test: $(STAMP)/build lint test-rust test-python stubtest
+
+# Habits checked on every `make test`: ruff (lint + format), mypy, cargo fmt, clippy.
+lint: lint-python lint-rust
+
+lint-python: $(STAMP)/build
+	$(VENV)/bin/ruff check python tests benches
+	$(VENV)/bin/ruff format --check python tests benches
+	$(VENV)/bin/python -m mypy
+
+lint-rust: $(STAMP)/apt
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -q -- -D warnings
 
 test-rust: $(STAMP)/apt
 	cargo test -p imagesim-core -q

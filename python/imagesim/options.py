@@ -31,16 +31,21 @@ ENCODE_PROVIDERS = ("auto", "cuda", "tensorrt", "cpu")
 PROC_ALL = 0  # worker threads: 0 = all cores
 
 
-def check_range(name: str, value: float, lo: float | None = None, hi: float | None = None, *, what: str = "") -> None:
-    """``lo <= value <= hi`` (either bound may be None), or an error naming ``name`` and the range."""
-    if (lo is None or value >= lo) and (hi is None or value <= hi):
+def check_range(
+    name: str, value: float, lo: float | None = None, hi: float | None = None, *, what: str = "", exclusive: bool = False
+) -> None:
+    """``lo <= value <= hi`` (``lo < value < hi`` when ``exclusive``; either bound may be None), or an
+    error naming ``name`` and the range. NaN is never in range."""
+    above = lo is None or (value > lo if exclusive else value >= lo)
+    below = hi is None or (value < hi if exclusive else value <= hi)
+    if above and below:
         return
     if lo is not None and hi is not None:
-        want = f"{lo}..{hi}"
+        want = f"between {lo:,} and {hi:,} (exclusive)" if exclusive else f"{lo:,}..{hi:,}"
     elif lo is not None:
-        want = f"at least {lo}"
+        want = f"more than {lo:,}" if exclusive else f"at least {lo:,}"
     else:
-        want = f"at most {hi}"
+        want = f"less than {hi:,}" if exclusive else f"at most {hi:,}"
     raise InvalidArgumentError(f"`{name}` {value}: {what + ' ' if what else ''}must be {want}", param=name)
 
 
@@ -49,3 +54,73 @@ def check_choice(name: str, value: Any, choices: Iterable[Any]) -> None:
     choices = tuple(choices)
     if value not in choices:
         raise InvalidArgumentError(f"`{name}` {value!r}: choose one of {', '.join(map(str, choices))}", param=name)
+
+
+# ============================================================================================
+# grid and ARD layout (grid.py, imagery/ard.py, labels/cells.py)
+# ============================================================================================
+UTM_ZONE_RANGE = (1, 60)
+QUADKEY_PREFIX_DIGITS = (1, 12)  # a cell filter: a level-12 cell quadkey or a coarser prefix
+
+# ============================================================================================
+# labels: `osm fetch | import | tags`, `labels build | report | split`
+# ============================================================================================
+OVERPASS_ENDPOINT = "https://overpass-api.de/api/interpreter"
+OVERPASS_TIMEOUT = 180  # the server's [timeout:] in seconds; the HTTP wait is this plus 60 s
+OVERPASS_TIMEOUT_RANGE = (1, None)
+OVERPASS_MAX_RETRIES = 8  # retries per cell after the first attempt
+OVERPASS_MAX_RETRIES_RANGE = (0, None)
+OSM_ELEMENTS = ("node", "way", "relation")  # `element` of the tag inventory
+OSM_NODE_INDEX = "auto"  # libosmium node location index; auto: flex_mem, sparse_file_array above 256 MiB
+LABEL_INCLUDE = ("partial", "unmeasured")  # chip classes `include` may add to all_data
+LABEL_ZOOM_RANGE = (12, 24)  # chip zooms labels can be built for
+REPORT_SAMPLES = 16  # chips in the report's sample grid
+SPLIT_VAL = 0.2  # validation share of `labels split` (exclusive range 0..1)
+SPLIT_GROUP_LEVEL = 12  # quadkey level of the groups kept on one side (12: the ARD cell)
+
+# ============================================================================================
+# learn: `train`, `export` (devices: learn/devices.py)
+# ============================================================================================
+BACKBONES = ("resnet50", "resnet18")
+BACKBONE = "resnet50"
+DEVICES = ("auto", "cpu", "cuda")  # torch device of `train`; auto: CUDA when a GPU is present, else CPU
+DEVICE = "auto"
+PROVIDER = "auto"  # onnxruntime provider (ENCODE_PROVIDERS); auto: CUDA when a GPU is present, else CPU
+CHIP_SIZE = 224  # model input, pixels square
+CHIP_SIZE_RANGE = (32, 2048)
+EPOCHS = 10  # a new run's epochs in all
+EPOCHS_RANGE = (1, None)
+BATCH_SIZE = 32
+BATCH_SIZE_RANGE = (2, None)  # BatchNorm1d cannot train on a batch of one
+LR = 1e-3  # Adam learning rate of the head (must be > 0)
+BACKBONE_LR_FACTOR = 0.1  # backbone lr = lr × this (must be > 0)
+FREEZE_EPOCHS_RANGE = (0, None)
+THRESHOLD = 0.35  # sigmoid threshold of the fixed-threshold metrics (exclusive range 0..1)
+VAL_FRACTION = 0.2  # validation share when the labels carry no split (exclusive range 0..1)
+TRAIN_WORKERS = 2  # DataLoader worker processes
+TRAIN_WORKERS_RANGE = (0, None)
+OPSET = 17  # ONNX opset of `export`
+OPSET_RANGE = (7, 23)
+PARITY_COUNT = 16  # chips run through torch and onnxruntime by `export`
+
+# ============================================================================================
+# search: `index`, `similar`, `serve`
+# ============================================================================================
+INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
+INDEX_KIND = "auto"
+FLAT_MAX = 100_000  # auto: exact search up to this many vectors
+FLAT_MAX_RANGE = (0, None)
+K = 10  # results of `similar`
+K_RANGE = (1, 10_000)
+EVAL_SAMPLE = 2000  # chips evaluated by precision@k (0 = all)
+EVAL_SAMPLE_RANGE = (0, None)
+SERVE_HOST = "127.0.0.1"
+SERVE_PORT = 8000
+SERVE_PORT_RANGE = (1, 65535)
+SERVE_WORKERS = 1
+SERVE_WORKERS_RANGE = (1, 64)
+TILE_QUALITY = 85  # JPEG quality of the map tiles (QUALITY_RANGE)
+BLOCK_CACHE_MB = 256  # decoded COG blocks kept per process, MiB (0: none)
+BLOCK_CACHE_MB_RANGE = (0, None)
+COG_CACHE = 256  # open COG headers kept per process
+COG_CACHE_RANGE = (1, None)

@@ -142,11 +142,16 @@ pub fn decode_batch(
         )));
     }
     // Objects in a store are downloaded together (many requests in flight), files read by each worker.
-    let fetched: Vec<Option<std::io::Result<bytes::Bytes>>> = if paths.iter().any(|p| store::is_url(p)) {
-        store::fetch_many(paths).wait().into_iter().map(Some).collect()
-    } else {
-        paths.iter().map(|_| None).collect()
-    };
+    let fetched: Vec<Option<std::io::Result<bytes::Bytes>>> =
+        if paths.iter().any(|p| store::is_url(p)) {
+            store::fetch_many(paths)
+                .wait()
+                .into_iter()
+                .map(Some)
+                .collect()
+        } else {
+            paths.iter().map(|_| None).collect()
+        };
     Ok(out
         .par_chunks_mut(slot)
         .zip(paths.par_iter().zip(fetched.into_par_iter()))

@@ -483,7 +483,9 @@ pub fn chip_cog(
     let size = tasks[0].window.width;
     let level = chipper.level().clone();
 
-    let mut records: Vec<ChipRecord> = if chipper.aligned_to_chunks(size) && size < level.chunk_width {
+    let mut records: Vec<ChipRecord> = if chipper.aligned_to_chunks(size)
+        && size < level.chunk_width
+    {
         // Several chips per chunk: group chips by chunk, decode each chunk once.
         let per_side = (level.chunk_width / size) as usize;
         // Keyed (row, column): chunks in file order.
@@ -520,7 +522,11 @@ pub fn chip_cog(
             let url = job.out_dir.join(&rec.name);
             rec.status = ChipStatus::Failed;
             rec.bytes = 0;
-            rec.error = Some(format!("{}: upload failed: {}", url.display(), failed[&rec.name]));
+            rec.error = Some(format!(
+                "{}: upload failed: {}",
+                url.display(),
+                failed[&rec.name]
+            ));
         }
     }
     Ok(records)
@@ -532,7 +538,11 @@ fn list_names(prefix: &Path) -> Result<HashSet<String>> {
     let objects = store::list(&text, None).map_err(|e| Error::io(prefix, e))?;
     Ok(objects
         .into_iter()
-        .filter_map(|(url, _, _)| url.strip_prefix(&text).filter(|n| !n.contains('/')).map(str::to_owned))
+        .filter_map(|(url, _, _)| {
+            url.strip_prefix(&text)
+                .filter(|n| !n.contains('/'))
+                .map(str::to_owned)
+        })
         .collect())
 }
 

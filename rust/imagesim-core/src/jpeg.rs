@@ -9,6 +9,7 @@ use turbojpeg::{Compressor, Decompressor, Image, YuvImage};
 pub use turbojpeg::{PixelFormat, Subsamp};
 
 use crate::error::{Error, Result};
+use crate::pixels::min_value;
 
 thread_local! {
     static DECOMPRESSOR: RefCell<Option<Decompressor>> = const { RefCell::new(None) };
@@ -187,7 +188,7 @@ impl Yuv {
     pub fn luma_min(&self) -> u8 {
         let stride = self.y_stride();
         (0..self.height)
-            .map(|r| crate::nodata::min_value(&self.pixels[r * stride..r * stride + self.width]))
+            .map(|r| min_value(&self.pixels[r * stride..r * stride + self.width]))
             .min()
             .unwrap_or(255)
     }

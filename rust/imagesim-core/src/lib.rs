@@ -6,6 +6,7 @@
 //! - [`jpeg`]: libjpeg-turbo decode/encode and JPEG-in-TIFF tile to standalone JFIF.
 //! - [`chip`]: cutting one cell COG into chips (re-encode or passthrough) with no-data counts.
 //! - [`nodata`]: exact no-data counts, with a luma-only decode deciding the easy cases.
+//! - [`pixels`]: low-level helpers on 8-bit sample planes (shared by `jpeg` and `nodata`).
 //! - [`labels`]: multilabel bitsets (u64 words) ⇄ sparse id lists ⇄ dense rows.
 //! - [`pool`]: the rayon pool a call runs on.
 //! - [`store`]: object stores (S3, GCS, Azure, HTTP): listing, reads, background uploads.
@@ -17,6 +18,7 @@ pub mod grid;
 pub mod jpeg;
 pub mod labels;
 pub mod nodata;
+pub mod pixels;
 pub mod pool;
 pub mod store;
 

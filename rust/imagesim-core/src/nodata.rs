@@ -13,17 +13,15 @@ use rayon::prelude::*;
 use crate::jpeg::{self, PixelFormat};
 use crate::store;
 
+/// Re-exported from its new home, [`crate::pixels`], so `nodata::min_value` keeps working.
+pub use crate::pixels::min_value;
+
 /// Count interleaved pixels (`stride` bytes each, first 3 bands compared) that are no-data.
 pub fn count_nodata(pixels: &[u8], stride: usize, threshold: u8) -> u64 {
     pixels
         .chunks_exact(stride)
         .filter(|p| p[0] <= threshold && p[1] <= threshold && p[2] <= threshold)
         .count() as u64
-}
-
-/// Smallest byte of a plane (255 for an empty one); written as a fold so it vectorises.
-pub fn min_value(plane: &[u8]) -> u8 {
-    plane.iter().fold(255u8, |m, &v| m.min(v))
 }
 
 /// Whether a luma plane whose darkest sample is `darkest` may hold a no-data pixel.
@@ -248,23 +246,24 @@ pub fn scan_jpeg_files(
     let mut out = Vec::with_capacity(paths.len());
     let mut next = windows.first().map(|w| store::fetch_many(w));
     for (i, window) in windows.iter().enumerate() {
-        let fetched = next.take().expect("started before the loop or the step before").wait();
+        let fetched = next
+            .take()
+            .expect("started before the loop or the step before")
+            .wait();
         next = windows.get(i + 1).map(|w| store::fetch_many(w));
-        out.par_extend(
-            window
-                .par_iter()
-                .zip(fetched.into_par_iter())
-                .map_init(Scratch::default, |scratch, (path, bytes)| {
-                    let result = bytes
-                        .map_err(|e| format!("{}: {e}", path.display()))
-                        .and_then(|b| {
-                            count_in_jpeg(&b, threshold, scratch)
-                                .map_err(|e| format!("{}: {e}", path.display()))
-                        });
-                    progress.fetch_add(1, Ordering::Relaxed);
-                    result
-                }),
-        );
+        out.par_extend(window.par_iter().zip(fetched.into_par_iter()).map_init(
+            Scratch::default,
+            |scratch, (path, bytes)| {
+                let result = bytes
+                    .map_err(|e| format!("{}: {e}", path.display()))
+                    .and_then(|b| {
+                        count_in_jpeg(&b, threshold, scratch)
+                            .map_err(|e| format!("{}: {e}", path.display()))
+                    });
+                progress.fetch_add(1, Ordering::Relaxed);
+                result
+            },
+        ));
     }
     out
 }

@@ -15,15 +15,23 @@ fn failed(url: &str, e: std::io::Error) -> imagesim_core::Error {
 /// `(url, size, last modified ns)` tuples, at most `limit` of them when given.
 #[pyfunction]
 #[pyo3(signature = (prefix, limit=None))]
-fn list_objects(py: Python<'_>, prefix: String, limit: Option<usize>) -> PyResult<Vec<(String, u64, i64)>> {
-    detached(py, || imagesim_core::store::list(&prefix, limit).map_err(|e| failed(&prefix, e)))
+fn list_objects(
+    py: Python<'_>,
+    prefix: String,
+    limit: Option<usize>,
+) -> PyResult<Vec<(String, u64, i64)>> {
+    detached(py, || {
+        imagesim_core::store::list(&prefix, limit).map_err(|e| failed(&prefix, e))
+    })
 }
 
 /// The bytes of an object.
 #[pyfunction]
 fn store_get<'py>(py: Python<'py>, url: String) -> PyResult<Bound<'py, PyBytes>> {
     let path = std::path::PathBuf::from(&url);
-    let data = detached(py, || imagesim_core::store::read(&path).map_err(|e| failed(&url, e)))?;
+    let data = detached(py, || {
+        imagesim_core::store::read(&path).map_err(|e| failed(&url, e))
+    })?;
     Ok(PyBytes::new(py, &data))
 }
 
@@ -31,25 +39,33 @@ fn store_get<'py>(py: Python<'py>, url: String) -> PyResult<Bound<'py, PyBytes>>
 #[pyfunction]
 fn store_put(py: Python<'_>, url: String, data: Cow<'_, [u8]>) -> PyResult<()> {
     let data = data.into_owned();
-    detached(py, || imagesim_core::store::put(&url, data).map_err(|e| failed(&url, e)))
+    detached(py, || {
+        imagesim_core::store::put(&url, data).map_err(|e| failed(&url, e))
+    })
 }
 
 /// Upload a local file as an object (multipart, streamed, above 64 MiB).
 #[pyfunction]
 fn store_put_file(py: Python<'_>, url: String, path: std::path::PathBuf) -> PyResult<()> {
-    detached(py, || imagesim_core::store::put_file(&url, &path).map_err(|e| failed(&url, e)))
+    detached(py, || {
+        imagesim_core::store::put_file(&url, &path).map_err(|e| failed(&url, e))
+    })
 }
 
 /// `(size, last modified ns)` of an object, or None when there is none.
 #[pyfunction]
 fn store_head(py: Python<'_>, url: String) -> PyResult<Option<(u64, i64)>> {
-    detached(py, || imagesim_core::store::head(&url).map_err(|e| failed(&url, e)))
+    detached(py, || {
+        imagesim_core::store::head(&url).map_err(|e| failed(&url, e))
+    })
 }
 
 /// Remove an object (an absent one is not an error).
 #[pyfunction]
 fn store_delete(py: Python<'_>, url: String) -> PyResult<()> {
-    detached(py, || imagesim_core::store::delete(&url).map_err(|e| failed(&url, e)))
+    detached(py, || {
+        imagesim_core::store::delete(&url).map_err(|e| failed(&url, e))
+    })
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

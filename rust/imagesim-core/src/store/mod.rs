@@ -48,18 +48,24 @@ pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
 
 pub(crate) fn io_error(e: object_store::Error) -> io::Error {
     match e {
-        object_store::Error::NotFound { .. } => io::Error::new(io::ErrorKind::NotFound, e.to_string()),
-        object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
-            io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                format!("access denied (check the credentials): {e}"),
-            )
+        object_store::Error::NotFound { .. } => {
+            io::Error::new(io::ErrorKind::NotFound, e.to_string())
         }
+        object_store::Error::PermissionDenied { .. }
+        | object_store::Error::Unauthenticated { .. } => io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("access denied (check the credentials): {e}"),
+        ),
         other => {
             let text = other.to_string();
             // S3 answers a wrong key or signature with 403 and an error code, which object_store
             // reports as a generic error: give it the kind it is.
-            let denied = ["InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403 Forbidden"];
+            let denied = [
+                "InvalidAccessKeyId",
+                "SignatureDoesNotMatch",
+                "AccessDenied",
+                "403 Forbidden",
+            ];
             if denied.iter().any(|code| text.contains(code)) {
                 io::Error::new(
                     io::ErrorKind::PermissionDenied,
@@ -80,7 +86,9 @@ pub(crate) fn locate(text: &str) -> io::Result<(Arc<dyn ObjectStore>, ObjectPath
     let url = url::Url::parse(text)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("not a URL: {e}")))?;
     let mut options: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| k.starts_with("AWS_") || k.starts_with("GOOGLE_") || k.starts_with("AZURE_"))
+        .filter(|(k, _)| {
+            k.starts_with("AWS_") || k.starts_with("GOOGLE_") || k.starts_with("AZURE_")
+        })
         .collect();
     if matches!(url.scheme(), "s3" | "s3a") {
         let from_profile = profile::options(&options);
@@ -97,8 +105,14 @@ pub(crate) fn locate(text: &str) -> io::Result<(Arc<dyn ObjectStore>, ObjectPath
     }
     let (store, location) = object_store::parse_url_opts(&url, options)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-    let mut stores = STORES.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
-    let shared = stores.entry(key).or_insert_with(|| Arc::from(store)).clone();
+    let mut stores = STORES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let shared = stores
+        .entry(key)
+        .or_insert_with(|| Arc::from(store))
+        .clone();
     Ok((shared, location))
 }
 
@@ -114,16 +128,20 @@ pub fn list(prefix: &str, limit: Option<usize>) -> io::Result<Vec<(String, u64, 
     let (store, location) = locate(prefix)?;
     let base = format!("{}://{}", url.scheme(), url.authority());
     let stream = store.list(Some(&location));
-    let listed: object_store::Result<Vec<object_store::ObjectMeta>> = runtime().block_on(async move {
-        match limit {
-            Some(n) => stream.take(n).try_collect().await,
-            None => stream.try_collect().await,
-        }
-    });
+    let listed: object_store::Result<Vec<object_store::ObjectMeta>> =
+        runtime().block_on(async move {
+            match limit {
+                Some(n) => stream.take(n).try_collect().await,
+                None => stream.try_collect().await,
+            }
+        });
     let items = match listed {
         Ok(items) => items,
         // Plain web servers cannot list; object_store lists HTTP with WebDAV (PROPFIND).
-        Err(e) if url.scheme().starts_with("http") && !matches!(e, object_store::Error::NotFound { .. }) => {
+        Err(e)
+            if url.scheme().starts_with("http")
+                && !matches!(e, object_store::Error::NotFound { .. }) =>
+        {
             return Err(io::Error::other(format!(
                 "cannot list an http(s) location ({e}); listing needs a WebDAV server: use the \
                  s3://, gs:// or az:// URL of the bucket, or open single COGs by URL"
@@ -144,7 +162,10 @@ pub fn list(prefix: &str, limit: Option<usize>) -> io::Result<Vec<(String, u64, 
 pub fn head(url: &str) -> io::Result<Option<(u64, i64)>> {
     let (store, location) = locate(url)?;
     match runtime().block_on(store.head(&location)) {
-        Ok(m) => Ok(Some((m.size, m.last_modified.timestamp_nanos_opt().unwrap_or(0)))),
+        Ok(m) => Ok(Some((
+            m.size,
+            m.last_modified.timestamp_nanos_opt().unwrap_or(0),
+        ))),
         Err(object_store::Error::NotFound { .. }) => Ok(None),
         Err(e) => Err(io_error(e)),
     }
@@ -276,7 +297,10 @@ impl Uploads {
             drop(slot);
             result.map(|_| ()).map_err(io_error)
         });
-        self.pending.lock().unwrap_or_else(|p| p.into_inner()).push((key, task));
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((key, task));
         Ok(())
     }
 
@@ -289,7 +313,9 @@ impl Uploads {
                 match task.await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => failed.push((key, e)),
-                    Err(e) => failed.push((key, io::Error::other(format!("upload task died: {e}")))),
+                    Err(e) => {
+                        failed.push((key, io::Error::other(format!("upload task died: {e}"))))
+                    }
                 }
             }
             failed

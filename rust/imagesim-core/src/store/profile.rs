@@ -69,12 +69,18 @@ fn from_files(
 ) -> Vec<(String, String)> {
     let mut out = Vec::new();
     // The config file names profiles `[profile NAME]`, except `[default]`; it may hold keys too.
-    let config_section = config
-        .get(&format!("profile {profile}"))
-        .or_else(|| (profile == "default").then(|| config.get("default")).flatten());
+    let config_section = config.get(&format!("profile {profile}")).or_else(|| {
+        (profile == "default")
+            .then(|| config.get("default"))
+            .flatten()
+    });
     let keys = credentials.get(profile).or(config_section);
     if let Some(keys) = keys {
-        for name in ["aws_access_key_id", "aws_secret_access_key", "aws_session_token"] {
+        for name in [
+            "aws_access_key_id",
+            "aws_secret_access_key",
+            "aws_session_token",
+        ] {
             if let Some(v) = keys.get(name) {
                 out.push((name.to_string(), v.clone()));
             }
