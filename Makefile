@@ -51,11 +51,11 @@ build: $(STAMP)/build
 demo: $(STAMP)/build
 	$(VENV)/bin/imagesim sample-data $(DEMO)/sample --seed 0 $(if $(SMALL),--small,) --overwrite
 	$(VENV)/bin/imagesim chip --ard-path $(DEMO)/sample/ard --dest $(DEMO)/chips --zoom 17
-	$(VENV)/bin/imagesim nodata-index --chip-dir $(DEMO)/chips --source pixels --threshold 4
+	$(VENV)/bin/imagesim nodata-index --chips $(DEMO)/chips --source pixels --nodata-threshold 4
 	$(VENV)/bin/imagesim osm import $(DEMO)/sample/sample.osm.pbf --ard-path $(DEMO)/sample/ard --overwrite
 	$(VENV)/bin/imagesim osm tags --ard-path $(DEMO)/sample/ard --top 12
 	$(VENV)/bin/imagesim labels build --ard-path $(DEMO)/sample/ard --chips $(DEMO)/chips --include partial --overwrite
-	$(VENV)/bin/imagesim labels split --chips $(DEMO)/chips --val 0.2 --seed 0 --group-level 14
+	$(VENV)/bin/imagesim labels split --chips $(DEMO)/chips --val-fraction 0.2 --seed 0 --group-level 14
 	$(VENV)/bin/imagesim labels report --chips $(DEMO)/chips
 	$(VENV)/bin/imagesim train --chips $(DEMO)/chips --out $(DEMO)/run --backbone resnet18 --chip-size 64 --epochs 4 --batch-size 32 --lr 2e-3 --overwrite
 	$(VENV)/bin/imagesim export --model $(DEMO)/run/model.pt --out $(DEMO)/run/model.onnx --overwrite

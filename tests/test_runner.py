@@ -1,13 +1,12 @@
-"""`--scheduler`: chip and nodata-index on a Dask LocalCluster give the in-process outputs exactly,
-survive a worker killed mid-run, report failed tasks, and refuse bad scheduler addresses clearly."""
+"""The task runner: one loop, the same outcomes in process and on Dask. Then chip, nodata-index and
+encode with a `scheduler` (a Dask LocalCluster) give the in-process outputs exactly, survive a worker
+killed mid-run, report failed tasks, and refuse bad scheduler addresses clearly."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,16 +16,15 @@ import pytest
 
 distributed = pytest.importorskip("distributed")
 
-from imagesim import runner as cluster  # noqa: E402
+from imagesim import runner  # noqa: E402
+from imagesim.artefacts import CHIP_ERRORS, CHIPS_MANIFEST, NODATA_PARQUET  # noqa: E402
+from imagesim.errors import GridError, InvalidArgumentError  # noqa: E402
 from imagesim.imagery import nodata  # noqa: E402
-from imagesim.imagery.chip import ERRORS, MANIFEST, ChipSettings, run_chip  # noqa: E402
-from imagesim.errors import InvalidArgumentError  # noqa: E402
-from imagesim.imagery.nodata import PARQUET, NodataSettings, run_nodata_index  # noqa: E402
+from imagesim.imagery.chip import ChipSettings, run_chip  # noqa: E402
+from imagesim.imagery.nodata import NodataSettings, run_nodata_index  # noqa: E402
+from imagesim.runner import Outcome, TaskRunner, worker_threads  # noqa: E402
 
-
-def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "imagesim.cli", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=120)
+MANIFEST, ERRORS, PARQUET = CHIPS_MANIFEST, CHIP_ERRORS, NODATA_PARQUET
 
 
 def chip_bytes(dest: Path) -> dict[str, bytes]:
@@ -37,12 +35,165 @@ def manifest(dest: Path) -> pl.DataFrame:
     return pl.read_parquet(dest / MANIFEST).sort("chip")
 
 
+# --- the runner itself: tasks are top-level functions, so Dask workers can run them too ---
+
+
+def sleepy(item: int, delay: float) -> int:
+    time.sleep(delay)
+    return item * 10
+
+
+def picky(item: int) -> int:
+    if item % 2:
+        raise GridError(f"item {item} is odd")
+    return item
+
+
+def buggy(item: int) -> int:
+    raise KeyError(item)
+
+
+class Count:
+    """A stand-in for ``_imagesim.Progress`` that tasks advance."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.n = 0
+
+    def add(self, n: int) -> None:
+        with self.lock:
+            self.n += n
+
+    @property
+    def value(self) -> int:
+        return self.n
+
+
+def counting(item: int, *, progress: Count | None = None) -> int:
+    if item < 0:
+        raise GridError("negative")
+    for _ in range(item):
+        time.sleep(0.05)
+        if progress is not None:
+            progress.add(1)
+    return item
+
+
+def share(_item: int, proc: int) -> int:
+    return worker_threads(proc)
+
+
+def outcomes(tasks: TaskRunner, fn, items, args_of, **kw) -> list[Outcome]:
+    with tasks.run(fn, items, args_of, name="imagesim-test", **kw) as run:
+        return list(run)
+
+
+def test_outcomes_come_in_completion_order() -> None:
+    got = outcomes(TaskRunner(), sleepy, [3, 0, 1], lambda i: (i, i * 0.15), workers=3)
+    assert [(o.item, o.result, o.error) for o in got] == [(0, 0, None), (1, 10, None), (3, 30, None)]
+    inline = outcomes(TaskRunner(), sleepy, [3, 0, 1], lambda i: (i, 0.0), workers=0)
+    assert [o.item for o in inline] == [3, 0, 1]
+
+
+def test_an_imagesim_error_is_the_items_error_and_a_bug_propagates() -> None:
+    got = outcomes(TaskRunner(), picky, [0, 1, 2], lambda i: (i,), workers=2)
+    assert sorted((o.item, o.result, o.error) for o in got) == [(0, 0, None), (1, None, "item 1 is odd"), (2, 2, None)]
+    with pytest.raises(KeyError):
+        outcomes(TaskRunner(), buggy, [0, 1], lambda i: (i,))
+
+
+def test_same_outcomes_on_dask(client) -> None:
+    """The same tasks on a cluster: the same results and item errors (after the retries)."""
+    local = outcomes(TaskRunner(), picky, list(range(5)), lambda i: (i,), workers=2)
+    remote = outcomes(TaskRunner(client), picky, list(range(5)), lambda i: (i,))
+    key = lambda o: o.item  # noqa: E731
+    assert [(o.item, o.result, o.error) for o in sorted(remote, key=key)] == [(o.item, o.result, o.error) for o in sorted(local, key=key)]
+    # A bug is not raised on Dask (the client cannot tell it from a lost worker): it is the item's error.
+    (bug,) = outcomes(TaskRunner(client), buggy, [7], lambda i: (i,), retries=0)
+    assert bug.error == "KeyError: 7"
+
+
+def test_window_one_runs_one_item_ahead() -> None:
+    events: list[tuple[str, int]] = []
+    started = {i: threading.Event() for i in range(6)}
+
+    def task(i: int) -> int:
+        events.append(("start", i))
+        started[i].set()
+        return i
+
+    with TaskRunner().run(task, list(range(6)), lambda i: (i,), name="imagesim-test", window=1) as run:
+        for outcome in run:
+            # The caller's work on this item (inference): the next item runs meanwhile, no other.
+            if outcome.item < 5:
+                assert started[outcome.item + 1].wait(10)
+            time.sleep(0.02)
+            events.append(("merged", outcome.item))
+    assert [i for what, i in events if what == "merged"] == list(range(6))
+    for i in range(4):  # item i+2 (which reuses item i's buffer) starts only once item i is merged
+        assert events.index(("start", i + 2)) > events.index(("merged", i))
+
+
+def test_counter_moves_progress_while_tasks_run() -> None:
+    seen: list[int] = []
+    counter = Count()
+    got = outcomes(
+        TaskRunner(), counting, [8, -1, 4], lambda i: (i,), workers=2, counter=counter, units=lambda i: abs(i), on_progress=seen.append
+    )
+    assert sorted(o.item for o in got if o.error is None) == [4, 8] and counter.value == 12
+    assert seen == sorted(seen) and seen[-1] == 13  # the failed item counts its unit at once
+    assert len(set(seen)) > 3  # moved chip by chip, not only when an item finished
+    # Without a counter (as on Dask, where none reaches the tasks) progress moves by whole items.
+    seen.clear()
+    outcomes(TaskRunner(), counting, [2, 3], lambda i: (i,), workers=0, units=lambda i: i, on_progress=seen.append)
+    assert seen == [2, 5]
+
+
+def test_leaving_early_cancels_the_rest() -> None:
+    started: list[int] = []
+
+    def task(i: int) -> int:
+        started.append(i)
+        time.sleep(0.1)
+        return i
+
+    with TaskRunner().run(task, list(range(20)), lambda i: (i,), name="imagesim-test", workers=2) as run:
+        for _ in run:
+            break
+    time.sleep(0.3)
+    assert len(started) <= 4
+
+
+def test_worker_threads_share_the_cores() -> None:
+    cores = runner.cores()
+    [one] = outcomes(TaskRunner(), share, [0], lambda i: (i, 0), workers=1)
+    assert one.result == cores
+    two = outcomes(TaskRunner(), share, [0, 1], lambda i: (i, 8), workers=2)
+    assert [o.result for o in two] == [4, 4]
+    assert outcomes(TaskRunner(), share, [0], lambda i: (i, 3), workers=4)[0].result == 1
+    assert worker_threads(6) == 6  # outside any task: this process alone
+
+
+def test_an_address_is_checked_when_the_runner_is_made() -> None:
+    assert TaskRunner("LOCAL ").scheduler == "local" and TaskRunner("tcp://h:8786").scheduler == "tcp://h:8786"
+    with pytest.raises(InvalidArgumentError, match="`scheduler` 'h:1': not a Dask scheduler address") as err:
+        TaskRunner("h:1")
+    assert err.value.param == "scheduler"
+    assert TaskRunner().local and not TaskRunner("local").local
+
+
+# --- the stages on a cluster ---
+
+
 @pytest.fixture(scope="module")
 def client():
     """Two worker processes of one thread each, shared by the tests of this module."""
-    with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, worker_dashboard_address=None
-    ) as lc, distributed.Client(lc, set_as_default=False) as c:
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, worker_dashboard_address=None
+        ) as lc,
+        distributed.Client(lc, set_as_default=False) as c,
+    ):
         yield c
 
 
@@ -55,9 +206,9 @@ def in_process(small_sample, tmp_path_factory) -> Path:
     return dest
 
 
-def test_cli_chip_scheduler_local_matches_in_process(small_sample, in_process, tmp_path) -> None:
+def test_cli_chip_scheduler_local_matches_in_process(cli, small_sample, in_process, tmp_path) -> None:
     dest = tmp_path / "chips"
-    res = run_cli("chip", "--ard-path", str(small_sample.root), "--dest", str(dest), "--scheduler", "local")
+    res = cli("chip", "--ard-path", str(small_sample.root), "--dest", str(dest), "--scheduler", "local")
     assert res.returncode == 0, res.stderr
     assert f"{1024 * len(small_sample.cogs)} chips written" in res.stdout
     assert chip_bytes(dest) == chip_bytes(in_process)
@@ -142,13 +293,19 @@ def test_nodata_index_on_cluster_matches_in_process(in_process, client, tmp_path
     assert pl.read_parquet(tmp_path / "b" / PARQUET).equals(pl.read_parquet(tmp_path / "a" / PARQUET))
 
 
-def test_cli_nodata_index_through_env_scheduler(in_process, client, tmp_path) -> None:
+def test_cli_nodata_index_through_env_scheduler(cli, in_process, client, tmp_path) -> None:
     """IMAGESIM_SCHEDULER=tcp://… reaches an existing scheduler (here the fixture's)."""
     run_nodata_index(in_process, NodataSettings(source="pixels", filename=str(tmp_path / "a" / "index.json")))
     address = client.scheduler.address
     assert address.startswith("tcp://")
-    res = run_cli(
-        "nodata-index", "--chip-dir", str(in_process), "--source", "pixels", "--filename", str(tmp_path / "b" / "index.json"),
+    res = cli(
+        "nodata-index",
+        "--chips",
+        str(in_process),
+        "--source",
+        "pixels",
+        "--filename",
+        str(tmp_path / "b" / "index.json"),
         env={"IMAGESIM_SCHEDULER": address},
     )
     assert res.returncode == 0, res.stderr
@@ -169,15 +326,15 @@ def test_unreachable_scheduler_is_a_clear_error(small_sample, tmp_path, monkeypa
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    monkeypatch.setattr(cluster, "CONNECT_TIMEOUT_S", 2.0)
+    monkeypatch.setattr(runner, "CONNECT_TIMEOUT_S", 2.0)
     start = time.monotonic()
     with pytest.raises(InvalidArgumentError, match=rf"tcp://127\.0\.0\.1:{port}: cannot reach the Dask scheduler"):
         run_chip(small_sample.root, tmp_path / "chips", scheduler=f"tcp://127.0.0.1:{port}")
     assert time.monotonic() - start < 15
 
 
-def test_cli_bad_scheduler_is_one_line(tmp_path) -> None:
-    res = run_cli("chip", "--ard-path", str(tmp_path), "--dest", str(tmp_path / "out"), "--scheduler", "nowhere")
+def test_cli_bad_scheduler_is_one_line(cli, tmp_path) -> None:
+    res = cli("chip", "--ard-path", str(tmp_path), "--dest", str(tmp_path / "out"), "--scheduler", "nowhere")
     assert res.returncode == 1
     assert "--scheduler 'nowhere'" in res.stderr and "tcp://HOST:PORT" in res.stderr
     assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
@@ -192,18 +349,27 @@ def onnx_model(tmp_path_factory) -> Path:
     from dataclasses import asdict
 
     from imagesim.learn.export import export_onnx
-    from imagesim.learn.train import MODEL_FORMAT, TrainConfig
     from imagesim.learn.model import MultilabelNet
+    from imagesim.learn.train import MODEL_FORMAT, TrainConfig
 
     torch.manual_seed(0)
     classes = ["building", "road", "water", "forest"]
     net = MultilabelNet("resnet18", len(classes)).eval()
     run = tmp_path_factory.mktemp("encode-run")
     config = TrainConfig(chips=str(run), labels=str(run / "labels.parquet"), out=str(run), backbone="resnet18", chip_size=64)
-    torch.save({
-        "format": MODEL_FORMAT, "config": asdict(config), "classes": classes, "chip_size": 64, "epoch": 1,
-        "model": net.state_dict(), "thresholds": [0.5, 0.4, 0.3, 0.2], "metrics": {},
-    }, run / "model.pt")
+    torch.save(
+        {
+            "format": MODEL_FORMAT,
+            "config": asdict(config),
+            "classes": classes,
+            "chip_size": 64,
+            "epoch": 1,
+            "model": net.state_dict(),
+            "thresholds": [0.5, 0.4, 0.3, 0.2],
+            "metrics": {},
+        },
+        run / "model.pt",
+    )
     export_onnx(run / "model.pt", run / "model.onnx")
     return run / "model.onnx"
 

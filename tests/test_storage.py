@@ -16,9 +16,9 @@ moto_server = pytest.importorskip("moto.server", reason="the S3 tests need moto[
 boto3 = pytest.importorskip("boto3")
 
 from imagesim import _imagesim  # noqa: E402
-from imagesim.imagery.chip import ChipSettings, run_chip  # noqa: E402
 from imagesim.cog import open_cog  # noqa: E402
 from imagesim.errors import ImagesimError, ImagesimFileNotFoundError  # noqa: E402
+from imagesim.imagery.chip import ChipSettings, run_chip  # noqa: E402
 from imagesim.imagery.nodata import NodataSettings, run_nodata_index  # noqa: E402
 from imagesim.storage import StorePath, read_parquet  # noqa: E402
 
@@ -320,8 +320,8 @@ def _tiny_model(tmp_path: Path, chips: Path) -> Path:
     import torch
 
     from imagesim.learn.export import export_onnx
-    from imagesim.learn.train import MODEL_FORMAT, TrainConfig
     from imagesim.learn.model import MultilabelNet
+    from imagesim.learn.train import MODEL_FORMAT, TrainConfig
 
     torch.manual_seed(0)
     classes = ["building", "road"]

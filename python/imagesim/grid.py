@@ -1,4 +1,4 @@
-"""The ARD UTM-zone quadkey grid (DESIGN.md §2), backed by the Rust core.
+"""The ARD UTM-zone quadkey grid (see ``docs/architecture.md``), backed by the Rust core.
 
 Tiles are ``(x, y, z)`` in the quadtree over x ∈ [-9,740,000, 10,740,000] and
 y ∈ [-10,240,000, 10,240,000] of a UTM zone; quadkey digits are Bing-style. Southern tiles
@@ -17,7 +17,7 @@ CELL_PIXELS: int = _rs.CELL_PIXELS
 APRON: int = _rs.APRON
 COG_PIXELS: int = _rs.COG_PIXELS
 PIXEL_SIZE: float = _rs.PIXEL_SIZE
-# The quadtree square every zone shares (DESIGN.md §2), in the zone's northern-CRS metres.
+# The quadtree square every zone shares (x and y above), in the zone's northern-CRS metres.
 ORIGIN_X: float = _rs.ORIGIN_X
 ORIGIN_Y: float = _rs.ORIGIN_Y
 CELL_SIZE: float = CELL_PIXELS * PIXEL_SIZE  # metres on a side of a level-12 cell (5 km)
@@ -63,7 +63,8 @@ def quadkey_to_tile(quadkey: str) -> Tile:
 
 
 def tile_to_quadkey(tile: Tile | tuple[int, int, int]) -> str:
-    return _rs.tile_to_quadkey(tuple(tile))
+    x, y, z = tile
+    return _rs.tile_to_quadkey((x, y, z))
 
 
 def bounds(quadkey: str) -> Bounds:

@@ -124,3 +124,12 @@ BLOCK_CACHE_MB = 256  # decoded COG blocks kept per process, MiB (0: none)
 BLOCK_CACHE_MB_RANGE = (0, None)
 COG_CACHE = 256  # open COG headers kept per process
 COG_CACHE_RANGE = (1, None)
+
+# ============================================================================================
+# imagery and encoding runs: `chip`, `nodata-index`, `encode` (imagery/chip.py, imagery/nodata.py,
+# learn/encode.py, runner.py)
+# ============================================================================================
+PROC_RANGE = (0, None)  # `proc`: worker threads, 0 = all cores (PROC_ALL)
+MIN_NODATA_PIXELS_RANGE = (1, None)
+NODATA_SOURCES = ("pixels", "manifest", "mask")  # `source` of nodata-index; default: manifest when the chip folder has one
+ENCODE_BATCH_RANGE = (1, 4096)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -17,7 +16,11 @@ from osgeo import gdal
 from PIL import Image
 
 from imagesim import grid
-from imagesim.imagery.chip import MANIFEST, MANIFEST_SCHEMA, ChipSettings, run_chip
+from imagesim.artefacts import CHIPS_MANIFEST as MANIFEST
+from imagesim.artefacts import MANIFEST_SCHEMA
+from imagesim.errors import InvalidArgumentError
+from imagesim.imagery.chip import ChipSettings, run_chip
+from imagesim.progress import ProgressSink
 
 gdal.UseExceptions()
 
@@ -239,26 +242,8 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300)
 
 
-def test_cli_help_lists_stages() -> None:
-    res = run_cli("--help")
-    assert res.returncode == 0
-    for command in ("chip", "sample-data"):
-        assert command in res.stdout
-
-
-def test_cli_errors_are_one_line(tmp_path) -> None:
-    res = run_cli("chip", "--ard-path", str(tmp_path / "missing"), "--dest", str(tmp_path / "out"))
-    assert res.returncode == 1
-    assert "ARD path does not exist" in res.stderr
-    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
-    res = run_cli("chip", "--ard-path", str(tmp_path / "missing"), "--dest", str(tmp_path / "out"), env={"IMAGESIM_DEBUG": "1"})
-    assert res.returncode == 1 and "Traceback" in res.stderr
-    res = run_cli("chip", "--ard-path", str(tmp_path), "--dest", str(tmp_path / "out"), "--zoom", "25")
-    assert res.returncode == 1 and "--zoom 25" in res.stderr
-
-
-def test_cli_chip_end_to_end(small_sample, tmp_path) -> None:
-    res = run_cli("chip", "--ard-path", str(small_sample.root), "--dest", str(tmp_path / "out"), "--zoom", "17", "--proc", "2", "--passthrough")
+def test_cli_chip_end_to_end(cli, small_sample, tmp_path) -> None:
+    res = cli("chip", "--ard-path", str(small_sample.root), "--dest", str(tmp_path / "out"), "--zoom", "17", "--proc", "2", "--passthrough")
     assert res.returncode == 0, res.stderr
     assert "chips written" in res.stdout and "chips/s" in res.stdout
     assert (tmp_path / "out" / MANIFEST).is_file()
@@ -290,3 +275,44 @@ def test_changed_cog_is_chipped_again(small_sample, tmp_path) -> None:
     assert summary.stale_cogs == [str(cog)] and summary.written == 1024
     again = run_chip(root, dest, ChipSettings(zoom=17), catalog_ids=one)
     assert again.skipped == 1024 and not again.stale_cogs
+
+
+class Recorder(ProgressSink):
+    def __init__(self, total: int) -> None:
+        self.total, self.seen, self.closed = total, [], False
+
+    def update(self, done: int) -> None:
+        self.seen.append(done)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize("zoom", [12, 17])  # COGs side by side (one thread each), one COG at a time
+def test_progress_counts_every_chip(small_sample, tmp_path, zoom: int) -> None:
+    bars: list[Recorder] = []
+
+    def factory(total: int) -> Recorder:
+        bars.append(Recorder(total))
+        return bars[-1]
+
+    summary = run_chip(small_sample.root, tmp_path / "chips", ChipSettings(zoom=zoom, proc=2), progress=factory)
+    (bar,) = bars
+    assert bar.total == 4 ** (zoom - 12) * len(small_sample.cogs) == summary.written
+    assert bar.seen == sorted(bar.seen) and bar.seen[-1] == bar.total and bar.closed
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (ChipSettings(zoom=25), "`zoom` 25: .*12..20"),
+        (ChipSettings(quality=0), "`quality` 0: .*1..100"),
+        (ChipSettings(nodata_threshold=300), "`nodata_threshold` 300: .*0..254"),
+        (ChipSettings(min_nodata_pixels=0), "`min_nodata_pixels` 0: .*at least 1"),
+        (ChipSettings(proc=-1), "`proc` -1: .*at least 0"),
+    ],
+)
+def test_bad_settings_name_the_parameter(small_sample, tmp_path, settings: ChipSettings, message: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=message):
+        run_chip(small_sample.root, tmp_path / "chips", settings)
+    assert not (tmp_path / "chips").exists()

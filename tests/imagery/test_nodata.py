@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +11,11 @@ import polars as pl
 import pytest
 from osgeo import gdal
 
-from imagesim import grid
-from imagesim.imagery.chip import MANIFEST, ChipSettings, run_chip
-from imagesim.errors import OutputExistsError
-from imagesim.imagery.nodata import PARQUET, NodataSettings, run_nodata_index
+from imagesim.artefacts import CHIPS_MANIFEST as MANIFEST
+from imagesim.artefacts import NODATA_PARQUET as PARQUET
+from imagesim.errors import InvalidArgumentError, OutputExistsError
+from imagesim.imagery.chip import ChipSettings, run_chip
+from imagesim.imagery.nodata import NodataSettings, run_nodata_index
 
 gdal.UseExceptions()
 
@@ -54,7 +52,7 @@ def test_manifest_source_is_the_ground_truth(chips) -> None:
 def test_pixels_source_matches_ground_truth(chips, tmp_path) -> None:
     sample, dest = chips
     # JPEG chips of a lossless source: tolerate JPEG noise at the edges with a small threshold.
-    summary = run_nodata_index(dest, NodataSettings(source="pixels", threshold=8, proc=2, filename=str(tmp_path / "px.json")))
+    summary = run_nodata_index(dest, NodataSettings(source="pixels", nodata_threshold=8, proc=2, filename=str(tmp_path / "px.json")))
     got, want = classes(summary.index), truth(dest)
     assert set(got) == set(want)
     assert {c for c, k in got.items() if k == "no_data"} == {c for c, k in want.items() if k == "no_data"}
@@ -75,13 +73,9 @@ def corners_valid(cog: str, col: int, row: int, size: int) -> bool:
 def test_irregular_edges_caught_where_the_corner_rule_fails(chips, tmp_path) -> None:
     _, dest = chips
     manifest = pl.read_parquet(dest / MANIFEST).filter(pl.col("nodata_class") == "partial_data")
-    fooled = [
-        r["chip"]
-        for r in manifest.iter_rows(named=True)
-        if corners_valid(r["source_cog"], r["col_off"], r["row_off"], r["width"])
-    ]
+    fooled = [r["chip"] for r in manifest.iter_rows(named=True) if corners_valid(r["source_cog"], r["col_off"], r["row_off"], r["width"])]
     assert fooled, "the sample should have partial chips whose four corners are valid"
-    summary = run_nodata_index(dest, NodataSettings(source="pixels", threshold=8, filename=str(tmp_path / "i.json")))
+    summary = run_nodata_index(dest, NodataSettings(source="pixels", nodata_threshold=8, filename=str(tmp_path / "i.json")))
     got = classes(summary.index)
     assert all(got[c] == "partial_data" for c in fooled)
 
@@ -110,7 +104,7 @@ def test_dark_valid_pixels_stay_all_data(tmp_path) -> None:
     Image.fromarray(img[:, 60:]).resize((512, 512)).save(tmp_path / "Z10-12002022303200000_A.jpg", quality=95)
     Image.fromarray(img).save(tmp_path / "Z10-12002022303200001_A.jpg", quality=95)
     Image.fromarray(np.zeros((512, 512, 3), np.uint8)).save(tmp_path / "Z10-12002022303200002_A.jpg", quality=95)
-    got = classes(run_nodata_index(tmp_path, NodataSettings(threshold=4)).index)
+    got = classes(run_nodata_index(tmp_path, NodataSettings(nodata_threshold=4)).index)
     assert got == {
         "Z10-12002022303200000_A.jpg": "all_data",
         "Z10-12002022303200001_A.jpg": "partial_data",
@@ -158,19 +152,48 @@ def test_overwrite_rules(chips, tmp_path) -> None:
     assert "all_data" in json.loads(target.read_text())
 
 
-def test_cli_nodata_index(chips, tmp_path) -> None:
+def test_cli_nodata_index(cli, chips, tmp_path) -> None:
     sample, dest = chips
     work = tmp_path / "zone"
     shutil.copytree(dest / str(sample.zone), work)  # the original layout: one zone's chips
-    env = {**os.environ}
-    res = subprocess.run(
-        [sys.executable, "-m", "imagesim.cli", "nodata-index", "--chip-dir", str(work), "--threshold", "8"],
-        capture_output=True, text=True, env=env, timeout=300,
-    )
+    res = cli("nodata-index", "--chips", work, "--nodata-threshold", "8")
     assert res.returncode == 0, res.stderr
     assert "chips/s" in res.stdout and (work / "nodata-index.json").is_file()
-    res = subprocess.run(
-        [sys.executable, "-m", "imagesim.cli", "nodata-index", "--chip-dir", str(work), "--no-overwrite"],
-        capture_output=True, text=True, env=env, timeout=300,
-    )
+    assert json.loads((work / "nodata-index-summary.json").read_text())["nodata_threshold"] == 8
+    res = cli("nodata-index", "--chips", work, "--no-overwrite")
     assert res.returncode == 1 and "--overwrite" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_progress_moves_chip_by_chip_and_ends_at_every_chip(chips, tmp_path) -> None:
+    _, dest = chips
+    seen: list[int] = []
+
+    class Sink:
+        def update(self, done: int) -> None:
+            seen.append(done)
+
+        def close(self) -> None:
+            pass
+
+    summary = run_nodata_index(dest, NodataSettings(source="pixels", filename=str(tmp_path / "p.json")), progress=lambda _n: Sink())
+    assert seen == sorted(seen) and seen[-1] == summary.chips
+
+
+def test_manifest_measured_with_another_threshold_is_refused(chips, tmp_path) -> None:
+    _, dest = chips
+    with pytest.raises(InvalidArgumentError, match="measured with `nodata_threshold` 0; pass `nodata_threshold` 0 or `source` pixels"):
+        run_nodata_index(dest, NodataSettings(source="manifest", nodata_threshold=5, filename=str(tmp_path / "x.json")))
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (NodataSettings(source="corners"), "`source` 'corners': choose one of pixels, manifest, mask"),
+        (NodataSettings(nodata_threshold=255), "`nodata_threshold` 255: .*0..254"),
+        (NodataSettings(min_nodata_pixels=0), "`min_nodata_pixels` 0: .*at least 1"),
+        (NodataSettings(proc=-2), "`proc` -2: .*at least 0"),
+    ],
+)
+def test_bad_settings_name_the_parameter(tmp_path, settings: NodataSettings, message: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=message):
+        run_nodata_index(tmp_path, settings)

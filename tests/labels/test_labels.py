@@ -15,6 +15,7 @@ import shapely
 from typer.testing import CliRunner
 
 from imagesim import _imagesim, grid
+from imagesim.artefacts import read_labels
 from imagesim.errors import (
     ImagesimFileNotFoundError,
     InvalidArgumentError,
@@ -22,10 +23,10 @@ from imagesim.errors import (
     OutputExistsError,
     TaxonomyError,
 )
-from imagesim.labels.build import LabelSettings, build_labels, label_cell, read_labels
-from imagesim.labels.join import local_index
+from imagesim.labels.build import LabelSettings, build_labels, label_cell
 from imagesim.labels.geometry import is_area
-from imagesim.labels.taxonomy import load_taxonomy, parse_taxonomy
+from imagesim.labels.join import local_index
+from imagesim.labels.taxonomy import load_taxonomy
 
 CELL = "120020223032"  # zone 10: x 550,000-555,000, y 4,180,000-4,185,000
 WEST, NORTH, S = 550_000.0, 4_185_000.0, 156.25  # z17 chips: 32 x 32 per cell
@@ -381,7 +382,7 @@ def test_no_data_chips_excluded_partial_only_when_asked(labelled, tmp_path):
     assert table.height == (manifest["nodata_class"] == "all_data").sum()
     assert summary.excluded["no_data"] == (manifest["nodata_class"] == "no_data").sum()
     assert summary.excluded["partial_data"] == (manifest["nodata_class"] == "partial_data").sum()
-    with pytest.raises(OutputExistsError, match="--overwrite"):
+    with pytest.raises(OutputExistsError, match="`overwrite`"):
         build_labels(chips, osm_root, LabelSettings(out_dir=tmp_path))
 
 
@@ -420,8 +421,9 @@ def test_build_input_errors_are_clear(tmp_path, labelled):
     pl.DataFrame({"chip": ["x"]}).write_parquet(bad / "chips.parquet")
     with pytest.raises(LabelInputError, match="missing column"):
         build_labels(bad, osm_root)
-    with pytest.raises(InvalidArgumentError, match="--include"):
+    with pytest.raises(InvalidArgumentError, match="`include` 'everything'") as bad:
         LabelSettings(include=("everything",))
+    assert bad.value.param == "include"
     (tmp_path / "nd.json").write_text("[1, 2]")
     with pytest.raises(LabelInputError, match="nd.json"):
         build_labels(chips, osm_root, LabelSettings(out_dir=tmp_path / "o", nodata_index=tmp_path / "nd.json"))
@@ -497,10 +499,11 @@ def test_split_keeps_groups_together_and_is_deterministic(labelled, tmp_path):
     assert meta["split"]["val_chips"] == a.val and meta["split"]["group_level"] == 15
     other = split_labels(tmp_path, val=0.25, seed=4, group_level=15)
     assert other.val > 0
-    with pytest.raises(LabelInputError, match="finer --group-level"):
+    with pytest.raises(LabelInputError, match="finer `group_level`"):
         split_labels(tmp_path, val=0.2, group_level=10)
-    with pytest.raises(InvalidArgumentError):
+    with pytest.raises(InvalidArgumentError, match="`val` 1.5") as bad:
         split_labels(tmp_path, val=1.5)
+    assert bad.value.param == "val"
 
 
 def test_report_writes_figures_and_summary(labelled, tmp_path):

@@ -15,12 +15,12 @@ torch = pytest.importorskip("torch", reason="export needs torch (pip install 'im
 ort = pytest.importorskip("onnxruntime", reason="encode needs onnxruntime (pip install 'imagesim[encode]')")
 pytest.importorskip("onnx")
 
-from typer.testing import CliRunner  # noqa: E402
-
-from imagesim import _imagesim, encode  # noqa: E402
-from imagesim.imagery.chip import ChipSettings, run_chip  # noqa: E402
-from imagesim.learn.encode import EncodeSettings, cuda_device_count, run_encode  # noqa: E402
+from imagesim import _imagesim  # noqa: E402
 from imagesim.errors import EncodeError, ExportError, ImagesimFileNotFoundError, InvalidArgumentError, OutputExistsError  # noqa: E402
+from imagesim.imagery.chip import ChipSettings, run_chip  # noqa: E402
+from imagesim.learn import encode  # noqa: E402
+from imagesim.learn.devices import cuda_device_count  # noqa: E402
+from imagesim.learn.encode import EncodeSettings, run_encode  # noqa: E402
 from imagesim.learn.export import ExportSettings, export_onnx, model_id, read_metadata  # noqa: E402
 
 CLASSES = ["building", "road", "water", "forest"]
@@ -37,8 +37,8 @@ def chips(small_sample, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def model_pt(tmp_path_factory, chips) -> Path:
     """An untrained resnet18 saved the way `imagesim train` saves model.pt (no training needed)."""
-    from imagesim.learn.train import MODEL_FORMAT, TrainConfig
     from imagesim.learn.model import MultilabelNet
+    from imagesim.learn.train import MODEL_FORMAT, TrainConfig
 
     torch.manual_seed(0)
     net = MultilabelNet("resnet18", len(CLASSES)).eval()
@@ -50,10 +50,19 @@ def model_pt(tmp_path_factory, chips) -> Path:
                 m.running_var.uniform_(0.5, 1.5)
     path = tmp_path_factory.mktemp("run") / "model.pt"
     config = TrainConfig(chips=str(chips), labels=str(chips / "labels.parquet"), out=str(path.parent), backbone="resnet18", chip_size=SIZE)
-    torch.save({
-        "format": MODEL_FORMAT, "config": asdict(config), "classes": CLASSES, "chip_size": SIZE, "epoch": 1,
-        "model": net.state_dict(), "thresholds": [0.5, 0.4, 0.3, 0.2], "metrics": {"f1_micro_tuned": 0.5},
-    }, path)
+    torch.save(
+        {
+            "format": MODEL_FORMAT,
+            "config": asdict(config),
+            "classes": CLASSES,
+            "chip_size": SIZE,
+            "epoch": 1,
+            "model": net.state_dict(),
+            "thresholds": [0.5, 0.4, 0.3, 0.2],
+            "metrics": {"f1_micro_tuned": 0.5},
+        },
+        path,
+    )
     return path
 
 
@@ -156,7 +165,7 @@ def test_encode_resumes_after_an_interruption(onnx_path, chips, tmp_path, monkey
     out = tmp_path / "emb.parquet"
     monkeypatch.setattr(encode, "CHECKPOINT_SECONDS", 0.0)  # a part file after every batch
     calls = {"n": 0}
-    real_run = encode._Runner.run
+    real_run = encode._Inference.run
 
     def crash_on_third(self, images):
         calls["n"] += 1
@@ -164,12 +173,12 @@ def test_encode_resumes_after_an_interruption(onnx_path, chips, tmp_path, monkey
             raise KeyboardInterrupt
         return real_run(self, images)
 
-    monkeypatch.setattr(encode._Runner, "run", crash_on_third)
+    monkeypatch.setattr(encode._Inference, "run", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
         run_encode(onnx_path, chips, EncodeSettings(out=out, batch_size=5))
     parts = sorted((tmp_path / ".emb.parquet.parts").glob("part-*.parquet"))
     assert len(parts) == 2 and not out.exists()
-    monkeypatch.setattr(encode._Runner, "run", real_run)
+    monkeypatch.setattr(encode._Inference, "run", real_run)
     summary = run_encode(onnx_path, chips, EncodeSettings(out=out, batch_size=5))
     assert summary.skipped == 10
     table = pl.read_parquet(out)
@@ -188,8 +197,10 @@ def test_encode_refuses_another_models_file_and_bad_inputs(onnx_path, model_pt, 
     with pytest.raises(EncodeError, match="holds embeddings of model"):
         run_encode(other, chips, EncodeSettings(out=out))
     assert run_encode(other, chips, EncodeSettings(out=out, overwrite=True)).encoded > 0
-    with pytest.raises(InvalidArgumentError, match="--provider"):
+    with pytest.raises(InvalidArgumentError, match="`provider` 'gpu': choose one of auto, cuda, tensorrt, cpu"):
         run_encode(onnx_path, chips, EncodeSettings(provider="gpu"))
+    with pytest.raises(InvalidArgumentError, match="`batch_size` 0: .*1..4,096"):
+        run_encode(onnx_path, chips, EncodeSettings(batch_size=0))
     if cuda_device_count() == 0:
         with pytest.raises(EncodeError, match="no CUDA GPU"):
             run_encode(onnx_path, chips, EncodeSettings(provider="cuda"))
@@ -200,20 +211,18 @@ def test_encode_refuses_another_models_file_and_bad_inputs(onnx_path, model_pt, 
         run_encode(tmp_path / "junk.onnx", chips)
 
 
-def test_cli_reports_corrupt_chips_and_goes_on(onnx_path, chips, tmp_path):
+def test_cli_reports_corrupt_chips_and_goes_on(cli, onnx_path, chips, tmp_path):
     import shutil
-
-    from imagesim.cli import app
 
     copy = tmp_path / "chips"
     shutil.copytree(chips, copy)
     manifest = pl.read_parquet(copy / "chips.parquet").filter(pl.col("nodata_class") != "no_data")
     victim = copy / f"{manifest['zone'][0]}" / manifest["chip"][0]
     victim.write_bytes(victim.read_bytes()[:200])
-    res = CliRunner().invoke(app, ["encode", "--onnx", str(onnx_path), "--chips", str(copy), "--batch-size", "4"])
-    assert res.exit_code == 1, res.output
-    assert "1 failed" in res.output and manifest["chip"][0] in res.output
+    res = cli("encode", "--onnx", onnx_path, "--chips", copy, "--batch-size", "4")
+    assert res.returncode == 1, res.stderr
+    assert "1 failed" in res.stdout + res.stderr and manifest["chip"][0] in res.stdout + res.stderr
     table = pl.read_parquet(copy / "embeddings.parquet")
     assert table.height == manifest.height - 1
-    res = CliRunner().invoke(app, ["export", "--model", str(tmp_path / "none.pt"), "--out", str(tmp_path / "m.onnx")])
-    assert res.exit_code != 0
+    res = cli("export", "--model", tmp_path / "none.pt", "--out", tmp_path / "m.onnx")
+    assert res.returncode != 0

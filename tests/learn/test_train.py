@@ -14,14 +14,14 @@ import pytest
 torch = pytest.importorskip("torch", reason="imagesim train needs torch (pip install 'imagesim[train]')")
 pytest.importorskip("torchvision")
 
-from train_fixtures import CLASSES, write_synthetic_labels  # noqa: E402
-
-from imagesim.imagery.chip import ChipSettings, run_chip  # noqa: E402
 from imagesim.errors import ImagesimFileNotFoundError, InvalidArgumentError, OutputExistsError  # noqa: E402
-from imagesim.learn.train import TrainConfig, load_checkpoint, load_model, run_train  # noqa: E402
+from imagesim.imagery.chip import ChipSettings, run_chip  # noqa: E402
 from imagesim.learn.dataset import ChipDataset, LabelTable, load_labels, make_split  # noqa: E402
 from imagesim.learn.metrics import average_precision, evaluate, f1_scores, frequency_baseline, tune_thresholds  # noqa: E402
 from imagesim.learn.model import MultilabelNet  # noqa: E402
+from imagesim.learn.train import TrainConfig, load_checkpoint, load_model, run_train  # noqa: E402
+
+from train_fixtures import CLASSES, write_synthetic_labels  # noqa: E402
 
 torch.set_num_threads(2)
 
@@ -218,9 +218,9 @@ def test_csv_labels_and_workers_give_the_same_run(chips, tmp_path) -> None:
 def test_trains_on_real_osm_labels(small_sample, chips, tmp_path) -> None:
     """The labels stage's own output (OSM labels of the sample scene, split by `labels split`) loads and trains."""
     labels_mod = pytest.importorskip("imagesim.labels.build")
-    from imagesim.labels.split import split_labels
     from imagesim.labels.cells import find_cells
     from imagesim.labels.osm_import import import_osm
+    from imagesim.labels.split import split_labels
 
     ard = tmp_path / "ard"
     shutil.copytree(small_sample.root, ard, ignore=shutil.ignore_patterns("*.tif", "*.gpkg"))
@@ -241,18 +241,56 @@ def test_trains_on_real_osm_labels(small_sample, chips, tmp_path) -> None:
 def test_run_folder_is_protected(chips, tmp_path) -> None:
     cfg = config(chips, tmp_path / "run")
     run_train(cfg)
-    with pytest.raises(OutputExistsError, match="already holds a training run.*--resume.*--overwrite"):
+    with pytest.raises(OutputExistsError, match="already holds a training run.*`resume`.*`overwrite`"):
         run_train(cfg)
     assert run_train(cfg, overwrite=True).epochs_run == 1
     with pytest.raises(ImagesimFileNotFoundError, match="no checkpoint"):
         run_train(config(chips, tmp_path / "other"), resume=True)
 
 
+# --- devices: one CPU/CUDA choice for train, export and encode ---
+
+
+def test_devices_choose_cuda_only_when_a_gpu_is_present(monkeypatch) -> None:
+    from imagesim.errors import EncodeError
+    from imagesim.learn import devices
+
+    cpu, cuda, trt = devices.CPU_PROVIDER, devices.CUDA_PROVIDER, devices.TENSORRT_PROVIDER
+    monkeypatch.setattr(devices, "cuda_device_count", lambda: 0)
+    assert devices.onnx_providers("auto", [trt, cuda, cpu]) == [cpu]
+    assert devices.onnx_providers("cpu", [cuda, cpu]) == [cpu]
+    for wanted in ("cuda", "tensorrt"):
+        with pytest.raises(EncodeError, match=f"`provider` {wanted}: no CUDA GPU"):
+            devices.onnx_providers(wanted, [trt, cuda, cpu])
+    with pytest.raises(InvalidArgumentError, match="`provider` 'gpu'") as bad:
+        devices.onnx_providers("gpu", [cpu])
+    assert bad.value.param == "provider"
+    monkeypatch.setattr(devices, "cuda_device_count", lambda: 1)
+    assert devices.onnx_providers("auto", [cuda, cpu]) == [cuda, cpu]
+    assert devices.onnx_providers("auto", [cpu]) == [cpu]  # a CPU-only onnxruntime on a GPU machine
+    assert devices.onnx_providers("tensorrt", [trt, cuda, cpu]) == [trt, cuda, cpu]
+    with pytest.raises(EncodeError, match="no TensorrtExecutionProvider"):
+        devices.onnx_providers("tensorrt", [cuda, cpu])
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert devices.torch_device("auto").type == "cpu" and devices.torch_device("cpu").type == "cpu"
+    with pytest.raises(InvalidArgumentError, match="`device` cuda asked for") as bad:
+        devices.torch_device("cuda")
+    assert bad.value.param == "device"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert devices.torch_device("auto").type == "cuda"
+
+
 def test_bad_options_fail_clearly(chips, tmp_path) -> None:
-    with pytest.raises(InvalidArgumentError, match="unknown backbone 'vgg16'"):
+    with pytest.raises(InvalidArgumentError, match="`backbone` 'vgg16': choose one of resnet50, resnet18"):
         run_train(config(chips, tmp_path / "r", backbone="vgg16"))
-    with pytest.raises(InvalidArgumentError, match="--batch-size must be at least 2"):
+    with pytest.raises(InvalidArgumentError, match="`batch_size` 1: must be at least 2") as bad:
         run_train(config(chips, tmp_path / "r", batch_size=1))
+    assert bad.value.param == "batch_size"
+    with pytest.raises(InvalidArgumentError, match="`lr` 0.0: must be more than 0"):
+        run_train(config(chips, tmp_path / "r", lr=0.0))
+    with pytest.raises(InvalidArgumentError, match="`device`"):
+        run_train(config(chips, tmp_path / "r", device="tpu"))
     with pytest.raises(ImagesimFileNotFoundError, match="backbone weights not found"):
         run_train(config(chips, tmp_path / "r2", weights=str(tmp_path / "nope.pth")))
     with pytest.raises(ImagesimFileNotFoundError, match="labels file not found"):
@@ -280,8 +318,8 @@ def test_local_backbone_weights(chips, tmp_path) -> None:
 
 
 def test_missing_torch_is_one_clear_error(monkeypatch) -> None:
+    from imagesim.cli.learn import require_torch as _require_torch
     from imagesim.errors import MissingDependencyError
-    from imagesim.cli.train import _require_torch
 
     monkeypatch.setitem(__import__("sys").modules, "torchvision", None)
     with pytest.raises(MissingDependencyError, match="needs torch and torchvision.*imagesim\\[train\\]"):
@@ -330,7 +368,7 @@ def test_cli_smoke(chips, tmp_path) -> None:
     import typer
     from typer.testing import CliRunner
 
-    from imagesim.cli.train import register
+    from imagesim.cli.learn import register
 
     app = typer.Typer()
 

@@ -19,14 +19,14 @@ from typer.testing import CliRunner
 faiss = pytest.importorskip("faiss", reason="imagesim index needs faiss (pip install faiss-cpu)")
 
 from imagesim import grid  # noqa: E402
+from imagesim.artefacts import read_embeddings  # noqa: E402
+from imagesim.cli.search import register  # noqa: E402
 from imagesim.errors import (  # noqa: E402
     ImagesimFileNotFoundError,
     InvalidArgumentError,
     OutputExistsError,
 )
-from imagesim.artefacts import read_embeddings  # noqa: E402
 from imagesim.search.index import build_index, choose_kind, load_index  # noqa: E402
-from imagesim.cli.index import register  # noqa: E402
 from imagesim.search.similar import precision_at_k, query_vector, resolve, similar  # noqa: E402
 
 from embedding_table import embeddings_table  # noqa: E402

@@ -32,9 +32,9 @@ from PIL import Image  # noqa: E402
 from imagesim import grid  # noqa: E402
 from imagesim.search.index import build_index, load_index  # noqa: E402
 from imagesim.search.serve.app import create_app  # noqa: E402
+from imagesim.search.serve.tiles import EARTH_HALF, TILE, Transformers, mesh_error  # noqa: E402
 
 from embedding_table import embeddings_table  # noqa: E402
-from imagesim.search.serve.tiles import EARTH_HALF, TILE, Transformers, mesh_error  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 LABELS = ["building", "water", "forest", "farmland"]
@@ -444,7 +444,7 @@ def test_cli_registers_serve():
     import typer
     from typer.testing import CliRunner
 
-    from imagesim.cli.serve import register
+    from imagesim.cli.search import register
 
     app = typer.Typer()
 

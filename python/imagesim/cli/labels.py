@@ -1,6 +1,6 @@
 """`imagesim labels …`: build multilabel targets from OSM, report on them, split them.
 
-Registered by the main app with ``app.add_typer(labels_app, name="labels")``.
+A group of its own (``commands.app``, also ``labels_app``). Heavy imports stay inside the commands.
 """
 
 from __future__ import annotations
@@ -9,39 +9,42 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
+from rich.markup import escape
 
-labels_app = typer.Typer(
-    help="Multilabel training data from OSM: build (parquet/bitset/CSV), report (figures), split (by area).",
-    no_args_is_help=True,
-)
-err = Console(stderr=True, soft_wrap=True)
-out = Console(soft_wrap=True)
+from imagesim import options
+from imagesim.cli._common import ArdPath, Chips, Commands, NodataIndex, Overwrite, err, out, progress_bar
 
-Chips = Annotated[Path, typer.Option("--chips", help="Chips folder (the DEST of `imagesim chip`, holding chips.parquet).")]
+commands = Commands("labels", help="Multilabel training data from OSM: build (parquet/bitset/CSV), report (figures), split (by area).")
+register = commands.register
+labels_app = commands.app
+
+LabelsChips = Annotated[Optional[Path], typer.Option("--chips", help="Chips folder holding labels.parquet (and the chip JPEGs, for the report).")]
 LabelsFile = Annotated[Optional[Path], typer.Option("--labels", help="labels.parquet to use (default: CHIPS/labels.parquet).")]
 
 
-@labels_app.command("build")
+@commands.command("build")
 def build(
-    ard_path: Annotated[str, typer.Option("--ard-path", help="ARD root whose <zone>/<qk12>/osm_data.json files hold the OSM data (a folder or an object-store URL).")],
-    chips: Annotated[str, typer.Option("--chips", help="Chips folder or object-store prefix (the DEST of `imagesim chip`, holding chips.parquet).")],
+    ard_path: ArdPath,
+    chips: Chips,
     taxonomy: Annotated[Optional[Path], typer.Option(help="Taxonomy TOML (classes → OSM tag filters and geometry rules); default: the shipped 13-class one.")] = None,
     include: Annotated[Optional[list[str]], typer.Option(help="Also label 'partial' (partial_data) chips, or 'unmeasured' ones (no no-data class). Repeatable. no_data chips are never labelled.")] = None,
     out_dir: Annotated[Optional[str], typer.Option("--out", help="Folder (or store prefix) for labels.parquet, labels.csv and labels.json (default: CHIPS).")] = None,
-    nodata_index: Annotated[Optional[str], typer.Option("--nodata-index", help="nodata.parquet or nodata-index.json giving each chip's no-data class (default: CHIPS/nodata.parquet if present, else chips.parquet).")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing labels (their split is reset).")] = False,
+    nodata_index: NodataIndex = None,
+    overwrite: Overwrite = False,
 ) -> None:
-    """Label every chip from the OSM features that cover it: labels.parquet (ids + bitset), labels.csv, labels.json."""
-    from imagesim.cli import _progress_bar
+    """Label every chip from the OSM features that cover it: labels.parquet (ids + bitset), labels.csv, labels.json.
+
+    The OSM data is read from each cell's osm_data.json under --ard-path. Existing labels are kept
+    unless --overwrite (which resets their split).
+    """
     from imagesim.labels.build import LabelSettings, build_labels
 
     settings = LabelSettings(taxonomy=taxonomy, include=tuple(include or ()), out_dir=out_dir, nodata_index=nodata_index, overwrite=overwrite)
-    summary = build_labels(chips, ard_path, settings, progress=_progress_bar("labels"))
+    summary = build_labels(chips, ard_path, settings, progress=progress_bar("labels"))
     for cell in summary.missing_cells:
         err.print(f"[yellow]no osm_data.json[/] for cell {cell}: its chips were left out (run `imagesim osm fetch` or `imagesim osm import`)", highlight=False)
     for cell, msg in summary.failed_cells:
-        err.print(f"[red]failed[/] cell {cell}: {msg}", highlight=False)
+        err.print(f"[red]failed[/] cell {cell}: {escape(msg)}", highlight=False)
     geo = summary.geometry
     if geo.dropped or geo.repaired:
         dropped = ", ".join(f"{n} {reason} (e.g. {geo.examples[reason]})" for reason, n in geo.dropped.items())
@@ -65,12 +68,12 @@ def _labels_path(chips: Path | None, labels: Path | None) -> Path:
     return chips / "labels.parquet"
 
 
-@labels_app.command("report")
+@commands.command("report")
 def report(
-    chips: Annotated[Optional[Path], typer.Option("--chips", help="Chips folder holding labels.parquet and the chip JPEGs.")] = None,
+    chips: LabelsChips = None,
     labels: LabelsFile = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Report folder (default: next to the labels, labels-report/).")] = None,
-    samples: Annotated[int, typer.Option(help="Chips in the sample grid (rare classes first).")] = 16,
+    samples: Annotated[int, typer.Option(help="Chips in the sample grid (rare classes first).")] = options.REPORT_SAMPLES,
     seed: Annotated[int, typer.Option(help="Seed for picking sample chips.")] = 0,
 ) -> None:
     """Per-class counts, cardinality, co-occurrence/correlation heatmaps, sample chips with labels drawn: PNGs + report.md."""
@@ -82,13 +85,13 @@ def report(
     out.print(summary.line(), highlight=False)
 
 
-@labels_app.command("split")
+@commands.command("split", aliases={"--val": "--val-fraction"})  # --val-fraction, as `imagesim train` calls it
 def split(
-    chips: Annotated[Optional[Path], typer.Option("--chips", help="Chips folder holding labels.parquet.")] = None,
+    chips: LabelsChips = None,
     labels: LabelsFile = None,
-    val: Annotated[float, typer.Option(help="Share of chips for validation.")] = 0.2,
+    val: Annotated[float, typer.Option("--val-fraction", help="Share of chips for validation.")] = options.SPLIT_VAL,
     seed: Annotated[int, typer.Option(help="Seed for shuffling the groups.")] = 0,
-    group_level: Annotated[int, typer.Option("--group-level", help="Quadkey level of the groups kept on one side: 12 = the 5 km ARD cell, 13 = 2.5 km, 14 = 1.25 km …")] = 12,
+    group_level: Annotated[int, typer.Option("--group-level", help="Quadkey level of the groups kept on one side: 12 = the 5 km ARD cell, 13 = 2.5 km, 14 = 1.25 km …")] = options.SPLIT_GROUP_LEVEL,
 ) -> None:
     """Train/validation split by area (whole quadkey groups), so neighbouring chips do not leak into validation."""
     from imagesim.labels.split import split_labels

@@ -1,6 +1,7 @@
 """Finding the `-visual.tif` COGs of an ARD delivery tree.
 
-Layout (DESIGN.md §2): ``<root>/<utm-zone>/<level-12 quadkey>/<YYYY-MM-DD>/<catalog-id>-visual.tif``.
+Layout (the ARD delivery layout; see ``docs/architecture.md``):
+``<root>/<utm-zone>/<level-12 quadkey>/<YYYY-MM-DD>/<catalog-id>-visual.tif``.
 Other files are ignored; a ``-visual.tif`` in the wrong place is reported, never silently dropped.
 """
 
@@ -8,9 +9,11 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from imagesim import options
 from imagesim.errors import ArdLayoutError, ImagesimFileNotFoundError, InvalidArgumentError
 from imagesim.storage import StorePath, is_url
 
@@ -60,12 +63,14 @@ def find_acquisitions(
     ``quadkeys`` are cell quadkeys or coarser prefixes (at most 12 digits). ``root`` may be an
     object-store URL (``s3://bucket/delivery``): the delivery is then listed in the store.
     """
+    lo, hi = options.QUADKEY_PREFIX_DIGITS
     for qk in quadkeys or []:
-        if not re.fullmatch(r"[0-3]{1,12}", qk):
-            raise InvalidArgumentError(f"--quadkey {qk!r}: give a cell quadkey or a prefix of one (1-12 digits 0-3)")
+        if not re.fullmatch(rf"[0-3]{{{lo},{hi}}}", qk):
+            raise InvalidArgumentError(
+                f"`quadkeys` {qk!r}: give a cell quadkey or a prefix of one ({lo}-{hi} digits 0-3)", param="quadkeys"
+            )
     for z in zones or []:
-        if not 1 <= z <= 60:
-            raise InvalidArgumentError(f"--zone {z}: UTM zones are 1..60")
+        options.check_range("zones", z, *options.UTM_ZONE_RANGE, what="a UTM zone")
     if is_url(root):
         return _find_in_store(str(root), zones, quadkeys, catalog_ids)
     root = Path(root)
@@ -87,7 +92,7 @@ def find_acquisitions(
 
 
 def _sort_out(
-    visuals: list[tuple[tuple[str, ...], Path | StorePath]],
+    visuals: Sequence[tuple[tuple[str, ...], Path | StorePath]],
     zones: list[int] | None,
     quadkeys: list[str] | None,
     catalog_ids: list[str] | None,

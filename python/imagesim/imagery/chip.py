@@ -6,10 +6,8 @@ manifest ``chips.parquet`` and the error report ``chip-errors.json``, and draws 
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -17,38 +15,34 @@ from typing import Any
 import polars as pl
 
 from imagesim import _imagesim as _rs
-from imagesim import grid
-from imagesim import options
+from imagesim import grid, options
 from imagesim.artefacts import CHIP_ERRORS, CHIPS_MANIFEST, MANIFEST_SCHEMA, nodata_class_expr, read_manifest
-from imagesim.imagery.ard import Acquisition, Misplaced, find_acquisitions
-from imagesim.errors import ImagesimError, InvalidArgumentError
+from imagesim.errors import ImagesimError
 from imagesim.fsutil import write_json, write_with
-from imagesim.progress import ProgressFactory, ProgressSink
-from imagesim.storage import AnyPath, StorePath, location, read_parquet
+from imagesim.imagery.ard import Acquisition, Misplaced, find_acquisitions
+from imagesim.progress import ProgressFactory, open_progress
+from imagesim.runner import Outcome, TaskRunner, cores, worker_threads
+from imagesim.storage import AnyPath, StorePath, location
+
 
 @dataclass
 class ChipSettings:
-    zoom: int = 17
-    quality: int = 90
+    zoom: int = options.ZOOM
+    quality: int = options.JPEG_QUALITY
     passthrough: bool = False
-    nodata_threshold: int = 0
+    nodata_threshold: int = options.NODATA_THRESHOLD
     min_nodata_pixels: int = options.MIN_NODATA_PIXELS
     overwrite: bool = False
     skip_empty: bool = False
     measure: bool = True
-    proc: int = 0
+    proc: int = options.PROC_ALL
 
     def check(self) -> None:
-        if not 12 <= self.zoom <= 20:
-            raise InvalidArgumentError(f"--zoom {self.zoom}: chips are cut at zoom 12..20")
-        if not 1 <= self.quality <= 100:
-            raise InvalidArgumentError(f"--quality {self.quality}: JPEG quality is 1..100")
-        if not 0 <= self.nodata_threshold <= 254:
-            raise InvalidArgumentError(f"--nodata-threshold {self.nodata_threshold}: use 0..254")
-        if self.min_nodata_pixels < 1:
-            raise InvalidArgumentError("--min-nodata-pixels must be at least 1")
-        if self.proc < 0:
-            raise InvalidArgumentError("--proc must be 0 (all cores) or more")
+        options.check_range("zoom", self.zoom, *options.ZOOM_RANGE, what="the chip zoom")
+        options.check_range("quality", self.quality, *options.QUALITY_RANGE, what="JPEG quality")
+        options.check_range("nodata_threshold", self.nodata_threshold, *options.NODATA_THRESHOLD_RANGE)
+        options.check_range("min_nodata_pixels", self.min_nodata_pixels, *options.MIN_NODATA_PIXELS_RANGE)
+        options.check_range("proc", self.proc, *options.PROC_RANGE, what="worker threads (0: all cores)")
 
 
 @dataclass
@@ -79,6 +73,7 @@ class ChipSummary:
             f"{self.empty} empty not written, {self.failed_chips} failed, {len(self.failed_cogs)} COG(s) failed "
             f"in {self.seconds:.1f}s ({self.rate:.0f} chips/s)"
         )
+
 
 def _records_frame(acq: Acquisition, cols: dict, settings: ChipSettings) -> pl.DataFrame:
     """Manifest rows for the chips of one COG that were measured this run."""
@@ -172,79 +167,72 @@ def run_chip(
     progress: ProgressFactory | None = None,
     scheduler: Any = None,
 ) -> ChipSummary:
-    """Chip every matching `-visual.tif` under ``ard_path`` into ``dest``.
+    """Chip every matching `-visual.tif` under ``ard_path`` into ``dest``, one task per COG.
 
     ``scheduler``: None chips in-process (Rust threads); a Dask scheduler address (``tcp://HOST:PORT``),
-    ``"local"`` (a LocalCluster) or a ``distributed.Client`` runs one task per COG there instead —
-    same chips, same ``chips.parquet`` and ``chip-errors.json``.
+    ``"local"`` (a LocalCluster) or a ``distributed.Client`` runs the tasks there instead (see
+    :mod:`imagesim.runner`) — same chips, same ``chips.parquet`` and ``chip-errors.json``.
     """
     settings = settings or ChipSettings()
     settings.check()
-    if isinstance(scheduler, str):
-        from imagesim.runner import check_address
-
-        scheduler = check_address(scheduler)
-    dest = location(dest)
-    dest.mkdir(parents=True, exist_ok=True)
+    tasks = TaskRunner(scheduler)
+    out = location(dest)
+    out.mkdir(parents=True, exist_ok=True)
     acquisitions, misplaced = find_acquisitions(
         ard_path,
         zones=list(zones) if zones else None,
         quadkeys=list(quadkeys) if quadkeys else None,
         catalog_ids=list(catalog_ids) if catalog_ids else None,
     )
-    summary = ChipSummary(dest=dest, cogs=len(acquisitions), misplaced=misplaced)
-    manifest = _Manifest(dest)
+    summary = ChipSummary(dest=out, cogs=len(acquisitions), misplaced=misplaced)
+    manifest = _Manifest(out)
     chips_per_cog = 4 ** (settings.zoom - 12)
-    threads = settings.proc or os.cpu_count() or 1
-    # Few chips per COG (low zooms): run COGs side by side, one thread each; otherwise one COG
-    # at a time with every thread on its chips.
+    threads = settings.proc or cores()
+    # In process, few chips per COG (low zooms): COGs side by side, one thread each; otherwise one
+    # COG at a time with every thread on its chips (runner.worker_threads gives each task its share).
     side_by_side = chips_per_cog < 4 * threads
-    cog_workers, threads_per_cog = (threads, 1) if side_by_side else (1, threads)
-    counter = _rs.Progress()
-    sink = progress(chips_per_cog * len(acquisitions)) if progress else ProgressSink()
+    sink = open_progress(progress, chips_per_cog * len(acquisitions))
     chip_errors: list[dict] = []
     start = time.perf_counter()
 
     stale = [acq for acq in acquisitions if not settings.overwrite and manifest.is_stale(acq)]
     summary.stale_cogs = [str(acq.visual) for acq in stale]
     # In a store, each zone's chips are listed once here rather than looked up one by one.
-    in_store = _chips_in_store(dest, {acq.zone for acq in acquisitions}) if isinstance(dest, StorePath) and not settings.overwrite else None
+    in_store = _chips_in_store(out, {acq.zone for acq in acquisitions}) if isinstance(out, StorePath) and not settings.overwrite else None
 
     def task_args(acq: Acquisition) -> tuple:
         overwrite = settings.overwrite or acq in stale
         existing = None if in_store is None else in_store.get((acq.zone, acq.cell, acq.catalog_id), set())
-        return acq, dest, settings, set() if overwrite else manifest.known_names(acq), overwrite, existing
+        known = set() if overwrite else manifest.known_names(acq)
+        return replace(acq, visual=tasks.task_path(acq.visual)), tasks.task_path(out), settings, known, overwrite, existing
 
-    def one(acq: Acquisition) -> dict:
-        return chip_one_cog(*task_args(acq), threads=threads_per_cog, progress=counter)
+    def merge(outcome: Outcome[Acquisition]) -> None:
+        acq = outcome.item
+        if outcome.error is not None:
+            msg = outcome.error if str(acq.visual) in outcome.error else f"{acq.visual}: {outcome.error}"
+            summary.failed_cogs.append((str(acq.visual), msg))
+            return
+        _tally(summary, outcome.result, chip_errors, acq)
+        manifest.add(_records_frame(acq, outcome.result, settings))
 
     try:
-        if scheduler is not None:
-            _run_on_cluster(scheduler, acquisitions, task_args, summary, manifest, settings, chip_errors, sink, chips_per_cog)
-            return summary
-        with ThreadPoolExecutor(max_workers=cog_workers, thread_name_prefix="imagesim-cog") as pool:
-            futures: dict[Future, Acquisition] = {pool.submit(one, acq): acq for acq in acquisitions}
-            pending = set(futures)
-            failed_cog_chips = 0
-            while pending:
-                done, _ = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    acq = futures[fut]
-                    try:
-                        cols = fut.result()
-                    except ImagesimError as exc:
-                        summary.failed_cogs.append((str(acq.visual), str(exc)))
-                        failed_cog_chips += chips_per_cog
-                        continue
-                    _tally(summary, cols, chip_errors, acq)
-                    manifest.add(_records_frame(acq, cols, settings))
-                pending -= done
-                sink.update(counter.value + failed_cog_chips)
+        with tasks.run(
+            chip_cog_task,
+            acquisitions,
+            task_args,
+            name="imagesim-chip",
+            workers=threads if side_by_side else 1,
+            counter=_rs.Progress(),
+            units=lambda _acq: chips_per_cog,
+            on_progress=sink.update,
+        ) as outcomes:
+            for outcome in outcomes:
+                merge(outcome)
     finally:
         manifest.flush()
         summary.seconds = time.perf_counter() - start
         write_json(
-            dest / CHIP_ERRORS,
+            out / CHIP_ERRORS,
             {
                 "cogs": [{"cog": c, "error": e} for c, e in summary.failed_cogs],
                 "chips": chip_errors,
@@ -308,47 +296,18 @@ def chip_one_cog(
 
 
 def chip_cog_task(
-    acq: Acquisition, dest: AnyPath, settings: ChipSettings, known: set[str], overwrite: bool, existing: set[str] | None = None
-) -> dict:
-    """:func:`chip_one_cog` as a Dask task, with the worker's share of its cores."""
-    from imagesim.runner import worker_threads
-
-    return chip_one_cog(acq, dest, settings, known, overwrite, existing, threads=worker_threads(settings.proc))
-
-
-def _run_on_cluster(
-    scheduler: Any,
-    acquisitions: list[Acquisition],
-    task_args: Callable[[Acquisition], tuple],
-    summary: ChipSummary,
-    manifest: _Manifest,
+    acq: Acquisition,
+    dest: AnyPath,
     settings: ChipSettings,
-    chip_errors: list[dict],
-    sink: ProgressSink,
-    chips_per_cog: int,
-) -> None:
-    """One Dask task per COG; results merged here, in completion order, like in-process results."""
-    from imagesim.runner import connect, run_tasks
-
-    if not acquisitions:
-        return
-    # Paths travel to the workers absolute (their working directory is not ours).
-    def args(acq: Acquisition) -> tuple:
-        a, dest, s, known, overwrite, existing = task_args(acq)
-        return replace(a, visual=a.visual.absolute()), dest.absolute(), s, known, overwrite, existing
-
-    done = 0
-    with connect(scheduler) as client:
-        for outcome in run_tasks(client, chip_cog_task, acquisitions, args, name="imagesim-chip"):
-            acq = outcome.item
-            if outcome.error is not None:
-                msg = outcome.error if str(acq.visual) in outcome.error else f"{acq.visual}: {outcome.error}"
-                summary.failed_cogs.append((str(acq.visual), msg))
-            else:
-                _tally(summary, outcome.result, chip_errors, acq)
-                manifest.add(_records_frame(acq, outcome.result, settings))
-            done += chips_per_cog
-            sink.update(done)
+    known: set[str],
+    overwrite: bool,
+    existing: set[str] | None = None,
+    *,
+    progress: _rs.Progress | None = None,
+) -> dict:
+    """The task of one COG (in process or on a Dask worker): :func:`chip_one_cog` with the task's
+    share of the cores; ``progress`` counts its chips as they are done (in process only)."""
+    return chip_one_cog(acq, dest, settings, known, overwrite, existing, threads=worker_threads(settings.proc), progress=progress)
 
 
 def _tally(summary: ChipSummary, cols: dict, chip_errors: list[dict], acq: Acquisition) -> None:

@@ -3,8 +3,10 @@
 Three sources of truth:
 
 - ``pixels``: decode every chip JPEG in Rust (libjpeg-turbo, parallel, GIL released) and apply the
-  full-pixel rule — a pixel is no-data when all bands are <= the threshold; a chip is ``no_data``
-  when every pixel is, ``partial_data`` from ``min_pixels`` no-data pixels on, else ``all_data``.
+  full-pixel rule — a pixel is no-data when all bands are <= ``nodata_threshold``; a chip is
+  ``no_data`` when every pixel is, ``partial_data`` from ``min_nodata_pixels`` no-data pixels on,
+  else ``all_data``. In process this is one call over every chip; on Dask (``scheduler``) one task
+  per ``BATCH`` chips (see :mod:`imagesim.runner`).
 - ``manifest``: the counts `imagesim chip` measured on the source COG pixels (instant; exact
   w.r.t. the COG rather than the chip JPEG). Chips the manifest does not measure fall back to pixels.
 - ``mask``: intersect each chip's footprint with its delivery's ``-data-mask.gpkg`` (no decoding).
@@ -18,8 +20,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from typing import Any
 import polars as pl
 
 from imagesim import _imagesim as _rs
-from imagesim import grid
+from imagesim import grid, options
 from imagesim.artefacts import (
     CHIP_FOLDER_FILES,
     CHIPS_MANIFEST,
@@ -47,33 +47,31 @@ from imagesim.errors import (
     OutputExistsError,
 )
 from imagesim.fsutil import write_json, write_with
-from imagesim.progress import ProgressSink
+from imagesim.progress import ProgressFactory, ProgressSink, open_progress
+from imagesim.runner import Outcome, TaskRunner, worker_threads
 from imagesim.storage import AnyPath, StorePath, is_url, location
 
-SOURCES = ("pixels", "manifest", "mask")
+SOURCES = options.NODATA_SOURCES
 JPEG_SUFFIXES = (".jpg", ".jpeg")
-BATCH = 2000  # chips per Dask task with --scheduler
+BATCH = 2000  # chips per Dask task with a `scheduler` (in process: one task for all chips)
 
 
 @dataclass
 class NodataSettings:
     filename: str = NODATA_INDEX
     overwrite: bool = True
-    proc: int = 0
-    threshold: int = 0
-    min_pixels: int = 16
+    proc: int = options.PROC_ALL
+    nodata_threshold: int = options.NODATA_THRESHOLD
+    min_nodata_pixels: int = options.MIN_NODATA_PIXELS
     source: str | None = None  # None: manifest when the chip folder has one, else pixels
     ard_path: str | Path | None = None  # where to find data masks for source=mask without a manifest
 
     def check(self) -> None:
-        if self.source is not None and self.source not in SOURCES:
-            raise InvalidArgumentError(f"--source {self.source!r}: choose one of {', '.join(SOURCES)}")
-        if not 0 <= self.threshold <= 254:
-            raise InvalidArgumentError(f"--threshold {self.threshold}: use 0..254")
-        if self.min_pixels < 1:
-            raise InvalidArgumentError("--min-pixels must be at least 1")
-        if self.proc < 0:
-            raise InvalidArgumentError("--proc must be 0 (all cores) or more")
+        if self.source is not None:
+            options.check_choice("source", self.source, options.NODATA_SOURCES)
+        options.check_range("nodata_threshold", self.nodata_threshold, *options.NODATA_THRESHOLD_RANGE)
+        options.check_range("min_nodata_pixels", self.min_nodata_pixels, *options.MIN_NODATA_PIXELS_RANGE)
+        options.check_range("proc", self.proc, *options.PROC_RANGE, what="worker threads (0: all cores)")
 
 
 @dataclass
@@ -118,23 +116,48 @@ def list_chip_files(chip_dir: AnyPath, index_name: str) -> tuple[list[AnyPath], 
         for name in sorted(filenames):
             if name.startswith(".") or (Path(dirpath) == chip_dir and name in own):
                 continue
-            path = Path(dirpath) / name
-            (jpegs if name.lower().endswith(JPEG_SUFFIXES) else others).append(path)
+            found = Path(dirpath) / name
+            (jpegs if name.lower().endswith(JPEG_SUFFIXES) else others).append(found)
     return jpegs, others
 
 
-def _by_pixels(
-    paths: list[AnyPath], settings: NodataSettings, sink: ProgressSink, done_before: int, scheduler: Any = None
-) -> pl.DataFrame:
-    if scheduler is not None and paths:
-        cols = _scan_on_cluster(scheduler, paths, settings, sink, done_before)
-    else:
-        counter = _rs.Progress()
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            fut = pool.submit(_rs.scan_jpeg_files, [str(p) for p in paths], threshold=settings.threshold, threads=settings.proc, progress=counter)
-            while not wait([fut], timeout=0.1).done:
-                sink.update(done_before + counter.value)
-            cols = fut.result()
+def _by_pixels(paths: list[AnyPath], settings: NodataSettings, tasks: TaskRunner, sink: ProgressSink, done_before: int) -> pl.DataFrame:
+    """Counts of ``paths`` from their decoded pixels: in process one Rust scan over every path (its
+    own threads, progress per chip), on Dask one task per ``BATCH`` paths; rows in ``paths`` order.
+
+    A batch that fails for good (an error of the scanner, retries spent, workers lost) gives its chips
+    that error, so they are reported as failed chips like unreadable JPEGs are.
+    """
+    names = [str(tasks.task_path(p)) for p in paths]
+    step = len(names) if tasks.local else BATCH
+    batches = [(i, names[i : i + step]) for i in range(0, len(names), max(1, step))]
+    parts: dict[int, dict[str, list]] = {}
+
+    def merge(outcome: Outcome[tuple[int, list[str]]]) -> None:
+        start, batch = outcome.item
+        if outcome.error is None:
+            parts[start] = outcome.result
+            return
+        n = len(batch)
+        parts[start] = {
+            "width": [None] * n,
+            "height": [None] * n,
+            "nodata_pixels": [None] * n,
+            "error": [f"{p}: {outcome.error}" for p in batch],
+        }
+
+    with tasks.run(
+        scan_batch_task,
+        batches,
+        lambda b: (b[1], settings.nodata_threshold, settings.proc),
+        name="imagesim-nodata",
+        counter=_rs.Progress(),
+        units=lambda b: len(b[1]),
+        on_progress=lambda n: sink.update(done_before + n),
+    ) as outcomes:
+        for outcome in outcomes:
+            merge(outcome)
+    cols = {key: [v for start in sorted(parts) for v in parts[start][key]] for key in ("width", "height", "nodata_pixels", "error")}
     total = pl.col("width").cast(pl.UInt64) * pl.col("height").cast(pl.UInt64)
     return pl.DataFrame(
         {"path": [str(p) for p in paths], **cols},
@@ -142,41 +165,12 @@ def _by_pixels(
     ).select("path", pl.col("nodata_pixels"), total.alias("total_pixels"), "error", pl.lit("pixels").alias("source"))
 
 
-def scan_batch_task(paths: list[str | os.PathLike[str]], threshold: int, proc: int) -> dict[str, list]:
-    """One batch of chips decoded and counted on a Dask worker (the Rust scanner, the worker's cores)."""
-    from imagesim.runner import worker_threads
-
-    return _rs.scan_jpeg_files(paths, threshold=threshold, threads=worker_threads(proc))
-
-
-def _scan_on_cluster(
-    scheduler: Any, paths: list[Path], settings: NodataSettings, sink: ProgressSink, done_before: int
+def scan_batch_task(
+    paths: list[str | os.PathLike[str]], threshold: int, proc: int, *, progress: _rs.Progress | None = None
 ) -> dict[str, list]:
-    """``scan_jpeg_files`` columns for ``paths``, in order, computed as one Dask task per batch.
-
-    A batch that fails for good (retries spent, workers lost) gives its chips that error, so they are
-    reported as failed chips like unreadable JPEGs are.
-    """
-    from imagesim.runner import connect, run_tasks
-
-    absolute = [str(p.absolute()) for p in paths]  # the workers' working directory is not ours
-    batches = [(i, absolute[i : i + BATCH]) for i in range(0, len(absolute), BATCH)]
-    parts: dict[int, dict[str, list]] = {}
-    done = 0
-    with connect(scheduler) as client:
-        outcomes = run_tasks(
-            client, scan_batch_task, batches, lambda b: (b[1], settings.threshold, settings.proc), name="imagesim-nodata"
-        )
-        for outcome in outcomes:
-            start, batch = outcome.item
-            if outcome.error is not None:
-                n = len(batch)
-                parts[start] = {"width": [None] * n, "height": [None] * n, "nodata_pixels": [None] * n, "error": [f"{p}: {outcome.error}" for p in batch]}
-            else:
-                parts[start] = outcome.result
-            done += len(batch)
-            sink.update(done_before + done)
-    return {key: [v for start in sorted(parts) for v in parts[start][key]] for key in ("width", "height", "nodata_pixels", "error")}
+    """The task of a batch of chips (in process or on a Dask worker): the Rust scanner, decoding and
+    counting with the task's share of the cores; ``progress`` counts its chips (in process only)."""
+    return _rs.scan_jpeg_files(paths, threshold=threshold, threads=worker_threads(proc), progress=progress)
 
 
 def _by_manifest(chip_dir: AnyPath, frame: pl.DataFrame, threshold: int) -> pl.DataFrame:
@@ -185,8 +179,9 @@ def _by_manifest(chip_dir: AnyPath, frame: pl.DataFrame, threshold: int) -> pl.D
     used = manifest.filter(pl.col("nodata_pixels").is_not_null())["nodata_threshold"].drop_nulls().unique().to_list()
     if used and used != [threshold]:
         raise InvalidArgumentError(
-            f"{chip_dir / CHIPS_MANIFEST} was measured with --nodata-threshold {used[0]}; pass --threshold {used[0]} "
-            f"or use --source pixels"
+            f"{chip_dir / CHIPS_MANIFEST} was measured with `nodata_threshold` {used[0]}; pass `nodata_threshold` "
+            f"{used[0]} or `source` pixels",
+            param="nodata_threshold",
         )
     counts = manifest.select(
         pl.col("chip").alias("name"),
@@ -200,11 +195,15 @@ class _MaskLookup:
     """Data-mask polygons of each acquisition, read once, and chip footprint coverage."""
 
     def __init__(self, chip_dir: AnyPath, ard_path: str | Path | None) -> None:
-        try:
-            import shapely
+        import shapely
+
+        try:  # GDAL's bindings must match the system libgdal: no pip extra installs them (the Makefile does)
             from osgeo import gdal, ogr
         except ImportError as exc:  # pragma: no cover - installed by `make`
-            raise MissingDependencyError(f"--source mask needs GDAL and shapely ({exc})") from exc
+            raise MissingDependencyError(
+                f"`source` mask needs GDAL's Python bindings ({exc}); install them with "
+                f"`pip install --no-build-isolation gdal==$(gdal-config --version)`"
+            ) from exc
         self.shapely, self.ogr, self.gdal = shapely, ogr, gdal
         self.ard_path = ard_path
         self.cogs: dict[str, str] = {}
@@ -231,7 +230,7 @@ class _MaskLookup:
         cog = self.cogs.get(chip)
         if cog is None:
             if self.ard_path is None:
-                raise ImagesimFileNotFoundError(f"{chip}: not in {CHIPS_MANIFEST}; pass --ard-path to find its data mask")
+                raise ImagesimFileNotFoundError(f"{chip}: not in {CHIPS_MANIFEST}; pass `ard_path` to find its data mask")
             if is_url(str(self.ard_path)):
                 cog = self._cog_in_store(chip)
             else:
@@ -268,13 +267,19 @@ class _MaskLookup:
 
 
 def _by_mask(frame: pl.DataFrame, lookup: _MaskLookup) -> pl.DataFrame:
-    nodata, totals, errors = [], [], []
+    nodata: list[int | None] = []
+    totals: list[int | None] = []
+    errors: list[str | None] = []
     for name in frame["name"].to_list():
+        count: tuple[int | None, int | None] = (None, None)
+        error = None
         try:
-            n, t = lookup.coverage(name)
-            nodata.append(n), totals.append(t), errors.append(None)
+            count = lookup.coverage(name)
         except (ImagesimError, GridError) as exc:
-            nodata.append(None), totals.append(None), errors.append(str(exc))
+            error = str(exc)
+        nodata.append(count[0])
+        totals.append(count[1])
+        errors.append(error)
     return frame.with_columns(
         pl.Series("nodata_pixels", nodata, pl.UInt64),
         pl.Series("total_pixels", totals, pl.UInt64),
@@ -287,17 +292,16 @@ def run_nodata_index(
     chip_dir: str | AnyPath,
     settings: NodataSettings | None = None,
     *,
-    progress: Callable[[int], ProgressSink] | None = None,
+    progress: ProgressFactory | None = None,
     scheduler: Any = None,
 ) -> NodataSummary:
-    """``scheduler`` (a Dask address, ``"local"`` or a ``distributed.Client``): chips decoded for
-    ``--source pixels`` (and those the manifest lacks) are scanned there, one task per batch of chips."""
+    """Classify every chip under ``chip_dir`` and write the index, ``nodata.parquet`` and the summary.
+
+    ``scheduler`` (a Dask address, ``"local"`` or a ``distributed.Client``): chips decoded for
+    ``source`` pixels (and those the manifest lacks) are scanned there, one task per batch of chips."""
     settings = settings or NodataSettings()
     settings.check()
-    if isinstance(scheduler, str):
-        from imagesim.runner import check_address
-
-        scheduler = check_address(scheduler)
+    tasks = TaskRunner(scheduler)
     chip_dir = location(chip_dir)
     if not chip_dir.is_dir():
         raise ImagesimFileNotFoundError(f"{chip_dir}: chip folder does not exist")
@@ -306,26 +310,24 @@ def run_nodata_index(
     parquet_path = index_path.with_name(NODATA_PARQUET)
     summary_path = index_path.with_name(nodata_summary_name(index_path.name))
     if index_path.exists() and not settings.overwrite:
-        raise OutputExistsError(f"{index_path}: index exists; pass --overwrite to replace it")
+        raise OutputExistsError(f"{index_path}: index exists; pass `overwrite` to replace it")
     source = settings.source or ("manifest" if (chip_dir / CHIPS_MANIFEST).exists() else "pixels")
 
     start = time.perf_counter()
     jpegs, others = list_chip_files(chip_dir, index_path.name)
-    sink = progress(len(jpegs)) if progress else ProgressSink()
+    sink = open_progress(progress, len(jpegs))
     frame = pl.DataFrame({"path": [str(p) for p in jpegs], "name": [p.name for p in jpegs]}, schema={"path": pl.String, "name": pl.String})
     try:
         if source == "pixels":
-            measured = _by_pixels(jpegs, settings, sink, 0, scheduler).with_columns(pl.Series("name", [p.name for p in jpegs], pl.String))
+            measured = _by_pixels(jpegs, settings, tasks, sink, 0).with_columns(pl.Series("name", [p.name for p in jpegs], pl.String))
         elif source == "manifest":
-            joined = _by_manifest(chip_dir, frame, settings.threshold)
+            joined = _by_manifest(chip_dir, frame, settings.nodata_threshold)
             known = joined.filter(pl.col("nodata_pixels").is_not_null()).with_columns(
                 pl.lit(None, pl.String).alias("error"), pl.lit("manifest").alias("source")
             )
             unknown = joined.filter(pl.col("nodata_pixels").is_null()).select("path", "name")
             sink.update(known.height)
-            rest = _by_pixels([location(p) for p in unknown["path"]], settings, sink, known.height, scheduler).with_columns(
-                unknown["name"]
-            )
+            rest = _by_pixels([location(p) for p in unknown["path"]], settings, tasks, sink, known.height).with_columns(unknown["name"])
             measured = pl.concat([known.select(rest.columns), rest])
         else:
             measured = _by_mask(frame, _MaskLookup(chip_dir, settings.ard_path))
@@ -339,7 +341,7 @@ def run_nodata_index(
         pl.col("nodata_pixels").cast(pl.UInt64),
         pl.col("total_pixels").cast(pl.UInt64),
         (1.0 - pl.col("nodata_pixels").cast(pl.Float64) / pl.col("total_pixels").cast(pl.Float64)).alias("valid_fraction"),
-        nodata_class_expr(pl.col("nodata_pixels"), pl.col("total_pixels"), settings.min_pixels).alias("nodata_class"),
+        nodata_class_expr(pl.col("nodata_pixels"), pl.col("total_pixels"), settings.min_nodata_pixels).alias("nodata_class"),
         pl.col("source"),
         pl.col("error"),
     ).sort("chip")
@@ -364,8 +366,8 @@ def run_nodata_index(
         {
             "chip_dir": str(chip_dir),
             "source": source,
-            "threshold": settings.threshold,
-            "min_pixels": settings.min_pixels,
+            "nodata_threshold": settings.nodata_threshold,
+            "min_nodata_pixels": settings.min_nodata_pixels,
             "counts": summary.counts,
             "measured_by": summary.by_source,
             "failed": [{"file": f, "error": e} for f, e in summary.failed],

@@ -14,7 +14,6 @@ Cells are processed one at a time, so memory holds one cell's features, never a 
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,18 +27,18 @@ import polars as pl
 import shapely
 import shapely.errors
 
-from imagesim import _imagesim, grid
+from imagesim import _imagesim, grid, options
 from imagesim.artefacts import LABELS_CSV, LABELS_JSON, LABELS_PARQUET, OSM_DATA, bitset_matrix, read_chip_table
-from imagesim.errors import ImagesimFileNotFoundError, InvalidArgumentError, LabelInputError, OutputExistsError
-from imagesim.progress import ProgressFactory, ProgressSink
+from imagesim.errors import ImagesimFileNotFoundError, LabelInputError, OutputExistsError
 from imagesim.fsutil import write_json, write_with
-from imagesim.storage import AnyPath, location, read_parquet
-from imagesim.labels.join import CellGrid, join_cell, local_index
 from imagesim.labels.cells import ard_base, check_osm_data
 from imagesim.labels.geometry import GeometryReport, features_from_osm
+from imagesim.labels.join import CellGrid, join_cell, local_index
 from imagesim.labels.taxonomy import Taxonomy, load_taxonomy
+from imagesim.progress import ProgressFactory, ProgressSink
+from imagesim.storage import AnyPath, location
 
-INCLUDE_CHOICES = ("all_data", "partial", "unmeasured")
+INCLUDE_CHOICES = ("all_data", *options.LABEL_INCLUDE)  # all_data: always labelled, accepted as a no-op
 
 
 @dataclass
@@ -51,9 +50,9 @@ class LabelSettings:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        bad = [i for i in self.include if i not in INCLUDE_CHOICES]
-        if bad:
-            raise InvalidArgumentError(f"--include {bad[0]!r}: choose from {', '.join(INCLUDE_CHOICES[1:])}")
+        for value in self.include:
+            if value not in INCLUDE_CHOICES:
+                options.check_choice("include", value, options.LABEL_INCLUDE)
 
 
 @dataclass
@@ -120,10 +119,9 @@ def wgs84_to(epsg: int) -> Callable[[np.ndarray], np.ndarray]:
 
 def label_cell(data: dict[str, Any], taxonomy: Taxonomy, zone: int, cell: str, zoom: int) -> tuple[np.ndarray, np.ndarray, GeometryReport]:
     """``(local chip index, class id)`` pairs of one cell at a chip zoom, and the geometry report."""
-    if not 12 <= zoom <= 24:
-        raise InvalidArgumentError(f"chip zoom {zoom}: labels need chips at zoom 12 or finer")
+    options.check_range("zoom", zoom, *options.LABEL_ZOOM_RANGE, what="the zoom of labelled chips")
     features, report = features_from_osm(data, taxonomy, wgs84_to(grid.epsg(cell, zone)))
-    chip, cls = join_cell(features, taxonomy, CellGrid.of(tuple(grid.bounds(cell)), 1 << (zoom - 12)))
+    chip, cls = join_cell(features, taxonomy, CellGrid.of(grid.bounds(cell), 1 << (zoom - 12)))
     return chip, cls, report
 
 
@@ -144,7 +142,7 @@ def build_labels(
     if not settings.overwrite:
         for path in outputs:
             if path.exists():
-                raise OutputExistsError(f"{path}: labels already exist; give --overwrite to rebuild them (any split is reset)")
+                raise OutputExistsError(f"{path}: labels already exist; pass `overwrite` to rebuild them (any split is reset)")
     taxonomy = load_taxonomy(settings.taxonomy)
     summary = LabelSummary(out_dir=out_dir, classes=taxonomy.names)
 
@@ -257,7 +255,7 @@ def _sidecar(summary: LabelSummary, taxonomy: Taxonomy, chips_dir: AnyPath, ard_
         "labelled": summary.labelled,
         "class_counts": summary.class_counts,
         "class_frequency": {k: v / n for k, v in summary.class_counts.items()},
-        "label_cardinality": float(table["label_ids"].list.len().mean() or 0.0) if table.height else 0.0,
+        "label_cardinality": float(table["label_ids"].list.len().to_numpy().mean()) if table.height else 0.0,
         "excluded": summary.excluded,
         "missing_osm_cells": summary.missing_cells,
         "failed_cells": [{"cell": c, "error": e} for c, e in summary.failed_cells],

@@ -14,10 +14,9 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, NamedTuple
 
-from imagesim import grid
+from imagesim import grid, options
 from imagesim.artefacts import OSM_DATA
 from imagesim.errors import ArdLayoutError, ImagesimFileNotFoundError, InvalidArgumentError, OsmDataError
 from imagesim.storage import AnyPath, StorePath, location
@@ -70,7 +69,7 @@ def find_cells(root: str | AnyPath, zones: Iterable[int] | None = None) -> list[
         raise ArdLayoutError(f"{root}: ARD path is not a directory")
     zones = set(zones or [])
     for z in zones:
-        _check_zone(z)
+        _check_zone(z, "zones")
     # Like `imagesim chip`, accept the zone folder itself as the ARD path.
     zone_dirs = [root] if _is_zone_folder(root) else sorted(p for p in root.iterdir() if p.is_dir())
     cells = []
@@ -87,7 +86,7 @@ def find_cells(root: str | AnyPath, zones: Iterable[int] | None = None) -> list[
 def _cells_in_store(root: StorePath, zones: set[int]) -> list[Cell]:
     """Cells of a delivery in a store: the ``<zone>/<qk12>/`` prefixes that hold objects."""
     for z in zones:
-        _check_zone(z)
+        _check_zone(z, "zones")
     found: set[Cell] = set()
     zone_prefix = _is_zone_folder(root)
     for path, _, _ in root.files():
@@ -118,9 +117,8 @@ def _is_zone_folder(path: AnyPath) -> bool:
     return any(c.is_dir() and _CELL.match(c.name) for c in path.iterdir())
 
 
-def _check_zone(zone: int) -> None:
-    if not 1 <= zone <= 60:
-        raise InvalidArgumentError(f"--zone {zone}: UTM zones are 1..60")
+def _check_zone(zone: int, name: str = "zone") -> None:
+    options.check_range(name, zone, *options.UTM_ZONE_RANGE, what="a UTM zone")
 
 
 def cell_bbox(cell: Cell, densify: int = 8) -> BBox:
@@ -147,7 +145,9 @@ def cells_covering(bbox: BBox, zone: int) -> list[Cell]:
     _check_zone(zone)
     w, s, e, n = bbox
     if not (-180 <= w < e <= 180 and -90 <= s < n <= 90):
-        raise InvalidArgumentError(f"--bbox {w},{s},{e},{n}: give WEST,SOUTH,EAST,NORTH in degrees, west < east, south < north")
+        raise InvalidArgumentError(
+            f"`bbox` {w},{s},{e},{n}: give WEST,SOUTH,EAST,NORTH in degrees, west < east, south < north", param="bbox"
+        )
     # The northern CRS gives negative northings south of the equator: exactly the quadtree's y,
     # so one transform serves both hemispheres (the southern shift is only a false northing).
     tr = Transformer.from_crs(4326, 32600 + zone, always_xy=True)
@@ -168,13 +168,14 @@ def cells_covering(bbox: BBox, zone: int) -> list[Cell]:
     return cells
 
 
-def parse_bbox(text: str) -> BBox:
+def parse_bbox(bbox: str) -> BBox:
+    """A ``WEST,SOUTH,EAST,NORTH`` text (degrees) as a :class:`BBox`."""
     try:
-        parts = [float(p) for p in text.split(",")]
+        parts = [float(p) for p in bbox.split(",")]
     except ValueError:
         parts = []
     if len(parts) != 4:
-        raise InvalidArgumentError(f"--bbox {text!r}: give WEST,SOUTH,EAST,NORTH in degrees")
+        raise InvalidArgumentError(f"`bbox` {bbox!r}: give WEST,SOUTH,EAST,NORTH in degrees", param="bbox")
     return BBox(*parts)
 
 
@@ -226,7 +227,7 @@ def is_valid_file(path: AnyPath, quadkey: str) -> bool:
 class TagInventory:
     files: int = 0
     elements: int = 0  # distinct (type, id) counted
-    bad_files: list[tuple[Path, str]] = field(default_factory=list)
+    bad_files: list[tuple[AnyPath, str]] = field(default_factory=list)
     # (key, value) -> count per element type
     counts: dict[str, Counter] = field(default_factory=lambda: {k: Counter() for k in ELEMENT_KEYS})
 
@@ -259,8 +260,8 @@ def tag_inventory(root: str | AnyPath, element: str | None = None, zones: Iterab
     An element found in several cells (they overlap at the edges, and big areas span many) is
     counted once. ``element`` limits it to ``node``, ``way`` or ``relation``.
     """
-    if element is not None and element not in ELEMENT_KEYS:
-        raise InvalidArgumentError(f"--element {element!r}: give node, way or relation")
+    if element is not None:
+        options.check_choice("element", element, options.OSM_ELEMENTS)
     base = ard_base(root)
     inv = TagInventory()
     seen: set[tuple[str, int]] = set()
@@ -290,7 +291,7 @@ def tag_inventory(root: str | AnyPath, element: str | None = None, zones: Iterab
     return inv
 
 
-def write_tag_parquet(inv: TagInventory, path: str | Path) -> None:
+def write_tag_parquet(inv: TagInventory, path: str | AnyPath) -> None:
     import polars as pl
 
     from imagesim.fsutil import write_with

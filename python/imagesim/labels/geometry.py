@@ -95,7 +95,7 @@ class Features:
         return len(self.geoms)
 
 
-def _coords(points: Iterable[Any]) -> tuple[list[tuple[float, float]], int]:
+def _coords(points: Iterable[Any] | None) -> tuple[list[tuple[float, float]], int]:
     """(lon, lat) pairs of an Overpass geometry list, and how many were missing (null)."""
     out = []
     missing = 0

@@ -29,10 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from imagesim import options
 from imagesim.errors import ImagesimFileNotFoundError, InvalidArgumentError, OsmImportError
 from imagesim.fsutil import write_with
-from imagesim.storage import location
 from imagesim.labels.cells import BBox, Cell, cell_bbox, is_valid_file
+from imagesim.storage import AnyPath, location
 
 _FORMATS = (".osm.pbf", ".pbf", ".osm", ".osm.bz2", ".osm.gz", ".osm.xml", ".o5m", ".opl")
 _BIG_FILE = 256 * 1024 * 1024  # above this, node locations go to an on-disk index
@@ -122,7 +123,7 @@ class _Spools:
             fh.close()
         self.open.clear()
 
-    def write_cell(self, i: int, quadkey: str, dest: Path) -> None:
+    def write_cell(self, i: int, quadkey: str, dest: AnyPath) -> None:
         """Assemble ``osm_data.json`` from cell ``i``'s spool: one element per line, valid JSON."""
         spool = self.paths[i]
 
@@ -160,17 +161,17 @@ def _open_file(path: Path, fmt: str | None):
         return osmium.io.File(str(path), fmt)
     name = path.name.lower()
     if not name.endswith(_FORMATS):
-        raise OsmImportError(f"{path}: unknown OSM file format; name it .osm.pbf, .osm, .osm.bz2 or .osm.gz (or give the format)")
+        raise OsmImportError(f"{path}: unknown OSM file format; name it .osm.pbf, .osm, .osm.bz2 or .osm.gz (or pass `fmt`)")
     return str(path)
 
 
 def import_osm(
     path: str | Path,
-    root: str | Path,
+    root: str | AnyPath,
     cells: list[Cell],
     *,
     overwrite: bool = False,
-    node_index: str = "auto",
+    node_index: str = options.OSM_NODE_INDEX,
     fmt: str | None = None,
     progress: Callable[[int], Any] | None = None,
 ) -> ImportSummary:
@@ -183,7 +184,7 @@ def import_osm(
     """
     import osmium
 
-    path, root = Path(path), location(root)
+    path, base = Path(path), location(root)
     if not path.is_file():
         raise ImagesimFileNotFoundError(f"{path}: OSM file does not exist")
     source = _open_file(path, fmt)
@@ -191,7 +192,7 @@ def import_osm(
     t0 = time.perf_counter()
     todo = []
     for cell in cells:
-        if not overwrite and is_valid_file(cell.osm_path(root), cell.quadkey):
+        if not overwrite and is_valid_file(cell.osm_path(base), cell.quadkey):
             summary.skipped.append(cell)
         else:
             todo.append(cell)
@@ -201,7 +202,7 @@ def import_osm(
     lookup = CellLookup([cell_bbox(c) for c in todo])
 
     # Spools beside the delivery when it is a local folder (same disk), else in the temp folder.
-    work = Path(tempfile.mkdtemp(prefix=".osm-import-", dir=root if isinstance(root, Path) and root.is_dir() else None))
+    work = Path(tempfile.mkdtemp(prefix=".osm-import-", dir=base if isinstance(base, Path) and base.is_dir() else None))
     try:
         spools = _Spools(work, len(todo))
         try:
@@ -209,7 +210,7 @@ def import_osm(
         finally:
             spools.close()
         for i, cell in enumerate(todo):
-            spools.write_cell(i, cell.quadkey, cell.osm_path(root))
+            spools.write_cell(i, cell.quadkey, cell.osm_path(base))
             summary.written[cell] = spools.counts[i]
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -238,7 +239,7 @@ def _read(osmium, source, path: Path, work: Path, lookup: CellLookup, spools: _S
     try:
         locations = osmium.index.create_map(node_index)
     except (RuntimeError, ValueError) as exc:
-        raise InvalidArgumentError(f"--node-index {node_index!r}: {exc}") from None
+        raise InvalidArgumentError(f"`node_index` {node_index!r}: {exc}", param="node_index") from None
 
     db = sqlite3.connect(work / "ways.sqlite")
     db.execute("PRAGMA journal_mode=OFF")

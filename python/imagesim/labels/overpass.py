@@ -21,15 +21,15 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, NamedTuple
 
+from imagesim import options
 from imagesim.errors import InvalidArgumentError, OsmDataError, OverpassError, OverpassResponseError
 from imagesim.fsutil import write_json
-from imagesim.storage import location
 from imagesim.labels.cells import BBox, Cell, cell_bbox, check_osm_data, is_valid_file, split_elements
+from imagesim.storage import AnyPath, location
 
-DEFAULT_ENDPOINT = "https://overpass-api.de/api/interpreter"
+DEFAULT_ENDPOINT = options.OVERPASS_ENDPOINT
 RETRY_STATUS = {429, 500, 502, 503, 504}
 USER_AGENT = "imagesim-osm-fetch (+https://github.com/imagesim)"
 
@@ -79,9 +79,9 @@ def parse_status(text: str) -> SlotStatus:
 @dataclass
 class OverpassSettings:
     endpoint: str = DEFAULT_ENDPOINT
-    timeout: int = 180  # the server's [timeout:] in seconds
+    timeout: int = options.OVERPASS_TIMEOUT  # the server's [timeout:] in seconds
     http_timeout: float | None = None  # socket timeout; default: timeout + 60 s
-    max_retries: int = 8  # retries after the first attempt, per cell
+    max_retries: int = options.OVERPASS_MAX_RETRIES  # retries after the first attempt, per cell
     backoff_base: float = 5.0  # first backoff; doubles each retry
     backoff_max: float = 600.0
     status_wait_max: float = 1800.0  # longest total wait for a slot before one request
@@ -90,11 +90,9 @@ class OverpassSettings:
     def __post_init__(self) -> None:
         scheme = urllib.parse.urlsplit(self.endpoint).scheme
         if scheme not in ("http", "https"):
-            raise InvalidArgumentError(f"--endpoint {self.endpoint!r}: give an http(s) URL such as {DEFAULT_ENDPOINT}")
-        if self.timeout <= 0:
-            raise InvalidArgumentError(f"--timeout {self.timeout}: must be positive")
-        if self.max_retries < 0:
-            raise InvalidArgumentError(f"--max-retries {self.max_retries}: must be 0 or more")
+            raise InvalidArgumentError(f"`endpoint` {self.endpoint!r}: give an http(s) URL such as {DEFAULT_ENDPOINT}", param="endpoint")
+        options.check_range("timeout", self.timeout, *options.OVERPASS_TIMEOUT_RANGE, what="the Overpass timeout in seconds")
+        options.check_range("max_retries", self.max_retries, *options.OVERPASS_MAX_RETRIES_RANGE)
 
     @property
     def status_url(self) -> str:
@@ -181,7 +179,7 @@ class OverpassClient:
             if exc.code in RETRY_STATUS:
                 raise _Retry(f"HTTP {exc.code}{detail}", _retry_after(exc.headers.get("Retry-After"))) from None
             raise OverpassError(f"{s.endpoint}: HTTP {exc.code}{detail}") from None
-        except (TimeoutError, socket.timeout) as exc:
+        except TimeoutError as exc:
             raise _Retry(f"no answer within {self._http_timeout():.0f} s ({exc})") from None
         except urllib.error.URLError as exc:
             if isinstance(exc.reason, (TimeoutError, socket.timeout)):
@@ -256,7 +254,7 @@ class FetchSummary:
                 f"{len(self.failed)} failed; {self.requests} requests in {self.seconds:.0f} s")
 
 
-def fetch_cell(cell: Cell, root: Path, client: OverpassClient) -> Path:
+def fetch_cell(cell: Cell, root: str | AnyPath, client: OverpassClient) -> AnyPath:
     """Query one cell and write its ``osm_data.json`` (only after the answer passed every check)."""
     ql = overpass_query(cell_bbox(cell), client.settings.timeout)
     data = client.query(ql, what=f"cell {cell.zone}/{cell.quadkey}")
@@ -272,24 +270,24 @@ def fetch_cell(cell: Cell, root: Path, client: OverpassClient) -> Path:
 
 def fetch_cells(
     cells: Iterable[Cell],
-    root: str | Path,
+    root: str | AnyPath,
     client: OverpassClient,
     *,
     overwrite: bool = False,
     progress: Callable[[int], Any] | None = None,
 ) -> FetchSummary:
     """Fetch every cell in turn (one request at a time); valid existing files are skipped unless ``overwrite``."""
-    root = location(root)
+    base = location(root)
     summary = FetchSummary()
     t0 = time.perf_counter()
     r0 = client.requests
     cells = list(cells)
     for i, cell in enumerate(cells):
-        if not overwrite and is_valid_file(cell.osm_path(root), cell.quadkey):
+        if not overwrite and is_valid_file(cell.osm_path(base), cell.quadkey):
             summary.skipped.append(cell)
         else:
             try:
-                fetch_cell(cell, root, client)
+                fetch_cell(cell, base, client)
                 summary.done.append(cell)
             except OverpassError as exc:
                 summary.failed.append((cell, str(exc)))

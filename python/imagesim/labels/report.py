@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from imagesim import _imagesim, grid
+from imagesim import _imagesim, grid, options
+from imagesim.artefacts import LABELS_JSON, LABELS_REPORT, OSM_DATA, Labels, read_labels
 from imagesim.errors import LabelInputError
 from imagesim.fsutil import write_with
-from imagesim.artefacts import LABELS_JSON, LABELS_REPORT, OSM_DATA, Labels, read_labels
 from imagesim.labels.build import wgs84_to
 from imagesim.labels.geometry import AREA, features_from_osm
 from imagesim.labels.taxonomy import parse_taxonomy
@@ -54,7 +54,7 @@ def _save(fig: Any, path: Path) -> None:
     write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
 
 
-def write_report(labels_path: str | Path, out_dir: str | Path | None = None, samples: int = 16, seed: int = 0,
+def write_report(labels_path: str | Path, out_dir: str | Path | None = None, samples: int = options.REPORT_SAMPLES, seed: int = 0,
                  chips_dir: str | Path | None = None) -> ReportSummary:
     labels = read_labels(labels_path)
     if labels.table.height == 0:

@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from imagesim.errors import InvalidArgumentError, LabelInputError
-from imagesim.fsutil import write_json, write_with
+from imagesim import options
 from imagesim.artefacts import LABELS_JSON, LABELS_TRAIN_CSV, LABELS_VAL_CSV, read_labels
+from imagesim.errors import LabelInputError
+from imagesim.fsutil import write_json, write_with
 
 
 @dataclass
@@ -48,23 +49,23 @@ class SplitSummary:
         )
 
 
-def split_labels(path: str | Path, val: float = 0.2, seed: int = 0, group_level: int = 12) -> SplitSummary:
+def split_labels(
+    path: str | Path, val: float = options.SPLIT_VAL, seed: int = 0, group_level: int = options.SPLIT_GROUP_LEVEL
+) -> SplitSummary:
     """Fill the ``split`` column of labels.parquet and write ``labels-train.csv`` / ``labels-val.csv``."""
-    if not 0 < val < 1:
-        raise InvalidArgumentError(f"--val {val}: the validation share must be between 0 and 1")
+    options.check_range("val", val, 0, 1, exclusive=True, what="the validation share")
     labels = read_labels(path)
     table = labels.table
     if table.height == 0:
         raise LabelInputError(f"{labels.path}: no labelled chips to split")
-    zoom = table["quadkey"].str.len_chars().max()
-    if not 1 <= group_level <= int(zoom):  # type: ignore[arg-type]
-        raise InvalidArgumentError(f"--group-level {group_level}: give 1..{zoom} (12 = one ARD cell)")
+    zoom = int(table["quadkey"].str.len_chars().to_numpy().max())
+    options.check_range("group_level", group_level, 1, zoom, what="the quadkey level of the groups (12: one ARD cell)")
     group = pl.concat_str(pl.col("zone").cast(pl.String), pl.lit("/"), pl.col("quadkey").str.slice(0, group_level))
     sizes = table.group_by(group.alias("group")).len().sort("group")
     if sizes.height < 2:
         raise LabelInputError(
             f"{labels.path}: all {table.height} chips are in one quadkey at level {group_level}; "
-            f"give a finer --group-level (e.g. {min(group_level + 2, int(zoom))})"  # type: ignore[call-overload]
+            f"give a finer `group_level` (e.g. {min(group_level + 2, zoom)})"
         )
     rng = np.random.default_rng(seed)
     order = rng.permutation(sizes.height)
@@ -102,7 +103,7 @@ def split_labels(path: str | Path, val: float = 0.2, seed: int = 0, group_level:
         csv = pl.DataFrame({"Feature": table["path"].filter(pl.Series(mask))}).hstack(
             [pl.Series(name, dense[mask, j], dtype=pl.UInt8) for j, name in enumerate(labels.classes)]
         )
-        write_with(base / {"train": LABELS_TRAIN_CSV, "val": LABELS_VAL_CSV}[side], lambda tmp, csv=csv: csv.write_csv(tmp))
+        write_with(base / {"train": LABELS_TRAIN_CSV, "val": LABELS_VAL_CSV}[side], csv.write_csv)
     meta: dict[str, Any] = dict(labels.meta)
     meta["split"] = {
         "val": val, "seed": seed, "group_level": group_level, "groups": summary.groups,

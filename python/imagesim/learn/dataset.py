@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from imagesim import options
 from imagesim.artefacts import CHIPS_MANIFEST, manifest_chip_names
 from imagesim.errors import ImagesimFileNotFoundError, InvalidArgumentError
 
@@ -209,14 +210,14 @@ def _stable_key(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
 
 
-def make_split(table: LabelTable, val_fraction: float = 0.2) -> Split:
+def make_split(table: LabelTable, val_fraction: float = options.VAL_FRACTION) -> Split:
     """The split stored in the labels, or a deterministic one grouped by place.
 
     Without a stored split, chips are grouped by their level-12 cell so neighbouring chips (and the
     same place seen by several acquisitions) never straddle train and validation. When the labels
     have fewer than ``MIN_SPLIT_GROUPS`` cells, the shortest finer quadkey prefix giving that many
     groups is used instead. Groups go to validation in a fixed hash order until ``val_fraction`` of the
-    chips are there, so the split does not depend on ``--seed``.
+    chips are there, so the split does not depend on the training ``seed``.
     """
     n = len(table)
     src = table.source
@@ -231,8 +232,7 @@ def make_split(table: LabelTable, val_fraction: float = 0.2) -> Split:
         result = Split(np.flatnonzero(split == "train"), np.flatnonzero(split == "val"), how=f"split column of {src.name if src else 'labels'}")
         _check_nonempty(result, src)
         return result
-    if not 0.0 < val_fraction < 1.0:
-        raise InvalidArgumentError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
+    options.check_range("val_fraction", val_fraction, 0, 1, exclusive=True)
     qks = [q if q else p for q, p in zip(table.quadkeys, table.paths)]
     prefix = 12
     max_len = max(len(q) for q in qks)

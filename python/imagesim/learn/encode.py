@@ -9,10 +9,8 @@ interrupted run resumes where it stopped; chips already encoded with the same mo
 
 from __future__ import annotations
 
-import ctypes
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,35 +18,32 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from imagesim import _imagesim
-from imagesim.progress import ProgressFactory, ProgressSink
-from imagesim.errors import EncodeError, ImagesimFileNotFoundError, InvalidArgumentError, MissingDependencyError
-from imagesim.learn.export import decode_metadata, model_id
-from imagesim.fsutil import write_json, write_with
+from imagesim import _imagesim, options
 from imagesim.artefacts import EMBEDDINGS, read_chip_table, sidecar
+from imagesim.errors import EncodeError, ImagesimFileNotFoundError
+from imagesim.fsutil import write_json, write_with
+from imagesim.learn.export import decode_metadata, model_id
+from imagesim.progress import ProgressFactory, open_progress
+from imagesim.runner import Outcome, TaskRunner, worker_threads
 from imagesim.storage import AnyPath, location, read_parquet
 
-PROVIDERS = ("auto", "cuda", "tensorrt", "cpu")
 CHECKPOINT_SECONDS = 60.0  # write a part file at least this often
 
 
 @dataclass
 class EncodeSettings:
     out: str | AnyPath | None = None  # default: CHIPS/embeddings.parquet (a local path or a store URL)
-    batch_size: int = 64
-    provider: str = "auto"
-    proc: int = 0  # decode threads (0 = all cores)
+    batch_size: int = options.ENCODE_BATCH
+    provider: str = options.PROVIDER
+    proc: int = options.PROC_ALL  # decode threads (0 = all cores)
     nodata_index: str | AnyPath | None = None
     include_nodata: bool = False
     overwrite: bool = False
 
     def check(self) -> None:
-        if self.provider not in PROVIDERS:
-            raise InvalidArgumentError(f"--provider {self.provider!r}: choose one of {', '.join(PROVIDERS)}")
-        if not 1 <= self.batch_size <= 4096:
-            raise InvalidArgumentError(f"--batch-size {self.batch_size}: give 1..4096")
-        if self.proc < 0:
-            raise InvalidArgumentError(f"--proc {self.proc}: give 0 (all cores) or more")
+        options.check_choice("provider", self.provider, options.ENCODE_PROVIDERS)
+        options.check_range("batch_size", self.batch_size, *options.ENCODE_BATCH_RANGE)
+        options.check_range("proc", self.proc, *options.PROC_RANGE, what="decode threads (0: all cores)")
 
 
 @dataclass
@@ -79,55 +74,20 @@ class EncodeSummary:
 
 
 def cuda_device_count() -> int:
-    """GPUs the CUDA driver sees (0 without a driver). onnxruntime-gpu lists the CUDA provider even
-    on machines without a GPU, so the provider list alone proves nothing."""
-    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
-        try:
-            lib = ctypes.CDLL(name)
-        except OSError:
-            continue
-        count = ctypes.c_int(0)
-        if lib.cuInit(0) != 0 or lib.cuDeviceGetCount(ctypes.byref(count)) != 0:
-            return 0
-        return count.value
-    return 0
+    """GPUs the CUDA driver sees (0 without a driver): :func:`imagesim.learn.devices.cuda_device_count`."""
+    from imagesim.learn import devices
+
+    return devices.cuda_device_count()
 
 
 def open_session(onnx_path: Path, provider: str) -> tuple[Any, str]:
-    """An onnxruntime session on the requested provider and the name of the one that really runs."""
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:
-        raise MissingDependencyError(f"onnxruntime is needed: pip install 'imagesim[encode]' ({exc})") from None
-    available = ort.get_available_providers()
-    gpus = cuda_device_count()
-    wanted = provider
-    if provider == "auto":
-        wanted = "cuda" if gpus and "CUDAExecutionProvider" in available else "cpu"
-    if wanted in ("cuda", "tensorrt"):
-        if not gpus:
-            raise EncodeError(f"--provider {provider}: no CUDA GPU on this machine (use --provider cpu or auto)")
-        name = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}[wanted]
-        if name not in available:
-            raise EncodeError(f"--provider {provider}: this onnxruntime has no {name} (install onnxruntime-gpu)")
-        if hasattr(ort, "preload_dlls"):
-            try:  # CUDA/cuDNN from the nvidia-* wheels that torch installs
-                ort.preload_dlls()
-            except Exception:  # noqa: BLE001 - a system CUDA may still work
-                pass
-        providers = [name, "CPUExecutionProvider"] if wanted == "cuda" else [name, "CUDAExecutionProvider", "CPUExecutionProvider"]
-    else:
-        providers = ["CPUExecutionProvider"]
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    try:
-        session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=providers)
-    except Exception as exc:  # onnxruntime raises its own exception types
-        raise EncodeError(f"{onnx_path}: cannot load the model with {providers[0]} ({exc})") from None
-    running = session.get_providers()[0]
-    if running != providers[0]:
-        raise EncodeError(f"{onnx_path}: {providers[0]} did not start (onnxruntime fell back to {running}); check the CUDA/cuDNN libraries")
-    return session, running
+    """An onnxruntime session on the requested provider and the name of the one that really runs.
+
+    The choice (``auto``: CUDA when a GPU is present, else CPU) is :mod:`imagesim.learn.devices`'s.
+    """
+    from imagesim.learn import devices
+
+    return devices.onnx_session(onnx_path, provider)
 
 
 # --------------------------------------------------------------------------------------------
@@ -135,7 +95,7 @@ def open_session(onnx_path: Path, provider: str) -> tuple[Any, str]:
 # --------------------------------------------------------------------------------------------
 
 
-class _Runner:
+class _Inference:
     """Runs batches on a session; IO binding with a pinned input buffer on CUDA."""
 
     def __init__(self, session: Any, provider: str, batch: int, size: int) -> None:
@@ -166,6 +126,13 @@ class _Runner:
         emb, logits = binding.copy_outputs_to_cpu()
         return emb, logits
 
+    def decoded(self, images: np.ndarray, errors: list[str | None]) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Embeddings and logits of the chips of a decoded batch that decoded (None when none did)."""
+        ok = np.array([e is None for e in errors], dtype=bool)
+        if not ok.any():
+            return None, None
+        return self.run(images if ok.all() else np.ascontiguousarray(images[ok]))
+
 
 def _parts_dir(out: AnyPath) -> AnyPath:
     return out.parent / f".{out.name}.parts"
@@ -174,13 +141,13 @@ def _parts_dir(out: AnyPath) -> AnyPath:
 def _existing(out: AnyPath, mid: str, overwrite: bool) -> list[pl.DataFrame]:
     """Embeddings already written for this model (final file and parts of an interrupted run)."""
     frames = []
-    parts = sorted(_parts_dir(out).glob("part-*.parquet")) if _parts_dir(out).is_dir() else []
-    for path in ([out] if out.is_file() else []) + parts:
+    parts: list[AnyPath] = list(_parts_dir(out).glob("part-*.parquet")) if _parts_dir(out).is_dir() else []
+    for path in ([out] if out.is_file() else []) + sorted(parts, key=str):
         try:
             frame = read_parquet(path)
         except Exception as exc:  # noqa: BLE001 - polars raises several types
             if path == out:
-                raise EncodeError(f"{out}: exists but is not readable Parquet ({exc}); move it away or give --overwrite") from None
+                raise EncodeError(f"{out}: exists but is not readable Parquet ({exc}); move it away or pass `overwrite`") from None
             continue  # a part cut off mid-write cannot exist (atomic), but be safe
         if frame.height == 0:
             continue
@@ -188,7 +155,7 @@ def _existing(out: AnyPath, mid: str, overwrite: bool) -> list[pl.DataFrame]:
         if ids != {mid}:
             if overwrite:
                 continue
-            raise EncodeError(f"{path}: holds embeddings of model {', '.join(sorted(ids))}, not {mid}; give --overwrite or another --out")
+            raise EncodeError(f"{path}: holds embeddings of model {', '.join(sorted(ids))}, not {mid}; pass `overwrite` or another `out`")
         frames.append(frame)
     return frames if not overwrite else []
 
@@ -206,72 +173,93 @@ def _rows(meta: dict[str, Any], mid: str, chips: pl.DataFrame, emb: np.ndarray, 
     )
 
 
+# --------------------------------------------------------------------------------------------
+# Tasks: in process a task decodes one batch (inference runs in the calling thread meanwhile); on
+# Dask a task decodes and encodes TASK_BATCHES batches on the worker's own session.
+# --------------------------------------------------------------------------------------------
+
 # Sessions a Dask worker process opened, by (model, provider): opened by its first task, reused.
 _WORKER_SESSIONS: dict[tuple[str, str], tuple[Any, str, int]] = {}
-TASK_BATCHES = 32  # inference batches per Dask task with --scheduler
+TASK_BATCHES = 32  # inference batches per Dask task with a `scheduler`
 
 
-def encode_chips_task(onnx_path: str, provider: str, paths: list[str], batch_size: int, proc: int) -> dict[str, Any]:
-    """On a Dask worker: decode and encode ``paths`` in batches of ``batch_size`` (as in-process).
+def decode_task(paths: list[str | os.PathLike[str]], images: np.ndarray, proc: int) -> tuple[np.ndarray, list[str | None]]:
+    """In process: one batch of chips decoded into ``images`` (a reused buffer) by the Rust core with
+    the task's share of the cores; the buffer and the per-chip errors (None when decoded)."""
+    return images, _imagesim.decode_batch(paths, images, threads=worker_threads(proc))
+
+
+def encode_chips_task(onnx_path: str, provider: str, paths: list[str | os.PathLike[str]], batch_size: int, proc: int) -> dict[str, Any]:
+    """On a Dask worker: decode and encode ``paths`` in batches of ``batch_size`` (as in process).
 
     Returns the provider that ran, the per-chip decode errors (None when decoded) and the
     ``embedding``/``logits`` rows of the decoded chips, in order.
     """
-    from imagesim.runner import worker_threads
-
     key = (onnx_path, provider)
     if key not in _WORKER_SESSIONS:
         session, running = open_session(Path(onnx_path), provider)
         meta = decode_metadata(session.get_modelmeta().custom_metadata_map, Path(onnx_path))
         _WORKER_SESSIONS[key] = (session, running, meta["chip_size"])
     session, running, size = _WORKER_SESSIONS[key]
-    runner = _Runner(session, running, batch_size, size)
+    inference = _Inference(session, running, batch_size, size)
     threads = worker_threads(proc)
     errors: list[str | None] = []
     embs, logits = [], []
     for s in range(0, len(paths), batch_size):
         n = min(batch_size, len(paths) - s)
-        buf = runner.buffers[0][:n]
-        errs = _imagesim.decode_batch(paths[s:s + n], buf, threads=threads)  # type: ignore[arg-type]
-        ok = np.array([e is None for e in errs])
-        if ok.any():
-            emb, lg = runner.run(buf if ok.all() else np.ascontiguousarray(buf[ok]))
+        buf = inference.buffers[0][:n]
+        errs = _imagesim.decode_batch(paths[s : s + n], buf, threads=threads)
+        emb, lg = inference.decoded(buf, errs)
+        if emb is not None:
             embs.append(np.array(emb))
             logits.append(np.array(lg))
         errors.extend(errs)
-    return {"provider": running, "errors": errors,
-            "embedding": np.concatenate(embs) if embs else None, "logits": np.concatenate(logits) if logits else None}
+    return {
+        "provider": running,
+        "errors": errors,
+        "embedding": np.concatenate(embs) if embs else None,
+        "logits": np.concatenate(logits) if logits else None,
+    }
 
 
-def run_encode(onnx_path: str | Path, chips_dir: str | AnyPath, settings: EncodeSettings | None = None,
-               progress: ProgressFactory | None = None, log=lambda _msg: None, scheduler: Any = None) -> EncodeSummary:
-    """``scheduler`` (a Dask address, ``"local"`` or a ``distributed.Client``): the chips are decoded and
-    encoded on its workers (``settings.provider`` there), one task per ``TASK_BATCHES`` batches; this
-    process only reads the model's metadata and writes the same embeddings files as an in-process run."""
+def run_encode(
+    onnx_path: str | Path,
+    chips_dir: str | AnyPath,
+    settings: EncodeSettings | None = None,
+    progress: ProgressFactory | None = None,
+    log=lambda _msg: None,
+    scheduler: Any = None,
+) -> EncodeSummary:
+    """Encode every chip of ``chips_dir`` (no_data left out unless ``include_nodata``) with ``onnx_path``.
+
+    In process the Rust core decodes batch k+1 into the second buffer while onnxruntime runs batch k.
+    ``scheduler`` (a Dask address, ``"local"`` or a ``distributed.Client``): the chips are decoded and
+    encoded on its workers (``provider`` there), one task per ``TASK_BATCHES`` batches; this process
+    only reads the model's metadata. Both write the same embeddings files."""
     settings = settings or EncodeSettings()
     settings.check()
-    if isinstance(scheduler, str):
-        from imagesim.runner import check_address
-
-        scheduler = check_address(scheduler)
-    t0 = time.perf_counter()
+    tasks = TaskRunner(scheduler)
     onnx_path, chips_dir = Path(onnx_path), location(chips_dir)
     if not onnx_path.is_file():
         raise ImagesimFileNotFoundError(f"ONNX model not found: {onnx_path} (run `imagesim export`)")
     out = location(settings.out) if settings.out else chips_dir / EMBEDDINGS
     # With a scheduler the model runs on the workers; here only its metadata is read (on the CPU).
-    session, running = open_session(onnx_path, settings.provider if scheduler is None else "cpu")
+    session, running = open_session(onnx_path, settings.provider if tasks.local else "cpu")
     meta = decode_metadata(session.get_modelmeta().custom_metadata_map, onnx_path)
     mid = model_id(onnx_path)
     size = meta["chip_size"]
     summary = EncodeSummary(out=out, model_id=mid, provider=running)
-    if scheduler is not None:
-        summary.provider = f"Dask workers (--provider {settings.provider})"
-        log(f"encoding on the Dask cluster (--provider {settings.provider} on the workers), "
-            f"model {onnx_path.name} ({meta.get('backbone', '?')}, {size} px, id {mid})")
+    if not tasks.local:
+        summary.provider = f"Dask workers (provider {settings.provider})"
+        log(
+            f"encoding on the Dask cluster (provider {settings.provider} on the workers), "
+            f"model {onnx_path.name} ({meta.get('backbone', '?')}, {size} px, id {mid})"
+        )
     else:
-        log(f"encoding with {running}{' (no CUDA GPU found)' if running == 'CPUExecutionProvider' and settings.provider == 'auto' else ''}, "
-            f"model {onnx_path.name} ({meta.get('backbone', '?')}, {size} px, id {mid})")
+        log(
+            f"encoding with {running}{' (no CUDA GPU found)' if running == 'CPUExecutionProvider' and settings.provider == 'auto' else ''}, "
+            f"model {onnx_path.name} ({meta.get('backbone', '?')}, {size} px, id {mid})"
+        )
 
     chips = read_chip_table(chips_dir, settings.nodata_index)
     if not settings.include_nodata:
@@ -300,21 +288,44 @@ def run_encode(onnx_path: str | Path, chips_dir: str | AnyPath, settings: Encode
         pending, last_flush = [], time.perf_counter()
 
     batch = settings.batch_size
-    runner = _Runner(session, running, batch, size)
     paths = [str(chips_dir / p) for p in todo["path"].to_list()]
-    starts = list(range(0, len(paths), batch))
-    sink = progress(len(paths)) if progress else ProgressSink()
-    t_run = time.perf_counter()
+    if tasks.local:
+        # One item per batch, decoded one ahead into the other of two buffers (window=1): batch k+2
+        # reuses batch k's buffer only once batch k has run.
+        inference = _Inference(session, running, batch, size)
+        step = batch
+        task: Any = decode_task
 
-    def decode(k: int) -> tuple[int, np.ndarray, list[str | None]]:
-        s = starts[k]
-        n = min(batch, len(paths) - s)
-        buf = runner.buffers[k % 2][:n]
-        errors = _imagesim.decode_batch(paths[s:s + n], buf, threads=settings.proc)
-        return s, buf, errors
+        def task_args(item: tuple[int, list[str]]) -> tuple:
+            s, chunk = item
+            return chunk, inference.buffers[(s // batch) % 2][: len(chunk)], settings.proc
+    else:
+        step = batch * TASK_BATCHES  # a whole number of batches: the same batches as in process
+        task = encode_chips_task
+        onnx_abs = str(tasks.task_path(onnx_path))
 
-    def take(s: int, errors: list[str | None], emb: np.ndarray | None, logits: np.ndarray | None) -> None:
-        """One finished batch (chips ``s`` … of ``todo``) from a Dask task into the summary and the rows."""
+        def task_args(item: tuple[int, list[str]]) -> tuple:
+            return onnx_abs, settings.provider, [os.fspath(tasks.task_path(location(p))) for p in item[1]], batch, settings.proc
+
+    def encoded(result: Any) -> dict[str, Any]:
+        """A task's result as embeddings: in process the decoded batch runs here, now."""
+        if not tasks.local:
+            return result
+        images, errors = result
+        emb, logits = inference.decoded(images, errors)
+        return {"provider": running, "errors": errors, "embedding": emb, "logits": logits}
+
+    def merge(outcome: Outcome[tuple[int, list[str]]]) -> None:
+        """One finished item (chips ``s`` … of ``todo``) into the summary and the rows."""
+        s, chunk = outcome.item
+        if outcome.error is not None:
+            errors: list[str | None] = [outcome.error] * len(chunk)
+            emb = logits = None
+        else:
+            res = encoded(outcome.result)
+            if not tasks.local:
+                summary.provider = f"{res['provider']} on Dask workers"
+            errors, emb, logits = res["errors"], res["embedding"], res["logits"]
         ok = np.array([e is None for e in errors], dtype=bool)
         for i in np.flatnonzero(~ok):
             summary.failed.append((todo["chip"][s + int(i)], str(errors[i])))
@@ -322,71 +333,58 @@ def run_encode(onnx_path: str | Path, chips_dir: str | AnyPath, settings: Encode
             rows = todo.slice(s, len(errors)).filter(pl.Series(ok))
             pending.append(_rows(meta, mid, rows, emb, logits))  # type: ignore[arg-type]
             summary.encoded += int(ok.sum())
+        if time.perf_counter() - last_flush > CHECKPOINT_SECONDS:
+            flush()
 
+    items = [(s, paths[s : s + step]) for s in range(0, len(paths), step)]
+    sink = open_progress(progress, len(paths))
+    t_run = time.perf_counter()
     try:
-        if scheduler is not None and paths:
-            from imagesim.runner import connect, run_tasks
-
-            chunk = batch * TASK_BATCHES  # a whole number of batches: the same batches as in-process
-            tasks = [(s, paths[s:s + chunk]) for s in range(0, len(paths), chunk)]
-            finished = 0
-            absolute_onnx = str(onnx_path.absolute())
-            with connect(scheduler) as client:
-                for outcome in run_tasks(
-                    client, encode_chips_task, tasks,
-                    lambda t: (absolute_onnx, settings.provider, [os.fspath(location(p).absolute()) for p in t[1]], batch, settings.proc),
-                    name="imagesim-encode",
-                ):
-                    s, chunk_paths = outcome.item
-                    if outcome.error is not None:
-                        take(s, [outcome.error] * len(chunk_paths), None, None)
-                    else:
-                        res = outcome.result
-                        summary.provider = f"{res['provider']} on Dask workers"
-                        take(s, res["errors"], res["embedding"], res["logits"])
-                    finished += len(chunk_paths)
-                    sink.update(finished)
-                    if time.perf_counter() - last_flush > CHECKPOINT_SECONDS:
-                        flush()
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="imagesim-decode") as pool:
-            local = scheduler is None
-            ahead = pool.submit(decode, 0) if starts and local else None
-            for k in range(len(starts) if local else 0):
-                s, buf, errors = ahead.result()  # type: ignore[union-attr]
-                # Decode the next batch into the other buffer while this one runs.
-                ahead = pool.submit(decode, k + 1) if k + 1 < len(starts) else None
-                ok = np.array([e is None for e in errors])
-                for i in np.flatnonzero(~ok):
-                    summary.failed.append((todo["chip"][s + int(i)], str(errors[i])))
-                if ok.any():
-                    emb, logits = runner.run(buf if ok.all() else np.ascontiguousarray(buf[ok]))
-                    rows = todo.slice(s, len(errors)).filter(pl.Series(ok))
-                    pending.append(_rows(meta, mid, rows, emb, logits))
-                    summary.encoded += int(ok.sum())
-                sink.update(s + len(errors))
-                if time.perf_counter() - last_flush > CHECKPOINT_SECONDS:
-                    flush()
+        with tasks.run(
+            task, items, task_args, name="imagesim-encode", window=1, units=lambda item: len(item[1]), on_progress=sink.update
+        ) as outcomes:
+            for outcome in outcomes:
+                merge(outcome)
         flush()
     finally:
         sink.close()
     summary.seconds = time.perf_counter() - t_run
 
     if done or not out.exists():
-        table = pl.concat(done) if done else _rows(meta, mid, todo.head(0), np.zeros((0, meta["embedding_dim"]), np.float32),
-                                                   np.zeros((0, len(meta["classes"])), np.float32))
+        table = (
+            pl.concat(done)
+            if done
+            else _rows(
+                meta, mid, todo.head(0), np.zeros((0, meta["embedding_dim"]), np.float32), np.zeros((0, len(meta["classes"])), np.float32)
+            )
+        )
         table = table.unique(subset=["chip"], keep="last").sort("chip")
         write_with(out, lambda tmp: table.write_parquet(tmp))
-        for part in sorted(parts.glob("part-*.parquet")) if parts.is_dir() else []:
+        leftover: list[AnyPath] = list(parts.glob("part-*.parquet")) if parts.is_dir() else []
+        for part in leftover:
             part.unlink()
         if parts.is_dir():
             parts.rmdir()
-        write_json(sidecar(out), {
-            "model_id": mid, "onnx": str(onnx_path.resolve()), "classes": meta["classes"],
-            "thresholds": meta.get("thresholds"), "dim": meta["embedding_dim"], "chip_size": size,
-            "embedding_normalized": meta.get("embedding_normalized", True), "chips_dir": str(chips_dir.resolve()),
-            "chips": table.height, "provider": summary.provider, "last_run": {
-                "encoded": summary.encoded, "skipped": summary.skipped, "failed": len(summary.failed),
-                "chips_per_s": summary.rate},
-            "failed": [{"chip": c, "error": e} for c, e in summary.failed],
-        })
+        write_json(
+            sidecar(out),
+            {
+                "model_id": mid,
+                "onnx": str(onnx_path.resolve()),
+                "classes": meta["classes"],
+                "thresholds": meta.get("thresholds"),
+                "dim": meta["embedding_dim"],
+                "chip_size": size,
+                "embedding_normalized": meta.get("embedding_normalized", True),
+                "chips_dir": str(chips_dir.resolve()),
+                "chips": table.height,
+                "provider": summary.provider,
+                "last_run": {
+                    "encoded": summary.encoded,
+                    "skipped": summary.skipped,
+                    "failed": len(summary.failed),
+                    "chips_per_s": summary.rate,
+                },
+                "failed": [{"chip": c, "error": e} for c, e in summary.failed],
+            },
+        )
     return summary

@@ -14,6 +14,7 @@ the export fails (and nothing is left at ``out``) when they differ by more than 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import tempfile
 import time
@@ -23,8 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from imagesim.errors import ExportError, ImagesimFileNotFoundError, InvalidArgumentError, MissingDependencyError, OutputExistsError
+from imagesim import options
+from imagesim.errors import EncodeError, ExportError, ImagesimFileNotFoundError, InvalidArgumentError, OutputExistsError, require
 from imagesim.fsutil import atomic_path
+from imagesim.learn import devices
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -35,13 +38,21 @@ TOLERANCE = {"fp32": 1e-3, "fp16": 5e-2}
 
 @dataclass
 class ExportSettings:
-    opset: int = 17
+    opset: int = options.OPSET
     fp16: bool = False
     chip_size: int | None = None  # default: the size the model was trained at
     normalize: bool = True
     overwrite: bool = False
     parity_chips: Path | None = None  # folder of chips for the parity check; default: the training chips
-    parity_count: int = 16
+    parity_count: int = options.PARITY_COUNT
+    provider: str = "cpu"  # onnxruntime provider of the parity check (options.ENCODE_PROVIDERS; auto: CUDA when a GPU is present)
+
+    def check(self) -> None:
+        options.check_range("opset", self.opset, *options.OPSET_RANGE)
+        if self.chip_size is not None:
+            options.check_range("chip_size", self.chip_size, *options.CHIP_SIZE_RANGE)
+        options.check_range("parity_count", self.parity_count, 1)
+        options.check_choice("provider", self.provider, options.ENCODE_PROVIDERS)
 
 
 @dataclass
@@ -66,15 +77,6 @@ class ExportSummary:
         )
 
 
-def _require(module: str, extra: str) -> Any:
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise MissingDependencyError(f"{module} is needed here: pip install 'imagesim[{extra}]' ({exc})") from None
-
-
 def model_id(path: str | Path) -> str:
     """A short identity of an ONNX file: the first 16 hex digits of its SHA-256."""
     h = hashlib.sha256()
@@ -90,6 +92,9 @@ def _wrapper(model: Any, normalize: bool) -> Any:
 
     class RawPixels(nn.Module):
         """uint8 NHWC RGB → normalised NCHW float → (embedding, logits)."""
+
+        mean: torch.Tensor
+        scale: torch.Tensor
 
         def __init__(self) -> None:
             super().__init__()
@@ -133,15 +138,10 @@ def _export_graph(torch: Any, wrapper: Any, dummy: Any, path: Path, opset: int) 
     names = {"input_names": ["image"], "output_names": ["embedding", "logits"], "opset_version": opset}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        if opset >= 18:
-            try:
-                import onnxscript  # noqa: F401 - the dynamo exporter needs it
-            except ImportError:
-                pass
-            else:
-                torch.onnx.export(wrapper, (dummy,), str(path), dynamo=True, external_data=False, verbose=False,
-                                  dynamic_shapes={"image": {0: torch.export.Dim("batch")}}, **names)
-                return "dynamo"
+        if opset >= 18 and importlib.util.find_spec("onnxscript") is not None:  # the dynamo exporter needs onnxscript
+            torch.onnx.export(wrapper, (dummy,), str(path), dynamo=True, external_data=False, verbose=False,
+                              dynamic_shapes={"image": {0: torch.export.Dim("batch")}}, **names)
+            return "dynamo"
         torch.onnx.export(wrapper, (dummy,), str(path), dynamo=False, do_constant_folding=True,
                           dynamic_axes={"image": {0: "batch"}, "embedding": {0: "batch"}, "logits": {0: "batch"}}, **names)
         return "torchscript"
@@ -149,27 +149,29 @@ def _export_graph(torch: Any, wrapper: Any, dummy: Any, path: Path, opset: int) 
 
 def export_onnx(model_path: str | Path, out: str | Path, settings: ExportSettings | None = None) -> ExportSummary:
     settings = settings or ExportSettings()
+    settings.check()
     t0 = time.perf_counter()
-    torch = _require("torch", "train")
-    onnx = _require("onnx", "encode")
-    ort = _require("onnxruntime", "encode")
+    torch = require("torch", "train", purpose="`imagesim export`")
+    onnx = require("onnx", "encode", purpose="`imagesim export`")
+    require("onnxruntime", "encode", purpose="`imagesim export`")
     from imagesim.learn.train import load_model
 
     out = Path(out)
     if out.suffix != ".onnx":
-        raise InvalidArgumentError(f"--out {out}: give a file name ending in .onnx")
+        raise InvalidArgumentError(f"`out` {out}: give a file name ending in .onnx", param="out")
     if out.exists() and not settings.overwrite:
-        raise OutputExistsError(f"{out} exists; give --overwrite to replace it")
-    if not 7 <= settings.opset <= 23:
-        raise InvalidArgumentError(f"--opset {settings.opset}: give 7..23 (17 is a safe default)")
+        raise OutputExistsError(f"{out} exists; pass `overwrite` to replace it")
+    try:  # a provider this machine cannot run fails now, not after the export
+        devices.onnx_providers(settings.provider)
+    except EncodeError as exc:
+        raise ExportError(f"parity check: {exc}") from None
     model_path = Path(model_path)
     if not model_path.is_file():
         raise ImagesimFileNotFoundError(f"model not found: {model_path}")
     model, ckpt = load_model(model_path)
     classes = list(ckpt["classes"])
     size = int(settings.chip_size or ckpt.get("chip_size") or ckpt["config"]["chip_size"])
-    if not 32 <= size <= 2048:
-        raise InvalidArgumentError(f"--chip-size {size}: give 32..2048")
+    options.check_range("chip_size", size, *options.CHIP_SIZE_RANGE)
     wrapper = _wrapper(model, settings.normalize)
     precision = "fp16" if settings.fp16 else "fp32"
     if settings.fp16:
@@ -180,7 +182,7 @@ def export_onnx(model_path: str | Path, out: str | Path, settings: ExportSetting
         raw = Path(tmp) / "raw.onnx"
         exporter = _export_graph(torch, wrapper, dummy, raw, settings.opset)
         graph = onnx.load(str(raw))
-        thresholds = [float(t) for t in np.asarray(ckpt.get("thresholds", [0.35] * len(classes))).ravel()]
+        thresholds = [float(t) for t in np.asarray(ckpt.get("thresholds", [options.THRESHOLD] * len(classes))).ravel()]
         metrics = ckpt.get("metrics") or {}
         meta = {
             "classes": json.dumps(classes),
@@ -208,7 +210,10 @@ def export_onnx(model_path: str | Path, out: str | Path, settings: ExportSetting
         onnx.save(graph, str(final))
 
         images, source = parity_images(settings.parity_chips or Path(ckpt["config"].get("chips", "")), size, settings.parity_count)
-        session = ort.InferenceSession(str(final), providers=["CPUExecutionProvider"])
+        try:
+            session, provider = devices.onnx_session(final, settings.provider)
+        except EncodeError as exc:
+            raise ExportError(f"{out}: parity check: {exc}; nothing written") from None
         got = session.run(["embedding", "logits"], {"image": images})
         with torch.no_grad():
             want = [t.float().numpy() for t in wrapper(torch.from_numpy(images))]
@@ -221,18 +226,18 @@ def export_onnx(model_path: str | Path, out: str | Path, settings: ExportSetting
             )
         with atomic_path(out) as dst:
             dst.write_bytes(final.read_bytes())
-    return ExportSummary(out, model_id(out), size, classes, precision, len(images), source, diffs, "CPUExecutionProvider",
+    return ExportSummary(out, model_id(out), size, classes, precision, len(images), source, diffs, provider,
                          time.perf_counter() - t0)
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """The ``imagesim.*`` metadata of an exported ONNX file, decoded."""
-    ort = _require("onnxruntime", "encode")
+    ort = require("onnxruntime", "encode", purpose="reading an ONNX model")
     path = Path(path)
     if not path.is_file():
         raise ImagesimFileNotFoundError(f"ONNX model not found: {path}")
     try:
-        meta = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
+        meta = ort.InferenceSession(str(path), providers=[devices.CPU_PROVIDER]).get_modelmeta().custom_metadata_map
     except Exception as exc:  # onnxruntime raises its own exception types
         raise InvalidArgumentError(f"{path}: not a readable ONNX model ({exc})") from None
     return decode_metadata(meta, path)

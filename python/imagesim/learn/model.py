@@ -16,9 +16,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from imagesim import options
 from imagesim.errors import ImagesimFileNotFoundError, InvalidArgumentError
 
-BACKBONES = ("resnet50", "resnet18")
+BACKBONES = options.BACKBONES
 EMBEDDING_DIM = 512
 
 
@@ -27,8 +28,7 @@ class MultilabelNet(nn.Module):
         super().__init__()
         import torchvision
 
-        if backbone not in BACKBONES:
-            raise InvalidArgumentError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
+        options.check_choice("backbone", backbone, BACKBONES)
         net = getattr(torchvision.models, backbone)(weights=None)
         features = net.fc.in_features
         net.fc = nn.Identity()
@@ -113,6 +113,6 @@ def load_backbone_weights(model: MultilabelNet, path: str | Path) -> int:
     if result.missing_keys:
         raise InvalidArgumentError(
             f"{path}: {len(result.missing_keys)} backbone tensors missing (e.g. {', '.join(result.missing_keys[:3])}); "
-            "is it a torchvision ResNet of the chosen --backbone?"
+            "is it a torchvision ResNet of the chosen `backbone`?"
         )
     return len(clean) - len(result.unexpected_keys)

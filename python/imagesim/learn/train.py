@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from imagesim import options
 from imagesim.artefacts import LAST_PT, METRICS_JSON, MODEL_PT, RUN_FILES, SPLIT_JSON, TRAINING_CURVES
 from imagesim.errors import ImagesimFileNotFoundError, InvalidArgumentError, OutputExistsError
 from imagesim.fsutil import write_json, write_with
@@ -34,8 +35,6 @@ RUN_MARKERS = RUN_FILES[:3]  # a folder with any of these holds a run (split.jso
 CHECKPOINT_FORMAT = "imagesim-train-checkpoint/1"
 MODEL_FORMAT = "imagesim-model/1"
 MONITOR = "f1_micro_tuned"
-DEVICES = ("auto", "cpu", "cuda")
-DEFAULT_EPOCHS = 10
 
 
 @dataclass
@@ -43,38 +42,36 @@ class TrainConfig:
     chips: str
     labels: str
     out: str
-    backbone: str = "resnet50"
+    backbone: str = options.BACKBONE
     weights: str | None = None
-    chip_size: int = 224
-    epochs: int | None = None  # None: DEFAULT_EPOCHS for a new run, the run's own count on --resume
-    batch_size: int = 32
-    lr: float = 1e-3
-    backbone_lr_factor: float = 0.1
-    freeze_epochs: int | None = None  # None: 1 with --weights, 0 when training from scratch
+    chip_size: int = options.CHIP_SIZE
+    epochs: int | None = None  # None: options.EPOCHS for a new run, the run's own count on `resume`
+    batch_size: int = options.BATCH_SIZE
+    lr: float = options.LR
+    backbone_lr_factor: float = options.BACKBONE_LR_FACTOR
+    freeze_epochs: int | None = None  # None: 1 with `weights`, 0 when training from scratch
     pos_weight: bool = False
-    threshold: float = 0.35
-    val_fraction: float = 0.2
-    device: str = "auto"
+    threshold: float = options.THRESHOLD
+    val_fraction: float = options.VAL_FRACTION
+    device: str = options.DEVICE
     amp: bool = False
-    workers: int = 2
+    workers: int = options.TRAIN_WORKERS
     seed: int = 0
 
     def check(self) -> None:
-        from imagesim.learn.model import BACKBONES
-
-        if self.backbone not in BACKBONES:
-            raise InvalidArgumentError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
-        if self.device not in DEVICES:
-            raise InvalidArgumentError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        for name, value, low in (("chip-size", self.chip_size, 32), ("epochs", self.epochs or 0, 1), ("batch-size", self.batch_size, 2), ("workers", self.workers, 0)):
-            if value < low:
-                raise InvalidArgumentError(f"--{name} must be at least {low}, got {value}")
-        if self.freeze_epochs is not None and self.freeze_epochs < 0:
-            raise InvalidArgumentError(f"--freeze-epochs must be at least 0, got {self.freeze_epochs}")
-        if not (self.lr > 0 and self.backbone_lr_factor > 0):
-            raise InvalidArgumentError("--lr and --backbone-lr-factor must be positive")
-        if not 0 < self.threshold < 1:
-            raise InvalidArgumentError(f"--threshold must be between 0 and 1, got {self.threshold}")
+        options.check_choice("backbone", self.backbone, options.BACKBONES)
+        options.check_choice("device", self.device, options.DEVICES)
+        options.check_range("chip_size", self.chip_size, *options.CHIP_SIZE_RANGE)
+        if self.epochs is not None:
+            options.check_range("epochs", self.epochs, *options.EPOCHS_RANGE)
+        options.check_range("batch_size", self.batch_size, *options.BATCH_SIZE_RANGE)
+        options.check_range("workers", self.workers, *options.TRAIN_WORKERS_RANGE)
+        if self.freeze_epochs is not None:
+            options.check_range("freeze_epochs", self.freeze_epochs, *options.FREEZE_EPOCHS_RANGE)
+        options.check_range("lr", self.lr, 0, exclusive=True)
+        options.check_range("backbone_lr_factor", self.backbone_lr_factor, 0, exclusive=True)
+        options.check_range("threshold", self.threshold, 0, 1, exclusive=True)
+        options.check_range("val_fraction", self.val_fraction, 0, 1, exclusive=True)
 
     @property
     def frozen_epochs(self) -> int:
@@ -123,24 +120,16 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
-def resolve_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InvalidArgumentError("--device cuda asked for, but torch sees no CUDA device (use --device cpu or auto)")
-    return name
-
-
 def _prepare_out(out: Path, *, resume: bool, overwrite: bool) -> None:
     if resume:
         if not (out / LAST_PT).is_file():
-            raise ImagesimFileNotFoundError(f"--resume: no checkpoint {out / 'last.pt'} to continue from")
+            raise ImagesimFileNotFoundError(f"`resume`: no checkpoint {out / LAST_PT} to continue from")
         return
     existing = [n for n in RUN_MARKERS if (out / n).exists()]
     if existing and not overwrite:
-        raise OutputExistsError(f"{out} already holds a training run ({', '.join(existing)}); use --resume to continue it or --overwrite to start again")
+        raise OutputExistsError(
+            f"{out} already holds a training run ({', '.join(existing)}); pass `resume` to continue it or `overwrite` to start again"
+        )
     for n in RUN_FILES:
         (out / n).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -237,6 +226,7 @@ def run_train(
     from torch import nn
 
     from imagesim.learn.dataset import ChipDataset, EpochSampler, check_chips, load_labels, make_split
+    from imagesim.learn.devices import torch_device
     from imagesim.learn.metrics import evaluate, frequency_baseline
     from imagesim.learn.model import MultilabelNet, load_backbone_weights
 
@@ -258,9 +248,9 @@ def run_train(
         if config.epochs != saved["epochs"]:
             note(f"resume: epochs {saved['epochs']} → {config.epochs}; the cosine schedule is stretched to the new length")
     elif config.epochs is None:
-        config = replace(config, epochs=DEFAULT_EPOCHS)
+        config = replace(config, epochs=options.EPOCHS)
     config.check()
-    epochs = int(config.epochs or DEFAULT_EPOCHS)
+    epochs = int(config.epochs or options.EPOCHS)
     chips = Path(config.chips)
 
     table = load_labels(config.labels)
@@ -269,17 +259,17 @@ def run_train(
     check_chips(table, chips)
     split = make_split(table, config.val_fraction)
     if ckpt is not None and ckpt["labels_digest"] != table.digest():
-        raise InvalidArgumentError(f"{config.labels}: the labels changed since the run in {out} started; start a new run (--overwrite)")
+        raise InvalidArgumentError(f"{config.labels}: the labels changed since the run in {out} started; start a new run (pass `overwrite`)")
     log(f"{len(table)} chips, {len(table.classes)} classes; {split.train.size} train / {split.val.size} validation ({split.how})")
     y = table.targets
     y_train, y_val = y[split.train], y[split.val]
     baseline = frequency_baseline(y_train, y_val)
 
-    device = resolve_device(config.device)
-    cuda = device == "cuda"
+    device = torch_device(config.device)
+    cuda = device.type == "cuda"
     amp = config.amp and cuda
     if config.amp and not cuda:
-        note("--amp needs CUDA; training in float32 on the CPU")
+        note("`amp` needs CUDA; training in float32 on the CPU")
     torch.manual_seed(config.seed)
     if cuda:
         torch.backends.cudnn.benchmark = False
@@ -292,7 +282,7 @@ def run_train(
             n = load_backbone_weights(model, config.weights)
             log(f"backbone weights: {n} tensors from {config.weights}")
         else:
-            note(f"no --weights: training the {config.backbone} backbone from scratch (random initialisation)")
+            note(f"no `weights`: training the {config.backbone} backbone from scratch (random initialisation)")
     model.to(device)
     if cuda:
         model.to(memory_format=torch.channels_last)
@@ -335,7 +325,7 @@ def run_train(
         history, best, best_epoch, start_epoch = ckpt["history"], ckpt["best"], ckpt["best_epoch"], ckpt["epoch"]
         log(f"resuming {out} after epoch {start_epoch} of {epochs}")
         if start_epoch >= epochs:
-            note(f"the run already has {start_epoch} epoch(s); nothing to do (give a larger --epochs to extend it)")
+            note(f"the run already has {start_epoch} epoch(s); nothing to do (pass a larger `epochs` to extend it)")
 
     split_info = {"how": split.how, "train": [table.paths[i] for i in split.train], "val": [table.paths[i] for i in split.val]}
     if ckpt is None:
@@ -462,7 +452,7 @@ def run_train(
         n_train=int(split.train.size),
         n_val=int(split.val.size),
         split=split.how,
-        device=device,
+        device=str(device),
         notes=notes,
     )
 
@@ -485,4 +475,4 @@ def _write_metrics(out: Path, config: TrainConfig, table, split_info: dict, base
     )
 
 
-__all__ = ["TrainConfig", "TrainResult", "run_train", "load_model", "load_checkpoint", "resolve_device"]
+__all__ = ["TrainConfig", "TrainResult", "run_train", "load_model", "load_checkpoint"]

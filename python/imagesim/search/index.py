@@ -24,20 +24,15 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from imagesim import grid
-from imagesim.errors import (
-    ImagesimFileNotFoundError,
-    InvalidArgumentError,
-    MissingDependencyError,
-    OutputExistsError,
-)
-from imagesim.artefacts import INDEX_FAISS, INDEX_IDS, INDEX_JSON, read_embeddings, sidecar
+from imagesim import grid, options
+from imagesim.artefacts import INDEX_FAISS, INDEX_IDS, INDEX_JSON, read_embeddings
+from imagesim.errors import ImagesimFileNotFoundError, InvalidArgumentError, OutputExistsError, require
 from imagesim.fsutil import atomic_path, write_json, write_with
 
 FORMAT_VERSION = 1
 
-KINDS = ("auto", "flat", "ivf", "hnsw")
-FLAT_MAX = 100_000  # auto: exact search up to this many vectors
+KINDS = options.INDEX_KINDS
+FLAT_MAX = options.FLAT_MAX  # auto: exact search up to this many vectors
 TARGET_RECALL = 0.95  # approximate kinds are tuned to reach this recall@10 (plus TUNE_MARGIN)
 TUNE_MARGIN = 0.01
 TUNE_QUERIES = 500
@@ -49,13 +44,8 @@ Progress = Callable[[int], Any]  # called with the number of vectors added so fa
 
 
 def import_faiss() -> Any:
-    try:
-        import faiss
-    except ImportError as exc:
-        raise MissingDependencyError(
-            "`imagesim index` and `imagesim similar` need faiss; install it with `pip install faiss-cpu`"
-        ) from exc
-    return faiss
+    """The faiss module, or a MissingDependencyError naming the ``index`` extra."""
+    return require("faiss", "index", purpose="`imagesim index` and `imagesim similar`")
 
 
 # --- reading embeddings ---
@@ -100,8 +90,7 @@ def chip_footprint(zone: int, quadkey: str) -> list[list[float]]:
 
 
 def choose_kind(kind: str, n: int, flat_max: int = FLAT_MAX) -> str:
-    if kind not in KINDS:
-        raise InvalidArgumentError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    options.check_choice("kind", kind, KINDS)
     if kind == "auto":
         return "flat" if n <= flat_max else "ivf"
     return kind
@@ -228,7 +217,7 @@ class BuildSummary:
         extra = f", nlist {self.params['nlist']}" if "nlist" in self.params else ""
         short = ""
         if "tuned_recall_at_10" in self.params and self.params["tuned_recall_at_10"] < self.params["target_recall_at_10"]:
-            short = f"; below the {self.params['target_recall_at_10']} recall target even at the largest setting: use --kind ivf or flat"
+            short = f"; below the {self.params['target_recall_at_10']} recall target even at the largest setting: rebuild it with `imagesim index --kind ivf` (or flat)"
         return f"indexed {self.n:,} chips ({self.dim}-d) as {self.kind}{why}{extra}{tuned} in {self.seconds:.1f} s → {self.out}{short}"
 
 
@@ -236,7 +225,7 @@ def build_index(
     embeddings: str | Path,
     out: str | Path,
     *,
-    kind: str = "auto",
+    kind: str = options.INDEX_KIND,
     overwrite: bool = False,
     flat_max: int = FLAT_MAX,
     target_recall: float = TARGET_RECALL,
@@ -250,11 +239,11 @@ def build_index(
     """
     t0 = time.perf_counter()
     embeddings, out = Path(embeddings), Path(out)
-    if kind not in KINDS:
-        raise InvalidArgumentError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    options.check_choice("kind", kind, KINDS)
+    options.check_range("flat_max", flat_max, *options.FLAT_MAX_RANGE)
     existing = [out / name for name in (INDEX_JSON, INDEX_FAISS, INDEX_IDS) if (out / name).exists()]
     if existing and not overwrite:
-        raise OutputExistsError(f"{existing[0]} exists; pass --overwrite to replace the index in {out}")
+        raise OutputExistsError(f"{existing[0]} exists; pass `overwrite` to replace the index in {out}")
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out} exists and is not a folder")
     rows, vectors, emb_meta = read_embeddings(embeddings)

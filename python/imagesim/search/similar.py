@@ -15,11 +15,12 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from imagesim import options
 from imagesim.errors import InvalidArgumentError, LabelInputError
 from imagesim.fsutil import write_json
 from imagesim.search.index import LoadedIndex, chip_footprint
 
-K_MAX = 10_000
+K_MAX = options.K_RANGE[1]
 _QUADKEY_DIGITS = set("0123")
 
 
@@ -53,8 +54,8 @@ class SimilarResult:
 
 
 def check_k(k: int) -> int:
-    if not 1 <= k <= K_MAX:
-        raise InvalidArgumentError(f"--k must be between 1 and {K_MAX:,}, got {k}")
+    """``k`` when it is 1..10,000 (``options.K_RANGE``), else an InvalidArgumentError naming `k`."""
+    options.check_range("k", k, *options.K_RANGE, what="the number of results")
     return k
 
 
@@ -102,7 +103,7 @@ def similar(
     positives: list[str],
     negatives: list[str] | None = None,
     *,
-    k: int = 10,
+    k: int = options.K,
     exclude_same_cell: bool = False,
 ) -> SimilarResult:
     """The ``k`` chips most similar to the examples, best first."""
@@ -209,7 +210,9 @@ def _labels_frame(labels: Any) -> tuple[pl.DataFrame, list[str]]:
     return table, classes
 
 
-def precision_at_k(index: LoadedIndex | str | Path, labels: Any, k: int = 10, *, sample: int = 2000, seed: int = 0) -> PrecisionResult:
+def precision_at_k(
+    index: LoadedIndex | str | Path, labels: Any, k: int = options.K, *, sample: int = options.EVAL_SAMPLE, seed: int = 0
+) -> PrecisionResult:
     """precision@k of the index against labels, and the random baseline.
 
     For each evaluated chip (all labelled chips of the index, or a random ``sample`` of them) its
@@ -225,6 +228,7 @@ def precision_at_k(index: LoadedIndex | str | Path, labels: Any, k: int = 10, *,
     if not isinstance(index, LoadedIndex):
         index = load_index(index)
     check_k(k)
+    options.check_range("sample", sample, *options.EVAL_SAMPLE_RANGE)
     table, classes = _labels_frame(labels)
     ids = index.ids.select("row", "chip", "quadkey")
     joined = ids.join(table, on="chip", how="inner").sort("row")

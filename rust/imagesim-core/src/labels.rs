@@ -68,7 +68,7 @@ fn check_bits(bits: &[u64], words: usize, n_classes: usize) -> Result<usize> {
             words_for(n_classes)
         )));
     }
-    if bits.len() % words != 0 {
+    if !bits.len().is_multiple_of(words) {
         return Err(Error::InvalidArgument(
             "bitset array is not a whole number of rows".into(),
         ));

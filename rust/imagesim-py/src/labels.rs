@@ -54,13 +54,16 @@ fn pack_labels<'py>(
     to_2d(py, rows, labels::words_for(n_classes), bits)
 }
 
+/// Sparse rows as numpy arrays: flat `ids` (u32) and `offsets` (i64, rows + 1 entries).
+type SparseRows<'py> = (Bound<'py, PyArray1<u32>>, Bound<'py, PyArray1<i64>>);
+
 /// Bitsets `(rows, words)` to sparse rows: `(ids u32, offsets i64)`, ids ascending per row.
 #[pyfunction]
 fn unpack_labels<'py>(
     py: Python<'py>,
     bits: PyReadonlyArray2<'py, u64>,
     n_classes: usize,
-) -> PyResult<(Bound<'py, PyArray1<u32>>, Bound<'py, PyArray1<i64>>)> {
+) -> PyResult<SparseRows<'py>> {
     let words = bits.shape()[1];
     let flat = contiguous(&bits, "bitsets")?;
     let (ids, offsets) = detached(py, || labels::unpack(flat, words, n_classes))?;

@@ -1,6 +1,6 @@
 """`imagesim sample-data`: a synthetic but realistic Maxar ARD delivery plus its OpenStreetMap data.
 
-What it writes (the layout of a Maxar ARD delivery, as :mod:`imagesim.imagery.ard` reads it)::
+What it writes (the ARD layout of docs/architecture.md, as :mod:`imagesim.imagery.ard` reads it)::
 
     <dest>/ard/<zone>/<qk12>/<YYYY-MM-DD>/<catid>-visual.tif      COG, 17,408² px, 3 × uint8, 512 px tiles
                                          <catid>.json              acquisition metadata (STAC-like)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -29,11 +30,11 @@ _ROAD_RGB = {"motorway": (108, 108, 110), "primary": (122, 120, 117), "residenti
 
 @dataclass
 class Feature:
-    geom: object  # shapely geometry in UTM metres: Polygon/MultiPolygon (areas) or LineString (lines)
+    geom: Any  # shapely geometry in UTM metres: Polygon/MultiPolygon (areas) or LineString (lines)
     tags: dict[str, str]
     cls: str  # render class (a name in render.py's class table); "" = OSM only (not rendered)
     rgb: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    render_geom: object | None = None  # what is rasterized, when it differs (buffered lines)
+    render_geom: Any = None  # what is rasterized, when it differs from geom (buffered lines); None: geom
     stripe: tuple[float, float, float, int] = (0.0, 0.0, 0.0, 0)  # angle rad, period m, amplitude, kind
     height: float = 0.0  # buildings: metres, for shadows
     osm_relation: bool = False  # write as a multipolygon relation

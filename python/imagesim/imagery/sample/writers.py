@@ -13,6 +13,7 @@ import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -242,7 +243,7 @@ def write_osm(path: Path, scene: Scene) -> int:
         else:
             coords_way(polys[0].exterior.coords, dict(f.tags), closed=True)
 
-    attrs = {"version": 1, "timestamp": "2024-03-01T00:00:00Z", "changeset": 1, "uid": 1, "user": "imagesim"}
+    attrs: dict[str, Any] = {"version": 1, "timestamp": "2024-03-01T00:00:00Z", "changeset": 1, "uid": 1, "user": "imagesim"}
     with atomic_path(path) as tmp:
         final = tmp.with_name(tmp.name + ".osm.pbf")  # osmium picks the format from the suffix
         try:

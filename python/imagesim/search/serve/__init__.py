@@ -11,6 +11,9 @@ __all__ = ["create_app"]
 
 
 def create_app(*args: Any, **kwargs: Any) -> Any:
+    from imagesim.errors import require
+
+    require("fastapi", "serve", purpose="`imagesim serve`")
     from imagesim.search.serve.app import create_app as _create_app
 
     return _create_app(*args, **kwargs)

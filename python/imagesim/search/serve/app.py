@@ -26,16 +26,17 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from fastapi import FastAPI, HTTPException, Path as PathParam, Query, Request
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from imagesim import grid
+from imagesim import grid, options
 from imagesim.errors import ImagesimError
-from imagesim.search.serve.tiles import MAX_ZOOM, Catalog, TileRenderer, Transformers, check_tile
+from imagesim.search.serve.tiles import MAX_ZOOM, Catalog, TileRenderer, Transformers, check_render_settings, check_tile
 
 log = logging.getLogger("imagesim.search.serve")
 
@@ -209,14 +210,15 @@ def create_app(
     chips_dir: str | Path,
     index_dir: str | Path | None,
     *,
-    block_cache_mb: int = 256,
-    cog_cache: int = 256,
-    quality: int = 85,
+    block_cache_mb: int = options.BLOCK_CACHE_MB,
+    cog_cache: int = options.COG_CACHE,
+    quality: int = options.TILE_QUALITY,
     allowed_hosts: list[str] | None = None,
 ) -> FastAPI:
     """The viewer app over an ARD delivery, its chips folder and an index folder (from `imagesim index`)."""
     from imagesim.errors import ImagesimFileNotFoundError
 
+    check_render_settings(block_cache_mb, cog_cache, quality)
     chips_root = Path(chips_dir).resolve()
     if not chips_root.is_dir():
         raise ImagesimFileNotFoundError(f"{chips_dir}: chips folder not found")
@@ -378,7 +380,7 @@ def create_app(
         return chip if chip.endswith(".jpg") else chip + ".jpg"
 
     @app.get("/api/similar")
-    def similar_chips(chip: str = Query(..., max_length=120), k: int = Query(10, ge=1, le=K_MAX_UI),
+    def similar_chips(chip: str = Query(..., max_length=120), k: int = Query(options.K, ge=1, le=K_MAX_UI),
                       exclude_same_cell: bool = Query(False)) -> dict[str, Any]:
         from imagesim.search.similar import geojson, similar
 
@@ -434,8 +436,8 @@ def app_from_env() -> FastAPI:
         env["IMAGESIM_SERVE_ARD"],
         env["IMAGESIM_SERVE_CHIPS"],
         env.get("IMAGESIM_SERVE_INDEX") or None,
-        block_cache_mb=int(env.get("IMAGESIM_SERVE_BLOCK_CACHE_MB", "256")),
-        cog_cache=int(env.get("IMAGESIM_SERVE_COG_CACHE", "256")),
-        quality=int(env.get("IMAGESIM_SERVE_QUALITY", "85")),
-        allowed_hosts=allowed_hosts_for(env.get("IMAGESIM_SERVE_HOST", "127.0.0.1")),
+        block_cache_mb=int(env.get("IMAGESIM_SERVE_BLOCK_CACHE_MB", options.BLOCK_CACHE_MB)),
+        cog_cache=int(env.get("IMAGESIM_SERVE_COG_CACHE", options.COG_CACHE)),
+        quality=int(env.get("IMAGESIM_SERVE_QUALITY", options.TILE_QUALITY)),
+        allowed_hosts=allowed_hosts_for(env.get("IMAGESIM_SERVE_HOST", options.SERVE_HOST)),
     )

@@ -31,18 +31,18 @@ from typing import Any
 
 import numpy as np
 
-from imagesim import grid
-from imagesim.imagery.ard import Acquisition, find_acquisitions
+from imagesim import grid, options
 from imagesim.errors import ImagesimError, InvalidArgumentError
-from imagesim.storage import location
+from imagesim.imagery.ard import Acquisition, find_acquisitions
+from imagesim.storage import AnyPath, location
 
 TILE = 256
 MESH = 4  # mesh cells per tile side (64 px each)
 EARTH_HALF = 20037508.342789244  # half the Web Mercator extent (m)
 MAX_ZOOM = 24
 NODATA_MAX = 0  # a pixel is no-data when all its bands are <= this (the ARD no-data value is 0)
-DEFAULT_BLOCK_CACHE_MB = 256
-DEFAULT_COG_CACHE = 256
+DEFAULT_BLOCK_CACHE_MB = options.BLOCK_CACHE_MB
+DEFAULT_COG_CACHE = options.COG_CACHE
 MAX_CELLS_PER_TILE = 64
 
 
@@ -221,6 +221,13 @@ class OpenCog:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+def check_render_settings(block_cache_mb: int, cog_cache: int, quality: int) -> None:
+    """The renderer's settings in their ranges (``options``), or an InvalidArgumentError naming the one at fault."""
+    options.check_range("block_cache_mb", block_cache_mb, *options.BLOCK_CACHE_MB_RANGE)
+    options.check_range("cog_cache", cog_cache, *options.COG_CACHE_RANGE)
+    options.check_range("quality", quality, *options.QUALITY_RANGE, what="the JPEG quality of the tiles")
+
+
 class TileRenderer:
     """Renders XYZ tiles from a :class:`Catalog`; safe to call from many threads."""
 
@@ -230,13 +237,14 @@ class TileRenderer:
         *,
         block_cache_mb: int = DEFAULT_BLOCK_CACHE_MB,
         cog_cache: int = DEFAULT_COG_CACHE,
-        quality: int = 85,
+        quality: int = options.TILE_QUALITY,
     ) -> None:
+        check_render_settings(block_cache_mb, cog_cache, quality)
         self.catalog = catalog
         self.transformers = catalog.transformers
         self.blocks = BlockCache(block_cache_mb * 1024 * 1024) if block_cache_mb > 0 else None
         self.cog_cache = max(1, cog_cache)
-        self._cogs: OrderedDict[Path, OpenCog] = OrderedDict()
+        self._cogs: OrderedDict[AnyPath, OpenCog] = OrderedDict()
         self._cogs_lock = threading.Lock()
         self.quality = quality
         self.native_zoom = catalog.native_zoom()
@@ -245,7 +253,7 @@ class TileRenderer:
 
     # --- COG headers ---
 
-    def open(self, path: Path) -> OpenCog:
+    def open(self, path: AnyPath) -> OpenCog:
         with self._cogs_lock:
             oc = self._cogs.get(path)
             if oc is not None:
@@ -457,4 +465,4 @@ def mesh_error(z: int, x: int, y: int, epsg: int, transformers: Transformers | N
     return float(np.hypot(fx - ex, fy - ey).max() / pixel_m)
 
 
-__all__ = ["Catalog", "TileRenderer", "Transformers", "check_tile", "mesh_error", "ImagesimError"]
+__all__ = ["Catalog", "TileRenderer", "Transformers", "check_render_settings", "check_tile", "mesh_error", "ImagesimError"]

@@ -4,7 +4,8 @@
 //! Credentials and endpoints come from the standard environment (`AWS_*`, `GOOGLE_*`, `AZURE_*`:
 //! keys, `AWS_ENDPOINT` for S3-compatible stores, `AWS_ALLOW_HTTP`, `AWS_SKIP_SIGNATURE` for public
 //! buckets), then for S3 from the `AWS_PROFILE` (or `default`) profile of `~/.aws/credentials` and
-//! `~/.aws/config` ([`profile`]), then instance metadata / web identity as `object_store` does.
+//! `~/.aws/config` (the private `profile` module), then instance metadata / web identity as
+//! `object_store` does.
 //! `object_store` retries 5xx answers, dropped connections and timeouts with exponential backoff.
 //!
 //! Paths stay `Path`s: a path whose text starts with `scheme://` names an object, anything else a

@@ -56,9 +56,10 @@ pub fn options(env: &[(String, String)]) -> Vec<(String, String)> {
     let credentials = read("AWS_SHARED_CREDENTIALS_FILE", "credentials");
     let config = read("AWS_CONFIG_FILE", "config");
     // What the environment sets (a region, an endpoint) stays as it is.
+    let set_by_env = |k: &str| has(k) || (k == "aws_region" && has("AWS_DEFAULT_REGION"));
     from_files(&profile, &credentials, &config)
         .into_iter()
-        .filter(|(k, _)| !has(k) && !(k == "aws_region" && has("AWS_DEFAULT_REGION")))
+        .filter(|(k, _)| !set_by_env(k))
         .collect()
 }
 

@@ -1,0 +1,138 @@
+"""`imagesim sample-data`, `imagesim chip` and `imagesim nodata-index`: deliveries to chips.
+
+The imagery stage is imported inside each command, so `imagesim --help` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+
+from imagesim import options
+from imagesim.cli._common import (
+    ArdPath,
+    Commands,
+    MinNodataPixels,
+    NodataThreshold,
+    Overwrite,
+    Proc,
+    Quality,
+    Scheduler,
+    Zones,
+    err,
+    out,
+    progress_bar,
+)
+
+commands = Commands()
+register = commands.register
+
+
+@commands.command("sample-data")
+def sample_data(
+    dest: Annotated[Path, typer.Argument(help="Folder to write the sample delivery into.")],
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed writes the same files.")] = 0,
+    small: Annotated[bool, typer.Option("--small", help="Imagery over a small part of each cell only (fast, for tests).")] = False,
+    compression: Annotated[str, typer.Option(help="COG compression: jpeg (like ARD) or deflate (lossless).")] = "jpeg",
+    overwrite: Overwrite = False,
+) -> None:
+    """Write a realistic ARD delivery (COGs, metadata, data masks) and its OpenStreetMap data."""
+    from imagesim.imagery.sample import write_sample
+
+    summary = write_sample(dest, seed=seed, small=small, compression=compression, overwrite=overwrite, progress=lambda m: err.print(m, markup=False))
+    out.print(f"ARD delivery: {summary.root}  ({len(summary.cogs)} COGs, cells {', '.join(summary.cells)}, zone {summary.zone})")
+    out.print(f"OpenStreetMap: {summary.osm_pbf}")
+
+
+@commands.command("chip")
+def chip(
+    ard_path: ArdPath,
+    dest: Annotated[str, typer.Option("--dest", help="Output folder or object-store prefix (s3://bucket/chips): DEST/<zone>/Z<zone>-<quadkey>_<catalog-id>.jpg plus chips.parquet.")],
+    zoom: Annotated[int, typer.Option(help="Chip zoom {}..{} (17 = 512 px, 156.25 m chips).".format(*options.ZOOM_RANGE))] = options.ZOOM,
+    proc: Proc = options.PROC_ALL,
+    quality: Quality = options.JPEG_QUALITY,
+    passthrough: Annotated[bool, typer.Option("--passthrough", help="Copy JPEG tiles out without re-encoding when a chip is exactly one internal tile.")] = False,
+    nodata_threshold: NodataThreshold = options.NODATA_THRESHOLD,
+    min_nodata_pixels: MinNodataPixels = options.MIN_NODATA_PIXELS,
+    zones: Zones = None,
+    quadkeys: Annotated[Optional[list[str]], typer.Option("--quadkey", help="Only cells with this quadkey prefix, up to 12 digits (repeatable).")] = None,
+    catalog_ids: Annotated[Optional[list[str]], typer.Option("--catalog-id", help="Only this acquisition (repeatable).")] = None,
+    overwrite: Overwrite = False,
+    skip_empty: Annotated[bool, typer.Option("--skip-empty", help="Do not write chips that are entirely no-data (still listed in chips.parquet).")] = False,
+    measure: Annotated[bool, typer.Option("--measure/--no-measure", help="Count no-data pixels of every chip. --no-measure with --passthrough skips the decode that measuring costs (no-data columns left empty for copied chips; run nodata-index later).")] = True,
+    scheduler: Scheduler = None,
+) -> None:
+    """Cut every ARD `-visual.tif` into JPEG chips on the quadkey grid and record chips.parquet.
+
+    Chips already written are skipped unless --overwrite.
+    """
+    from imagesim.imagery.chip import ChipSettings, run_chip
+
+    settings = ChipSettings(
+        zoom=zoom,
+        quality=quality,
+        passthrough=passthrough,
+        nodata_threshold=nodata_threshold,
+        min_nodata_pixels=min_nodata_pixels,
+        overwrite=overwrite,
+        skip_empty=skip_empty,
+        measure=measure,
+        proc=proc,
+    )
+    summary = run_chip(ard_path, dest, settings, zones=zones, quadkeys=quadkeys, catalog_ids=catalog_ids, progress=progress_bar("chip"), scheduler=scheduler)
+    for m in summary.misplaced:
+        err.print(f"[yellow]ignored[/] {escape(str(m.path))}: {escape(m.reason)}")
+    for cog in summary.stale_cogs:
+        err.print(f"[yellow]changed since its chips were cut, chips rewritten:[/] {cog}")
+    for _cog, msg in summary.failed_cogs:
+        err.print(f"[red]failed[/] {escape(msg)}")
+    if summary.cogs == 0:
+        err.print(f"[yellow]no -visual.tif found under {ard_path} matching the filters[/]")
+    out.print(summary.line(), soft_wrap=True)
+    out.print(f"chips: {summary.dest}  manifest: {summary.dest / 'chips.parquet'}  errors: {summary.dest / 'chip-errors.json'}", soft_wrap=True)
+    if summary.failed_cogs or summary.failed_chips:
+        raise typer.Exit(code=1)
+
+
+@commands.command(
+    "nodata-index",
+    # the original tool's names, still accepted
+    aliases={"--chip-dir": "--chips", "--threshold": "--nodata-threshold", "--min-pixels": "--min-nodata-pixels"},
+)
+def nodata_index(
+    chip_dir: Annotated[str, typer.Option("--chips", help="Folder or object-store prefix of chips (searched recursively): the DEST of `imagesim chip`, or one zone's folder.")],
+    filename: Annotated[str, typer.Option(help="Index file name, written in CHIPS (or an absolute path).")] = "nodata-index.json",
+    overwrite: Annotated[bool, typer.Option("--overwrite/--no-overwrite", help="Replace an existing index (default: overwrite, as the original tool did).")] = True,
+    proc: Proc = options.PROC_ALL,
+    nodata_threshold: NodataThreshold = options.NODATA_THRESHOLD,
+    min_nodata_pixels: MinNodataPixels = options.MIN_NODATA_PIXELS,
+    source: Annotated[Optional[str], typer.Option(help="pixels (decode every chip), manifest (chips.parquet counts from the COG) or mask (ARD data-mask.gpkg). Default: manifest when CHIPS has one, else pixels.")] = None,
+    ard_path: Annotated[Optional[str], typer.Option("--ard-path", help="ARD root (folder or object-store URL), to find data masks for --source mask when chips.parquet is absent.")] = None,
+    scheduler: Scheduler = None,
+) -> None:
+    """Classify every chip as all_data, partial_data or no_data (JSON index + nodata.parquet)."""
+    from imagesim.imagery.nodata import NodataSettings, run_nodata_index
+
+    settings = NodataSettings(
+        filename=filename,
+        overwrite=overwrite,
+        proc=proc,
+        nodata_threshold=nodata_threshold,
+        min_nodata_pixels=min_nodata_pixels,
+        source=source,
+        ard_path=ard_path,
+    )
+    summary = run_nodata_index(chip_dir, settings, progress=progress_bar("nodata"), scheduler=scheduler)
+    for path in summary.skipped[:10]:
+        err.print(f"[yellow]skipped (not a JPEG)[/] {path}")
+    if len(summary.skipped) > 10:
+        err.print(f"[yellow]… {len(summary.skipped) - 10} more non-JPEG files skipped[/]")
+    for _path, msg in summary.failed[:10]:
+        err.print(f"[red]failed[/] {escape(msg)}")
+    out.print(summary.line())
+    out.print(f"index: {summary.index}  per-chip: {summary.parquet}  summary: {summary.summary}")
+    if summary.failed:
+        raise typer.Exit(code=1)
