@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -235,12 +233,6 @@ def test_zone_folder_as_ard_path_and_filters(small_sample, tmp_path) -> None:
     assert summary.written == len(small_sample.cogs)
     summary = run_chip(small_sample.root, tmp_path / "c2", ChipSettings(zoom=12), quadkeys=[small_sample.cells[1]])
     assert summary.cogs == sum(1 for c in small_sample.cogs if small_sample.cells[1] in str(c))
-
-
-def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "imagesim.cli", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300)
-
 
 def test_cli_chip_end_to_end(cli, small_sample, tmp_path) -> None:
     res = cli("chip", "--ard-path", str(small_sample.root), "--dest", str(tmp_path / "out"), "--zoom", "17", "--proc", "2", "--passthrough")
