@@ -94,12 +94,16 @@ def main() -> None:
     reencode, passthrough = rate["imagesim re-encode"], rate["imagesim passthrough"]
     unmeasured = rate["imagesim passthrough --no-measure"]
     print()
-    print(f"re-encode vs DESIGN.md's original anchor ({ORIGINAL_ANCHOR_2PROC:.0f} chips/s, 2 proc): {reencode / ORIGINAL_ANCHOR_2PROC:.1f}x")
+    print(
+        f"re-encode vs DESIGN.md's original anchor ({ORIGINAL_ANCHOR_2PROC:.0f} chips/s, 2 proc): {reencode / ORIGINAL_ANCHOR_2PROC:.1f}x"
+    )
     print(f"re-encode vs codec bound ({CODEC_BOUND_2PROC:.0f} chips/s, DESIGN.md §4): {reencode / CODEC_BOUND_2PROC:.0%}")
-    print(f"targets: re-encode >= 900 chips/s [{'met' if reencode >= 900 else 'MISSED'}], "
-          f">= 9x original in this run [{'met' if reencode / base >= 9 else 'MISSED'}], "
-          f"passthrough >= 2500 chips/s [{'met' if passthrough >= 2500 else 'MISSED'} measuring, "
-          f"{'met' if unmeasured >= 2500 else 'MISSED'} with --no-measure]")
+    print(
+        f"targets: re-encode >= 900 chips/s [{'met' if reencode >= 900 else 'MISSED'}], "
+        f">= 9x original in this run [{'met' if reencode / base >= 9 else 'MISSED'}], "
+        f"passthrough >= 2500 chips/s [{'met' if passthrough >= 2500 else 'MISSED'} measuring, "
+        f"{'met' if unmeasured >= 2500 else 'MISSED'} with --no-measure]"
+    )
     (args.out / "bench_chip.json").write_text(json.dumps({"cog": str(cog), "proc": args.proc, "chips_per_s": rate}, indent=2))
 
 

@@ -31,14 +31,24 @@ CLASSES = [f"class{i}" for i in range(13)]
 def make_model(path: Path, backbone: str, size: int, chips: Path) -> None:
     import torch
 
-    from imagesim.learn.train import MODEL_FORMAT, TrainConfig
     from imagesim.learn.model import MultilabelNet
+    from imagesim.learn.train import MODEL_FORMAT, TrainConfig
 
     torch.manual_seed(0)
     net = MultilabelNet(backbone, len(CLASSES)).eval()
     config = TrainConfig(chips=str(chips), labels="", out=str(path.parent), backbone=backbone, chip_size=size)
-    torch.save({"format": MODEL_FORMAT, "config": asdict(config), "classes": CLASSES, "chip_size": size, "epoch": 0,
-                "model": net.state_dict(), "thresholds": [0.35] * len(CLASSES)}, path)
+    torch.save(
+        {
+            "format": MODEL_FORMAT,
+            "config": asdict(config),
+            "classes": CLASSES,
+            "chip_size": size,
+            "epoch": 0,
+            "model": net.state_dict(),
+            "thresholds": [0.35] * len(CLASSES),
+        },
+        path,
+    )
 
 
 class PilChips:
@@ -48,10 +58,13 @@ class PilChips:
         from torchvision import transforms
 
         self.paths = paths
-        self.tf = transforms.Compose([
-            transforms.Resize(size), transforms.ToTensor(),
-            transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
-        ])
+        self.tf = transforms.Compose(
+            [
+                transforms.Resize(size),
+                transforms.ToTensor(),
+                transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+            ]
+        )
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -70,8 +83,14 @@ def run_baseline(model_pt: Path, paths: list[Path], size: int, batch: int, worke
     from imagesim.learn.train import load_model
 
     model, _ = load_model(model_pt, device)
-    loader = DataLoader(PilChips(paths, size), batch_size=batch, num_workers=workers, pin_memory=device == "cuda",
-                        multiprocessing_context="forkserver" if workers else None, persistent_workers=workers > 0)
+    loader = DataLoader(
+        PilChips(paths, size),
+        batch_size=batch,
+        num_workers=workers,
+        pin_memory=device == "cuda",
+        multiprocessing_context="forkserver" if workers else None,
+        persistent_workers=workers > 0,
+    )
 
     def one_pass() -> int:
         n = 0
@@ -129,12 +148,17 @@ def main() -> None:
     make_model(model_pt, args.backbone, args.size, subset)
     export_onnx(model_pt, onnx_path, ExportSettings(fp16=args.fp16, overwrite=True, parity_chips=subset))
     torch.set_num_threads(torch.get_num_threads())
-    print(f"{len(paths)} z17 chips ({cog.name}), {args.backbone} at {args.size} px, batch {args.batch_size}, "
-          f"{'fp16' if args.fp16 else 'fp32'}, device {device}", flush=True)
+    print(
+        f"{len(paths)} z17 chips ({cog.name}), {args.backbone} at {args.size} px, batch {args.batch_size}, "
+        f"{'fp16' if args.fp16 else 'fp32'}, device {device}",
+        flush=True,
+    )
 
     # Warm-up (session creation, CUDA context) is not timed: encode a few chips first.
     run_encode(onnx_path, subset, EncodeSettings(out=args.out / "encode-warm.parquet", batch_size=args.batch_size, overwrite=True))
-    summary = run_encode(onnx_path, subset, EncodeSettings(out=args.out / "encode-bench.parquet", batch_size=args.batch_size, overwrite=True))
+    summary = run_encode(
+        onnx_path, subset, EncodeSettings(out=args.out / "encode-bench.parquet", batch_size=args.batch_size, overwrite=True)
+    )
     ours = summary.rate
     base = run_baseline(model_pt, paths, args.size, args.batch_size, args.workers, device, args.fp16)
     print(f"imagesim encode ({summary.provider}): {ours:8.1f} chips/s")

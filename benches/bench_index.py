@@ -56,8 +56,14 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--clusters", type=int, default=1000)
-    ap.add_argument("--spread", type=float, default=2.0, help="noise norm relative to the centre (2.0: a point's cosine to its centre ≈ 0.45)")
-    ap.add_argument("--kinds", default="ivf", help="approximate kinds to measure, comma-separated: ivf, hnsw (HNSW takes ~10 min to build 1M on 2 cores)")
+    ap.add_argument(
+        "--spread", type=float, default=2.0, help="noise norm relative to the centre (2.0: a point's cosine to its centre ≈ 0.45)"
+    )
+    ap.add_argument(
+        "--kinds",
+        default="ivf",
+        help="approximate kinds to measure, comma-separated: ivf, hnsw (HNSW takes ~10 min to build 1M on 2 cores)",
+    )
     ap.add_argument("--queries", type=int, default=500, help="queries for recall and approximate latency")
     ap.add_argument("--flat-queries", type=int, default=30, help="single queries timed on the exact index")
     ap.add_argument("--threads", type=int, default=2)
@@ -73,8 +79,11 @@ def main() -> None:
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     xb = clustered(rng, centres, args.n, args.spread)
     xq = clustered(rng, centres, args.queries, args.spread)
-    print(f"data: {args.n:,} × {args.dim} float32 ({xb.nbytes / 2**30:.1f} GiB), {args.clusters:,} clusters, spread {args.spread}, "
-          f"{args.queries} held-out queries; FAISS {faiss.__version__} on {args.threads} threads  [{time.perf_counter() - t:.1f} s]", flush=True)
+    print(
+        f"data: {args.n:,} × {args.dim} float32 ({xb.nbytes / 2**30:.1f} GiB), {args.clusters:,} clusters, spread {args.spread}, "
+        f"{args.queries} held-out queries; FAISS {faiss.__version__} on {args.threads} threads  [{time.perf_counter() - t:.1f} s]",
+        flush=True,
+    )
 
     t = time.perf_counter()
     flat, _ = make_index(xb, "flat")

@@ -18,8 +18,8 @@ import time
 import numpy as np
 import shapely
 
-from imagesim.labels.join import CellGrid, join_pairs
 from imagesim.labels.geometry import AREA, LINE, POINT
+from imagesim.labels.join import CellGrid, join_pairs
 
 CHIPS_PER_SIDE = 32  # z17 chips in a level-12 cell
 CELL = 5000.0
@@ -104,7 +104,10 @@ def main() -> None:
         cells.append((CellGrid(x0, y1, CHIPS_PER_SIDE), make_cell(rng, x0, y1, args.features_per_cell)))
     n_feat = args.cells * args.features_per_cell
     n_chips = args.cells * CHIPS_PER_SIDE**2
-    print(f"{n_feat:,} features, {n_chips:,} chip footprints in {args.cells} cells (generated in {time.perf_counter() - t0:.1f} s)", flush=True)
+    print(
+        f"{n_feat:,} features, {n_chips:,} chip footprints in {args.cells} cells (generated in {time.perf_counter() - t0:.1f} s)",
+        flush=True,
+    )
 
     t0 = time.perf_counter()
     pairs = 0
@@ -113,7 +116,9 @@ def main() -> None:
         chip, _ = join_pairs(geoms, kinds, idx, cls, dist, share, grid)
         pairs += len(chip)
     ours = time.perf_counter() - t0
-    print(f"imagesim grid join:   {ours:7.1f} s  ({n_feat / ours:,.0f} features/s, {pairs:,} chip-class labels)  target < 60 s: {'met' if ours < 60 else 'MISSED'}")
+    print(
+        f"imagesim grid join:   {ours:7.1f} s  ({n_feat / ours:,.0f} features/s, {pairs:,} chip-class labels)  target < 60 s: {'met' if ours < 60 else 'MISSED'}"
+    )
 
     sample = cells[: args.baseline_cells]
     t0 = time.perf_counter()
@@ -132,8 +137,10 @@ def main() -> None:
             near = [f for f in np.flatnonzero((cls == k) & (dist > 0)) if geoms[f].distance(box) <= dist[f]]
             assert near, f"label ({c}, {k}) is not explained by a buffered feature"
             extra += 1
-    print(f"same labels as the baseline on all {len(sample)} sampled cells, except {extra} where a line or point "
-          f"is within its buffer distance only by the exact distance (the baseline's polygon buffer misses it)")
+    print(
+        f"same labels as the baseline on all {len(sample)} sampled cells, except {extra} where a line or point "
+        f"is within its buffer distance only by the exact distance (the baseline's polygon buffer misses it)"
+    )
     print(f"ratio: {base / ours:.1f}x faster than the STRtree join")
 
 

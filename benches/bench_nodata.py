@@ -56,7 +56,9 @@ def main() -> None:
         rate = res["chips"] / res["seconds"]
         print(f"{f'original corner rule (rasterio, {proc} proc)':44} {rate:9.0f} {rate / base:11.1f}x   {res['classes']}")
     print(f"\nvs the issue's measured original (167 chips/s on this kind of machine): {ours / 167:.1f}x")
-    print(f"targets: >= 1700 chips/s [{'met' if ours >= 1700 else 'MISSED'}], >= 10x original in this run [{'met' if ours / base >= 10 else 'MISSED'}]")
+    print(
+        f"targets: >= 1700 chips/s [{'met' if ours >= 1700 else 'MISSED'}], >= 10x original in this run [{'met' if ours / base >= 10 else 'MISSED'}]"
+    )
     (args.out / "bench_nodata.json").write_text(json.dumps({"imagesim": ours, "original": base, "proc": args.proc}, indent=2))
 
 

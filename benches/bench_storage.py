@@ -72,8 +72,9 @@ def main() -> None:
     catalog_id = cog.name[: -len("-visual.tif")]
 
     endpoint, stop = start_server()
-    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_REGION="us-east-1",
-                      AWS_ENDPOINT=endpoint, AWS_ALLOW_HTTP="true")
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_REGION="us-east-1", AWS_ENDPOINT=endpoint, AWS_ALLOW_HTTP="true"
+    )
     s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
     s3.create_bucket(Bucket="bench")
     s3.upload_file(str(cog), "bench", f"ard/{rel}")
@@ -116,8 +117,10 @@ def main() -> None:
     print(f"{n} z17 chips of {cog.name} ({cog.stat().st_size / 1e6:.0f} MB), {mode}, {args.proc} worker(s), S3 server: moto on loopback")
     print(f"local disk -> local disk:   {n / local_s:8.0f} chips/s")
     print(f"S3 -> local disk:           {n / remote_s:8.0f} chips/s   {local_s / remote_s:5.0%} of local (target >= 70%)")
-    print(f"S3 -> S3 (chips uploaded):  {n / both_s:8.0f} chips/s   {local_s / both_s:5.0%} of local; "
-          f"the server itself stores {put_rate:.0f} such objects/s with 32 PUTs in flight")
+    print(
+        f"S3 -> S3 (chips uploaded):  {n / both_s:8.0f} chips/s   {local_s / both_s:5.0%} of local; "
+        f"the server itself stores {put_rate:.0f} such objects/s with 32 PUTs in flight"
+    )
 
 
 if __name__ == "__main__":

@@ -68,7 +68,6 @@ def free_port() -> int:
 
 def tile_urls(ard: Path, zoom: int, limit: int) -> list[str]:
     import mercantile
-    import numpy as np
 
     from imagesim.search.serve.tiles import Catalog, TileRenderer
 
@@ -91,11 +90,32 @@ def tile_urls(ard: Path, zoom: int, limit: int) -> list[str]:
 def start_server(ard: Path, workers: int, block_cache_mb: int) -> tuple[subprocess.Popen, str]:
     port = free_port()
     chips = Path(tempfile.mkdtemp(prefix="bench-tiles-chips-"))
-    env = dict(os.environ, IMAGESIM_SERVE_ARD=str(ard), IMAGESIM_SERVE_CHIPS=str(chips), IMAGESIM_SERVE_INDEX="",
-               IMAGESIM_SERVE_BLOCK_CACHE_MB=str(block_cache_mb), IMAGESIM_SERVE_HOST="127.0.0.1")
+    env = dict(
+        os.environ,
+        IMAGESIM_SERVE_ARD=str(ard),
+        IMAGESIM_SERVE_CHIPS=str(chips),
+        IMAGESIM_SERVE_INDEX="",
+        IMAGESIM_SERVE_BLOCK_CACHE_MB=str(block_cache_mb),
+        IMAGESIM_SERVE_HOST="127.0.0.1",
+    )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "imagesim.search.serve.app:app_from_env", "--factory", "--host", "127.0.0.1",
-         "--port", str(port), "--workers", str(workers), "--log-level", "warning", "--no-server-header", "--no-access-log"],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "imagesim.search.serve.app:app_from_env",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--log-level",
+            "warning",
+            "--no-server-header",
+            "--no-access-log",
+        ],
         env=env,
     )
     base = f"http://127.0.0.1:{port}"
@@ -107,7 +127,7 @@ def start_server(ard: Path, workers: int, block_cache_mb: int) -> tuple[subproce
         except OSError:
             if proc.poll() is not None or time.time() > deadline:
                 proc.kill()
-                raise SystemExit("the server did not start")
+                raise SystemExit("the server did not start") from None
             time.sleep(0.2)
     return proc, base
 
@@ -134,14 +154,23 @@ def parse_ms(text: str) -> float:
 def run_wrk(base: str, tiles_file: Path, lua: Path, threads: int, connections: int, duration: int) -> dict[str, float]:
     out = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "10s", "-s", str(lua), base],
-        env=dict(os.environ, IMAGESIM_TILES_FILE=str(tiles_file)), capture_output=True, text=True, check=True,
+        env=dict(os.environ, IMAGESIM_TILES_FILE=str(tiles_file)),
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     lat = dict(re.findall(r"^\s+(50|75|90|99)%\s+(\S+)", out, re.M))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sock = re.search(r"Socket errors: (.*)", out)
-    return {"tps": rps, "p50": parse_ms(lat.get("50", "")), "p90": parse_ms(lat.get("90", "")), "p99": parse_ms(lat.get("99", "")),
-            "non2xx": int(errors.group(1)) if errors else 0, "socket_errors": sock.group(1) if sock else "none"}
+    return {
+        "tps": rps,
+        "p50": parse_ms(lat.get("50", "")),
+        "p90": parse_ms(lat.get("90", "")),
+        "p99": parse_ms(lat.get("99", "")),
+        "non2xx": int(errors.group(1)) if errors else 0,
+        "socket_errors": sock.group(1) if sock else "none",
+    }
 
 
 def render_cost(ard: Path, urls: list[str], n: int, baseline: bool) -> None:
@@ -175,10 +204,22 @@ def render_cost(ard: Path, urls: list[str], n: int, baseline: bool) -> None:
         b = mercantile.xy_bounds(x, y, z)
         lon, lat = mercantile.lnglat((b.left + b.right) / 2, (b.bottom + b.top) / 2)
         # the newest acquisition whose cell holds the tile centre (a naive server's choice)
-        src = next(s for cell in catalog.cells_for((b.left, b.bottom, b.right, b.top), None) for s in cell
-                   if s.lonlat[0] <= lon <= s.lonlat[2] and s.lonlat[1] <= lat <= s.lonlat[3])
-        ds = gdal.Warp("", str(src.acquisition.visual), format="MEM", dstSRS="EPSG:3857", outputBounds=(b.left, b.bottom, b.right, b.top),
-                       width=256, height=256, resampleAlg="bilinear")
+        src = next(
+            s
+            for cell in catalog.cells_for((b.left, b.bottom, b.right, b.top), None)
+            for s in cell
+            if s.lonlat[0] <= lon <= s.lonlat[2] and s.lonlat[1] <= lat <= s.lonlat[3]
+        )
+        ds = gdal.Warp(
+            "",
+            str(src.acquisition.visual),
+            format="MEM",
+            dstSRS="EPSG:3857",
+            outputBounds=(b.left, b.bottom, b.right, b.top),
+            width=256,
+            height=256,
+            resampleAlg="bilinear",
+        )
         arr = ds.ReadAsArray().transpose(1, 2, 0)
         buf = io.BytesIO()
         Image.fromarray(arr[:, :, :3], "RGB").save(buf, "JPEG", quality=85)
@@ -189,8 +230,12 @@ def render_cost(ard: Path, urls: list[str], n: int, baseline: bool) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--ard-path", type=Path, default=REPO / "demo-out" / "sample" / "ard",
-                    help="ARD delivery (default: the demo's; written to a temporary folder when absent)")
+    ap.add_argument(
+        "--ard-path",
+        type=Path,
+        default=REPO / "demo-out" / "sample" / "ard",
+        help="ARD delivery (default: the demo's; written to a temporary folder when absent)",
+    )
     ap.add_argument("--zoom", type=int, default=17)
     ap.add_argument("--max-tiles", type=int, default=400, help="tile URLs to rotate over")
     ap.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
@@ -220,8 +265,10 @@ def main() -> None:
     files["blocks"].write_text("\n".join(urls[: args.hot_tiles]) + "\n")
     lua = work / "rotate.lua"
     lua.write_text(LUA)
-    print(f"{len(urls)} tile URLs at z{args.zoom} over {ard} ({min(args.hot_tiles, len(urls))} for the blocks scenario); wrk -t{args.threads} -c{args.connections} -d{args.duration}s on loopback; "
-          f"{os.cpu_count()} CPUs, load average before: {os.getloadavg()[0]:.2f}")
+    print(
+        f"{len(urls)} tile URLs at z{args.zoom} over {ard} ({min(args.hot_tiles, len(urls))} for the blocks scenario); wrk -t{args.threads} -c{args.connections} -d{args.duration}s on loopback; "
+        f"{os.cpu_count()} CPUs, load average before: {os.getloadavg()[0]:.2f}"
+    )
     print(f"target: ≥ {TARGET_TPS:.0f} tiles/s with p99 < {TARGET_P99_MS:.0f} ms\n")
     print(f"{'scenario':<34} {'tiles/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8}  {'non-2xx':>7}  target")
     for scenario in args.scenarios.split(","):
@@ -236,8 +283,11 @@ def main() -> None:
                 proc.wait(timeout=30)
             ok = r["tps"] >= TARGET_TPS and r["p99"] < TARGET_P99_MS
             name = f"{scenario} cache, {workers} worker{'s' if workers > 1 else ''}"
-            print(f"{name:<34} {r['tps']:>9.1f} {r['p50']:>8.1f} {r['p90']:>8.1f} {r['p99']:>8.1f}  {r['non2xx']:>7}  "
-                  f"{'met' if ok else 'MISSED'} ({r['tps'] / TARGET_TPS:.2f}× the rate)", flush=True)
+            print(
+                f"{name:<34} {r['tps']:>9.1f} {r['p50']:>8.1f} {r['p90']:>8.1f} {r['p99']:>8.1f}  {r['non2xx']:>7}  "
+                f"{'met' if ok else 'MISSED'} ({r['tps'] / TARGET_TPS:.2f}× the rate)",
+                flush=True,
+            )
     render_cost(ard, urls, 60, not args.no_baseline)
 
 

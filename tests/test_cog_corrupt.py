@@ -7,7 +7,6 @@ not an ``ImagesimError``), a hang or a runaway allocation fails the test instead
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path

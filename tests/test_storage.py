@@ -37,12 +37,18 @@ def s3(small_sample):
         server.start()
         host, port = server.get_host_and_port()
         endpoint = f"http://{host}:{port}"
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
-           "AWS_ENDPOINT": endpoint, "AWS_ALLOW_HTTP": "true"}
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+        "AWS_ENDPOINT": endpoint,
+        "AWS_ALLOW_HTTP": "true",
+    }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    client = boto3.client(
+        "s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing"
+    )
     client.create_bucket(Bucket=BUCKET)
     root = Path(small_sample.root)
     for path in sorted(root.rglob("*")):
@@ -62,8 +68,8 @@ def test_listing_and_remote_cog_reads_equal_local(s3):
     url, root = s3
     objects = _imagesim.list_objects(url + "/")
     local = sorted(p for p in root.rglob("*") if p.is_file())
-    assert sorted(u[len(url) + 1:] for u, _, _ in objects) == sorted(p.relative_to(root).as_posix() for p in local)
-    sizes = {u[len(url) + 1:]: s for u, s, _ in objects}
+    assert sorted(u[len(url) + 1 :] for u, _, _ in objects) == sorted(p.relative_to(root).as_posix() for p in local)
+    sizes = {u[len(url) + 1 :]: s for u, s, _ in objects}
     visual = next(p for p in local if p.name.endswith("-visual.tif"))
     rel = visual.relative_to(root).as_posix()
     assert sizes[rel] == visual.stat().st_size
@@ -230,7 +236,7 @@ def test_faults_are_retried_and_give_the_same_chips(s3, small_sample, tmp_path, 
 
 def _objects(prefix: str) -> dict[str, bytes]:
     """Every object under a prefix, by key relative to it."""
-    return {url[len(prefix) + 1:]: _imagesim.store_get(url) for url, _, _ in _imagesim.list_objects(prefix + "/")}
+    return {url[len(prefix) + 1 :]: _imagesim.store_get(url) for url, _, _ in _imagesim.list_objects(prefix + "/")}
 
 
 @pytest.fixture(scope="module")
@@ -327,8 +333,19 @@ def _tiny_model(tmp_path: Path, chips: Path) -> Path:
     classes = ["building", "road"]
     net = MultilabelNet("resnet18", len(classes)).eval()
     config = TrainConfig(chips=str(chips), labels=str(chips / "labels.parquet"), out=str(tmp_path), backbone="resnet18", chip_size=32)
-    torch.save({"format": MODEL_FORMAT, "config": asdict(config), "classes": classes, "chip_size": 32, "epoch": 1,
-                "model": net.state_dict(), "thresholds": [0.5, 0.5], "metrics": {}}, tmp_path / "model.pt")
+    torch.save(
+        {
+            "format": MODEL_FORMAT,
+            "config": asdict(config),
+            "classes": classes,
+            "chip_size": 32,
+            "epoch": 1,
+            "model": net.state_dict(),
+            "thresholds": [0.5, 0.5],
+            "metrics": {},
+        },
+        tmp_path / "model.pt",
+    )
     export_onnx(tmp_path / "model.pt", tmp_path / "model.onnx")
     return tmp_path / "model.onnx"
 
@@ -340,16 +357,25 @@ def test_bad_credentials_are_a_clear_permission_error(s3, monkeypatch, tmp_path)
 
     def moto_auth(after: str) -> None:
         """Switch moto's IAM authentication on ("0": from the next request) or off ("inf")."""
-        req = urllib.request.Request(f"{os.environ['AWS_ENDPOINT']}/moto-api/reset-auth", data=after.encode(),
-                                     headers={"Content-Type": "text/plain"}, method="POST")
+        req = urllib.request.Request(
+            f"{os.environ['AWS_ENDPOINT']}/moto-api/reset-auth", data=after.encode(), headers={"Content-Type": "text/plain"}, method="POST"
+        )
         urllib.request.urlopen(req, timeout=10).read()
 
     url, _ = s3
-    iam = boto3.client("iam", endpoint_url=os.environ["AWS_ENDPOINT"], region_name="us-east-1",
-                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    iam = boto3.client(
+        "iam",
+        endpoint_url=os.environ["AWS_ENDPOINT"],
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
     iam.create_user(UserName=f"reader-{BUCKET}")
-    iam.put_user_policy(UserName=f"reader-{BUCKET}", PolicyName="s3", PolicyDocument=json.dumps(
-        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+    iam.put_user_policy(
+        UserName=f"reader-{BUCKET}",
+        PolicyName="s3",
+        PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}),
+    )
     key = iam.create_access_key(UserName=f"reader-{BUCKET}")["AccessKey"]
     moto_auth("0")
     try:
@@ -380,9 +406,11 @@ def _check_credentials(url: str, key: dict, monkeypatch, tmp_path) -> None:
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     creds = tmp_path / "aws-credentials"
-    creds.write_text(f"[default]\naws_access_key_id = AKIANOBODYKNOWS00000\naws_secret_access_key = x\n\n"
-                     f"[imagesim-test]\naws_access_key_id = {key['AccessKeyId']}\n"
-                     f"aws_secret_access_key = {key['SecretAccessKey']}\n")
+    creds.write_text(
+        f"[default]\naws_access_key_id = AKIANOBODYKNOWS00000\naws_secret_access_key = x\n\n"
+        f"[imagesim-test]\naws_access_key_id = {key['AccessKeyId']}\n"
+        f"aws_secret_access_key = {key['SecretAccessKey']}\n"
+    )
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(creds))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
     monkeypatch.setenv("AWS_PROFILE", "imagesim-test")
@@ -398,8 +426,12 @@ def test_a_dask_cluster_reads_and_writes_the_bucket(chipped):
     url, _, dest = chipped
     other = f"s3://{BUCKET}/chips-cluster"
     # Started after the fixture set AWS_*: the worker processes inherit the credentials and endpoint.
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                                  worker_dashboard_address=None) as lc, distributed.Client(lc, set_as_default=False) as client:
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, worker_dashboard_address=None
+        ) as lc,
+        distributed.Client(lc, set_as_default=False) as client,
+    ):
         summary = run_chip(url, other, ChipSettings(zoom=17), scheduler=client)
         assert not summary.failed_cogs and not summary.failed_chips and summary.written > 0
         scanned = run_nodata_index(other, NodataSettings(source="pixels"), scheduler=client)
@@ -518,7 +550,7 @@ class _RangeServer(_LoopbackServer):
                     start, end = int(start_s), min(int(end_s) if end_s else len(data) - 1, len(data) - 1)
                     served.append(("range", start, end))
                     self._head(206, end - start + 1, path, {"Content-Range": f"bytes {start}-{end}/{len(data)}"})
-                    self.wfile.write(data[start:end + 1])
+                    self.wfile.write(data[start : end + 1])
                 else:
                     served.append(("whole", 0, len(data) - 1))
                     self._head(200, len(data), path, {})

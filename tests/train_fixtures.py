@@ -70,6 +70,8 @@ def write_synthetic_labels(chips: Path, *, split: dict[str, str] | None = None, 
     frame.write_parquet(chips / f"{name}.parquet")
     (chips / f"{name}.json").write_text(json.dumps({"classes": CLASSES, "n_classes": n_classes, "words": words, "synthetic": True}))
     dense = frame.filter(pl.col("nodata_class") != "no_data")
-    csv = pl.DataFrame({"Feature": dense["path"], **{c: [int(k in ids) for ids in dense["label_ids"].to_list()] for k, c in enumerate(CLASSES)}})
+    csv = pl.DataFrame(
+        {"Feature": dense["path"], **{c: [int(k in ids) for ids in dense["label_ids"].to_list()] for k, c in enumerate(CLASSES)}}
+    )
     csv.write_csv(chips / f"{name}.csv")
     return chips / f"{name}.parquet"

@@ -92,7 +92,7 @@ class StorePath:
         prefix = other.url + "/"
         if not self.url.startswith(prefix):
             raise ValueError(f"{self} is not under {other}")
-        return self.url[len(prefix):]
+        return self.url[len(prefix) :]
 
     # --- queries (one request each) ---
     def head(self) -> tuple[int, int] | None:

@@ -9,12 +9,26 @@ import subprocess
 import sys
 
 PIPELINE = ["sample-data", "chip", "nodata-index", "osm", "labels", "train", "export", "encode", "index", "similar", "serve"]
-HEAVY = {"polars", "numpy", "torch", "torchvision", "faiss", "fastapi", "uvicorn", "onnxruntime", "pyproj", "shapely", "pyarrow", "dask", "distributed"}
+HEAVY = {
+    "polars",
+    "numpy",
+    "torch",
+    "torchvision",
+    "faiss",
+    "fastapi",
+    "uvicorn",
+    "onnxruntime",
+    "pyproj",
+    "shapely",
+    "pyarrow",
+    "dask",
+    "distributed",
+}
 
 
 def listed(help_text: str) -> list[str]:
     """The command names of a rich `--help` screen, in the order shown."""
-    panel = help_text[help_text.index("Commands"):]
+    panel = help_text[help_text.index("Commands") :]
     return re.findall(r"^[│|] ([a-z][a-z-]*) ", panel, flags=re.MULTILINE)
 
 
@@ -87,7 +101,19 @@ def test_old_and_new_names_index_the_same_chips(cli, small_sample, tmp_path) -> 
     chips = tmp_path / "chips"
     res = cli("chip", "--ard-path", small_sample.root, "--dest", chips, "--zoom", "14", "--catalog-id", small_sample.catalog_ids[0])
     assert res.returncode == 0, res.stderr
-    new = cli("nodata-index", "--chips", chips, "--source", "pixels", "--nodata-threshold", "8", "--min-nodata-pixels", "4", "--filename", "new.json")
+    new = cli(
+        "nodata-index",
+        "--chips",
+        chips,
+        "--source",
+        "pixels",
+        "--nodata-threshold",
+        "8",
+        "--min-nodata-pixels",
+        "4",
+        "--filename",
+        "new.json",
+    )
     old = cli("nodata-index", "--chip-dir", chips, "--source", "pixels", "--threshold", "8", "--min-pixels", "4", "--filename", "old.json")
     assert new.returncode == 0 and old.returncode == 0, new.stderr + old.stderr
     assert json.loads((chips / "new.json").read_text()) == json.loads((chips / "old.json").read_text())
@@ -95,7 +121,12 @@ def test_old_and_new_names_index_the_same_chips(cli, small_sample, tmp_path) -> 
 
 def test_help_imports_no_heavy_dependency() -> None:
     """`imagesim --help`, and every command's, works and imports no polars, numpy, torch, faiss or fastapi."""
-    commands = [[], *([c] for c in PIPELINE), *(["osm", c] for c in ("fetch", "import", "tags")), *(["labels", c] for c in ("build", "split", "report"))]
+    commands = [
+        [],
+        *([c] for c in PIPELINE),
+        *(["osm", c] for c in ("fetch", "import", "tags")),
+        *(["labels", c] for c in ("build", "split", "report")),
+    ]
     code = f"""
 import json, sys
 from typer.testing import CliRunner

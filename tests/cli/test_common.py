@@ -105,7 +105,11 @@ def test_progress_bar_is_a_progress_factory() -> None:
     ("error", "code", "line"),
     [
         (InvalidArgumentError("`zoom` 25: must be 12..20"), 1, "error: `zoom` 25: must be 12..20"),
-        (MissingDependencyError("needs torch; install it with `pip install 'imagesim[train]'`"), 1, "error: needs torch; install it with `pip install 'imagesim[train]'`"),
+        (
+            MissingDependencyError("needs torch; install it with `pip install 'imagesim[train]'`"),
+            1,
+            "error: needs torch; install it with `pip install 'imagesim[train]'`",
+        ),
         (RuntimeError("boom [x]"), 1, "error: RuntimeError: boom [x] (set IMAGESIM_DEBUG=1 for the traceback)"),
         (KeyboardInterrupt(), 130, "interrupted"),
     ],

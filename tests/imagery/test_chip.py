@@ -234,6 +234,7 @@ def test_zone_folder_as_ard_path_and_filters(small_sample, tmp_path) -> None:
     summary = run_chip(small_sample.root, tmp_path / "c2", ChipSettings(zoom=12), quadkeys=[small_sample.cells[1]])
     assert summary.cogs == sum(1 for c in small_sample.cogs if small_sample.cells[1] in str(c))
 
+
 def test_cli_chip_end_to_end(cli, small_sample, tmp_path) -> None:
     res = cli("chip", "--ard-path", str(small_sample.root), "--dest", str(tmp_path / "out"), "--zoom", "17", "--proc", "2", "--passthrough")
     assert res.returncode == 0, res.stderr

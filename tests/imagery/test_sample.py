@@ -76,7 +76,9 @@ def test_cog_structure(request, fixture: str, compression: str) -> None:
         srs = osr.SpatialReference(wkt=ds.GetProjection())
         srs.AutoIdentifyEPSG()
         assert int(srs.GetAuthorityCode(None)) == grid.epsg(acq.cell, ZONE) == 32610
-        assert ds.GetMetadataItem("COMPRESSION", "IMAGE_STRUCTURE") in ((compression, "YCbCr JPEG") if compression == "JPEG" else (compression,))
+        assert ds.GetMetadataItem("COMPRESSION", "IMAGE_STRUCTURE") in (
+            (compression, "YCbCr JPEG") if compression == "JPEG" else (compression,)
+        )
         assert ds.GetMetadataItem("LAYOUT", "IMAGE_STRUCTURE") == "COG"
         if compression == "JPEG":
             assert ds.GetMetadataItem("SOURCE_COLOR_SPACE", "IMAGE_STRUCTURE") == "YCbCr"
@@ -103,8 +105,9 @@ def test_sparse_blocks_and_imagery_blocks(small_sample) -> None:
         corner_blocks = [(0, 0), (33, 33), (0, 33), (33, 0)]
         assert all(_block_offset(band, bx, by) == 0 for bx, by in corner_blocks)
         # imagery near the middle of the window on the data side: at least one written block
-        written = [_block_offset(band, bx, by) for bx in range(c0 // 512, (c0 + s) // 512 + 1)
-                   for by in range(r0 // 512, (r0 + s) // 512 + 1)]
+        written = [
+            _block_offset(band, bx, by) for bx in range(c0 // 512, (c0 + s) // 512 + 1) for by in range(r0 // 512, (r0 + s) // 512 + 1)
+        ]
         assert sum(o > 0 for o in written) >= 6, centre
         assert sum(o == 0 for o in written) < len(written)
         # an empty block reads as no-data
@@ -236,12 +239,29 @@ def test_osm_pbf(small_sample) -> None:
             roles = {m.role for m in obj.members}
             multipolygons_with_inner += roles >= {"outer", "inner"}
     expected = {
-        ("building", "yes"), ("building", "house"), ("building", "industrial"),
-        ("highway", "motorway"), ("highway", "primary"), ("highway", "residential"), ("highway", "service"),
-        ("natural", "water"), ("waterway", "river"), ("waterway", "riverbank"),
-        ("landuse", "forest"), ("landuse", "grass"), ("landuse", "meadow"), ("landuse", "farmland"),
-        ("landuse", "residential"), ("landuse", "industrial"), ("landuse", "reservoir"), ("natural", "wood"),
-        ("leisure", "park"), ("leisure", "pitch"), ("sport", "soccer"), ("amenity", "parking"), ("railway", "rail"),
+        ("building", "yes"),
+        ("building", "house"),
+        ("building", "industrial"),
+        ("highway", "motorway"),
+        ("highway", "primary"),
+        ("highway", "residential"),
+        ("highway", "service"),
+        ("natural", "water"),
+        ("waterway", "river"),
+        ("waterway", "riverbank"),
+        ("landuse", "forest"),
+        ("landuse", "grass"),
+        ("landuse", "meadow"),
+        ("landuse", "farmland"),
+        ("landuse", "residential"),
+        ("landuse", "industrial"),
+        ("landuse", "reservoir"),
+        ("natural", "wood"),
+        ("leisure", "park"),
+        ("leisure", "pitch"),
+        ("sport", "soccer"),
+        ("amenity", "parking"),
+        ("railway", "rail"),
     }
     assert expected <= tags, expected - tags
     assert multipolygons_with_inner >= 2

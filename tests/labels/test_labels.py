@@ -79,8 +79,21 @@ def test_bitset_errors_are_typed():
 
 def test_default_taxonomy_has_thirteen_documented_classes():
     tax = load_taxonomy()
-    assert tax.names == ["building", "road", "water", "forest", "grass", "farmland", "residential",
-                         "industrial", "parking", "railway", "sports_pitch", "scrub", "bare_ground"]
+    assert tax.names == [
+        "building",
+        "road",
+        "water",
+        "forest",
+        "grass",
+        "farmland",
+        "residential",
+        "industrial",
+        "parking",
+        "railway",
+        "sports_pitch",
+        "scrub",
+        "bare_ground",
+    ]
     by = {c.name: c for c in tax.classes}
     assert by["road"].line_buffer_m > 0 and by["building"].point_buffer_m > 0 and by["forest"].min_share > 0
     assert [c.name for c in tax.classes_for({"landuse": "reservoir", "natural": "water"})] == ["water"]
@@ -191,8 +204,12 @@ def test_multipolygon_hole_covering_a_chip_and_an_island_in_a_hole():
     sc = Scene()
     sc.multipolygon([("outer", chip_box(4, 4, 7, 7)), ("inner", chip_box(5, 5))], {"landuse": "forest"})
     hole = chip_box(11, 11)
-    island = [(hole[0][0] + 40, hole[0][1] + 40), (hole[0][0] + 110, hole[0][1] + 40),
-              (hole[0][0] + 110, hole[0][1] + 110), (hole[0][0] + 40, hole[0][1] + 110)]
+    island = [
+        (hole[0][0] + 40, hole[0][1] + 40),
+        (hole[0][0] + 110, hole[0][1] + 40),
+        (hole[0][0] + 110, hole[0][1] + 110),
+        (hole[0][0] + 40, hole[0][1] + 110),
+    ]
     sc.multipolygon([("outer", chip_box(10, 10, 12, 12)), ("inner", hole), ("outer", island)], {"natural": "wood"})
     got, report = labels_of(sc.doc)
     first = {(c, r) for c in range(4, 8) for r in range(4, 8)} - {(5, 5)}
@@ -447,15 +464,17 @@ def test_liechtenstein_labels_match_the_oracle(tmp_path, realdata):
     quadkeys = [q for c in cells for q in grid.children(c.quadkey, 17)]
     chips = tmp_path / "chips"
     chips.mkdir()
-    pl.DataFrame({
-        "chip": [grid.chip_name(32, q, "1030010000000000") for q in quadkeys],
-        "zone": pl.Series([32] * len(quadkeys), dtype=pl.UInt8),
-        "quadkey": quadkeys,
-        "zoom": pl.Series([17] * len(quadkeys), dtype=pl.UInt8),
-        "cell": [q[:12] for q in quadkeys],
-        "catalog_id": ["1030010000000000"] * len(quadkeys),
-        "nodata_class": ["all_data"] * len(quadkeys),
-    }).write_parquet(chips / "chips.parquet")
+    pl.DataFrame(
+        {
+            "chip": [grid.chip_name(32, q, "1030010000000000") for q in quadkeys],
+            "zone": pl.Series([32] * len(quadkeys), dtype=pl.UInt8),
+            "quadkey": quadkeys,
+            "zoom": pl.Series([17] * len(quadkeys), dtype=pl.UInt8),
+            "cell": [q[:12] for q in quadkeys],
+            "catalog_id": ["1030010000000000"] * len(quadkeys),
+            "nodata_class": ["all_data"] * len(quadkeys),
+        }
+    ).write_parquet(chips / "chips.parquet")
     summary = build_labels(chips, tmp_path / "ard")
     assert summary.chips == 2048 and not summary.failed
     counts = summary.class_counts
@@ -466,8 +485,12 @@ def test_liechtenstein_labels_match_the_oracle(tmp_path, realdata):
     from imagesim.labels.cells import cell_bbox
 
     boxes = [cell_bbox(c) for c in cells]
-    around = (min(b.west for b in boxes) - 0.01, min(b.south for b in boxes) - 0.01,
-              max(b.east for b in boxes) + 0.01, max(b.north for b in boxes) + 0.01)
+    around = (
+        min(b.west for b in boxes) - 0.01,
+        min(b.south for b in boxes) - 0.01,
+        max(b.east for b in boxes) + 0.01,
+        max(b.north for b in boxes) + 0.01,
+    )
     want = oracle(pbf, tax, quadkeys, epsg, around)
     got = {qk: set(ids) for qk, ids in zip(table["quadkey"].to_list(), table["label_ids"].to_list())}
     diff = {qk: (got[qk], want[qk]) for qk in quadkeys if got[qk] != want[qk]}

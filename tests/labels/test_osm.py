@@ -64,8 +64,9 @@ def test_cell_bbox_contains_every_corner_of_the_utm_square():
 
 def test_cells_covering_finds_the_cell_north_and_south():
     b = cell_bbox(CELL)
-    inner = BBox((b.west + b.east) / 2 - 0.001, (b.south + b.north) / 2 - 0.001,
-                 (b.west + b.east) / 2 + 0.001, (b.south + b.north) / 2 + 0.001)
+    inner = BBox(
+        (b.west + b.east) / 2 - 0.001, (b.south + b.north) / 2 - 0.001, (b.west + b.east) / 2 + 0.001, (b.south + b.north) / 2 + 0.001
+    )
     assert cells_covering(inner, 10) == [CELL]
     assert CELL in cells_covering(b, 10) and len(cells_covering(b, 10)) <= 9
     south = Cell(10, "300000000000")  # just below the equator, shifted by the false northing
@@ -196,8 +197,9 @@ class FakeClock:
 
 
 def _client(srv: _Server, clock: FakeClock, **kw) -> OverpassClient:
-    settings = OverpassSettings(endpoint=srv.endpoint, timeout=25, http_timeout=kw.pop("http_timeout", 5.0),
-                                backoff_base=2.0, backoff_max=60.0, **kw)
+    settings = OverpassSettings(
+        endpoint=srv.endpoint, timeout=25, http_timeout=kw.pop("http_timeout", 5.0), backoff_base=2.0, backoff_max=60.0, **kw
+    )
     return OverpassClient(settings, sleep=clock, rng=random.Random(1))
 
 
@@ -227,7 +229,7 @@ def test_fetch_writes_tagged_elements_in_out_geom_shape(tmp_path, overpass, real
 def test_fault_then_success_is_retried_with_bounded_backoff(tmp_path, overpass, realdata, fault):
     good = _body(realdata, "aioop__way_out_geom.json")
     bad = {
-        "429": (429, b"<html><p><strong style=\"color:#FF0000\">Error</strong>: rate_limited</p></html>", ""),
+        "429": (429, b'<html><p><strong style="color:#FF0000">Error</strong>: rate_limited</p></html>', ""),
         "504": (504, b"<html>Dispatcher_Client::request_read_and_idx::timeout</html>", ""),
         "slow": (200, good, "slow"),
         "truncated": (200, good, "truncated"),
@@ -255,10 +257,12 @@ def test_backoff_is_capped_and_jittered():
 
 
 def test_waits_for_a_free_slot_from_api_status(tmp_path, overpass, realdata):
-    overpass.status_script.extend([
-        _body(realdata, "opwrap__status_two_slots_waiting.txt"),
-        _body(realdata, "opwrap__status_one_slot_waiting.txt"),
-    ])
+    overpass.status_script.extend(
+        [
+            _body(realdata, "opwrap__status_two_slots_waiting.txt"),
+            _body(realdata, "opwrap__status_one_slot_waiting.txt"),
+        ]
+    )
     overpass.script.append((200, _body(realdata, "aioop__way_out_geom.json"), ""))
     clock = FakeClock()
     summary = fetch_cells([CELL], tmp_path, _client(overpass, clock))
@@ -288,9 +292,13 @@ def test_good_file_never_replaced_by_a_bad_answer(tmp_path, overpass, realdata):
     clock = FakeClock()
     fetch_cells([CELL], tmp_path, _client(overpass, clock))
     before = CELL.osm_path(tmp_path).read_bytes()
-    overpass.script.extend([(200, _body(realdata, "aioop__way_out_geom.json"), "truncated"),
-                            (200, _body(realdata, "overpy__remark-runtime-error-01.json"), ""),
-                            (504, b"busy", "")])
+    overpass.script.extend(
+        [
+            (200, _body(realdata, "aioop__way_out_geom.json"), "truncated"),
+            (200, _body(realdata, "overpy__remark-runtime-error-01.json"), ""),
+            (504, b"busy", ""),
+        ]
+    )
     summary = fetch_cells([CELL], tmp_path, _client(overpass, clock, max_retries=2), overwrite=True)
     assert summary.failed and summary.failed[0][0] == CELL and "3 attempts" in summary.failed[0][1]
     assert CELL.osm_path(tmp_path).read_bytes() == before
@@ -327,8 +335,9 @@ def test_cli_fetch_by_bbox(tmp_path, overpass, realdata):
     b = cell_bbox(CELL)
     inner = f"{b.west + 0.02},{b.south + 0.02},{b.west + 0.021},{b.south + 0.021}"
     overpass.script.append((200, _body(realdata, "aioop__way_out_geom.json"), ""))
-    res = CliRunner().invoke(osm_app, ["fetch", "--ard-path", str(tmp_path), "--zone", "10", "--bbox", inner,
-                                       "--endpoint", overpass.endpoint])
+    res = CliRunner().invoke(
+        osm_app, ["fetch", "--ard-path", str(tmp_path), "--zone", "10", "--bbox", inner, "--endpoint", overpass.endpoint]
+    )
     assert res.exit_code == 0, res.output
     assert "1 cells written, 0 skipped (already fetched), 0 failed" in res.output
     assert CELL.osm_path(tmp_path).exists()
@@ -413,8 +422,13 @@ def test_import_liechtenstein_counts_match_a_second_pass(tmp_path, realdata):
     assert set(way["bounds"]) == {"minlat", "minlon", "maxlat", "maxlon"}
     assert len(way["geometry"]) == len(way["nodes"]) and set(way["geometry"][0]) == {"lat", "lon"}
     assert set(doc["nodes"][0]) == {"type", "id", "lat", "lon", "tags"}
-    member_node = next(m for d in (json.loads(c.osm_path(tmp_path).read_text()) for c in cells)
-                       for r in d["relations"] for m in r["members"] if m["type"] == "node" and "lat" in m)
+    member_node = next(
+        m
+        for d in (json.loads(c.osm_path(tmp_path).read_text()) for c in cells)
+        for r in d["relations"]
+        for m in r["members"]
+        if m["type"] == "node" and "lat" in m
+    )
     assert set(member_node) == {"type", "ref", "role", "lat", "lon"}
 
     # Re-running skips the finished cells; --overwrite rewrites them.

@@ -36,7 +36,18 @@ def chips(small_sample, tmp_path_factory) -> Path:
 
 
 def config(chips: Path, out: Path, **kw) -> TrainConfig:
-    base = dict(chips=str(chips), labels=str(chips / "labels.parquet"), out=str(out), backbone="resnet18", chip_size=64, epochs=1, batch_size=16, lr=3e-3, workers=0, seed=3)
+    base = dict(
+        chips=str(chips),
+        labels=str(chips / "labels.parquet"),
+        out=str(out),
+        backbone="resnet18",
+        chip_size=64,
+        epochs=1,
+        batch_size=16,
+        lr=3e-3,
+        workers=0,
+        seed=3,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -378,7 +389,25 @@ def test_cli_smoke(chips, tmp_path) -> None:
     register(app)
     runner = CliRunner()
     out = tmp_path / "run"
-    args = ["train", "--chips", str(chips), "--out", str(out), "--backbone", "resnet18", "--chip-size", "64", "--epochs", "1", "--batch-size", "16", "--workers", "0", "--device", "cpu"]
+    args = [
+        "train",
+        "--chips",
+        str(chips),
+        "--out",
+        str(out),
+        "--backbone",
+        "resnet18",
+        "--chip-size",
+        "64",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+    ]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "trained 1 epoch" in res.output and "baseline" in res.output and (out / "model.pt").is_file()

@@ -13,7 +13,6 @@ sidecars (rasterio__green, riotiler__hro_CL_1, riocogeo__image_external) and Sub
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -29,11 +28,7 @@ gdal.UseExceptions()
 REPO = Path(__file__).resolve().parents[2]
 REALDATA = find_realdata()
 TIFF_DIR = REALDATA / "tiff"
-FILES = (
-    sorted(p for p in TIFF_DIR.iterdir() if p.suffix.lower() in (".tif", ".tiff"))
-    if TIFF_DIR.is_dir()
-    else []
-)
+FILES = sorted(p for p in TIFF_DIR.iterdir() if p.suffix.lower() in (".tif", ".tiff")) if TIFF_DIR.is_dir() else []
 
 # Files imagesim legitimately cannot read, with the reason. Empty: all of the corpus reads.
 EXPECTED_FAILURES: dict[str, str] = {}
@@ -99,9 +94,7 @@ def test_cog_matches_gdal(path: Path) -> None:
         assert_pixels(cog.read(win), gdal_read(ds, win), comp, f"window {win}")
 
     band = ds.GetRasterBand(1)
-    gdal_ovr = {
-        (band.GetOverview(i).XSize, band.GetOverview(i).YSize): i for i in range(band.GetOverviewCount())
-    }
+    gdal_ovr = {(band.GetOverview(i).XSize, band.GetOverview(i).YSize): i for i in range(band.GetOverviewCount())}
     for k, lvl in enumerate(cog.levels[1:], start=1):
         size = (lvl["width"], lvl["height"])
         assert size in gdal_ovr, f"level {k} {size} is not a GDAL overview {sorted(gdal_ovr)}"

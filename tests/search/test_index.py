@@ -54,8 +54,17 @@ def make_embeddings(folder: Path, *, seed: int = 0, per_cell: int = 1024, repeat
                 v = base + rng.standard_normal(DIM).astype(np.float32) * 0.2 / np.sqrt(DIM)
                 chip = grid.chip_name(10, qk, cat)
                 records.append(
-                    dict(chip=chip, path=f"10/{chip}", zone=10, quadkey=qk, cell=qk[:12], catalog_id=cat, model_id=MODEL_ID,
-                         predicted=[CLASSES[label]], label=label)
+                    dict(
+                        chip=chip,
+                        path=f"10/{chip}",
+                        zone=10,
+                        quadkey=qk,
+                        cell=qk[:12],
+                        catalog_id=cat,
+                        model_id=MODEL_ID,
+                        predicted=[CLASSES[label]],
+                        label=label,
+                    )
                 )
                 vectors.append((v / np.linalg.norm(v)).astype(np.float32))
     raw = np.stack(vectors)

@@ -100,8 +100,14 @@ def test_page_and_bundled_assets(client):
     page = r.text
     assert "/static/leaflet/leaflet.js" in page and "/static/app.js" in page
     assert "http://" not in page and "https://" not in page  # no CDN
-    for asset in ("/static/app.js", "/static/style.css", "/static/leaflet/leaflet.js", "/static/leaflet/leaflet.css",
-                  "/static/leaflet/LICENSE", "/static/leaflet/images/layers.png"):
+    for asset in (
+        "/static/app.js",
+        "/static/style.css",
+        "/static/leaflet/leaflet.js",
+        "/static/leaflet/leaflet.css",
+        "/static/leaflet/LICENSE",
+        "/static/leaflet/images/layers.png",
+    ):
         assert client.get(asset).status_code == 200, asset
     assert "BSD" in client.get("/static/leaflet/LICENSE").text
 
@@ -188,8 +194,12 @@ def _exact_tile(cog_path: Path, z: int, x: int, y: int, level: int) -> np.ndarra
     u, v = u - c0, v - r0
     iu, iv = np.floor(u).astype(int), np.floor(v).astype(int)
     fu, fv = (u - iu)[..., None], (v - iv)[..., None]
-    out = (win[iv, iu] * (1 - fu) * (1 - fv) + win[iv, iu + 1] * fu * (1 - fv)
-           + win[iv + 1, iu] * (1 - fu) * fv + win[iv + 1, iu + 1] * fu * fv)
+    out = (
+        win[iv, iu] * (1 - fu) * (1 - fv)
+        + win[iv, iu + 1] * fu * (1 - fv)
+        + win[iv + 1, iu] * (1 - fu) * fv
+        + win[iv + 1, iu + 1] * fu * fv
+    )
     return out
 
 
@@ -260,7 +270,9 @@ def test_acquisition_picker(client, viewer):
     assert newer["newest"] and not older["newest"]
     # a chip with data in both acquisitions: default tile == newest acquisition's tile != older one
     m = viewer.chip_rows("all_data")
-    both = set(m.filter(pl.col("catalog_id") == newer["catalog_id"])["quadkey"]) & set(m.filter(pl.col("catalog_id") == older["catalog_id"])["quadkey"])
+    both = set(m.filter(pl.col("catalog_id") == newer["catalog_id"])["quadkey"]) & set(
+        m.filter(pl.col("catalog_id") == older["catalog_id"])["quadkey"]
+    )
     assert both
     qk = sorted(both)[0]
     lon, lat = chip_centre_lonlat(viewer.sample.zone, qk)
@@ -411,8 +423,14 @@ def test_symlink_out_of_the_chips_folder_is_rejected(client, viewer, tmp_path):
 
 def test_tile_parameters_are_validated(client):
     for url, status in (
-        ("/tiles/25/0/0.jpg", 422), ("/tiles/-1/0/0.jpg", 422), ("/tiles/3/8/0.jpg", 400), ("/tiles/3/0/8.jpg", 400),
-        ("/tiles/3/-1/0.jpg", 422), ("/tiles/x/0/0.jpg", 422), ("/tiles/3/0/0.gif", 404), ("/tiles/3/0/0.jpg?acquisition=a%2Fb", 400),
+        ("/tiles/25/0/0.jpg", 422),
+        ("/tiles/-1/0/0.jpg", 422),
+        ("/tiles/3/8/0.jpg", 400),
+        ("/tiles/3/0/8.jpg", 400),
+        ("/tiles/3/-1/0.jpg", 422),
+        ("/tiles/x/0/0.jpg", 422),
+        ("/tiles/3/0/0.gif", 404),
+        ("/tiles/3/0/0.jpg?acquisition=a%2Fb", 400),
         ("/tiles/99999999999999999999/0/0.jpg", 422),
     ):
         r = client.get(url)
@@ -495,14 +513,17 @@ def raw_get(base: str, target: str) -> tuple[int, bytes]:
     return int(data.split(b" ", 2)[1]), data
 
 
-@pytest.mark.parametrize("target", [
-    "/static/../../../../../../etc/passwd",
-    "/static/../app.py",
-    "/static//etc/passwd",
-    "/static/leaflet/../../serve/app.py",
-    "/api/chip/../../../../etc/passwd/thumbnail.jpg",
-    "/../../../etc/passwd",
-])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/static/../../../../../../etc/passwd",
+        "/static/../app.py",
+        "/static//etc/passwd",
+        "/static/leaflet/../../serve/app.py",
+        "/api/chip/../../../../etc/passwd/thumbnail.jpg",
+        "/../../../etc/passwd",
+    ],
+)
 def test_raw_traversal_against_the_server(live_server, target):
     """Un-normalised request targets, as a hostile client sends them (no client-side clean-up)."""
     status, data = raw_get(live_server, target)
@@ -530,8 +551,17 @@ def test_browser_click_chip_shows_similar(live_server, viewer, tmp_path):
     exe, driver_path = found
     opts = webdriver.ChromeOptions()
     opts.binary_location = exe
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1280,800",
-                "--no-first-run", "--disable-extensions", "--proxy-server=direct://", "--proxy-bypass-list=*"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1280,800",
+        "--no-first-run",
+        "--disable-extensions",
+        "--proxy-server=direct://",
+        "--proxy-bypass-list=*",
+    ):
         opts.add_argument(arg)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver_path), options=opts)
@@ -541,8 +571,11 @@ def test_browser_click_chip_shows_similar(live_server, viewer, tmp_path):
         driver.get(f"{live_server}/#17/{lat:.6f}/{lon:.6f}")
         wait = WebDriverWait(driver, 20)
         wait.until(lambda d: d.execute_script("return document.body.dataset.ready === '1' && +(document.body.dataset.grid || 0) > 0"))
-        wait.until(lambda d: d.execute_script(
-            "return Array.from(document.querySelectorAll('img.leaflet-tile-loaded')).some(i => i.naturalWidth === 256 && !i.src.startsWith('data:'))"))
+        wait.until(
+            lambda d: d.execute_script(
+                "return Array.from(document.querySelectorAll('img.leaflet-tile-loaded')).some(i => i.naturalWidth === 256 && !i.src.startsWith('data:'))"
+            )
+        )
         cells = driver.find_elements(By.CSS_SELECTOR, "path.chip-cell")
         assert cells
         # click the chip under the map centre (the one the URL pointed at)
@@ -556,8 +589,11 @@ def test_browser_click_chip_shows_similar(live_server, viewer, tmp_path):
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#similar-list li.chip-card")) >= 1)
         items = driver.find_elements(By.CSS_SELECTOR, "#similar-list li.chip-card")
         assert len(items) == 10
-        wait.until(lambda d: d.execute_script(
-            "return Array.from(document.querySelectorAll('#similar-list img')).every(i => i.complete && i.naturalWidth > 0)"))
+        wait.until(
+            lambda d: d.execute_script(
+                "return Array.from(document.querySelectorAll('#similar-list img')).every(i => i.complete && i.naturalWidth > 0)"
+            )
+        )
         assert driver.find_elements(By.CSS_SELECTOR, "path.similar-cell")  # outlined on the map
         assert "chips similar to" in driver.find_element(By.ID, "status").text
         query = driver.execute_script("return new URLSearchParams(location.search).get('chip')")

@@ -6,6 +6,7 @@ Nothing here imports a heavy dependency (polars, numpy, torch …): `imagesim --
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
 import os
@@ -62,18 +63,44 @@ def progress_bar(description: str) -> ProgressFactory:
 # --- option types: one declaration (flag and help) per idea; a command's signature gives the
 # default, from imagesim.options (`proc: Proc = options.PROC_ALL`): Typer takes no default inside Annotated ---
 
-ArdPath = Annotated[str, typer.Option("--ard-path", help="Root of the ARD delivery (<zone>/<quadkey>/<date>/<catalog-id>-visual.tif), or one zone folder: a folder or an object-store URL (s3://, gs://, az://, https://) read with range requests.")]
-Chips = Annotated[str, typer.Option("--chips", help="Chips folder or object-store prefix (the DEST of `imagesim chip`, holding chips.parquet).")]
+ArdPath = Annotated[
+    str,
+    typer.Option(
+        "--ard-path",
+        help="Root of the ARD delivery (<zone>/<quadkey>/<date>/<catalog-id>-visual.tif), or one zone folder: a folder or an object-store URL (s3://, gs://, az://, https://) read with range requests.",
+    ),
+]
+Chips = Annotated[
+    str, typer.Option("--chips", help="Chips folder or object-store prefix (the DEST of `imagesim chip`, holding chips.parquet).")
+]
 ChipFolder = Annotated[Path, typer.Option("--chips", help="Chips folder (the DEST of `imagesim chip`, holding chips.parquet).")]
 Zones = Annotated[Optional[list[int]], typer.Option("--zone", help="Only this UTM zone (repeatable).")]
-NodataIndex = Annotated[Optional[str], typer.Option("--nodata-index", help="nodata.parquet or nodata-index.json giving each chip's no-data class (default: CHIPS/nodata.parquet if present, else chips.parquet).")]
-NodataThreshold = Annotated[int, typer.Option("--nodata-threshold", help="A pixel is no-data when every band is <= this (2-8 tolerates JPEG noise at no-data edges).")]
-MinNodataPixels = Annotated[int, typer.Option("--min-nodata-pixels", help="No-data pixels from which a chip is partial_data (fewer: all_data).")]
+NodataIndex = Annotated[
+    Optional[str],
+    typer.Option(
+        "--nodata-index",
+        help="nodata.parquet or nodata-index.json giving each chip's no-data class (default: CHIPS/nodata.parquet if present, else chips.parquet).",
+    ),
+]
+NodataThreshold = Annotated[
+    int,
+    typer.Option("--nodata-threshold", help="A pixel is no-data when every band is <= this (2-8 tolerates JPEG noise at no-data edges)."),
+]
+MinNodataPixels = Annotated[
+    int, typer.Option("--min-nodata-pixels", help="No-data pixels from which a chip is partial_data (fewer: all_data).")
+]
 Proc = Annotated[int, typer.Option("--proc", help="Worker threads (0 = all cores).")]
 Quality = Annotated[int, typer.Option("--quality", help="JPEG quality, {}..{}.".format(*options.QUALITY_RANGE))]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Chips per batch.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace outputs that already exist (default: keep them).")]
-Scheduler = Annotated[Optional[str], typer.Option("--scheduler", envvar="IMAGESIM_SCHEDULER", help="Dask scheduler address tcp://HOST:PORT, or 'local' for a LocalCluster on this machine; default: run in this process.")]
+Scheduler = Annotated[
+    Optional[str],
+    typer.Option(
+        "--scheduler",
+        envvar="IMAGESIM_SCHEDULER",
+        help="Dask scheduler address tcp://HOST:PORT, or 'local' for a LocalCluster on this machine; default: run in this process.",
+    ),
+]
 
 # --- library parameter names shown as flags ---
 
@@ -118,6 +145,16 @@ def with_flags(message: str, flags: Mapping[str, str]) -> str:
     """``message`` with each backticked parameter name in ``flags`` written as its flag:
     "`zoom` 25: must be 12..20" → "--zoom 25: must be 12..20". Other backticked text is left as it is."""
     return _BACKTICKED.sub(lambda m: flags.get(m.group(1), m.group(0)), message)
+
+
+# The click command running now (set by the registration wrapper), for log lines that name parameters.
+_RUNNING: contextvars.ContextVar[Any] = contextvars.ContextVar("imagesim_running_command", default=None)
+
+
+def log(message: str) -> None:
+    """A library log line on stderr, its backticked parameter names shown as the running command's flags."""
+    command = _RUNNING.get()
+    err.print(with_flags(message, command_flags(command)) if command is not None else message, highlight=False, markup=False)
 
 
 def show_flags(exc: ImagesimError, command: Any) -> None:
@@ -178,11 +215,14 @@ def _flag_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
         ctx = kwargs.pop(_CTX)
+        token = _RUNNING.set(ctx.command)
         try:
             return fn(*args, **kwargs)
         except ImagesimError as exc:
             show_flags(exc, ctx.command)
             raise
+        finally:
+            _RUNNING.reset(token)
 
     ctx_param = inspect.Parameter(_CTX, inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
     run.__signature__ = signature.replace(parameters=[*signature.parameters.values(), ctx_param])  # type: ignore[attr-defined]

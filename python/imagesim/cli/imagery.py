@@ -42,7 +42,9 @@ def sample_data(
     """Write a realistic ARD delivery (COGs, metadata, data masks) and its OpenStreetMap data."""
     from imagesim.imagery.sample import write_sample
 
-    summary = write_sample(dest, seed=seed, small=small, compression=compression, overwrite=overwrite, progress=lambda m: err.print(m, markup=False))
+    summary = write_sample(
+        dest, seed=seed, small=small, compression=compression, overwrite=overwrite, progress=lambda m: err.print(m, markup=False)
+    )
     out.print(f"ARD delivery: {summary.root}  ({len(summary.cogs)} COGs, cells {', '.join(summary.cells)}, zone {summary.zone})")
     out.print(f"OpenStreetMap: {summary.osm_pbf}")
 
@@ -50,19 +52,37 @@ def sample_data(
 @commands.command("chip")
 def chip(
     ard_path: ArdPath,
-    dest: Annotated[str, typer.Option("--dest", help="Output folder or object-store prefix (s3://bucket/chips): DEST/<zone>/Z<zone>-<quadkey>_<catalog-id>.jpg plus chips.parquet.")],
+    dest: Annotated[
+        str,
+        typer.Option(
+            "--dest",
+            help="Output folder or object-store prefix (s3://bucket/chips): DEST/<zone>/Z<zone>-<quadkey>_<catalog-id>.jpg plus chips.parquet.",
+        ),
+    ],
     zoom: Annotated[int, typer.Option(help="Chip zoom {}..{} (17 = 512 px, 156.25 m chips).".format(*options.ZOOM_RANGE))] = options.ZOOM,
     proc: Proc = options.PROC_ALL,
     quality: Quality = options.JPEG_QUALITY,
-    passthrough: Annotated[bool, typer.Option("--passthrough", help="Copy JPEG tiles out without re-encoding when a chip is exactly one internal tile.")] = False,
+    passthrough: Annotated[
+        bool, typer.Option("--passthrough", help="Copy JPEG tiles out without re-encoding when a chip is exactly one internal tile.")
+    ] = False,
     nodata_threshold: NodataThreshold = options.NODATA_THRESHOLD,
     min_nodata_pixels: MinNodataPixels = options.MIN_NODATA_PIXELS,
     zones: Zones = None,
-    quadkeys: Annotated[Optional[list[str]], typer.Option("--quadkey", help="Only cells with this quadkey prefix, up to 12 digits (repeatable).")] = None,
+    quadkeys: Annotated[
+        Optional[list[str]], typer.Option("--quadkey", help="Only cells with this quadkey prefix, up to 12 digits (repeatable).")
+    ] = None,
     catalog_ids: Annotated[Optional[list[str]], typer.Option("--catalog-id", help="Only this acquisition (repeatable).")] = None,
     overwrite: Overwrite = False,
-    skip_empty: Annotated[bool, typer.Option("--skip-empty", help="Do not write chips that are entirely no-data (still listed in chips.parquet).")] = False,
-    measure: Annotated[bool, typer.Option("--measure/--no-measure", help="Count no-data pixels of every chip. --no-measure with --passthrough skips the decode that measuring costs (no-data columns left empty for copied chips; run nodata-index later).")] = True,
+    skip_empty: Annotated[
+        bool, typer.Option("--skip-empty", help="Do not write chips that are entirely no-data (still listed in chips.parquet).")
+    ] = False,
+    measure: Annotated[
+        bool,
+        typer.Option(
+            "--measure/--no-measure",
+            help="Count no-data pixels of every chip. --no-measure with --passthrough skips the decode that measuring costs (no-data columns left empty for copied chips; run nodata-index later).",
+        ),
+    ] = True,
     scheduler: Scheduler = None,
 ) -> None:
     """Cut every ARD `-visual.tif` into JPEG chips on the quadkey grid and record chips.parquet.
@@ -82,7 +102,16 @@ def chip(
         measure=measure,
         proc=proc,
     )
-    summary = run_chip(ard_path, dest, settings, zones=zones, quadkeys=quadkeys, catalog_ids=catalog_ids, progress=progress_bar("chip"), scheduler=scheduler)
+    summary = run_chip(
+        ard_path,
+        dest,
+        settings,
+        zones=zones,
+        quadkeys=quadkeys,
+        catalog_ids=catalog_ids,
+        progress=progress_bar("chip"),
+        scheduler=scheduler,
+    )
     for m in summary.misplaced:
         err.print(f"[yellow]ignored[/] {escape(str(m.path))}: {escape(m.reason)}")
     for cog in summary.stale_cogs:
@@ -92,7 +121,9 @@ def chip(
     if summary.cogs == 0:
         err.print(f"[yellow]no -visual.tif found under {ard_path} matching the filters[/]")
     out.print(summary.line(), soft_wrap=True)
-    out.print(f"chips: {summary.dest}  manifest: {summary.dest / 'chips.parquet'}  errors: {summary.dest / 'chip-errors.json'}", soft_wrap=True)
+    out.print(
+        f"chips: {summary.dest}  manifest: {summary.dest / 'chips.parquet'}  errors: {summary.dest / 'chip-errors.json'}", soft_wrap=True
+    )
     if summary.failed_cogs or summary.failed_chips:
         raise typer.Exit(code=1)
 
@@ -103,14 +134,32 @@ def chip(
     aliases={"--chip-dir": "--chips", "--threshold": "--nodata-threshold", "--min-pixels": "--min-nodata-pixels"},
 )
 def nodata_index(
-    chip_dir: Annotated[str, typer.Option("--chips", help="Folder or object-store prefix of chips (searched recursively): the DEST of `imagesim chip`, or one zone's folder.")],
+    chip_dir: Annotated[
+        str,
+        typer.Option(
+            "--chips",
+            help="Folder or object-store prefix of chips (searched recursively): the DEST of `imagesim chip`, or one zone's folder.",
+        ),
+    ],
     filename: Annotated[str, typer.Option(help="Index file name, written in CHIPS (or an absolute path).")] = "nodata-index.json",
-    overwrite: Annotated[bool, typer.Option("--overwrite/--no-overwrite", help="Replace an existing index (default: overwrite, as the original tool did).")] = True,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite/--no-overwrite", help="Replace an existing index (default: overwrite, as the original tool did).")
+    ] = True,
     proc: Proc = options.PROC_ALL,
     nodata_threshold: NodataThreshold = options.NODATA_THRESHOLD,
     min_nodata_pixels: MinNodataPixels = options.MIN_NODATA_PIXELS,
-    source: Annotated[Optional[str], typer.Option(help="pixels (decode every chip), manifest (chips.parquet counts from the COG) or mask (ARD data-mask.gpkg). Default: manifest when CHIPS has one, else pixels.")] = None,
-    ard_path: Annotated[Optional[str], typer.Option("--ard-path", help="ARD root (folder or object-store URL), to find data masks for --source mask when chips.parquet is absent.")] = None,
+    source: Annotated[
+        Optional[str],
+        typer.Option(
+            help="pixels (decode every chip), manifest (chips.parquet counts from the COG) or mask (ARD data-mask.gpkg). Default: manifest when CHIPS has one, else pixels."
+        ),
+    ] = None,
+    ard_path: Annotated[
+        Optional[str],
+        typer.Option(
+            "--ard-path", help="ARD root (folder or object-store URL), to find data masks for --source mask when chips.parquet is absent."
+        ),
+    ] = None,
     scheduler: Scheduler = None,
 ) -> None:
     """Classify every chip as all_data, partial_data or no_data (JSON index + nodata.parquet)."""

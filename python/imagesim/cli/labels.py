@@ -18,7 +18,9 @@ commands = Commands("labels", help="Multilabel training data from OSM: build (pa
 register = commands.register
 labels_app = commands.app
 
-LabelsChips = Annotated[Optional[Path], typer.Option("--chips", help="Chips folder holding labels.parquet (and the chip JPEGs, for the report).")]
+LabelsChips = Annotated[
+    Optional[Path], typer.Option("--chips", help="Chips folder holding labels.parquet (and the chip JPEGs, for the report).")
+]
 LabelsFile = Annotated[Optional[Path], typer.Option("--labels", help="labels.parquet to use (default: CHIPS/labels.parquet).")]
 
 
@@ -26,9 +28,20 @@ LabelsFile = Annotated[Optional[Path], typer.Option("--labels", help="labels.par
 def build(
     ard_path: ArdPath,
     chips: Chips,
-    taxonomy: Annotated[Optional[Path], typer.Option(help="Taxonomy TOML (classes → OSM tag filters and geometry rules); default: the shipped 13-class one.")] = None,
-    include: Annotated[Optional[list[str]], typer.Option(help="Also label 'partial' (partial_data) chips, or 'unmeasured' ones (no no-data class). Repeatable. no_data chips are never labelled.")] = None,
-    out_dir: Annotated[Optional[str], typer.Option("--out", help="Folder (or store prefix) for labels.parquet, labels.csv and labels.json (default: CHIPS).")] = None,
+    taxonomy: Annotated[
+        Optional[Path],
+        typer.Option(help="Taxonomy TOML (classes → OSM tag filters and geometry rules); default: the shipped 13-class one."),
+    ] = None,
+    include: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            help="Also label 'partial' (partial_data) chips, or 'unmeasured' ones (no no-data class). Repeatable. no_data chips are never labelled."
+        ),
+    ] = None,
+    out_dir: Annotated[
+        Optional[str],
+        typer.Option("--out", help="Folder (or store prefix) for labels.parquet, labels.csv and labels.json (default: CHIPS)."),
+    ] = None,
     nodata_index: NodataIndex = None,
     overwrite: Overwrite = False,
 ) -> None:
@@ -39,10 +52,15 @@ def build(
     """
     from imagesim.labels.build import LabelSettings, build_labels
 
-    settings = LabelSettings(taxonomy=taxonomy, include=tuple(include or ()), out_dir=out_dir, nodata_index=nodata_index, overwrite=overwrite)
+    settings = LabelSettings(
+        taxonomy=taxonomy, include=tuple(include or ()), out_dir=out_dir, nodata_index=nodata_index, overwrite=overwrite
+    )
     summary = build_labels(chips, ard_path, settings, progress=progress_bar("labels"))
     for cell in summary.missing_cells:
-        err.print(f"[yellow]no osm_data.json[/] for cell {cell}: its chips were left out (run `imagesim osm fetch` or `imagesim osm import`)", highlight=False)
+        err.print(
+            f"[yellow]no osm_data.json[/] for cell {cell}: its chips were left out (run `imagesim osm fetch` or `imagesim osm import`)",
+            highlight=False,
+        )
     for cell, msg in summary.failed_cells:
         err.print(f"[red]failed[/] cell {cell}: {escape(msg)}", highlight=False)
     geo = summary.geometry
@@ -91,15 +109,23 @@ def split(
     labels: LabelsFile = None,
     val: Annotated[float, typer.Option("--val-fraction", help="Share of chips for validation.")] = options.SPLIT_VAL,
     seed: Annotated[int, typer.Option(help="Seed for shuffling the groups.")] = 0,
-    group_level: Annotated[int, typer.Option("--group-level", help="Quadkey level of the groups kept on one side: 12 = the 5 km ARD cell, 13 = 2.5 km, 14 = 1.25 km …")] = options.SPLIT_GROUP_LEVEL,
+    group_level: Annotated[
+        int,
+        typer.Option(
+            "--group-level", help="Quadkey level of the groups kept on one side: 12 = the 5 km ARD cell, 13 = 2.5 km, 14 = 1.25 km …"
+        ),
+    ] = options.SPLIT_GROUP_LEVEL,
 ) -> None:
     """Train/validation split by area (whole quadkey groups), so neighbouring chips do not leak into validation."""
     from imagesim.labels.split import split_labels
 
     summary = split_labels(_labels_path(chips, labels), val=val, seed=seed, group_level=group_level)
     if abs(summary.val_share - val) > max(0.1, val / 2):
-        err.print(f"[yellow]validation share {summary.val_share:.1%} is far from {val:.0%}: only {summary.groups} groups at level "
-                  f"{group_level}; a finer --group-level gives a closer split[/]", highlight=False)
+        err.print(
+            f"[yellow]validation share {summary.val_share:.1%} is far from {val:.0%}: only {summary.groups} groups at level "
+            f"{group_level}; a finer --group-level gives a closer split[/]",
+            highlight=False,
+        )
     missing = summary.missing_in_val()
     if missing:
         err.print(f"[yellow]no validation chip for: {', '.join(missing)}[/]", highlight=False)

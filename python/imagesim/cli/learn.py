@@ -13,7 +13,20 @@ import typer
 from rich.markup import escape
 
 from imagesim import options
-from imagesim.cli._common import BatchSize, ChipFolder, Chips, Commands, NodataIndex, Overwrite, Proc, Scheduler, err, out, progress_bar
+from imagesim.cli._common import (
+    BatchSize,
+    ChipFolder,
+    Chips,
+    Commands,
+    NodataIndex,
+    Overwrite,
+    Proc,
+    Scheduler,
+    err,
+    log,
+    out,
+    progress_bar,
+)
 
 commands = Commands()
 register = commands.register
@@ -37,21 +50,46 @@ def require_torch() -> None:
 def train(
     chips: ChipFolder,
     out_dir: Annotated[Path, typer.Option("--out", help="Run folder: model.pt, last.pt, metrics.json, training_curves.png.")],
-    labels: Annotated[Optional[Path], typer.Option("--labels", help="labels.parquet (classes from labels.json beside it) or a dense labels.csv. Default: CHIPS/labels.parquet.")] = None,
+    labels: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--labels", help="labels.parquet (classes from labels.json beside it) or a dense labels.csv. Default: CHIPS/labels.parquet."
+        ),
+    ] = None,
     backbone: Annotated[str, typer.Option(help=" or ".join(options.BACKBONES) + ".")] = options.BACKBONE,
-    weights: Annotated[Optional[Path], typer.Option(help="Local torchvision ResNet state dict for the backbone (nothing is downloaded). Without it: from scratch.")] = None,
+    weights: Annotated[
+        Optional[Path],
+        typer.Option(help="Local torchvision ResNet state dict for the backbone (nothing is downloaded). Without it: from scratch."),
+    ] = None,
     chip_size: Annotated[int, typer.Option("--chip-size", help="Chips are resized to this many pixels square.")] = options.CHIP_SIZE,
-    epochs: Annotated[Optional[int], typer.Option(help=f"Epochs in all (default {options.EPOCHS}; with --resume: the run's own, or extend it to this many).")] = None,
+    epochs: Annotated[
+        Optional[int],
+        typer.Option(help=f"Epochs in all (default {options.EPOCHS}; with --resume: the run's own, or extend it to this many)."),
+    ] = None,
     batch_size: BatchSize = options.BATCH_SIZE,
     lr: Annotated[float, typer.Option(help="Adam learning rate of the head (cosine schedule per step).")] = options.LR,
-    backbone_lr_factor: Annotated[float, typer.Option("--backbone-lr-factor", help="Backbone learning rate = LR × this, once unfrozen.")] = options.BACKBONE_LR_FACTOR,
-    freeze_epochs: Annotated[Optional[int], typer.Option("--freeze-epochs", help="Epochs with the backbone frozen (default: 1 with --weights, 0 without).")] = None,
-    pos_weight: Annotated[bool, typer.Option("--pos-weight", help="Weight positives by negatives/positives per class (capped at 50) for rare labels.")] = False,
-    threshold: Annotated[float, typer.Option(help="Sigmoid threshold of the fixed-threshold metrics (tuned per class as well).")] = options.THRESHOLD,
-    val_fraction: Annotated[float, typer.Option("--val-fraction", help="Validation share when the labels carry no split.")] = options.VAL_FRACTION,
-    device: Annotated[str, typer.Option(help=f"{', '.join(options.DEVICES)}: auto is CUDA when a GPU is present, else CPU.")] = options.DEVICE,
+    backbone_lr_factor: Annotated[
+        float, typer.Option("--backbone-lr-factor", help="Backbone learning rate = LR × this, once unfrozen.")
+    ] = options.BACKBONE_LR_FACTOR,
+    freeze_epochs: Annotated[
+        Optional[int], typer.Option("--freeze-epochs", help="Epochs with the backbone frozen (default: 1 with --weights, 0 without).")
+    ] = None,
+    pos_weight: Annotated[
+        bool, typer.Option("--pos-weight", help="Weight positives by negatives/positives per class (capped at 50) for rare labels.")
+    ] = False,
+    threshold: Annotated[
+        float, typer.Option(help="Sigmoid threshold of the fixed-threshold metrics (tuned per class as well).")
+    ] = options.THRESHOLD,
+    val_fraction: Annotated[
+        float, typer.Option("--val-fraction", help="Validation share when the labels carry no split.")
+    ] = options.VAL_FRACTION,
+    device: Annotated[
+        str, typer.Option(help=f"{', '.join(options.DEVICES)}: auto is CUDA when a GPU is present, else CPU.")
+    ] = options.DEVICE,
     amp: Annotated[bool, typer.Option("--amp", help="Mixed precision (float16) on CUDA.")] = False,
-    workers: Annotated[int, typer.Option(help="DataLoader worker processes (forkserver; 0 = load in the main process).")] = options.TRAIN_WORKERS,
+    workers: Annotated[
+        int, typer.Option(help="DataLoader worker processes (forkserver; 0 = load in the main process).")
+    ] = options.TRAIN_WORKERS,
     seed: Annotated[int, typer.Option(help="Random seed: initialisation, order, augmentation.")] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from last.pt.")] = False,
     overwrite: Overwrite = False,
@@ -91,7 +129,7 @@ def train(
         config,
         resume=resume,
         overwrite=overwrite,
-        log=lambda m: err.print(m, highlight=False, markup=False),
+        log=log,
         progress=lambda desc, total: progress_bar(desc)(total),
     )
     out.print(result.line(), highlight=False)
@@ -103,15 +141,23 @@ def export(
     out_path: Annotated[Path, typer.Option("--out", help="ONNX file to write (e.g. model.onnx).")],
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = options.OPSET,
     fp16: Annotated[bool, typer.Option("--fp16", help="Half-precision weights and compute (for GPUs; parity tolerance 5e-2).")] = False,
-    chip_size: Annotated[Optional[int], typer.Option("--chip-size", help="Input size in pixels (default: the size the model was trained at).")] = None,
-    normalize: Annotated[bool, typer.Option("--normalize/--no-normalize", help="L2-normalise the embedding output (cosine similarity = inner product).")] = True,
-    parity_chips: Annotated[Optional[Path], typer.Option("--chips", help="Chips for the parity check (default: the model's training chips).")] = None,
+    chip_size: Annotated[
+        Optional[int], typer.Option("--chip-size", help="Input size in pixels (default: the size the model was trained at).")
+    ] = None,
+    normalize: Annotated[
+        bool, typer.Option("--normalize/--no-normalize", help="L2-normalise the embedding output (cosine similarity = inner product).")
+    ] = True,
+    parity_chips: Annotated[
+        Optional[Path], typer.Option("--chips", help="Chips for the parity check (default: the model's training chips).")
+    ] = None,
     overwrite: Overwrite = False,
 ) -> None:
     """Export a trained model to ONNX (uint8 NHWC input, `embedding` + `logits` outputs), checked against PyTorch."""
     from imagesim.learn.export import ExportSettings, export_onnx
 
-    settings = ExportSettings(opset=opset, fp16=fp16, chip_size=chip_size, normalize=normalize, overwrite=overwrite, parity_chips=parity_chips)
+    settings = ExportSettings(
+        opset=opset, fp16=fp16, chip_size=chip_size, normalize=normalize, overwrite=overwrite, parity_chips=parity_chips
+    )
     with err.status(f"exporting {model}"):
         summary = export_onnx(model, out_path, settings)
     out.print(summary.line(), highlight=False)
@@ -122,11 +168,21 @@ def encode(
     onnx: Annotated[Path, typer.Option("--onnx", help="Model from `imagesim export`.")],
     chips: Chips,
     nodata_index: NodataIndex = None,
-    out_path: Annotated[Optional[str], typer.Option("--out", help="Embeddings Parquet, local or in a store (default: CHIPS/embeddings.parquet; a .json summary is written beside it).")] = None,
+    out_path: Annotated[
+        Optional[str],
+        typer.Option(
+            "--out",
+            help="Embeddings Parquet, local or in a store (default: CHIPS/embeddings.parquet; a .json summary is written beside it).",
+        ),
+    ] = None,
     batch_size: BatchSize = options.ENCODE_BATCH,
-    provider: Annotated[str, typer.Option(help=f"{', '.join(options.ENCODE_PROVIDERS)}: auto is CUDA when a GPU is present, else CPU.")] = options.PROVIDER,
+    provider: Annotated[
+        str, typer.Option(help=f"{', '.join(options.ENCODE_PROVIDERS)}: auto is CUDA when a GPU is present, else CPU.")
+    ] = options.PROVIDER,
     proc: Proc = options.PROC_ALL,
-    include_nodata: Annotated[bool, typer.Option("--include-nodata", help="Also encode chips classed no_data (skipped by default).")] = False,
+    include_nodata: Annotated[
+        bool, typer.Option("--include-nodata", help="Also encode chips classed no_data (skipped by default).")
+    ] = False,
     overwrite: Overwrite = False,
     scheduler: Scheduler = None,
 ) -> None:
@@ -136,9 +192,16 @@ def encode(
     """
     from imagesim.learn.encode import EncodeSettings, run_encode
 
-    settings = EncodeSettings(out=out_path, batch_size=batch_size, provider=provider, proc=proc, nodata_index=nodata_index,
-                              include_nodata=include_nodata, overwrite=overwrite)
-    summary = run_encode(onnx, chips, settings, progress=progress_bar("encode"), log=lambda m: err.print(m, highlight=False, markup=False), scheduler=scheduler)
+    settings = EncodeSettings(
+        out=out_path,
+        batch_size=batch_size,
+        provider=provider,
+        proc=proc,
+        nodata_index=nodata_index,
+        include_nodata=include_nodata,
+        overwrite=overwrite,
+    )
+    summary = run_encode(onnx, chips, settings, progress=progress_bar("encode"), log=log, scheduler=scheduler)
     for _chip, msg in summary.failed[:10]:
         err.print(f"[red]failed[/] {escape(msg)}", highlight=False)
     if len(summary.failed) > 10:

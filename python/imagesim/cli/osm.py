@@ -19,7 +19,12 @@ commands = Commands("osm", help="OpenStreetMap data per level-12 cell: fetch fro
 register = commands.register
 osm_app = commands.app
 
-Bbox = Annotated[Optional[str], typer.Option("--bbox", help="WEST,SOUTH,EAST,NORTH (degrees): every cell of --zone (exactly one) covering it, instead of the cell folders.")]
+Bbox = Annotated[
+    Optional[str],
+    typer.Option(
+        "--bbox", help="WEST,SOUTH,EAST,NORTH (degrees): every cell of --zone (exactly one) covering it, instead of the cell folders."
+    ),
+]
 
 
 def _cells(ard_path: str, zones: list[int] | None, bbox: str | None):
@@ -41,8 +46,13 @@ def fetch(
     zones: Zones = None,
     bbox: Bbox = None,
     endpoint: Annotated[str, typer.Option(help="Overpass interpreter URL (private instances welcome).")] = options.OVERPASS_ENDPOINT,
-    timeout: Annotated[int, typer.Option(help="Server-side query timeout in seconds ([timeout:]); the HTTP wait is this plus 60 s.")] = options.OVERPASS_TIMEOUT,
-    max_retries: Annotated[int, typer.Option("--max-retries", help="Retries per cell after the first attempt (429/503/504, timeouts, cut-off or failed answers).")] = options.OVERPASS_MAX_RETRIES,
+    timeout: Annotated[
+        int, typer.Option(help="Server-side query timeout in seconds ([timeout:]); the HTTP wait is this plus 60 s.")
+    ] = options.OVERPASS_TIMEOUT,
+    max_retries: Annotated[
+        int,
+        typer.Option("--max-retries", help="Retries per cell after the first attempt (429/503/504, timeouts, cut-off or failed answers)."),
+    ] = options.OVERPASS_MAX_RETRIES,
     no_status: Annotated[bool, typer.Option("--no-status", help="Do not read /api/status to wait for a free slot.")] = False,
     overwrite: Overwrite = False,
 ) -> None:
@@ -77,8 +87,12 @@ def import_(
     zones: Zones = None,
     bbox: Bbox = None,
     overwrite: Overwrite = False,
-    node_index: Annotated[str, typer.Option("--node-index", help="libosmium node location index: auto, flex_mem, sparse_file_array, dense_file_array …")] = options.OSM_NODE_INDEX,
-    fmt: Annotated[Optional[str], typer.Option("--format", help="Force the file format (pbf, osm, osm.bz2, osm.gz) when the name does not tell it.")] = None,
+    node_index: Annotated[
+        str, typer.Option("--node-index", help="libosmium node location index: auto, flex_mem, sparse_file_array, dense_file_array …")
+    ] = options.OSM_NODE_INDEX,
+    fmt: Annotated[
+        Optional[str], typer.Option("--format", help="Force the file format (pbf, osm, osm.bz2, osm.gz) when the name does not tell it.")
+    ] = None,
 ) -> None:
     """Write each cell's osm_data.json from an OSM extract, offline, in the Overpass `out geom` shape.
 
@@ -91,8 +105,15 @@ def import_(
         err.print(f"[yellow]no level-12 cell folders under {ard_path}[/] (give --bbox and --zone to import by area)")
         return
     with err.status(f"reading {osm_file.name}") as status:
-        summary = import_osm(osm_file, root, cells, overwrite=overwrite, node_index=node_index, fmt=fmt,
-                             progress=lambda n: status.update(f"reading {osm_file.name}: {n:,} objects"))
+        summary = import_osm(
+            osm_file,
+            root,
+            cells,
+            overwrite=overwrite,
+            node_index=node_index,
+            fmt=fmt,
+            progress=lambda n: status.update(f"reading {osm_file.name}: {n:,} objects"),
+        )
     if summary.unlocated:
         err.print(f"[yellow]{summary.unlocated} tagged elements have no location in the extract (members outside it) and were left out[/]")
     empty = [c for c, n in summary.written.items() if not (n.nodes or n.ways or n.relations)]
@@ -106,7 +127,12 @@ def tags(
     ard_path: ArdPath,
     element: Annotated[Optional[str], typer.Option(help=f"Count only {', '.join(options.OSM_ELEMENTS)} elements.")] = None,
     zones: Zones = None,
-    out_path: Annotated[Optional[str], typer.Option("--out", help="Parquet file of (key, value, count, nodes, ways, relations), local or in a store; default ARD/osm_tags.parquet.")] = None,
+    out_path: Annotated[
+        Optional[str],
+        typer.Option(
+            "--out", help="Parquet file of (key, value, count, nodes, ways, relations), local or in a store; default ARD/osm_tags.parquet."
+        ),
+    ] = None,
     top: Annotated[int, typer.Option(help="Keys shown on screen (the Parquet has every key and value).")] = 30,
 ) -> None:
     """Tag inventory (key → value counts) over every osm_data.json, to help choose label classes."""
@@ -131,7 +157,10 @@ def tags(
         common = ", ".join(f"{v} ({c})" for v, c in per_key[key][:5])
         table.add_row(key, str(n), str(nvalues), common)
     out.print(table)
-    out.print(f"osm tags: {inv.files} files, {inv.elements} elements, {len(inv.key_totals())} keys; "
-              f"{len(inv.bad_files)} files skipped; Parquet: {dest}", highlight=False)
+    out.print(
+        f"osm tags: {inv.files} files, {inv.elements} elements, {len(inv.key_totals())} keys; "
+        f"{len(inv.bad_files)} files skipped; Parquet: {dest}",
+        highlight=False,
+    )
     if inv.bad_files:
         raise typer.Exit(code=1)

@@ -23,7 +23,9 @@ register = commands.register
 def index(
     embeddings: Annotated[Path, typer.Option("--embeddings", help="embeddings.parquet written by `imagesim encode`.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Index folder: index.faiss, ids.parquet, index.json.")],
-    kind: Annotated[str, typer.Option(help="auto (exact flat up to --flat-max vectors, IVF above), flat, ivf or hnsw.")] = options.INDEX_KIND,
+    kind: Annotated[
+        str, typer.Option(help="auto (exact flat up to --flat-max vectors, IVF above), flat, ivf or hnsw.")
+    ] = options.INDEX_KIND,
     flat_max: Annotated[int, typer.Option("--flat-max", help="auto: the largest set indexed exactly.")] = options.FLAT_MAX,
     overwrite: Overwrite = False,
 ) -> None:
@@ -37,7 +39,10 @@ def index(
 def _print_table(result, index_dir: Path) -> None:
     from rich.table import Table
 
-    table = Table(title=f"chips most similar to {' + '.join(result.positives)}" + (f" − {' − '.join(result.negatives)}" if result.negatives else ""), title_justify="left")
+    table = Table(
+        title=f"chips most similar to {' + '.join(result.positives)}" + (f" − {' − '.join(result.negatives)}" if result.negatives else ""),
+        title_justify="left",
+    )
     # the chip name carries the zone and the quadkey; --json has them as fields
     table.add_column("rank", justify="right", min_width=4)
     table.add_column("score", justify="right", min_width=6)
@@ -54,16 +59,33 @@ def _print_table(result, index_dir: Path) -> None:
 
 @commands.command("similar")
 def similar(
-    positives: Annotated[Optional[list[str]], typer.Argument(help="Chip file names (Z10-<quadkey>_<catalog-id>.jpg) or chip quadkeys (all acquisitions averaged): the positive examples.", metavar="CHIP_OR_QUADKEY...", show_default=False)] = None,
-    negatives: Annotated[Optional[list[str]], typer.Option("--negative", help="A negative example (repeatable): query = mean(positives) − mean(negatives).")] = None,
+    positives: Annotated[
+        Optional[list[str]],
+        typer.Argument(
+            help="Chip file names (Z10-<quadkey>_<catalog-id>.jpg) or chip quadkeys (all acquisitions averaged): the positive examples.",
+            metavar="CHIP_OR_QUADKEY...",
+            show_default=False,
+        ),
+    ] = None,
+    negatives: Annotated[
+        Optional[list[str]], typer.Option("--negative", help="A negative example (repeatable): query = mean(positives) − mean(negatives).")
+    ] = None,
     k: Annotated[int, typer.Option("--k", help="Number of results, {:,}..{:,}.".format(*options.K_RANGE))] = options.K,
     index_dir: Annotated[Path, typer.Option("--index", help="Index folder written by `imagesim index`.")] = Path("index"),
-    exclude_same_cell: Annotated[bool, typer.Option("--exclude-same-cell", help="Leave out chips in the level-12 cells of the positives.")] = False,
+    exclude_same_cell: Annotated[
+        bool, typer.Option("--exclude-same-cell", help="Leave out chips in the level-12 cells of the positives.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
-    geojson: Annotated[Optional[Path], typer.Option("--geojson", help="Also write the results' chip footprints as a GeoJSON FeatureCollection (WGS84).")] = None,
-    evaluate: Annotated[bool, typer.Option("--evaluate", help="Instead of a query: precision@k of the index against --labels, and the random baseline.")] = False,
+    geojson: Annotated[
+        Optional[Path], typer.Option("--geojson", help="Also write the results' chip footprints as a GeoJSON FeatureCollection (WGS84).")
+    ] = None,
+    evaluate: Annotated[
+        bool, typer.Option("--evaluate", help="Instead of a query: precision@k of the index against --labels, and the random baseline.")
+    ] = False,
     labels: Annotated[Optional[Path], typer.Option("--labels", help="With --evaluate: labels.parquet (labels.json beside it).")] = None,
-    sample: Annotated[int, typer.Option("--sample", help="With --evaluate: chips evaluated (random sample; 0 = all).")] = options.EVAL_SAMPLE,
+    sample: Annotated[
+        int, typer.Option("--sample", help="With --evaluate: chips evaluated (random sample; 0 = all).")
+    ] = options.EVAL_SAMPLE,
     seed: Annotated[int, typer.Option(help="With --evaluate: seed of the sample.")] = 0,
 ) -> None:
     """Find the chips most similar to example chips or quadkeys (or, with --evaluate, measure precision@k)."""
@@ -111,7 +133,9 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to bind; the default serves this machine only.")] = options.SERVE_HOST,
     port: Annotated[int, typer.Option(help="TCP port.")] = options.SERVE_PORT,
     workers: Annotated[int, typer.Option(help="Server processes (each loads the index and its own tile cache).")] = options.SERVE_WORKERS,
-    block_cache_mb: Annotated[int, typer.Option("--block-cache-mb", help="Decoded COG blocks kept in memory per process (MiB; 0: none).")] = options.BLOCK_CACHE_MB,
+    block_cache_mb: Annotated[
+        int, typer.Option("--block-cache-mb", help="Decoded COG blocks kept in memory per process (MiB; 0: none).")
+    ] = options.BLOCK_CACHE_MB,
     cog_cache: Annotated[int, typer.Option("--cog-cache", help="Open COG headers kept per process.")] = options.COG_CACHE,
     quality: Quality = options.TILE_QUALITY,
 ) -> None:
@@ -135,8 +159,15 @@ def serve(
     from imagesim.storage import location
 
     # build the app here first: a bad path or index fails now with one line, not in a worker
-    app = create_app(ard_path, chips, index, block_cache_mb=block_cache_mb if workers == 1 else 0,
-                     cog_cache=cog_cache, quality=quality, allowed_hosts=allowed_hosts_for(host))
+    app = create_app(
+        ard_path,
+        chips,
+        index,
+        block_cache_mb=block_cache_mb if workers == 1 else 0,
+        cog_cache=cog_cache,
+        quality=quality,
+        allowed_hosts=allowed_hosts_for(host),
+    )
     if host not in ("127.0.0.1", "localhost", "::1") and not host.startswith("127."):
         err.print(f"[yellow]warning:[/] binding {host}: the viewer is reachable from other machines (no authentication)", highlight=False)
     url_host = f"[{host}]" if ":" in host else host
@@ -146,17 +177,36 @@ def serve(
         uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
         return
     # several processes: uvicorn's own command line runs them (each builds the app from the environment)
-    env = dict(os.environ,
-               IMAGESIM_SERVE_ARD=str(location(ard_path).resolve()),
-               IMAGESIM_SERVE_CHIPS=str(chips.resolve()),
-               IMAGESIM_SERVE_INDEX=str(index.resolve()) if index else "",
-               IMAGESIM_SERVE_BLOCK_CACHE_MB=str(block_cache_mb),
-               IMAGESIM_SERVE_COG_CACHE=str(cog_cache),
-               IMAGESIM_SERVE_QUALITY=str(quality),
-               IMAGESIM_SERVE_HOST=host)
+    env = dict(
+        os.environ,
+        IMAGESIM_SERVE_ARD=str(location(ard_path).resolve()),
+        IMAGESIM_SERVE_CHIPS=str(chips.resolve()),
+        IMAGESIM_SERVE_INDEX=str(index.resolve()) if index else "",
+        IMAGESIM_SERVE_BLOCK_CACHE_MB=str(block_cache_mb),
+        IMAGESIM_SERVE_COG_CACHE=str(cog_cache),
+        IMAGESIM_SERVE_QUALITY=str(quality),
+        IMAGESIM_SERVE_HOST=host,
+    )
     del app
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, "-m", "uvicorn", "imagesim.search.serve.app:app_from_env", "--factory",
-                               "--host", host, "--port", str(port), "--workers", str(workers), "--log-level", log_level,
-                               "--no-server-header"], env)
+    os.execve(
+        sys.executable,
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "imagesim.search.serve.app:app_from_env",
+            "--factory",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--log-level",
+            log_level,
+            "--no-server-header",
+        ],
+        env,
+    )

@@ -117,16 +117,12 @@ def _find_in_store(
     objects = list(StorePath(root).files())
     if not objects:
         raise ImagesimFileNotFoundError(f"{root}: no objects under this ARD prefix")
-    parts_of = [(obj.url[len(prefix):].split("/"), obj) for obj, _, _ in objects if obj.url.startswith(prefix)]
+    parts_of = [(obj.url[len(prefix) :].split("/"), obj) for obj, _, _ in objects if obj.url.startswith(prefix)]
     # Like a local zone folder, accept a prefix that is one zone of the delivery.
     last = root.rstrip("/").rsplit("/", 1)[-1]
     visual_parts = [p for p, _ in parts_of if p[-1].endswith(VISUAL_SUFFIX)]
     zone_prefix = _ZONE.match(last) is not None and all(len(p) == 3 for p in visual_parts)
-    visuals = [
-        (tuple([last, *parts] if zone_prefix else parts), obj)
-        for parts, obj in parts_of
-        if parts[-1].endswith(VISUAL_SUFFIX)
-    ]
+    visuals = [(tuple([last, *parts] if zone_prefix else parts), obj) for parts, obj in parts_of if parts[-1].endswith(VISUAL_SUFFIX)]
     return _sort_out(visuals, zones, quadkeys, catalog_ids)
 
 
@@ -153,9 +149,7 @@ def _parse_parts(parts: tuple[str, ...], path: Path | StorePath) -> Acquisition 
     return Acquisition(int(zone), cell, date, catalog_id, path)
 
 
-def _wanted(
-    acq: Acquisition, zones: list[int] | None, quadkeys: list[str] | None, catalog_ids: list[str] | None
-) -> bool:
+def _wanted(acq: Acquisition, zones: list[int] | None, quadkeys: list[str] | None, catalog_ids: list[str] | None) -> bool:
     if zones and acq.zone not in zones:
         return False
     if quadkeys and not any(acq.cell.startswith(q) for q in quadkeys):

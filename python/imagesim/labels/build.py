@@ -87,6 +87,7 @@ class LabelSummary:
 # Inputs
 # --------------------------------------------------------------------------------------------
 
+
 def _load_cell_osm(root: AnyPath, zone: int, cell: str) -> dict[str, Any] | None:
     path = root / str(zone) / cell / OSM_DATA
     if not path.is_file():
@@ -153,9 +154,7 @@ def build_labels(
     if "unmeasured" in settings.include:
         keep = keep | pl.col("nodata_class").is_null()
     excluded = chips.filter(~keep.fill_null(False))
-    summary.excluded = {
-        (k or "unmeasured"): n for k, n in excluded.group_by("nodata_class").len().iter_rows()
-    }
+    summary.excluded = {(k or "unmeasured"): n for k, n in excluded.group_by("nodata_class").len().iter_rows()}
     chips = chips.filter(keep.fill_null(False))
 
     # One (zone, cell, zoom) group at a time: one cell's OSM features in memory.
@@ -175,13 +174,17 @@ def build_labels(
             else:
                 chip_idx, cls, report = label_cell(data, taxonomy, zone, cell, zoom)
                 summary.geometry.merge(report)
-                parts.append(pl.DataFrame({
-                    "zone": pl.Series(np.full(len(chip_idx), zone), dtype=pl.UInt8),
-                    "cell": pl.Series([cell] * len(chip_idx), dtype=pl.String),
-                    "zoom": pl.Series(np.full(len(chip_idx), zoom), dtype=pl.UInt8),
-                    "local": pl.Series(chip_idx, dtype=pl.Int64),
-                    "class_id": pl.Series(cls, dtype=pl.UInt16),
-                }))
+                parts.append(
+                    pl.DataFrame(
+                        {
+                            "zone": pl.Series(np.full(len(chip_idx), zone), dtype=pl.UInt8),
+                            "cell": pl.Series([cell] * len(chip_idx), dtype=pl.String),
+                            "zoom": pl.Series(np.full(len(chip_idx), zoom), dtype=pl.UInt8),
+                            "local": pl.Series(chip_idx, dtype=pl.Int64),
+                            "class_id": pl.Series(cls, dtype=pl.UInt16),
+                        }
+                    )
+                )
                 summary.cells += 1
         except (LabelInputError, ValueError, shapely.errors.ShapelyError) as exc:  # a bad cell: report it, go on
             summary.failed_cells.append((where, str(exc)))
@@ -215,8 +218,11 @@ def _assemble(chips: pl.DataFrame, parts: list[pl.DataFrame], taxonomy: Taxonomy
     """One row per chip: identity columns, sorted class ids, the packed bitset, an empty split."""
     n_classes = len(taxonomy.classes)
     words = _imagesim.label_words(n_classes)
-    long = pl.concat(parts) if parts else pl.DataFrame(
-        schema={"zone": pl.UInt8, "cell": pl.String, "zoom": pl.UInt8, "local": pl.Int64, "class_id": pl.UInt16})
+    long = (
+        pl.concat(parts)
+        if parts
+        else pl.DataFrame(schema={"zone": pl.UInt8, "cell": pl.String, "zoom": pl.UInt8, "local": pl.Int64, "class_id": pl.UInt16})
+    )
     per_chip = long.group_by("zone", "cell", "zoom", "local").agg(pl.col("class_id").unique().sort().alias("label_ids"))
     local = np.empty(chips.height, np.int64)
     zooms = chips["zoom"].to_numpy()
@@ -237,10 +243,18 @@ def _assemble(chips: pl.DataFrame, parts: list[pl.DataFrame], taxonomy: Taxonomy
     offsets = np.concatenate([[0], np.cumsum(table["label_ids"].list.len().to_numpy())]).astype(np.int64)
     bits = _imagesim.pack_labels(ids, offsets, n_classes)
     return table.select(
-        "chip", "path", "zone", "quadkey", "cell", "catalog_id", "nodata_class", "label_ids",
+        "chip",
+        "path",
+        "zone",
+        "quadkey",
+        "cell",
+        "catalog_id",
+        "nodata_class",
+        "label_ids",
         pl.Series("bitset", bits, dtype=pl.Array(pl.UInt64, words)),
         pl.lit(None, dtype=pl.String).alias("split"),
     )
+
 
 def _sidecar(summary: LabelSummary, taxonomy: Taxonomy, chips_dir: AnyPath, ard_root: AnyPath, table: pl.DataFrame) -> dict[str, Any]:
     n = max(summary.chips, 1)

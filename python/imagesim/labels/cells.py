@@ -237,8 +237,9 @@ class TagInventory:
         rows = []
         for k, v in keys:
             per = {kind: self.counts[kind][(k, v)] for kind in ELEMENT_KEYS}
-            rows.append({"key": k, "value": v, "count": sum(per.values()),
-                         "nodes": per["node"], "ways": per["way"], "relations": per["relation"]})
+            rows.append(
+                {"key": k, "value": v, "count": sum(per.values()), "nodes": per["node"], "ways": per["way"], "relations": per["relation"]}
+            )
         rows.sort(key=lambda r: (-r["count"], r["key"], r["value"]))
         return rows
 

@@ -24,9 +24,29 @@ POINT, LINE, AREA = 0, 1, 2
 
 # Keys whose closed ways are areas (with the values below being lines all the same).
 _AREA_KEYS = {
-    "building", "building:part", "landuse", "leisure", "amenity", "natural", "water", "aeroway",
-    "shop", "tourism", "man_made", "military", "place", "historic", "parking", "landcover", "golf",
-    "area:highway", "waterway", "power", "office", "craft", "public_transport",
+    "building",
+    "building:part",
+    "landuse",
+    "leisure",
+    "amenity",
+    "natural",
+    "water",
+    "aeroway",
+    "shop",
+    "tourism",
+    "man_made",
+    "military",
+    "place",
+    "historic",
+    "parking",
+    "landcover",
+    "golf",
+    "area:highway",
+    "waterway",
+    "power",
+    "office",
+    "craft",
+    "public_transport",
 }
 _LINEAR_VALUES = {
     "natural": {"coastline", "cliff", "ridge", "arete", "tree_row", "earth_bank", "valley"},
@@ -73,8 +93,13 @@ class GeometryReport:
             self.examples.setdefault(k, v)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"elements": self.elements, "used": self.used, "repaired": self.repaired,
-                "dropped": dict(self.dropped), "examples": dict(self.examples)}
+        return {
+            "elements": self.elements,
+            "used": self.used,
+            "repaired": self.repaired,
+            "dropped": dict(self.dropped),
+            "examples": dict(self.examples),
+        }
 
 
 @dataclass

@@ -120,8 +120,9 @@ def join_pairs(
 
     need_share = min_share[pair] > 0
     if need_share.any():
-        keep = _share_filter(geoms, kinds, pair_feature, dist, min_share, grid, pair[need_share], chip[need_share],
-                             cls[need_share], single[pair[need_share]])
+        keep = _share_filter(
+            geoms, kinds, pair_feature, dist, min_share, grid, pair[need_share], chip[need_share], cls[need_share], single[pair[need_share]]
+        )
         mask = np.ones(len(pair), bool)
         mask[np.flatnonzero(need_share)[~keep]] = False
         chip, cls = chip[mask], cls[mask]
@@ -165,7 +166,7 @@ def _share_filter(geoms, kinds, pair_feature, dist, min_share, grid: CellGrid, p
     passed_groups = largest >= need  # one feature alone is enough
     # Overlapping features must not count twice: union only where the sum alone would pass.
     for j in np.flatnonzero(~passed_groups & (total >= need) & (sizes > 1)):
-        members = order[first[j]:first[j] + sizes[j]]
+        members = order[first[j] : first[j] + sizes[j]]
         passed_groups[j] = shapely.area(shapely.union_all(shapely.make_valid(pieces[members]))) >= need[j]
     passed = np.zeros(len(pair), bool)
     passed[order] = np.repeat(passed_groups, sizes)

@@ -60,8 +60,10 @@ class ImportSummary:
         n = sum(c.nodes for c in self.written.values())
         w = sum(c.ways for c in self.written.values())
         r = sum(c.relations for c in self.written.values())
-        return (f"osm import: {len(self.written)} cells written ({n} nodes, {w} ways, {r} relations), "
-                f"{len(self.skipped)} skipped (already present), 0 failed; {self.objects} tagged or member objects read in {self.seconds:.1f} s")
+        return (
+            f"osm import: {len(self.written)} cells written ({n} nodes, {w} ways, {r} relations), "
+            f"{len(self.skipped)} skipped (already present), 0 failed; {self.objects} tagged or member objects read in {self.seconds:.1f} s"
+        )
 
 
 class CellLookup:
@@ -218,8 +220,17 @@ def import_osm(
     return summary
 
 
-def _read(osmium, source, path: Path, work: Path, lookup: CellLookup, spools: _Spools,
-          summary: ImportSummary, node_index: str, progress: Callable[[int], Any] | None) -> None:
+def _read(
+    osmium,
+    source,
+    path: Path,
+    work: Path,
+    lookup: CellLookup,
+    spools: _Spools,
+    summary: ImportSummary,
+    node_index: str,
+    progress: Callable[[int], Any] | None,
+) -> None:
     # Pre-scan: ways that are members of tagged relations need their geometry kept.
     members = osmium.IdTracker()
     try:

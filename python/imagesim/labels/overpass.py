@@ -119,7 +119,7 @@ class OverpassClient:
     def backoff(self, attempt: int, after: float | None = None) -> float:
         """Seconds to wait before retry ``attempt`` (0-based): base·2^attempt capped, jittered to [½, 1]×."""
         s = self.settings
-        delay = min(s.backoff_max, s.backoff_base * (2 ** attempt))
+        delay = min(s.backoff_max, s.backoff_base * (2**attempt))
         delay *= 0.5 + 0.5 * self.rng.random()
         if after is not None:
             delay = max(delay, min(after, s.backoff_max))
@@ -169,8 +169,11 @@ class OverpassClient:
         s = self.settings
         self.requests += 1
         body = urllib.parse.urlencode({"data": ql}).encode()
-        req = urllib.request.Request(s.endpoint, data=body, headers={
-            "User-Agent": USER_AGENT, "Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"})
+        req = urllib.request.Request(
+            s.endpoint,
+            data=body,
+            headers={"User-Agent": USER_AGENT, "Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"},
+        )
         try:
             with urllib.request.urlopen(req, timeout=self._http_timeout()) as resp:
                 raw = resp.read()
@@ -250,8 +253,10 @@ class FetchSummary:
     seconds: float = 0.0
 
     def line(self) -> str:
-        return (f"osm fetch: {len(self.done)} cells written, {len(self.skipped)} skipped (already fetched), "
-                f"{len(self.failed)} failed; {self.requests} requests in {self.seconds:.0f} s")
+        return (
+            f"osm fetch: {len(self.done)} cells written, {len(self.skipped)} skipped (already fetched), "
+            f"{len(self.failed)} failed; {self.requests} requests in {self.seconds:.0f} s"
+        )
 
 
 def fetch_cell(cell: Cell, root: str | AnyPath, client: OverpassClient) -> AnyPath:

@@ -54,8 +54,13 @@ def _save(fig: Any, path: Path) -> None:
     write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
 
 
-def write_report(labels_path: str | Path, out_dir: str | Path | None = None, samples: int = options.REPORT_SAMPLES, seed: int = 0,
-                 chips_dir: str | Path | None = None) -> ReportSummary:
+def write_report(
+    labels_path: str | Path,
+    out_dir: str | Path | None = None,
+    samples: int = options.REPORT_SAMPLES,
+    seed: int = 0,
+    chips_dir: str | Path | None = None,
+) -> ReportSummary:
     labels = read_labels(labels_path)
     if labels.table.height == 0:
         raise LabelInputError(f"{labels.path}: no chips to report on")
@@ -181,8 +186,16 @@ def _samples_figure(plt: Any, labels: Labels, picks: list[int], chips_root: Path
         ax.set_title(row["chip"], fontsize=7)
         for k, name in enumerate(names):
             colour = colours[ids[k]] if ids else "white"
-            ax.text(0.02, 0.98 - 0.085 * k, name, fontsize=8, color="black", va="top", transform=ax.transAxes,
-                    bbox=dict(facecolor=colour, alpha=0.85, pad=1.5, edgecolor="none"))
+            ax.text(
+                0.02,
+                0.98 - 0.085 * k,
+                name,
+                fontsize=8,
+                color="black",
+                va="top",
+                transform=ax.transAxes,
+                bbox=dict(facecolor=colour, alpha=0.85, pad=1.5, edgecolor="none"),
+            )
     _save(fig, path)
     plt.close(fig)
 
@@ -262,27 +275,46 @@ def _markdown(labels: Labels, counts: np.ndarray, card: np.ndarray, co: np.ndarr
         lines.append("- left out: " + ", ".join(f"{v:,} {k}" for k, v in excluded.items()))
     if meta.get("missing_osm_cells"):
         lines.append(f"- cells without OSM data: {', '.join(meta['missing_osm_cells'])}")
-    lines += ["", "| class | chips | share |" + (" train | val |" if meta.get("split") else ""),
-              "|---|---:|---:|" + ("---:|---:|" if meta.get("split") else "")]
+    lines += [
+        "",
+        "| class | chips | share |" + (" train | val |" if meta.get("split") else ""),
+        "|---|---:|---:|" + ("---:|---:|" if meta.get("split") else ""),
+    ]
     split_counts = (meta.get("split") or {}).get("class_counts", {})
     for j, name in enumerate(labels.classes):
         row = f"| {name} | {int(counts[j]):,} | {counts[j] / n:.1%} |"
         if split_counts:
             row += f" {split_counts.get(name, {}).get('train', 0):,} | {split_counts.get(name, {}).get('val', 0):,} |"
         lines.append(row)
-    pairs = [(phi[i, j], labels.classes[i], labels.classes[j], int(co[i, j]))
-             for i in range(len(labels.classes)) for j in range(i + 1, len(labels.classes)) if co[i, j] > 0]
+    pairs = [
+        (phi[i, j], labels.classes[i], labels.classes[j], int(co[i, j]))
+        for i in range(len(labels.classes))
+        for j in range(i + 1, len(labels.classes))
+        if co[i, j] > 0
+    ]
     pairs.sort(reverse=True)
     if pairs:
         lines += ["", "Most correlated classes (phi, chips together):", ""]
         lines += [f"- {a} + {b}: {p:+.2f} ({c:,})" for p, a, b, c in pairs[:8]]
     if meta.get("split"):
         s = meta["split"]
-        lines += ["", f"Split: {s['train_chips']:,} train / {s['val_chips']:,} val chips, groups at quadkey level "
-                  f"{s['group_level']} ({s['train_groups']} train, {s['val_groups']} val), seed {s['seed']}."]
+        lines += [
+            "",
+            f"Split: {s['train_chips']:,} train / {s['val_chips']:,} val chips, groups at quadkey level "
+            f"{s['group_level']} ({s['train_groups']} train, {s['val_groups']} val), seed {s['seed']}.",
+        ]
     absent = [name for j, name in enumerate(labels.classes) if counts[j] == 0]
     if absent:
         lines += ["", f"Classes with no chip: {', '.join(absent)}."]
-    lines += ["", "![class counts](class_counts.png)", "", "![cardinality](cardinality.png)", "",
-              "![co-occurrence](cooccurrence.png)", "", "![samples](samples.png)", ""]
+    lines += [
+        "",
+        "![class counts](class_counts.png)",
+        "",
+        "![cardinality](cardinality.png)",
+        "",
+        "![co-occurrence](cooccurrence.png)",
+        "",
+        "![samples](samples.png)",
+        "",
+    ]
     return "\n".join(lines)

@@ -79,9 +79,7 @@ def split_labels(
         take[last] = False
     take[-1] = False if take.all() else take[-1]  # leave at least one group for training
     val_groups = set(sizes["group"].to_numpy()[order][take].tolist())
-    table = table.with_columns(
-        pl.when(group.is_in(list(val_groups))).then(pl.lit("val")).otherwise(pl.lit("train")).alias("split")
-    )
+    table = table.with_columns(pl.when(group.is_in(list(val_groups))).then(pl.lit("val")).otherwise(pl.lit("train")).alias("split"))
     dense = labels.dense()
     is_val = (table["split"] == "val").to_numpy()
     summary = SplitSummary(
@@ -93,8 +91,7 @@ def split_labels(
         train=int((~is_val).sum()),
         val=int(is_val.sum()),
         class_counts={
-            name: {"train": int(dense[~is_val, j].sum()), "val": int(dense[is_val, j].sum())}
-            for j, name in enumerate(labels.classes)
+            name: {"train": int(dense[~is_val, j].sum()), "val": int(dense[is_val, j].sum())} for j, name in enumerate(labels.classes)
         },
     )
     write_with(labels.path, lambda tmp: table.write_parquet(tmp))
@@ -106,9 +103,15 @@ def split_labels(
         write_with(base / {"train": LABELS_TRAIN_CSV, "val": LABELS_VAL_CSV}[side], csv.write_csv)
     meta: dict[str, Any] = dict(labels.meta)
     meta["split"] = {
-        "val": val, "seed": seed, "group_level": group_level, "groups": summary.groups,
-        "train_groups": summary.train_groups, "val_groups": summary.val_groups,
-        "train_chips": summary.train, "val_chips": summary.val, "class_counts": summary.class_counts,
+        "val": val,
+        "seed": seed,
+        "group_level": group_level,
+        "groups": summary.groups,
+        "train_groups": summary.train_groups,
+        "val_groups": summary.val_groups,
+        "train_chips": summary.train,
+        "val_chips": summary.val,
+        "class_counts": summary.class_counts,
     }
     write_json(base / LABELS_JSON, meta)
     return summary

@@ -164,7 +164,7 @@ def parse_taxonomy(text: str, source: str = "<string>") -> Taxonomy:
 
 def _filter(value: Any, where: str) -> TagFilter:
     if not isinstance(value, dict):
-        raise TaxonomyError(f"{where} must be a table of key = \"*\" or key = [values]")
+        raise TaxonomyError(f'{where} must be a table of key = "*" or key = [values]')
     out: TagFilter = {}
     for key, values in value.items():
         if values == "*":
@@ -174,5 +174,5 @@ def _filter(value: Any, where: str) -> TagFilter:
         elif isinstance(values, list) and values and all(isinstance(v, str) for v in values):
             out[key] = frozenset(values)
         else:
-            raise TaxonomyError(f"{where}: {key!r} must be \"*\", a value, or a list of values")
+            raise TaxonomyError(f'{where}: {key!r} must be "*", a value, or a list of values')
     return out

@@ -186,9 +186,7 @@ def check_chips(table: LabelTable, chips: str | Path) -> None:
         raise ImagesimFileNotFoundError(f"chips folder not found: {chips}")
     outside = [p for p in table.paths if Path(p).is_absolute() or ".." in Path(p).parts]
     if outside:
-        raise InvalidArgumentError(
-            f"{table.source}: {len(outside)} chip path(s) are not relative to the chips folder, e.g. {outside[0]}"
-        )
+        raise InvalidArgumentError(f"{table.source}: {len(outside)} chip path(s) are not relative to the chips folder, e.g. {outside[0]}")
     known = manifest_chip_names(chips)
     if known is not None:
         manifest = chips / CHIPS_MANIFEST
@@ -229,7 +227,9 @@ def make_split(table: LabelTable, val_fraction: float = options.VAL_FRACTION) ->
         if unknown:
             raise InvalidArgumentError(f"{src}: unknown split value(s) {unknown}; expected train, val (or test)")
         split = np.array(table.split, dtype=object)
-        result = Split(np.flatnonzero(split == "train"), np.flatnonzero(split == "val"), how=f"split column of {src.name if src else 'labels'}")
+        result = Split(
+            np.flatnonzero(split == "train"), np.flatnonzero(split == "val"), how=f"split column of {src.name if src else 'labels'}"
+        )
         _check_nonempty(result, src)
         return result
     options.check_range("val_fraction", val_fraction, 0, 1, exclusive=True)
@@ -263,7 +263,9 @@ def make_split(table: LabelTable, val_fraction: float = options.VAL_FRACTION) ->
 def _check_nonempty(split: Split, src: Path | None) -> None:
     for name, idx in (("train", split.train), ("validation", split.val)):
         if idx.size == 0:
-            raise InvalidArgumentError(f"{src}: the {name} split is empty ({split.how}); label more chips or re-run `imagesim labels split`")
+            raise InvalidArgumentError(
+                f"{src}: the {name} split is empty ({split.how}); label more chips or re-run `imagesim labels split`"
+            )
     if split.train.size < 2:
         raise InvalidArgumentError(f"{src}: the train split has {split.train.size} chip; at least 2 are needed")
 

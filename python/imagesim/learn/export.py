@@ -139,11 +139,26 @@ def _export_graph(torch: Any, wrapper: Any, dummy: Any, path: Path, opset: int) 
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         if opset >= 18 and importlib.util.find_spec("onnxscript") is not None:  # the dynamo exporter needs onnxscript
-            torch.onnx.export(wrapper, (dummy,), str(path), dynamo=True, external_data=False, verbose=False,
-                              dynamic_shapes={"image": {0: torch.export.Dim("batch")}}, **names)
+            torch.onnx.export(
+                wrapper,
+                (dummy,),
+                str(path),
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+                dynamic_shapes={"image": {0: torch.export.Dim("batch")}},
+                **names,
+            )
             return "dynamo"
-        torch.onnx.export(wrapper, (dummy,), str(path), dynamo=False, do_constant_folding=True,
-                          dynamic_axes={"image": {0: "batch"}, "embedding": {0: "batch"}, "logits": {0: "batch"}}, **names)
+        torch.onnx.export(
+            wrapper,
+            (dummy,),
+            str(path),
+            dynamo=False,
+            do_constant_folding=True,
+            dynamic_axes={"image": {0: "batch"}, "embedding": {0: "batch"}, "logits": {0: "batch"}},
+            **names,
+        )
         return "torchscript"
 
 
@@ -226,8 +241,7 @@ def export_onnx(model_path: str | Path, out: str | Path, settings: ExportSetting
             )
         with atomic_path(out) as dst:
             dst.write_bytes(final.read_bytes())
-    return ExportSummary(out, model_id(out), size, classes, precision, len(images), source, diffs, provider,
-                         time.perf_counter() - t0)
+    return ExportSummary(out, model_id(out), size, classes, precision, len(images), source, diffs, provider, time.perf_counter() - t0)
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
@@ -250,9 +264,11 @@ def decode_metadata(meta: dict[str, str], path: Path) -> dict[str, Any]:
     for key, value in meta.items():
         if not key.startswith(META_PREFIX):
             continue
-        name = key[len(META_PREFIX):]
+        name = key[len(META_PREFIX) :]
         try:
-            out[name] = json.loads(value) if name in ("classes", "thresholds", "mean", "std", "embedding_normalized", "val_f1_micro") else value
+            out[name] = (
+                json.loads(value) if name in ("classes", "thresholds", "mean", "std", "embedding_normalized", "val_f1_micro") else value
+            )
         except ValueError:
             out[name] = value
     out["chip_size"] = int(out["chip_size"])

@@ -128,5 +128,11 @@ def frequency_baseline(y_train: np.ndarray, y_val: np.ndarray) -> dict:
         pred = np.broadcast_to(freq >= f, y_val.shape)
         s = f1_scores(y_val, pred)
         if best is None or s["f1_micro"] > best["f1_micro"]:
-            best = {"f1_micro": s["f1_micro"], "f1_samples": s["f1_samples"], "f1_macro": s["f1_macro"], "min_frequency": float(f), "classes_predicted": int((freq >= f).sum())}
+            best = {
+                "f1_micro": s["f1_micro"],
+                "f1_samples": s["f1_samples"],
+                "f1_macro": s["f1_macro"],
+                "min_frequency": float(f),
+                "classes_predicted": int((freq >= f).sum()),
+            }
     return best or {"f1_micro": 0.0, "f1_samples": 0.0, "f1_macro": 0.0, "min_frequency": None, "classes_predicted": 0}

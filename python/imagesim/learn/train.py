@@ -193,7 +193,13 @@ def plot_curves(history: list[dict], baseline: dict, path: Path) -> None:
     a.plot(ep, [h["val_loss"] for h in history], "o-", label="validation")
     a.set(xlabel="epoch", ylabel="BCE loss", title="loss")
     a.legend()
-    for key, label in (("f1_micro_tuned", "F1 micro (tuned)"), ("f1_samples_tuned", "F1 samples (tuned)"), ("f1_macro_tuned", "F1 macro (tuned)"), ("f1_micro", "F1 micro @ threshold"), ("map", "mAP")):
+    for key, label in (
+        ("f1_micro_tuned", "F1 micro (tuned)"),
+        ("f1_samples_tuned", "F1 samples (tuned)"),
+        ("f1_macro_tuned", "F1 macro (tuned)"),
+        ("f1_micro", "F1 micro @ threshold"),
+        ("map", "mAP"),
+    ):
         b.plot(ep, [h[key] for h in history], "o-", label=label)
     b.axhline(baseline["f1_micro"], color="grey", ls="--", label="F1 micro, label-frequency baseline")
     b.set(xlabel="epoch", ylim=(0, 1), title="validation")
@@ -259,7 +265,9 @@ def run_train(
     check_chips(table, chips)
     split = make_split(table, config.val_fraction)
     if ckpt is not None and ckpt["labels_digest"] != table.digest():
-        raise InvalidArgumentError(f"{config.labels}: the labels changed since the run in {out} started; start a new run (pass `overwrite`)")
+        raise InvalidArgumentError(
+            f"{config.labels}: the labels changed since the run in {out} started; start a new run (pass `overwrite`)"
+        )
     log(f"{len(table)} chips, {len(table.classes)} classes; {split.train.size} train / {split.val.size} validation ({split.how})")
     y = table.targets
     y_train, y_val = y[split.train], y[split.val]
@@ -393,7 +401,13 @@ def run_train(
         if is_best:
             best, best_epoch = record, epoch + 1
         state = _cpu_state(model)
-        common = {"config": asdict(config), "classes": table.classes, "labels_digest": table.digest(), "chip_size": config.chip_size, "epoch": epoch + 1}
+        common = {
+            "config": asdict(config),
+            "classes": table.classes,
+            "labels_digest": table.digest(),
+            "chip_size": config.chip_size,
+            "epoch": epoch + 1,
+        }
         if is_best:
             from imagesim.learn.dataset import IMAGENET_MEAN, IMAGENET_STD
             from imagesim.learn.model import EMBEDDING_DIM
@@ -457,7 +471,9 @@ def run_train(
     )
 
 
-def _write_metrics(out: Path, config: TrainConfig, table, split_info: dict, baseline: dict, history: list[dict], best: dict | None, best_epoch: int) -> None:
+def _write_metrics(
+    out: Path, config: TrainConfig, table, split_info: dict, baseline: dict, history: list[dict], best: dict | None, best_epoch: int
+) -> None:
     write_json(
         out / METRICS_JSON,
         {

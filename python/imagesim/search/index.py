@@ -209,7 +209,11 @@ class BuildSummary:
     seconds: float
 
     def line(self) -> str:
-        why = f" (auto: {'≤' if self.kind == 'flat' else '>'} {self.params.get('flat_max', FLAT_MAX):,} vectors)" if self.requested == "auto" else ""
+        why = (
+            f" (auto: {'≤' if self.kind == 'flat' else '>'} {self.params.get('flat_max', FLAT_MAX):,} vectors)"
+            if self.requested == "auto"
+            else ""
+        )
         tuned = ""
         for name in ("nprobe", "efSearch"):
             if name in self.params:
@@ -349,7 +353,9 @@ def load_index(folder: str | Path) -> LoadedIndex:
         raise ImagesimFileNotFoundError(f"{folder}: index folder not found; build one with `imagesim index`")
     for name in (INDEX_JSON, INDEX_FAISS, INDEX_IDS):
         if not (folder / name).is_file():
-            raise ImagesimFileNotFoundError(f"{folder / name}: not found; {folder} is not a complete index (rebuild it with `imagesim index --overwrite`)")
+            raise ImagesimFileNotFoundError(
+                f"{folder / name}: not found; {folder} is not a complete index (rebuild it with `imagesim index --overwrite`)"
+            )
     try:
         meta = json.loads((folder / INDEX_JSON).read_text())
         kind, n = meta["kind"], int(meta["n"])

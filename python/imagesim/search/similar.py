@@ -73,7 +73,9 @@ def resolve(index: LoadedIndex, ref: str) -> np.ndarray:
     chip = name if name.lower().endswith(".jpg") else f"{name}.jpg"
     row = index.row_of_chip(chip)
     if row is None:
-        raise InvalidArgumentError(f"chip {ref} is not in the index {index.folder} (expected a chip file name like Z10-<quadkey>_<catalog-id>.jpg or a chip quadkey)")
+        raise InvalidArgumentError(
+            f"chip {ref} is not in the index {index.folder} (expected a chip file name like Z10-<quadkey>_<catalog-id>.jpg or a chip quadkey)"
+        )
     return np.array([row], dtype=np.int64)
 
 
@@ -132,8 +134,18 @@ def similar(
         sub = ids[[r for _, r in keep]]
         for rank, ((score, _), rec) in enumerate(zip(keep, sub.iter_rows(named=True)), start=1):
             hits.append(
-                Hit(rank, round(score, 6), rec["chip"], rec["path"], int(rec["zone"]), rec["quadkey"], rec["catalog_id"],
-                    round(float(rec["lon"]), 7), round(float(rec["lat"]), 7), list(rec["predicted"] or []))
+                Hit(
+                    rank,
+                    round(score, 6),
+                    rec["chip"],
+                    rec["path"],
+                    int(rec["zone"]),
+                    rec["quadkey"],
+                    rec["catalog_id"],
+                    round(float(rec["lon"]), 7),
+                    round(float(rec["lat"]), 7),
+                    list(rec["predicted"] or []),
+                )
             )
     return SimilarResult(list(positives), negatives, k, exclude_same_cell, hits)
 
@@ -252,7 +264,9 @@ def precision_at_k(
     if candidates.size == 0:
         raise LabelInputError("no indexed chip carries a label; nothing to evaluate")
     rng = np.random.default_rng(seed)
-    queries = np.sort(rng.choice(candidates, min(sample, candidates.size), replace=False)) if sample and candidates.size > sample else candidates
+    queries = (
+        np.sort(rng.choice(candidates, min(sample, candidates.size), replace=False)) if sample and candidates.size > sample else candidates
+    )
 
     quadkey = index.ids["quadkey"].to_numpy()
     dup = int(index.ids["quadkey"].value_counts()["count"].to_numpy().max())
@@ -287,4 +301,3 @@ def precision_at_k(
             for c, v in sorted(per_class.items())
         },
     )
-

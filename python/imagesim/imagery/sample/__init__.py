@@ -126,8 +126,17 @@ def write_sample(
         t1 = time.perf_counter()
         n = write_osm(pbf, scene)
         say(f"{OSM_FILE}: {n} elements, {time.perf_counter() - t1:.1f} s")
-        write_json(dest / MARKER, {"seed": seed, "small": small, "compression": compression, "zone": ZONE,
-                                   "cells": list(CELLS), "catalog_ids": [a.catalog_id for a in ACQUISITIONS]})
+        write_json(
+            dest / MARKER,
+            {
+                "seed": seed,
+                "small": small,
+                "compression": compression,
+                "zone": ZONE,
+                "cells": list(CELLS),
+                "catalog_ids": [a.catalog_id for a in ACQUISITIONS],
+            },
+        )
     except (OutputExistsError, InvalidArgumentError):
         raise
     except (RuntimeError, OSError, ValueError) as exc:
@@ -135,7 +144,12 @@ def write_sample(
     finally:
         gdal.SetCacheMax(cache_max)
     return SampleSummary(
-        root=root, cogs=cogs, osm_pbf=pbf, zone=ZONE, cells=list(CELLS),
-        catalog_ids=[a.catalog_id for a in ACQUISITIONS], seconds=time.perf_counter() - t0,
+        root=root,
+        cogs=cogs,
+        osm_pbf=pbf,
+        zone=ZONE,
+        cells=list(CELLS),
+        catalog_ids=[a.catalog_id for a in ACQUISITIONS],
+        seconds=time.perf_counter() - t0,
         valid_fractions=fractions,
     )

@@ -219,8 +219,9 @@ def _upsample(coarse: np.ndarray, factor: int, r0: int, c0: int, out: np.ndarray
     return out
 
 
-def _render_window(layers: _Layers, luts, noise, fine_table: np.ndarray, acq: Acquisition, gt, c0: int, r0: int,
-                   work: _Work, rng: np.random.Generator) -> np.ndarray:
+def _render_window(
+    layers: _Layers, luts, noise, fine_table: np.ndarray, acq: Acquisition, gt, c0: int, r0: int, work: _Work, rng: np.random.Generator
+) -> np.ndarray:
     """Pixels (3, h, w) uint8 of the COG window at (c0, r0); exactly 0 outside the valid polygon."""
     rgb_lut, stripe_lut, amp, roof = luts
     h, w = work.code.shape
@@ -252,8 +253,11 @@ def _render_window(layers: _Layers, luts, noise, fine_table: np.ndarray, acq: Ac
         phase = u - np.floor(u)
         k = stripe_lut[3][cf]
         samp = stripe_lut[2][cf]
-        tex = np.where(k == 1, np.sin(np.float32(2 * np.pi) * phase),
-                       np.where(k == 2, (phase < 0.12).astype(np.float32), np.where(phase < 0.5, 1.0, -1.0).astype(np.float32)))
+        tex = np.where(
+            k == 1,
+            np.sin(np.float32(2 * np.pi) * phase),
+            np.where(k == 2, (phase < 0.12).astype(np.float32), np.where(phase < 0.5, 1.0, -1.0).astype(np.float32)),
+        )
         shade.reshape(-1)[sel] += samp * tex
     # Building shadows darken whatever they fall on, except the roofs themselves.
     sh = shadow
@@ -263,7 +267,7 @@ def _render_window(layers: _Layers, luts, noise, fine_table: np.ndarray, acq: Ac
     # Fine (sensor/clutter) noise: a slice of a pre-drawn table, scaled per class.
     start = int(rng.integers(0, fine_table.shape[0] - h + 1))
     fine = np.take(amp[2], idx, out=t2)
-    fine *= fine_table[start:start + h, :w]
+    fine *= fine_table[start : start + h, :w]
     for b in range(3):
         band = np.take(rgb_lut[b], idx, out=t1)  # gain already folded into the table
         band *= shade

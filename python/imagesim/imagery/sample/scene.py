@@ -24,8 +24,7 @@ __all__ = ["Feature", "Scene", "build_scene"]
 
 _P = grid.COG_PIXELS
 _ROAD_WIDTH = {"motorway": 26.0, "primary": 13.0, "residential": 8.0, "service": 4.5}
-_ROAD_RGB = {"motorway": (108, 108, 110), "primary": (122, 120, 117), "residential": (134, 131, 126),
-             "service": (148, 143, 136)}
+_ROAD_RGB = {"motorway": (108, 108, 110), "primary": (122, 120, 117), "residential": (134, 131, 126), "service": (148, 143, 136)}
 
 
 @dataclass
@@ -150,8 +149,10 @@ def build_scene(seed: int) -> Scene:
     L = half * D
     for k in range(-half, half + 1):
         if k % 3 == 0:
-            for ln in (LineString([rot_pt(cx + k * D, cy - L), rot_pt(cx + k * D, cy + L)]),
-                       LineString([rot_pt(cx - L, cy + k * D), rot_pt(cx + L, cy + k * D)])):
+            for ln in (
+                LineString([rot_pt(cx + k * D, cy - L), rot_pt(cx + k * D, cy + L)]),
+                LineString([rot_pt(cx - L, cy + k * D), rot_pt(cx + L, cy + k * D)]),
+            ):
                 ln = ln.intersection(region)
                 if not ln.is_empty:
                     primary_lines.append(ln)
@@ -175,17 +176,22 @@ def build_scene(seed: int) -> Scene:
                 if f.is_empty or f.area < 500:
                     continue
                 ang = math.radians(theta + (0 if rng.uniform() < 0.5 else 90) + rng.normal(0, 2))
-                feats_land.append(Feature(f, {"landuse": "farmland"}, "farmland", crops[int(rng.integers(len(crops)))],
-                                          stripe=(ang, float(rng.uniform(2.5, 7.0)), float(rng.uniform(0.06, 0.14)), 1)))
+                feats_land.append(
+                    Feature(
+                        f,
+                        {"landuse": "farmland"},
+                        "farmland",
+                        crops[int(rng.integers(len(crops)))],
+                        stripe=(ang, float(rng.uniform(2.5, 7.0)), float(rng.uniform(0.06, 0.14)), 1),
+                    )
+                )
         # a farm reservoir now and then
         if rng.uniform() < 0.25:
             p = sq.representative_point()
             pond = _blob(rng, p.x, p.y, float(rng.uniform(25, 45)), 0.15).intersection(sq)
             if not pond.is_empty:
-                feats_water.append(Feature(pond, {"landuse": "reservoir", "natural": "water", "water": "reservoir"},
-                                           "water", (52, 74, 78)))
-    for kind, tags, rgb in (("meadow", {"landuse": "meadow"}, (146, 148, 94)),
-                            ("grass", {"landuse": "grass"}, (108, 132, 72))):
+                feats_water.append(Feature(pond, {"landuse": "reservoir", "natural": "water", "water": "reservoir"}, "water", (52, 74, 78)))
+    for kind, tags, rgb in (("meadow", {"landuse": "meadow"}, (146, 148, 94)), ("grass", {"landuse": "grass"}, (108, 132, 72))):
         for sq, _i, _j in districts[kind]:
             g = sq.intersection(region).buffer(-3)
             if not g.is_empty:
@@ -214,8 +220,9 @@ def build_scene(seed: int) -> Scene:
     lake = _blob(rng, lake_c[0], lake_c[1], 190.0, 0.3, 64)
     island = _blob(rng, lake_c[0] + 30, lake_c[1] - 20, 45.0, 0.2)
     lake_mp = lake.difference(island)
-    feats_water.append(Feature(lake_mp, {"natural": "water", "water": "lake", "name": "Sample Lake"}, "water", (38, 62, 78),
-                               osm_relation=True))
+    feats_water.append(
+        Feature(lake_mp, {"natural": "water", "water": "lake", "name": "Sample Lake"}, "water", (38, 62, 78), osm_relation=True)
+    )
     feats_water.append(Feature(island, {"natural": "wood"}, "forest", (56, 80, 48)))
     lake_zone = lake.buffer(25)
 
@@ -243,8 +250,10 @@ def build_scene(seed: int) -> Scene:
         x0, y0 = cx + i * D, cy + j * D
         sp = 100.0
         for k in range(1, 5):
-            for ln in (LineString([rot_pt(x0 + k * sp, y0), rot_pt(x0 + k * sp, y0 + D)]),
-                       LineString([rot_pt(x0, y0 + k * sp), rot_pt(x0 + D, y0 + k * sp)])):
+            for ln in (
+                LineString([rot_pt(x0 + k * sp, y0), rot_pt(x0 + k * sp, y0 + D)]),
+                LineString([rot_pt(x0, y0 + k * sp), rot_pt(x0 + D, y0 + k * sp)]),
+            ):
                 ln = ln.intersection(region)
                 if not ln.is_empty:
                     streets.append(ln)
@@ -276,11 +285,24 @@ def build_scene(seed: int) -> Scene:
                 bx, by = x0 + 30 + a * 240, y0 + 30 + b * 240
                 w, h = rng.uniform(70, 170), rng.uniform(50, 120)
                 shed = rot(box(bx, by, bx + w, by + h))
-                house_polys.append((shed, [(196, 196, 194), (162, 166, 172), (120, 132, 140)][int(rng.integers(3))], "industrial",
-                                    float(rng.uniform(9, 14))))
+                house_polys.append(
+                    (
+                        shed,
+                        [(196, 196, 194), (162, 166, 172), (120, 132, 140)][int(rng.integers(3))],
+                        "industrial",
+                        float(rng.uniform(9, 14)),
+                    )
+                )
                 lot = rot(box(bx, by + h + 8, bx + min(w, 120), by + h + 8 + rng.uniform(30, 60)))
-                feats_top.append(Feature(lot, {"amenity": "parking", "parking": "surface"}, "parking", (92, 92, 94),
-                                         stripe=(math.radians(theta), 2.6, 0.9, 2)))
+                feats_top.append(
+                    Feature(
+                        lot,
+                        {"amenity": "parking", "parking": "surface"},
+                        "parking",
+                        (92, 92, 94),
+                        stripe=(math.radians(theta), 2.6, 0.9, 2),
+                    )
+                )
                 streets.append(("service", LineString([rot_pt(bx - 12, by - 10), rot_pt(bx - 12, by + h + 80)])))
 
     # Parks with soccer pitches; also one pitch next to the town centre.
@@ -293,8 +315,9 @@ def build_scene(seed: int) -> Scene:
         for k in range(int(rng.integers(1, 3))):
             px, py = x0 + 60 + k * 200, y0 + 150
             pitch = rot(box(px, py, px + 105, py + 68))
-            feats_top.append(Feature(pitch, {"leisure": "pitch", "sport": "soccer"}, "pitch", (78, 142, 60),
-                                     stripe=(math.radians(theta), 10.0, 0.06, 3)))
+            feats_top.append(
+                Feature(pitch, {"leisure": "pitch", "sport": "soccer"}, "pitch", (78, 142, 60), stripe=(math.radians(theta), 10.0, 0.06, 3))
+            )
         lot = rot(box(x0 + 60, y0 + 250, x0 + 160, y0 + 290))
         feats_top.append(Feature(lot, {"amenity": "parking"}, "parking", (96, 96, 98), stripe=(math.radians(theta), 2.6, 0.9, 2)))
     # The town park (always present): a soccer pitch and a car park; streets and houses give way.
@@ -302,13 +325,24 @@ def build_scene(seed: int) -> Scene:
     town_park = rot(box(tp[0] - 90, tp[1] - 60, tp[0] + 90, tp[1] + 95))
     town_feats = [
         Feature(town_park, {"leisure": "park", "name": "Town Park"}, "park", (98, 134, 66)),
-        Feature(rot(box(tp[0] - 52, tp[1] - 34, tp[0] + 53, tp[1] + 34)), {"leisure": "pitch", "sport": "soccer"}, "pitch",
-                (78, 142, 60), stripe=(math.radians(theta), 10.0, 0.06, 3)),
-        Feature(rot(box(tp[0] - 52, tp[1] + 45, tp[0] + 40, tp[1] + 80)), {"amenity": "parking", "parking": "surface"},
-                "parking", (94, 94, 96), stripe=(math.radians(theta), 2.6, 0.9, 2)),
+        Feature(
+            rot(box(tp[0] - 52, tp[1] - 34, tp[0] + 53, tp[1] + 34)),
+            {"leisure": "pitch", "sport": "soccer"},
+            "pitch",
+            (78, 142, 60),
+            stripe=(math.radians(theta), 10.0, 0.06, 3),
+        ),
+        Feature(
+            rot(box(tp[0] - 52, tp[1] + 45, tp[0] + 40, tp[1] + 80)),
+            {"amenity": "parking", "parking": "surface"},
+            "parking",
+            (94, 94, 96),
+            stripe=(math.radians(theta), 2.6, 0.9, 2),
+        ),
     ]
-    streets = [(kind, ln.difference(town_park)) for kind, ln in
-               (item if isinstance(item, tuple) else ("residential", item) for item in streets)]
+    streets = [
+        (kind, ln.difference(town_park)) for kind, ln in (item if isinstance(item, tuple) else ("residential", item) for item in streets)
+    ]
 
     # Roads (render as buffered polygons, OSM as centre lines).
     for ln in primary_lines:
@@ -324,7 +358,9 @@ def build_scene(seed: int) -> Scene:
         roads.append(_road(part, "motorway", {"ref": "I-580"}))
     rail = []
     for part in getattr(railway, "geoms", [railway]):
-        rail.append(Feature(part, {"railway": "rail", "gauge": "1435"}, "rail", (118, 108, 98), render_geom=part.buffer(4.0, cap_style="flat")))
+        rail.append(
+            Feature(part, {"railway": "rail", "gauge": "1435"}, "rail", (118, 108, 98), render_geom=part.buffer(4.0, cap_style="flat"))
+        )
 
     # Everything linear or watery blocks buildings and pitches.
     blockers = unary_union([r.render_geom.buffer(3) for r in roads + rail] + [lake_zone, river_poly.buffer(10), town_park])

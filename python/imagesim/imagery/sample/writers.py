@@ -41,8 +41,13 @@ def write_cog(path: Path, scene: Scene, acq: Acquisition, valid_geom, seed: int,
 
     try:
         src = gdal.GetDriverByName("GTiff").Create(
-            src_name, _P, _P, 3, gdal.GDT_Byte,
-            ["TILED=YES", "BLOCKXSIZE=512", "BLOCKYSIZE=512", "COMPRESS=NONE", "SPARSE_OK=TRUE", "INTERLEAVE=PIXEL"])
+            src_name,
+            _P,
+            _P,
+            3,
+            gdal.GDT_Byte,
+            ["TILED=YES", "BLOCKXSIZE=512", "BLOCKYSIZE=512", "COMPRESS=NONE", "SPARSE_OK=TRUE", "INTERLEAVE=PIXEL"],
+        )
         src.SetGeoTransform(renderer.gt)
         src.SetProjection(renderer.srs.ExportToWkt())
         for b in range(3):
@@ -54,7 +59,7 @@ def write_cog(path: Path, scene: Scene, acq: Acquisition, valid_geom, seed: int,
         src.BuildOverviews("NONE", [2**k for k in range(1, OVERVIEW_LEVELS + 1)])
         with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
             for i in range(0, len(windows), 4):  # bounded: at most 4 rendered windows in memory
-                for (c0, r0, w, h), px in pool.map(renderer.render, windows[i:i + 4]):
+                for (c0, r0, w, h), px in pool.map(renderer.render, windows[i : i + 4]):
                     valid = px[0] > 0
                     count = int(np.count_nonzero(valid))
                     if not count:
@@ -145,6 +150,7 @@ def metadata(acq: Acquisition, valid_geom, frac: float) -> dict:
     epsg = grid.epsg(acq.cell, ZONE)
     tr = _to_wgs84(epsg)
     b = grid.bounds(acq.cell)
+
     def to_ll(g):
         return shapely.transform(g, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
 

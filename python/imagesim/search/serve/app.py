@@ -136,8 +136,12 @@ class ChipTable:
             "id": self.chip[i],
             "geometry": {"type": "Polygon", "coordinates": [self.ring(i)]},
             "properties": {
-                "chip": self.chip[i], "quadkey": self.quadkey[i], "zone": int(self.zone[i]),
-                "catalog_id": self.catalog_id[i], "labels": list(self.predicted[i] or []), **extra,
+                "chip": self.chip[i],
+                "quadkey": self.quadkey[i],
+                "zone": int(self.zone[i]),
+                "catalog_id": self.catalog_id[i],
+                "labels": list(self.predicted[i] or []),
+                **extra,
             },
         }
 
@@ -272,7 +276,9 @@ def create_app(
 
     @app.get("/", include_in_schema=False)
     def index_page() -> Response:
-        return Response(page, media_type="text/html; charset=utf-8", headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache"})
+        return Response(
+            page, media_type="text/html; charset=utf-8", headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache"}
+        )
 
     app.mount("/static", StaticFiles(directory=STATIC, follow_symlink=False), name="static")
 
@@ -293,17 +299,27 @@ def create_app(
         return Response(data, media_type="image/png" if fmt == "png" else "image/jpeg", headers=headers)
 
     @app.get("/tiles/{z}/{x}/{y}.jpg")
-    def tile_jpg(z: int = PathParam(ge=0, le=MAX_ZOOM), x: int = PathParam(ge=0), y: int = PathParam(ge=0),
-                 acquisition: str | None = Query(None, max_length=64)) -> Response:
+    def tile_jpg(
+        z: int = PathParam(ge=0, le=MAX_ZOOM),
+        x: int = PathParam(ge=0),
+        y: int = PathParam(ge=0),
+        acquisition: str | None = Query(None, max_length=64),
+    ) -> Response:
         return tile(z, x, y, "jpg", acquisition)
 
     @app.get("/tiles/{z}/{x}/{y}.png")
-    def tile_png(z: int = PathParam(ge=0, le=MAX_ZOOM), x: int = PathParam(ge=0), y: int = PathParam(ge=0),
-                 acquisition: str | None = Query(None, max_length=64)) -> Response:
+    def tile_png(
+        z: int = PathParam(ge=0, le=MAX_ZOOM),
+        x: int = PathParam(ge=0),
+        y: int = PathParam(ge=0),
+        acquisition: str | None = Query(None, max_length=64),
+    ) -> Response:
         return tile(z, x, y, "png", acquisition)
 
     @app.get("/tilejson.json")
-    def tilejson(request: Request, acquisition: str | None = Query(None, max_length=64), format: str = Query("jpg", pattern="^(jpg|png)$")) -> dict[str, Any]:
+    def tilejson(
+        request: Request, acquisition: str | None = Query(None, max_length=64), format: str = Query("jpg", pattern="^(jpg|png)$")
+    ) -> dict[str, Any]:
         acq = check_acquisition(acquisition)
         base = str(request.base_url).rstrip("/")
         query = f"?acquisition={acq}" if acq else ""
@@ -350,8 +366,11 @@ def create_app(
         return {"catalog_ids": ids, "acquisitions": rows}
 
     @app.get("/api/chips")
-    def chips_in_bbox(bbox: str = Query(..., max_length=200), acquisition: str | None = Query(None, max_length=64),
-                      limit: int = Query(CHIPS_LIMIT_DEFAULT, ge=1, le=CHIPS_LIMIT_MAX)) -> dict[str, Any]:
+    def chips_in_bbox(
+        bbox: str = Query(..., max_length=200),
+        acquisition: str | None = Query(None, max_length=64),
+        limit: int = Query(CHIPS_LIMIT_DEFAULT, ge=1, le=CHIPS_LIMIT_MAX),
+    ) -> dict[str, Any]:
         if chips is None:
             raise _bad("no index loaded", 404)
         try:
@@ -380,8 +399,9 @@ def create_app(
         return chip if chip.endswith(".jpg") else chip + ".jpg"
 
     @app.get("/api/similar")
-    def similar_chips(chip: str = Query(..., max_length=120), k: int = Query(options.K, ge=1, le=K_MAX_UI),
-                      exclude_same_cell: bool = Query(False)) -> dict[str, Any]:
+    def similar_chips(
+        chip: str = Query(..., max_length=120), k: int = Query(options.K, ge=1, le=K_MAX_UI), exclude_same_cell: bool = Query(False)
+    ) -> dict[str, Any]:
         from imagesim.search.similar import geojson, similar
 
         if index is None or chips is None:

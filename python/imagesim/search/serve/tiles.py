@@ -83,7 +83,9 @@ class Source:
 def _densified_ring(b: grid.Bounds, n: int = 16) -> tuple[np.ndarray, np.ndarray]:
     t = np.linspace(0.0, 1.0, n + 1)
     xs = np.concatenate([b.west + (b.east - b.west) * t, np.full(n + 1, b.east), b.east - (b.east - b.west) * t, np.full(n + 1, b.west)])
-    ys = np.concatenate([np.full(n + 1, b.south), b.south + (b.north - b.south) * t, np.full(n + 1, b.north), b.north - (b.north - b.south) * t])
+    ys = np.concatenate(
+        [np.full(n + 1, b.south), b.south + (b.north - b.south) * t, np.full(n + 1, b.north), b.north - (b.north - b.south) * t]
+    )
     return xs, ys
 
 
@@ -122,8 +124,13 @@ class Catalog:
             lon, lat = self.transformers.get(epsg, 4326).transform(xs, ys)
             mx, my = self.transformers.get(epsg, 3857).transform(xs, ys)
             self.sources.append(
-                Source(acq, epsg, interior, (float(lon.min()), float(lat.min()), float(lon.max()), float(lat.max())),
-                       (float(mx.min()), float(my.min()), float(mx.max()), float(my.max())))
+                Source(
+                    acq,
+                    epsg,
+                    interior,
+                    (float(lon.min()), float(lat.min()), float(lon.max()), float(lat.max())),
+                    (float(mx.min()), float(my.min()), float(mx.max()), float(my.max())),
+                )
             )
         # per cell: its acquisitions newest first
         self.by_cell: dict[tuple[int, str], list[Source]] = {}
@@ -168,10 +175,16 @@ class Catalog:
         for cell in self.by_cell.values():
             for rank, s in enumerate(cell):
                 a = s.acquisition
-                rows.append({
-                    "catalog_id": a.catalog_id, "date": a.date, "zone": a.zone, "cell": a.cell,
-                    "newest": rank == 0, "bounds": [round(v, 7) for v in s.lonlat],
-                })
+                rows.append(
+                    {
+                        "catalog_id": a.catalog_id,
+                        "date": a.date,
+                        "zone": a.zone,
+                        "cell": a.cell,
+                        "newest": rank == 0,
+                        "bounds": [round(v, 7) for v in s.lonlat],
+                    }
+                )
         rows.sort(key=lambda r: (r["zone"], r["cell"], r["date"]), reverse=False)
         return rows
 
