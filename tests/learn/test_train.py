@@ -333,7 +333,7 @@ def test_missing_torch_is_one_clear_error(monkeypatch) -> None:
     from imagesim.errors import MissingDependencyError
 
     monkeypatch.setitem(__import__("sys").modules, "torchvision", None)
-    with pytest.raises(MissingDependencyError, match="needs torch and torchvision.*imagesim\\[train\\]"):
+    with pytest.raises(MissingDependencyError, match="torch and torchvision.*needs torchvision.*imagesim\\[train\\]"):
         _require_torch()
 
 

@@ -34,16 +34,10 @@ register = commands.register
 
 def require_torch() -> None:
     """torch and torchvision importable, or one clear error naming the extra that installs them."""
-    from imagesim.errors import MissingDependencyError
+    from imagesim.errors import require
 
-    try:
-        import torch  # noqa: F401
-        import torchvision  # noqa: F401
-    except ImportError as exc:
-        raise MissingDependencyError(
-            f"`imagesim train` needs torch and torchvision ({exc.name} is not installed); "
-            "install them with `pip install 'imagesim[train]'` or `pip install torch torchvision`"
-        ) from exc
+    for module in ("torch", "torchvision"):
+        require(module, "train", purpose="`imagesim train` (torch and torchvision)")
 
 
 @commands.command("train")
