@@ -7,6 +7,7 @@ this module, never through that stage's code (``docs/architecture.md``).
 | artefact | written by | where |
 |---|---|---|
 | ``chips.parquet``, ``chip-errors.json`` | ``imagesim chip`` | the chips folder (DEST) |
+| ``chips.parquet`` marked ``derived`` | the first stage reading a chips folder of the original tool | DEST |
 | ``nodata-index.json``, ``nodata.parquet``, ``<index>-summary.json`` | ``imagesim nodata-index`` | DEST |
 | ``osm_data.json`` per cell, ``osm_tags.parquet`` | ``imagesim osm`` | the ARD delivery |
 | ``labels.parquet``, ``labels.csv``, ``labels.json``, ``labels-train/val.csv``, ``labels-report/`` | ``imagesim labels`` | DEST |
@@ -14,12 +15,25 @@ this module, never through that stage's code (``docs/architecture.md``).
 | ``model.onnx`` | ``imagesim export`` | anywhere |
 | ``embeddings.parquet``, ``embeddings.json`` | ``imagesim encode`` | DEST |
 | ``index.faiss``, ``ids.parquet``, ``index.json`` | ``imagesim index`` | the index folder |
+
+A chips folder of the original tool holds the JPEGs (``DEST/<zone>/Z<zone>-<quadkey>_<catalog-id>.jpg``,
+or flat in one zone folder) and perhaps a ``nodata-index.json``, but no ``chips.parquet``. The first
+stage that needs the chip table (:func:`read_chip_table`) derives one from the chip names
+(:func:`derive_manifest`) and saves it as ``chips.parquet``: every ``MANIFEST_SCHEMA`` column (what a
+name cannot tell, such as ``acquisition_date`` or the source COG, is null; ``nodata_class`` comes from
+``nodata.parquet`` or ``nodata-index.json`` when the folder has one, else null = unmeasured) plus two
+more columns: ``path``, the chip file relative to the folder (``<zone>/<chip>`` or, flat, ``<chip>``),
+and ``derived``, true on every row — the marker of a derived manifest. `imagesim chip` run into such a
+folder later measures those chips again (a derived row has no ``source_cog``) and its rows replace them.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +42,8 @@ import polars as pl
 
 from imagesim import _imagesim, grid
 from imagesim.errors import ImagesimError, ImagesimFileNotFoundError, InvalidArgumentError, LabelInputError
-from imagesim.storage import AnyPath, location, read_parquet
+from imagesim.fsutil import write_with
+from imagesim.storage import AnyPath, StorePath, location, read_parquet
 
 # --- chips (imagesim chip) ---
 CHIPS_MANIFEST = "chips.parquet"
@@ -61,6 +76,10 @@ MANIFEST_SCHEMA: dict[str, pl.DataType] = {
 MANIFEST_LATER_COLUMNS = {"source_size", "source_mtime_ns", "nodata_threshold"}
 # What every later stage needs of a chip: its identity and no-data class.
 CHIP_IDENTITY = ["chip", "zone", "quadkey", "zoom", "cell", "catalog_id", "nodata_class"]
+# Columns of a manifest derived from chip names (beside MANIFEST_SCHEMA): the chip file relative to the
+# chips folder, and the marker (true on every row) that says the manifest was derived.
+CHIP_PATH = "path"
+DERIVED = "derived"
 
 # --- no-data (imagesim nodata-index) ---
 NODATA_INDEX = "nodata-index.json"
@@ -146,24 +165,73 @@ def read_manifest(dest: AnyPath) -> pl.DataFrame:
     return df.select(list(MANIFEST_SCHEMA)).cast(MANIFEST_SCHEMA)  # type: ignore[arg-type]
 
 
-def read_chip_table(chips_dir: AnyPath, nodata_index: str | AnyPath | None = None) -> pl.DataFrame:
-    """Identity and no-data class of every chip in the manifest, one row per chip (latest wins); the
-    class from ``nodata_index`` (or ``DEST/nodata.parquet`` when present) overrides the manifest's."""
+def zone_folder(chips_dir: AnyPath) -> int | None:
+    """The zone whose chips lie straight in ``chips_dir``, or None (the usual ``<zone>/<chip>`` layout).
+
+    The original notebook chipped into the zone folder itself (``imagesim chip --dest chips/33``:
+    ``chips/33/Z33-….jpg`` beside ``chips/33/chips.parquet``). A chips folder whose own name is a zone
+    number (1..60, ``33`` or ``08``) and that has no ``<zone>/`` folder of that number (one chipped
+    before this layout was kept keeps its ``chips/33/33/``) holds that zone's chips itself; other zones
+    chipped there still go in ``<zone>/``."""
+    name = chips_dir.name if isinstance(chips_dir, StorePath) else os.path.basename(os.path.abspath(chips_dir))
+    if not (1 <= len(name) <= 2 and name.isascii() and name.isdigit() and 1 <= int(name) <= 60):
+        return None
+    zone = int(name)
+    return None if (chips_dir / str(zone)).is_dir() else zone
+
+
+def chip_folder(chips_dir: AnyPath, zone: int, flat_zone: int | None) -> AnyPath:
+    """The folder of zone ``zone``'s chips in ``chips_dir``: ``chips_dir/<zone>``, or ``chips_dir``
+    itself for ``flat_zone`` (:func:`zone_folder` of ``chips_dir``, looked up once by the caller)."""
+    return chips_dir if zone == flat_zone else chips_dir / str(zone)
+
+
+def chip_path_expr(chips_dir: AnyPath | None = None) -> pl.Expr:
+    """Where a manifest row's chip file is, relative to the chips folder: ``<zone>/<chip>``, or
+    ``<chip>`` for the zone whose chips lie in ``chips_dir`` itself (:func:`zone_folder`)."""
+    nested = pl.concat_str(pl.col("zone").cast(pl.String), pl.lit("/"), pl.col("chip"))
+    flat = None if chips_dir is None else zone_folder(chips_dir)
+    if flat is None:
+        return nested
+    return pl.when(pl.col("zone") == flat).then(pl.col("chip")).otherwise(nested)
+
+
+def read_chip_table(
+    chips_dir: AnyPath,
+    nodata_index: str | AnyPath | None = None,
+    log: Callable[[str], None] | None = None,
+) -> pl.DataFrame:
+    """Identity, no-data class and ``path`` (relative to ``chips_dir``) of every chip in the manifest, one
+    row per chip (latest wins); the class from ``nodata_index`` (or ``DEST/nodata.parquet`` when present)
+    overrides the manifest's.
+
+    A folder of the original tool (chip JPEGs, no ``chips.parquet``) gets a manifest derived from the chip
+    names (:func:`derive_manifest`), saved for later runs; ``log`` (default: a ``DerivedManifestWarning``)
+    says so once. A derived manifest also takes its classes from ``DEST/nodata-index.json``."""
     manifest = chips_dir / CHIPS_MANIFEST
-    if not manifest.is_file():
-        raise ImagesimFileNotFoundError(f"{manifest}: no chip manifest; run `imagesim chip --dest {chips_dir}` first")
-    try:
-        lazy = pl.scan_parquet(manifest) if isinstance(manifest, Path) else read_parquet(manifest).lazy()
-        have = lazy.collect_schema().names()
-    except Exception as exc:  # polars raises several types for unreadable files
-        raise LabelInputError(f"{manifest}: cannot read the chip manifest ({exc})") from None
+    if manifest.is_file():
+        try:
+            lazy = pl.scan_parquet(manifest) if isinstance(manifest, Path) else read_parquet(manifest).lazy()
+            have = lazy.collect_schema().names()
+        except Exception as exc:  # polars raises several types for unreadable files
+            raise LabelInputError(f"{manifest}: cannot read the chip manifest ({exc})") from None
+    else:
+        found = derive_manifest(chips_dir)
+        if log is not None:
+            log(found.message)
+        else:
+            warnings.warn(found.message, DerivedManifestWarning, stacklevel=2)
+        lazy, have = found.table.lazy(), found.table.columns
     missing = [c for c in CHIP_IDENTITY if c not in have]
     if missing:
         raise LabelInputError(f"{manifest}: not a chip manifest, missing column(s) {', '.join(missing)}")
-    chips = lazy.select(CHIP_IDENTITY).unique(subset=["chip"], keep="last").sort("chip").collect()
+    path = pl.coalesce(pl.col(CHIP_PATH), chip_path_expr(chips_dir)) if CHIP_PATH in have else chip_path_expr(chips_dir)
+    chips = lazy.select(*CHIP_IDENTITY, path.alias(CHIP_PATH)).unique(subset=["chip"], keep="last").sort("chip").collect()
 
-    default = chips_dir / NODATA_PARQUET
-    source = nodata_index or (default if default.is_file() else None)
+    source = nodata_index
+    for default in (NODATA_PARQUET, *((NODATA_INDEX,) if DERIVED in have else ())):
+        if source is None and (chips_dir / default).is_file():
+            source = chips_dir / default
     if source is not None:
         classes = read_nodata_classes(location(source))
         chips = (
@@ -172,6 +240,164 @@ def read_chip_table(chips_dir: AnyPath, nodata_index: str | AnyPath | None = Non
             .drop("nodata_class_index")
         )
     return chips
+
+
+class DerivedManifestWarning(UserWarning):
+    """A chips folder without ``chips.parquet`` got one derived from its chip names."""
+
+
+@dataclass
+class DerivedManifest:
+    """A chip manifest derived from the chip names of a folder (:func:`derive_manifest`)."""
+
+    table: pl.DataFrame
+    folder: AnyPath
+    skipped: list[str] = field(default_factory=list)  # files that are not chips, relative to the folder
+    duplicates: int = 0  # chip names found more than once (the first path kept)
+    classes_from: str | None = None  # the no-data index the classes came from
+    saved: bool = False
+    not_saved: str = ""  # why it could not be saved
+
+    @property
+    def message(self) -> str:
+        n = self.table.height
+        text = f"derived {CHIPS_MANIFEST} from {n:,} chip name{'s' if n != 1 else ''} in {self.folder} (no manifest from `imagesim chip`)"
+        notes = []
+        if self.skipped:
+            notes.append(f"{len(self.skipped):,} other file(s) skipped, e.g. {self.skipped[0]}")
+        if self.duplicates:
+            notes.append(f"{self.duplicates:,} chip name(s) found twice, the first kept")
+        notes.append(
+            f"no-data classes from {self.classes_from}"
+            if self.classes_from
+            else "no no-data classes yet (chips unmeasured; `imagesim nodata-index` measures them)"
+        )
+        if not self.saved:
+            notes.append(f"not saved ({self.not_saved})")
+        return f"{text}; {'; '.join(notes)}"
+
+
+# Files imagesim itself writes at the top of a chips folder: not chips, not worth a mention.
+_OWN_FILES = CHIP_FOLDER_FILES | {
+    NODATA_INDEX,
+    nodata_summary_name(NODATA_INDEX),
+    LABELS_PARQUET,
+    LABELS_CSV,
+    LABELS_JSON,
+    LABELS_TRAIN_CSV,
+    LABELS_VAL_CSV,
+    EMBEDDINGS,
+    "embeddings.json",
+}
+
+
+def _folder_files(folder: AnyPath) -> list[str]:
+    """Every file under ``folder`` (recursively, hidden files and folders left out), relative, sorted."""
+    if isinstance(folder, StorePath):
+        rels = (path.relative_to(folder) for path, _, _ in folder.files())
+        return sorted(r for r in rels if not any(part.startswith(".") for part in r.split("/")))
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        rel = Path(dirpath).relative_to(folder)
+        found.extend((rel / name).as_posix() for name in filenames if not name.startswith("."))
+    return sorted(found)
+
+
+def derive_manifest(chips_dir: str | AnyPath, *, save: bool = True) -> DerivedManifest:
+    """A chip manifest from the chip JPEGs under ``chips_dir`` (a folder or a store prefix), for folders
+    of the original tool, which wrote no ``chips.parquet``.
+
+    Chips are found recursively (``DEST/<zone>/*.jpg`` and a flat zone folder alike); a file whose name
+    is not a chip name is skipped and counted, never an error. Identity columns come from the names,
+    ``nodata_class`` from ``nodata.parquet`` or ``nodata-index.json`` when present; the rest of
+    ``MANIFEST_SCHEMA`` is null, ``path`` is each chip's file and ``derived`` is true. With ``save``
+    (and no ``chips.parquet`` there yet) the manifest is written atomically as ``DEST/chips.parquet``;
+    a folder that cannot be written keeps it in memory (``not_saved`` says why)."""
+    folder = location(chips_dir)
+    manifest = folder / CHIPS_MANIFEST
+    if not folder.is_dir():
+        raise ImagesimFileNotFoundError(f"{folder}: chips folder not found (no {CHIPS_MANIFEST}, no chip JPEGs)")
+    result = DerivedManifest(table=pl.DataFrame(), folder=folder)
+    found: list[tuple[tuple[bool, int, str], str, grid.ChipName]] = []
+    for rel in _folder_files(folder):
+        if rel in _OWN_FILES or rel.startswith(f"{LABELS_REPORT}/"):
+            continue
+        name = rel.rsplit("/", 1)[-1]
+        try:
+            chip = grid.parse_chip_name(name)
+        except (ImagesimError, ValueError):
+            result.skipped.append(rel)
+            continue
+        # Of a name found twice, DEST/<zone>/<chip> (or the shallowest copy) is kept.
+        found.append(((rel != f"{chip.zone}/{name}", rel.count("/"), rel), rel, chip))
+    names: list[str] = []
+    paths: list[str] = []
+    parsed: list[grid.ChipName] = []
+    seen: set[str] = set()
+    for _, rel, chip in sorted(found, key=lambda f: f[0]):
+        name = rel.rsplit("/", 1)[-1]
+        if name in seen:
+            result.duplicates += 1
+            continue
+        seen.add(name)
+        names.append(name)
+        paths.append(rel)
+        parsed.append(chip)
+    result.skipped.sort()
+    if not names:
+        odd = f"; {len(result.skipped):,} other file(s), e.g. {result.skipped[0]}" if result.skipped else ""
+        raise ImagesimFileNotFoundError(
+            f"{manifest}: no chip manifest and no chip JPEGs (Z<zone>-<quadkey>_<catalog-id>.jpg) under {folder}{odd}; "
+            f"run `imagesim chip --dest {folder}` first"
+        )
+    table = pl.DataFrame(
+        {
+            "chip": names,
+            "zone": pl.Series([c.zone for c in parsed], dtype=pl.UInt8),
+            "quadkey": [c.quadkey for c in parsed],
+            "zoom": pl.Series([len(c.quadkey) for c in parsed], dtype=pl.UInt8),
+            "cell": [c.cell for c in parsed],
+            "catalog_id": [c.catalog_id for c in parsed],
+        },
+        schema_overrides={"chip": pl.String, "quadkey": pl.String, "cell": pl.String, "catalog_id": pl.String},
+    )
+    for default in (NODATA_PARQUET, NODATA_INDEX):
+        if (folder / default).is_file():
+            try:
+                classes = read_nodata_classes(folder / default)
+            except ImagesimError:
+                continue  # an unreadable index: unmeasured here; a stage reading it reports why
+            table = table.join(classes, on="chip", how="left")
+            result.classes_from = default
+            break
+    table = table.with_columns(
+        pl.lit(None, MANIFEST_SCHEMA[c]).alias(c) for c in MANIFEST_SCHEMA if c not in table.columns and c != "written"
+    ).with_columns(pl.lit(True).alias("written"))
+    result.table = (
+        table.select(list(MANIFEST_SCHEMA))
+        .cast(MANIFEST_SCHEMA)  # type: ignore[arg-type]
+        .with_columns(pl.Series(CHIP_PATH, paths, dtype=pl.String), pl.lit(True).alias(DERIVED))
+        .sort("chip")
+    )
+    if not save:
+        result.not_saved = "`save` is off"
+        return result
+    if manifest.is_file():  # another run derived it meanwhile, or `imagesim chip` wrote one: keep that
+        result.not_saved = f"{manifest} appeared meanwhile, kept"
+        return result
+    try:
+        write_with(manifest, lambda tmp: result.table.write_parquet(tmp))
+        result.saved = True
+    except (OSError, ImagesimError) as exc:
+        result.not_saved = f"cannot write {manifest}: {exc}; derived again on each run"
+    return result
+
+
+def recorded_by_chip(manifest: pl.DataFrame) -> pl.DataFrame:
+    """The rows of a manifest that `imagesim chip` measured (a row derived from a chip name has no
+    ``source_cog``): chips it may skip as already done."""
+    return manifest.filter(pl.col("source_cog").is_not_null())
 
 
 def manifest_chip_names(chips_dir: AnyPath) -> set[str] | None:
@@ -307,7 +533,7 @@ def read_embeddings(path: str | Path) -> tuple[pl.DataFrame, np.ndarray, dict[st
         if col not in table.columns:
             raise InvalidArgumentError(f"{path}: not an embeddings file, missing column {col!r}")
     if table.height == 0:
-        raise InvalidArgumentError(f"{path}: no embeddings")
+        raise InvalidArgumentError(f"{path}: holds no embedding, nothing to index: run `imagesim encode` on chips that have data first")
     dupes = table["chip"].is_duplicated()
     if dupes.any():
         raise InvalidArgumentError(f"{path}: chip {table['chip'].filter(dupes)[0]} appears more than once")

@@ -113,6 +113,11 @@ class OverpassResponseError(OverpassError, ValueError):
     """An Overpass answer that is partial, malformed or reports a runtime error in ``remark``."""
 
 
+class OverpassUnreachableError(OverpassError, ConnectionError):
+    """The Overpass server cannot be reached at all (name not resolved, connection refused, no route):
+    no retry helps, and no other cell can be fetched from it either."""
+
+
 class OsmImportError(OsmError, ValueError):
     """An OSM extract that cannot be read: corrupt, empty or in an unknown format."""
 

@@ -1,17 +1,59 @@
 """Atomic file writes: a temporary file in the destination folder, then ``os.replace``; for an
-object in a store, a local temporary file uploaded in one PUT (atomic by nature)."""
+object in a store, a local temporary file uploaded in one PUT (atomic by nature).
+
+Files get the permissions an ordinary ``open(path, "w")`` would give them (``0o666`` less the process
+umask: 0644 under umask 022, 0640 under 027), as the chip JPEGs written by the Rust core do, so another
+account (a Dask worker, a web server) can read what this one writes. The temporary file is created
+0600 (``tempfile.mkstemp``) and given that mode just before it is moved into place.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from imagesim.storage import AnyPath, StorePath, location
+
+_PROC_STATUS = "/proc/self/status"
+_fallback_lock = threading.Lock()
+_fallback_umask: int | None = None
+
+
+def umask() -> int:
+    """The process umask, read without changing it: from ``/proc/self/status`` on Linux; elsewhere
+    read once with ``os.umask`` (which can only read it by setting it, for every thread: under a lock,
+    set to the strictest value meanwhile, so a file another thread creates then is never too open)
+    and cached."""
+    global _fallback_umask
+    try:
+        with open(_PROC_STATUS, encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _fallback_lock:
+        if _fallback_umask is None:
+            _fallback_umask = os.umask(0o077)
+            os.umask(_fallback_umask)
+        return _fallback_umask
+
+
+def file_mode() -> int:
+    """The permission bits a new file gets from ``open(path, "w")``: ``0o666`` less the umask."""
+    return 0o666 & ~umask()
+
+
+def publish(tmp: str | os.PathLike[str], path: str | os.PathLike[str]) -> None:
+    """Give the finished temporary file ``tmp`` the mode of :func:`file_mode` and move it to ``path``."""
+    os.chmod(tmp, file_mode())
+    os.replace(tmp, path)
 
 
 @contextmanager
@@ -30,7 +72,7 @@ def atomic_path(path: str | AnyPath) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(name)
-        os.replace(name, path)
+        publish(name, path)
     except BaseException:
         Path(name).unlink(missing_ok=True)
         raise

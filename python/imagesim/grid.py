@@ -7,10 +7,12 @@ y ∈ [-10,240,000, 10,240,000] of a UTM zone; quadkey digits are Bing-style. So
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import NamedTuple
 
 from imagesim import _imagesim as _rs
+from imagesim.errors import GridError
 
 CELL_ZOOM: int = _rs.CELL_ZOOM
 CELL_PIXELS: int = _rs.CELL_PIXELS
@@ -58,8 +60,21 @@ class ChipName(NamedTuple):
         return chip_name(self.zone, self.quadkey, self.catalog_id)
 
 
+def _not_text(what: str, value: str) -> GridError:
+    """The GridError for a name the core cannot even take: not valid Unicode (an undecodable file name)."""
+    return GridError(f"{what} {value!r} is not valid text (an undecodable file name?)")
+
+
+def _bad_zone(zone: int) -> GridError:
+    """The GridError for a zone that does not fit the core's u8 (the core checks 1..60 for the rest)."""
+    return GridError(f"UTM zone {zone} is outside 1..60")
+
+
 def quadkey_to_tile(quadkey: str) -> Tile:
-    return Tile(*_rs.quadkey_to_tile(quadkey))
+    try:
+        return Tile(*_rs.quadkey_to_tile(quadkey))
+    except UnicodeEncodeError:
+        raise _not_text("quadkey", quadkey) from None
 
 
 def tile_to_quadkey(tile: Tile | tuple[int, int, int]) -> str:
@@ -69,12 +84,20 @@ def tile_to_quadkey(tile: Tile | tuple[int, int, int]) -> str:
 
 def bounds(quadkey: str) -> Bounds:
     """Bounds of a tile in its zone's metres (southern shift applied)."""
-    return Bounds(*_rs.quadkey_bounds(quadkey))
+    try:
+        return Bounds(*_rs.quadkey_bounds(quadkey))
+    except UnicodeEncodeError:
+        raise _not_text("quadkey", quadkey) from None
 
 
 def epsg(quadkey: str, zone: int) -> int:
     """EPSG code of the UTM CRS of a tile: 326zz north, 327zz south."""
-    return _rs.quadkey_epsg(quadkey, zone)
+    try:
+        return _rs.quadkey_epsg(quadkey, zone)
+    except UnicodeEncodeError:
+        raise _not_text("quadkey", quadkey) from None
+    except OverflowError:
+        raise _bad_zone(zone) from None
 
 
 def children(quadkey: str, zoom: int) -> list[str]:
@@ -94,13 +117,26 @@ def cell_geotransform(cell_quadkey: str) -> tuple[float, float, float, float, fl
 
 def chip_name(zone: int, quadkey: str, catalog_id: str) -> str:
     """``Z<zone>-<quadkey>_<catalog-id>.jpg``."""
-    return _rs.chip_name(zone, quadkey, catalog_id)
+    try:
+        return _rs.chip_name(zone, quadkey, catalog_id)
+    except UnicodeEncodeError:
+        raise _not_text("chip name part", quadkey if not quadkey.isascii() else catalog_id) from None
+    except OverflowError:
+        raise _bad_zone(zone) from None
 
 
 def parse_chip_name(name: str) -> ChipName:
-    return ChipName(*_rs.parse_chip_name(name))
+    """``Z<zone>-<quadkey>_<catalog-id>.jpg`` split up; GridError for anything else (ASCII digits only:
+    "Z１０-…" or "Z١٠-…" are not chip names)."""
+    try:
+        return ChipName(*_rs.parse_chip_name(name))
+    except UnicodeEncodeError:
+        raise _not_text("chip name", name) from None
 
 
-def cog_path_from_chip(chip: str, ard_root: str | Path) -> Path:
-    """The ``-visual.tif`` a chip was cut from (raises ImagesimFileNotFoundError if absent)."""
+def cog_path_from_chip(chip: str | os.PathLike[str], ard_root: str | os.PathLike[str]) -> Path:
+    """The ``-visual.tif`` a chip was cut from (raises ImagesimFileNotFoundError if absent).
+
+    ``chip``: a chip name (``Z33-…_<catalog-id>.jpg``, the ``.jpg`` optional) or the path of a chip
+    (only its file name counts); ``ard_root``: the delivery root or one zone folder of it (``ard/33``)."""
     return Path(_rs.cog_path_from_chip(chip, Path(ard_root)))

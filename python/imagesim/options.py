@@ -133,3 +133,12 @@ PROC_RANGE = (0, None)  # `proc`: worker threads, 0 = all cores (PROC_ALL)
 MIN_NODATA_PIXELS_RANGE = (1, None)
 NODATA_SOURCES = ("pixels", "manifest", "mask")  # `source` of nodata-index; default: manifest when the chip folder has one
 ENCODE_BATCH_RANGE = (1, 4096)
+
+# ============================================================================================
+# `osm fetch`: how long the Overpass client keeps trying (labels/overpass.py)
+# ============================================================================================
+OVERPASS_MAX_WAIT = 900.0  # seconds per cell in all (attempts, backoff, slot waits); then the cell fails
+OVERPASS_MAX_WAIT_RANGE = (1, None)
+OVERPASS_BACKOFF_BASE = 5.0  # seconds before the first retry; doubles each retry, jittered to [½, 1]×
+OVERPASS_BACKOFF_MAX = 600.0  # longest wait between two attempts
+OVERPASS_STATUS_WAIT_MAX = 1800.0  # longest wait for a free slot (/api/status) before one attempt

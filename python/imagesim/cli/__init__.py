@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Annotated
 
 import typer
 from rich.markup import escape
 
 from imagesim.cli import imagery, labels, learn, osm, search
-from imagesim.cli._common import InOrder, err
+from imagesim.cli._common import InOrder, err, out
 from imagesim.errors import ImagesimError
 
 #: The command modules, in pipeline order.
@@ -36,6 +37,23 @@ app = typer.Typer(
 )
 for stage in STAGES:
     stage.register(app)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from imagesim import __version__
+
+        out.print(f"imagesim {__version__}", highlight=False, markup=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", help="Show the version and exit.", is_eager=True, callback=_print_version, expose_value=False)
+    ] = False,
+) -> None:
+    """Options of `imagesim` itself (before any command)."""
 
 
 def main() -> None:

@@ -151,10 +151,16 @@ def with_flags(message: str, flags: Mapping[str, str]) -> str:
 _RUNNING: contextvars.ContextVar[Any] = contextvars.ContextVar("imagesim_running_command", default=None)
 
 
+def running_flags(message: str) -> str:
+    """``message`` with its backticked parameter names shown as the running command's flags (as it is
+    outside a command)."""
+    command = _RUNNING.get()
+    return with_flags(message, command_flags(command)) if command is not None else message
+
+
 def log(message: str) -> None:
     """A library log line on stderr, its backticked parameter names shown as the running command's flags."""
-    command = _RUNNING.get()
-    err.print(with_flags(message, command_flags(command)) if command is not None else message, highlight=False, markup=False)
+    err.print(running_flags(message), highlight=False, markup=False)
 
 
 def show_flags(exc: ImagesimError, command: Any) -> None:
@@ -174,7 +180,23 @@ F = TypeVar("F", bound=Callable[..., Any])
 _CTX = "_imagesim_ctx"
 
 
-class Command(TyperCommand):
+class FlagsTakeNoValue:
+    """For click commands and groups: an option that takes no value (a flag, a ``--x/--no-x`` pair,
+    ``--help``) shows none in ``--help``.
+
+    Typer's rich help prints every option's type, flags included: ``--small <bool>`` suggested
+    ``--small true``, which fails. An empty metavar leaves the type column blank; flags never use it.
+    """
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params: list[Any] = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if (getattr(param, "is_flag", False) or getattr(param, "count", False)) and param.metavar is None:
+                param.metavar = ""
+        return params
+
+
+class Command(FlagsTakeNoValue, TyperCommand):
     """A command whose ``aliases`` (old flag → flag) are accepted but not listed in ``--help``.
 
     An alias is another spelling of its flag: ``--threshold 8`` and ``--threshold=8`` are rewritten to
@@ -195,7 +217,11 @@ class Command(TyperCommand):
         return super().parse_args(ctx, args)
 
 
-class InOrder(TyperGroup):
+class Group(FlagsTakeNoValue, TyperGroup):
+    """A group of commands (``imagesim osm``)."""
+
+
+class InOrder(Group):
     """A group listing its commands in ``order`` (Typer lists sub-groups after every command)."""
 
     order: ClassVar[tuple[str, ...]] = ()
@@ -247,7 +273,7 @@ class Commands:
 
     def __init__(self, group: str | None = None, *, help: str | None = None) -> None:
         self.group = group
-        self.app: typer.Typer | None = typer.Typer(help=help, no_args_is_help=True) if group else None
+        self.app: typer.Typer | None = typer.Typer(help=help, no_args_is_help=True, cls=Group) if group else None
         self._entries: list[tuple[str, Callable[..., Any], dict[str, Any]]] = []
 
     @property

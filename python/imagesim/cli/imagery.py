@@ -112,14 +112,22 @@ def chip(
         progress=progress_bar("chip"),
         scheduler=scheduler,
     )
-    for m in summary.misplaced:
+    for m in summary.misplaced[:10]:
         err.print(f"[yellow]ignored[/] {escape(str(m.path))}: {escape(m.reason)}")
+    if len(summary.misplaced) > 10:
+        err.print(f"[yellow]… {len(summary.misplaced) - 10} more -visual.tif ignored (see {summary.dest / 'chip-errors.json'})[/]")
+    if summary.cogs == 0:
+        # nothing to chip: say why and what to give instead, and name no chips.parquet (none was written)
+        from imagesim.errors import ArdLayoutError
+        from imagesim.imagery.ard import explain_nothing_found
+
+        raise ArdLayoutError(explain_nothing_found(ard_path, summary.misplaced, zones=zones, quadkeys=quadkeys, catalog_ids=catalog_ids))
     for cog in summary.stale_cogs:
         err.print(f"[yellow]changed since its chips were cut, chips rewritten:[/] {cog}")
     for _cog, msg in summary.failed_cogs:
         err.print(f"[red]failed[/] {escape(msg)}")
-    if summary.cogs == 0:
-        err.print(f"[yellow]no -visual.tif found under {ard_path} matching the filters[/]")
+    if summary.skipped and not (summary.processed or summary.failed_chips or summary.failed_cogs):
+        err.print(f"nothing to do: all {summary.skipped} chips of the {summary.cogs} COG(s) were already written (--overwrite redoes them)")
     out.print(summary.line(), soft_wrap=True)
     out.print(
         f"chips: {summary.dest}  manifest: {summary.dest / 'chips.parquet'}  errors: {summary.dest / 'chip-errors.json'}", soft_wrap=True
@@ -182,6 +190,13 @@ def nodata_index(
     for _path, msg in summary.failed[:10]:
         err.print(f"[red]failed[/] {escape(msg)}")
     out.print(summary.line())
+    if summary.chips == 0:
+        from imagesim.errors import ImagesimFileNotFoundError
+
+        others = f" ({len(summary.skipped)} other files)" if summary.skipped else ""
+        raise ImagesimFileNotFoundError(
+            f"no JPEG chip (.jpg) under {chip_dir}{others}: give --chips the DEST of `imagesim chip` (or one zone's folder of it)"
+        )
     out.print(f"index: {summary.index}  per-chip: {summary.parquet}  summary: {summary.summary}")
     if summary.failed:
         raise typer.Exit(code=1)

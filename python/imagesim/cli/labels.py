@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 
 from imagesim import options
-from imagesim.cli._common import ArdPath, Chips, Commands, NodataIndex, Overwrite, err, out, progress_bar
+from imagesim.cli._common import ArdPath, Chips, Commands, NodataIndex, Overwrite, err, log, out, progress_bar
 
 commands = Commands("labels", help="Multilabel training data from OSM: build (parquet/bitset/CSV), report (figures), split (by area).")
 register = commands.register
@@ -55,7 +55,7 @@ def build(
     settings = LabelSettings(
         taxonomy=taxonomy, include=tuple(include or ()), out_dir=out_dir, nodata_index=nodata_index, overwrite=overwrite
     )
-    summary = build_labels(chips, ard_path, settings, progress=progress_bar("labels"))
+    summary = build_labels(chips, ard_path, settings, progress=progress_bar("labels"), log=log)
     for cell in summary.missing_cells:
         err.print(
             f"[yellow]no osm_data.json[/] for cell {cell}: its chips were left out (run `imagesim osm fetch` or `imagesim osm import`)",
@@ -67,6 +67,11 @@ def build(
     if geo.dropped or geo.repaired:
         dropped = ", ".join(f"{n} {reason} (e.g. {geo.examples[reason]})" for reason, n in geo.dropped.items())
         err.print(f"[yellow]geometry:[/] {geo.repaired} invalid polygons repaired; {dropped or 'none dropped'}", highlight=False)
+    if summary.nothing_labelled:
+        from imagesim.errors import LabelError
+
+        out.print(summary.line(), highlight=False)
+        raise LabelError(summary.why_nothing_labelled())
     counts = ", ".join(f"{k} {v}" for k, v in summary.class_counts.items())
     out.print(f"classes (chips): {counts}", highlight=False)
     out.print(summary.line(), highlight=False)

@@ -201,6 +201,17 @@ def encode(
     if len(summary.failed) > 10:
         err.print(f"[red]… {len(summary.failed) - 10} more failed chips (see {summary.out.with_suffix('.json')})[/]")
     out.print(summary.line(), highlight=False)
+    if not (summary.encoded or summary.skipped or summary.failed):
+        from imagesim.errors import EncodeError
+
+        why = (
+            f"all {summary.excluded} chips are no_data (--include-nodata encodes them)"
+            if summary.excluded
+            else "its chip manifest lists no chip (run `imagesim chip` first)"
+        )
+        raise EncodeError(f"no chip to encode in --chips {chips}: {why}")
+    if summary.skipped and not (summary.encoded or summary.failed):
+        err.print(f"nothing to do: all {summary.skipped} chips were already encoded with this model (--overwrite encodes them again)")
     out.print(f"embeddings: {summary.out}  summary: {summary.out.with_suffix('.json')}", highlight=False)
     if summary.failed:
         raise typer.Exit(code=1)

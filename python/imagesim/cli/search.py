@@ -53,8 +53,6 @@ def _print_table(result, index_dir: Path) -> None:
     for h in result.hits:
         table.add_row(str(h.rank), f"{h.score:.4f}", h.chip, f"{h.lon:.5f}", f"{h.lat:.5f}", ", ".join(h.labels))
     out.print(table)
-    if not result.hits:
-        out.print(f"no results in {index_dir} after the exclusions")
 
 
 @commands.command("similar")
@@ -115,6 +113,12 @@ def similar(
 
     loaded = load_index(index_dir)
     result = run_similar(loaded, list(positives), list(negatives or []), k=k, exclude_same_cell=exclude_same_cell)
+    if result.nothing_found:
+        from imagesim.errors import ImagesimError
+
+        left_out = "quadkeys and level-12 cells (--exclude-same-cell)" if exclude_same_cell else "quadkeys"
+        fix = "index more chips" + (", or leave out --exclude-same-cell" if exclude_same_cell else "")
+        raise ImagesimError(f"no results: all {result.indexed} chips of the index {index_dir} are in the examples' {left_out}: {fix}")
     if geojson is not None:
         write_geojson(geojson, result)
     if as_json:

@@ -18,10 +18,11 @@ from imagesim.errors import ArdLayoutError, ImagesimFileNotFoundError, InvalidAr
 from imagesim.storage import StorePath, is_url
 
 VISUAL_SUFFIX = "-visual.tif"
-_ZONE = re.compile(r"^\d{1,2}$")
-_CELL = re.compile(r"^[0-3]{12}$")
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_CATALOG_ID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+# ASCII classes (`\d` takes "１０" and "١٠" too) and `\Z` (`$` lets a trailing newline through)
+_ZONE = re.compile(r"^[0-9]{1,2}\Z")
+_CELL = re.compile(r"^[0-3]{12}\Z")
+_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
+_CATALOG_ID = re.compile(r"^[A-Za-z0-9-]{1,64}\Z")
 
 
 @dataclass(frozen=True)
@@ -155,3 +156,144 @@ def _wanted(acq: Acquisition, zones: list[int] | None, quadkeys: list[str] | Non
     if quadkeys and not any(acq.cell.startswith(q) for q in quadkeys):
         return False
     return not catalog_ids or acq.catalog_id in catalog_ids
+
+
+# --------------------------------------------------------------------------------------------
+# Why nothing was found: a hint naming the path to give instead
+# --------------------------------------------------------------------------------------------
+
+LAYOUT = "<zone>/<12-digit quadkey>/<YYYY-MM-DD>/<catalog-id>-visual.tif"
+
+
+def _text(path: Path | StorePath) -> str:
+    """A path as text for comparisons: absolute for local paths, the URL in a store."""
+    return str(path) if isinstance(path, StorePath) else os.path.abspath(path)
+
+
+def _up(root: Path | StorePath, levels: int) -> Path | StorePath:
+    """``root``'s ancestor ``levels`` up, spelled like ``root`` where it can be (relative stays relative)."""
+    if isinstance(root, StorePath):
+        for _ in range(levels):
+            root = root.parent
+        return root
+    norm = Path(os.path.normpath(root))
+    if len(norm.parts) > levels and ".." not in norm.parts:
+        return norm.parents[levels - 1]
+    return Path(os.path.abspath(root)).parents[levels - 1]
+
+
+def _delivery_root(path: Path | StorePath) -> Path | StorePath | None:
+    """The delivery root of a `-visual.tif` whose last four path parts follow the layout, else None."""
+    date = path.parent
+    cell = date.parent
+    zone = cell.parent
+    acq = _parse_parts((zone.name, cell.name, date.name, path.name), path)
+    return zone.parent if isinstance(acq, Acquisition) else None
+
+
+def _inside(root: Path | StorePath, base: Path | StorePath) -> str:
+    """``root`` as a folder inside the delivery ``base``: "a cell folder" …"""
+    depth = _text(root)[len(_text(base)) + 1 :].count("/") + 1
+    return {1: "a zone folder", 2: "a cell folder", 3: "an acquisition (date) folder"}.get(depth, "a folder inside a delivery")
+
+
+def _give_root(root: Path | StorePath, base: Path | StorePath) -> str:
+    zone = _text(root)[len(_text(base)) + 1 :].split("/")[0]
+    return f"{root} is {_inside(root, base)} of a delivery: give `ard_path` the delivery root {base} (or the zone folder {base / zone})"
+
+
+def folder_hint(root: str | Path | StorePath) -> str | None:
+    """What a local folder holding no ARD layout is instead, as a hint naming `ard_path`; None when unknown.
+
+    A cell (``<zone>/<qk12>``) or acquisition (``<zone>/<qk12>/<date>``) folder of a delivery, or a
+    folder holding a delivery (a ``<zone>/<qk12>`` tree) one or two levels down.
+    """
+    if is_url(root):
+        return None
+    root = Path(root)
+    names = Path(os.path.abspath(root)).parts
+    for depth in (2, 3):  # root is <zone>/<qk12> or <zone>/<qk12>/<date>
+        if len(names) > depth + 1:
+            zone, cell = names[-depth], names[-depth + 1]
+            if _ZONE.match(zone) and 1 <= int(zone) <= 60 and _CELL.match(cell) and (depth == 2 or _DATE.match(names[-1])):
+                return _give_root(root, _up(root, depth))
+    if not root.is_dir():
+        return None
+    level = [root]
+    try:
+        for down in ("one level", "two levels"):
+            level = sorted(d for parent in level for d in parent.iterdir() if d.is_dir() and not d.name.startswith("."))
+            for d in level:
+                if any(z.is_dir() and _is_zone_folder(z) for z in d.iterdir()):
+                    return f"an ARD delivery is {down} down: did you mean `ard_path` {d}?"
+    except OSError:  # an unreadable folder: no hint rather than a second error
+        pass
+    return None
+
+
+def explain_nothing_found(
+    root: str | Path | StorePath,
+    misplaced: Sequence[Misplaced] = (),
+    *,
+    zones: list[int] | None = None,
+    quadkeys: list[str] | None = None,
+    catalog_ids: list[str] | None = None,
+) -> str:
+    """Why :func:`find_acquisitions` found no acquisition under ``root``, and what to give instead.
+
+    One line naming the parameters (`ard_path`, `zones` …): the delivery is a level or more down, or
+    ``root`` is a cell folder inside one; the `-visual.tif` files are outside the layout; the filters
+    match nothing; or there is no imagery at all.
+    """
+    root = StorePath(str(root)) if is_url(root) else Path(root)
+    filters = {"zones": zones, "quadkeys": quadkeys, "catalog_ids": catalog_ids}
+    if any(filters.values()):
+        unfiltered, _ = find_acquisitions(root)
+        if unfiltered:
+            asked = ", ".join(f"`{name}` {' '.join(map(str, value))}" for name, value in filters.items() if value)
+            cells = sorted({a.cell for a in unfiltered})
+            listed = ", ".join(cells[:5]) + (f" … ({len(cells)} cells)" if len(cells) > 5 else "")
+            return (
+                f"none of the {len(unfiltered)} acquisitions under {root} matches {asked}: the delivery has "
+                f"zone {', '.join(str(z) for z in sorted({a.zone for a in unfiltered}))}, cells {listed}"
+            )
+    # Where the misplaced files would be in place: the delivery root their last four parts give.
+    roots: dict[str, tuple[Path | StorePath, int]] = {}
+    for m in misplaced:
+        base = _delivery_root(m.path)
+        if base is not None:
+            roots[_text(base)] = (base, roots.get(_text(base), (base, 0))[1] + 1)
+    here = _text(root)
+    if roots:
+        key, (base, n) = max(roots.items(), key=lambda kv: kv[1][1])
+        if key.startswith(here + "/"):
+            down = key[len(here) + 1 :].count("/") + 1
+            return (
+                f"{n} -visual.tif {'file' if n == 1 else 'files'} found {'one level' if down == 1 else f'{down} levels'} down, "
+                f"in the ARD layout under {base}: did you mean `ard_path` {base}?"
+            )
+        if here.startswith(key + "/"):
+            depth = here[len(key) + 1 :].count("/") + 1
+            return _give_root(root, _up(root, depth))
+    if misplaced:
+        n, first = len(misplaced), misplaced[0]
+        return (
+            f"{n} -visual.tif {'file' if n == 1 else 'files'} under {root} {'is' if n == 1 else 'are'} not in the ARD layout "
+            f"{LAYOUT} (e.g. {first.path}: {first.reason})"
+        )
+    hint = folder_hint(root)
+    if hint:
+        return hint
+    tifs = _count_tifs(root)
+    if tifs:
+        return (
+            f"{tifs} .tif {'file' if tifs == 1 else 'files'} under {root} {'is' if tifs == 1 else 'are'} not in the ARD layout "
+            f"{LAYOUT}: only <catalog-id>-visual.tif files filed that way are chipped"
+        )
+    return f"no -visual.tif under {root}: give `ard_path` the root of an ARD delivery ({LAYOUT})"
+
+
+def _count_tifs(root: Path | StorePath) -> int:
+    if isinstance(root, StorePath):
+        return sum(1 for obj, _, _ in root.files() if obj.name.lower().endswith((".tif", ".tiff")))
+    return sum(1 for _, _, names in os.walk(root) for name in names if name.lower().endswith((".tif", ".tiff")))

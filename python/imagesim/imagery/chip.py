@@ -16,7 +16,16 @@ import polars as pl
 
 from imagesim import _imagesim as _rs
 from imagesim import grid, options
-from imagesim.artefacts import CHIP_ERRORS, CHIPS_MANIFEST, MANIFEST_SCHEMA, nodata_class_expr, read_manifest
+from imagesim.artefacts import (
+    CHIP_ERRORS,
+    CHIPS_MANIFEST,
+    MANIFEST_SCHEMA,
+    chip_folder,
+    nodata_class_expr,
+    read_manifest,
+    recorded_by_chip,
+    zone_folder,
+)
 from imagesim.errors import ImagesimError
 from imagesim.fsutil import write_json, write_with
 from imagesim.imagery.ard import Acquisition, Misplaced, find_acquisitions
@@ -120,8 +129,9 @@ class _Manifest:
         self.old = read_manifest(dest)
         self.new: list[pl.DataFrame] = []
         self.last_flush = time.monotonic()
-        # Chips already recorded, per acquisition: built once, read by the worker threads.
-        groups = self.old.group_by(["cell", "catalog_id"]).agg("chip", pl.col("source_size", "source_mtime_ns").first())
+        # Chips already recorded, per acquisition: built once, read by the worker threads. Rows derived
+        # from chip names (a folder of the original tool) are not: those chips are measured again.
+        groups = recorded_by_chip(self.old).group_by(["cell", "catalog_id"]).agg("chip", pl.col("source_size", "source_mtime_ns").first())
         self.known: dict[tuple[str, str], set[str]] = {}
         self.stamps: dict[tuple[str, str], tuple[int, int]] = {}
         for cell, catalog_id, names, size, mtime in groups.iter_rows():
@@ -186,6 +196,9 @@ def run_chip(
     )
     summary = ChipSummary(dest=out, cogs=len(acquisitions), misplaced=misplaced)
     manifest = _Manifest(out)
+    # DEST named after a zone (`--dest chips/33`, the original notebook's layout): that zone's chips
+    # go in DEST itself, not DEST/33/ (artefacts.zone_folder); the manifest stays in DEST.
+    flat_zone = zone_folder(out)
     chips_per_cog = 4 ** (settings.zoom - 12)
     threads = settings.proc or cores()
     # In process, few chips per COG (low zooms): COGs side by side, one thread each; otherwise one
@@ -198,13 +211,18 @@ def run_chip(
     stale = [acq for acq in acquisitions if not settings.overwrite and manifest.is_stale(acq)]
     summary.stale_cogs = [str(acq.visual) for acq in stale]
     # In a store, each zone's chips are listed once here rather than looked up one by one.
-    in_store = _chips_in_store(out, {acq.zone for acq in acquisitions}) if isinstance(out, StorePath) and not settings.overwrite else None
+    in_store = (
+        _chips_in_store(out, {acq.zone for acq in acquisitions}, flat_zone)
+        if isinstance(out, StorePath) and not settings.overwrite
+        else None
+    )
 
     def task_args(acq: Acquisition) -> tuple:
         overwrite = settings.overwrite or acq in stale
         existing = None if in_store is None else in_store.get((acq.zone, acq.cell, acq.catalog_id), set())
         known = set() if overwrite else manifest.known_names(acq)
-        return replace(acq, visual=tasks.task_path(acq.visual)), tasks.task_path(out), settings, known, overwrite, existing
+        folder = tasks.task_path(chip_folder(out, acq.zone, flat_zone))
+        return replace(acq, visual=tasks.task_path(acq.visual)), folder, settings, known, overwrite, existing
 
     def merge(outcome: Outcome[Acquisition]) -> None:
         acq = outcome.item
@@ -243,12 +261,12 @@ def run_chip(
     return summary
 
 
-def _chips_in_store(dest: StorePath, zones: set[int]) -> dict[tuple[int, str, str], set[str]]:
+def _chips_in_store(dest: StorePath, zones: set[int], flat_zone: int | None = None) -> dict[tuple[int, str, str], set[str]]:
     """Chips already in each zone prefix of a store destination, by (zone, cell, catalog id): one
     listing per zone for the whole run, each acquisition then gets its own chips at no cost."""
     found: dict[tuple[int, str, str], set[str]] = {}
     for zone in zones:
-        prefix = dest / str(zone)
+        prefix = dest if zone == flat_zone else dest / str(zone)  # chip_folder, for a store
         for path, _, _ in prefix.files():
             name = path.name
             if "/" in path.relative_to(prefix) or not name.endswith(".jpg"):
@@ -263,7 +281,7 @@ def _chips_in_store(dest: StorePath, zones: set[int]) -> dict[tuple[int, str, st
 
 def chip_one_cog(
     acq: Acquisition,
-    dest: AnyPath,
+    folder: AnyPath,
     settings: ChipSettings,
     known: set[str],
     overwrite: bool,
@@ -272,7 +290,8 @@ def chip_one_cog(
     threads: int,
     progress: _rs.Progress | None = None,
 ) -> dict:
-    """Chip one COG into ``dest/<zone>/`` (the Rust core); the per-chip columns it returns become
+    """Chip one COG into ``folder`` (the Rust core): ``DEST/<zone>/``, or DEST itself for a DEST named
+    after the zone (:func:`imagesim.artefacts.chip_folder`); the per-chip columns it returns become
     manifest rows. ``known``: chips the manifest already records (skipped when on disk).
     ``existing``: chip files already at the destination, when it was listed (stores)."""
     return _rs.chip_cog(
@@ -280,7 +299,7 @@ def chip_one_cog(
         acq.zone,
         acq.cell,
         acq.catalog_id,
-        dest / str(acq.zone),
+        folder,
         zoom=settings.zoom,
         quality=settings.quality,
         passthrough=settings.passthrough,
@@ -297,7 +316,7 @@ def chip_one_cog(
 
 def chip_cog_task(
     acq: Acquisition,
-    dest: AnyPath,
+    folder: AnyPath,
     settings: ChipSettings,
     known: set[str],
     overwrite: bool,
@@ -307,7 +326,7 @@ def chip_cog_task(
 ) -> dict:
     """The task of one COG (in process or on a Dask worker): :func:`chip_one_cog` with the task's
     share of the cores; ``progress`` counts its chips as they are done (in process only)."""
-    return chip_one_cog(acq, dest, settings, known, overwrite, existing, threads=worker_threads(settings.proc), progress=progress)
+    return chip_one_cog(acq, folder, settings, known, overwrite, existing, threads=worker_threads(settings.proc), progress=progress)
 
 
 def _tally(summary: ChipSummary, cols: dict, chip_errors: list[dict], acq: Acquisition) -> None:

@@ -14,6 +14,12 @@ Three sources of truth:
 Writes the original JSON index (``{"all_data": [...], "partial_data": [...], "no_data": [...]}``,
 chip file names), ``nodata.parquet`` with per-chip counts, and a summary JSON listing skipped
 and failed files. Chips are never modified.
+
+A chip that does not decode fails with one line in the words every command uses (the Rust core's
+``jpeg::Problem``): empty file, truncated JPEG, not a JPEG, unsupported colour space (CMYK/YCCK),
+corrupt JPEG data. A chip that decodes but is not what `imagesim chip` writes — greyscale, or not
+its zoom's size (a z17 chip is 512×512) — is measured exactly and gets a ``note``. A directory
+named like a JPEG is skipped (not searched) and said so.
 """
 
 from __future__ import annotations
@@ -83,6 +89,8 @@ class NodataSummary:
     counts: dict[str, int] = field(default_factory=dict)
     failed: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    skipped_dirs: list[str] = field(default_factory=list)  # directories named like a JPEG: not searched
+    notes: list[tuple[str, str]] = field(default_factory=list)  # measured, but greyscale or the wrong size
     by_source: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -93,14 +101,17 @@ class NodataSummary:
     def line(self) -> str:
         rate = self.chips / self.seconds if self.seconds > 0 else 0.0
         parts = ", ".join(f"{self.counts.get(c, 0)} {c}" for c in NODATA_CLASSES)
+        dirs = f", {len(self.skipped_dirs)} directories named like a JPEG skipped" if self.skipped_dirs else ""
+        notes = f", {len(self.notes)} with a note (greyscale or wrong size; see the summary)" if self.notes else ""
         return (
-            f"{self.chips} chips: {parts}, {len(self.failed)} failed, {len(self.skipped)} non-JPEG files skipped "
+            f"{self.chips} chips: {parts}, {len(self.failed)} failed{notes}, {len(self.skipped)} non-JPEG files skipped{dirs} "
             f"(source {self.source}) in {self.seconds:.1f}s ({rate:.0f} chips/s)"
         )
 
 
-def list_chip_files(chip_dir: AnyPath, index_name: str) -> tuple[list[AnyPath], list[AnyPath]]:
-    """JPEG files under ``chip_dir`` (recursively) and the other files that are skipped."""
+def list_chip_files(chip_dir: AnyPath, index_name: str, dirs: list[AnyPath] | None = None) -> tuple[list[AnyPath], list[AnyPath]]:
+    """JPEG files under ``chip_dir`` (recursively) and the other files that are skipped. Directories
+    named like a JPEG (``x.jpg/``) are not searched; they are appended to ``dirs`` when given."""
     jpegs: list[AnyPath] = []
     others: list[AnyPath] = []
     own = CHIP_FOLDER_FILES | {index_name, nodata_summary_name(index_name)}
@@ -112,7 +123,9 @@ def list_chip_files(chip_dir: AnyPath, index_name: str) -> tuple[list[AnyPath], 
             (jpegs if rel.lower().endswith(JPEG_SUFFIXES) else others).append(path)
         return jpegs, others
     for dirpath, dirnames, filenames in os.walk(chip_dir):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        if dirs is not None:
+            dirs.extend(Path(dirpath) / d for d in sorted(dirnames) if d.lower().endswith(JPEG_SUFFIXES) and not d.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not d.lower().endswith(JPEG_SUFFIXES))
         for name in sorted(filenames):
             if name.startswith(".") or (Path(dirpath) == chip_dir and name in own):
                 continue
@@ -143,6 +156,7 @@ def _by_pixels(paths: list[AnyPath], settings: NodataSettings, tasks: TaskRunner
             "width": [None] * n,
             "height": [None] * n,
             "nodata_pixels": [None] * n,
+            "note": [None] * n,
             "error": [f"{p}: {outcome.error}" for p in batch],
         }
 
@@ -157,12 +171,13 @@ def _by_pixels(paths: list[AnyPath], settings: NodataSettings, tasks: TaskRunner
     ) as outcomes:
         for outcome in outcomes:
             merge(outcome)
-    cols = {key: [v for start in sorted(parts) for v in parts[start][key]] for key in ("width", "height", "nodata_pixels", "error")}
+    keys = ("width", "height", "nodata_pixels", "note", "error")
+    cols = {key: [v for start in sorted(parts) for v in parts[start][key]] for key in keys}
     total = pl.col("width").cast(pl.UInt64) * pl.col("height").cast(pl.UInt64)
     return pl.DataFrame(
         {"path": [str(p) for p in paths], **cols},
-        schema_overrides={"width": pl.UInt32, "height": pl.UInt32, "nodata_pixels": pl.UInt64, "error": pl.String},
-    ).select("path", pl.col("nodata_pixels"), total.alias("total_pixels"), "error", pl.lit("pixels").alias("source"))
+        schema_overrides={"width": pl.UInt32, "height": pl.UInt32, "nodata_pixels": pl.UInt64, "note": pl.String, "error": pl.String},
+    ).select("path", pl.col("nodata_pixels"), total.alias("total_pixels"), "note", "error", pl.lit("pixels").alias("source"))
 
 
 def scan_batch_task(
@@ -283,6 +298,7 @@ def _by_mask(frame: pl.DataFrame, lookup: _MaskLookup) -> pl.DataFrame:
     return frame.with_columns(
         pl.Series("nodata_pixels", nodata, pl.UInt64),
         pl.Series("total_pixels", totals, pl.UInt64),
+        pl.lit(None, pl.String).alias("note"),
         pl.Series("error", errors, pl.String),
         pl.lit("mask").alias("source"),
     )
@@ -314,7 +330,8 @@ def run_nodata_index(
     source = settings.source or ("manifest" if (chip_dir / CHIPS_MANIFEST).exists() else "pixels")
 
     start = time.perf_counter()
-    jpegs, others = list_chip_files(chip_dir, index_path.name)
+    jpeg_dirs: list[AnyPath] = []
+    jpegs, others = list_chip_files(chip_dir, index_path.name, jpeg_dirs)
     sink = open_progress(progress, len(jpegs))
     frame = pl.DataFrame({"path": [str(p) for p in jpegs], "name": [p.name for p in jpegs]}, schema={"path": pl.String, "name": pl.String})
     try:
@@ -323,7 +340,7 @@ def run_nodata_index(
         elif source == "manifest":
             joined = _by_manifest(chip_dir, frame, settings.nodata_threshold)
             known = joined.filter(pl.col("nodata_pixels").is_not_null()).with_columns(
-                pl.lit(None, pl.String).alias("error"), pl.lit("manifest").alias("source")
+                pl.lit(None, pl.String).alias("note"), pl.lit(None, pl.String).alias("error"), pl.lit("manifest").alias("source")
             )
             unknown = joined.filter(pl.col("nodata_pixels").is_null()).select("path", "name")
             sink.update(known.height)
@@ -343,10 +360,12 @@ def run_nodata_index(
         (1.0 - pl.col("nodata_pixels").cast(pl.Float64) / pl.col("total_pixels").cast(pl.Float64)).alias("valid_fraction"),
         nodata_class_expr(pl.col("nodata_pixels"), pl.col("total_pixels"), settings.min_nodata_pixels).alias("nodata_class"),
         pl.col("source"),
+        pl.col("note"),
         pl.col("error"),
     ).sort("chip")
     ok = table.filter(pl.col("error").is_null())
     failed = table.filter(pl.col("error").is_not_null())
+    noted = ok.filter(pl.col("note").is_not_null())
     index = {cls: ok.filter(pl.col("nodata_class") == cls)["chip"].to_list() for cls in NODATA_CLASSES}
     summary = NodataSummary(
         index=index_path,
@@ -356,9 +375,13 @@ def run_nodata_index(
         counts={cls: len(names) for cls, names in index.items()},
         failed=list(zip(failed["path"].to_list(), failed["error"].to_list())),
         skipped=[str(p) for p in others],
+        skipped_dirs=[str(p) for p in jpeg_dirs],
+        notes=list(zip(noted["path"].to_list(), noted["note"].to_list())),
         by_source={src: n for src, n in ok.group_by("source").len().iter_rows()},
         seconds=time.perf_counter() - start,
     )
+    if not jpegs:  # no chip at all: nothing to index, and an index that is there stays as it is
+        return summary
     write_json(index_path, index)
     write_with(parquet_path, lambda tmp: table.write_parquet(tmp))
     write_json(
@@ -371,7 +394,9 @@ def run_nodata_index(
             "counts": summary.counts,
             "measured_by": summary.by_source,
             "failed": [{"file": f, "error": e} for f, e in summary.failed],
+            "notes": [{"file": f, "note": n} for f, n in summary.notes],
             "skipped_non_jpeg": summary.skipped,
+            "skipped_directories": [{"path": d, "reason": "a directory named like a JPEG (not searched)"} for d in summary.skipped_dirs],
             "seconds": summary.seconds,
         },
     )

@@ -61,6 +61,7 @@ class LabelSummary:
     classes: list[str]
     chips: int = 0  # rows written
     labelled: int = 0  # rows with at least one class
+    listed: int = 0  # chips in the manifest, before any was left out
     cells: int = 0
     excluded: dict[str, int] = field(default_factory=dict)  # nodata class -> chips left out
     missing_cells: list[str] = field(default_factory=list)  # "zone/cell" without osm_data.json
@@ -72,6 +73,38 @@ class LabelSummary:
     @property
     def failed(self) -> bool:
         return bool(self.missing_cells or self.failed_cells)
+
+    @property
+    def nothing_labelled(self) -> bool:
+        """No chip got a label: no labels file was written (a model would train on all-zero targets)."""
+        return self.labelled == 0
+
+    def why_nothing_labelled(self) -> str:
+        """One line: no chip got a label, and the likely cause, naming what to change."""
+        head = f"no chip got a label (of {self.listed} chips in the manifest, {self.chips} in {self.cells} cells with OSM data); nothing written: "
+        candidates = self.listed - sum(n for k, n in self.excluded.items() if k != "no OSM data for the cell")
+        if self.listed == 0:
+            return head + "the chip manifest lists no chip (run `imagesim chip` first)"
+        if candidates == 0:
+            left = ", ".join(f"{n} {k}" for k, n in sorted(self.excluded.items()) if n)
+            return head + f"every chip is left out by its no-data class ({left}); `include` partial or unmeasured labels those"
+        if self.cells == 0:
+            return head + (
+                f"no cell has usable OSM data ({len(self.missing_cells)} without osm_data.json, {len(self.failed_cells)} unreadable): "
+                "run `imagesim osm fetch` or `imagesim osm import` for the cells of `ard_path`"
+            )
+        geo = self.geometry
+        if geo.elements == 0:
+            return head + (
+                f"the osm_data.json of the {self.cells} cells hold no tagged element (fetched or imported for another area?): "
+                "fetch or import them again with `imagesim osm fetch --overwrite` / `imagesim osm import --overwrite`"
+            )
+        if geo.used == 0:
+            return head + (
+                f"none of the {geo.elements} tagged OSM elements matches a class of the taxonomy: "
+                "compare `taxonomy` with the tags `imagesim osm tags` lists"
+            )
+        return head + f"{geo.used} OSM features match a class, but none covers enough of any chip (each class's min_share)"
 
     def line(self) -> str:
         excluded = ", ".join(f"{n} {k}" for k, n in sorted(self.excluded.items()) if n) or "none"
@@ -131,8 +164,11 @@ def build_labels(
     ard_path: str | AnyPath,
     settings: LabelSettings | None = None,
     progress: ProgressFactory | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> LabelSummary:
-    """Label every chip of ``chips_dir`` from the ``osm_data.json`` files of ``ard_path``."""
+    """Label every chip of ``chips_dir`` from the ``osm_data.json`` files of ``ard_path``.
+
+    ``log`` hears what the user should know (a chip manifest derived from chip names)."""
     settings = settings or LabelSettings()
     t0 = time.perf_counter()
     chips_dir, ard_root = location(chips_dir), ard_base(ard_path)
@@ -147,7 +183,8 @@ def build_labels(
     taxonomy = load_taxonomy(settings.taxonomy)
     summary = LabelSummary(out_dir=out_dir, classes=taxonomy.names)
 
-    chips = read_chip_table(chips_dir, settings.nodata_index)
+    chips = read_chip_table(chips_dir, settings.nodata_index, log=log)  # `path`: each chip file, relative to chips_dir
+    summary.listed = chips.height
     keep = pl.col("nodata_class") == "all_data"
     if "partial" in settings.include:
         keep = keep | (pl.col("nodata_class") == "partial_data")
@@ -202,6 +239,9 @@ def build_labels(
     summary.labelled = int((table["label_ids"].list.len() > 0).sum())
     dense = _imagesim.dense_labels(bitset_matrix(table, len(taxonomy.classes)), len(taxonomy.classes))
     summary.class_counts = dict(zip(taxonomy.names, (int(x) for x in dense.sum(axis=0))))
+    if summary.nothing_labelled:  # nothing to learn from: labels the user has stay as they are
+        summary.seconds = time.perf_counter() - t0
+        return summary
 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_with(outputs[0], lambda tmp: table.write_parquet(tmp))
@@ -235,7 +275,6 @@ def _assemble(chips: pl.DataFrame, parts: list[pl.DataFrame], taxonomy: Taxonomy
         .join(per_chip, on=["zone", "cell", "zoom", "local"], how="left")
         .with_columns(
             pl.col("label_ids").fill_null(pl.lit([], dtype=pl.List(pl.UInt16))),
-            pl.concat_str(pl.col("zone").cast(pl.String), pl.lit("/"), pl.col("chip")).alias("path"),
         )
         .sort("chip")
     )

@@ -22,8 +22,9 @@ from imagesim.errors import ArdLayoutError, ImagesimFileNotFoundError, InvalidAr
 from imagesim.storage import AnyPath, StorePath, location
 
 ELEMENT_KEYS = {"node": "nodes", "way": "ways", "relation": "relations"}
-_ZONE = re.compile(r"^\d{1,2}$")
-_CELL = re.compile(r"^[0-3]{12}$")
+# ASCII classes (`\d` takes "１０" and "١٠" too) and `\Z` (`$` lets a trailing newline through)
+_ZONE = re.compile(r"^[0-9]{1,2}\Z")
+_CELL = re.compile(r"^[0-3]{12}\Z")
 
 
 class Cell(NamedTuple):
@@ -225,11 +226,17 @@ def is_valid_file(path: AnyPath, quadkey: str) -> bool:
 
 @dataclass
 class TagInventory:
-    files: int = 0
+    cells: int = 0  # cell folders looked in
+    files: int = 0  # osm_data.json files read
     elements: int = 0  # distinct (type, id) counted
     bad_files: list[tuple[AnyPath, str]] = field(default_factory=list)
     # (key, value) -> count per element type
     counts: dict[str, Counter] = field(default_factory=lambda: {k: Counter() for k in ELEMENT_KEYS})
+
+    @property
+    def nothing_found(self) -> bool:
+        """No element counted: no cell folder, no readable ``osm_data.json``, or only empty ones."""
+        return self.elements == 0
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per (key, value), most frequent first."""
@@ -266,7 +273,9 @@ def tag_inventory(root: str | AnyPath, element: str | None = None, zones: Iterab
     base = ard_base(root)
     inv = TagInventory()
     seen: set[tuple[str, int]] = set()
-    for cell in find_cells(root, zones):
+    cells = find_cells(root, zones)
+    inv.cells = len(cells)
+    for cell in cells:
         path = cell.osm_path(base)
         if not path.is_file():
             continue

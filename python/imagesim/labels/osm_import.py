@@ -32,7 +32,7 @@ from typing import IO, Any
 from imagesim import options
 from imagesim.errors import ImagesimFileNotFoundError, InvalidArgumentError, OsmImportError
 from imagesim.fsutil import write_with
-from imagesim.labels.cells import BBox, Cell, cell_bbox, is_valid_file
+from imagesim.labels.cells import ELEMENT_KEYS, BBox, Cell, cell_bbox, check_osm_data, is_valid_file
 from imagesim.storage import AnyPath, location
 
 _FORMATS = (".osm.pbf", ".pbf", ".osm", ".osm.bz2", ".osm.gz", ".osm.xml", ".o5m", ".opl")
@@ -52,17 +52,29 @@ class CellCounts:
 class ImportSummary:
     written: dict[Cell, CellCounts] = field(default_factory=dict)
     skipped: list[Cell] = field(default_factory=list)
+    # Cells the extract has no data for, not written: it covers none of the cells asked for, or these
+    # lie outside the box its header gives. An empty file would pass as valid and block a later import.
+    uncovered: list[Cell] = field(default_factory=list)
+    kept: list[Cell] = field(default_factory=list)  # `overwrite`: a file with data kept, the extract has none for it
     objects: int = 0  # OSM objects read in the full pass
     unlocated: int = 0  # tagged elements with no known location (members outside the extract)
     seconds: float = 0.0
+
+    @property
+    def nothing_done(self) -> bool:
+        """Cells were to be written and none was: the extract has no data inside any of them."""
+        return not self.written and bool(self.uncovered or self.kept)
 
     def line(self) -> str:
         n = sum(c.nodes for c in self.written.values())
         w = sum(c.ways for c in self.written.values())
         r = sum(c.relations for c in self.written.values())
+        untouched = f"{len(self.uncovered)} not covered by the extract (not written), " if self.uncovered else ""
+        kept = f"{len(self.kept)} kept (the extract has no data for them), " if self.kept else ""
         return (
             f"osm import: {len(self.written)} cells written ({n} nodes, {w} ways, {r} relations), "
-            f"{len(self.skipped)} skipped (already present), 0 failed; {self.objects} tagged or member objects read in {self.seconds:.1f} s"
+            f"{len(self.skipped)} skipped (already present), {untouched}{kept}0 failed; "
+            f"{self.objects} tagged or member objects read in {self.seconds:.1f} s"
         )
 
 
@@ -148,6 +160,35 @@ class _Spools:
         write_with(dest, writer)
 
 
+def _has_data(counts: CellCounts) -> bool:
+    return bool(counts.nodes or counts.ways or counts.relations)
+
+
+def _holds_elements(path: AnyPath, quadkey: str) -> bool:
+    """A valid ``osm_data.json`` with at least one element."""
+    try:
+        data = json.loads(location(path).read_text())
+        check_osm_data(data, quadkey, str(path))
+    except (OSError, ValueError):
+        return False
+    return any(data[key] for key in ELEMENT_KEYS.values())
+
+
+def _header_box(osmium, source) -> BBox | None:
+    """The WGS84 box an extract's header declares (Geofabrik's do), or None."""
+    try:
+        reader = osmium.io.Reader(source, osmium.osm.osm_entity_bits.NOTHING)
+        try:
+            box = reader.header().box()
+        finally:
+            reader.close()
+        if not box.valid():
+            return None
+        return BBox(box.bottom_left.lon, box.bottom_left.lat, box.top_right.lon, box.top_right.lat)
+    except (RuntimeError, ValueError, osmium.InvalidLocationError):
+        return None
+
+
 def _round(v: float) -> float:
     return round(v, 7)  # OSM stores 1e-7 degree fixed point
 
@@ -211,9 +252,21 @@ def import_osm(
             _read(osmium, source, path, work, lookup, spools, summary, node_index, progress)
         finally:
             spools.close()
+        bounds = _header_box(osmium, source)
+        covered = any(_has_data(c) for c in spools.counts)
         for i, cell in enumerate(todo):
-            spools.write_cell(i, cell.quadkey, cell.osm_path(base))
-            summary.written[cell] = spools.counts[i]
+            counts, dest = spools.counts[i], cell.osm_path(base)
+            if not _has_data(counts):
+                # No data for the cell. Written empty only when that is an answer (the extract covers
+                # other cells, and this one lies inside its bounds): never over a file with data.
+                if not covered or (bounds is not None and not bounds.intersects(*lookup.boxes[i])):
+                    summary.uncovered.append(cell)
+                    continue
+                if overwrite and _holds_elements(dest, cell.quadkey):
+                    summary.kept.append(cell)
+                    continue
+            spools.write_cell(i, cell.quadkey, dest)
+            summary.written[cell] = counts
     finally:
         shutil.rmtree(work, ignore_errors=True)
     summary.seconds = time.perf_counter() - t0

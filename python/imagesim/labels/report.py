@@ -64,6 +64,10 @@ def write_report(
     labels = read_labels(labels_path)
     if labels.table.height == 0:
         raise LabelInputError(f"{labels.path}: no chips to report on")
+    if not (labels.table["label_ids"].list.len() > 0).any():
+        raise LabelInputError(
+            f"{labels.path}: none of its {labels.table.height} chips has a label; nothing to report (see `imagesim labels build`'s summary)"
+        )
     out = Path(out_dir) if out_dir else labels.path.parent / LABELS_REPORT
     out.mkdir(parents=True, exist_ok=True)
     chips_root = Path(chips_dir) if chips_dir else Path(labels.meta.get("chips_dir") or labels.path.parent)

@@ -58,6 +58,10 @@ def split_labels(
     table = labels.table
     if table.height == 0:
         raise LabelInputError(f"{labels.path}: no labelled chips to split")
+    if not (table["label_ids"].list.len() > 0).any():
+        raise LabelInputError(
+            f"{labels.path}: none of its {table.height} chips has a label; nothing to split (see `imagesim labels build`'s summary)"
+        )
     zoom = int(table["quadkey"].str.len_chars().to_numpy().max())
     options.check_range("group_level", group_level, 1, zoom, what="the quadkey level of the groups (12: one ARD cell)")
     group = pl.concat_str(pl.col("zone").cast(pl.String), pl.lit("/"), pl.col("quadkey").str.slice(0, group_level))

@@ -55,6 +55,7 @@ class EncodeSummary:
     skipped: int = 0  # already encoded with this model
     excluded: int = 0  # no_data chips left out
     failed: list[tuple[str, str]] = field(default_factory=list)
+    not_files: list[tuple[str, str]] = field(default_factory=list)  # a directory where the chip file should be: skipped
     seconds: float = 0.0
 
     @property
@@ -62,9 +63,10 @@ class EncodeSummary:
         return self.encoded / self.seconds if self.seconds > 0 else 0.0
 
     def line(self) -> str:
+        dirs = f", {len(self.not_files)} skipped (a directory, not a chip file)" if self.not_files else ""
         return (
             f"encode: {self.encoded} chips encoded, {self.skipped} already done, {self.excluded} no_data left out, "
-            f"{len(self.failed)} failed; {self.rate:,.0f} chips/s on {self.provider} ({self.seconds:.1f} s)"
+            f"{len(self.failed)} failed{dirs}; {self.rate:,.0f} chips/s on {self.provider} ({self.seconds:.1f} s)"
         )
 
 
@@ -261,11 +263,10 @@ def run_encode(
             f"model {onnx_path.name} ({meta.get('backbone', '?')}, {size} px, id {mid})"
         )
 
-    chips = read_chip_table(chips_dir, settings.nodata_index)
+    chips = read_chip_table(chips_dir, settings.nodata_index, log=log)  # `path`: each chip file, relative to chips_dir
     if not settings.include_nodata:
         summary.excluded = int((chips["nodata_class"] == "no_data").sum())
         chips = chips.filter((pl.col("nodata_class") != "no_data").fill_null(True))
-    chips = chips.with_columns(pl.concat_str(pl.col("zone").cast(pl.String), pl.lit("/"), pl.col("chip")).alias("path"))
     done = _existing(out, mid, settings.overwrite)
     done_chips = set(pl.concat(done)["chip"].to_list()) if done else set()
     todo = chips.filter(~pl.col("chip").is_in(list(done_chips)))
@@ -328,7 +329,14 @@ def run_encode(
             errors, emb, logits = res["errors"], res["embedding"], res["logits"]
         ok = np.array([e is None for e in errors], dtype=bool)
         for i in np.flatnonzero(~ok):
-            summary.failed.append((todo["chip"][s + int(i)], str(errors[i])))
+            chip, path = todo["chip"][s + int(i)], paths[s + int(i)]
+            # A chip that does not decode is reported in the core's words (empty file, truncated JPEG,
+            # not a JPEG, unsupported colour space, corrupt JPEG data, greyscale, wrong chip size); a
+            # directory where the chip file should be is skipped, not failed (looked at only on failure).
+            if outcome.error is None and location(path).is_dir():
+                summary.not_files.append((chip, f"{path}: a directory named like a chip, not a chip file: skipped"))
+            else:
+                summary.failed.append((chip, str(errors[i])))
         if ok.any():
             rows = todo.slice(s, len(errors)).filter(pl.Series(ok))
             pending.append(_rows(meta, mid, rows, emb, logits))  # type: ignore[arg-type]
@@ -385,6 +393,7 @@ def run_encode(
                     "chips_per_s": summary.rate,
                 },
                 "failed": [{"chip": c, "error": e} for c, e in summary.failed],
+                "skipped_directories": [{"chip": c, "reason": r} for c, r in summary.not_files],
             },
         )
     return summary

@@ -11,7 +11,11 @@ similarity search; ``model.embed_and_logits(x)`` returns both (what the ONNX exp
 
 from __future__ import annotations
 
+import re
+import warnings
+import zipfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,6 +25,8 @@ from imagesim.errors import ImagesimFileNotFoundError, InvalidArgumentError
 
 BACKBONES = options.BACKBONES
 EMBEDDING_DIM = 512
+#: What a `weights` file must be, for error messages.
+BACKBONE_WEIGHTS = "backbone weights: a torchvision ResNet state dict saved with torch.save (.pth/.pt)"
 
 
 class MultilabelNet(nn.Module):
@@ -77,28 +83,100 @@ class MultilabelNet(nn.Module):
         return self
 
 
-def read_torch_file(path: str | Path, what: str, kind: str):
-    """``torch.load`` of a local file on the CPU, tensors and plain containers only (no pickled code);
-    a missing file or an unreadable one is a typed error naming ``what`` / ``kind``."""
+def read_torch_file(path: str | Path, what: str, expected: str) -> Any:
+    """``torch.load`` of a local file on the CPU, tensors and plain containers only (no pickled code).
+
+    The one guarded loader of imagesim's checkpoints and weights. A missing file is an
+    :class:`~imagesim.errors.ImagesimFileNotFoundError` naming ``what``; a file torch cannot load
+    (text, empty, a zip or pickle of something else, an ONNX model, a pickled whole model …) is one
+    :class:`~imagesim.errors.InvalidArgumentError` line: the file, what it looks like and what was
+    ``expected``, never torch's multi-line unpickling error.
+    """
     path = Path(path)
     if not path.is_file():
         raise ImagesimFileNotFoundError(f"{what} not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4 in the checkpoint": the error says it all
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise InvalidArgumentError(f"{path}: cannot read as a PyTorch {kind} ({exc})") from exc
+        raise InvalidArgumentError(f"{path}: not a PyTorch checkpoint ({_looks_like(path, exc)}); expected {expected}") from exc
+
+
+_TORCH_PICKLE_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."  # torch.save's legacy (pre-zip) format
+
+
+def _looks_like(path: Path, exc: Exception) -> str:
+    """What the file ``torch.load`` refused looks like, in a few words."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(4096)
+    except OSError as err:
+        return f"cannot read it: {err.strerror or err}"
+    if not head:
+        return "the file is empty"
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return "a damaged or truncated zip archive (an interrupted copy or download?)"
+        if not any(n.endswith("data.pkl") for n in names):
+            return f"a zip archive of {len(names)} files, not one written by torch.save"
+        return f"a PyTorch file it cannot load safely: {_torch_reason(exc)}"
+    if head.startswith(_TORCH_PICKLE_MAGIC):
+        return f"a PyTorch file in the legacy format it cannot load safely: {_torch_reason(exc)}"
+    if head[:1] == b"\x80":
+        return "a Python pickle, not a file written by torch.save"
+    if path.suffix.lower() == ".onnx" or _is_onnx(head):
+        return "an ONNX model: give it to `imagesim encode --onnx`"
+    text = _text(head)
+    if text is not None:
+        first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+        return f"a text file starting {first[:40]!r}" if first else "a text file of blank lines"
+    return f"unknown content starting {head[:8].hex(' ')}"
+
+
+def _torch_reason(exc: Exception) -> str:
+    """The one useful line of a ``torch.load`` error."""
+    message = str(exc)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message)
+    if found:
+        return f"it pickles Python objects ({found.group(1)}), not only tensors: save the model's state_dict() instead"
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    after = [lines[i + 1] for i, line in enumerate(lines[:-1]) if line.endswith("WeightsUnpickler error:")]
+    line = (after or lines or [type(exc).__name__])[0]
+    return line if len(line) <= 160 else line[:157] + "…"
+
+
+def _is_onnx(head: bytes) -> bool:
+    """An ONNX ModelProto starts with field 1 (``ir_version``, a small varint) and names its producer,
+    graph or opsets in the first bytes."""
+    return len(head) > 3 and head[0] == 0x08 and head[1] < 0x80 and head[2] in (0x12, 0x1A, 0x22, 0x2A, 0x3A, 0x42)
+
+
+def _text(head: bytes) -> str | None:
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if err.start < len(head) - 4:  # not just a character cut by the 4 KiB read
+            return None
+        text = head[: err.start].decode("utf-8")
+    return text if all(c.isprintable() or c in "\t\r\n\f" for c in text) else None
 
 
 def load_backbone_weights(model: MultilabelNet, path: str | Path) -> int:
     """Load a local torchvision ResNet state dict (``fc.*`` ignored; ``module.``/``backbone.`` prefixes
     and ``state_dict``/``model`` wrappers accepted). Returns the number of tensors loaded."""
     path = Path(path)
-    state = read_torch_file(path, "backbone weights", "state dict")
+    state = read_torch_file(path, "backbone weights", BACKBONE_WEIGHTS)
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict):
-        raise InvalidArgumentError(f"{path}: not a state dict")
+        raise InvalidArgumentError(
+            f"{path}: not a state dict (a PyTorch file holding a {type(state).__name__}); expected {BACKBONE_WEIGHTS}"
+        )
     clean = {}
     for k, v in state.items():
         for prefix in ("module.", "backbone."):

@@ -28,7 +28,7 @@ import numpy as np
 
 from imagesim import options
 from imagesim.artefacts import LAST_PT, METRICS_JSON, MODEL_PT, RUN_FILES, SPLIT_JSON, TRAINING_CURVES
-from imagesim.errors import ImagesimFileNotFoundError, InvalidArgumentError, OutputExistsError
+from imagesim.errors import ImagesimFileNotFoundError, InvalidArgumentError, LabelInputError, OutputExistsError
 from imagesim.fsutil import write_json, write_with
 
 RUN_MARKERS = RUN_FILES[:3]  # a folder with any of these holds a run (split.json alone: a run that never finished an epoch)
@@ -145,15 +145,32 @@ def _cpu_state(module) -> dict:
     return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
 
+#: What `load_checkpoint` expects, for error messages.
+IMAGESIM_CHECKPOINT = "an imagesim model: model.pt (or last.pt) written by `imagesim train`"
+
+
 def load_checkpoint(path: str | Path) -> dict:
-    """Read ``last.pt`` or ``model.pt`` (CPU tensors)."""
+    """Read ``last.pt`` or ``model.pt`` (CPU tensors); anything else is one clear error naming the file."""
     from imagesim.learn.model import read_torch_file
 
     path = Path(path)
-    ckpt = read_torch_file(path, "checkpoint", "checkpoint")
+    ckpt = read_torch_file(path, "checkpoint", IMAGESIM_CHECKPOINT)
     if not isinstance(ckpt, dict) or ckpt.get("format") not in (CHECKPOINT_FORMAT, MODEL_FORMAT):
-        raise InvalidArgumentError(f"{path}: not an imagesim checkpoint")
+        if isinstance(ckpt, dict) and ckpt and all(_is_tensor(v) for v in ckpt.values()):
+            what = f"a state dict of {len(ckpt)} tensors; backbone weights go to `imagesim train --weights`"
+        else:
+            what = f"a PyTorch file holding a {type(ckpt).__name__}" + (" without imagesim's format tag" if isinstance(ckpt, dict) else "")
+        raise InvalidArgumentError(f"{path}: not an imagesim checkpoint ({what}); expected {IMAGESIM_CHECKPOINT}")
+    config, classes, state = ckpt.get("config"), ckpt.get("classes"), ckpt.get("model")
+    if not (isinstance(config, dict) and "backbone" in config and isinstance(classes, list) and classes and isinstance(state, dict)):
+        raise InvalidArgumentError(f"{path}: damaged imagesim checkpoint (its config, classes or model weights are missing)")
     return ckpt
+
+
+def _is_tensor(value: Any) -> bool:
+    import torch
+
+    return bool(torch.is_tensor(value))
 
 
 def load_model(path: str | Path, device: str = "cpu"):
@@ -161,9 +178,14 @@ def load_model(path: str | Path, device: str = "cpu"):
     checkpoint dict gives ``classes``, ``thresholds``, ``config``, ``chip_size``, ``mean``/``std``."""
     from imagesim.learn.model import MultilabelNet
 
+    path = Path(path)
     ckpt = load_checkpoint(path)
-    model = MultilabelNet(ckpt["config"]["backbone"], len(ckpt["classes"]))
-    model.load_state_dict(ckpt["model"])
+    try:
+        model = MultilabelNet(ckpt["config"]["backbone"], len(ckpt["classes"]))
+        model.load_state_dict(ckpt["model"])
+    except (InvalidArgumentError, RuntimeError, KeyError, TypeError) as exc:  # unknown backbone, tensors of another shape
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InvalidArgumentError(f"{path}: damaged imagesim checkpoint: its weights do not fit its own config ({first})") from exc
     return model.to(device).eval(), ckpt
 
 
@@ -271,6 +293,12 @@ def run_train(
     log(f"{len(table)} chips, {len(table.classes)} classes; {split.train.size} train / {split.val.size} validation ({split.how})")
     y = table.targets
     y_train, y_val = y[split.train], y[split.val]
+    if not y_train.any():  # all-zero targets: the run would "train" to F1 0 and look like it worked
+        where = "chips" if not y.any() else f"training chips ({int(y_val.any(axis=1).sum())} labelled ones are all in validation)"
+        raise LabelInputError(
+            f"{config.labels}: none of the {len(split.train) if y.any() else len(table)} {where} has a label; nothing to learn "
+            "(see `imagesim labels build`'s summary: OSM data of the cells, the taxonomy, no-data chips)"
+        )
     baseline = frequency_baseline(y_train, y_val)
 
     device = torch_device(config.device)

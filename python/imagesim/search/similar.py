@@ -45,6 +45,13 @@ class SimilarResult:
     k: int
     exclude_same_cell: bool
     hits: list[Hit]
+    excluded: int = 0  # indexed chips left out: the examples' quadkeys (and cells, with exclude_same_cell)
+    indexed: int = 0  # chips in the index
+
+    @property
+    def nothing_found(self) -> bool:
+        """No result: every chip of the index is one of the examples' quadkeys (or cells)."""
+        return not self.hits
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -147,7 +154,7 @@ def similar(
                     list(rec["predicted"] or []),
                 )
             )
-    return SimilarResult(list(positives), negatives, k, exclude_same_cell, hits)
+    return SimilarResult(list(positives), negatives, k, exclude_same_cell, hits, int(excluded_np.sum()), index.n)
 
 
 def geojson(result: SimilarResult) -> dict[str, Any]:

@@ -5,14 +5,19 @@
 //! work than a full decode), then resized to `size × size` with an antialiased bilinear filter
 //! (SIMD, `fast_image_resize`; the same filter as Pillow's `BILINEAR`). Rows go straight into the
 //! batch slot of that image (NHWC, RGB, u8), so the buffer can be reused batch after batch.
+//!
+//! The model takes RGB chips of one ground size: a file named like a chip whose pixel size is not
+//! its zoom's, or a greyscale one, is refused (its slot zeroed) rather than resized or converted
+//! silently; every refusal and decode failure is reported in [`jpeg::Problem`]'s words.
 use std::cell::RefCell;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use fast_image_resize as fr;
 use rayon::prelude::*;
 use turbojpeg::{Decompressor, Image, PixelFormat, ScalingFactor};
 
 use crate::error::{Error, Result};
+use crate::jpeg::{self, Problem};
 use crate::store;
 
 thread_local! {
@@ -36,12 +41,14 @@ pub fn dct_scale(w: usize, h: usize, size: usize) -> ScalingFactor {
 }
 
 /// Decode `data` and resize it into `out` (`size * size * 3` bytes, RGB). `scratch` holds the
-/// scaled decode between calls.
+/// scaled decode between calls. `chip`: the (zoom, side) the image must have (a chip's size);
+/// `None` accepts any size. Greyscale and CMYK images are refused.
 pub fn decode_resize_into(
     data: &[u8],
     size: usize,
     out: &mut [u8],
     scratch: &mut Vec<u8>,
+    chip: Option<(u8, usize)>,
 ) -> std::result::Result<(), String> {
     if out.len() != size * size * 3 {
         return Err(format!(
@@ -60,11 +67,15 @@ pub fn decode_resize_into(
             data,
             size,
             scratch,
+            chip,
         );
         if result.is_err() {
             *slot = None; // a handle that failed mid-stream can carry its state into the next image
         }
-        result
+        result.map_err(|p| match p {
+            Problem::Greyscale => format!("{p}: encode takes RGB chips"),
+            p => p.to_string(),
+        })
     })?;
     if w == size && h == size {
         out.copy_from_slice(&scratch[..size * size * 3]);
@@ -87,24 +98,54 @@ pub fn decode_resize_into(
     })
 }
 
-/// Decode at the DCT scale [`dct_scale`] picks into `scratch`; returns the decoded size.
+/// Decode at the DCT scale [`dct_scale`] picks into `scratch`; returns the decoded size. Failures
+/// are classified (see [`jpeg::classify`]) only once libjpeg-turbo has refused the stream.
 fn decode_scaled(
     d: &mut Decompressor,
     data: &[u8],
     size: usize,
     scratch: &mut Vec<u8>,
-) -> std::result::Result<(usize, usize), String> {
+    chip: Option<(u8, usize)>,
+) -> std::result::Result<(usize, usize), Problem> {
     let header = d
         .read_header(data)
-        .map_err(|e| format!("not a readable JPEG: {e}"))?;
+        .map_err(|e| jpeg::classify(data, &e.to_string()))?;
     if header.width == 0
         || header.height == 0
         || header.width.saturating_mul(header.height) > MAX_PIXELS
     {
-        return Err(format!("JPEG claims {}x{} px", header.width, header.height));
+        return Err(Problem::Corrupt(format!(
+            "the header claims {}×{} px",
+            header.width, header.height
+        )));
+    }
+    match header.colorspace {
+        turbojpeg::Colorspace::CMYK => {
+            return Err(Problem::UnsupportedColour(
+                "CMYK JPEG (4 components)".into(),
+            ))
+        }
+        turbojpeg::Colorspace::YCCK => {
+            return Err(Problem::UnsupportedColour(
+                "YCCK JPEG (4 components)".into(),
+            ))
+        }
+        turbojpeg::Colorspace::Gray => return Err(Problem::Greyscale),
+        _ => {}
+    }
+    if let Some((zoom, side)) = chip {
+        if header.width != side || header.height != side {
+            return Err(Problem::WrongSize {
+                zoom,
+                expected: side,
+                width: header.width,
+                height: header.height,
+            });
+        }
     }
     let factor = dct_scale(header.width, header.height, size);
-    d.set_scaling_factor(factor).map_err(|e| e.to_string())?;
+    d.set_scaling_factor(factor)
+        .map_err(|e| Problem::Corrupt(e.to_string()))?;
     let (w, h) = (factor.scale(header.width), factor.scale(header.height));
     scratch.resize(w * h * 3, 0);
     let image = Image {
@@ -115,13 +156,14 @@ fn decode_scaled(
         format: PixelFormat::RGB,
     };
     d.decompress(data, image)
-        .map_err(|e| format!("corrupt JPEG: {e}"))?;
+        .map_err(|e| jpeg::classify(data, &e.to_string()))?;
     Ok((w, h))
 }
 
 /// Decode and resize every file into its slot of `out` (`paths.len() * size * size * 3` bytes,
 /// NHWC), in parallel on the current rayon pool. Per-file failures come back as `Err(message)`
-/// (their slot is zeroed); the rest of the batch is unaffected.
+/// (their slot is zeroed); the rest of the batch is unaffected. A file named like a chip must have
+/// its zoom's size (see [`jpeg::expected_chip_side`]).
 pub fn decode_batch(
     paths: &[PathBuf],
     size: usize,
@@ -161,17 +203,26 @@ pub fn decode_batch(
                 None => std::fs::read(path).map(bytes::Bytes::from),
             };
             let result = data
-                .map_err(|e| format!("{}: {e}", path.display()))
-                .and_then(|data| {
-                    decode_resize_into(&data, size, dst, scratch)
-                        .map_err(|e| format!("{}: {e}", path.display()))
-                });
+                .map_err(|e| jpeg::read_failure(path, e))
+                .and_then(|data| decode_file(path, &data, size, dst, scratch));
             if result.is_err() {
                 dst.fill(0);
             }
             result
         })
         .collect())
+}
+
+/// One file of a batch into its slot; failures name the file.
+fn decode_file(
+    path: &Path,
+    data: &[u8],
+    size: usize,
+    dst: &mut [u8],
+    scratch: &mut Vec<u8>,
+) -> std::result::Result<(), String> {
+    decode_resize_into(data, size, dst, scratch, jpeg::expected_chip_side(path))
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 #[cfg(test)]
@@ -197,11 +248,11 @@ mod tests {
         let mut scratch = Vec::new();
         let mut out = vec![0u8; 64 * 64 * 3];
         let mut expected = vec![0u8; 64 * 64 * 3];
-        decode_resize_into(&good, 64, &mut expected, &mut scratch).unwrap();
+        decode_resize_into(&good, 64, &mut expected, &mut scratch, None).unwrap();
         for cut in (100..1200).step_by(25).chain([good.len() / 2]) {
-            let _ = decode_resize_into(&good[..cut], 64, &mut out, &mut scratch);
+            let _ = decode_resize_into(&good[..cut], 64, &mut out, &mut scratch, None);
             out.fill(0);
-            decode_resize_into(&good, 64, &mut out, &mut scratch).unwrap();
+            decode_resize_into(&good, 64, &mut out, &mut scratch, None).unwrap();
             assert_eq!(out, expected, "after a stream cut at {cut} bytes");
         }
     }

@@ -198,6 +198,9 @@ struct CogChipper<'a> {
     empty_chip: std::sync::OnceLock<std::result::Result<Vec<u8>, String>>,
     /// Chips on their way to an object store (`None`: written to a local folder).
     uploads: Option<store::Uploads>,
+    /// The first problem of the whole COG a chip ran into (see [`Error::is_whole_image`]): the
+    /// remaining chips are not tried and the COG fails with this one error.
+    whole_cog: std::sync::OnceLock<Error>,
 }
 
 impl CogChipper<'_> {
@@ -242,7 +245,7 @@ impl CogChipper<'_> {
                 jpeg::encode_rgb(&vec![fill; n * n * 3], n, n, n * 3, self.opts.quality)
             })
             .clone()
-            .map_err(|e| Error::jpeg(self.cog.path(), e))
+            .map_err(|e| Error::jpeg(self.cog.path(), format!("JPEG encoding failed: {e}")))
     }
 
     /// The chip is exactly one JPEG tile: decode (and maybe copy) that tile alone.
@@ -277,9 +280,17 @@ impl CogChipper<'_> {
                 encoding: Encoding::Reencoded,
             });
         };
+        // Where the tile is, in the words of `Cog` reads (built only when a tile fails).
+        let at = |e: Error| match e {
+            Error::CorruptTiff { path, msg } => Error::CorruptTiff {
+                path,
+                msg: format!("{}: {msg}", l.chunk_label(0, l.chunk_index(cx, cy))),
+            },
+            e => e,
+        };
         let passthrough = self.opts.passthrough && l.photometric == photometric::YCBCR;
         let stream = jpeg::tiff_tile_to_jpeg(l.jpeg_tables.as_deref(), &raw, passthrough)
-            .map_err(|e| Error::corrupt(path, format!("tile ({cx}, {cy}): {e}")))?;
+            .map_err(|p| at(Error::corrupt(path, p.to_string())))?;
         if passthrough && write && !self.opts.measure {
             return Ok(Cut {
                 nodata_pixels: None,
@@ -287,15 +298,15 @@ impl CogChipper<'_> {
                 encoding: Encoding::Passthrough,
             });
         }
-        let corrupt = |e: String| Error::corrupt(path, format!("JPEG tile ({cx}, {cy}): {e}"));
+        let corrupt = |p: jpeg::Problem| at(l.jpeg_tile_error(path, p));
         let (tw, th) = (l.chunk_width as usize, l.chunk_height as usize);
         // One YUV decode serves both the measurement and (when re-encoding) the encoder.
         jpeg::decode_yuv_into(&stream, &mut scratch.yuv).map_err(corrupt)?;
         if scratch.yuv.width != tw || scratch.yuv.height != th {
-            return Err(corrupt(format!(
-                "decodes to {}x{} px, expected {tw}x{th}",
+            return Err(corrupt(jpeg::Problem::Corrupt(format!(
+                "the tile decodes to {}×{} px, expected {tw}×{th}",
                 scratch.yuv.width, scratch.yuv.height
-            )));
+            ))));
         }
         let nodata = count_decoded(
             &stream,
@@ -318,8 +329,8 @@ impl CogChipper<'_> {
                 encoding: Encoding::Passthrough,
             });
         }
-        let jpeg =
-            jpeg::encode_yuv(&scratch.yuv, self.opts.quality).map_err(|e| Error::jpeg(path, e))?;
+        let jpeg = jpeg::encode_yuv(&scratch.yuv, self.opts.quality)
+            .map_err(|e| Error::jpeg(path, format!("JPEG encoding failed: {e}")))?;
         Ok(Cut {
             nodata_pixels: Some(nodata),
             jpeg: Some(jpeg),
@@ -363,8 +374,9 @@ impl CogChipper<'_> {
             .sum();
         let jpeg = if write {
             Some(
-                jpeg::encode_rgb(data, w, h, data_pitch, self.opts.quality)
-                    .map_err(|e| Error::jpeg(self.cog.path(), e))?,
+                jpeg::encode_rgb(data, w, h, data_pitch, self.opts.quality).map_err(|e| {
+                    Error::jpeg(self.cog.path(), format!("JPEG encoding failed: {e}"))
+                })?,
             )
         } else {
             None
@@ -409,8 +421,9 @@ struct ChipTask {
     exists: bool,
 }
 
-/// Chip one cell COG. COG-level problems (unreadable file, wrong georeferencing) are an `Err`;
-/// chip-level problems (a corrupt tile) become `Failed` records and the rest goes on.
+/// Chip one cell COG. COG-level problems (unreadable file, wrong georeferencing, a codec, tile
+/// size or JPEG tables we cannot decode — found up front or at the first tile that shows them)
+/// are one `Err`; chip-level problems (a corrupt tile) become `Failed` records and the rest goes on.
 /// `known` holds chip names the caller has records for: existing files among them are skipped
 /// without reading. `progress` is incremented once per chip finished.
 pub fn chip_cog(
@@ -440,6 +453,8 @@ pub fn chip_cog(
     }
     let cog = Cog::open(&job.cog_path)?;
     validate_ard_cog(&cog, job.zone, &cell)?;
+    // Codec, tile size and JPEG tables: a problem there is the COG's, reported once.
+    cog.check_level(0)?;
     let remote = store::is_url(&job.out_dir);
     let listed;
     let existing = match (&job.existing, remote) {
@@ -479,6 +494,7 @@ pub fn chip_cog(
         opts,
         empty_chip: std::sync::OnceLock::new(),
         uploads: remote.then(store::Uploads::default),
+        whole_cog: std::sync::OnceLock::new(),
     };
     let size = tasks[0].window.width;
     let level = chipper.level().clone();
@@ -529,6 +545,9 @@ pub fn chip_cog(
             ));
         }
     }
+    if let Some(e) = chipper.whole_cog.into_inner() {
+        return Err(e);
+    }
     Ok(records)
 }
 
@@ -566,6 +585,10 @@ impl CogChipper<'_> {
         let mut rec = self.record(task, ChipStatus::Failed);
         let cut = match cut {
             Ok(cut) => cut,
+            Err(e) if e.is_whole_image() => {
+                let _ = self.whole_cog.set(e);
+                return rec; // dropped: the COG fails as a whole
+            }
             Err(e) => {
                 rec.error = Some(e.to_string());
                 return rec;
@@ -616,6 +639,9 @@ impl CogChipper<'_> {
         if task.exists && known.contains(&task.name) {
             return self.record(task, ChipStatus::Skipped);
         }
+        if self.whole_cog.get().is_some() {
+            return self.record(task, ChipStatus::Failed); // dropped: the COG fails as a whole
+        }
         let write = !task.exists;
         let w = task.window;
         let whole_tile = self.jpeg_tiles()
@@ -654,10 +680,16 @@ impl CogChipper<'_> {
             .iter()
             .filter(|t| !(t.exists && known.contains(&t.name)))
             .collect();
-        let decoded = if todo.is_empty() {
+        let decoded = if todo.is_empty() || self.whole_cog.get().is_some() {
             None
         } else {
-            Some(self.cog.decode_chunk_u8(0, cx, cy))
+            match self.cog.decode_chunk_u8(0, cx, cy) {
+                Err(e) if e.is_whole_image() => {
+                    let _ = self.whole_cog.set(e);
+                    None
+                }
+                d => Some(d),
+            }
         };
         let l = self.level();
         let bands = usize::from(l.bands);
@@ -669,9 +701,15 @@ impl CogChipper<'_> {
                 if task.exists && known.contains(&task.name) {
                     return self.record(task, ChipStatus::Skipped);
                 }
-                let cut = match decoded.as_ref().expect("decoded when any chip is to do") {
-                    Err(e) => Err(Error::corrupt(self.cog.path(), e.to_string())),
-                    Ok(px) => {
+                let cut = match decoded.as_ref() {
+                    // The COG fails as a whole: this record is dropped.
+                    None => return self.record(task, ChipStatus::Failed),
+                    Some(Err(e)) => {
+                        let mut rec = self.record(task, ChipStatus::Failed);
+                        rec.error = Some(e.to_string());
+                        return rec;
+                    }
+                    Some(Ok(px)) => {
                         let w = task.window;
                         let x = (w.col_off - cx * l.chunk_width) as usize;
                         let y = (w.row_off - cy * l.chunk_height) as usize;
@@ -688,5 +726,30 @@ impl CogChipper<'_> {
                 self.finish(task, cut)
             })
             .collect()
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// Chips get the mode an ordinary file gets (0o666 less the umask), like the Python side's
+    /// artefacts (`fsutil.file_mode`): readable by others under umask 022.
+    #[test]
+    fn write_atomic_follows_the_umask() {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let umask = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Umask:"))
+            .map(|v| u32::from_str_radix(v.trim(), 8).unwrap())
+            .expect("Umask: in /proc/self/status");
+        let dir = std::env::temp_dir().join(format!("imagesim-chip-mode-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("Z7-12002022303213012_ABC.jpg");
+        write_atomic(&path, b"jpeg").unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(mode, 0o666 & !umask);
     }
 }

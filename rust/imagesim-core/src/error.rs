@@ -29,6 +29,12 @@ pub enum Error {
     #[error("{path}: corrupt TIFF: {msg}")]
     CorruptTiff { path: PathBuf, msg: String },
 
+    /// A problem of a whole image found while decoding one of its tiles, true of every tile
+    /// (zeroed JPEGTables, JPEG tiles without the tables they need): `chip` fails the COG once
+    /// instead of every chip.
+    #[error("{path}: corrupt TIFF: {msg}")]
+    CorruptCog { path: PathBuf, msg: String },
+
     /// A valid TIFF that uses something we do not read (sample format, compression, layout).
     #[error("{path}: unsupported TIFF: {msg}")]
     UnsupportedTiff { path: PathBuf, msg: String },
@@ -41,8 +47,9 @@ pub enum Error {
     #[error("{path}: {msg}")]
     Window { path: PathBuf, msg: String },
 
-    /// JPEG encode/decode failure.
-    #[error("{path}: JPEG error: {msg}")]
+    /// JPEG encode failure, or a chip file that does not decode (`msg` is a
+    /// [`crate::jpeg::Problem`]: empty file, truncated JPEG, not a JPEG, …).
+    #[error("{path}: {msg}")]
     Jpeg { path: PathBuf, msg: String },
 
     /// A caller supplied an invalid option value.
@@ -76,6 +83,19 @@ impl Error {
             path: path.as_ref().to_path_buf(),
             msg: msg.into(),
         }
+    }
+    pub fn corrupt_cog(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
+        Error::CorruptCog {
+            path: path.as_ref().to_path_buf(),
+            msg: msg.into(),
+        }
+    }
+    /// True of the whole image, not one tile: a COG whose chips would all fail this way fails once.
+    pub fn is_whole_image(&self) -> bool {
+        matches!(
+            self,
+            Error::CorruptCog { .. } | Error::UnsupportedTiff { .. }
+        )
     }
     pub fn unsupported(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
         Error::UnsupportedTiff {

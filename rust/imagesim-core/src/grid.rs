@@ -316,13 +316,41 @@ fn check_catalog_id(catalog_id: &str) -> Result<()> {
 }
 
 /// Find the `-visual.tif` a chip was cut from: `<root>/<zone>/<qk12>/<date>/<catid>-visual.tif`.
-/// Zone folders may be written with or without a leading zero.
-pub fn cog_path_from_chip(chip_name: &str, ard_root: &Path) -> Result<PathBuf> {
-    let chip = ChipName::parse(chip_name)?;
-    let file = format!("{}-visual.tif", chip.catalog_id);
-    let zone_dirs = [chip.zone.to_string(), format!("{:02}", chip.zone)];
-    for zone_dir in zone_dirs.iter().collect::<std::collections::BTreeSet<_>>() {
-        let cell_dir = ard_root.join(zone_dir).join(chip.cell_quadkey());
+///
+/// `chip` is a chip file name (`Z33-…_<catid>.jpg`), the same without `.jpg`, or a path to a chip
+/// (`/x/chips/33/Z33-…_<catid>.jpg`: only its file name counts). `ard_root` is the delivery root or
+/// one zone's folder of it (`ard/33`, as the original tool took it): a root whose own name is the
+/// chip's zone is searched as that zone folder too. Zone folders may be written with or without a
+/// leading zero.
+pub fn cog_path_from_chip(chip: &str, ard_root: &Path) -> Result<PathBuf> {
+    let name = Path::new(chip)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or(chip);
+    // A catalog id holds no '.', so a name without one is a chip name without its `.jpg`.
+    let name = if name.contains('.') {
+        name.to_string()
+    } else {
+        format!("{name}.jpg")
+    };
+    let parsed = ChipName::parse(&name)?;
+    let file = format!("{}-visual.tif", parsed.catalog_id);
+    let zone_names = [parsed.zone.to_string(), format!("{:02}", parsed.zone)];
+    let mut zone_dirs: Vec<PathBuf> = zone_names
+        .iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .map(|z| ard_root.join(z))
+        .collect();
+    let root_is_zone = ard_root
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| zone_names.iter().any(|z| z == n));
+    if root_is_zone {
+        zone_dirs.push(ard_root.to_path_buf());
+    }
+    for zone_dir in zone_dirs {
+        let cell_dir = zone_dir.join(parsed.cell_quadkey());
         let Ok(entries) = std::fs::read_dir(&cell_dir) else {
             continue;
         };
@@ -340,13 +368,17 @@ pub fn cog_path_from_chip(chip_name: &str, ard_root: &Path) -> Result<PathBuf> {
             return Ok(found);
         }
     }
+    let zone_dir = if root_is_zone {
+        ard_root.to_path_buf()
+    } else {
+        ard_root.join(parsed.zone.to_string())
+    };
     Err(Error::NotFound {
-        path: ard_root
-            .join(chip.zone.to_string())
-            .join(chip.cell_quadkey())
+        path: zone_dir
+            .join(parsed.cell_quadkey())
             .join("<date>")
             .join(file),
-        msg: format!("no COG found for chip {chip_name}"),
+        msg: format!("no COG found for chip {chip}"),
     })
 }
 
@@ -507,6 +539,33 @@ mod tests {
         }
     }
 
+    /// Names, zones and quadkeys take ASCII digits only: `char::is_numeric` (and Python's `\d`)
+    /// would also take full-width "１０", Arabic-Indic "١٠", Devanagari "१०" or superscript "²".
+    #[test]
+    fn non_ascii_digits_are_rejected() {
+        for bad in [
+            "Z１０-12002022303213012_A.jpg",
+            "Z١٠-12002022303213012_A.jpg",
+            "Z१०-12002022303213012_A.jpg",
+            "Z1²-12002022303213012_A.jpg",
+            "Z²-12002022303213012_A.jpg",
+            "Z1０-12002022303213012_A.jpg",
+            "Z+7-12002022303213012_A.jpg",
+            "Z10-1200202230321301２_A.jpg",
+            "Z10-١٢٠٠٢٠٢٢٣٠٣٢١٣٠١٢_A.jpg",
+            "Z10-12002022303213012_A１.jpg",
+            "Z10-12002022303213012_Aé.jpg",
+        ] {
+            let err = ChipName::parse(bad).unwrap_err();
+            assert!(matches!(err, Error::Grid(_)), "{bad}: {err}");
+        }
+        for bad in ["１２", "١٢", "1²", "12\u{0663}", "１２００２０２２３０３２"] {
+            assert!(Tile::from_quadkey(bad).is_err(), "{bad}");
+        }
+        assert!(ChipName::new(10, "120020223032", "AB١").is_err());
+        assert!(ChipName::parse("Z10-12002022303213012_AB-1.jpg").is_ok());
+    }
+
     #[test]
     fn finds_cog_for_chip() {
         let root = std::env::temp_dir().join(format!("imagesim-grid-{}", std::process::id()));
@@ -517,6 +576,27 @@ mod tests {
         assert_eq!(p, date.join("ABC-visual.tif"));
         let err = cog_path_from_chip("Z7-12002022303213012_DEF.jpg", &root).unwrap_err();
         assert!(matches!(err, Error::NotFound { .. }));
+        // A chip path, a name without `.jpg`, and the zone folder as the root.
+        let want = Some(date.join("ABC-visual.tif"));
+        for chip in [
+            "/x/chips/7/Z7-12002022303213012_ABC.jpg",
+            "chips/Z7-12002022303213012_ABC.jpg",
+            "Z7-12002022303213012_ABC",
+        ] {
+            assert_eq!(cog_path_from_chip(chip, &root).ok(), want, "{chip}");
+            assert_eq!(
+                cog_path_from_chip(chip, &root.join("7")).ok(),
+                want,
+                "{chip} in the zone folder"
+            );
+        }
+        // A zone folder of another zone is not searched as this chip's zone.
+        let err = cog_path_from_chip("Z8-12002022303213012_ABC.jpg", &root.join("7")).unwrap_err();
+        assert!(matches!(err, Error::NotFound { .. }));
+        assert!(matches!(
+            cog_path_from_chip("Z7-12002022303213012_ABC.png", &root),
+            Err(Error::Grid(_))
+        ));
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -44,7 +44,7 @@ pub fn count_decoded(
     yuv: &jpeg::Yuv,
     threshold: u8,
     rgb: &mut Vec<u8>,
-) -> Result<u64, String> {
+) -> Result<u64, jpeg::Problem> {
     if !luma_may_hold_nodata(yuv.luma_min(), threshold) {
         return Ok(0);
     }
@@ -181,11 +181,14 @@ fn upsample_h2v2(plane: &[u8], cw: usize, ch: usize, x: usize, y: usize) -> u8 {
 }
 
 /// What measuring one JPEG found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JpegCount {
     pub width: u32,
     pub height: u32,
     pub nodata_pixels: u64,
+    /// Measured exactly, but worth a word: a greyscale chip, a chip whose size is not its
+    /// zoom's (see [`jpeg::Problem`]); several are joined with "; ".
+    pub note: Option<String>,
 }
 
 impl JpegCount {
@@ -198,30 +201,56 @@ impl JpegCount {
 const MAX_SIDE: usize = 16_384;
 
 /// Exact no-data count of a whole JPEG (see [`count_decoded`]); grayscale JPEGs are counted on
-/// their single band.
+/// their single band (and noted). CMYK/YCCK and broken streams are a [`jpeg::Problem`].
 pub fn count_in_jpeg(
     stream: &[u8],
     threshold: u8,
     scratch: &mut Scratch,
-) -> Result<JpegCount, String> {
+) -> Result<JpegCount, jpeg::Problem> {
     let header = jpeg::read_header(stream)?;
     let (w, h) = (header.width, header.height);
     if w > MAX_SIDE || h > MAX_SIDE {
-        return Err(format!("JPEG is {w}x{h} px, larger than any chip"));
+        return Err(jpeg::Problem::Corrupt(format!(
+            "the header says {w}×{h} px, larger than any chip ({MAX_SIDE}×{MAX_SIDE})"
+        )));
     }
-    let nodata = if header.components == 1 {
+    if let Some(p) = jpeg::colour_problem(&header, stream) {
+        return Err(p);
+    }
+    let (nodata, note) = if header.components == 1 {
         scratch.gray.resize(w * h, 0);
         jpeg::decode_into(stream, PixelFormat::GRAY, w, h, &mut scratch.gray)?;
-        scratch.gray.iter().filter(|&&v| v <= threshold).count() as u64
+        let n = scratch.gray.iter().filter(|&&v| v <= threshold).count() as u64;
+        (n, Some(jpeg::Problem::Greyscale.to_string()))
     } else {
         jpeg::decode_yuv_into(stream, &mut scratch.yuv)?;
-        count_decoded(stream, &scratch.yuv, threshold, &mut scratch.rgb)?
+        let n = count_decoded(stream, &scratch.yuv, threshold, &mut scratch.rgb)?;
+        (n, None)
     };
     Ok(JpegCount {
         width: w as u32,
         height: h as u32,
         nodata_pixels: nodata,
+        note,
     })
+}
+
+/// [`count_in_jpeg`] of the chip file `path`: problems name the file, and a chip whose size is not
+/// its zoom's is noted (it is still measured exactly).
+pub fn count_in_chip(
+    path: &Path,
+    stream: &[u8],
+    threshold: u8,
+    scratch: &mut Scratch,
+) -> Result<JpegCount, String> {
+    let mut count = count_in_jpeg(stream, threshold, scratch).map_err(|p| p.for_file(path))?;
+    if let Some(p) = jpeg::chip_size_problem(path, count.width as usize, count.height as usize) {
+        count.note = Some(match count.note.take() {
+            Some(n) => format!("{n}; {p}"),
+            None => p.to_string(),
+        });
+    }
+    Ok(count)
 }
 
 /// Measure JPEG files in parallel on the current rayon pool; one result per path, in order.
@@ -255,11 +284,8 @@ pub fn scan_jpeg_files(
             Scratch::default,
             |scratch, (path, bytes)| {
                 let result = bytes
-                    .map_err(|e| format!("{}: {e}", path.display()))
-                    .and_then(|b| {
-                        count_in_jpeg(&b, threshold, scratch)
-                            .map_err(|e| format!("{}: {e}", path.display()))
-                    });
+                    .map_err(|e| jpeg::read_failure(path, e))
+                    .and_then(|b| count_in_chip(path, &b, threshold, scratch));
                 progress.fetch_add(1, Ordering::Relaxed);
                 result
             },
@@ -272,8 +298,8 @@ pub fn scan_jpeg_files(
 const FETCH_WINDOW: usize = 256;
 
 fn measure_file(path: &Path, threshold: u8, scratch: &mut Scratch) -> Result<JpegCount, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    count_in_jpeg(&bytes, threshold, scratch).map_err(|e| format!("{}: {e}", path.display()))
+    let bytes = std::fs::read(path).map_err(|e| jpeg::read_failure(path, e))?;
+    count_in_chip(path, &bytes, threshold, scratch)
 }
 
 #[cfg(test)]

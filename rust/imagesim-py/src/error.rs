@@ -21,7 +21,7 @@ pub fn to_py(err: Error) -> PyErr {
         Error::NotFound { .. } => ImagesimFileNotFoundError::new_err(msg),
         Error::Io { .. } => ImagesimIOError::new_err(msg),
         Error::PermissionDenied { .. } => ImagesimPermissionError::new_err(msg),
-        Error::CorruptTiff { .. } => CorruptTiffError::new_err(msg),
+        Error::CorruptTiff { .. } | Error::CorruptCog { .. } => CorruptTiffError::new_err(msg),
         Error::UnsupportedTiff { .. } => UnsupportedTiffError::new_err(msg),
         Error::Georeference { .. } => GeoreferenceError::new_err(msg),
         Error::Window { .. } => WindowError::new_err(msg),

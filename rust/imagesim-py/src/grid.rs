@@ -64,9 +64,13 @@ fn parse_chip_name(name: &str) -> PyResult<(u8, String, String)> {
     Ok((c.zone, c.quadkey, c.catalog_id))
 }
 
+/// The `-visual.tif` a chip was cut from; `chip` is a chip name (`.jpg` optional) or a chip's path,
+/// `ard_root` the delivery or one zone folder of it.
 #[pyfunction]
-fn cog_path_from_chip(py: Python<'_>, chip_name: String, ard_root: PathBuf) -> PyResult<PathBuf> {
-    detached(py, move || grid::cog_path_from_chip(&chip_name, &ard_root))
+fn cog_path_from_chip(py: Python<'_>, chip: PathBuf, ard_root: PathBuf) -> PyResult<PathBuf> {
+    detached(py, move || {
+        grid::cog_path_from_chip(&chip.to_string_lossy(), &ard_root)
+    })
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

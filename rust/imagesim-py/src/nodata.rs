@@ -10,7 +10,8 @@ use crate::chip::Progress;
 use crate::release::detached;
 
 /// Count no-data pixels in each JPEG; returns columns `width`, `height`, `nodata_pixels`
-/// (None where the file failed) and `error`.
+/// (None where the file failed), `note` (measured, but greyscale or not its chip name's size)
+/// and `error` (`"<file>: <problem>"` in `imagesim_core::jpeg::Problem`'s words).
 #[pyfunction]
 #[pyo3(signature = (paths, *, threshold=0, threads=0, progress=None))]
 fn scan_jpeg_files<'py>(
@@ -46,6 +47,13 @@ fn scan_jpeg_files<'py>(
         results
             .iter()
             .map(|r| r.as_ref().ok().map(|c| c.nodata_pixels))
+            .collect::<Vec<_>>(),
+    )?;
+    out.set_item(
+        "note",
+        results
+            .iter()
+            .map(|r| r.as_ref().ok().and_then(|c| c.note.as_deref()))
             .collect::<Vec<_>>(),
     )?;
     out.set_item(

@@ -19,7 +19,7 @@ import numpy as np
 
 from imagesim import grid
 from imagesim.errors import SampleDataError
-from imagesim.fsutil import atomic_path
+from imagesim.fsutil import atomic_path, publish
 from imagesim.imagery.sample.acquisitions import CELLS, ZONE, Acquisition
 from imagesim.imagery.sample.render import OVERVIEW_LEVELS, WindowRenderer, overviews
 from imagesim.imagery.sample.scene import Scene
@@ -81,7 +81,7 @@ def write_cog(path: Path, scene: Scene, acq: Acquisition, valid_geom, seed: int,
             if out is None:
                 raise SampleDataError(f"GDAL could not write {path}")
             out = None
-            _publish(tmp, path)
+            publish(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
         src = None
@@ -112,7 +112,7 @@ def write_mask(path: Path, valid_geom, cell: str) -> None:
         feat.SetGeometry(geom)
         lyr.CreateFeature(feat)
         ds = None
-        _publish(tmp, path)
+        publish(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -121,19 +121,6 @@ def write_json(path: Path, data: object) -> None:
     """Write ``data`` as indented JSON to ``path`` (atomically)."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
-        os.chmod(tmp, 0o666 & ~_umask())
-
-
-def _umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
-
-
-def _publish(tmp: Path, path: Path) -> None:
-    """Give a finished temporary file ordinary permissions (mkstemp makes it 0600) and move it in place."""
-    os.chmod(tmp, 0o666 & ~_umask())
-    os.replace(tmp, path)
 
 
 def _to_wgs84(epsg: int):
@@ -263,7 +250,7 @@ def write_osm(path: Path, scene: Scene) -> int:
                     writer.add_relation(Relation(id=rid, members=members, tags=tags, **attrs))
             finally:
                 writer.close()
-            _publish(final, tmp)
+            publish(final, tmp)
         finally:
             final.unlink(missing_ok=True)
     return len(nodes) + len(ways) + len(rels)

@@ -35,8 +35,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from imagesim import grid, options
-from imagesim.errors import ImagesimError
-from imagesim.search.serve.tiles import MAX_ZOOM, Catalog, TileRenderer, Transformers, check_render_settings, check_tile
+from imagesim.errors import GridError, ImagesimError
+from imagesim.search.serve.tiles import (
+    MAX_ZOOM,
+    Catalog,
+    ImageryUnavailableError,
+    TileRenderer,
+    Transformers,
+    check_render_settings,
+    check_tile,
+)
 
 log = logging.getLogger("imagesim.search.serve")
 
@@ -46,9 +54,10 @@ CHIPS_LIMIT_DEFAULT = 2000
 CHIPS_LIMIT_MAX = 5000
 THUMB_DEFAULT = 160
 THUMB_CACHE = 1024
-CHIP_RE = re.compile(r"^Z(\d{1,2})-([0-3]{12,24})_([A-Za-z0-9-]{1,64})(\.jpg)?$")
-QUADKEY_RE = re.compile(r"^[0-3]{12,24}$")
-CATALOG_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+# ASCII only (``[0-9]``, never ``\d``, which also takes "１０" or "١٠"); ``\Z``, not ``$``, which passes a trailing newline
+CHIP_RE = re.compile(r"^Z([0-9]{1,2})-([0-3]{12,24})_([A-Za-z0-9-]{1,64})(\.jpg)?\Z", re.ASCII)
+QUADKEY_RE = re.compile(r"^[0-3]{12,24}\Z", re.ASCII)
+CATALOG_RE = re.compile(r"^[A-Za-z0-9-]{1,64}\Z", re.ASCII)
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -258,6 +267,11 @@ def create_app(
         problems = [f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'request'}: {e.get('msg', 'invalid')}" for e in exc.errors()]
         return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
 
+    @app.exception_handler(GridError)
+    async def grid_error(request: Request, exc: GridError) -> JSONResponse:
+        # a chip name, quadkey or zone of the request that the grid refuses (the message quotes the input only)
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
         log.exception("error serving %s", request.url.path)
@@ -293,7 +307,13 @@ def create_app(
         headers = {"Cache-Control": "public, max-age=3600"}
         if z < renderer.minzoom:
             return Response(status_code=204, headers=headers)
-        data = renderer.render(z, x, y, fmt, acq)
+        try:
+            data = renderer.render(z, x, y, fmt, acq)
+        except ImageryUnavailableError as exc:  # logged once by the renderer, with the file and the cause
+            a = exc.acquisition
+            raise _bad(
+                f"the imagery of acquisition {a.catalog_id} (cell {a.zone}/{a.cell}) cannot be read; see the server log", 502
+            ) from None
         if data is None:
             return Response(status_code=204, headers=headers)
         return Response(data, media_type="image/png" if fmt == "png" else "image/jpeg", headers=headers)
@@ -396,7 +416,12 @@ def create_app(
         m = CHIP_RE.match(chip)
         if not m or not 1 <= int(m.group(1)) <= 60:
             raise _bad("chip must be a chip name Z<zone>-<quadkey>_<catalog-id>.jpg or a chip quadkey (12-24 digits 0-3)")
-        return chip if chip.endswith(".jpg") else chip + ".jpg"
+        name = chip if chip.endswith(".jpg") else chip + ".jpg"
+        try:
+            grid.parse_chip_name(name)  # the grid's own rules, so every later grid call accepts it
+        except GridError as exc:
+            raise _bad(str(exc)) from None
+        return name
 
     @app.get("/api/similar")
     def similar_chips(
@@ -432,12 +457,11 @@ def create_app(
         ref = chip_ref(chip)
         if QUADKEY_RE.match(ref):
             raise _bad("name a chip file (Z<zone>-<quadkey>_<catalog-id>.jpg), not a quadkey")
-        rel = None
+        # The index's path to the chip, else DEST/<zone>/<chip> or (a flat zone folder of the original tool) DEST/<chip>
+        rels = [f"{grid.parse_chip_name(ref).zone}/{ref}", ref]
         if chips is not None and ref in chips.by_chip:
-            rel = chips.path[chips.by_chip[ref]]
-        if rel is None:
-            rel = f"{grid.parse_chip_name(ref).zone}/{ref}"
-        path = _inside(chips_root, rel)
+            rels.insert(0, chips.path[chips.by_chip[ref]])
+        path = next((p for p in (_inside(chips_root, rel) for rel in rels) if p is not None), None)
         if path is None:
             raise _bad(f"no chip file for {ref}", 404)
         try:

@@ -16,12 +16,16 @@ For a tile ``z/x/y`` the renderer
 4. composes the cells, filling no-data pixels of the newest acquisition from older ones, and encodes
    JPEG (no-data black) or PNG (no-data transparent).
 
-A tile with no imagery renders as ``None`` (the app answers 204 No Content).
+A tile with no imagery renders as ``None`` (the app answers 204 No Content). A COG block that cannot
+be decoded (damaged JPEG data, a tile past the end of a truncated file) is drawn as no-data and logged
+once per (file, level, block); a COG that cannot be opened or read at all raises
+:class:`ImageryUnavailableError` (the app answers 502), logged once per file.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import math
 import threading
 from collections import OrderedDict
@@ -32,7 +36,17 @@ from typing import Any
 import numpy as np
 
 from imagesim import grid, options
-from imagesim.errors import ImagesimError, InvalidArgumentError
+from imagesim.errors import (
+    CogError,
+    CorruptTiffError,
+    GeoreferenceError,
+    ImagesimError,
+    ImagesimFileNotFoundError,
+    ImagesimIOError,
+    InvalidArgumentError,
+    JpegError,
+    WindowError,
+)
 from imagesim.imagery.ard import Acquisition, find_acquisitions
 from imagesim.storage import AnyPath, location
 
@@ -44,6 +58,22 @@ NODATA_MAX = 0  # a pixel is no-data when all its bands are <= this (the ARD no-
 DEFAULT_BLOCK_CACHE_MB = options.BLOCK_CACHE_MB
 DEFAULT_COG_CACHE = options.COG_CACHE
 MAX_CELLS_PER_TILE = 64
+# A block read failing with one of these is a damaged block: drawn as no-data, the rest of the COG is used.
+BLOCK_DAMAGE: tuple[type[Exception], ...] = (CorruptTiffError, JpegError)
+# Failing with one of these (opening the COG, or reading it), the whole file is unusable.
+FILE_FAILURE: tuple[type[Exception], ...] = (CogError, ImagesimIOError, ImagesimFileNotFoundError)
+MAX_REPORTED = 100_000  # damaged blocks and unreadable files remembered (each logged once); later ones are not logged
+
+log = logging.getLogger("imagesim.search.serve")
+
+
+class ImageryUnavailableError(CogError):
+    """A COG a tile needs cannot be opened or read (the whole file, not one damaged block)."""
+
+    def __init__(self, acquisition: Acquisition, reason: str) -> None:
+        super().__init__(f"{acquisition.visual}: cannot be read: {reason}")
+        self.acquisition = acquisition
+        self.reason = reason
 
 
 def band_max(arr: np.ndarray) -> np.ndarray:
@@ -263,6 +293,37 @@ class TileRenderer:
         self.native_zoom = catalog.native_zoom()
         self.minzoom = max(0, self.native_zoom - 9)
         self.maxzoom = min(MAX_ZOOM, self.native_zoom + 3)
+        self._reported: set[tuple[Any, ...]] = set()  # damaged blocks and unreadable files already logged
+        self._reported_lock = threading.Lock()
+
+    # --- failures, each logged once ---
+
+    def _first_report(self, key: tuple[Any, ...]) -> bool:
+        """Whether ``key`` is reported for the first time (then remembered; the log stays bounded by MAX_REPORTED)."""
+        with self._reported_lock:
+            if key in self._reported:
+                return False
+            if len(self._reported) >= MAX_REPORTED:
+                if len(self._reported) == MAX_REPORTED:
+                    self._reported.add(("full",))
+                    log.warning("%d damaged COG blocks or unreadable COGs logged; no more are", MAX_REPORTED)
+                return False
+            self._reported.add(key)
+            return True
+
+    def _damaged_block(self, oc: OpenCog, level: int, bc: int, br: int, exc: Exception) -> None:
+        if self._first_report(("block", oc.cog.path, level, bc, br)):
+            reason = _without_path(str(exc), oc.cog.path)
+            log.warning(
+                "%s: block (col %d, row %d) of level %d cannot be decoded, drawn as no-data: %s", oc.cog.path, bc, br, level, reason
+            )
+
+    def _unavailable(self, src: Source, exc: Exception) -> ImageryUnavailableError:
+        path = src.acquisition.visual
+        reason = _without_path(str(exc), path)
+        if self._first_report(("file", path)):
+            log.error("%s: cannot be read, tiles that need it answer 502: %s", path, reason)
+        return ImageryUnavailableError(src.acquisition, reason)
 
     # --- COG headers ---
 
@@ -277,7 +338,7 @@ class TileRenderer:
         cog = open_cog(path)
         gt = cog.geotransform
         if gt is None:
-            raise InvalidArgumentError(f"{path}: no georeferencing")
+            raise GeoreferenceError(f"{path}: no georeferencing")
         oc = OpenCog(cog, x0=gt[0], y0=gt[3], dx=gt[1], dy=gt[5], levels=list(cog.levels))
         with self._cogs_lock:
             self._cogs[path] = oc
@@ -288,13 +349,18 @@ class TileRenderer:
     # --- pixels ---
 
     def _block(self, oc: OpenCog, level: int, bc: int, br: int, bw: int, bh: int) -> tuple[np.ndarray, bool]:
-        """A decoded block and whether it holds any no-data pixel (cached)."""
+        """A decoded block and whether it holds any no-data pixel (cached); a damaged block is all no-data."""
         key = (oc.cog.path, level, bc, br)
         hit = self.blocks.get(key) if self.blocks is not None else None
         if hit is None:
             lv = oc.levels[level]
             bx, by = bc * bw, br * bh
-            arr = oc.cog.read((bx, by, min(bw, int(lv["width"]) - bx), min(bh, int(lv["height"]) - by)), level=level)
+            width, height = min(bw, int(lv["width"]) - bx), min(bh, int(lv["height"]) - by)
+            try:
+                arr = oc.cog.read((bx, by, width, height), level=level)
+            except BLOCK_DAMAGE as exc:
+                self._damaged_block(oc, level, bc, br, exc)
+                arr = np.zeros((height, width, int(lv.get("bands") or 1)), dtype=np.uint8)  # NODATA_MAX: no-data
             if arr.ndim == 2:
                 arr = arr[:, :, None]
             hit = (arr, has_nodata(arr))
@@ -305,10 +371,14 @@ class TileRenderer:
     def read_window(self, oc: OpenCog, level: int, col: int, row: int, width: int, height: int) -> tuple[np.ndarray, bool]:
         """(pixels, has_nodata) of a window of one level, through the block cache."""
         if self.blocks is None:
-            arr = oc.cog.read((col, row, width, height), level=level)
-            if arr.ndim == 2:
-                arr = arr[:, :, None]
-            return arr, has_nodata(arr)
+            try:
+                arr = oc.cog.read((col, row, width, height), level=level)
+            except BLOCK_DAMAGE:
+                pass  # read it block by block below, the damaged blocks as no-data
+            else:
+                if arr.ndim == 2:
+                    arr = arr[:, :, None]
+                return arr, has_nodata(arr)
         lv = oc.levels[level]
         bw = int(lv.get("chunk_width") or 512) if lv.get("tiled", True) else int(lv["width"])
         bh = int(lv.get("chunk_height") or 512)
@@ -346,6 +416,14 @@ class TileRenderer:
         ``ux``/``uy``: the mesh points in the source's UTM CRS; ``inside``: the tile lies inside the
         cell interior (no mask needed unless the window holds no-data).
         """
+        try:
+            return self._sample_source(src, ux, uy, inside)
+        except WindowError:
+            raise  # a bug in the window maths, not a bad file
+        except FILE_FAILURE as exc:
+            raise self._unavailable(src, exc) from None
+
+    def _sample_source(self, src: Source, ux: np.ndarray, uy: np.ndarray, inside: bool) -> tuple[np.ndarray, np.ndarray | None] | None:
         from PIL import Image
 
         oc = self.open(src.acquisition.visual)
@@ -448,6 +526,12 @@ class TileRenderer:
         return buf.getvalue()
 
 
+def _without_path(message: str, path: Any) -> str:
+    """An error message without the leading ``<path>: `` the core puts in front of it."""
+    prefix = f"{path}: "
+    return message[len(prefix) :] if message.startswith(prefix) else message
+
+
 def check_tile(z: int, x: int, y: int) -> None:
     if not 0 <= z <= MAX_ZOOM:
         raise InvalidArgumentError(f"zoom {z} outside 0..{MAX_ZOOM}")
@@ -478,4 +562,13 @@ def mesh_error(z: int, x: int, y: int, epsg: int, transformers: Transformers | N
     return float(np.hypot(fx - ex, fy - ey).max() / pixel_m)
 
 
-__all__ = ["Catalog", "TileRenderer", "Transformers", "check_render_settings", "check_tile", "mesh_error", "ImagesimError"]
+__all__ = [
+    "Catalog",
+    "ImageryUnavailableError",
+    "TileRenderer",
+    "Transformers",
+    "check_render_settings",
+    "check_tile",
+    "mesh_error",
+    "ImagesimError",
+]

@@ -73,18 +73,7 @@ pub fn decode_into(
         }
         compression::WEBP => webp(path, data, geom, out)?,
         compression::JPEG => return jpeg(path, level, data, geom, out),
-        compression::OJPEG => {
-            return Err(Error::unsupported(
-                path,
-                "old-style JPEG (compression 6) is not supported",
-            ))
-        }
-        c => {
-            return Err(Error::unsupported(
-                path,
-                format!("compression {c} is not supported"),
-            ))
-        }
+        _ => return check_codec(path, level, geom),
     }
     // Codec output is in file byte order; the floating-point predictor handles order itself.
     if level.predictor == 3 {
@@ -216,9 +205,11 @@ fn webp(path: &Path, data: &[u8], geom: ChunkGeom, out: &mut [u8]) -> Result<()>
 }
 
 /// Decode a JPEG stream with libjpeg-turbo (see [`crate::jpeg`]) into `out`, refusing streams
-/// larger than the chunk. Returns the JPEG's (width, height).
+/// larger than the chunk. Returns the JPEG's (width, height); a stream that does not decode is
+/// described in [`crate::jpeg::Problem`]'s words (see [`Level::jpeg_tile_error`]).
 pub fn turbo_decode(
     path: &Path,
+    level: &Level,
     stream: &[u8],
     format: turbojpeg::PixelFormat,
     max_w: usize,
@@ -226,40 +217,86 @@ pub fn turbo_decode(
     out: &mut [u8],
 ) -> Result<(usize, usize)> {
     crate::jpeg::decode_into(stream, format, max_w, max_h, out)
-        .map_err(|e| Error::corrupt(path, format!("JPEG: {e}")))
+        .map_err(|p| level.jpeg_tile_error(path, p))
 }
 
-fn jpeg(path: &Path, level: &Level, data: &[u8], geom: ChunkGeom, out: &mut [u8]) -> Result<()> {
+/// The pixel format a JPEG chunk of `level` decodes to, or why we do not decode it (a property of
+/// the whole image).
+pub(super) fn jpeg_format(
+    path: &Path,
+    level: &Level,
+    geom: ChunkGeom,
+) -> Result<turbojpeg::PixelFormat> {
     if geom.bytes != 1 {
         return Err(Error::unsupported(
             path,
             "JPEG with more than 8 bits per sample",
         ));
     }
-    let format = match geom.samples {
-        1 => turbojpeg::PixelFormat::GRAY,
+    match geom.samples {
+        1 => Ok(turbojpeg::PixelFormat::GRAY),
         // YCbCr is converted to RGB by libjpeg; RGB JPEGs (Adobe marker) come out as-is.
         3 if matches!(level.photometric, photometric::YCBCR | photometric::RGB) => {
-            turbojpeg::PixelFormat::RGB
+            Ok(turbojpeg::PixelFormat::RGB)
         }
-        s => {
-            return Err(Error::unsupported(
-                path,
-                format!(
-                    "JPEG with {s} interleaved samples (photometric {})",
-                    level.photometric
-                ),
-            ))
+        s => Err(Error::unsupported(
+            path,
+            format!(
+                "JPEG with {s} interleaved samples (photometric {})",
+                level.photometric
+            ),
+        )),
+    }
+}
+
+/// Whether chunks of `level` use a codec we decode (checked once per image by callers that want a
+/// whole-image answer before decoding; [`decode_into`] finds the same per chunk).
+pub(super) fn check_codec(path: &Path, level: &Level, geom: ChunkGeom) -> Result<()> {
+    match level.compression {
+        compression::NONE
+        | compression::LZW
+        | compression::DEFLATE
+        | compression::ADOBE_DEFLATE
+        | compression::PACKBITS
+        | compression::ZSTD
+        | compression::WEBP => Ok(()),
+        compression::JPEG => {
+            jpeg_format(path, level, geom)?;
+            level.check_jpeg_tables(path)
         }
-    };
+        compression::OJPEG => Err(Error::unsupported(
+            path,
+            "old-style JPEG (compression 6) is not supported",
+        )),
+        c => Err(Error::unsupported(
+            path,
+            format!("compression {c} is not supported"),
+        )),
+    }
+}
+
+fn jpeg(path: &Path, level: &Level, data: &[u8], geom: ChunkGeom, out: &mut [u8]) -> Result<()> {
+    let format = jpeg_format(path, level, geom)?;
+    level.check_jpeg_tables(path)?;
     let stream = crate::jpeg::tiff_tile_to_jpeg(level.jpeg_tables.as_deref(), data, false)
-        .map_err(|e| Error::corrupt(path, e.to_string()))?;
-    let (w, h) = turbo_decode(path, &stream, format, geom.width, geom.rows.max(1), out)?;
+        .map_err(|p| Error::corrupt(path, p.to_string()))?;
+    let (w, h) = turbo_decode(
+        path,
+        level,
+        &stream,
+        format,
+        geom.width,
+        geom.rows.max(1),
+        out,
+    )?;
     if w != geom.width {
         // A narrower JPEG would need re-pitching; real writers never produce one.
         return Err(Error::corrupt(
             path,
-            format!("JPEG chunk is {w} wide, expected {}", geom.width),
+            format!(
+                "corrupt JPEG data: the tile decodes {w} px wide, expected {}",
+                geom.width
+            ),
         ));
     }
     // A short JPEG strip leaves the rest of the chunk zero, as GDAL does.

@@ -54,6 +54,58 @@ impl Level {
             self.chunk_height.min(self.height - cy * self.chunk_height)
         }
     }
+    /// Where chunk `index` of this level (level number `level_no`) is, for messages:
+    /// `level 0 tile 37 (col 5, row 1)`, `level 2 strip 12`, with the band of planar images.
+    pub fn chunk_label(&self, level_no: usize, index: usize) -> String {
+        let per_plane = self.chunks_per_plane().max(1);
+        let (band, i) = (index / per_plane, index % per_plane);
+        let band = if self.planar {
+            format!(" band {}", band + 1)
+        } else {
+            String::new()
+        };
+        if self.tiled {
+            let across = self.chunks_across().max(1) as usize;
+            format!(
+                "level {level_no}{band} tile {index} (col {}, row {})",
+                i % across,
+                i / across
+            )
+        } else {
+            format!("level {level_no}{band} strip {index}")
+        }
+    }
+
+    /// A JPEGTables value that cannot be joined to the tiles is a problem of the whole image.
+    pub fn check_jpeg_tables(&self, path: &Path) -> Result<()> {
+        match self
+            .jpeg_tables
+            .as_deref()
+            .and_then(crate::jpeg::tables_problem)
+        {
+            Some(msg) => Err(Error::corrupt_cog(path, msg)),
+            None => Ok(()),
+        }
+    }
+
+    /// The error of a JPEG tile of this level that did not decode: the whole image's when its
+    /// tiles need tables it does not have (no usable JPEGTables), else that tile's, in
+    /// [`crate::jpeg::Problem`]'s words. Callers add where the tile is.
+    pub fn jpeg_tile_error(&self, path: &Path, problem: crate::jpeg::Problem) -> Error {
+        let no_tables = !matches!(&self.jpeg_tables, Some(t) if t.len() > 4);
+        if let crate::jpeg::Problem::Corrupt(msg) = &problem {
+            if no_tables && msg.contains("table 0x") && msg.contains("was not defined") {
+                return Error::corrupt_cog(
+                    path,
+                    format!(
+                        "JPEG tiles need tables the file does not have (no JPEGTables, tag 347): {problem}"
+                    ),
+                );
+            }
+        }
+        Error::corrupt(path, problem.to_string())
+    }
+
     /// Whether samples of this level are a type we decode (8/16/32-bit ints, 32/64-bit floats).
     pub(super) fn check_sample_type(&self, path: &Path) -> Result<()> {
         match (self.sample_format, self.bits_per_sample) {

@@ -318,6 +318,22 @@ impl Cog {
         Ok(samples as usize)
     }
 
+    /// Whether chunks of `level` can be decoded at all: sample type, chunk size, codec and (JPEG)
+    /// its tables. Every failure here is true of the whole image, so a caller about to decode
+    /// many chunks (chipping a COG) asks once instead of failing every chunk the same way.
+    pub fn check_level(&self, level: usize) -> Result<()> {
+        let l = self.level(level)?;
+        l.check_sample_type(&self.path)?;
+        self.check_chunk_size(l)?;
+        let geom = decode::ChunkGeom {
+            width: l.chunk_width as usize,
+            rows: l.chunk_height as usize,
+            samples: if l.planar { 1 } else { l.bands as usize },
+            bytes: l.bytes_per_sample(),
+        };
+        decode::check_codec(&self.path, l, geom)
+    }
+
     fn check_chunk_size(&self, l: &Level) -> Result<()> {
         if l.chunk_bytes() > MAX_CHUNK_BYTES {
             return Err(Error::unsupported(
@@ -450,7 +466,7 @@ impl Cog {
         let with_chunk = |e: Error| match e {
             Error::CorruptTiff { path, msg } => Error::CorruptTiff {
                 path,
-                msg: format!("chunk {index} of level {level_no}: {msg}"),
+                msg: format!("{}: {msg}", l.chunk_label(level_no, index)),
             },
             e => e,
         };
@@ -464,12 +480,7 @@ impl Cog {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             decode::decode_into(path, l, order, &data, geom, out)
         }))
-        .unwrap_or_else(|_| {
-            Err(Error::corrupt(
-                path,
-                format!("decoder panicked on chunk {index}"),
-            ))
-        })
+        .unwrap_or_else(|_| Err(Error::corrupt(path, "the decoder panicked")))
         .map_err(with_chunk)
     }
 
