@@ -242,6 +242,17 @@ def read_chip_table(
     return chips
 
 
+def manifest_is_derived(chips_dir: AnyPath) -> bool:
+    """``DEST/chips.parquet`` exists and was derived from chip names (it holds no measured counts)."""
+    path = chips_dir / CHIPS_MANIFEST
+    if not path.is_file():
+        return False
+    try:
+        return DERIVED in read_parquet(path).columns if not isinstance(path, Path) else DERIVED in pl.read_parquet_schema(path)
+    except Exception:  # an unreadable manifest is reported by the reader that needs it
+        return False
+
+
 class DerivedManifestWarning(UserWarning):
     """A chips folder without ``chips.parquet`` got one derived from its chip names."""
 

@@ -96,6 +96,7 @@ def test_chip_of_an_empty_folder(cli, tmp_path):
     res = cli("chip", "--ard-path", tmp_path / "empty", "--dest", tmp_path / "out")
     assert res.returncode == 1
     assert "no -visual.tif under" in one_line(res.stderr) and "give --ard-path the root of an ARD delivery" in res.stderr
+    assert not (tmp_path / "out").exists()  # nothing to chip: no DEST made, no chip-errors.json written
 
 
 def test_chip_rerun_with_everything_done_exits_0_and_says_so(cli, small_sample, tmp_path):

@@ -321,3 +321,15 @@ def test_an_original_folder_in_a_bucket_gets_its_manifest_there(real, monkeypatc
         assert read_chip_table(folder, log=told.append).equals(table) and len(told) == 1
     finally:
         server.stop()
+
+
+def test_nodata_index_measures_pixels_when_the_manifest_is_derived(real, tmp_path):
+    """A derived chips.parquet holds no counts: nodata-index's default source is then the pixels, not it."""
+    from imagesim.artefacts import manifest_is_derived
+    from imagesim.imagery.nodata import NodataSettings, run_nodata_index
+
+    orig = real.original(tmp_path / "orig", nodata_index=False)
+    read_chip_table(orig, log=lambda _m: None)
+    assert manifest_is_derived(orig) and not manifest_is_derived(real.chips)
+    summary = run_nodata_index(orig, NodataSettings(filename="measured.json"))
+    assert summary.source == "pixels" and sum(summary.counts.values()) == 3072

@@ -187,7 +187,6 @@ def run_chip(
     settings.check()
     tasks = TaskRunner(scheduler)
     out = location(dest)
-    out.mkdir(parents=True, exist_ok=True)
     acquisitions, misplaced = find_acquisitions(
         ard_path,
         zones=list(zones) if zones else None,
@@ -195,6 +194,9 @@ def run_chip(
         catalog_ids=list(catalog_ids) if catalog_ids else None,
     )
     summary = ChipSummary(dest=out, cogs=len(acquisitions), misplaced=misplaced)
+    if not acquisitions:  # nothing to chip: DEST (and an earlier run's chip-errors.json there) left as it was
+        return summary
+    out.mkdir(parents=True, exist_ok=True)
     manifest = _Manifest(out)
     # DEST named after a zone (`--dest chips/33`, the original notebook's layout): that zone's chips
     # go in DEST itself, not DEST/33/ (artefacts.zone_folder); the manifest stays in DEST.

@@ -40,6 +40,7 @@ from imagesim.artefacts import (
     NODATA_CLASSES,
     NODATA_INDEX,
     NODATA_PARQUET,
+    manifest_is_derived,
     nodata_class_expr,
     nodata_summary_name,
     read_manifest,
@@ -327,7 +328,9 @@ def run_nodata_index(
     summary_path = index_path.with_name(nodata_summary_name(index_path.name))
     if index_path.exists() and not settings.overwrite:
         raise OutputExistsError(f"{index_path}: index exists; pass `overwrite` to replace it")
-    source = settings.source or ("manifest" if (chip_dir / CHIPS_MANIFEST).exists() else "pixels")
+    # A manifest from `imagesim chip` holds counts measured on the COG; one derived from chip names holds none.
+    has_counts = (chip_dir / CHIPS_MANIFEST).exists() and not manifest_is_derived(chip_dir)
+    source = settings.source or ("manifest" if has_counts else "pixels")
 
     start = time.perf_counter()
     jpeg_dirs: list[AnyPath] = []
