@@ -42,7 +42,7 @@ $(STAMP)/venv: $(STAMP)/apt pyproject.toml | $(STAMP)
 
 $(STAMP)/build: $(STAMP)/venv $(RUST_SOURCES) | $(STAMP)
 	# The package and its extras (tests, benchmark baseline, training) come from pyproject.toml.
-	source $(VENV)/bin/activate && maturin develop --release -q --extras test,bench,train,encode,index,serve,cluster
+	source $(VENV)/bin/activate && maturin develop --release -q --extras test,bench,train,encode,index,serve,cluster,stac
 	touch $@
 
 setup: $(STAMP)/build

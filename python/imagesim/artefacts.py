@@ -16,6 +16,12 @@ this module, never through that stage's code (``docs/architecture.md``).
 | ``embeddings.parquet``, ``embeddings.json`` | ``imagesim encode`` | DEST |
 | ``index.faiss``, ``ids.parquet``, ``index.json`` | ``imagesim index`` | the index folder |
 
+``chips.parquet``, ``nodata.parquet``, ``labels.parquet`` and ``embeddings.parquet`` are GeoParquet 1.1
+(:mod:`imagesim.geoparquet`): beside their own columns each has ``geometry`` (the chip's footprint, WKB,
+WGS84 lon/lat) and ``bbox`` (its covering struct) and the ``geo`` file metadata. The writers compute both
+afresh from ``zone``/``quadkey`` (or the chip name) on every write; readers here leave them out where they
+select columns (:func:`read_manifest`, :func:`read_chip_table`).
+
 A chips folder of the original tool holds the JPEGs (``DEST/<zone>/Z<zone>-<quadkey>_<catalog-id>.jpg``,
 or flat in one zone folder) and perhaps a ``nodata-index.json``, but no ``chips.parquet``. The first
 stage that needs the chip table (:func:`read_chip_table`) derives one from the chip names
@@ -43,6 +49,8 @@ import polars as pl
 from imagesim import _imagesim, grid
 from imagesim.errors import ImagesimError, ImagesimFileNotFoundError, InvalidArgumentError, LabelInputError
 from imagesim.fsutil import write_with
+from imagesim.geoparquet import GEO_COLUMNS as _GEO_COLUMNS
+from imagesim.geoparquet import write_geoparquet_file
 from imagesim.storage import AnyPath, StorePath, location, read_parquet
 
 # --- chips (imagesim chip) ---
@@ -72,6 +80,9 @@ MANIFEST_SCHEMA: dict[str, pl.DataType] = {
     "encoding": pl.String(),
     "bytes": pl.UInt64(),
 }
+# The GeoParquet columns of the chip tables (imagesim.geoparquet writes them; not in MANIFEST_SCHEMA:
+# read_manifest drops them and the manifest's writer recomputes them).
+GEO_COLUMNS: tuple[str, ...] = _GEO_COLUMNS
 # Columns added after the first manifests were written; older manifests get them as nulls.
 MANIFEST_LATER_COLUMNS = {"source_size", "source_mtime_ns", "nodata_threshold"}
 # What every later stage needs of a chip: its identity and no-data class.
@@ -398,7 +409,7 @@ def derive_manifest(chips_dir: str | AnyPath, *, save: bool = True) -> DerivedMa
         result.not_saved = f"{manifest} appeared meanwhile, kept"
         return result
     try:
-        write_with(manifest, lambda tmp: result.table.write_parquet(tmp))
+        write_with(manifest, lambda tmp: write_geoparquet_file(result.table, tmp))
         result.saved = True
     except (OSError, ImagesimError) as exc:
         result.not_saved = f"cannot write {manifest}: {exc}; derived again on each run"
@@ -575,3 +586,53 @@ def read_embeddings(path: str | Path) -> tuple[pl.DataFrame, np.ndarray, dict[st
     except Exception as exc:  # a chip name the grid rejects
         raise InvalidArgumentError(f"{path}: {exc}") from None
     return rows, vectors, meta
+
+
+def read_class_probabilities(path: str | Path) -> tuple[pl.DataFrame, list[str], dict[str, Any]]:
+    """``embeddings.parquet``'s chips with their class ``probabilities`` (a fixed-size float32 array) and
+    ``predicted`` classes, without the embeddings, and the class names of ``embeddings.json`` beside it
+    → (rows, classes, meta)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImagesimFileNotFoundError(f"{path}: embeddings not found; run `imagesim encode` first")
+    try:
+        lazy = pl.scan_parquet(path)
+        have = lazy.collect_schema().names()
+        table = lazy.select([c for c in have if c != "embedding"]).collect()
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        raise InvalidArgumentError(f"{path}: cannot read embeddings ({exc})") from None
+    if "chip" not in have:
+        raise InvalidArgumentError(f"{path}: not an embeddings file, missing column 'chip'")
+    if "probabilities" not in have:
+        raise InvalidArgumentError(
+            f"{path}: holds no class probabilities (no column 'probabilities'); encode with a model that has class outputs"
+        )
+    meta: dict[str, Any] = {}
+    meta_path = sidecar(path)
+    if meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise InvalidArgumentError(f"{meta_path}: cannot read ({exc})") from None
+    classes = meta.get("classes")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise InvalidArgumentError(f"{meta_path}: no class names (key 'classes') for the probabilities of {path}")
+    if table.height == 0:
+        raise InvalidArgumentError(f"{path}: holds no chip: run `imagesim encode` on chips that have data first")
+    dupes = table["chip"].is_duplicated()
+    if dupes.any():
+        raise InvalidArgumentError(f"{path}: chip {table['chip'].filter(dupes)[0]} appears more than once")
+    prob = table["probabilities"]
+    if isinstance(prob.dtype, pl.List):
+        lengths = prob.list.len().unique()
+        prob = prob.list.to_array(int(lengths[0])) if lengths.len() == 1 else prob
+    if not isinstance(prob.dtype, pl.Array) or prob.dtype.size != len(classes) or prob.null_count():
+        raise InvalidArgumentError(
+            f"{path}: column 'probabilities' must hold {len(classes)} floats per chip (one per class of {meta_path.name}), got {prob.dtype}"
+        )
+    table = table.with_columns(prob.cast(pl.Array(pl.Float32, len(classes))))
+    try:
+        rows = _chip_columns(table)
+    except Exception as exc:  # a chip name the grid rejects
+        raise InvalidArgumentError(f"{path}: {exc}") from None
+    return rows, list(classes), meta

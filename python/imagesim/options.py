@@ -114,6 +114,8 @@ K = 10  # results of `similar`
 K_RANGE = (1, 10_000)
 EVAL_SAMPLE = 2000  # chips evaluated by precision@k (0 = all)
 EVAL_SAMPLE_RANGE = (0, None)
+CLASSMAP_ACQUISITIONS = ("latest", "mean", "all")  # `classmap`: several acquisitions of one quadkey; the first is the default
+CLASSMAP_FORMATS = {".parquet": "parquet", ".gpkg": "gpkg", ".geojson": "geojson", ".json": "geojson"}  # by --out's extension
 SERVE_HOST = "127.0.0.1"
 SERVE_PORT = 8000
 SERVE_PORT_RANGE = (1, 65535)
@@ -124,6 +126,8 @@ BLOCK_CACHE_MB = 256  # decoded COG blocks kept per process, MiB (0: none)
 BLOCK_CACHE_MB_RANGE = (0, None)
 COG_CACHE = 256  # open COG headers kept per process
 COG_CACHE_RANGE = (1, None)
+STAC_GRANULARITIES = ("acquisition", "chip")  # `stac`: one Item per cell+acquisition (chips as assets) or per chip
+STAC_GRANULARITY = "acquisition"  # measured in benches/bench_stac.py (docs/stac.md)
 
 # ============================================================================================
 # imagery and encoding runs: `chip`, `nodata-index`, `encode` (imagery/chip.py, imagery/nodata.py,

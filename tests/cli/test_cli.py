@@ -8,7 +8,21 @@ import re
 import subprocess
 import sys
 
-PIPELINE = ["sample-data", "chip", "nodata-index", "osm", "labels", "train", "export", "encode", "index", "similar", "serve"]
+PIPELINE = [
+    "sample-data",
+    "chip",
+    "nodata-index",
+    "osm",
+    "labels",
+    "train",
+    "export",
+    "encode",
+    "index",
+    "similar",
+    "classmap",
+    "serve",
+    "stac",
+]
 HEAVY = {
     "polars",
     "numpy",

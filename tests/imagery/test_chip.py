@@ -52,7 +52,7 @@ def test_every_chip_written_and_recorded(chipped_jpeg) -> None:
     assert summary.written == n and summary.failed_chips == 0 and not summary.failed_cogs
     manifest = pl.read_parquet(dest / MANIFEST)
     assert manifest.height == n
-    assert list(manifest.columns) == list(MANIFEST_SCHEMA)
+    assert list(manifest.columns) == [*MANIFEST_SCHEMA, "geometry", "bbox"]  # + GeoParquet footprints
     assert manifest["chip"].n_unique() == n
     for row in manifest.sample(20, seed=1).iter_rows(named=True):
         path = dest / str(row["zone"]) / row["chip"]

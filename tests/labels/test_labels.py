@@ -375,7 +375,10 @@ def test_sample_outputs_agree_with_each_other(labelled):
     summary, chips, _ = labelled
     labels = read_labels(chips)
     table = labels.table
-    assert table.columns == ["chip", "path", "zone", "quadkey", "cell", "catalog_id", "nodata_class", "label_ids", "bitset", "split"]
+    assert table.columns == [
+        *["chip", "path", "zone", "quadkey", "cell", "catalog_id", "nodata_class", "label_ids", "bitset", "split"],
+        *["geometry", "bbox"],  # GeoParquet footprints
+    ]
     assert table.schema["bitset"] == pl.Array(pl.UInt64, 1) and table.schema["label_ids"] == pl.List(pl.UInt16)
     assert all((chips / p).is_file() for p in table["path"])
     dense_csv = pl.read_csv(chips / "labels.csv")

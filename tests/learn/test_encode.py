@@ -142,7 +142,10 @@ def test_encode_writes_embeddings_and_predictions(onnx_path, chips, tmp_path):
     assert summary.encoded == usable.height and summary.excluded == manifest.height - usable.height
     assert summary.provider == "CPUExecutionProvider" and not summary.failed
     table = pl.read_parquet(out)
-    assert table.columns == ["chip", "path", "zone", "quadkey", "cell", "catalog_id", "model_id", "embedding", "predicted", "probabilities"]
+    assert table.columns == [
+        *["chip", "path", "zone", "quadkey", "cell", "catalog_id", "model_id", "embedding", "predicted", "probabilities"],
+        *["geometry", "bbox"],  # GeoParquet footprints
+    ]
     assert table.schema["embedding"] == pl.Array(pl.Float32, 512)
     assert sorted(table["chip"].to_list()) == sorted(usable["chip"].to_list())
     assert set(table["model_id"].unique()) == {model_id(onnx_path)}

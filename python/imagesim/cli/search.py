@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
 from imagesim import options
-from imagesim.cli._common import ArdPath, ChipFolder, Commands, Overwrite, Quality, err, out, progress_bar
+from imagesim.cli._common import ArdPath, ChipFolder, Command, Commands, Overwrite, Quality, err, out, progress_bar
 
 commands = Commands()
 register = commands.register
@@ -129,6 +129,52 @@ def similar(
         err.print(f"{len(result.hits)} footprints → {geojson}", highlight=False)
 
 
+class _BareDissolve(Command):
+    """`--dissolve` alone (at the end, or before another flag) means every class: ``--dissolve=*``."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        args = list(args)
+        for i, arg in enumerate(args):
+            if arg == "--":
+                break
+            if arg == "--dissolve" and (i + 1 == len(args) or args[i + 1].startswith("-")):
+                args[i] = "--dissolve=*"
+        return super().parse_args(ctx, args)
+
+
+@commands.command("classmap", cls=_BareDissolve)
+def classmap(
+    embeddings: Annotated[
+        Path, typer.Option("--embeddings", help="embeddings.parquet written by `imagesim encode` (embeddings.json beside it).")
+    ],
+    out_file: Annotated[
+        Path, typer.Option("--out", help="The layer: .parquet (GeoParquet), .gpkg (GeoPackage) or .geojson/.json (GeoJSON), WGS84.")
+    ],
+    dissolve: Annotated[
+        Optional[str],
+        typer.Option(
+            "--dissolve",
+            metavar="[CLASS,...]",
+            help="Merge neighbouring chips predicted as the same class into regions (these classes; alone: every class).",
+        ),
+    ] = None,
+    min_probability: Annotated[
+        Optional[float], typer.Option("--min-probability", help="Count a class as predicted only with at least this probability (0..1).")
+    ] = None,
+    acquisitions: Annotated[
+        str, typer.Option(help="Several acquisitions of one quadkey: latest, mean (of the probabilities) or all.")
+    ] = options.CLASSMAP_ACQUISITIONS[0],
+    overwrite: Overwrite = False,
+) -> None:
+    """Write a map of the predicted classes: chip polygons with their class probabilities (for QGIS)."""
+    from imagesim.search.classmap import classmap as run_classmap
+
+    summary = run_classmap(
+        embeddings, out_file, dissolve=dissolve, min_probability=min_probability, acquisitions=acquisitions, overwrite=overwrite
+    )
+    out.print(summary.line(), highlight=False)
+
+
 @commands.command("serve")
 def serve(
     ard_path: ArdPath,
@@ -142,6 +188,14 @@ def serve(
     ] = options.BLOCK_CACHE_MB,
     cog_cache: Annotated[int, typer.Option("--cog-cache", help="Open COG headers kept per process.")] = options.COG_CACHE,
     quality: Quality = options.TILE_QUALITY,
+    cors_origins: Annotated[
+        Optional[str],
+        typer.Option(
+            "--cors",
+            metavar="ORIGIN[,ORIGIN…]",
+            help="Let pages on these origins (http://localhost:8888, comma-separated; * for any) read tiles, TileJSON and the API (CORS), e.g. notebook maps.",
+        ),
+    ] = None,
 ) -> None:
     """Serve a map of the imagery with the chip grid and similar-chip search (web page, XYZ tiles, JSON API).
 
@@ -159,8 +213,10 @@ def serve(
 
     import sys
 
-    from imagesim.search.serve.app import allowed_hosts_for, create_app
+    from imagesim.search.serve.app import allowed_hosts_for, create_app, parse_cors_origins
     from imagesim.storage import location
+
+    cors = parse_cors_origins(cors_origins)
 
     # build the app here first: a bad path or index fails now with one line, not in a worker
     app = create_app(
@@ -171,11 +227,14 @@ def serve(
         cog_cache=cog_cache,
         quality=quality,
         allowed_hosts=allowed_hosts_for(host),
+        cors_origins=cors,
     )
     if host not in ("127.0.0.1", "localhost", "::1") and not host.startswith("127."):
         err.print(f"[yellow]warning:[/] binding {host}: the viewer is reachable from other machines (no authentication)", highlight=False)
     url_host = f"[{host}]" if ":" in host else host
     err.print(f"imagesim viewer on http://{url_host}:{port}/  (Ctrl-C stops it)", highlight=False)
+    if cors:
+        err.print(f"CORS: pages on {', '.join(cors)} may read tiles, TileJSON and the API", highlight=False, markup=False)
     log_level = "info" if os.environ.get("IMAGESIM_DEBUG") else "warning"
     if workers == 1:
         uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
@@ -190,6 +249,7 @@ def serve(
         IMAGESIM_SERVE_COG_CACHE=str(cog_cache),
         IMAGESIM_SERVE_QUALITY=str(quality),
         IMAGESIM_SERVE_HOST=host,
+        IMAGESIM_SERVE_CORS=",".join(cors),
     )
     del app
     sys.stdout.flush()
@@ -214,3 +274,28 @@ def serve(
         ],
         env,
     )
+
+
+@commands.command("stac")
+def stac(
+    chips: ChipFolder,
+    out_dir: Annotated[Path, typer.Option("--out", help="Catalog folder (catalog.json, one folder per collection and item).")],
+    ard_path: Annotated[
+        Optional[str], typer.Option("--ard-path", help="ARD delivery root: finds the source COG of chips whose manifest lacks it.")
+    ] = None,
+    granularity: Annotated[
+        str, typer.Option(help="acquisition: one Item per cell and acquisition, one asset per chip; chip: one Item per chip.")
+    ] = options.STAC_GRANULARITY,
+    labels: Annotated[Optional[Path], typer.Option("--labels", help="labels.parquet (default: CHIPS/labels.parquet if present).")] = None,
+    embeddings: Annotated[
+        Optional[Path], typer.Option("--embeddings", help="embeddings.parquet (default: CHIPS/embeddings.parquet if present).")
+    ] = None,
+    overwrite: Overwrite = False,
+) -> None:
+    """Write a static STAC catalog of the chips: a collection per delivery zone, items linking chips to their COGs."""
+    from imagesim.search.stac import write_stac
+
+    summary = write_stac(
+        chips, out_dir, ard_path=ard_path, granularity=granularity, labels=labels, embeddings=embeddings, overwrite=overwrite
+    )
+    out.print(summary.line(), highlight=False)

@@ -27,7 +27,8 @@ from imagesim.artefacts import (
     zone_folder,
 )
 from imagesim.errors import ImagesimError
-from imagesim.fsutil import write_json, write_with
+from imagesim.fsutil import write_json
+from imagesim.geoparquet import write_geoparquet
 from imagesim.imagery.ard import Acquisition, Misplaced, find_acquisitions
 from imagesim.progress import ProgressFactory, open_progress
 from imagesim.runner import Outcome, TaskRunner, cores, worker_threads
@@ -161,7 +162,7 @@ class _Manifest:
         merged = pl.concat([self.old.join(fresh.select("chip"), on="chip", how="anti"), fresh]).sort(
             ["zone", "cell", "acquisition_date", "catalog_id", "quadkey"]
         )
-        write_with(self.dest / CHIPS_MANIFEST, lambda tmp: merged.write_parquet(tmp))
+        write_geoparquet(merged, self.dest / CHIPS_MANIFEST)
         self.old, self.new = merged, []
         self.last_flush = time.monotonic()
 

@@ -53,7 +53,8 @@ from imagesim.errors import (
     MissingDependencyError,
     OutputExistsError,
 )
-from imagesim.fsutil import write_json, write_with
+from imagesim.fsutil import write_json
+from imagesim.geoparquet import write_geoparquet
 from imagesim.progress import ProgressFactory, ProgressSink, open_progress
 from imagesim.runner import Outcome, TaskRunner, worker_threads
 from imagesim.storage import AnyPath, StorePath, is_url, location
@@ -386,7 +387,7 @@ def run_nodata_index(
     if not jpegs:  # no chip at all: nothing to index, and an index that is there stays as it is
         return summary
     write_json(index_path, index)
-    write_with(parquet_path, lambda tmp: table.write_parquet(tmp))
+    write_geoparquet(table, parquet_path, allow_missing=True)  # a JPEG that is not a chip name: null geometry
     write_json(
         summary_path,
         {

@@ -31,6 +31,7 @@ from imagesim import _imagesim, grid, options
 from imagesim.artefacts import LABELS_CSV, LABELS_JSON, LABELS_PARQUET, OSM_DATA, bitset_matrix, read_chip_table
 from imagesim.errors import ImagesimFileNotFoundError, LabelInputError, OutputExistsError
 from imagesim.fsutil import write_json, write_with
+from imagesim.geoparquet import write_geoparquet
 from imagesim.labels.cells import ard_base, check_osm_data
 from imagesim.labels.geometry import GeometryReport, features_from_osm
 from imagesim.labels.join import CellGrid, join_cell, local_index
@@ -244,7 +245,7 @@ def build_labels(
         return summary
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_with(outputs[0], lambda tmp: table.write_parquet(tmp))
+    write_geoparquet(table, outputs[0])
     csv = pl.DataFrame({"Feature": table["path"]}).hstack(
         [pl.Series(name, dense[:, j], dtype=pl.UInt8) for j, name in enumerate(taxonomy.names)]
     )

@@ -20,6 +20,7 @@ from imagesim import options
 from imagesim.artefacts import LABELS_JSON, LABELS_TRAIN_CSV, LABELS_VAL_CSV, read_labels
 from imagesim.errors import LabelInputError
 from imagesim.fsutil import write_json, write_with
+from imagesim.geoparquet import write_geoparquet
 
 
 @dataclass
@@ -98,7 +99,7 @@ def split_labels(
             name: {"train": int(dense[~is_val, j].sum()), "val": int(dense[is_val, j].sum())} for j, name in enumerate(labels.classes)
         },
     )
-    write_with(labels.path, lambda tmp: table.write_parquet(tmp))
+    write_geoparquet(table, labels.path)  # keeps labels.parquet GeoParquet
     base = labels.path.parent
     for side, mask in (("train", ~is_val), ("val", is_val)):
         csv = pl.DataFrame({"Feature": table["path"].filter(pl.Series(mask))}).hstack(

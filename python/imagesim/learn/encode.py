@@ -22,6 +22,7 @@ from imagesim import _imagesim, options
 from imagesim.artefacts import EMBEDDINGS, read_chip_table, sidecar
 from imagesim.errors import EncodeError, ImagesimFileNotFoundError
 from imagesim.fsutil import write_json, write_with
+from imagesim.geoparquet import GEO_COLUMNS, write_geoparquet
 from imagesim.learn.export import decode_metadata, model_id
 from imagesim.progress import ProgressFactory, open_progress
 from imagesim.runner import Outcome, TaskRunner, worker_threads
@@ -146,7 +147,7 @@ def _existing(out: AnyPath, mid: str, overwrite: bool) -> list[pl.DataFrame]:
     parts: list[AnyPath] = list(_parts_dir(out).glob("part-*.parquet")) if _parts_dir(out).is_dir() else []
     for path in ([out] if out.is_file() else []) + sorted(parts, key=str):
         try:
-            frame = read_parquet(path)
+            frame = read_parquet(path).drop(GEO_COLUMNS, strict=False)  # recomputed on writing
         except Exception as exc:  # noqa: BLE001 - polars raises several types
             if path == out:
                 raise EncodeError(f"{out}: exists but is not readable Parquet ({exc}); move it away or pass `overwrite`") from None
@@ -367,7 +368,7 @@ def run_encode(
             )
         )
         table = table.unique(subset=["chip"], keep="last").sort("chip")
-        write_with(out, lambda tmp: table.write_parquet(tmp))
+        write_geoparquet(table, out)
         leftover: list[AnyPath] = list(parts.glob("part-*.parquet")) if parts.is_dir() else []
         for part in leftover:
             part.unlink()

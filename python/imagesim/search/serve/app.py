@@ -32,10 +32,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from imagesim import grid, options
-from imagesim.errors import GridError, ImagesimError
+from imagesim.errors import GridError, ImagesimError, InvalidArgumentError
 from imagesim.search.serve.tiles import (
     MAX_ZOOM,
     Catalog,
@@ -71,22 +72,98 @@ PAGE_CSP = (
 )
 
 
-class SecurityHeaders:
-    """Pure ASGI middleware adding :data:`SECURITY_HEADERS` to every response (cheaper than ``@app.middleware``)."""
+# an origin as a browser sends it: scheme, host (name, IPv4 or [IPv6]) and an optional port, no path
+ORIGIN_RE = re.compile(
+    r"^(https?)://([A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]{2,45}\])(?::([0-9]{1,5}))?/?\Z", re.ASCII | re.IGNORECASE
+)
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
-    def __init__(self, app: Any) -> None:
+
+def parse_cors_origins(value: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+    """The origins allowed to read the viewer from other pages: ``()`` (none, the default), ``("*",)`` (any)
+    or each origin as browsers send it (``http://localhost:8888``; lower case, no default port, no slash).
+
+    ``value`` is a comma-separated string or a list; an origin is ``http(s)://host[:port]`` without a path."""
+    if value is None:
+        return ()
+    items = value.split(",") if isinstance(value, str) else list(value)
+    origins: list[str] = []
+    for raw in items:
+        item = raw.strip()
+        if not item:
+            continue
+        if item == "*":
+            origins.append("*")
+            continue
+        m = ORIGIN_RE.match(item)
+        port = int(m.group(3)) if m and m.group(3) else None
+        if m is None or (port is not None and not 1 <= port <= 65535):
+            raise InvalidArgumentError(
+                f"`cors_origins` {item!r}: an origin is http:// or https:// and a host[:port], without a path "
+                "(e.g. http://localhost:8888), or * for any",
+                param="cors_origins",
+            )
+        scheme, host = m.group(1).lower(), m.group(2).lower()
+        origins.append(f"{scheme}://{host}" + (f":{port}" if port is not None and port != DEFAULT_PORTS[scheme] else ""))
+    if "*" in origins:
+        return ("*",)
+    return tuple(dict.fromkeys(origins))
+
+
+def _referer_origin(referer: str) -> str | None:
+    m = re.match(r"^(https?://[^/?#]+)", referer, re.ASCII)
+    if m is None:
+        return None
+    try:
+        return parse_cors_origins(m.group(1))[0]
+    except (InvalidArgumentError, IndexError):
+        return None
+
+
+class SecurityHeaders:
+    """Pure ASGI middleware adding :data:`SECURITY_HEADERS` to every response (cheaper than ``@app.middleware``).
+
+    With ``cors_origins`` (:func:`parse_cors_origins`) ``Cross-Origin-Resource-Policy`` is ``cross-origin``
+    for requests from an allowed origin (its ``Origin`` header or, for a plain ``<img>`` that sends none,
+    its ``Referer``), and everywhere for ``*``; ``same-origin`` otherwise."""
+
+    def __init__(self, app: Any, cors_origins: tuple[str, ...] = ()) -> None:
         self.app = app
         self.extra = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+        self.cors_all = cors_origins == ("*",)
+        self.cors_origins = frozenset(cors_origins)
+        if self.cors_all:
+            self.extra = [(k, b"cross-origin" if k == b"cross-origin-resource-policy" else v) for k, v in self.extra]
+        self.cross = [(k, b"cross-origin" if k == b"cross-origin-resource-policy" else v) for k, v in self.extra]
+
+    def _allowed(self, scope: Any) -> bool:
+        origin = referer = None
+        for k, v in scope.get("headers", ()):
+            if k == b"origin":
+                origin = v.decode("latin-1")
+            elif k == b"referer":
+                referer = v.decode("latin-1")
+        if origin is None and referer is not None:
+            origin = _referer_origin(referer)
+        return origin is not None and origin in self.cors_origins
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        extra = self.extra
+        vary = bool(self.cors_origins) and not self.cors_all
+        if vary and self._allowed(scope):
+            extra = self.cross
 
         async def send_with_headers(message: Any) -> None:
             if message["type"] == "http.response.start":
-                present = {k.lower() for k, _ in message.get("headers", [])}
-                message["headers"] = list(message.get("headers", [])) + [(k, v) for k, v in self.extra if k not in present]
+                headers = list(message.get("headers", []))
+                present = {k.lower() for k, _ in headers}
+                headers += [(k, v) for k, v in extra if k not in present]
+                if vary and not any(k.lower() == b"vary" and b"origin" in v.lower() for k, v in headers):
+                    headers.append((b"vary", b"Origin"))
+                message["headers"] = headers
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
@@ -227,10 +304,15 @@ def create_app(
     cog_cache: int = options.COG_CACHE,
     quality: int = options.TILE_QUALITY,
     allowed_hosts: list[str] | None = None,
+    cors_origins: str | list[str] | tuple[str, ...] | None = None,
 ) -> FastAPI:
-    """The viewer app over an ARD delivery, its chips folder and an index folder (from `imagesim index`)."""
+    """The viewer app over an ARD delivery, its chips folder and an index folder (from `imagesim index`).
+
+    ``cors_origins``: origins whose pages may read tiles, TileJSON and the API (comma-separated or a
+    list, ``*`` for any; :func:`parse_cors_origins`); by default none (no CORS headers, CORP same-origin)."""
     from imagesim.errors import ImagesimFileNotFoundError
 
+    cors = parse_cors_origins(cors_origins)
     check_render_settings(block_cache_mb, cog_cache, quality)
     chips_root = Path(chips_dir).resolve()
     if not chips_root.is_dir():
@@ -255,7 +337,10 @@ def create_app(
     app.state.index = index
     app.state.chips = chips
     app.state.chips_root = chips_root
-    app.add_middleware(SecurityHeaders)
+    if cors:
+        # innermost: its preflight answers and simple-request headers get the security headers too
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors), allow_methods=["GET", "HEAD"], allow_credentials=False, max_age=3600)
+    app.add_middleware(SecurityHeaders, cors_origins=cors)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or ["127.0.0.1", "localhost", "::1", "[::1]"])
 
     @app.exception_handler(StarletteHTTPException)
@@ -484,4 +569,5 @@ def app_from_env() -> FastAPI:
         cog_cache=int(env.get("IMAGESIM_SERVE_COG_CACHE", options.COG_CACHE)),
         quality=int(env.get("IMAGESIM_SERVE_QUALITY", options.TILE_QUALITY)),
         allowed_hosts=allowed_hosts_for(env.get("IMAGESIM_SERVE_HOST", options.SERVE_HOST)),
+        cors_origins=env.get("IMAGESIM_SERVE_CORS") or None,
     )

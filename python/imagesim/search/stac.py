@@ -1,0 +1,344 @@
+"""`imagesim stac`: a static STAC catalog of a chips folder (pystac).
+
+One Collection per delivery zone: the chips cut from one ARD root's one UTM zone folder
+(``<root>/<zone>/…``). A zone is the unit an ARD order is delivered and projected in (one EPSG), so its
+spatial extent is a compact box; the temporal extent spans its acquisition dates.
+
+Items, by ``granularity``:
+
+- ``acquisition`` (the default): one Item per level-12 cell and acquisition (catalog id), one asset
+  per chip, carrying that chip's ``valid_fraction``, ``nodata_class``, ``labels`` and embedding row.
+- ``chip``: one Item per chip, those fields as Item properties.
+
+Either way an Item links the source COG (asset role ``source``; not a ``derived_from`` link: pystac
+checks every non-hierarchical link against the whole catalog on save, quadratic in the items), the ARD
+metadata JSON beside it (``<catalog-id>.json``, role ``metadata``) when present, and
+``embeddings.parquet`` (role ``embeddings``, the chip's row and model id) when the chips folder has one.
+Chip footprints come from :func:`imagesim.geoparquet.footprint_polygons` (the grid square in WGS84). The catalog is
+self-contained (relative links between catalog, collections and items); assets outside the catalog
+(chips, COGs, metadata, embeddings) keep absolute hrefs so the folder can be moved or served.
+
+The catalog is built in a temporary folder beside ``out`` and renamed into place at the end.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from imagesim import artefacts, grid, options
+from imagesim.errors import ImagesimError, ImagesimFileNotFoundError, OutputExistsError, require
+
+JPEG = "image/jpeg"
+COG = "image/tiff; application=geotiff; profile=cloud-optimized"
+JSON = "application/json"
+PARQUET = "application/vnd.apache.parquet"
+
+
+@dataclass
+class StacSummary:
+    out: Path
+    collections: int
+    items: int
+    chips: int
+    skipped: int  # chips without an acquisition date or source COG
+    seconds: float
+
+    def line(self) -> str:
+        skipped = f", {self.skipped} chips skipped (no acquisition date)" if self.skipped else ""
+        return f"{self.chips} chips in {self.items} items, {self.collections} collections → {self.out} ({self.seconds:.1f} s){skipped}"
+
+
+def footprints(table: pl.DataFrame, geometry: bool = True) -> tuple[np.ndarray, list[dict[str, Any]] | None]:
+    """WGS84 bounds ``(n, 4)`` (west, south, east, north) and GeoJSON polygons of each row's ``quadkey``
+    in its ``zone``: :func:`imagesim.geoparquet.footprint_polygons` (vectorised per zone CRS); no
+    polygons unless ``geometry``."""
+    import shapely
+
+    from imagesim.geoparquet import footprint_polygons
+
+    if table.height == 0:
+        return np.zeros((0, 4), np.float64), [] if geometry else None
+    geoms = footprint_polygons(table["zone"], table["quadkey"], table["chip"].to_list())
+    return np.asarray(shapely.bounds(geoms), np.float64), [shapely.geometry.mapping(g) for g in geoms] if geometry else None
+
+
+def _polygon(w: float, s: float, e: float, n: float) -> dict[str, Any]:
+    return {"type": "Polygon", "coordinates": [[[w, s], [e, s], [e, n], [w, n], [w, s]]]}
+
+
+def _date_of(cog: str | None) -> str | None:
+    """The acquisition folder (``…/<YYYY-MM-DD>/<catalog-id>-visual.tif``) of a COG path."""
+    if not cog:
+        return None
+    name = Path(cog).parent.name
+    try:
+        dt.date.fromisoformat(name)
+    except ValueError:
+        return None
+    return name
+
+
+def chip_rows(chips_dir: Path, ard_path: str | Path | None = None, *, geometry: bool = True) -> pl.DataFrame:
+    """One row per chip of the manifest: identity, no-data class, ``valid_fraction``, ``acquisition_date``,
+    ``source_cog``, ``written``, ``root`` (the ARD delivery root), WGS84 ``west/south/east/north`` and the
+    footprint ``geometry`` (GeoJSON text; only when ``geometry``).
+
+    Rows whose manifest lacks the source COG (a manifest derived from chip names) find it under
+    ``ard_path``."""
+    chips = artefacts.read_chip_table(chips_dir)
+    manifest = artefacts.read_manifest(chips_dir)
+    extra = manifest.select("chip", "acquisition_date", "source_cog", "valid_fraction", "written").unique(subset=["chip"], keep="last")
+    table = chips.join(extra, on="chip", how="left")
+    if ard_path is not None and table["source_cog"].null_count():
+        found: list[str | None] = []
+        for chip, cog in zip(table["chip"].to_list(), table["source_cog"].to_list()):
+            if cog is None:
+                try:
+                    cog = str(grid.cog_path_from_chip(chip, ard_path))
+                except ImagesimError:  # not found, or a name that is no chip
+                    cog = None
+            found.append(cog)
+        table = table.with_columns(pl.Series("source_cog", found, dtype=pl.String))
+    dates = [d or _date_of(c) for d, c in zip(table["acquisition_date"].to_list(), table["source_cog"].to_list())]
+    # <root>/<zone>/<cell>/<date>/<catalog-id>-visual.tif → <root>
+    roots = [str(Path(c).parents[3]) if c else None for c in table["source_cog"].to_list()]
+    table = table.with_columns(
+        pl.Series("acquisition_date", dates, dtype=pl.String),
+        pl.Series("root", roots, dtype=pl.String),
+        pl.col("written").fill_null(True),
+    )
+    box, shapes = footprints(table, geometry)
+    table = table.with_columns(
+        pl.Series("west", box[:, 0]),
+        pl.Series("south", box[:, 1]),
+        pl.Series("east", box[:, 2]),
+        pl.Series("north", box[:, 3]),
+    )
+    if shapes is not None:
+        table = table.with_columns(pl.Series("geometry", [json.dumps(g) for g in shapes], dtype=pl.String))
+    return table
+
+
+def _labels(chips_dir: Path, labels: str | Path | None) -> dict[str, list[str]]:
+    path = Path(labels) if labels is not None else chips_dir / artefacts.LABELS_PARQUET
+    if labels is None and not path.is_file():
+        return {}
+    found = artefacts.read_labels(path)
+    names = found.classes
+    return {chip: [names[i] for i in ids] for chip, ids in zip(found.table["chip"].to_list(), found.table["label_ids"].to_list())}
+
+
+def _embeddings(chips_dir: Path, embeddings: str | Path | None) -> tuple[Path | None, dict[str, tuple[int, str]]]:
+    """``embeddings.parquet`` and each chip's (row, model id); only those two columns are read."""
+    path = Path(embeddings) if embeddings is not None else chips_dir / artefacts.EMBEDDINGS
+    if embeddings is None and not path.is_file():
+        return None, {}
+    if not path.is_file():
+        raise ImagesimFileNotFoundError(f"{path}: embeddings not found; run `imagesim encode` first")
+    try:
+        table = pl.read_parquet(path, columns=["chip", "model_id"])
+    except Exception as exc:  # polars raises several types for unreadable files
+        raise ImagesimError(f"{path}: cannot read embeddings ({exc})") from None
+    rows = {chip: (i, model) for i, (chip, model) in enumerate(zip(table["chip"].to_list(), table["model_id"].to_list()))}
+    return path.resolve(), rows
+
+
+def _collection_ids(keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], str]:
+    ids: dict[tuple[str, int], str] = {}
+    for root, zone in keys:
+        base = f"{Path(root).name or 'ard'}-Z{zone:02d}"
+        cid, n = base, 1
+        while cid in ids.values():
+            n += 1
+            cid = f"{base}-{n}"
+        ids[(root, zone)] = cid
+    return ids
+
+
+def build_catalog(
+    table: pl.DataFrame,
+    chips_dir: Path,
+    *,
+    granularity: str = options.STAC_GRANULARITY,
+    labels: dict[str, list[str]] | None = None,
+    embeddings: tuple[Path | None, dict[str, tuple[int, str]]] = (None, {}),
+    title: str | None = None,
+) -> Any:
+    """A ``pystac.Catalog`` of ``table`` (:func:`chip_rows`, rows with a date and a COG)."""
+    pystac = require("pystac", "stac", purpose="`imagesim stac`")
+    options.check_choice("granularity", granularity, options.STAC_GRANULARITIES)
+    labels = labels or {}
+    emb_path, emb_rows = embeddings
+    chips_dir = chips_dir.resolve()
+    catalog = pystac.Catalog(
+        id="imagesim-chips", description=title or f"Chips of {chips_dir} (imagesim)", title=title or f"imagesim chips {chips_dir.name}"
+    )
+    meta_cache: dict[str, str | None] = {}
+
+    def metadata_json(cog: str) -> str | None:
+        if cog not in meta_cache:
+            p = Path(cog)
+            m = p.with_name(p.name.removesuffix("-visual.tif") + ".json")
+            meta_cache[cog] = str(m) if m.is_file() else None
+        return meta_cache[cog]
+
+    def chip_fields(r: dict[str, Any]) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            "imagesim:chip": r["chip"],
+            "imagesim:quadkey": r["quadkey"],
+            "valid_fraction": r["valid_fraction"],
+            "nodata_class": r["nodata_class"],
+        }
+        if labels:
+            fields["labels"] = labels.get(r["chip"], [])
+        if r["chip"] in emb_rows:
+            row, model = emb_rows[r["chip"]]
+            fields["imagesim:embedding_row"] = row
+            fields["imagesim:model_id"] = model
+        return fields
+
+    def source_assets(item: Any, cog: str, catalog_id: str) -> None:
+        item.add_asset("source", pystac.Asset(href=cog, media_type=COG, roles=["source"], title=f"ARD COG {catalog_id}"))
+        meta = metadata_json(cog)
+        if meta is not None:
+            item.add_asset("metadata", pystac.Asset(href=meta, media_type=JSON, roles=["metadata"], title="ARD metadata"))
+        if emb_path is not None:
+            item.add_asset("embeddings", pystac.Asset(href=str(emb_path), media_type=PARQUET, roles=["embeddings"]))
+
+    def chip_asset(r: dict[str, Any], with_fields: bool) -> Any:
+        return pystac.Asset(
+            href=str(chips_dir / r["path"]),
+            media_type=JPEG,
+            roles=["data"],
+            extra_fields=chip_fields(r) if with_fields else None,
+        )
+
+    keys = table.select("root", "zone").unique().sort("root", "zone").rows()
+    ids = _collection_ids(keys)
+    for (root, zone), part in table.sort("chip").group_by(["root", "zone"], maintain_order=True):
+        rows = part.to_dicts()
+        west, south, east, north = (
+            float(part["west"].min()),  # type: ignore[arg-type]
+            float(part["south"].min()),  # type: ignore[arg-type]
+            float(part["east"].max()),  # type: ignore[arg-type]
+            float(part["north"].max()),  # type: ignore[arg-type]
+        )
+        dates = sorted(set(part["acquisition_date"].to_list()))
+        start, end = (dt.datetime.fromisoformat(d).replace(tzinfo=dt.timezone.utc) for d in (dates[0], dates[-1]))
+        collection = pystac.Collection(
+            id=ids[(str(root), int(zone))],
+            description=f"imagesim chips of ARD delivery {root}, UTM zone {zone}",
+            extent=pystac.Extent(pystac.SpatialExtent([[west, south, east, north]]), pystac.TemporalExtent([[start, end]])),
+            license="other",
+        )
+        if granularity == "chip":
+            for r in rows:
+                when = dt.datetime.fromisoformat(r["acquisition_date"]).replace(tzinfo=dt.timezone.utc)
+                props = {"imagesim:catalog_id": r["catalog_id"], "imagesim:cell": r["cell"], "imagesim:zone": r["zone"], **chip_fields(r)}
+                item = pystac.Item(
+                    id=r["chip"].removesuffix(".jpg"),
+                    geometry=json.loads(r["geometry"]) if "geometry" in r else _polygon(r["west"], r["south"], r["east"], r["north"]),
+                    bbox=[r["west"], r["south"], r["east"], r["north"]],
+                    datetime=when,
+                    properties=props,
+                )
+                if r["written"]:
+                    item.add_asset("chip", chip_asset(r, with_fields=False))
+                source_assets(item, r["source_cog"], r["catalog_id"])
+                collection.add_item(item)
+        else:
+            groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+            for r in rows:
+                groups.setdefault((r["cell"], r["catalog_id"]), []).append(r)
+            for (cell, catalog_id), members in groups.items():
+                w = min(m["west"] for m in members)
+                s = min(m["south"] for m in members)
+                e = max(m["east"] for m in members)
+                n = max(m["north"] for m in members)
+                first = members[0]
+                when = dt.datetime.fromisoformat(first["acquisition_date"]).replace(tzinfo=dt.timezone.utc)
+                item = pystac.Item(
+                    id=f"Z{first['zone']:02d}-{cell}_{catalog_id}",
+                    geometry=_polygon(w, s, e, n),
+                    bbox=[w, s, e, n],
+                    datetime=when,
+                    properties={
+                        "imagesim:catalog_id": catalog_id,
+                        "imagesim:cell": cell,
+                        "imagesim:zone": first["zone"],
+                        "imagesim:chips": len(members),
+                    },
+                )
+                for m in members:
+                    asset = chip_asset(m, with_fields=True)
+                    if not m["written"]:  # measured, no JPEG: keep its fields, point at where it would be
+                        asset.roles = ["data", "not-written"]
+                    item.add_asset(m["chip"].removesuffix(".jpg"), asset)
+                source_assets(item, first["source_cog"], catalog_id)
+                collection.add_item(item)
+        catalog.add_child(collection)
+    return catalog
+
+
+def _is_empty_dir(path: Path) -> bool:
+    return path.is_dir() and not any(path.iterdir())
+
+
+def write_stac(
+    chips: str | Path,
+    out: str | Path,
+    *,
+    ard_path: str | Path | None = None,
+    granularity: str = options.STAC_GRANULARITY,
+    labels: str | Path | None = None,
+    embeddings: str | Path | None = None,
+    overwrite: bool = False,
+) -> StacSummary:
+    """Write a self-contained STAC catalog of the chips folder ``chips`` to ``out`` (see the module)."""
+    pystac = require("pystac", "stac", purpose="`imagesim stac`")
+    options.check_choice("granularity", granularity, options.STAC_GRANULARITIES)
+    t0 = time.perf_counter()
+    chips_dir, out = Path(chips), Path(out)
+    if not chips_dir.is_dir():
+        raise ImagesimFileNotFoundError(f"{chips_dir}: no chips folder")
+    if out.exists() and not (overwrite or _is_empty_dir(out)):
+        raise OutputExistsError(f"{out}: exists and is not empty; pass `overwrite` to replace it")
+    table = chip_rows(chips_dir, ard_path, geometry=granularity == "chip")
+    usable = table.filter(pl.col("acquisition_date").is_not_null() & pl.col("source_cog").is_not_null())
+    skipped = table.height - usable.height
+    if usable.height == 0:
+        why = (
+            f"{table.height} chips have no acquisition date or source COG (pass `ard_path`)" if table.height else "no chips in the manifest"
+        )
+        raise ImagesimError(f"{chips_dir}: nothing to catalog: {why}")
+    catalog = build_catalog(
+        usable, chips_dir, granularity=granularity, labels=_labels(chips_dir, labels), embeddings=_embeddings(chips_dir, embeddings)
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        catalog.normalize_hrefs(str(tmp.resolve() / "catalog.json"))  # a folder name with a dot is no file
+        catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    items = sum(1 for _ in catalog.get_items(recursive=True))
+    return StacSummary(out, len(list(catalog.get_children())), items, usable.height, skipped, time.perf_counter() - t0)
