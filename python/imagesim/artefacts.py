@@ -542,6 +542,25 @@ def _chip_columns(table: pl.DataFrame) -> pl.DataFrame:
     return table
 
 
+def _read_sidecar(meta_path: AnyPath) -> dict[str, Any]:
+    """The JSON beside an embeddings file (``embeddings.json``); empty when there is none."""
+    if not meta_path.is_file():
+        return {}
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InvalidArgumentError(f"{meta_path}: cannot read ({exc})") from None
+    if not isinstance(meta, dict):
+        raise InvalidArgumentError(f"{meta_path}: not a JSON object")
+    return meta
+
+
+def _check_unique_chips(table: pl.DataFrame, path: Path) -> None:
+    dupes = table["chip"].is_duplicated()
+    if dupes.any():
+        raise InvalidArgumentError(f"{path}: chip {table['chip'].filter(dupes)[0]} appears more than once")
+
+
 def read_embeddings(path: str | Path) -> tuple[pl.DataFrame, np.ndarray, dict[str, Any]]:
     """``embeddings.parquet`` (+ ``embeddings.json`` beside it if present) → (rows, unit vectors, meta)."""
     path = Path(path)
@@ -556,9 +575,7 @@ def read_embeddings(path: str | Path) -> tuple[pl.DataFrame, np.ndarray, dict[st
             raise InvalidArgumentError(f"{path}: not an embeddings file, missing column {col!r}")
     if table.height == 0:
         raise InvalidArgumentError(f"{path}: holds no embedding, nothing to index: run `imagesim encode` on chips that have data first")
-    dupes = table["chip"].is_duplicated()
-    if dupes.any():
-        raise InvalidArgumentError(f"{path}: chip {table['chip'].filter(dupes)[0]} appears more than once")
+    _check_unique_chips(table, path)
     emb = table["embedding"]
     if isinstance(emb.dtype, pl.List):
         lengths = emb.list.len().unique()
@@ -569,13 +586,8 @@ def read_embeddings(path: str | Path) -> tuple[pl.DataFrame, np.ndarray, dict[st
         raise InvalidArgumentError(f"{path}: column 'embedding' must hold fixed-length float vectors, got {emb.dtype}")
     vectors = _unit_vectors(emb.to_numpy(), table["chip"], path)
 
-    meta: dict[str, Any] = {}
     meta_path = sidecar(path)
-    if meta_path.is_file():
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, ValueError) as exc:
-            raise InvalidArgumentError(f"{meta_path}: cannot read ({exc})") from None
+    meta = _read_sidecar(meta_path)
     if "model_id" not in meta and "model_id" in table.columns:
         models = table["model_id"].unique().to_list()
         if len(models) > 1:
@@ -607,21 +619,14 @@ def read_class_probabilities(path: str | Path) -> tuple[pl.DataFrame, list[str],
         raise InvalidArgumentError(
             f"{path}: holds no class probabilities (no column 'probabilities'); encode with a model that has class outputs"
         )
-    meta: dict[str, Any] = {}
     meta_path = sidecar(path)
-    if meta_path.is_file():
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, ValueError) as exc:
-            raise InvalidArgumentError(f"{meta_path}: cannot read ({exc})") from None
+    meta = _read_sidecar(meta_path)
     classes = meta.get("classes")
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
         raise InvalidArgumentError(f"{meta_path}: no class names (key 'classes') for the probabilities of {path}")
     if table.height == 0:
         raise InvalidArgumentError(f"{path}: holds no chip: run `imagesim encode` on chips that have data first")
-    dupes = table["chip"].is_duplicated()
-    if dupes.any():
-        raise InvalidArgumentError(f"{path}: chip {table['chip'].filter(dupes)[0]} appears more than once")
+    _check_unique_chips(table, path)
     prob = table["probabilities"]
     if isinstance(prob.dtype, pl.List):
         lengths = prob.list.len().unique()
