@@ -14,6 +14,8 @@ import shapely
 from imagesim import geoparquet, grid
 from imagesim.errors import GridError
 
+from onnx_models import tiny_onnx
+
 NORTH = "03131313131313131"  # zone 33, a z17 chip at 15°E, 30.85°N
 SOUTH = "21313131313131313"  # zone 33, its mirror south of the equator (false northing)
 SIZE = 32  # input of the stand-in ONNX model
@@ -111,40 +113,6 @@ def test_a_row_without_zone_or_quadkey_is_refused_unless_allowed() -> None:
     assert out["bbox"].is_null().to_list() == [True, False]
 
 
-def tiny_onnx(path: Path) -> Path:
-    """A stand-in exported model (as in tests/imagery/test_original_folders.py)."""
-    from onnx import TensorProto, helper, save
-
-    const = helper.make_tensor
-    graph = helper.make_graph(
-        [
-            helper.make_node("Cast", ["image"], ["pixels"], to=TensorProto.FLOAT),
-            helper.make_node("ReduceMean", ["pixels"], ["mean"], axes=[1, 2], keepdims=0),
-            helper.make_node("Div", ["mean", "scale"], ["rgb"]),
-            helper.make_node("Add", ["rgb", "bias"], ["raw"]),
-            helper.make_node("LpNormalization", ["raw"], ["embedding"], axis=1, p=2),
-            helper.make_node("MatMul", ["rgb", "weights"], ["logits"]),
-        ],
-        "tiny",
-        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["batch", SIZE, SIZE, 3])],
-        [
-            helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", 3]),
-            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2]),
-        ],
-        [
-            const("scale", TensorProto.FLOAT, [], [255.0]),
-            const("bias", TensorProto.FLOAT, [3], [0.1, 0.1, 0.1]),
-            const("weights", TensorProto.FLOAT, [3, 2], [4.0, -4.0, 4.0, 0.0, 4.0, 4.0]),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    meta = {"classes": json.dumps(["bright", "blue"]), "thresholds": json.dumps([0.9, 0.5]), "chip_size": str(SIZE), "embedding_dim": "3"}
-    helper.set_model_props(model, {f"imagesim.{k}": v for k, v in meta.items()})
-    save(model, str(path))
-    return path
-
-
 @pytest.fixture(scope="module")
 def tables(tmp_path_factory, small_sample) -> dict[str, Path]:
     """The small sample chipped, no-data indexed, labelled and encoded: the four GeoParquet tables."""
@@ -165,7 +133,7 @@ def tables(tmp_path_factory, small_sample) -> dict[str, Path]:
         cell.folder(osm_root).mkdir(parents=True)
     import_osm(small_sample.osm_pbf, osm_root, cells)
     build_labels(chips, osm_root, LabelSettings(include=("partial",)))
-    run_encode(tiny_onnx(base / "model.onnx"), chips, EncodeSettings(provider="cpu", include_nodata=True))
+    run_encode(tiny_onnx(base / "model.onnx", SIZE), chips, EncodeSettings(provider="cpu", include_nodata=True))
     return {name: chips / f"{name}.parquet" for name in ("chips", "nodata", "labels", "embeddings")}
 
 

@@ -25,6 +25,8 @@ from imagesim.artefacts import (
 )
 from imagesim.errors import ImagesimFileNotFoundError
 
+from onnx_models import tiny_onnx
+
 LAYOUTS = ("zones", "flat")  # DEST/<zone>/<chip>, or the chips right in the folder (one zone's folder)
 SIZE = 32  # input of the stand-in ONNX model
 
@@ -193,40 +195,6 @@ def test_labels_build_on_an_original_folder(real, real_labels, tmp_path, layout)
     assert pl.read_csv(orig / "labels.csv")["Feature"].to_list() == table["path"].to_list()
 
 
-def tiny_onnx(path: Path) -> Path:
-    """A stand-in exported model: embedding = unit(mean RGB / 255 + 0.1), logits = mean RGB · W."""
-    from onnx import TensorProto, helper, save
-
-    const = helper.make_tensor
-    graph = helper.make_graph(
-        [
-            helper.make_node("Cast", ["image"], ["pixels"], to=TensorProto.FLOAT),
-            helper.make_node("ReduceMean", ["pixels"], ["mean"], axes=[1, 2], keepdims=0),
-            helper.make_node("Div", ["mean", "scale"], ["rgb"]),
-            helper.make_node("Add", ["rgb", "bias"], ["raw"]),
-            helper.make_node("LpNormalization", ["raw"], ["embedding"], axis=1, p=2),
-            helper.make_node("MatMul", ["rgb", "weights"], ["logits"]),
-        ],
-        "tiny",
-        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["batch", SIZE, SIZE, 3])],
-        [
-            helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", 3]),
-            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2]),
-        ],
-        [
-            const("scale", TensorProto.FLOAT, [], [255.0]),
-            const("bias", TensorProto.FLOAT, [3], [0.1, 0.1, 0.1]),
-            const("weights", TensorProto.FLOAT, [3, 2], [4.0, -4.0, 4.0, 0.0, 4.0, 4.0]),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    meta = {"classes": json.dumps(["bright", "blue"]), "thresholds": json.dumps([0.9, 0.5]), "chip_size": str(SIZE), "embedding_dim": "3"}
-    helper.set_model_props(model, {f"imagesim.{k}": v for k, v in meta.items()})
-    save(model, str(path))
-    return path
-
-
 @pytest.fixture(scope="module")
 def encoded(real, tmp_path_factory):
     """The stand-in model, and the embeddings and index of the real chips folder."""
@@ -237,7 +205,7 @@ def encoded(real, tmp_path_factory):
     from imagesim.search.index import build_index
 
     base = tmp_path_factory.mktemp("real-encode")
-    onnx = tiny_onnx(base / "model.onnx")
+    onnx = tiny_onnx(base / "model.onnx", SIZE)
     run_encode(onnx, real.chips, EncodeSettings(out=base / "embeddings.parquet", provider="cpu"))
     build_index(base / "embeddings.parquet", base / "index")
     return onnx, pl.read_parquet(base / "embeddings.parquet"), base / "index"
