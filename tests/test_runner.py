@@ -226,6 +226,21 @@ def test_rerun_on_cluster_skips_like_in_process(small_sample, in_process, client
     assert manifest(dest).equals(before)
 
 
+def test_masks_on_cluster_match_chip_in_process(small_sample, in_process, client, tmp_path) -> None:
+    """`imagesim masks` on Dask refills the mask fractions `imagesim chip` computed in process, exactly."""
+    from imagesim.artefacts import MASK_FRACTION_COLUMNS
+    from imagesim.imagery.masks import run_masks
+
+    dest = tmp_path / "chips"
+    shutil.copytree(in_process, dest)
+    columns = list(MASK_FRACTION_COLUMNS.values())
+    full = pl.read_parquet(dest / MANIFEST)
+    full.with_columns(pl.lit(None, pl.Float64).alias(c) for c in columns).write_parquet(dest / MANIFEST)
+    summary = run_masks(dest, small_sample.root, scheduler=client)
+    assert summary.updated == full.height and not summary.failed
+    assert pl.read_parquet(dest / MANIFEST).select(columns).equals(full.select(columns))
+
+
 class KillOnce(distributed.WorkerPlugin):
     """Kills its worker process (``os._exit``) shortly after a task whose key starts with ``prefix``
     begins executing — once per test, remembered in a marker file across worker restarts."""

@@ -93,6 +93,21 @@ def unpack_labels(bits: npt.NDArray[np.uint64], n_classes: int) -> tuple[npt.NDA
 def dense_labels(bits: npt.NDArray[np.uint64], n_classes: int) -> npt.NDArray[np.uint8]: ...
 def label_cooccurrence(bits: npt.NDArray[np.uint64], n_classes: int) -> npt.NDArray[np.uint64]: ...
 
+# --- masks ---
+# Signed area of polygon rings inside each square of an nx × ny grid whose north-west corner is
+# (x0, y_top), squares of side `cell`: float64 (ny, nx), north row first, west to east. `xy`: float64
+# (n, 2) C-contiguous; `ring_offsets`: int64, rings + 1 entries (shapely.to_ragged_array's ring
+# offsets). Counter-clockwise rings count positive, clockwise negative. InvalidArgumentError on bad input.
+def grid_coverage(
+    xy: npt.NDArray[np.float64],
+    ring_offsets: npt.NDArray[np.int64],
+    x0: float,
+    y_top: float,
+    cell: float,
+    nx: int,
+    ny: int,
+) -> npt.NDArray[np.float64]: ...
+
 # --- jpeg / batch ---
 def decode_batch(
     paths: list[str | PathLike[str]],

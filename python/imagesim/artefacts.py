@@ -57,6 +57,11 @@ from imagesim.storage import AnyPath, StorePath, location, read_parquet
 CHIPS_MANIFEST = "chips.parquet"
 CHIP_ERRORS = "chip-errors.json"
 
+# The ARD masks imagesim reads (imagery.ard.MASK_FILES names their files) and their manifest columns.
+MASK_NAMES = ("cloud", "cloud_shadow", "terrain_shadow", "water", "vegetation")
+MASK_FRACTION_COLUMNS: dict[str, str] = {name: f"{name}_fraction" for name in MASK_NAMES}
+CLOUD_FRACTION = MASK_FRACTION_COLUMNS["cloud"]
+
 MANIFEST_SCHEMA: dict[str, pl.DataType] = {
     "chip": pl.String(),
     "zone": pl.UInt8(),
@@ -79,12 +84,15 @@ MANIFEST_SCHEMA: dict[str, pl.DataType] = {
     "written": pl.Boolean(),
     "encoding": pl.String(),
     "bytes": pl.UInt64(),
+    # ARD masks (imagery.masks): the share of the chip's valid (data-mask) area under each mask; null
+    # where the delivery has no such mask or the chip no valid area.
+    **{column: pl.Float64() for column in MASK_FRACTION_COLUMNS.values()},
 }
 # The GeoParquet columns of the chip tables (imagesim.geoparquet writes them; not in MANIFEST_SCHEMA:
 # read_manifest drops them and the manifest's writer recomputes them).
 GEO_COLUMNS: tuple[str, ...] = _GEO_COLUMNS
 # Columns added after the first manifests were written; older manifests get them as nulls.
-MANIFEST_LATER_COLUMNS = {"source_size", "source_mtime_ns", "nodata_threshold"}
+MANIFEST_LATER_COLUMNS = {"source_size", "source_mtime_ns", "nodata_threshold", *MASK_FRACTION_COLUMNS.values()}
 # What every later stage needs of a chip: its identity and no-data class.
 CHIP_IDENTITY = ["chip", "zone", "quadkey", "zoom", "cell", "catalog_id", "nodata_class"]
 # Columns of a manifest derived from chip names (beside MANIFEST_SCHEMA): the chip file relative to the
@@ -211,10 +219,12 @@ def read_chip_table(
     chips_dir: AnyPath,
     nodata_index: str | AnyPath | None = None,
     log: Callable[[str], None] | None = None,
+    *,
+    extra: tuple[str, ...] = (),
 ) -> pl.DataFrame:
     """Identity, no-data class and ``path`` (relative to ``chips_dir``) of every chip in the manifest, one
     row per chip (latest wins); the class from ``nodata_index`` (or ``DEST/nodata.parquet`` when present)
-    overrides the manifest's.
+    overrides the manifest's. ``extra``: more MANIFEST_SCHEMA columns (null where the manifest predates them).
 
     A folder of the original tool (chip JPEGs, no ``chips.parquet``) gets a manifest derived from the chip
     names (:func:`derive_manifest`), saved for later runs; ``log`` (default: a ``DerivedManifestWarning``)
@@ -237,7 +247,8 @@ def read_chip_table(
     if missing:
         raise LabelInputError(f"{manifest}: not a chip manifest, missing column(s) {', '.join(missing)}")
     path = pl.coalesce(pl.col(CHIP_PATH), chip_path_expr(chips_dir)) if CHIP_PATH in have else chip_path_expr(chips_dir)
-    chips = lazy.select(*CHIP_IDENTITY, path.alias(CHIP_PATH)).unique(subset=["chip"], keep="last").sort("chip").collect()
+    more = [pl.col(c) if c in have else pl.lit(None, MANIFEST_SCHEMA[c]).alias(c) for c in extra]
+    chips = lazy.select(*CHIP_IDENTITY, path.alias(CHIP_PATH), *more).unique(subset=["chip"], keep="last").sort("chip").collect()
 
     source = nodata_index
     for default in (NODATA_PARQUET, *((NODATA_INDEX,) if DERIVED in have else ())):

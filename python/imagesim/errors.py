@@ -75,6 +75,10 @@ class ArdLayoutError(ImagesimError, ValueError):
     """A path does not look like an ARD delivery."""
 
 
+class MaskError(ImagesimError, ValueError):
+    """An ARD vector mask (a `-*-mask.gpkg` GeoPackage) cannot be read or used."""
+
+
 class OutputExistsError(ImagesimError, FileExistsError):
     """An output already exists and overwriting was not asked for."""
 

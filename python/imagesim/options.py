@@ -61,6 +61,11 @@ def check_choice(name: str, value: Any, choices: Iterable[Any]) -> None:
 # ============================================================================================
 UTM_ZONE_RANGE = (1, 60)
 QUADKEY_PREFIX_DIGITS = (1, 12)  # a cell filter: a level-12 cell quadkey or a coarser prefix
+# ARD masks (imagery/masks.py): the share of a chip's valid area under the cloud mask above which a
+# chip is "cloudy". `labels build` leaves cloudy chips out by default; encode/similar/serve keep
+# them unless asked (None: no cloud filter).
+MAX_CLOUD = 0.1
+FRACTION_RANGE = (0.0, 1.0)
 
 # ============================================================================================
 # labels: `osm fetch | import | tags`, `labels build | report | split`

@@ -12,6 +12,7 @@ PIPELINE = [
     "sample-data",
     "chip",
     "nodata-index",
+    "masks",
     "osm",
     "labels",
     "train",

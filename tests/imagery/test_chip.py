@@ -64,7 +64,7 @@ def test_every_chip_written_and_recorded(chipped_jpeg) -> None:
     # The sample has whole, partial and empty chips.
     assert set(manifest["nodata_class"]) == {"all_data", "partial_data", "no_data"}
     errors = json.loads((dest / "chip-errors.json").read_text())
-    assert errors == {"cogs": [], "chips": [], "misplaced": []}
+    assert errors == {"cogs": [], "chips": [], "misplaced": [], "masks": []}
 
 
 def test_chip_pixels_match_gdal(chipped_deflate) -> None:

@@ -32,6 +32,24 @@ def _band_pixels(cog: Path, small_box: tuple[int, int, int] | None = None) -> np
     return ds.ReadAsArray(bc0, br0, size, size)
 
 
+def _under_masks(cogs: list[Path], small_box: tuple[int, int, int], names: tuple[str, ...]) -> np.ndarray:
+    """Pixels of :func:`_band_pixels`' window under any of the named ARD masks of any of ``cogs`` (GDAL burns them)."""
+    ds = gdal.Open(str(cogs[0]))
+    gt = ds.GetGeoTransform()
+    c0, r0, s = small_box
+    bc0, br0 = (c0 // 512) * 512 - 512, (r0 // 512) * 512 - 512
+    size = ((c0 + s) // 512 + 2) * 512 - bc0
+    mem = gdal.GetDriverByName("MEM").Create("", size, size, 1, gdal.GDT_Byte)
+    mem.SetGeoTransform((gt[0] + bc0 * gt[1], gt[1], 0, gt[3] + br0 * gt[5], 0, gt[5]))
+    mem.SetProjection(ds.GetProjection())
+    for cog in cogs:
+        catalog_id = cog.name[: -len("-visual.tif")]
+        for name in names:
+            src = ogr.Open(str(cog.parent / f"{catalog_id}-{name}.gpkg"))
+            gdal.RasterizeLayer(mem, [1], src.GetLayer(0), burn_values=[1])
+    return mem.ReadAsArray() > 0
+
+
 def _checksum(cog: Path, acq) -> str:
     return hashlib.sha256(_band_pixels(cog, acq.small_box).tobytes()).hexdigest()
 
@@ -187,6 +205,10 @@ def test_deterministic_and_seed_dependent(small_sample_deflate, other_seed, tmp_
     both = (p0[0] > 0) & (p1[0] > 0)
     assert both.sum() > 100_000
     assert not np.array_equal(p0[0] > 0, p1[0] > 0)
+    # compared where neither acquisition has clouds or their shadows (each has its own)
+    clouded = _under_masks(small_sample_deflate.cogs[:2], ACQUISITIONS[0].small_box, ("cloud-mask", "cloud-shadow-mask"))
+    both &= ~clouded
+    assert both.sum() > 50_000
     corr = np.corrcoef(p0[1][both], p1[1][both])[0, 1]
     assert corr > 0.6  # same scene
     assert np.abs(p0[:, both] - p1[:, both]).mean() > 2  # different lighting

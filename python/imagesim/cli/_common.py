@@ -70,6 +70,15 @@ ArdPath = Annotated[
         help="Root of the ARD delivery (<zone>/<quadkey>/<date>/<catalog-id>-visual.tif), or one zone folder: a folder or an object-store URL (s3://, gs://, az://, https://) read with range requests.",
     ),
 ]
+MaxCloud = Annotated[
+    Optional[float],
+    typer.Option(
+        "--max-cloud",
+        min=0.0,
+        max=1.0,
+        help="Leave out chips with more than this share of their valid area under the ARD cloud mask (chips.parquet's cloud_fraction; chips without one are kept).",
+    ),
+]
 Chips = Annotated[
     str, typer.Option("--chips", help="Chips folder or object-store prefix (the DEST of `imagesim chip`, holding chips.parquet).")
 ]

@@ -1,4 +1,4 @@
-"""`imagesim sample-data`, `imagesim chip` and `imagesim nodata-index`: deliveries to chips.
+"""`imagesim sample-data`, `imagesim chip`, `imagesim nodata-index` and `imagesim masks`: deliveries to chips.
 
 The imagery stage is imported inside each command, so `imagesim --help` stays fast.
 """
@@ -14,6 +14,7 @@ from rich.markup import escape
 from imagesim import options
 from imagesim.cli._common import (
     ArdPath,
+    Chips,
     Commands,
     MinNodataPixels,
     NodataThreshold,
@@ -126,6 +127,7 @@ def chip(
         err.print(f"[yellow]changed since its chips were cut, chips rewritten:[/] {cog}")
     for _cog, msg in summary.failed_cogs:
         err.print(f"[red]failed[/] {escape(msg)}")
+    _print_mask_notes(summary.mask_notes, summary.dest / "chip-errors.json")
     if summary.skipped and not (summary.processed or summary.failed_chips or summary.failed_cogs):
         err.print(f"nothing to do: all {summary.skipped} chips of the {summary.cogs} COG(s) were already written (--overwrite redoes them)")
     out.print(summary.line(), soft_wrap=True)
@@ -198,5 +200,43 @@ def nodata_index(
             f"no JPEG chip (.jpg) under {chip_dir}{others}: give --chips the DEST of `imagesim chip` (or one zone's folder of it)"
         )
     out.print(f"index: {summary.index}  per-chip: {summary.parquet}  summary: {summary.summary}")
+    if summary.failed:
+        raise typer.Exit(code=1)
+
+
+def _print_mask_notes(notes: list, report: object) -> None:
+    """The first mask notes (unreadable, reprojected, repaired, not overlapping), the rest counted."""
+    for note in notes[:10]:
+        colour = "red" if note.failed else "yellow"
+        err.print(f"[{colour}]mask[/] {escape(note.line())}", soft_wrap=True)
+    if len(notes) > 10:
+        err.print(f"[yellow]… {len(notes) - 10} more mask notes (see {report})[/]")
+
+
+@commands.command("masks")
+def masks(
+    chip_dir: Chips,
+    ard_path: ArdPath,
+    scheduler: Scheduler = None,
+) -> None:
+    """Fill chips.parquet's cloud, shadow, water and vegetation fractions from the ARD masks.
+
+    For chip folders cut before masks were read (`imagesim chip` fills them as it chips): per chip, the
+    share of its valid (data-mask) area under each `<catalog-id>-*-mask.gpkg`, exact from the polygons.
+    """
+    from imagesim.imagery.masks import run_masks
+
+    summary = run_masks(chip_dir, ard_path, progress=progress_bar("masks"), scheduler=scheduler)
+    for where in summary.missing[:10]:
+        err.print(f"[yellow]not under the ARD path[/] {where} (its chips keep their values)")
+    for where, msg in summary.failed[:10]:
+        err.print(f"[red]failed[/] {where}: {escape(msg)}")
+    _print_mask_notes(summary.notes, "the lines above")
+    out.print(summary.line(), soft_wrap=True)
+    if summary.updated == 0:
+        err.print(f"[red]nothing updated:[/] {escape(summary.why_nothing())}", soft_wrap=True)
+        raise typer.Exit(code=1)
+    out.print(f"{summary.cloudy:,} chips with cloud_fraction > {options.MAX_CLOUD} (`labels build --max-cloud` leaves them out)")
+    out.print(f"manifest: {summary.dest / 'chips.parquet'}")
     if summary.failed:
         raise typer.Exit(code=1)

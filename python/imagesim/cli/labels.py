@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 
 from imagesim import options
-from imagesim.cli._common import ArdPath, Chips, Commands, NodataIndex, Overwrite, err, log, out, progress_bar
+from imagesim.cli._common import ArdPath, Chips, Commands, MaxCloud, NodataIndex, Overwrite, err, log, out, progress_bar
 
 commands = Commands("labels", help="Multilabel training data from OSM: build (parquet/bitset/CSV), report (figures), split (by area).")
 register = commands.register
@@ -43,6 +43,7 @@ def build(
         typer.Option("--out", help="Folder (or store prefix) for labels.parquet, labels.csv and labels.json (default: CHIPS)."),
     ] = None,
     nodata_index: NodataIndex = None,
+    max_cloud: MaxCloud = options.MAX_CLOUD,
     overwrite: Overwrite = False,
 ) -> None:
     """Label every chip from the OSM features that cover it: labels.parquet (ids + bitset), labels.csv, labels.json.
@@ -53,7 +54,12 @@ def build(
     from imagesim.labels.build import LabelSettings, build_labels
 
     settings = LabelSettings(
-        taxonomy=taxonomy, include=tuple(include or ()), out_dir=out_dir, nodata_index=nodata_index, overwrite=overwrite
+        taxonomy=taxonomy,
+        include=tuple(include or ()),
+        out_dir=out_dir,
+        nodata_index=nodata_index,
+        overwrite=overwrite,
+        max_cloud=max_cloud,
     )
     summary = build_labels(chips, ard_path, settings, progress=progress_bar("labels"), log=log)
     for cell in summary.missing_cells:
@@ -72,6 +78,15 @@ def build(
 
         out.print(summary.line(), highlight=False)
         raise LabelError(summary.why_nothing_labelled())
+    if summary.cloud_unknown and summary.max_cloud is not None:
+        err.print(
+            f"[yellow]no cloud fraction[/] for {summary.cloud_unknown:,} chips (no ARD cloud mask read: `imagesim masks` fills it): "
+            "kept whatever their clouds",
+            highlight=False,
+        )
+    for name, n in summary.mask_classes_unknown.items():
+        if n:
+            err.print(f"[yellow]class {name}[/]: {n:,} chips without its ARD mask fraction (never labelled {name})", highlight=False)
     counts = ", ".join(f"{k} {v}" for k, v in summary.class_counts.items())
     out.print(f"classes (chips): {counts}", highlight=False)
     out.print(summary.line(), highlight=False)

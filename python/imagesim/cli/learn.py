@@ -18,6 +18,7 @@ from imagesim.cli._common import (
     ChipFolder,
     Chips,
     Commands,
+    MaxCloud,
     NodataIndex,
     Overwrite,
     Proc,
@@ -177,6 +178,7 @@ def encode(
     include_nodata: Annotated[
         bool, typer.Option("--include-nodata", help="Also encode chips classed no_data (skipped by default).")
     ] = False,
+    max_cloud: MaxCloud = None,
     overwrite: Overwrite = False,
     scheduler: Scheduler = None,
 ) -> None:
@@ -194,6 +196,7 @@ def encode(
         nodata_index=nodata_index,
         include_nodata=include_nodata,
         overwrite=overwrite,
+        max_cloud=max_cloud,
     )
     summary = run_encode(onnx, chips, settings, progress=progress_bar("encode"), log=log, scheduler=scheduler)
     for _chip, msg in summary.failed[:10]:

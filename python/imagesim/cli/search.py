@@ -13,7 +13,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from imagesim import options
-from imagesim.cli._common import ArdPath, ChipFolder, Command, Commands, Overwrite, Quality, err, out, progress_bar
+from imagesim.cli._common import ArdPath, ChipFolder, Command, Commands, MaxCloud, Overwrite, Quality, err, out, progress_bar
 
 commands = Commands()
 register = commands.register
@@ -50,9 +50,17 @@ def _print_table(result, index_dir: Path) -> None:
     table.add_column("lon", justify="right", min_width=10)
     table.add_column("lat", justify="right", min_width=8)
     table.add_column("labels", overflow="fold", min_width=12)
+    clouds = any(h.cloud_fraction is not None for h in result.hits)
+    if clouds:
+        table.add_column("cloud", justify="right", min_width=5)
     for h in result.hits:
-        table.add_row(str(h.rank), f"{h.score:.4f}", h.chip, f"{h.lon:.5f}", f"{h.lat:.5f}", ", ".join(h.labels))
+        cells = [str(h.rank), f"{h.score:.4f}", h.chip, f"{h.lon:.5f}", f"{h.lat:.5f}", ", ".join(h.labels)]
+        if clouds:
+            cells.append("–" if h.cloud_fraction is None else f"{h.cloud_fraction:.0%}")
+        table.add_row(*cells)
     out.print(table)
+    if result.cloudy:
+        err.print(f"{result.cloudy:,} chips with cloud_fraction > {result.max_cloud} left out", highlight=False)
 
 
 @commands.command("similar")
@@ -73,6 +81,7 @@ def similar(
     exclude_same_cell: Annotated[
         bool, typer.Option("--exclude-same-cell", help="Leave out chips in the level-12 cells of the positives.")
     ] = False,
+    max_cloud: MaxCloud = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     geojson: Annotated[
         Optional[Path], typer.Option("--geojson", help="Also write the results' chip footprints as a GeoJSON FeatureCollection (WGS84).")
@@ -112,12 +121,18 @@ def similar(
     from imagesim.search.similar import write_geojson
 
     loaded = load_index(index_dir)
-    result = run_similar(loaded, list(positives), list(negatives or []), k=k, exclude_same_cell=exclude_same_cell)
+    result = run_similar(loaded, list(positives), list(negatives or []), k=k, exclude_same_cell=exclude_same_cell, max_cloud=max_cloud)
     if result.nothing_found:
         from imagesim.errors import ImagesimError
 
         left_out = "quadkeys and level-12 cells (--exclude-same-cell)" if exclude_same_cell else "quadkeys"
-        fix = "index more chips" + (", or leave out --exclude-same-cell" if exclude_same_cell else "")
+        if result.cloudy:
+            left_out += f", or cloudier than --max-cloud {max_cloud} ({result.cloudy:,})"
+        fix = (
+            "index more chips"
+            + (", or leave out --exclude-same-cell" if exclude_same_cell else "")
+            + (", or raise --max-cloud" if result.cloudy else "")
+        )
         raise ImagesimError(f"no results: all {result.indexed} chips of the index {index_dir} are in the examples' {left_out}: {fix}")
     if geojson is not None:
         write_geojson(geojson, result)

@@ -18,6 +18,16 @@ from imagesim.errors import ArdLayoutError, ImagesimFileNotFoundError, InvalidAr
 from imagesim.storage import StorePath, is_url
 
 VISUAL_SUFFIX = "-visual.tif"
+# The ARD vector masks beside each `-visual.tif` (`<catalog-id>-<file>.gpkg`), by the name imagesim
+# gives each: the manifest column is `<name>_fraction` (imagery.masks), a taxonomy source `ard:<file>`.
+DATA_MASK = "data-mask"
+MASK_FILES: dict[str, str] = {
+    "cloud": "cloud-mask",
+    "cloud_shadow": "cloud-shadow-mask",
+    "terrain_shadow": "terrain-shadow-mask",
+    "water": "water-mask",
+    "vegetation": "healthy-vegetation-mask",
+}
 # ASCII classes (`\d` takes "１０" and "١٠" too) and `\Z` (`$` lets a trailing newline through)
 _ZONE = re.compile(r"^[0-9]{1,2}\Z")
 _CELL = re.compile(r"^[0-3]{12}\Z")
@@ -41,7 +51,11 @@ class Acquisition:
 
     @property
     def data_mask(self) -> Path | StorePath:
-        return self.visual.with_name(f"{self.catalog_id}-data-mask.gpkg")
+        return self.mask_path(DATA_MASK)
+
+    def mask_path(self, file: str) -> Path | StorePath:
+        """The GeoPackage ``<catalog-id>-<file>.gpkg`` beside the COG (``file``: a MASK_FILES value or DATA_MASK)."""
+        return self.visual.with_name(f"{self.catalog_id}-{file}.gpkg")
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from imagesim.artefacts import (
     CHIP_ERRORS,
     CHIPS_MANIFEST,
     MANIFEST_SCHEMA,
+    MASK_FRACTION_COLUMNS,
     chip_folder,
     nodata_class_expr,
     read_manifest,
@@ -30,9 +31,13 @@ from imagesim.errors import ImagesimError
 from imagesim.fsutil import write_json
 from imagesim.geoparquet import write_geoparquet
 from imagesim.imagery.ard import Acquisition, Misplaced, find_acquisitions
+from imagesim.imagery.masks import MaskFractions, MaskNote, safe_fractions
 from imagesim.progress import ProgressFactory, open_progress
 from imagesim.runner import Outcome, TaskRunner, cores, worker_threads
 from imagesim.storage import AnyPath, StorePath, location
+
+# The key of a chip task's result that carries the COG's mask fractions (beside the Rust columns).
+MASKS_KEY = "masks"
 
 
 @dataclass
@@ -67,6 +72,8 @@ class ChipSummary:
     failed_cogs: list[tuple[str, str]] = field(default_factory=list)
     misplaced: list[Misplaced] = field(default_factory=list)
     stale_cogs: list[str] = field(default_factory=list)
+    mask_notes: list[MaskNote] = field(default_factory=list)
+    without_masks: int = 0  # COGs with no mask file beside them (mask fractions null)
     seconds: float = 0.0
 
     @property
@@ -85,9 +92,13 @@ class ChipSummary:
         )
 
 
-def _records_frame(acq: Acquisition, cols: dict, settings: ChipSettings) -> pl.DataFrame:
-    """Manifest rows for the chips of one COG that were measured this run."""
-    df = pl.DataFrame(cols).filter(pl.col("status").is_in(["written", "measured", "empty"]))
+def _records_frame(acq: Acquisition, cols: dict, settings: ChipSettings, masks: MaskFractions | None = None) -> pl.DataFrame:
+    """Manifest rows for the chips of one COG that were measured this run, with their mask fractions."""
+    df = pl.DataFrame({k: v for k, v in cols.items() if k != MASKS_KEY}).filter(pl.col("status").is_in(["written", "measured", "empty"]))
+    if masks is not None:
+        df = df.join(masks.frame, on="quadkey", how="left")
+    else:
+        df = df.with_columns(pl.lit(None, pl.Float64).alias(c) for c in MASK_FRACTION_COLUMNS.values())
     stamp = source_stamp(acq)
     total = pl.col("width").cast(pl.UInt64) * pl.col("height").cast(pl.UInt64)
     nodata = pl.col("nodata_pixels")
@@ -113,6 +124,7 @@ def _records_frame(acq: Acquisition, cols: dict, settings: ChipSettings) -> pl.D
         (pl.col("status") != "empty").alias("written"),
         pl.col("encoding"),
         pl.col("bytes").cast(pl.UInt64),
+        *MASK_FRACTION_COLUMNS.values(),
     ).cast(MANIFEST_SCHEMA)  # type: ignore[arg-type]
 
 
@@ -234,7 +246,11 @@ def run_chip(
             summary.failed_cogs.append((str(acq.visual), msg))
             return
         _tally(summary, outcome.result, chip_errors, acq)
-        manifest.add(_records_frame(acq, outcome.result, settings))
+        masks = outcome.result.get(MASKS_KEY)
+        if masks is not None:
+            summary.mask_notes.extend(masks.notes)
+            summary.without_masks += masks.masks_found == 0
+        manifest.add(_records_frame(acq, outcome.result, settings, masks))
 
     try:
         with tasks.run(
@@ -258,6 +274,7 @@ def run_chip(
                 "cogs": [{"cog": c, "error": e} for c, e in summary.failed_cogs],
                 "chips": chip_errors,
                 "misplaced": [{"path": str(m.path), "reason": m.reason} for m in misplaced],
+                "masks": [note.as_dict() for note in summary.mask_notes],
             },
         )
         sink.close()
@@ -328,8 +345,12 @@ def chip_cog_task(
     progress: _rs.Progress | None = None,
 ) -> dict:
     """The task of one COG (in process or on a Dask worker): :func:`chip_one_cog` with the task's
-    share of the cores; ``progress`` counts its chips as they are done (in process only)."""
-    return chip_one_cog(acq, folder, settings, known, overwrite, existing, threads=worker_threads(settings.proc), progress=progress)
+    share of the cores, then the COG's ARD mask fractions (``MASKS_KEY``; skipped when no chip was
+    measured); ``progress`` counts its chips as they are done (in process only)."""
+    result = chip_one_cog(acq, folder, settings, known, overwrite, existing, threads=worker_threads(settings.proc), progress=progress)
+    if any(status in ("written", "measured", "empty") for status in result["status"]):
+        result[MASKS_KEY] = safe_fractions(acq, settings.zoom)
+    return result
 
 
 def _tally(summary: ChipSummary, cols: dict, chip_errors: list[dict], acq: Acquisition) -> None:

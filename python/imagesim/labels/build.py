@@ -28,7 +28,16 @@ import shapely
 import shapely.errors
 
 from imagesim import _imagesim, grid, options
-from imagesim.artefacts import LABELS_CSV, LABELS_JSON, LABELS_PARQUET, OSM_DATA, bitset_matrix, read_chip_table
+from imagesim.artefacts import (
+    CLOUD_FRACTION,
+    LABELS_CSV,
+    LABELS_JSON,
+    LABELS_PARQUET,
+    MASK_FRACTION_COLUMNS,
+    OSM_DATA,
+    bitset_matrix,
+    read_chip_table,
+)
 from imagesim.errors import ImagesimFileNotFoundError, LabelInputError, OutputExistsError
 from imagesim.fsutil import write_json, write_with
 from imagesim.geoparquet import write_geoparquet
@@ -40,6 +49,7 @@ from imagesim.progress import ProgressFactory, ProgressSink
 from imagesim.storage import AnyPath, location
 
 INCLUDE_CHOICES = ("all_data", *options.LABEL_INCLUDE)  # all_data: always labelled, accepted as a no-op
+CLOUDY = "cloudy"  # the key of chips left out by `max_cloud` in LabelSummary.excluded / labels.json
 
 
 @dataclass
@@ -49,11 +59,16 @@ class LabelSettings:
     out_dir: str | AnyPath | None = None  # default: the chips folder
     nodata_index: str | AnyPath | None = None  # nodata.parquet or nodata-index.json; default: CHIPS/nodata.parquet if present
     overwrite: bool = False
+    # Chips whose valid area is more than this share under the ARD cloud mask are left out (None: keep
+    # all); chips without a cloud fraction (no cloud mask in the delivery) are kept and counted.
+    max_cloud: float | None = options.MAX_CLOUD
 
     def __post_init__(self) -> None:
         for value in self.include:
             if value not in INCLUDE_CHOICES:
                 options.check_choice("include", value, options.LABEL_INCLUDE)
+        if self.max_cloud is not None:
+            options.check_range("max_cloud", self.max_cloud, *options.FRACTION_RANGE, what="a share of the chip's valid area")
 
 
 @dataclass
@@ -64,7 +79,10 @@ class LabelSummary:
     labelled: int = 0  # rows with at least one class
     listed: int = 0  # chips in the manifest, before any was left out
     cells: int = 0
-    excluded: dict[str, int] = field(default_factory=dict)  # nodata class -> chips left out
+    excluded: dict[str, int] = field(default_factory=dict)  # nodata class (or "cloudy") -> chips left out
+    cloud_unknown: int = 0  # chips kept without a cloud fraction (no cloud mask read for them)
+    mask_classes_unknown: dict[str, int] = field(default_factory=dict)  # mask class -> chips without that mask's fraction
+    max_cloud: float | None = None
     missing_cells: list[str] = field(default_factory=list)  # "zone/cell" without osm_data.json
     failed_cells: list[tuple[str, str]] = field(default_factory=list)  # ("zone/cell", error)
     class_counts: dict[str, int] = field(default_factory=dict)
@@ -88,6 +106,8 @@ class LabelSummary:
             return head + "the chip manifest lists no chip (run `imagesim chip` first)"
         if candidates == 0:
             left = ", ".join(f"{n} {k}" for k, n in sorted(self.excluded.items()) if n)
+            if self.excluded.get(CLOUDY):
+                return head + f"every chip is left out ({left}); `max_cloud` above {self.max_cloud} keeps cloudier chips"
             return head + f"every chip is left out by its no-data class ({left}); `include` partial or unmeasured labels those"
         if self.cells == 0:
             return head + (
@@ -184,7 +204,9 @@ def build_labels(
     taxonomy = load_taxonomy(settings.taxonomy)
     summary = LabelSummary(out_dir=out_dir, classes=taxonomy.names)
 
-    chips = read_chip_table(chips_dir, settings.nodata_index, log=log)  # `path`: each chip file, relative to chips_dir
+    # `path`: each chip file, relative to chips_dir; the cloud fraction and those of the masks classes take truth from
+    extra = tuple(dict.fromkeys([CLOUD_FRACTION, *(MASK_FRACTION_COLUMNS[c.mask] for c in taxonomy.mask_classes if c.mask)]))
+    chips = read_chip_table(chips_dir, settings.nodata_index, log=log, extra=extra)
     summary.listed = chips.height
     keep = pl.col("nodata_class") == "all_data"
     if "partial" in settings.include:
@@ -194,6 +216,12 @@ def build_labels(
     excluded = chips.filter(~keep.fill_null(False))
     summary.excluded = {(k or "unmeasured"): n for k, n in excluded.group_by("nodata_class").len().iter_rows()}
     chips = chips.filter(keep.fill_null(False))
+    summary.max_cloud = settings.max_cloud
+    if settings.max_cloud is not None:
+        cloudy = (pl.col(CLOUD_FRACTION) > settings.max_cloud).fill_null(False)
+        summary.excluded[CLOUDY] = chips.filter(cloudy).height
+        chips = chips.filter(~cloudy)
+    summary.cloud_unknown = chips[CLOUD_FRACTION].null_count()
 
     # One (zone, cell, zoom) group at a time: one cell's OSM features in memory.
     groups = chips.select("zone", "cell", "zoom").unique().sort("zone", "cell", "zoom").rows()
@@ -236,6 +264,9 @@ def build_labels(
         chips = chips.join(bad, on=["zone", "cell"], how="anti")
 
     table = _assemble(chips, parts, taxonomy)
+    summary.mask_classes_unknown = {
+        c.name: chips[MASK_FRACTION_COLUMNS[c.mask]].null_count() for c in taxonomy.mask_classes if c.mask and chips.height
+    }
     summary.chips = table.height
     summary.labelled = int((table["label_ids"].list.len() > 0).sum())
     dense = _imagesim.dense_labels(bitset_matrix(table, len(taxonomy.classes)), len(taxonomy.classes))
@@ -264,21 +295,29 @@ def _assemble(chips: pl.DataFrame, parts: list[pl.DataFrame], taxonomy: Taxonomy
         if parts
         else pl.DataFrame(schema={"zone": pl.UInt8, "cell": pl.String, "zoom": pl.UInt8, "local": pl.Int64, "class_id": pl.UInt16})
     )
-    per_chip = long.group_by("zone", "cell", "zoom", "local").agg(pl.col("class_id").unique().sort().alias("label_ids"))
     local = np.empty(chips.height, np.int64)
     zooms = chips["zoom"].to_numpy()
     quadkeys = chips["quadkey"].to_list()
     for z in np.unique(zooms):
         rows = np.flatnonzero(zooms == z)
         local[rows] = local_index([quadkeys[r] for r in rows])
-    table = (
-        chips.with_columns(pl.Series("local", local, dtype=pl.Int64))
-        .join(per_chip, on=["zone", "cell", "zoom", "local"], how="left")
-        .with_columns(
-            pl.col("label_ids").fill_null(pl.lit([], dtype=pl.List(pl.UInt16))),
-        )
-        .sort("chip")
-    )
+    per_chip = long.group_by("zone", "cell", "zoom", "local").agg(pl.col("class_id").unique().sort().alias("label_ids"))
+    table = chips.with_columns(pl.Series("local", local, dtype=pl.Int64)).join(per_chip, on=["zone", "cell", "zoom", "local"], how="left")
+    # OSM labels belong to a place (every acquisition of a quadkey); a mask's to one acquisition's chip: the
+    # chips whose mask fraction reaches the class's min_share (any share, for 0).
+    mask_ids = [
+        pl.when((pl.col(MASK_FRACTION_COLUMNS[c.mask]) >= c.min_share) & (pl.col(MASK_FRACTION_COLUMNS[c.mask]) > 0))
+        .then(pl.lit([c.id], dtype=pl.List(pl.UInt16)))
+        .otherwise(pl.lit([], dtype=pl.List(pl.UInt16)))
+        for c in taxonomy.mask_classes
+        if c.mask
+    ]
+    table = table.with_columns(
+        pl.concat_list(pl.col("label_ids").fill_null(pl.lit([], dtype=pl.List(pl.UInt16))), *mask_ids)
+        .list.unique()
+        .list.sort()
+        .alias("label_ids")
+    ).sort("chip")
     ids = table["label_ids"].explode().drop_nulls().to_numpy().astype(np.uint32)
     offsets = np.concatenate([[0], np.cumsum(table["label_ids"].list.len().to_numpy())]).astype(np.int64)
     bits = _imagesim.pack_labels(ids, offsets, n_classes)
@@ -311,6 +350,9 @@ def _sidecar(summary: LabelSummary, taxonomy: Taxonomy, chips_dir: AnyPath, ard_
         "class_frequency": {k: v / n for k, v in summary.class_counts.items()},
         "label_cardinality": float(table["label_ids"].list.len().to_numpy().mean()) if table.height else 0.0,
         "excluded": summary.excluded,
+        "max_cloud": summary.max_cloud,
+        "cloud_fraction_unknown": summary.cloud_unknown,
+        "mask_fraction_unknown": summary.mask_classes_unknown,
         "missing_osm_cells": summary.missing_cells,
         "failed_cells": [{"cell": c, "error": e} for c, e in summary.failed_cells],
         "geometry": summary.geometry.as_dict(),

@@ -22,7 +22,10 @@ else:  # pragma: no cover - Python 3.10
 
 DEFAULT_TAXONOMY = "default"
 _RULES = ("polygons", "line_buffer_m", "point_buffer_m", "min_share")
-_CLASS_KEYS = {"name", "match", "exclude", *_RULES}
+_CLASS_KEYS = {"name", "match", "exclude", "source", *_RULES}
+OSM_SOURCE = "osm"
+# `source = "ard:<mask file>"`: the class's truth is an ARD mask (imagery.ard.MASK_FILES) instead of OSM tags.
+ARD_SOURCE_PREFIX = "ard:"
 
 # A tag filter: key -> None (any value) or the set of accepted values.
 TagFilter = dict[str, "frozenset[str] | None"]
@@ -38,9 +41,20 @@ class LabelClass:
     line_buffer_m: float
     point_buffer_m: float
     min_share: float
+    source: str = OSM_SOURCE  # "osm" or "ard:<mask file>"
+
+    @property
+    def mask(self) -> str | None:
+        """The ARD mask (a MASK_FILES key, e.g. "water") this class takes its truth from; None for OSM."""
+        if not self.source.startswith(ARD_SOURCE_PREFIX):
+            return None
+        from imagesim.imagery.ard import MASK_FILES
+
+        file = self.source[len(ARD_SOURCE_PREFIX) :]
+        return next(name for name, f in MASK_FILES.items() if f == file)
 
     def accepts(self, tags: dict[str, str]) -> bool:
-        return _matches(self.match, tags) and not _matches(self.exclude, tags)
+        return self.mask is None and _matches(self.match, tags) and not _matches(self.exclude, tags)
 
 
 def _matches(flt: TagFilter, tags: dict[str, str]) -> bool:
@@ -66,6 +80,11 @@ class Taxonomy:
         """Every class whose filter selects an element with these tags."""
         return [c for c in self.classes if c.accepts(tags)]
 
+    @property
+    def mask_classes(self) -> list[LabelClass]:
+        """The classes whose truth is an ARD mask (``source = "ard:…"``), not OSM."""
+        return [c for c in self.classes if c.mask is not None]
+
     def describe(self) -> dict[str, Any]:
         """A JSON-friendly summary (stored beside the labels)."""
         return {
@@ -82,6 +101,7 @@ class Taxonomy:
                     "line_buffer_m": c.line_buffer_m,
                     "point_buffer_m": c.point_buffer_m,
                     "min_share": c.min_share,
+                    "source": c.source,
                 }
                 for c in self.classes
             ],
@@ -140,11 +160,18 @@ def parse_taxonomy(text: str, source: str = "<string>") -> Taxonomy:
                 raise TaxonomyError(f"{where}: {key!r} must be a number >= 0")
         if rules["min_share"] > 1:
             raise TaxonomyError(f"{where}: 'min_share' is a share of the chip area, 0..1")
-        match = _filter(table.get("match"), f"{where}: 'match'")
-        if not match:
-            raise TaxonomyError(f"{where}: 'match' must name at least one tag")
-        if not (rules["polygons"] or rules["line_buffer_m"] > 0 or rules["point_buffer_m"] > 0):
-            raise TaxonomyError(f"{where}: no geometry counts (polygons = false and both buffers 0)")
+        source = _source(table.get("source", OSM_SOURCE), where)
+        if source != OSM_SOURCE:
+            # truth from an ARD mask: min_share is the share of the chip's valid area under the mask
+            if "match" in table or "exclude" in table:
+                raise TaxonomyError(f"{where}: takes its truth from {source!r}; 'match'/'exclude' (OSM tags) do not apply, remove them")
+            match: TagFilter = {}
+        else:
+            match = _filter(table.get("match"), f"{where}: 'match'")
+            if not match:
+                raise TaxonomyError(f"{where}: 'match' must name at least one tag")
+            if not (rules["polygons"] or rules["line_buffer_m"] > 0 or rules["point_buffer_m"] > 0):
+                raise TaxonomyError(f"{where}: no geometry counts (polygons = false and both buffers 0)")
         classes.append(
             LabelClass(
                 id=i,
@@ -155,11 +182,22 @@ def parse_taxonomy(text: str, source: str = "<string>") -> Taxonomy:
                 line_buffer_m=float(rules["line_buffer_m"]),
                 point_buffer_m=float(rules["point_buffer_m"]),
                 min_share=float(rules["min_share"]),
+                source=source,
             )
         )
     if len(classes) > 65535:
         raise TaxonomyError(f"{source}: {len(classes)} classes; at most 65535")
     return Taxonomy(tuple(classes), source, hashlib.sha256(text.encode()).hexdigest(), text)
+
+
+def _source(value: Any, where: str) -> str:
+    """A class's 'source': "osm", or "ard:<mask file>" naming one of the ARD masks imagesim reads."""
+    from imagesim.imagery.ard import MASK_FILES
+
+    files = [f"{ARD_SOURCE_PREFIX}{f}" for f in MASK_FILES.values()]
+    if value == OSM_SOURCE or value in files:
+        return str(value)
+    raise TaxonomyError(f"{where}: 'source' must be {OSM_SOURCE!r} or one of {', '.join(repr(f) for f in files)}, not {value!r}")
 
 
 def _filter(value: Any, where: str) -> TagFilter:

@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 
 from imagesim import _imagesim, options
-from imagesim.artefacts import EMBEDDINGS, read_chip_table, sidecar
+from imagesim.artefacts import CLOUD_FRACTION, EMBEDDINGS, read_chip_table, sidecar
 from imagesim.errors import EncodeError, ImagesimFileNotFoundError
 from imagesim.fsutil import write_json, write_with
 from imagesim.geoparquet import GEO_COLUMNS, write_geoparquet
@@ -40,9 +40,12 @@ class EncodeSettings:
     nodata_index: str | AnyPath | None = None
     include_nodata: bool = False
     overwrite: bool = False
+    max_cloud: float | None = None  # leave out chips with a larger ARD cloud_fraction (None: encode all)
 
     def check(self) -> None:
         options.check_choice("provider", self.provider, options.ENCODE_PROVIDERS)
+        if self.max_cloud is not None:
+            options.check_range("max_cloud", self.max_cloud, *options.FRACTION_RANGE, what="a share of the chip's valid area")
         options.check_range("batch_size", self.batch_size, *options.ENCODE_BATCH_RANGE)
         options.check_range("proc", self.proc, *options.PROC_RANGE, what="decode threads (0: all cores)")
 
@@ -55,6 +58,7 @@ class EncodeSummary:
     encoded: int = 0
     skipped: int = 0  # already encoded with this model
     excluded: int = 0  # no_data chips left out
+    cloudy: int = 0  # chips left out by `max_cloud`
     failed: list[tuple[str, str]] = field(default_factory=list)
     not_files: list[tuple[str, str]] = field(default_factory=list)  # a directory where the chip file should be: skipped
     seconds: float = 0.0
@@ -67,7 +71,8 @@ class EncodeSummary:
         dirs = f", {len(self.not_files)} skipped (a directory, not a chip file)" if self.not_files else ""
         return (
             f"encode: {self.encoded} chips encoded, {self.skipped} already done, {self.excluded} no_data left out, "
-            f"{len(self.failed)} failed{dirs}; {self.rate:,.0f} chips/s on {self.provider} ({self.seconds:.1f} s)"
+            + (f"{self.cloudy} cloudy left out, " if self.cloudy else "")
+            + f"{len(self.failed)} failed{dirs}; {self.rate:,.0f} chips/s on {self.provider} ({self.seconds:.1f} s)"
         )
 
 
@@ -168,7 +173,9 @@ def _rows(meta: dict[str, Any], mid: str, chips: pl.DataFrame, emb: np.ndarray, 
     thresholds = np.asarray(meta.get("thresholds") or [0.35] * len(classes), np.float32)
     prob = 1.0 / (1.0 + np.exp(-logits.astype(np.float32)))
     predicted = [[classes[j] for j in np.flatnonzero(row >= thresholds)] for row in prob]
-    return chips.select("chip", "path", "zone", "quadkey", "cell", "catalog_id").with_columns(
+    # cloud_fraction rides along so that similar/serve can show and filter it without the chip manifest
+    cloud = pl.col(CLOUD_FRACTION) if CLOUD_FRACTION in chips.columns else pl.lit(None, pl.Float64).alias(CLOUD_FRACTION)
+    return chips.select("chip", "path", "zone", "quadkey", "cell", "catalog_id", cloud).with_columns(
         pl.lit(mid).alias("model_id"),
         pl.Series("embedding", emb.astype(np.float32), dtype=pl.Array(pl.Float32, emb.shape[1])),
         pl.Series("predicted", predicted, dtype=pl.List(pl.String)),
@@ -264,10 +271,15 @@ def run_encode(
             f"model {onnx_path.name} ({meta.get('backbone', '?')}, {size} px, id {mid})"
         )
 
-    chips = read_chip_table(chips_dir, settings.nodata_index, log=log)  # `path`: each chip file, relative to chips_dir
+    # `path`: each chip file, relative to chips_dir
+    chips = read_chip_table(chips_dir, settings.nodata_index, log=log, extra=(CLOUD_FRACTION,))
     if not settings.include_nodata:
         summary.excluded = int((chips["nodata_class"] == "no_data").sum())
         chips = chips.filter((pl.col("nodata_class") != "no_data").fill_null(True))
+    if settings.max_cloud is not None:
+        cloudy = (pl.col(CLOUD_FRACTION) > settings.max_cloud).fill_null(False)
+        summary.cloudy = chips.filter(cloudy).height
+        chips = chips.filter(~cloudy)
     done = _existing(out, mid, settings.overwrite)
     done_chips = set(pl.concat(done)["chip"].to_list()) if done else set()
     todo = chips.filter(~pl.col("chip").is_in(list(done_chips)))
@@ -283,7 +295,7 @@ def run_encode(
         if not pending:
             return
         parts.mkdir(parents=True, exist_ok=True)
-        frame = pl.concat(pending)
+        frame = pl.concat(pending, how="diagonal_relaxed")
         part_no += 1
         write_with(parts / f"part-{part_no:05d}.parquet", lambda tmp: frame.write_parquet(tmp))
         done.append(frame)
@@ -361,7 +373,7 @@ def run_encode(
 
     if done or not out.exists():
         table = (
-            pl.concat(done)
+            pl.concat(done, how="diagonal_relaxed")  # parts of an earlier imagesim may lack newer columns
             if done
             else _rows(
                 meta, mid, todo.head(0), np.zeros((0, meta["embedding_dim"]), np.float32), np.zeros((0, len(meta["classes"])), np.float32)

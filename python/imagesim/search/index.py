@@ -25,7 +25,7 @@ import numpy as np
 import polars as pl
 
 from imagesim import grid, options
-from imagesim.artefacts import INDEX_FAISS, INDEX_IDS, INDEX_JSON, read_embeddings
+from imagesim.artefacts import CLOUD_FRACTION, INDEX_FAISS, INDEX_IDS, INDEX_JSON, read_embeddings
 from imagesim.errors import ImagesimFileNotFoundError, InvalidArgumentError, OutputExistsError, require
 from imagesim.fsutil import atomic_path, write_json, write_with
 
@@ -273,6 +273,7 @@ def build_index(
         pl.col("cell").cast(pl.String),
         pl.col("catalog_id").cast(pl.String),
         pl.col("predicted").cast(pl.List(pl.String)),
+        (pl.col(CLOUD_FRACTION) if CLOUD_FRACTION in rows.columns else pl.lit(None)).cast(pl.Float64).alias(CLOUD_FRACTION),
     ).with_columns(pl.Series("lon", lon), pl.Series("lat", lat))
 
     faiss = import_faiss()
@@ -378,4 +379,6 @@ def load_index(folder: str | Path) -> LoadedIndex:
             f"{folder}: index parts disagree ({INDEX_FAISS}: {index.ntotal} vectors, {INDEX_IDS}: {ids.height} rows, "
             f"{INDEX_JSON}: {n}); rebuild it with `imagesim index --overwrite`"
         )
+    if CLOUD_FRACTION not in ids.columns:  # an index built before ARD masks were read
+        ids = ids.with_columns(pl.lit(None, pl.Float64).alias(CLOUD_FRACTION))
     return LoadedIndex(folder, index, ids, meta)

@@ -16,6 +16,7 @@ import numpy as np
 import polars as pl
 
 from imagesim import options
+from imagesim.artefacts import CLOUD_FRACTION
 from imagesim.errors import InvalidArgumentError, LabelInputError
 from imagesim.fsutil import write_json
 from imagesim.search.index import LoadedIndex, chip_footprint
@@ -36,6 +37,7 @@ class Hit:
     lon: float
     lat: float
     labels: list[str]
+    cloud_fraction: float | None = None  # share of the chip's valid area under the ARD cloud mask (None: unknown)
 
 
 @dataclass
@@ -47,6 +49,8 @@ class SimilarResult:
     hits: list[Hit]
     excluded: int = 0  # indexed chips left out: the examples' quadkeys (and cells, with exclude_same_cell)
     indexed: int = 0  # chips in the index
+    max_cloud: float | None = None
+    cloudy: int = 0  # indexed chips left out by `max_cloud`
 
     @property
     def nothing_found(self) -> bool:
@@ -55,7 +59,13 @@ class SimilarResult:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "query": {"positives": self.positives, "negatives": self.negatives, "k": self.k, "exclude_same_cell": self.exclude_same_cell},
+            "query": {
+                "positives": self.positives,
+                "negatives": self.negatives,
+                "k": self.k,
+                "exclude_same_cell": self.exclude_same_cell,
+                "max_cloud": self.max_cloud,
+            },
             "results": [asdict(h) for h in self.hits],
         }
 
@@ -114,9 +124,13 @@ def similar(
     *,
     k: int = options.K,
     exclude_same_cell: bool = False,
+    max_cloud: float | None = None,
 ) -> SimilarResult:
-    """The ``k`` chips most similar to the examples, best first."""
+    """The ``k`` chips most similar to the examples, best first; ``max_cloud`` leaves out chips with a larger
+    ARD cloud fraction (chips without one are kept)."""
     check_k(k)
+    if max_cloud is not None:
+        options.check_range("max_cloud", max_cloud, *options.FRACTION_RANGE, what="a share of the chip's valid area")
     negatives = list(negatives or [])
     if not positives:
         raise InvalidArgumentError("name at least one chip or quadkey to search from")
@@ -131,6 +145,11 @@ def similar(
     if exclude_same_cell:
         cells = set(ids["cell"].gather(np.concatenate(pos_rows)).to_list())
         excluded = excluded | ids["cell"].is_in(list(cells))
+    cloudy = 0
+    if max_cloud is not None:
+        too_cloudy = (ids[CLOUD_FRACTION] > max_cloud).fill_null(False)
+        cloudy = int((too_cloudy & ~excluded).sum())
+        excluded = excluded | too_cloudy
     excluded_np = excluded.to_numpy()
     fetch = k + int(excluded_np.sum())
     scores, rows = index.search(q[None], fetch)
@@ -152,9 +171,12 @@ def similar(
                     round(float(rec["lon"]), 7),
                     round(float(rec["lat"]), 7),
                     list(rec["predicted"] or []),
+                    None if rec[CLOUD_FRACTION] is None else round(float(rec[CLOUD_FRACTION]), 4),
                 )
             )
-    return SimilarResult(list(positives), negatives, k, exclude_same_cell, hits, int(excluded_np.sum()), index.n)
+    return SimilarResult(
+        list(positives), negatives, k, exclude_same_cell, hits, int(excluded_np.sum()) - cloudy, index.n, max_cloud, cloudy
+    )
 
 
 def geojson(result: SimilarResult) -> dict[str, Any]:
@@ -172,6 +194,7 @@ def geojson(result: SimilarResult) -> dict[str, Any]:
                 "quadkey": h.quadkey,
                 "catalog_id": h.catalog_id,
                 "labels": ", ".join(h.labels),
+                "cloud_fraction": h.cloud_fraction,
             },
         }
         for h in result.hits

@@ -7,6 +7,7 @@
 //! - [`chip`]: cutting one cell COG into chips (re-encode or passthrough) with no-data counts.
 //! - [`nodata`]: exact no-data counts, with a luma-only decode deciding the easy cases.
 //! - [`pixels`]: low-level helpers on 8-bit sample planes (shared by `jpeg` and `nodata`).
+//! - [`masks`]: exact area of vector mask polygons inside every square of a chip grid.
 //! - [`labels`]: multilabel bitsets (u64 words) ⇄ sparse id lists ⇄ dense rows.
 //! - [`pool`]: the rayon pool a call runs on.
 //! - [`store`]: object stores (S3, GCS, Azure, HTTP): listing, reads, background uploads.
@@ -17,6 +18,7 @@ pub mod error;
 pub mod grid;
 pub mod jpeg;
 pub mod labels;
+pub mod masks;
 pub mod nodata;
 pub mod pixels;
 pub mod pool;

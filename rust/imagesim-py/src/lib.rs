@@ -8,6 +8,7 @@ mod error;
 mod grid;
 mod jpeg;
 mod labels;
+mod masks;
 mod nodata;
 mod release;
 mod store;
@@ -21,6 +22,7 @@ fn _imagesim(m: &Bound<'_, PyModule>) -> PyResult<()> {
     chip::register(m)?;
     nodata::register(m)?;
     labels::register(m)?;
+    masks::register(m)?;
     store::register(m)?;
     Ok(())
 }

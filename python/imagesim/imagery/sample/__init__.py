@@ -5,15 +5,25 @@ What it writes (the ARD layout of docs/architecture.md, as :mod:`imagesim.imager
     <dest>/ard/<zone>/<qk12>/<YYYY-MM-DD>/<catid>-visual.tif      COG, 17,408² px, 3 × uint8, 512 px tiles
                                          <catid>.json              acquisition metadata (STAC-like)
                                          <catid>-data-mask.gpkg    valid-data polygon(s), cell UTM CRS
+                                         <catid>-cloud-mask.gpkg   clouds (multipart, with holes)
+                                         <catid>-cloud-shadow-mask.gpkg           their shadows
+                                         <catid>-terrain-shadow-mask.gpkg         no features: flat scene
+                                         <catid>-water-mask.gpkg                  visible water
+                                         <catid>-healthy-vegetation-mask.gpkg     visible forest, park,
+                                                                                  grass, meadow, pitches
     <dest>/sample.osm.pbf                                          the same scene as OSM data (WGS84)
 
 The scene (land cover, water, roads, railway, buildings, parking, pitches) is a vector model built
 from ``seed`` in the zone's UTM metres. It is rasterized window by window with GDAL into a feature-code
 raster, coloured through look-up tables with procedural texture, shaded per acquisition (lighting,
-haze, building shadows) and masked by an irregular strip edge: pixels outside the acquisition's
-valid-data polygon are exactly (0, 0, 0) and whole 512 px blocks of them are left sparse in the COG;
-valid pixels are clamped to >= 1 in every band. The same polygons are written to the OSM file, so
-labels derived from it line up with the pixels. The same seed writes the same files.
+haze, building shadows, cloud shadows), overlaid with the acquisition's soft-edged clouds and masked
+by an irregular strip edge: pixels outside the acquisition's valid-data polygon are exactly (0, 0, 0)
+and whole 512 px blocks of them are left sparse in the COG; valid pixels are clamped to >= 1 in
+every band. The same polygons are written to the OSM file, so
+labels derived from it line up with the pixels. Every mask GeoPackage holds one MultiPolygon layer
+named after its file (``cloud-mask``, ...) in the cell's UTM CRS, one feature per polygon part; the
+metadata's ``eo:cloud_cover`` is the measured clouded share of the data area. The same seed writes
+the same files.
 
 Submodules, each importing only those above it:
 
@@ -21,9 +31,11 @@ Submodules, each importing only those above it:
   colour, strip edge, small-mode window) and their valid-data polygons;
 - :mod:`.scene`: the synthetic vector scene (:class:`~.scene.Feature`, :class:`~.scene.Scene`,
   :func:`~.scene.build_scene`);
+- :mod:`.clouds`: each acquisition's clouds and cloud shadows, and the water, vegetation and
+  (empty) terrain-shadow masks (:func:`~.clouds.acquisition_masks`);
 - :mod:`.render`: rasterizing, colouring, texturing, shading and masking the scene's pixels, window
   by window, and their overview levels;
-- :mod:`.writers`: the COG, data-mask GeoPackage, metadata JSON and OSM PBF writers.
+- :mod:`.writers`: the COG, mask GeoPackage, metadata JSON and OSM PBF writers.
 
 This module holds the entry point, :func:`write_sample`.
 """
@@ -39,7 +51,9 @@ from pathlib import Path
 import numpy as np
 
 from imagesim.errors import InvalidArgumentError, OutputExistsError, SampleDataError
+from imagesim.imagery.ard import DATA_MASK, MASK_FILES
 from imagesim.imagery.sample.acquisitions import ACQUISITIONS, CELLS, ZONE, Acquisition, valid_polygon
+from imagesim.imagery.sample.clouds import acquisition_masks
 from imagesim.imagery.sample.scene import build_scene
 from imagesim.imagery.sample.writers import metadata, write_cog, write_json, write_mask, write_osm
 
@@ -59,6 +73,7 @@ class SampleSummary:
     catalog_ids: list[str]  # same order as cogs
     seconds: float = 0.0
     valid_fractions: dict[str, float] = field(default_factory=dict)  # catalog id -> valid-pixel fraction
+    cloud_cover: dict[str, float] = field(default_factory=dict)  # catalog id -> metadata eo:cloud_cover (percent)
 
 
 def write_sample(
@@ -111,18 +126,24 @@ def write_sample(
         say(f"scene: {len(scene.features)} features")
         cogs: list[Path] = []
         fractions: dict[str, float] = {}
+        cloud_cover: dict[str, float] = {}
         for acq in ACQUISITIONS:
             folder = root / str(ZONE) / acq.cell / acq.date
             folder.mkdir(parents=True, exist_ok=True)
             t1 = time.perf_counter()
             cog = folder / f"{acq.catalog_id}-visual.tif"
             valid_geom = valid_polygon(acq, small)
-            frac = write_cog(cog, scene, acq, valid_geom, seed, small, compression)
+            masks = acquisition_masks(acq, valid_geom, seed, small)
+            frac = write_cog(cog, scene, acq, valid_geom, seed, small, compression, masks["cloud"], masks["cloud_shadow"])
             fractions[acq.catalog_id] = frac
-            write_mask(folder / f"{acq.catalog_id}-data-mask.gpkg", valid_geom, acq.cell)
-            write_json(folder / f"{acq.catalog_id}.json", metadata(acq, valid_geom, frac))
+            write_mask(folder / f"{acq.catalog_id}-{DATA_MASK}.gpkg", valid_geom, acq.cell, DATA_MASK)
+            for key, name in MASK_FILES.items():
+                write_mask(folder / f"{acq.catalog_id}-{name}.gpkg", masks[key], acq.cell, name)
+            meta = metadata(acq, valid_geom, frac, masks["cloud"])
+            cloud_cover[acq.catalog_id] = meta["properties"]["eo:cloud_cover"]
+            write_json(folder / f"{acq.catalog_id}.json", meta)
             cogs.append(cog)
-            say(f"{cog.relative_to(dest)}: {frac:.1%} valid, {time.perf_counter() - t1:.1f} s")
+            say(f"{cog.relative_to(dest)}: {frac:.1%} valid, {cloud_cover[acq.catalog_id]:.1f} % cloud, {time.perf_counter() - t1:.1f} s")
         t1 = time.perf_counter()
         n = write_osm(pbf, scene)
         say(f"{OSM_FILE}: {n} elements, {time.perf_counter() - t1:.1f} s")
@@ -152,4 +173,5 @@ def write_sample(
         catalog_ids=[a.catalog_id for a in ACQUISITIONS],
         seconds=time.perf_counter() - t0,
         valid_fractions=fractions,
+        cloud_cover=cloud_cover,
     )

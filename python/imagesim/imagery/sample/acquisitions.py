@@ -1,7 +1,7 @@
 """The sample delivery's acquisitions: where they are (zone, cells), how they look, and which pixels hold data.
 
 Three acquisitions over two west-east adjacent level-12 cells; each carries its lighting/colour
-parameters and the strip edge that bounds its valid data. :func:`valid_polygon` turns that edge
+parameters, how cloudy it is and the strip edge that bounds its valid data. :func:`valid_polygon` turns that edge
 into the valid-data polygon that the renderer masks with and the data mask and metadata describe.
 """
 
@@ -32,7 +32,7 @@ class Acquisition:
     off_nadir: float
     sun_elevation: float
     sun_azimuth: float
-    cloud_cover: float
+    cloud_cover: float  # the fraction of the imaged data area to cloud (clouds.py); metadata reports the measured one
     # Colour/lighting: per-band gain, haze offset, shadow darkening.
     gain: tuple[float, float, float]
     haze: tuple[float, float, float]
@@ -60,7 +60,7 @@ ACQUISITIONS: tuple[Acquisition, ...] = (
         off_nadir=14.2,
         sun_elevation=71.3,
         sun_azimuth=128.4,
-        cloud_cover=0.0,
+        cloud_cover=0.06,
         gain=(1.00, 1.00, 0.98),
         haze=(6.0, 8.0, 12.0),
         shadow=0.55,
@@ -78,7 +78,7 @@ ACQUISITIONS: tuple[Acquisition, ...] = (
         off_nadir=22.7,
         sun_elevation=39.8,
         sun_azimuth=158.9,
-        cloud_cover=0.02,
+        cloud_cover=0.11,
         gain=(0.93, 0.95, 1.04),
         haze=(14.0, 16.0, 22.0),
         shadow=0.45,
@@ -96,7 +96,7 @@ ACQUISITIONS: tuple[Acquisition, ...] = (
         off_nadir=9.6,
         sun_elevation=58.1,
         sun_azimuth=146.2,
-        cloud_cover=0.0,
+        cloud_cover=0.05,
         gain=(1.04, 1.01, 0.95),
         haze=(8.0, 8.0, 10.0),
         shadow=0.5,

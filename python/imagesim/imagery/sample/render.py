@@ -2,10 +2,13 @@
 
 Each window is burned into a feature-code raster, coloured through per-feature look-up tables,
 textured with procedural noise (8 px clumps, low-frequency variation, oriented stripes, fine sensor
-noise), shaded per acquisition (gain, haze, building shadows) and masked by the acquisition's
-valid-data polygon: pixels outside it are exactly (0, 0, 0), valid pixels are clamped to >= 1 in
-every band. :class:`WindowRenderer` does this for one acquisition; :func:`overviews` reduces a
-rendered window to the COG's overview levels.
+noise), shaded per acquisition (gain, building and cloud shadows, haze), overlaid with the
+acquisition's clouds and masked by its valid-data polygon: pixels outside it are exactly (0, 0, 0),
+valid pixels are clamped to >= 1 in every band. Clouds and cloud shadows have soft edges: their
+polygons are rasterized once per acquisition on a coarse grid, blurred, and upsampled per window
+(the 0.5 level of the alpha follows the polygon; it ramps from 0.1 to 0.9 across ~15 m).
+:class:`WindowRenderer` does this for one acquisition; :func:`overviews` reduces a rendered window
+to the COG's overview levels.
 """
 
 from __future__ import annotations
@@ -27,6 +30,11 @@ _CHUNK_ROWS = 512
 _P = grid.COG_PIXELS
 # 17,408 / 2^6 = 272 <= 512: the overview count GDAL's COG driver picks for an ARD COG.
 OVERVIEW_LEVELS = 6
+# Soft cloud / cloud-shadow alpha: a coarse grid of _SOFT px (2.4 m), blurred with a Gaussian of
+# _SOFT_SIGMA coarse px (5.9 m: the alpha goes from 0.1 to 0.9 over 2.56 sigma = 15 m).
+_SOFT = 8
+_SOFT_SIGMA = 2.4
+_CLOUD_RGB = (234.0, 236.0, 240.0)
 
 # Render classes: (name, texture amplitude of the 8 px field, of the low-frequency field, fine noise DN)
 _CLASSES = [
@@ -55,17 +63,20 @@ class WindowRenderer:
     in full mode, the 512 px blocks around ``small_box`` in small mode), in writing order.
     """
 
-    def __init__(self, scene: Scene, acq: Acquisition, valid_geom, seed: int, small: bool) -> None:
+    def __init__(self, scene: Scene, acq: Acquisition, valid_geom, seed: int, small: bool, clouds=None, cloud_shadows=None) -> None:
         self.acq = acq
         self.seed = seed
         self.gt = grid.cell_geotransform(acq.cell)
         self.layers = _Layers(scene, acq, valid_geom, grid.epsg(acq.cell, ZONE))
         self.srs = self.layers.srs
+        self.acq_key = int(acq.catalog_id, 16) % (2**63)
+        self.windows = list(_windows(acq, small))
+        self.clouds = _CloudFields(
+            clouds, cloud_shadows, self.gt, self.srs, self.windows, np.random.default_rng([seed, self.acq_key, 0xC1])
+        )
         rgb_lut, stripe_lut, amp, not_roof = _luts(scene)
         self.luts = (rgb_lut * np.asarray(acq.gain, np.float32)[:, None], stripe_lut, amp, not_roof)
         self.noise = _noise_fields(seed, acq.cell)
-        self.acq_key = int(acq.catalog_id, 16) % (2**63)
-        self.windows = list(_windows(acq, small))
         max_w = max(w for _c, _r, w, _h in self.windows)
         fine_table = np.random.default_rng([seed, self.acq_key]).integers(0, 256, size=(2 * _CHUNK_ROWS, max_w), dtype=np.uint8)
         self.fine_table = fine_table.astype(np.float32) - np.float32(127.5)
@@ -80,7 +91,7 @@ class WindowRenderer:
         if work is None:
             work = works[(h, w)] = _Work(h, w, self._wkt)
         rng = np.random.default_rng([self.seed, self.acq_key, r0, c0])
-        return win, _render_window(self.layers, self.luts, self.noise, self.fine_table, self.acq, self.gt, c0, r0, work, rng)
+        return win, _render_window(self.layers, self.clouds, self.luts, self.noise, self.fine_table, self.acq, self.gt, c0, r0, work, rng)
 
 
 class _Layers:
@@ -174,6 +185,126 @@ class _Work:
         self.shade = np.zeros((h, w), np.float32)
         self.t1 = np.zeros((h, w), np.float32)
         self.t2 = np.zeros((h, w), np.float32)
+        self._flat: list[np.ndarray] = []  # cloud scratch, allocated on first use
+
+    def scratch(self, h: int, w: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Three contiguous (h, w) float32 buffers starting ``offset`` values in (offset + h * w <= the window size)."""
+        if not self._flat:
+            self._flat = [np.empty(self.t1.size, np.float32) for _ in range(3)]
+        a, b, c = (f[offset : offset + h * w].reshape(h, w) for f in self._flat)
+        return a, b, c
+
+
+class _CloudFields:
+    """The soft cloud alpha, cloud colour and cloud-shadow alpha of an acquisition on the coarse grid.
+
+    ``coarse[i, j]`` sits at pixel ((i - 1/2) * _SOFT, (j - 1/2) * _SOFT), as :func:`_upsample` wants;
+    a field is None when its geometry is empty.
+    """
+
+    def __init__(self, clouds, shadows, gt, srs, windows, rng: np.random.Generator) -> None:
+        from shapely.geometry import box
+
+        n = _P // _SOFT + 3
+        cgt = (gt[0] - _SOFT * gt[1], _SOFT * gt[1], 0.0, gt[3] - _SOFT * gt[5], 0.0, _SOFT * gt[5])
+        self.alpha: np.ndarray | None = None
+        self.colour: np.ndarray | None = None
+        self.shadow: np.ndarray | None = None
+        # Only what the windows can see (the blur reaches ~18 m): small mode stays small.
+        c0 = min(c for c, _r, _w, _h in windows)
+        r0 = min(r for _c, r, _w, _h in windows)
+        c1 = max(c + w for c, _r, w, _h in windows)
+        r1 = max(r + h for _c, r, _w, h in windows)
+        seen = box(gt[0] + c0 * gt[1], gt[3] + r1 * gt[5], gt[0] + c1 * gt[1], gt[3] + r0 * gt[5]).buffer(100.0, join_style="mitre")
+        if clouds is not None and not clouds.is_empty:
+            clouds = clouds.intersection(seen)
+        if shadows is not None and not shadows.is_empty:
+            shadows = shadows.intersection(seen)
+        cloud_mask = _burn(clouds, cgt, srs, n)
+        if cloud_mask is not None:
+            self.alpha = _blur(cloud_mask, _SOFT_SIGMA)
+            # Thin and greyer toward the edge (alpha² lags alpha), with a little texture at ~2-20 m:
+            # noise on this grid and on a 4x coarser one, bilinearly interpolated; only where alpha > 0.
+            rows, cols = np.flatnonzero(self.alpha.any(axis=1)), np.flatnonzero(self.alpha.any(axis=0))
+            i0, i1, j0, j1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+            alpha = self.alpha[i0:i1, j0:j1]
+            coarse4 = rng.standard_normal((n // 4 + 3, n // 4 + 3), dtype=np.float32)
+            mid = _upsample(coarse4, 4, i0, j0, np.empty_like(alpha), np.empty_like(alpha))
+            colour = np.float32(0.9) + np.float32(0.1) * alpha * alpha
+            colour += np.float32(0.05) * mid
+            colour += np.float32(0.02) * rng.standard_normal(alpha.shape, dtype=np.float32)
+            colour *= alpha  # premultiplied by the alpha
+            self.colour = np.zeros_like(self.alpha)
+            self.colour[i0:i1, j0:j1] = colour
+        shadow_mask = _burn(shadows, cgt, srs, n)
+        if shadow_mask is not None:
+            self.shadow = _blur(shadow_mask, _SOFT_SIGMA)
+
+    @staticmethod
+    def spans(field: np.ndarray | None, r0: int, c0: int, h: int, w: int) -> list[tuple[int, int]]:
+        """The runs of window columns [start, end) where ``field`` may be non-zero (gaps < 256 px bridged)."""
+        if field is None:
+            return []
+        lo = int((r0 + 0.5) / _SOFT + 0.5)
+        hi = int((r0 + h - 0.5) / _SOFT + 0.5) + 2
+        cols = np.flatnonzero(field[lo:hi].max(axis=0) > 0)
+        if not cols.size:
+            return []
+        breaks = np.flatnonzero(np.diff(cols) > 256 // _SOFT)
+        out = []
+        for first, last in zip(np.r_[cols[0], cols[breaks + 1]], np.r_[cols[breaks], cols[-1]]):
+            # pixel c blends coarse samples floor((c + 0.5) / _SOFT + 0.5) and the next one
+            start = max((int(first) - 2) * _SOFT - c0, 0)
+            end = min((int(last) + 1) * _SOFT - c0, w)
+            if end > start:
+                out.append((start, end))
+        return out
+
+
+def _burn(geom, gt, srs, n: int) -> np.ndarray | None:
+    """``geom`` rasterized (1 inside) on the n x n grid ``gt``, as float32; None when it is empty or misses the grid."""
+    from osgeo import gdal, ogr
+
+    if geom is None or geom.is_empty:
+        return None
+    ds = ogr.GetDriverByName("Memory").CreateDataSource("soft")
+    lyr = ds.CreateLayer("soft", srs, ogr.wkbUnknown)
+    feat = ogr.Feature(lyr.GetLayerDefn())
+    feat.SetGeometry(ogr.CreateGeometryFromWkb(geom.wkb))
+    lyr.CreateFeature(feat)
+    mem = gdal.GetDriverByName("MEM").Create("", n, n, 1, gdal.GDT_Byte)
+    mem.SetGeoTransform(gt)
+    mem.SetProjection(srs.ExportToWkt())
+    gdal.RasterizeLayer(mem, [1], lyr, burn_values=[1])
+    out = mem.GetRasterBand(1).ReadAsArray()
+    return out.astype(np.float32) if out.any() else None
+
+
+def _blur(a: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur (zero outside), computed only over the non-zero bounding box plus 3 sigma."""
+    r = int(math.ceil(3 * sigma))
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2).astype(np.float32)
+    k /= k.sum()
+    rows, cols = np.flatnonzero(a.any(axis=1)), np.flatnonzero(a.any(axis=0))
+    out = np.zeros(a.shape, np.float32)
+    if not rows.size:
+        return out
+    r0, r1 = max(int(rows[0]) - r, 0), min(int(rows[-1]) + r + 1, a.shape[0])
+    c0, c1 = max(int(cols[0]) - r, 0), min(int(cols[-1]) + r + 1, a.shape[1])
+    sub = np.pad(a[r0:r1, c0:c1].astype(np.float32), r)
+    h, w = r1 - r0, c1 - c0
+    tmp = np.zeros((h, w + 2 * r), np.float32)
+    buf = np.empty_like(tmp)  # no temporaries per tap: these arrays are up to 2,179² floats
+    for j, kj in enumerate(k):
+        np.multiply(sub[j : j + h, :], kj, out=buf)
+        tmp += buf
+    res = np.zeros((h, w), np.float32)
+    buf = buf[:, :w]
+    for j, kj in enumerate(k):
+        np.multiply(tmp[:, j : j + w], kj, out=buf)
+        res += buf
+    out[r0:r1, c0:c1] = res
+    return out
 
 
 def _luts(scene: Scene):
@@ -220,7 +351,17 @@ def _upsample(coarse: np.ndarray, factor: int, r0: int, c0: int, out: np.ndarray
 
 
 def _render_window(
-    layers: _Layers, luts, noise, fine_table: np.ndarray, acq: Acquisition, gt, c0: int, r0: int, work: _Work, rng: np.random.Generator
+    layers: _Layers,
+    clouds: _CloudFields,
+    luts,
+    noise,
+    fine_table: np.ndarray,
+    acq: Acquisition,
+    gt,
+    c0: int,
+    r0: int,
+    work: _Work,
+    rng: np.random.Generator,
 ) -> np.ndarray:
     """Pixels (3, h, w) uint8 of the COG window at (c0, r0); exactly 0 outside the valid polygon."""
     rgb_lut, stripe_lut, amp, roof = luts
@@ -264,6 +405,26 @@ def _render_window(
     sh &= np.take(roof, idx, out=work.cls)
     sh = sh.view(bool)
     np.putmask(shade, sh, shade * np.float32(acq.shadow))
+    # Cloud shadows (a little lighter than building shadows), before the haze offset is added, so
+    # shadowed valid pixels keep the haze DN and stay well clear of the no-data threshold.
+    # Only the column runs that clouds or their shadows reach are computed.
+    for cs, ce in clouds.spans(clouds.shadow, r0, c0, h, w):
+        assert clouds.shadow is not None
+        a_s, tmp, _ = work.scratch(h, ce - cs)
+        _upsample(clouds.shadow, _SOFT, r0, c0 + cs, a_s, tmp)
+        a_s *= np.float32(-(1.0 - min(acq.shadow + 0.1, 1.0)))
+        a_s += np.float32(1.0)
+        shade[:, cs:ce] *= a_s
+    cloud_runs = []
+    offset = 0
+    for cs, ce in clouds.spans(clouds.alpha, r0, c0, h, w):
+        assert clouds.alpha is not None and clouds.colour is not None
+        keep, tmp, cover = work.scratch(h, ce - cs, offset)
+        offset += keep.size
+        _upsample(clouds.colour, _SOFT, r0, c0 + cs, cover, tmp)  # alpha x cloud brightness
+        _upsample(clouds.alpha, _SOFT, r0, c0 + cs, keep, tmp)
+        np.subtract(np.float32(1.0), keep, out=keep)  # what shows of the ground
+        cloud_runs.append((cs, ce, keep, cover, tmp))
     # Fine (sensor/clutter) noise: a slice of a pre-drawn table, scaled per class.
     start = int(rng.integers(0, fine_table.shape[0] - h + 1))
     fine = np.take(amp[2], idx, out=t2)
@@ -273,6 +434,11 @@ def _render_window(
         band *= shade
         band += fine
         band += np.float32(acq.haze[b] + 0.5)
+        for cs, ce, keep, cover, tmp in cloud_runs:
+            sub = band[:, cs:ce]
+            sub *= keep
+            np.multiply(cover, np.float32(_CLOUD_RGB[b]), out=tmp)
+            sub += tmp
         np.clip(band, 1.0, 255.0, out=band)
         ob = out[b]
         ob[...] = band

@@ -1,5 +1,6 @@
-"""Writing the sample's files: the COG of each acquisition, its data-mask GeoPackage and STAC-like
-metadata JSON, and the scene as an OpenStreetMap PBF.
+"""Writing the sample's files: the COG of each acquisition, its mask GeoPackages (data, cloud, cloud
+shadow, terrain shadow, water, healthy vegetation) and STAC-like metadata JSON, and the scene as an
+OpenStreetMap PBF.
 
 Every file is written under a temporary name beside its destination and moved into place when
 complete, with ordinary (umask) permissions.
@@ -20,6 +21,7 @@ import numpy as np
 from imagesim import grid
 from imagesim.errors import SampleDataError
 from imagesim.fsutil import atomic_path, publish
+from imagesim.imagery.ard import DATA_MASK, MASK_FILES
 from imagesim.imagery.sample.acquisitions import CELLS, ZONE, Acquisition
 from imagesim.imagery.sample.render import OVERVIEW_LEVELS, WindowRenderer, overviews
 from imagesim.imagery.sample.scene import Scene
@@ -29,11 +31,21 @@ __all__ = ["metadata", "write_cog", "write_json", "write_mask", "write_osm"]
 _P = grid.COG_PIXELS
 
 
-def write_cog(path: Path, scene: Scene, acq: Acquisition, valid_geom, seed: int, small: bool, compression: str) -> float:
-    """Render ``acq`` and write it as the COG ``path``; return the fraction of valid pixels."""
+def write_cog(
+    path: Path,
+    scene: Scene,
+    acq: Acquisition,
+    valid_geom,
+    seed: int,
+    small: bool,
+    compression: str,
+    clouds=None,
+    cloud_shadows=None,
+) -> float:
+    """Render ``acq`` (with ``clouds`` and ``cloud_shadows`` when given) as the COG ``path``; return the fraction of valid pixels."""
     from osgeo import gdal
 
-    renderer = WindowRenderer(scene, acq, valid_geom, seed, small)
+    renderer = WindowRenderer(scene, acq, valid_geom, seed, small, clouds, cloud_shadows)
     windows = renderer.windows
     n_valid = 0
     fd, src_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".src.tif", dir=path.parent)
@@ -91,8 +103,10 @@ def write_cog(path: Path, scene: Scene, acq: Acquisition, valid_geom, seed: int,
     return n_valid / (_P * _P)
 
 
-def write_mask(path: Path, valid_geom, cell: str) -> None:
-    """Write the valid-data polygon as the data-mask GeoPackage ``path`` (layer ``data-mask``, cell UTM CRS)."""
+def write_mask(path: Path, geom, cell: str, layer: str = DATA_MASK) -> None:
+    """Write ``geom`` as the mask GeoPackage ``path``: layer ``layer`` (the mask's file name, e.g. ``cloud-mask``),
+    MultiPolygon, cell UTM CRS, one feature per polygon part; an empty ``geom`` gives a layer with no features.
+    """
     from osgeo import ogr, osr
 
     srs = osr.SpatialReference()
@@ -104,13 +118,16 @@ def write_mask(path: Path, valid_geom, cell: str) -> None:
     try:
         tmp.unlink(missing_ok=True)
         ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(tmp))
-        lyr = ds.CreateLayer("data-mask", srs, ogr.wkbMultiPolygon)
+        lyr = ds.CreateLayer(layer, srs, ogr.wkbMultiPolygon)
         lyr.CreateField(ogr.FieldDefn("value", ogr.OFTInteger))
-        geom = ogr.ForceToMultiPolygon(ogr.CreateGeometryFromWkb(valid_geom.wkb))
-        feat = ogr.Feature(lyr.GetLayerDefn())
-        feat.SetField("value", 1)
-        feat.SetGeometry(geom)
-        lyr.CreateFeature(feat)
+        parts = [] if geom is None or geom.is_empty else [p for p in getattr(geom, "geoms", [geom]) if not p.is_empty]
+        lyr.StartTransaction()
+        for part in parts:
+            feat = ogr.Feature(lyr.GetLayerDefn())
+            feat.SetField("value", 1)
+            feat.SetGeometry(ogr.ForceToMultiPolygon(ogr.CreateGeometryFromWkb(part.wkb)))
+            lyr.CreateFeature(feat)
+        lyr.CommitTransaction()
         ds = None
         publish(tmp, path)
     finally:
@@ -129,8 +146,11 @@ def _to_wgs84(epsg: int):
     return Transformer.from_crs(epsg, 4326, always_xy=True)
 
 
-def metadata(acq: Acquisition, valid_geom, frac: float) -> dict:
-    """The STAC-like acquisition metadata of ``acq`` (footprint and cell bounds in WGS84)."""
+def metadata(acq: Acquisition, valid_geom, frac: float, clouds=None) -> dict:
+    """The STAC-like acquisition metadata of ``acq`` (footprint and cell bounds in WGS84).
+
+    ``eo:cloud_cover`` is the share (percent) of the data area inside the cell under ``clouds``.
+    """
     import shapely
     from shapely.geometry import box, mapping
 
@@ -141,7 +161,9 @@ def metadata(acq: Acquisition, valid_geom, frac: float) -> dict:
     def to_ll(g):
         return shapely.transform(g, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
 
-    footprint = to_ll(valid_geom.intersection(box(*b)).simplify(1.0))
+    data = valid_geom.intersection(box(*b))
+    clouded = data.intersection(clouds).area if clouds is not None and not clouds.is_empty else 0.0
+    footprint = to_ll(data.simplify(1.0))
     cell_ll = to_ll(box(*b))
     return {
         "type": "Feature",
@@ -165,22 +187,25 @@ def metadata(acq: Acquisition, valid_geom, frac: float) -> dict:
             "view:off_nadir": acq.off_nadir,
             "view:sun_elevation": acq.sun_elevation,
             "view:sun_azimuth": acq.sun_azimuth,
-            "eo:cloud_cover": round(acq.cloud_cover * 100, 2),
+            "eo:cloud_cover": round(100.0 * clouded / data.area, 2) if data.area > 0 else 0.0,
             "grid:code": f"MXRA-Z{ZONE}-{acq.cell}",
             "tile:quadkey": acq.cell,
             "utm_zone": ZONE,
             "proj:epsg": epsg,
             "proj:shape": [_P, _P],
             "proj:transform": list(grid.cell_geotransform(acq.cell)),
-            "tile:data_area": round(valid_geom.intersection(box(*b)).area / 1e6, 4),
-            "tile:clouds_area": round(acq.cloud_cover * valid_geom.area / 1e6, 4),
+            "tile:data_area": round(data.area / 1e6, 4),
+            "tile:clouds_area": round(clouded / 1e6, 4),
             "tile:valid_fraction": round(frac, 6),
             "product": "ARD",
             "synthetic": True,
         },
         "assets": {
             "visual": {"href": f"./{acq.catalog_id}-visual.tif", "type": "image/tiff; application=geotiff; profile=cloud-optimized"},
-            "data-mask": {"href": f"./{acq.catalog_id}-data-mask.gpkg", "type": "application/geopackage+sqlite3"},
+            **{
+                name: {"href": f"./{acq.catalog_id}-{name}.gpkg", "type": "application/geopackage+sqlite3"}
+                for name in (DATA_MASK, *MASK_FILES.values())
+            },
         },
     }
 

@@ -6,7 +6,8 @@
 - ``GET /tiles/{z}/{x}/{y}.jpg|png[?acquisition=ID]`` Web Mercator tiles (204 where there is no imagery);
 - ``GET /tilejson.json[?acquisition=ID]`` TileJSON 3.0.0;
 - ``GET /api/acquisitions``, ``/api/chips?bbox=w,s,e,n``, ``/api/similar?chip=…&k=10``,
-  ``/api/chip/{chip}/thumbnail.jpg``, ``/api/info``.
+  ``/api/chip/{chip}/thumbnail.jpg``, ``/api/info``;
+- ``GET /api/masks?bbox=w,s,e,n&kind=cloud[&acquisition=ID]`` outlines of the ARD masks in view (GeoJSON).
 
 Every path a request names is checked against a strict pattern and resolved inside the configured
 roots; parameters are bounded; errors answer JSON ``{"detail": …}`` without tracebacks.
@@ -36,7 +37,9 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from imagesim import grid, options
+from imagesim.artefacts import CLOUD_FRACTION
 from imagesim.errors import GridError, ImagesimError, InvalidArgumentError
+from imagesim.search.serve.mask_layer import MASK_KINDS, MaskLayer
 from imagesim.search.serve.tiles import (
     MAX_ZOOM,
     Catalog,
@@ -181,6 +184,8 @@ class ChipTable:
         self.catalog_id = ids["catalog_id"].to_list()
         self.path = ids["path"].to_list() if "path" in ids.columns else [f"{z}/{c}" for z, c in zip(self.zone.tolist(), self.chip)]
         self.predicted = ids["predicted"].to_list() if "predicted" in ids.columns else [[] for _ in range(n)]
+        cloud = ids[CLOUD_FRACTION].to_list() if CLOUD_FRACTION in ids.columns else [None] * n
+        self.cloud_fraction = [None if c is None or c != c else round(float(c), 4) for c in cloud]  # NaN: unknown too
         self.lon = ids["lon"].to_numpy().astype(np.float64)
         self.lat = ids["lat"].to_numpy().astype(np.float64)
         self.by_chip = {c: i for i, c in enumerate(self.chip)}
@@ -227,6 +232,7 @@ class ChipTable:
                 "zone": int(self.zone[i]),
                 "catalog_id": self.catalog_id[i],
                 "labels": list(self.predicted[i] or []),
+                "cloud_fraction": self.cloud_fraction[i],
                 **extra,
             },
         }
@@ -273,6 +279,17 @@ class Thumbnails:
 
 def _bad(message: str, status: int = 400) -> HTTPException:
     return HTTPException(status_code=status, detail=message)
+
+
+def _parse_bbox(bbox: str) -> tuple[float, float, float, float]:
+    """``w,s,e,n`` in degrees, or a 400 saying what a bbox is."""
+    try:
+        bw, bs, be, bn = (float(v) for v in bbox.split(","))
+    except ValueError:
+        raise _bad("bbox must be four numbers west,south,east,north") from None
+    if not all(math.isfinite(v) for v in (bw, bs, be, bn)) or not (-180 <= bw < be <= 180 and -90 <= bs < bn <= 90):
+        raise _bad("bbox must be west,south,east,north in degrees with west < east and south < north")
+    return bw, bs, be, bn
 
 
 def _inside(root: Path, rel: str) -> Path | None:
@@ -328,6 +345,7 @@ def create_app(
         index = load_index(index_dir)
         chips = ChipTable(index.ids, catalog, transformers)
     thumbs = Thumbnails()
+    masks = MaskLayer(catalog)
     w, s, e, n = catalog.bounds
     page = (STATIC / "index.html").read_bytes()
 
@@ -337,6 +355,7 @@ def create_app(
     app.state.index = index
     app.state.chips = chips
     app.state.chips_root = chips_root
+    app.state.masks = masks
     if cors:
         # innermost: its preflight answers and simple-request headers get the security headers too
         app.add_middleware(CORSMiddleware, allow_origins=list(cors), allow_methods=["GET", "HEAD"], allow_credentials=False, max_age=3600)
@@ -478,12 +497,7 @@ def create_app(
     ) -> dict[str, Any]:
         if chips is None:
             raise _bad("no index loaded", 404)
-        try:
-            bw, bs, be, bn = (float(v) for v in bbox.split(","))
-        except ValueError:
-            raise _bad("bbox must be four numbers west,south,east,north") from None
-        if not all(math.isfinite(v) for v in (bw, bs, be, bn)) or not (-180 <= bw < be <= 180 and -90 <= bs < bn <= 90):
-            raise _bad("bbox must be west,south,east,north in degrees with west < east and south < north")
+        bw, bs, be, bn = _parse_bbox(bbox)
         acq = check_acquisition(acquisition)
         rows = chips.in_bbox(bw, bs, be, bn, acq)
         truncated = len(rows) > limit
@@ -492,6 +506,21 @@ def create_app(
             d = (chips.lon[rows] - cx) ** 2 + (chips.lat[rows] - cy) ** 2
             rows = rows[np.argsort(d, kind="stable")[:limit]]
         return {"type": "FeatureCollection", "features": [chips.feature(int(i)) for i in rows], "count": len(rows), "truncated": truncated}
+
+    @app.get("/api/masks")
+    def mask_outlines(
+        bbox: str = Query(..., max_length=200),
+        kind: str = Query("cloud", max_length=32),
+        acquisition: str | None = Query(None, max_length=64),
+    ) -> Response:
+        box = _parse_bbox(bbox)
+        if kind not in MASK_KINDS:
+            raise _bad(f"kind must be one of {', '.join(MASK_KINDS)}")
+        acq = check_acquisition(acquisition)
+        body = masks.outlines(box, kind, acq)
+        # an unreadable mask may be replaced: do not let the browser keep the answer without it
+        cache = "no-cache" if body["problems"] else "public, max-age=3600"
+        return JSONResponse(body, headers={"Cache-Control": cache})
 
     def chip_ref(chip: str) -> str:
         """A validated chip name (with .jpg) or chip quadkey."""
@@ -510,7 +539,10 @@ def create_app(
 
     @app.get("/api/similar")
     def similar_chips(
-        chip: str = Query(..., max_length=120), k: int = Query(options.K, ge=1, le=K_MAX_UI), exclude_same_cell: bool = Query(False)
+        chip: str = Query(..., max_length=120),
+        k: int = Query(options.K, ge=1, le=K_MAX_UI),
+        exclude_same_cell: bool = Query(False),
+        max_cloud: float | None = Query(None, ge=0.0, le=1.0, allow_inf_nan=False),
     ) -> dict[str, Any]:
         from imagesim.search.similar import geojson, similar
 
@@ -527,10 +559,11 @@ def create_app(
                 raise _bad(f"chip {ref} is not in the index", 404)
             query_rows = [row]
         try:
-            result = similar(index, [ref], k=k, exclude_same_cell=exclude_same_cell)
+            result = similar(index, [ref], k=k, exclude_same_cell=exclude_same_cell, max_cloud=max_cloud)
         except ImagesimError as exc:
             raise _bad(str(exc).replace(str(index.folder), "the index")) from None
         body = result.to_json()
+        body["cloudy"] = result.cloudy  # chips left out by max_cloud
         for hit in body["results"]:
             hit["thumbnail"] = f"/api/chip/{hit['chip']}/thumbnail.jpg"
         body["query"]["chips"] = [chips.feature(i, thumbnail=f"/api/chip/{chips.chip[i]}/thumbnail.jpg") for i in query_rows]

@@ -1,4 +1,4 @@
-// imagesim viewer: imagery tiles, the chip grid, similar-chip queries.
+// imagesim viewer: imagery tiles, the chip grid, similar-chip queries, ARD mask outlines.
 // Plain ES2017, no build step; every string from the API goes through textContent (no innerHTML).
 (function () {
   "use strict";
@@ -6,8 +6,11 @@
   var GRID_MIN_ZOOM = 14;
   var EMPTY_TILE = "data:image/gif;base64,R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7";
   var $ = function (id) { return document.getElementById(id); };
+  // outline colours of the ARD mask layers (style.css has the same ones for the legend swatches)
+  var MASK_COLOURS = { cloud: "#ffffff", cloud_shadow: "#b36bff", terrain_shadow: "#ff8c1a", water: "#1e90ff", vegetation: "#39d353" };
+  var MASK_PAD = 0.2; // ask for a bit more than the view: the clip edges stay off screen while panning
 
-  var state = { info: null, tilejson: null, acquisition: "", query: null, gridAbort: null, resultLayers: {} };
+  var state = { info: null, tilejson: null, acquisition: "", query: null, gridAbort: null, resultLayers: {}, masks: {} };
 
   var map = L.map("map", { zoomControl: true, maxZoom: 22, worldCopyJump: false });
   L.control.scale({ imperial: false }).addTo(map);
@@ -74,6 +77,12 @@
     });
   }
 
+  function cloudText(fraction) {
+    if (fraction === null || fraction === undefined) { return "cloud –"; }
+    var pct = fraction * 100;
+    return "cloud " + (pct > 0 && pct < 1 ? pct.toFixed(1) : String(Math.round(pct))) + " %";
+  }
+
   function card(hit, isQuery) {
     var li = document.createElement("li");
     li.className = "chip-card";
@@ -101,6 +110,10 @@
       where.textContent = hit.lat.toFixed(5) + ", " + hit.lon.toFixed(5);
       meta.appendChild(where);
     }
+    var cloud = document.createElement("div");
+    cloud.className = "cloud";
+    cloud.textContent = cloudText(hit.cloud_fraction);
+    meta.appendChild(cloud);
     meta.appendChild(labels);
     li.appendChild(img);
     li.appendChild(meta);
@@ -124,7 +137,10 @@
     queryLayer.addData({ type: "FeatureCollection", features: q });
     var qbox = $("query-chip");
     qbox.textContent = "";
-    q.forEach(function (f) { qbox.appendChild(card({ chip: f.properties.chip, thumbnail: f.properties.thumbnail, labels: f.properties.labels }, true)); });
+    q.forEach(function (f) {
+      var p = f.properties;
+      qbox.appendChild(card({ chip: p.chip, thumbnail: p.thumbnail, labels: p.labels, cloud_fraction: p.cloud_fraction }, true));
+    });
     $("query").hidden = false;
 
     body.geojson.features.forEach(function (f, i) {
@@ -147,15 +163,29 @@
     document.body.dataset.results = String(body.results.length);
   }
 
+  function maxCloud() {
+    // the threshold when "hide cloudy" is on: a share 0..1; null when off, NaN when not a share
+    if (!$("hide-cloudy").checked) { return null; }
+    var v = parseFloat($("max-cloud").value);
+    return (v >= 0 && v <= 1) ? v : NaN;
+  }
+
   function querySimilar(chip) {
     state.query = chip;
     var k = $("k").value;
+    var mc = maxCloud();
+    if (mc !== null && isNaN(mc)) {
+      status("the cloud threshold must be a share between 0 and 1 (0.1 = 10 %)", true);
+      return Promise.resolve();
+    }
     var url = "/api/similar?chip=" + encodeURIComponent(chip) + "&k=" + encodeURIComponent(k) +
-      ($("exclude-cell").checked ? "&exclude_same_cell=true" : "");
+      ($("exclude-cell").checked ? "&exclude_same_cell=true" : "") +
+      (mc !== null ? "&max_cloud=" + encodeURIComponent(String(mc)) : "");
     status("searching chips similar to " + chip + "…");
     return getJSON(url).then(function (body) {
       showResults(body);
-      status(body.results.length + " chips similar to " + chip);
+      var cloudy = body.cloudy ? " (" + body.cloudy + " cloudy left out)" : "";
+      status(body.results.length + " chips similar to " + chip + cloudy);
       var params = new URLSearchParams(location.search);
       params.set("chip", chip);
       history.replaceState(null, "", "?" + params.toString() + location.hash);
@@ -184,8 +214,63 @@
       state.acquisition = sel.value;
       setImagery();
       loadGrid();
+      loadMasks();
     });
   }
+
+  // --- ARD mask outlines: one layer per kind, loaded for the view while its box is ticked ---
+
+  function showMaskNotes() {
+    var lines = [];
+    Object.keys(state.masks).forEach(function (kind) {
+      var m = state.masks[kind];
+      if (m.on) { lines = lines.concat(m.problems, m.notes); }
+    });
+    var el = $("mask-notes");
+    el.textContent = lines.join("\n");
+    el.hidden = !lines.length;
+    el.className = Object.keys(state.masks).some(function (k) { return state.masks[k].on && state.masks[k].problems.length; }) ? "hint error" : "hint muted";
+  }
+
+  function loadMask(kind) {
+    var m = state.masks[kind];
+    if (m.abort) { m.abort.abort(); m.abort = null; }
+    if (!m.on || !state.tilejson) { m.layer.clearLayers(); return; }
+    var b = map.getBounds().pad(MASK_PAD);
+    var box = [Math.max(-180, b.getWest()), Math.max(-90, b.getSouth()), Math.min(180, b.getEast()), Math.min(90, b.getNorth())];
+    var bbox = box.map(function (v) { return v.toFixed(6); }).join(",");
+    var ctrl = new AbortController();
+    m.abort = ctrl;
+    getJSON("/api/masks?bbox=" + bbox + "&kind=" + encodeURIComponent(kind) + acqQuery("&"), { signal: ctrl.signal }).then(function (fc) {
+      m.layer.clearLayers();
+      m.layer.addData(fc);
+      m.notes = fc.notes || [];
+      m.problems = fc.problems || [];
+      document.body.dataset["mask" + kind.replace(/_/g, "")] = String(fc.features.length);
+      showMaskNotes();
+    }).catch(function (err) {
+      if (err.name !== "AbortError") { m.layer.clearLayers(); m.problems = [kind.replace(/_/g, " ") + " outlines: " + err.message]; showMaskNotes(); }
+    });
+  }
+
+  function loadMasks() { Object.keys(state.masks).forEach(loadMask); }
+
+  Array.prototype.forEach.call(document.querySelectorAll("#mask-layers input[data-mask]"), function (box) {
+    var kind = box.dataset.mask;
+    var m = state.masks[kind] = {
+      on: false, abort: null, notes: [], problems: [],
+      layer: L.geoJSON(null, {
+        style: { color: MASK_COLOURS[kind] || "#ff00ff", weight: 2, opacity: 0.9, fill: false, interactive: false, className: "mask-outline mask-" + kind },
+      }),
+    };
+    box.checked = false; // off by default, also after a reload that keeps form state
+    box.addEventListener("change", function () {
+      m.on = box.checked;
+      if (m.on) { m.layer.addTo(map); } else { map.removeLayer(m.layer); }
+      loadMask(kind);
+      showMaskNotes();
+    });
+  });
 
   Promise.all([getJSON("/api/info"), getJSON("/tilejson.json"), getJSON("/api/acquisitions")]).then(function (r) {
     state.info = r[0];
@@ -200,7 +285,7 @@
       map.fitBounds([[tj.bounds[1], tj.bounds[0]], [tj.bounds[3], tj.bounds[2]]]);
     }
     setImagery();
-    map.on("moveend", function () { loadGrid(); writeHash(); });
+    map.on("moveend", function () { loadGrid(); loadMasks(); writeHash(); });
     loadGrid();
     var idx = state.info.index;
     status(idx ? (state.info.chips.toLocaleString() + " chips indexed (" + idx.kind + ")") : "no index loaded");
@@ -211,4 +296,6 @@
 
   $("k").addEventListener("change", function () { if (state.query) { querySimilar(state.query); } });
   $("exclude-cell").addEventListener("change", function () { if (state.query) { querySimilar(state.query); } });
+  $("hide-cloudy").addEventListener("change", function () { if (state.query) { querySimilar(state.query); } });
+  $("max-cloud").addEventListener("change", function () { if (state.query && $("hide-cloudy").checked) { querySimilar(state.query); } });
 })();
