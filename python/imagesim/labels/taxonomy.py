@@ -160,11 +160,11 @@ def parse_taxonomy(text: str, source: str = "<string>") -> Taxonomy:
                 raise TaxonomyError(f"{where}: {key!r} must be a number >= 0")
         if rules["min_share"] > 1:
             raise TaxonomyError(f"{where}: 'min_share' is a share of the chip area, 0..1")
-        source = _source(table.get("source", OSM_SOURCE), where)
-        if source != OSM_SOURCE:
+        truth = _source(table.get("source", OSM_SOURCE), where)
+        if truth != OSM_SOURCE:
             # truth from an ARD mask: min_share is the share of the chip's valid area under the mask
             if "match" in table or "exclude" in table:
-                raise TaxonomyError(f"{where}: takes its truth from {source!r}; 'match'/'exclude' (OSM tags) do not apply, remove them")
+                raise TaxonomyError(f"{where}: takes its truth from {truth!r}; 'match'/'exclude' (OSM tags) do not apply, remove them")
             match: TagFilter = {}
         else:
             match = _filter(table.get("match"), f"{where}: 'match'")
@@ -182,7 +182,7 @@ def parse_taxonomy(text: str, source: str = "<string>") -> Taxonomy:
                 line_buffer_m=float(rules["line_buffer_m"]),
                 point_buffer_m=float(rules["point_buffer_m"]),
                 min_share=float(rules["min_share"]),
-                source=source,
+                source=truth,
             )
         )
     if len(classes) > 65535:
