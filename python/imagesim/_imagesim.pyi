@@ -109,11 +109,16 @@ def grid_coverage(
 ) -> npt.NDArray[np.float64]: ...
 
 # --- jpeg / batch ---
+# `nodata_threshold`: each chip's no-data pixels (every band <= it, the nodata-index rule) are filled
+# with its valid pixels' mean; `valid` (float32, len(paths)) receives each chip's valid share (NaN
+# where it failed; needs `nodata_threshold`).
 def decode_batch(
     paths: list[str | PathLike[str]],
     out: npt.NDArray[np.uint8],
     *,
     threads: int = 0,
+    nodata_threshold: int | None = None,
+    valid: npt.NDArray[np.float32] | None = None,
 ) -> list[str | None]: ...
 
 # --- object storage ---

@@ -61,6 +61,8 @@ CHIP_ERRORS = "chip-errors.json"
 MASK_NAMES = ("cloud", "cloud_shadow", "terrain_shadow", "water", "vegetation")
 MASK_FRACTION_COLUMNS: dict[str, str] = {name: f"{name}_fraction" for name in MASK_NAMES}
 CLOUD_FRACTION = MASK_FRACTION_COLUMNS["cloud"]
+# The share of a chip's pixels with data as `imagesim encode` measured it (embeddings and index ids column).
+VALID_FRACTION = "valid_fraction"
 
 MANIFEST_SCHEMA: dict[str, pl.DataType] = {
     "chip": pl.String(),

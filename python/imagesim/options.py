@@ -26,6 +26,10 @@ MIN_NODATA_PIXELS = 16  # no-data pixels from which a chip is partial_data
 # --- encoding ---
 ENCODE_BATCH = 64
 ENCODE_PROVIDERS = ("auto", "cuda", "tensorrt", "cpu")
+# encode fills each chip's no-data pixels (every band <= this, nodata-index's rule) with the mean of
+# its valid pixels, so the embedding describes the data, not the border; a few levels above 0 count
+# the JPEG noise along a no-data edge as no-data too (None: decode as is).
+ENCODE_NODATA_THRESHOLD = 4
 
 # --- threads ---
 PROC_ALL = 0  # worker threads: 0 = all cores
@@ -119,6 +123,9 @@ K = 10  # results of `similar`
 K_RANGE = (1, 10_000)
 EVAL_SAMPLE = 2000  # chips evaluated by precision@k (0 = all)
 EVAL_SAMPLE_RANGE = (0, None)
+# similar/serve: leave out chips whose valid (not no-data) share, measured by encode, is below this
+# (FRACTION_RANGE; None: keep all; chips without a measured share are kept).
+MIN_VALID = 0.5
 CLASSMAP_ACQUISITIONS = ("latest", "mean", "all")  # `classmap`: several acquisitions of one quadkey; the first is the default
 CLASSMAP_FORMATS = {".parquet": "parquet", ".gpkg": "gpkg", ".geojson": "geojson", ".json": "geojson"}  # by --out's extension
 SERVE_HOST = "127.0.0.1"

@@ -143,18 +143,18 @@ def test_encode_writes_embeddings_and_predictions(onnx_path, chips, tmp_path):
     assert summary.provider == "CPUExecutionProvider" and not summary.failed
     table = pl.read_parquet(out)
     assert table.columns == [
-        *["chip", "path", "zone", "quadkey", "cell", "catalog_id", "model_id", "embedding", "predicted", "probabilities"],
-        *["geometry", "bbox"],  # GeoParquet footprints
+        *["chip", "path", "zone", "quadkey", "cell", "catalog_id", "cloud_fraction", "valid_fraction", "model_id", "embedding"],
+        *["predicted", "probabilities", "geometry", "bbox"],  # GeoParquet footprints last
     ]
     assert table.schema["embedding"] == pl.Array(pl.Float32, 512)
     assert sorted(table["chip"].to_list()) == sorted(usable["chip"].to_list())
     assert set(table["model_id"].unique()) == {model_id(onnx_path)}
     emb = np.stack(table["embedding"].to_numpy())
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
-    # Same numbers as running the session directly on the same pixels.
+    # Same numbers as running the session directly on the same pixels (no-data filled, as encode does).
     first = table.row(0, named=True)
     img = np.zeros((1, SIZE, SIZE, 3), np.uint8)
-    _imagesim.decode_batch([str(chips / first["path"])], img)
+    _imagesim.decode_batch([str(chips / first["path"])], img, nodata_threshold=EncodeSettings().nodata_threshold)
     direct_emb, direct_logits = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(None, {"image": img})
     np.testing.assert_allclose(np.array(first["embedding"]), direct_emb[0], atol=1e-5)
     prob = 1 / (1 + np.exp(-direct_logits[0]))

@@ -121,7 +121,20 @@ def test_build_load_round_trip(emb, flat_dir):
     assert (meta["n"], meta["dim"], meta["model_id"], meta["classes"]) == (len(rows), DIM, MODEL_ID, CLASSES)
     assert meta["embeddings"]["path"] == str(path.resolve()) and meta["embeddings"]["mtime_ns"] == path.stat().st_mtime_ns
     ids = loaded.ids
-    assert ids.columns == ["row", "chip", "path", "zone", "quadkey", "cell", "catalog_id", "predicted", "lon", "lat"]
+    assert ids.columns == [
+        "row",
+        "chip",
+        "path",
+        "zone",
+        "quadkey",
+        "cell",
+        "catalog_id",
+        "predicted",
+        "cloud_fraction",
+        "valid_fraction",
+        "lon",
+        "lat",
+    ]
     assert ids["chip"].to_list() == rows["chip"].to_list()
     assert ids["predicted"].to_list() == rows["predicted"].to_list()
     np.testing.assert_allclose(loaded.vectors([0, 5, len(rows) - 1]), raw[[0, 5, -1]], atol=1e-6)

@@ -329,7 +329,7 @@ def test_similar_matches_the_library(client, viewer):
         ("chip=", 400),
         ("k=5", 422),
         ("chip=12002022303200000&k=0", 422),
-        ("chip=12002022303200000&k=101", 422),
+        ("chip=12002022303200000&k=1001", 422),
         ("chip=12002022303200000&k=ten", 422),
         ("chip=12002022303200000&exclude_same_cell=maybe", 422),
     ],
@@ -596,7 +596,7 @@ def test_browser_click_chip_shows_similar(live_server, viewer, tmp_path):
         )
         assert driver.find_elements(By.CSS_SELECTOR, "path.similar-cell")  # outlined on the map
         assert "chips similar to" in driver.find_element(By.ID, "status").text
-        query = driver.execute_script("return new URLSearchParams(location.search).get('chip')")
+        query = driver.execute_script("return new URLSearchParams(location.search).get('positive')")
         if target is not None:  # the grid shows the newest acquisition's chip of that place
             assert grid.parse_chip_name(query).quadkey == row["quadkey"]
         # what the page shows is what the API answers

@@ -370,7 +370,7 @@ def test_page_has_the_cloud_and_mask_controls(client):
     for kind in ("cloud", "cloud_shadow", "water", "vegetation"):
         assert f'data-mask="{kind}"' in page
     js = client.get("/static/app.js").text
-    assert "/api/masks?bbox=" in js and "max_cloud=" in js and ".innerHTML" not in js
+    assert "/api/masks?bbox=" in js and '"max_cloud"' in js and ".innerHTML" not in js
 
 
 # --- the page in a real browser ---

@@ -179,6 +179,18 @@ def encode(
         bool, typer.Option("--include-nodata", help="Also encode chips classed no_data (skipped by default).")
     ] = False,
     max_cloud: MaxCloud = None,
+    nodata_threshold: Annotated[
+        int,
+        typer.Option(
+            "--nodata-threshold",
+            help="A pixel is no-data when every band is <= this: each chip's no-data pixels are filled with the mean of its valid "
+            "pixels before encoding (so partial chips are matched by their data, not their border), and its valid_fraction is recorded.",
+        ),
+    ] = options.ENCODE_NODATA_THRESHOLD,
+    keep_nodata: Annotated[
+        bool,
+        typer.Option("--keep-nodata", help="Encode chips as decoded: no-data pixels not filled, no valid_fraction (the old behaviour)."),
+    ] = False,
     overwrite: Overwrite = False,
     scheduler: Scheduler = None,
 ) -> None:
@@ -197,6 +209,7 @@ def encode(
         include_nodata=include_nodata,
         overwrite=overwrite,
         max_cloud=max_cloud,
+        nodata_threshold=None if keep_nodata else nodata_threshold,
     )
     summary = run_encode(onnx, chips, settings, progress=progress_bar("encode"), log=log, scheduler=scheduler)
     for _chip, msg in summary.failed[:10]:

@@ -53,14 +53,21 @@ def _print_table(result, index_dir: Path) -> None:
     clouds = any(h.cloud_fraction is not None for h in result.hits)
     if clouds:
         table.add_column("cloud", justify="right", min_width=5)
+    valid = any(h.valid_fraction is not None for h in result.hits)
+    if valid:
+        table.add_column("valid", justify="right", min_width=5)
     for h in result.hits:
         cells = [str(h.rank), f"{h.score:.4f}", h.chip, f"{h.lon:.5f}", f"{h.lat:.5f}", ", ".join(h.labels)]
         if clouds:
             cells.append("–" if h.cloud_fraction is None else f"{h.cloud_fraction:.0%}")
+        if valid:
+            cells.append("–" if h.valid_fraction is None else f"{h.valid_fraction:.0%}")
         table.add_row(*cells)
     out.print(table)
     if result.cloudy:
         err.print(f"{result.cloudy:,} chips with cloud_fraction > {result.max_cloud} left out", highlight=False)
+    if result.low_valid:
+        err.print(f"{result.low_valid:,} chips with valid_fraction < {result.min_valid} left out (--min-valid)", highlight=False)
 
 
 @commands.command("similar")
@@ -82,6 +89,16 @@ def similar(
         bool, typer.Option("--exclude-same-cell", help="Leave out chips in the level-12 cells of the positives.")
     ] = False,
     max_cloud: MaxCloud = None,
+    min_valid: Annotated[
+        float,
+        typer.Option(
+            "--min-valid",
+            min=0.0,
+            max=1.0,
+            help="Leave out chips with less than this share of valid (not no-data) pixels, as measured by `imagesim encode` "
+            "(chips without one are kept; 0 keeps all).",
+        ),
+    ] = options.MIN_VALID,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     geojson: Annotated[
         Optional[Path], typer.Option("--geojson", help="Also write the results' chip footprints as a GeoJSON FeatureCollection (WGS84).")
@@ -121,17 +138,22 @@ def similar(
     from imagesim.search.similar import write_geojson
 
     loaded = load_index(index_dir)
-    result = run_similar(loaded, list(positives), list(negatives or []), k=k, exclude_same_cell=exclude_same_cell, max_cloud=max_cloud)
+    result = run_similar(
+        loaded, list(positives), list(negatives or []), k=k, exclude_same_cell=exclude_same_cell, max_cloud=max_cloud, min_valid=min_valid
+    )
     if result.nothing_found:
         from imagesim.errors import ImagesimError
 
         left_out = "quadkeys and level-12 cells (--exclude-same-cell)" if exclude_same_cell else "quadkeys"
         if result.cloudy:
             left_out += f", or cloudier than --max-cloud {max_cloud} ({result.cloudy:,})"
+        if result.low_valid:
+            left_out += f", or less valid than --min-valid {min_valid} ({result.low_valid:,})"
         fix = (
             "index more chips"
             + (", or leave out --exclude-same-cell" if exclude_same_cell else "")
             + (", or raise --max-cloud" if result.cloudy else "")
+            + (", or lower --min-valid" if result.low_valid else "")
         )
         raise ImagesimError(f"no results: all {result.indexed} chips of the index {index_dir} are in the examples' {left_out}: {fix}")
     if geojson is not None:
@@ -211,6 +233,18 @@ def serve(
             help="Let pages on these origins (http://localhost:8888, comma-separated; * for any) read tiles, TileJSON and the API (CORS), e.g. notebook maps.",
         ),
     ] = None,
+    basemap: Annotated[
+        Optional[str],
+        typer.Option(
+            "--basemap",
+            metavar="URL_TEMPLATE",
+            help="An XYZ tile URL drawn under the imagery, e.g. https://tile.openstreetmap.org/{z}/{x}/{y}.png (none by default: the page loads nothing from other hosts).",
+        ),
+    ] = None,
+    basemap_attribution: Annotated[
+        Optional[str],
+        typer.Option("--basemap-attribution", metavar="TEXT", help="The basemap's attribution, shown on the map (plain text)."),
+    ] = None,
 ) -> None:
     """Serve a map of the imagery with the chip grid and similar-chip search (web page, XYZ tiles, JSON API).
 
@@ -228,10 +262,11 @@ def serve(
 
     import sys
 
-    from imagesim.search.serve.app import allowed_hosts_for, create_app, parse_cors_origins
+    from imagesim.search.serve.app import allowed_hosts_for, create_app, parse_basemap, parse_cors_origins
     from imagesim.storage import location
 
     cors = parse_cors_origins(cors_origins)
+    base_map = parse_basemap(basemap, basemap_attribution)
 
     # build the app here first: a bad path or index fails now with one line, not in a worker
     app = create_app(
@@ -243,6 +278,8 @@ def serve(
         quality=quality,
         allowed_hosts=allowed_hosts_for(host),
         cors_origins=cors,
+        basemap=basemap,
+        basemap_attribution=basemap_attribution,
     )
     if host not in ("127.0.0.1", "localhost", "::1") and not host.startswith("127."):
         err.print(f"[yellow]warning:[/] binding {host}: the viewer is reachable from other machines (no authentication)", highlight=False)
@@ -250,6 +287,8 @@ def serve(
     err.print(f"imagesim viewer on http://{url_host}:{port}/  (Ctrl-C stops it)", highlight=False)
     if cors:
         err.print(f"CORS: pages on {', '.join(cors)} may read tiles, TileJSON and the API", highlight=False, markup=False)
+    if base_map is not None:
+        err.print(f"basemap: {base_map.url} ({base_map.attribution})", highlight=False, markup=False)
     log_level = "info" if os.environ.get("IMAGESIM_DEBUG") else "warning"
     if workers == 1:
         uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
@@ -265,6 +304,8 @@ def serve(
         IMAGESIM_SERVE_QUALITY=str(quality),
         IMAGESIM_SERVE_HOST=host,
         IMAGESIM_SERVE_CORS=",".join(cors),
+        IMAGESIM_SERVE_BASEMAP=basemap or "",
+        IMAGESIM_SERVE_BASEMAP_ATTRIBUTION=basemap_attribution or "",
     )
     del app
     sys.stdout.flush()

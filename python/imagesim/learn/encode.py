@@ -5,10 +5,15 @@ DCT scaling, parallel, GIL released) straight into a reused uint8 buffer while o
 previous batch (two buffers, one decode thread ahead). On CUDA the input buffer is pinned and the
 session uses IO binding. Results are checkpointed as part files while the run goes, so an
 interrupted run resumes where it stopped; chips already encoded with the same model are skipped.
+
+No-data: the decoder fills each chip's no-data pixels (every band <= ``nodata_threshold``, the rule
+of nodata-index) with the mean of its valid pixels, so a partial chip's embedding describes its data
+rather than its black border, and each row records the chip's ``valid_fraction``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -19,7 +24,7 @@ import numpy as np
 import polars as pl
 
 from imagesim import _imagesim, options
-from imagesim.artefacts import CLOUD_FRACTION, EMBEDDINGS, read_chip_table, sidecar
+from imagesim.artefacts import CLOUD_FRACTION, EMBEDDINGS, VALID_FRACTION, read_chip_table, sidecar
 from imagesim.errors import EncodeError, ImagesimFileNotFoundError
 from imagesim.fsutil import write_json, write_with
 from imagesim.geoparquet import GEO_COLUMNS, write_geoparquet
@@ -29,6 +34,8 @@ from imagesim.runner import Outcome, TaskRunner, worker_threads
 from imagesim.storage import AnyPath, location, read_parquet
 
 CHECKPOINT_SECONDS = 60.0  # write a part file at least this often
+# The share of a chip's decoded pixels that are not no-data (null: encoded without the no-data rule).
+# A column of embeddings.parquet and of the index's ids.parquet (imagesim.search reads it by this name).
 
 
 @dataclass
@@ -41,9 +48,13 @@ class EncodeSettings:
     include_nodata: bool = False
     overwrite: bool = False
     max_cloud: float | None = None  # leave out chips with a larger ARD cloud_fraction (None: encode all)
+    # no-data pixels (every band <= this) are filled with the chip's valid mean; None: decoded as they are
+    nodata_threshold: int | None = options.ENCODE_NODATA_THRESHOLD
 
     def check(self) -> None:
         options.check_choice("provider", self.provider, options.ENCODE_PROVIDERS)
+        if self.nodata_threshold is not None:
+            options.check_range("nodata_threshold", self.nodata_threshold, *options.NODATA_THRESHOLD_RANGE)
         if self.max_cloud is not None:
             options.check_range("max_cloud", self.max_cloud, *options.FRACTION_RANGE, what="a share of the chip's valid area")
         options.check_range("batch_size", self.batch_size, *options.ENCODE_BATCH_RANGE)
@@ -146,8 +157,34 @@ def _parts_dir(out: AnyPath) -> AnyPath:
     return out.parent / f".{out.name}.parts"
 
 
-def _existing(out: AnyPath, mid: str, overwrite: bool) -> list[pl.DataFrame]:
-    """Embeddings already written for this model (final file and parts of an interrupted run)."""
+def nodata_rule(threshold: int | None) -> dict[str, Any]:
+    """How the no-data pixels were treated, as embeddings.json records it."""
+    if threshold is None:
+        return {"fill": None, "threshold": None}
+    return {"fill": "valid_mean", "threshold": threshold, "rule": "a pixel is no-data when every band is <= threshold"}
+
+
+def _rule_of(out: AnyPath) -> dict[str, Any]:
+    """The no-data rule an existing embeddings file was encoded with (files before the rule: none)."""
+    try:
+        meta = json.loads(sidecar(out).read_text()) if sidecar(out).is_file() else {}
+    except (OSError, ValueError):
+        meta = {}
+    rule = meta.get("nodata") if isinstance(meta, dict) else None
+    return rule if isinstance(rule, dict) else nodata_rule(None)
+
+
+def _existing(out: AnyPath, mid: str, overwrite: bool, threshold: int | None = None) -> list[pl.DataFrame]:
+    """Embeddings already written for this model and no-data rule (final file and parts of an interrupted run)."""
+    if out.is_file() and not overwrite and _rule_of(out).get("threshold") != threshold:
+        was = _rule_of(out).get("threshold")
+        raise EncodeError(
+            f"{out}: was encoded with "
+            + ("no-data pixels as decoded" if was is None else f"no-data filled at `nodata_threshold` {was}")
+            + ", not "
+            + ("as decoded" if threshold is None else f"at `nodata_threshold` {threshold}")
+            + "; pass `overwrite` or another `out` (embeddings of two rules do not compare)"
+        )
     frames = []
     parts: list[AnyPath] = list(_parts_dir(out).glob("part-*.parquet")) if _parts_dir(out).is_dir() else []
     for path in ([out] if out.is_file() else []) + sorted(parts, key=str):
@@ -164,18 +201,31 @@ def _existing(out: AnyPath, mid: str, overwrite: bool) -> list[pl.DataFrame]:
             if overwrite:
                 continue
             raise EncodeError(f"{path}: holds embeddings of model {', '.join(sorted(ids))}, not {mid}; pass `overwrite` or another `out`")
+        if path != out and threshold is not None and (VALID_FRACTION not in frame.columns or frame[VALID_FRACTION].null_count()):
+            if overwrite:
+                continue
+            raise EncodeError(f"{path}: part of a run encoded without the no-data rule; pass `overwrite` to encode again")
         frames.append(frame)
     return frames if not overwrite else []
 
 
-def _rows(meta: dict[str, Any], mid: str, chips: pl.DataFrame, emb: np.ndarray, logits: np.ndarray) -> pl.DataFrame:
+def _rows(
+    meta: dict[str, Any], mid: str, chips: pl.DataFrame, emb: np.ndarray, logits: np.ndarray, valid: np.ndarray | None = None
+) -> pl.DataFrame:
     classes = meta["classes"]
     thresholds = np.asarray(meta.get("thresholds") or [0.35] * len(classes), np.float32)
     prob = 1.0 / (1.0 + np.exp(-logits.astype(np.float32)))
     predicted = [[classes[j] for j in np.flatnonzero(row >= thresholds)] for row in prob]
     # cloud_fraction rides along so that similar/serve can show and filter it without the chip manifest
     cloud = pl.col(CLOUD_FRACTION) if CLOUD_FRACTION in chips.columns else pl.lit(None, pl.Float64).alias(CLOUD_FRACTION)
+    # valid_fraction: measured by the decoder on the pixels the model saw (null: encoded as decoded)
+    valid_col = (
+        pl.Series(VALID_FRACTION, np.asarray(valid, np.float32), dtype=pl.Float32)
+        if valid is not None
+        else pl.Series(VALID_FRACTION, [None] * chips.height, dtype=pl.Float32)
+    )
     return chips.select("chip", "path", "zone", "quadkey", "cell", "catalog_id", cloud).with_columns(
+        valid_col,
         pl.lit(mid).alias("model_id"),
         pl.Series("embedding", emb.astype(np.float32), dtype=pl.Array(pl.Float32, emb.shape[1])),
         pl.Series("predicted", predicted, dtype=pl.List(pl.String)),
@@ -193,17 +243,34 @@ _WORKER_SESSIONS: dict[tuple[str, str], tuple[Any, str, int]] = {}
 TASK_BATCHES = 32  # inference batches per Dask task with a `scheduler`
 
 
-def decode_task(paths: list[str | os.PathLike[str]], images: np.ndarray, proc: int) -> tuple[np.ndarray, list[str | None]]:
+def decode_into(
+    paths: list[str | os.PathLike[str]], images: np.ndarray, valid: np.ndarray, threads: int, nodata_threshold: int | None
+) -> list[str | None]:
+    """Decode ``paths`` into ``images``; with a threshold, no-data pixels filled and ``valid`` (float32, one
+    per path) set to each chip's valid share (NaN without one, or where the chip failed)."""
+    if nodata_threshold is None:
+        valid[:] = np.nan
+        return _imagesim.decode_batch(paths, images, threads=threads)
+    return _imagesim.decode_batch(paths, images, threads=threads, nodata_threshold=nodata_threshold, valid=valid)
+
+
+def decode_task(
+    paths: list[str | os.PathLike[str]], images: np.ndarray, proc: int, valid: np.ndarray | None = None, nodata_threshold: int | None = None
+) -> tuple[np.ndarray, list[str | None], np.ndarray]:
     """In process: one batch of chips decoded into ``images`` (a reused buffer) by the Rust core with
-    the task's share of the cores; the buffer and the per-chip errors (None when decoded)."""
-    return images, _imagesim.decode_batch(paths, images, threads=worker_threads(proc))
+    the task's share of the cores; the buffer, the per-chip errors (None when decoded) and valid shares."""
+    valid = np.empty(len(paths), np.float32) if valid is None else valid
+    return images, decode_into(paths, images, valid, worker_threads(proc), nodata_threshold), valid
 
 
-def encode_chips_task(onnx_path: str, provider: str, paths: list[str | os.PathLike[str]], batch_size: int, proc: int) -> dict[str, Any]:
+def encode_chips_task(
+    onnx_path: str, provider: str, paths: list[str | os.PathLike[str]], batch_size: int, proc: int, nodata_threshold: int | None = None
+) -> dict[str, Any]:
     """On a Dask worker: decode and encode ``paths`` in batches of ``batch_size`` (as in process).
 
-    Returns the provider that ran, the per-chip decode errors (None when decoded) and the
-    ``embedding``/``logits`` rows of the decoded chips, in order.
+    Returns the provider that ran, the per-chip decode errors (None when decoded), the valid share of
+    every chip (``valid``, NaN where unmeasured) and the ``embedding``/``logits`` rows of the decoded
+    chips, in order.
     """
     key = (onnx_path, provider)
     if key not in _WORKER_SESSIONS:
@@ -215,10 +282,11 @@ def encode_chips_task(onnx_path: str, provider: str, paths: list[str | os.PathLi
     threads = worker_threads(proc)
     errors: list[str | None] = []
     embs, logits = [], []
+    valid = np.full(len(paths), np.nan, np.float32)
     for s in range(0, len(paths), batch_size):
         n = min(batch_size, len(paths) - s)
         buf = inference.buffers[0][:n]
-        errs = _imagesim.decode_batch(paths[s : s + n], buf, threads=threads)
+        errs = decode_into(paths[s : s + n], buf, valid[s : s + n], threads, nodata_threshold)
         emb, lg = inference.decoded(buf, errs)
         if emb is not None:
             embs.append(np.array(emb))
@@ -227,6 +295,7 @@ def encode_chips_task(onnx_path: str, provider: str, paths: list[str | os.PathLi
     return {
         "provider": running,
         "errors": errors,
+        "valid": valid,
         "embedding": np.concatenate(embs) if embs else None,
         "logits": np.concatenate(logits) if logits else None,
     }
@@ -280,7 +349,7 @@ def run_encode(
         cloudy = (pl.col(CLOUD_FRACTION) > settings.max_cloud).fill_null(False)
         summary.cloudy = chips.filter(cloudy).height
         chips = chips.filter(~cloudy)
-    done = _existing(out, mid, settings.overwrite)
+    done = _existing(out, mid, settings.overwrite, settings.nodata_threshold)
     done_chips = set(pl.concat(done)["chip"].to_list()) if done else set()
     todo = chips.filter(~pl.col("chip").is_in(list(done_chips)))
     summary.skipped = chips.height - todo.height
@@ -307,39 +376,48 @@ def run_encode(
         # One item per batch, decoded one ahead into the other of two buffers (window=1): batch k+2
         # reuses batch k's buffer only once batch k has run.
         inference = _Inference(session, running, batch, size)
+        valid_buffers = [np.empty(batch, np.float32), np.empty(batch, np.float32)]
         step = batch
         task: Any = decode_task
 
         def task_args(item: tuple[int, list[str]]) -> tuple:
             s, chunk = item
-            return chunk, inference.buffers[(s // batch) % 2][: len(chunk)], settings.proc
+            slot = (s // batch) % 2
+            return chunk, inference.buffers[slot][: len(chunk)], settings.proc, valid_buffers[slot][: len(chunk)], settings.nodata_threshold
     else:
         step = batch * TASK_BATCHES  # a whole number of batches: the same batches as in process
         task = encode_chips_task
         onnx_abs = str(tasks.task_path(onnx_path))
 
         def task_args(item: tuple[int, list[str]]) -> tuple:
-            return onnx_abs, settings.provider, [os.fspath(tasks.task_path(location(p))) for p in item[1]], batch, settings.proc
+            return (
+                onnx_abs,
+                settings.provider,
+                [os.fspath(tasks.task_path(location(p))) for p in item[1]],
+                batch,
+                settings.proc,
+                settings.nodata_threshold,
+            )
 
     def encoded(result: Any) -> dict[str, Any]:
         """A task's result as embeddings: in process the decoded batch runs here, now."""
         if not tasks.local:
             return result
-        images, errors = result
+        images, errors, valid = result
         emb, logits = inference.decoded(images, errors)
-        return {"provider": running, "errors": errors, "embedding": emb, "logits": logits}
+        return {"provider": running, "errors": errors, "valid": valid, "embedding": emb, "logits": logits}
 
     def merge(outcome: Outcome[tuple[int, list[str]]]) -> None:
         """One finished item (chips ``s`` … of ``todo``) into the summary and the rows."""
         s, chunk = outcome.item
         if outcome.error is not None:
             errors: list[str | None] = [outcome.error] * len(chunk)
-            emb = logits = None
+            emb = logits = valid = None
         else:
             res = encoded(outcome.result)
             if not tasks.local:
                 summary.provider = f"{res['provider']} on Dask workers"
-            errors, emb, logits = res["errors"], res["embedding"], res["logits"]
+            errors, emb, logits, valid = res["errors"], res["embedding"], res["logits"], res.get("valid")
         ok = np.array([e is None for e in errors], dtype=bool)
         for i in np.flatnonzero(~ok):
             chip, path = todo["chip"][s + int(i)], paths[s + int(i)]
@@ -352,7 +430,8 @@ def run_encode(
                 summary.failed.append((chip, str(errors[i])))
         if ok.any():
             rows = todo.slice(s, len(errors)).filter(pl.Series(ok))
-            pending.append(_rows(meta, mid, rows, emb, logits))  # type: ignore[arg-type]
+            shares = None if settings.nodata_threshold is None or valid is None else np.asarray(valid, np.float32)[ok]
+            pending.append(_rows(meta, mid, rows, emb, logits, shares))  # type: ignore[arg-type]
             summary.encoded += int(ok.sum())
         if time.perf_counter() - last_flush > CHECKPOINT_SECONDS:
             flush()
@@ -396,6 +475,7 @@ def run_encode(
                 "dim": meta["embedding_dim"],
                 "chip_size": size,
                 "embedding_normalized": meta.get("embedding_normalized", True),
+                "nodata": nodata_rule(settings.nodata_threshold),
                 "chips_dir": str(chips_dir.resolve()),
                 "chips": table.height,
                 "provider": summary.provider,

@@ -5,8 +5,9 @@ Small sets get an exact ``IndexFlatIP``; above ``FLAT_MAX`` vectors ``auto`` pic
 (spherical k-means, ``nlist ≈ 4·sqrt(N)``) with ``nprobe`` tuned at build time until recall@10
 against the exact answer reaches ``TARGET_RECALL`` (see docs/index.md for why IVF and not HNSW).
 
-An index folder holds ``index.faiss``, ``ids.parquet`` (row id → chip, location, predicted labels)
-and ``index.json`` (kind, parameters, size, model, source), written last and checked on load.
+An index folder holds ``index.faiss``, ``ids.parquet`` (row id → chip, location, predicted labels,
+cloud and valid fractions) and ``index.json`` (kind, parameters, size, model, source), written last
+and checked on load.
 faiss is imported inside the functions that need it.
 """
 
@@ -25,11 +26,13 @@ import numpy as np
 import polars as pl
 
 from imagesim import grid, options
-from imagesim.artefacts import CLOUD_FRACTION, INDEX_FAISS, INDEX_IDS, INDEX_JSON, read_embeddings
+from imagesim.artefacts import CLOUD_FRACTION, INDEX_FAISS, INDEX_IDS, INDEX_JSON, VALID_FRACTION, read_embeddings
 from imagesim.errors import ImagesimFileNotFoundError, InvalidArgumentError, OutputExistsError, require
 from imagesim.fsutil import atomic_path, write_json, write_with
 
 FORMAT_VERSION = 1
+# embeddings.parquet's column (written by encode): the share of a chip's pixels that are not no-data;
+# null for chips encoded before it was measured (or with no-data kept as decoded).
 
 KINDS = options.INDEX_KINDS
 FLAT_MAX = options.FLAT_MAX  # auto: exact search up to this many vectors
@@ -274,6 +277,7 @@ def build_index(
         pl.col("catalog_id").cast(pl.String),
         pl.col("predicted").cast(pl.List(pl.String)),
         (pl.col(CLOUD_FRACTION) if CLOUD_FRACTION in rows.columns else pl.lit(None)).cast(pl.Float64).alias(CLOUD_FRACTION),
+        (pl.col(VALID_FRACTION) if VALID_FRACTION in rows.columns else pl.lit(None)).cast(pl.Float64).alias(VALID_FRACTION),
     ).with_columns(pl.Series("lon", lon), pl.Series("lat", lat))
 
     faiss = import_faiss()
@@ -381,4 +385,6 @@ def load_index(folder: str | Path) -> LoadedIndex:
         )
     if CLOUD_FRACTION not in ids.columns:  # an index built before ARD masks were read
         ids = ids.with_columns(pl.lit(None, pl.Float64).alias(CLOUD_FRACTION))
+    if VALID_FRACTION not in ids.columns:  # an index of embeddings encoded before valid fractions were measured
+        ids = ids.with_columns(pl.lit(None, pl.Float64).alias(VALID_FRACTION))
     return LoadedIndex(folder, index, ids, meta)

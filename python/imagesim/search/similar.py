@@ -3,12 +3,14 @@
 A query names chips (``Z10-<quadkey>_<catalog-id>.jpg``) or chip quadkeys; a quadkey stands for
 the mean of all its acquisitions. The query vector is mean(positives) − mean(negatives), each
 example first averaged over its acquisitions and normalised, the result normalised again.
-Results never include the examples' quadkeys (positives and negatives, every acquisition).
+Results never include the examples' quadkeys (positives and negatives, every acquisition), nor, by
+default, chips less than ``options.MIN_VALID`` valid (mostly no-data border; chips without a
+measured valid fraction are kept).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ import numpy as np
 import polars as pl
 
 from imagesim import options
-from imagesim.artefacts import CLOUD_FRACTION
+from imagesim.artefacts import CLOUD_FRACTION, VALID_FRACTION
 from imagesim.errors import InvalidArgumentError, LabelInputError
 from imagesim.fsutil import write_json
 from imagesim.search.index import LoadedIndex, chip_footprint
@@ -38,6 +40,7 @@ class Hit:
     lat: float
     labels: list[str]
     cloud_fraction: float | None = None  # share of the chip's valid area under the ARD cloud mask (None: unknown)
+    valid_fraction: float | None = None  # share of the chip's pixels that are not no-data, measured by encode (None: unknown)
 
 
 @dataclass
@@ -51,6 +54,8 @@ class SimilarResult:
     indexed: int = 0  # chips in the index
     max_cloud: float | None = None
     cloudy: int = 0  # indexed chips left out by `max_cloud`
+    min_valid: float | None = None
+    low_valid: int = 0  # indexed chips left out by `min_valid` (and not already by the examples or `max_cloud`)
 
     @property
     def nothing_found(self) -> bool:
@@ -65,6 +70,7 @@ class SimilarResult:
                 "k": self.k,
                 "exclude_same_cell": self.exclude_same_cell,
                 "max_cloud": self.max_cloud,
+                "min_valid": self.min_valid,
             },
             "results": [asdict(h) for h in self.hits],
         }
@@ -125,12 +131,16 @@ def similar(
     k: int = options.K,
     exclude_same_cell: bool = False,
     max_cloud: float | None = None,
+    min_valid: float | None = options.MIN_VALID,
 ) -> SimilarResult:
     """The ``k`` chips most similar to the examples, best first; ``max_cloud`` leaves out chips with a larger
-    ARD cloud fraction (chips without one are kept)."""
+    ARD cloud fraction, ``min_valid`` chips with a smaller valid (not no-data) fraction (chips without
+    one are kept by both; None: no filter)."""
     check_k(k)
     if max_cloud is not None:
         options.check_range("max_cloud", max_cloud, *options.FRACTION_RANGE, what="a share of the chip's valid area")
+    if min_valid is not None:
+        options.check_range("min_valid", min_valid, *options.FRACTION_RANGE, what="a share of the chip's pixels")
     negatives = list(negatives or [])
     if not positives:
         raise InvalidArgumentError("name at least one chip or quadkey to search from")
@@ -150,6 +160,11 @@ def similar(
         too_cloudy = (ids[CLOUD_FRACTION] > max_cloud).fill_null(False)
         cloudy = int((too_cloudy & ~excluded).sum())
         excluded = excluded | too_cloudy
+    low_valid = 0
+    if min_valid is not None and VALID_FRACTION in ids.columns:  # (load_index always adds the column)
+        too_empty = (ids[VALID_FRACTION] < min_valid).fill_null(False)
+        low_valid = int((too_empty & ~excluded).sum())
+        excluded = excluded | too_empty
     excluded_np = excluded.to_numpy()
     fetch = k + int(excluded_np.sum())
     scores, rows = index.search(q[None], fetch)
@@ -172,10 +187,21 @@ def similar(
                     round(float(rec["lat"]), 7),
                     list(rec["predicted"] or []),
                     None if rec[CLOUD_FRACTION] is None else round(float(rec[CLOUD_FRACTION]), 4),
+                    None if rec.get(VALID_FRACTION) is None else round(float(rec[VALID_FRACTION]), 4),
                 )
             )
     return SimilarResult(
-        list(positives), negatives, k, exclude_same_cell, hits, int(excluded_np.sum()) - cloudy, index.n, max_cloud, cloudy
+        list(positives),
+        negatives,
+        k,
+        exclude_same_cell,
+        hits,
+        int(excluded_np.sum()) - cloudy - low_valid,
+        index.n,
+        max_cloud,
+        cloudy,
+        min_valid,
+        low_valid,
     )
 
 
@@ -195,6 +221,7 @@ def geojson(result: SimilarResult) -> dict[str, Any]:
                 "catalog_id": h.catalog_id,
                 "labels": ", ".join(h.labels),
                 "cloud_fraction": h.cloud_fraction,
+                "valid_fraction": h.valid_fraction,
             },
         }
         for h in result.hits
@@ -217,15 +244,23 @@ class PrecisionResult:
     queries: int  # chips evaluated
     labelled: int  # indexed chips with a row in the labels
     per_class: dict[str, dict[str, float]]
+    # by the query chip's no-data class (the labels' nodata_class: all_data, partial_data): queries,
+    # precision and baseline; empty when the labels carry no class
+    by_nodata_class: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def lift(self) -> float:
         return self.precision / self.baseline if self.baseline > 0 else float("inf")
 
     def line(self) -> str:
+        by_class = ""
+        if "partial_data" in self.by_nodata_class:
+            by_class = "; " + ", ".join(
+                f"{name} {v['precision']:.3f} ({int(v['queries']):,} chips)" for name, v in sorted(self.by_nodata_class.items())
+            )
         return (
             f"precision@{self.k} {self.precision:.3f} vs random {self.baseline:.3f} ({self.lift:.1f}×) "
-            f"over {self.queries:,} chips (dominant label: the chip's rarest label)"
+            f"over {self.queries:,} chips (dominant label: the chip's rarest label){by_class}"
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -233,7 +268,8 @@ class PrecisionResult:
 
 
 def _labels_frame(labels: Any) -> tuple[pl.DataFrame, list[str]]:
-    """(chip, label_ids) and the class names from a labels path, a ``Labels`` or a DataFrame."""
+    """(chip, label_ids, nodata_class) and the class names from a labels path, a ``Labels`` or a DataFrame
+    (nodata_class null where the labels do not carry it)."""
     if isinstance(labels, (str, Path)):
         from imagesim.artefacts import read_labels
 
@@ -245,7 +281,10 @@ def _labels_frame(labels: Any) -> tuple[pl.DataFrame, list[str]]:
     for col in ("chip", "label_ids"):
         if col not in table.columns:
             raise LabelInputError(f"labels have no column {col!r}")
-    table = table.select("chip", pl.col("label_ids").cast(pl.List(pl.Int64)))
+    nodata_class = (
+        pl.col("nodata_class").cast(pl.String) if "nodata_class" in table.columns else pl.lit(None, pl.String).alias("nodata_class")
+    )
+    table = table.select("chip", pl.col("label_ids").cast(pl.List(pl.Int64)), nodata_class)
     if classes is None:
         top = table["label_ids"].explode().drop_nulls().to_numpy()
         classes = [str(i) for i in range(int(top.max()) + 1 if top.size else 0)]
@@ -263,7 +302,9 @@ def precision_at_k(
     out itself and other acquisitions of its quadkey; precision is the share of them that carry the
     dominant label. The baseline is what k random chips would score: the dominant label's
     frequency among the other labelled chips. Both are averaged over the evaluated chips; chips
-    without any label are not evaluated (they still count as neighbours that do not match).
+    without any label are not evaluated (they still count as neighbours that do not match). Where the
+    labels carry each chip's ``nodata_class``, both are also reported per class of the query chip
+    (``by_nodata_class``: do partial chips find their kind as well as whole ones?).
     """
     from imagesim.search.index import load_index
 
@@ -282,6 +323,7 @@ def precision_at_k(
     labelled[rows] = True
     # sets of label ids per index row (only labelled rows)
     label_sets: dict[int, set[int]] = {int(r): set(ls) for r, ls in zip(rows.tolist(), joined["label_ids"].to_list())}
+    nodata_of: dict[int, str | None] = dict(zip(rows.tolist(), joined["nodata_class"].to_list()))
     counts = np.zeros(max(n_classes, 1), dtype=np.int64)
     for ls in label_sets.values():
         for c in ls:
@@ -305,6 +347,7 @@ def precision_at_k(
 
     precisions, baselines = [], []
     per_class: dict[int, list[tuple[float, float]]] = {}
+    per_nodata: dict[str, list[tuple[float, float]]] = {}
     for q, neighbours in zip(queries.tolist(), found):
         dom = min(label_sets[q], key=lambda c: (counts[c], c))
         same_qk = quadkey[q]
@@ -317,6 +360,8 @@ def precision_at_k(
         precisions.append(p)
         baselines.append(b)
         per_class.setdefault(dom, []).append((p, b))
+        if nodata_of[q] is not None:
+            per_nodata.setdefault(str(nodata_of[q]), []).append((p, b))
     if not precisions:
         raise LabelInputError("no evaluated chip has labelled neighbours")
     name = lambda c: classes[c] if c < len(classes) else str(c)  # noqa: E731
@@ -329,5 +374,9 @@ def precision_at_k(
         per_class={
             name(c): {"queries": len(v), "precision": float(np.mean([p for p, _ in v])), "baseline": float(np.mean([b for _, b in v]))}
             for c, v in sorted(per_class.items())
+        },
+        by_nodata_class={
+            name: {"queries": len(v), "precision": float(np.mean([p for p, _ in v])), "baseline": float(np.mean([b for _, b in v]))}
+            for name, v in sorted(per_nodata.items())
         },
     )

@@ -6,6 +6,11 @@
 //! (SIMD, `fast_image_resize`; the same filter as Pillow's `BILINEAR`). Rows go straight into the
 //! batch slot of that image (NHWC, RGB, u8), so the buffer can be reused batch after batch.
 //!
+//! With a no-data threshold, each image's no-data pixels (the rule of `nodata-index`, see
+//! [`crate::pixels::is_nodata`]) are filled with the mean of its valid pixels on the scaled decode,
+//! before the resize (so no dark fringe is interpolated in), and its valid share is returned: an
+//! embedding then describes the chip's data, not its border.
+//!
 //! The model takes RGB chips of one ground size: a file named like a chip whose pixel size is not
 //! its zoom's, or a greyscale one, is refused (its slot zeroed) rather than resized or converted
 //! silently; every refusal and decode failure is reported in [`jpeg::Problem`]'s words.
@@ -18,6 +23,7 @@ use turbojpeg::{Decompressor, Image, PixelFormat, ScalingFactor};
 
 use crate::error::{Error, Result};
 use crate::jpeg::{self, Problem};
+use crate::pixels::fill_nodata_with_valid_mean;
 use crate::store;
 
 thread_local! {
@@ -42,14 +48,17 @@ pub fn dct_scale(w: usize, h: usize, size: usize) -> ScalingFactor {
 
 /// Decode `data` and resize it into `out` (`size * size * 3` bytes, RGB). `scratch` holds the
 /// scaled decode between calls. `chip`: the (zoom, side) the image must have (a chip's size);
-/// `None` accepts any size. Greyscale and CMYK images are refused.
+/// `None` accepts any size. Greyscale and CMYK images are refused. `nodata`: a no-data threshold;
+/// with one, no-data pixels are filled with the valid pixels' mean and the valid share of the
+/// decoded pixels is returned (`None` without one).
 pub fn decode_resize_into(
     data: &[u8],
     size: usize,
     out: &mut [u8],
     scratch: &mut Vec<u8>,
     chip: Option<(u8, usize)>,
-) -> std::result::Result<(), String> {
+    nodata: Option<u8>,
+) -> std::result::Result<Option<f32>, String> {
     if out.len() != size * size * 3 {
         return Err(format!(
             "batch slot has {} bytes, {size}x{size} RGB needs {}",
@@ -77,9 +86,10 @@ pub fn decode_resize_into(
             p => p.to_string(),
         })
     })?;
+    let valid = nodata.map(|t| fill_nodata_with_valid_mean(&mut scratch[..w * h * 3], t));
     if w == size && h == size {
         out.copy_from_slice(&scratch[..size * size * 3]);
-        return Ok(());
+        return Ok(valid);
     }
     let src =
         fr::images::ImageRef::new(w as u32, h as u32, scratch.as_slice(), fr::PixelType::U8x3)
@@ -95,7 +105,8 @@ pub fn decode_resize_into(
         resizer
             .resize(&src, &mut dst, &options)
             .map_err(|e| e.to_string())
-    })
+    })?;
+    Ok(valid)
 }
 
 /// Decode at the DCT scale [`dct_scale`] picks into `scratch`; returns the decoded size. Failures
@@ -163,12 +174,14 @@ fn decode_scaled(
 /// Decode and resize every file into its slot of `out` (`paths.len() * size * size * 3` bytes,
 /// NHWC), in parallel on the current rayon pool. Per-file failures come back as `Err(message)`
 /// (their slot is zeroed); the rest of the batch is unaffected. A file named like a chip must have
-/// its zoom's size (see [`jpeg::expected_chip_side`]).
+/// its zoom's size (see [`jpeg::expected_chip_side`]). `nodata`: see [`decode_resize_into`]; each
+/// decoded file's valid share comes back in its `Ok`.
 pub fn decode_batch(
     paths: &[PathBuf],
     size: usize,
     out: &mut [u8],
-) -> Result<Vec<std::result::Result<(), String>>> {
+    nodata: Option<u8>,
+) -> Result<Vec<std::result::Result<Option<f32>, String>>> {
     if size == 0 || size > 4096 {
         return Err(Error::InvalidArgument(format!(
             "image size {size}: give 1..4096"
@@ -204,7 +217,7 @@ pub fn decode_batch(
             };
             let result = data
                 .map_err(|e| jpeg::read_failure(path, e))
-                .and_then(|data| decode_file(path, &data, size, dst, scratch));
+                .and_then(|data| decode_file(path, &data, size, dst, scratch, nodata));
             if result.is_err() {
                 dst.fill(0);
             }
@@ -220,9 +233,17 @@ fn decode_file(
     size: usize,
     dst: &mut [u8],
     scratch: &mut Vec<u8>,
-) -> std::result::Result<(), String> {
-    decode_resize_into(data, size, dst, scratch, jpeg::expected_chip_side(path))
-        .map_err(|e| format!("{}: {e}", path.display()))
+    nodata: Option<u8>,
+) -> std::result::Result<Option<f32>, String> {
+    decode_resize_into(
+        data,
+        size,
+        dst,
+        scratch,
+        jpeg::expected_chip_side(path),
+        nodata,
+    )
+    .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 #[cfg(test)]
@@ -248,11 +269,11 @@ mod tests {
         let mut scratch = Vec::new();
         let mut out = vec![0u8; 64 * 64 * 3];
         let mut expected = vec![0u8; 64 * 64 * 3];
-        decode_resize_into(&good, 64, &mut expected, &mut scratch, None).unwrap();
+        decode_resize_into(&good, 64, &mut expected, &mut scratch, None, None).unwrap();
         for cut in (100..1200).step_by(25).chain([good.len() / 2]) {
-            let _ = decode_resize_into(&good[..cut], 64, &mut out, &mut scratch, None);
+            let _ = decode_resize_into(&good[..cut], 64, &mut out, &mut scratch, None, None);
             out.fill(0);
-            decode_resize_into(&good, 64, &mut out, &mut scratch, None).unwrap();
+            decode_resize_into(&good, 64, &mut out, &mut scratch, None, None).unwrap();
             assert_eq!(out, expected, "after a stream cut at {cut} bytes");
         }
     }
@@ -275,7 +296,7 @@ mod tests {
         std::fs::write(&bad, b"not a jpeg").unwrap();
         let paths = vec![good.clone(), bad, dir.join("missing.jpg"), good];
         let mut out = vec![7u8; 4 * 32 * 32 * 3];
-        let results = decode_batch(&paths, 32, &mut out).unwrap();
+        let results = decode_batch(&paths, 32, &mut out, None).unwrap();
         assert!(results[0].is_ok() && results[3].is_ok());
         assert!(results[1].as_ref().unwrap_err().contains("b.jpg"));
         assert!(results[2].as_ref().unwrap_err().contains("missing.jpg"));
@@ -285,7 +306,79 @@ mod tests {
         // The gradient survives: red grows left to right, green top to bottom.
         let px = |x: usize, y: usize, c: usize| out[(y * 32 + x) * 3 + c] as i32;
         assert!(px(31, 16, 0) - px(0, 16, 0) > 200 && px(16, 31, 1) - px(16, 0, 1) > 200);
-        assert!(decode_batch(&paths, 32, &mut out[..10]).is_err());
+        assert!(decode_batch(&paths, 32, &mut out[..10], None).is_err());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// A 512 px chip whose left `border` columns are no-data (black) and the rest a flat colour.
+    fn bordered(border: usize, colour: [u8; 3]) -> Vec<u8> {
+        let mut rgb = vec![0u8; 512 * 512 * 3];
+        for y in 0..512 {
+            for x in border..512 {
+                rgb[(y * 512 + x) * 3..(y * 512 + x) * 3 + 3].copy_from_slice(&colour);
+            }
+        }
+        crate::jpeg::encode_rgb(&rgb, 512, 512, 512 * 3, 90).unwrap()
+    }
+
+    #[test]
+    fn nodata_is_filled_with_the_valid_mean_and_its_share_returned() {
+        let colour = [120u8, 90, 60];
+        let mut scratch = Vec::new();
+        for (size, border) in [(64, 128), (224, 256), (64, 0)] {
+            let data = bordered(border, colour);
+            let mut out = vec![0u8; size * size * 3];
+            let share = decode_resize_into(&data, size, &mut out, &mut scratch, None, Some(4))
+                .unwrap()
+                .unwrap();
+            let want = 1.0 - border as f32 / 512.0;
+            assert!(
+                (share - want).abs() < 0.03,
+                "size {size}, border {border}: valid share {share}, want {want}"
+            );
+            // Every pixel now looks like the data (JPEG ringing at the old edge aside): no black.
+            for px in out.chunks_exact(3) {
+                for (c, &v) in px.iter().enumerate() {
+                    assert!(
+                        (i32::from(v) - i32::from(colour[c])).abs() <= 24,
+                        "size {size}, border {border}: pixel {px:?} far from {colour:?}"
+                    );
+                }
+            }
+            // Without a threshold the border stays black and no share is measured.
+            let plain =
+                decode_resize_into(&data, size, &mut out, &mut scratch, None, None).unwrap();
+            assert_eq!(plain, None);
+            if border > 0 {
+                assert!(out[..3].iter().all(|&v| v <= 4));
+            }
+        }
+    }
+
+    #[test]
+    fn an_all_nodata_chip_stays_black_with_share_zero() {
+        let data = bordered(512, [0, 0, 0]);
+        let mut out = vec![7u8; 32 * 32 * 3];
+        let share = decode_resize_into(&data, 32, &mut out, &mut Vec::new(), None, Some(4))
+            .unwrap()
+            .unwrap();
+        assert_eq!(share, 0.0);
+        assert!(out.iter().all(|&v| v <= 4));
+    }
+
+    #[test]
+    fn batch_returns_each_files_valid_share() {
+        let dir = std::env::temp_dir().join(format!("imagesim-batch-nd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let half = dir.join("half.jpg");
+        std::fs::write(&half, bordered(256, [200, 180, 160])).unwrap();
+        let bad = dir.join("bad.jpg");
+        std::fs::write(&bad, b"not a jpeg").unwrap();
+        let mut out = vec![0u8; 2 * 32 * 32 * 3];
+        let results = decode_batch(&[half, bad], 32, &mut out, Some(4)).unwrap();
+        let share = results[0].as_ref().unwrap().unwrap();
+        assert!((share - 0.5).abs() < 0.03, "{share}");
+        assert!(results[1].is_err());
         std::fs::remove_dir_all(&dir).ok();
     }
 }

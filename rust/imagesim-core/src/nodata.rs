@@ -20,7 +20,7 @@ pub use crate::pixels::min_value;
 pub fn count_nodata(pixels: &[u8], stride: usize, threshold: u8) -> u64 {
     pixels
         .chunks_exact(stride)
-        .filter(|p| p[0] <= threshold && p[1] <= threshold && p[2] <= threshold)
+        .filter(|p| crate::pixels::is_nodata(p, threshold))
         .count() as u64
 }
 

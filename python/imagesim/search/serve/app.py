@@ -5,8 +5,9 @@
 - ``GET /`` the map page (``static/index.html``), ``/static/...`` its script, style and Leaflet;
 - ``GET /tiles/{z}/{x}/{y}.jpg|png[?acquisition=ID]`` Web Mercator tiles (204 where there is no imagery);
 - ``GET /tilejson.json[?acquisition=ID]`` TileJSON 3.0.0;
-- ``GET /api/acquisitions``, ``/api/chips?bbox=w,s,e,n``, ``/api/similar?chip=…&k=10``,
-  ``/api/chip/{chip}/thumbnail.jpg``, ``/api/info``;
+- ``GET /api/acquisitions``, ``/api/chips?bbox=w,s,e,n``, ``/api/chips/at?lon=…&lat=…``,
+  ``/api/similar?positive=…&negative=…&k=10`` (or the older ``chip=…``), ``/api/similar/export?format=geojson|csv|parquet``
+  with the same query, ``/api/chip/{chip}/thumbnail.jpg``, ``/api/info`` (with the basemap, if any);
 - ``GET /api/masks?bbox=w,s,e,n&kind=cloud[&acquisition=ID]`` outlines of the ARD masks in view (GeoJSON).
 
 Every path a request names is checked against a strict pattern and resolved inside the configured
@@ -15,6 +16,7 @@ roots; parameters are bounded; errors answer JSON ``{"detail": …}`` without tr
 
 from __future__ import annotations
 
+import inspect
 import io
 import logging
 import math
@@ -23,11 +25,11 @@ import re
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import polars as pl
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -53,7 +55,13 @@ from imagesim.search.serve.tiles import (
 log = logging.getLogger("imagesim.search.serve")
 
 STATIC = Path(__file__).parent / "static"
-K_MAX_UI = 100
+K_MAX_UI = 1000
+MAX_EXAMPLES = 100  # positives, and negatives, one query may name
+EXPORT_FORMATS = {
+    "geojson": ("application/geo+json", "geojson"),
+    "csv": ("text/csv; charset=utf-8", "csv"),
+    "parquet": ("application/vnd.apache.parquet", "parquet"),
+}
 CHIPS_LIMIT_DEFAULT = 2000
 CHIPS_LIMIT_MAX = 5000
 THUMB_DEFAULT = 160
@@ -73,6 +81,72 @@ PAGE_CSP = (
     "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; script-src 'self'; "
     "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 )
+# an XYZ template: http(s), an optional {s}. subdomain label, a host (name, IPv4 or [IPv6]), a port, a path with
+# {z} {x} {y} (or {-y}) and optionally {s} {r}; no quotes, spaces, angle brackets or backslashes
+BASEMAP_RE = re.compile(
+    r"^(https?)://(\{s\}\.)?([A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]{2,45}\])(?::([0-9]{1,5}))?"
+    r"(/[A-Za-z0-9._~!$&()*+,;=:@%/{}?-]*)\Z",
+    re.ASCII | re.IGNORECASE,
+)
+BASEMAP_PLACEHOLDERS = {"{z}", "{x}", "{y}", "{-y}", "{s}", "{r}"}
+ATTRIBUTION_MAX = 300
+
+
+class Basemap(NamedTuple):
+    """An XYZ basemap drawn under the imagery: its URL template, attribution and CSP img-src origin."""
+
+    url: str
+    attribution: str
+    origin: str  # scheme://host[:port], ``*.`` in front of the host when the template has a {s} subdomain
+
+
+def parse_basemap(url: str | None, attribution: str | None = None) -> Basemap | None:
+    """The basemap of ``--basemap URL_TEMPLATE`` (``https://tile.openstreetmap.org/{z}/{x}/{y}.png``), or None.
+
+    The template is an http(s) URL with ``{z}``, ``{x}`` and ``{y}`` (or ``{-y}``), optionally ``{s}`` (a
+    subdomain: only as the first label of the host) and ``{r}``; the attribution is plain text (the page
+    shows it as text, never as HTML), by default the tile host."""
+    if url is None or not url.strip():
+        if attribution:
+            raise InvalidArgumentError("`basemap_attribution` is given without `basemap`", param="basemap_attribution")
+        return None
+    url = url.strip()
+    m = BASEMAP_RE.match(url)
+    port = int(m.group(4)) if m and m.group(4) else None
+    if m is None or (port is not None and not 1 <= port <= 65535):
+        raise InvalidArgumentError(
+            f"`basemap` {url!r}: an XYZ URL template is http(s)://host[:port]/path with {{z}}, {{x}} and {{y}}, "
+            "e.g. https://tile.openstreetmap.org/{z}/{x}/{y}.png",
+            param="basemap",
+        )
+    path = m.group(5)
+    found = set(re.findall(r"\{[^{}]*\}", path))
+    unknown = found - BASEMAP_PLACEHOLDERS
+    if unknown or "{z}" not in found or "{x}" not in found or not ({"{y}", "{-y}"} & found) or path.count("{") != path.count("}"):
+        raise InvalidArgumentError(
+            f"`basemap` {url!r}: the path needs {{z}}, {{x}} and {{y}} (or {{-y}}); "
+            f"the placeholders known are {', '.join(sorted(BASEMAP_PLACEHOLDERS))}"
+            + (f", not {', '.join(sorted(unknown))}" if unknown else ""),
+            param="basemap",
+        )
+    scheme, host = m.group(1).lower(), m.group(3).lower()
+    origin = f"{scheme}://{'*.' if m.group(2) else ''}{host}" + (f":{port}" if port is not None else "")
+    text = (attribution or "").strip() or f"Basemap: {('{s}.' if m.group(2) else '') + host}"
+    if len(text) > ATTRIBUTION_MAX or any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise InvalidArgumentError(
+            f"`basemap_attribution`: one line of at most {ATTRIBUTION_MAX} characters, without control characters",
+            param="basemap_attribution",
+        )
+    url = f"{scheme}://{m.group(2) or ''}{m.group(3)}" + (f":{port}" if port is not None else "") + path
+    return Basemap(url, text, origin)
+
+
+def page_csp(basemap: Basemap | None) -> str:
+    """The page's Content-Security-Policy: the server's own scripts, styles, images and API only, plus the
+    basemap's tile origin for images when there is one."""
+    if basemap is None:
+        return PAGE_CSP
+    return PAGE_CSP.replace("img-src 'self' data: blob:;", f"img-src 'self' data: blob: {basemap.origin};")
 
 
 # an origin as a browser sends it: scheme, host (name, IPv4 or [IPv6]) and an optional port, no path
@@ -305,6 +379,62 @@ def _inside(root: Path, rel: str) -> Path | None:
     return path
 
 
+class Search(NamedTuple):
+    """A similar-chip query of the API: validated examples (and their index rows) and the filters."""
+
+    positives: list[str]
+    negatives: list[str]
+    positive_rows: list[int]
+    negative_rows: list[int]
+    k: int
+    exclude_same_cell: bool
+    max_cloud: float | None
+    min_valid: float | None
+
+
+EXPORT_COLUMNS: dict[str, pl.DataType | type[pl.DataType]] = {
+    "rank": pl.Int32,
+    "score": pl.Float64,
+    "chip": pl.String,
+    "zone": pl.Int32,
+    "quadkey": pl.String,
+    "catalog_id": pl.String,
+    "lon": pl.Float64,
+    "lat": pl.Float64,
+    "labels": pl.List(pl.String),
+    "cloud_fraction": pl.Float64,
+    "valid_fraction": pl.Float64,
+}
+
+
+def export_table(hits: list[dict[str, Any]], format: str) -> bytes:
+    """The results as CSV (labels joined by ``;``) or GeoParquet 1.1 (footprints from :mod:`imagesim.geoparquet`).
+
+    ``valid_fraction`` is a column only when the hits carry it (indexes with valid fractions)."""
+    from imagesim.geoparquet import geo_metadata, with_footprints
+
+    cols: dict[str, pl.DataType | type[pl.DataType]] = {
+        k: v for k, v in EXPORT_COLUMNS.items() if k != "valid_fraction" or (hits and "valid_fraction" in hits[0])
+    }
+    frame = pl.DataFrame({k: [h.get(k) for h in hits] for k in cols}, schema=cols)
+    buf = io.BytesIO()
+    if format == "csv":
+        frame.with_columns(pl.col("labels").list.join(";")).write_csv(buf)
+    else:
+        table = with_footprints(frame)
+        table.write_parquet(buf, metadata=geo_metadata(table))
+    return buf.getvalue()
+
+
+def _in_quad(xs: np.ndarray, ys: np.ndarray, x: float, y: float) -> bool:
+    """Whether (x, y) lies in the convex quadrilateral of corners (xs, ys), edges included."""
+    signs = []
+    for j in range(4):
+        x0, y0, x1, y1 = xs[j], ys[j], xs[(j + 1) % 4], ys[(j + 1) % 4]
+        signs.append((x1 - x0) * (y - y0) - (y1 - y0) * (x - x0))
+    return all(v >= 0 for v in signs) or all(v <= 0 for v in signs)
+
+
 def allowed_hosts_for(host: str) -> list[str]:
     """Host headers accepted: loopback names when bound to loopback (blocks DNS rebinding), else any."""
     if host in LOOPBACK or host.startswith("127."):
@@ -322,14 +452,20 @@ def create_app(
     quality: int = options.TILE_QUALITY,
     allowed_hosts: list[str] | None = None,
     cors_origins: str | list[str] | tuple[str, ...] | None = None,
+    basemap: str | None = None,
+    basemap_attribution: str | None = None,
 ) -> FastAPI:
     """The viewer app over an ARD delivery, its chips folder and an index folder (from `imagesim index`).
 
     ``cors_origins``: origins whose pages may read tiles, TileJSON and the API (comma-separated or a
-    list, ``*`` for any; :func:`parse_cors_origins`); by default none (no CORS headers, CORP same-origin)."""
+    list, ``*`` for any; :func:`parse_cors_origins`); by default none (no CORS headers, CORP same-origin).
+    ``basemap``: an XYZ URL template drawn under the imagery, with ``basemap_attribution`` (:func:`parse_basemap`);
+    by default none, and the page loads nothing from other hosts."""
     from imagesim.errors import ImagesimFileNotFoundError
 
     cors = parse_cors_origins(cors_origins)
+    base_map = parse_basemap(basemap, basemap_attribution)
+    csp = page_csp(base_map)
     check_render_settings(block_cache_mb, cog_cache, quality)
     chips_root = Path(chips_dir).resolve()
     if not chips_root.is_dir():
@@ -339,11 +475,19 @@ def create_app(
     renderer = TileRenderer(catalog, block_cache_mb=block_cache_mb, cog_cache=cog_cache, quality=quality)
     index = None
     chips: ChipTable | None = None
+    min_valid_supported = False
+    min_valid_default: float | None = None
     if index_dir is not None:
         from imagesim.search.index import load_index
+        from imagesim.search.similar import similar as similar_fn
 
         index = load_index(index_dir)
         chips = ChipTable(index.ids, catalog, transformers)
+        # `min_valid` reaches `similar` only where the library takes it (valid fractions came with no-data-aware encoding)
+        takes = inspect.signature(similar_fn).parameters
+        min_valid_supported = "min_valid" in takes
+        if min_valid_supported and isinstance(takes["min_valid"].default, (int, float)):
+            min_valid_default = float(takes["min_valid"].default)
     thumbs = Thumbnails()
     masks = MaskLayer(catalog)
     w, s, e, n = catalog.bounds
@@ -356,6 +500,7 @@ def create_app(
     app.state.chips = chips
     app.state.chips_root = chips_root
     app.state.masks = masks
+    app.state.basemap = base_map
     if cors:
         # innermost: its preflight answers and simple-request headers get the security headers too
         app.add_middleware(CORSMiddleware, allow_origins=list(cors), allow_methods=["GET", "HEAD"], allow_credentials=False, max_age=3600)
@@ -394,9 +539,7 @@ def create_app(
 
     @app.get("/", include_in_schema=False)
     def index_page() -> Response:
-        return Response(
-            page, media_type="text/html; charset=utf-8", headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache"}
-        )
+        return Response(page, media_type="text/html; charset=utf-8", headers={"Content-Security-Policy": csp, "Cache-Control": "no-cache"})
 
     app.mount("/static", StaticFiles(directory=STATIC, follow_symlink=False), name="static")
 
@@ -476,6 +619,10 @@ def create_app(
             "chips": 0 if chips is None else len(chips.chip),
             "index": None if index is None else {"kind": index.kind, "n": index.n, "model_id": index.meta.get("model_id")},
             "k_max": K_MAX_UI,
+            "max_examples": MAX_EXAMPLES,
+            "min_valid": min_valid_supported,
+            "min_valid_default": min_valid_default,
+            "basemap": None if base_map is None else {"url": base_map.url, "attribution": base_map.attribution},
         }
 
     @app.get("/api/acquisitions")
@@ -507,6 +654,23 @@ def create_app(
             rows = rows[np.argsort(d, kind="stable")[:limit]]
         return {"type": "FeatureCollection", "features": [chips.feature(int(i)) for i in rows], "count": len(rows), "truncated": truncated}
 
+    @app.get("/api/chips/at")
+    def chip_at(
+        lon: float = Query(..., ge=-180.0, le=180.0, allow_inf_nan=False),
+        lat: float = Query(..., ge=-90.0, le=90.0, allow_inf_nan=False),
+        acquisition: str | None = Query(None, max_length=64),
+    ) -> dict[str, Any]:
+        """The indexed chip whose footprint holds the point (the newest acquisition's, or the picked one's)."""
+        if chips is None:
+            raise _bad("no index loaded", 404)
+        acq = check_acquisition(acquisition)
+        pad = 0.01  # degrees: more than a z12 chip's half diagonal is not needed, a z17 chip is 156 m
+        rows = chips.in_bbox(max(-180.0, lon - pad), max(-90.0, lat - pad), min(180.0, lon + pad), min(90.0, lat + pad), acq)
+        for i in rows[np.argsort((chips.lon[rows] - lon) ** 2 + (chips.lat[rows] - lat) ** 2, kind="stable")].tolist():
+            if _in_quad(chips.corner_lon[i], chips.corner_lat[i], lon, lat):
+                return chips.feature(int(i), thumbnail=f"/api/chip/{chips.chip[i]}/thumbnail.jpg")
+        raise _bad("no indexed chip at this point", 404)
+
     @app.get("/api/masks")
     def mask_outlines(
         bbox: str = Query(..., max_length=200),
@@ -537,38 +701,114 @@ def create_app(
             raise _bad(str(exc)) from None
         return name
 
-    @app.get("/api/similar")
-    def similar_chips(
-        chip: str = Query(..., max_length=120),
+    def examples(refs: list[str], what: str) -> tuple[list[str], list[int]]:
+        """Validated chip references and the index rows they name (every acquisition of a quadkey)."""
+        assert chips is not None
+        if len(refs) > MAX_EXAMPLES:
+            raise _bad(f"at most {MAX_EXAMPLES} {what} examples")
+        names: list[str] = []
+        rows: list[int] = []
+        for raw in refs:
+            if len(raw) > 120:
+                raise _bad(f"a {what} example is a chip name or quadkey (at most 120 characters)")
+            ref = chip_ref(raw)
+            if ref in names:
+                continue  # the same example twice counts once
+            if QUADKEY_RE.match(ref):
+                if ref not in chips.by_quadkey:
+                    raise _bad(f"no chip with quadkey {ref} in the index", 404)
+                rows += chips.by_quadkey[ref]
+            else:
+                row = chips.by_chip.get(ref)
+                if row is None:
+                    raise _bad(f"chip {ref} is not in the index", 404)
+                rows.append(row)
+            names.append(ref)
+        return names, rows
+
+    def search_params(
+        chip: str | None = Query(None, max_length=120),
+        positive: list[str] = Query([]),
+        negative: list[str] = Query([]),
         k: int = Query(options.K, ge=1, le=K_MAX_UI),
         exclude_same_cell: bool = Query(False),
         max_cloud: float | None = Query(None, ge=0.0, le=1.0, allow_inf_nan=False),
-    ) -> dict[str, Any]:
-        from imagesim.search.similar import geojson, similar
-
+        min_valid: float | None = Query(None, ge=0.0, le=1.0, allow_inf_nan=False),
+    ) -> Search:
         if index is None or chips is None:
             raise _bad("no index loaded", 404)
-        ref = chip_ref(chip)
-        if QUADKEY_RE.match(ref):
-            if ref not in chips.by_quadkey:
-                raise _bad(f"no chip with quadkey {ref} in the index", 404)
-            query_rows = chips.by_quadkey[ref]
-        else:
-            row = chips.by_chip.get(ref)
-            if row is None:
-                raise _bad(f"chip {ref} is not in the index", 404)
-            query_rows = [row]
+        refs = ([chip] if chip is not None else []) + list(positive)
+        if not refs:
+            raise HTTPException(422, "positive: name at least one example chip (positive=… or chip=…)")
+        pos, pos_rows = examples(refs, "positive")
+        neg, neg_rows = examples(list(negative), "negative")
+        if set(pos) & set(neg):
+            raise _bad(f"{sorted(set(pos) & set(neg))[0]} is both a positive and a negative example")
+        if min_valid is not None and not min_valid_supported:
+            raise _bad("min_valid: this index's search has no valid fractions (imagesim's `similar` does not take `min_valid`)")
+        return Search(pos, neg, pos_rows, neg_rows, k, exclude_same_cell, max_cloud, min_valid)
+
+    def run_search(q: Search) -> Any:
+        from imagesim.search.similar import similar
+
+        assert index is not None
+        extra: dict[str, Any] = {}
+        if q.min_valid is not None:
+            extra["min_valid"] = q.min_valid
         try:
-            result = similar(index, [ref], k=k, exclude_same_cell=exclude_same_cell, max_cloud=max_cloud)
+            return similar(index, q.positives, q.negatives, k=q.k, exclude_same_cell=q.exclude_same_cell, max_cloud=q.max_cloud, **extra)
         except ImagesimError as exc:
             raise _bad(str(exc).replace(str(index.folder), "the index")) from None
+
+    def hit_feature(hit: dict[str, Any]) -> dict[str, Any]:
+        """A result as GeoJSON: the footprint from the chip table (corners projected once at start-up)."""
+        assert chips is not None
+        props = {k: hit[k] for k in ("rank", "score", "chip", "zone", "quadkey", "catalog_id")}
+        props["labels"] = ", ".join(hit["labels"])
+        props["cloud_fraction"] = hit["cloud_fraction"]
+        if "valid_fraction" in hit:
+            props["valid_fraction"] = hit["valid_fraction"]
+        row = chips.by_chip.get(hit["chip"])
+        if row is None:  # not in the table the index was loaded with: project it now
+            from imagesim.search.index import chip_footprint
+
+            ring = chip_footprint(hit["zone"], hit["quadkey"])
+        else:
+            ring = chips.ring(row)
+        return {"type": "Feature", "id": hit["rank"], "geometry": {"type": "Polygon", "coordinates": [ring]}, "properties": props}
+
+    @app.get("/api/similar")
+    def similar_chips(q: Search = Depends(search_params)) -> dict[str, Any]:
+        assert chips is not None
+        result = run_search(q)
         body = result.to_json()
         body["cloudy"] = result.cloudy  # chips left out by max_cloud
+        if q.min_valid is not None or min_valid_supported:
+            body["query"]["min_valid"] = getattr(result, "min_valid", q.min_valid)
         for hit in body["results"]:
             hit["thumbnail"] = f"/api/chip/{hit['chip']}/thumbnail.jpg"
-        body["query"]["chips"] = [chips.feature(i, thumbnail=f"/api/chip/{chips.chip[i]}/thumbnail.jpg") for i in query_rows]
-        body["geojson"] = geojson(result)
+        thumb = lambda i: f"/api/chip/{chips.chip[i]}/thumbnail.jpg"  # noqa: E731
+        body["query"]["chips"] = [chips.feature(i, thumbnail=thumb(i)) for i in q.positive_rows]
+        body["query"]["negative_chips"] = [chips.feature(i, thumbnail=thumb(i)) for i in q.negative_rows]
+        body["geojson"] = {"type": "FeatureCollection", "features": [hit_feature(h) for h in body["results"]]}
         return body
+
+    @app.get("/api/similar/export")
+    def export_similar(q: Search = Depends(search_params), format: str = Query("geojson", max_length=16)) -> Response:
+        if format not in EXPORT_FORMATS:
+            raise _bad(f"format must be one of {', '.join(EXPORT_FORMATS)}")
+        result = run_search(q)
+        hits = result.to_json()["results"]
+        media, ext = EXPORT_FORMATS[format]
+        if format == "geojson":
+            import json
+
+            doc = {"type": "FeatureCollection", "features": [hit_feature(h) for h in hits], "imagesim_query": result.to_json()["query"]}
+            data = json.dumps(doc, separators=(",", ":")).encode()
+        else:
+            data = export_table(hits, format)
+        headers = {"Content-Disposition": f'attachment; filename="imagesim-similar.{ext}"', "Cache-Control": "no-store"}
+        return Response(data, media_type=media, headers=headers)
 
     @app.get("/api/chip/{chip}/thumbnail.jpg")
     def thumbnail(chip: str = PathParam(max_length=120), size: int = Query(THUMB_DEFAULT, ge=16, le=512)) -> Response:
@@ -603,4 +843,6 @@ def app_from_env() -> FastAPI:
         quality=int(env.get("IMAGESIM_SERVE_QUALITY", options.TILE_QUALITY)),
         allowed_hosts=allowed_hosts_for(env.get("IMAGESIM_SERVE_HOST", options.SERVE_HOST)),
         cors_origins=env.get("IMAGESIM_SERVE_CORS") or None,
+        basemap=env.get("IMAGESIM_SERVE_BASEMAP") or None,
+        basemap_attribution=env.get("IMAGESIM_SERVE_BASEMAP_ATTRIBUTION") or None,
     )

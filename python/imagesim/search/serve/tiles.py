@@ -14,7 +14,9 @@ For a tile ``z/x/y`` the renderer
    (decoded 512 px blocks are kept in a bounded LRU cache shared by all requests), and resamples it
    bilinearly with Pillow's mesh transform (C, GIL released);
 4. composes the cells, filling no-data pixels of the newest acquisition from older ones, and encodes
-   JPEG (no-data black) or PNG (no-data transparent).
+   JPEG (no-data black) or PNG (no-data transparent: alpha 0). A pixel is imagery where at least half of
+   the source pixels under it (bilinear weights) are valid; along the edge its colour is resampled from
+   the valid pixels only (premultiplied alpha), so no dark fringe of no-data shows over a basemap.
 
 A tile with no imagery renders as ``None`` (the app answers 204 No Content). A COG block that cannot
 be decoded (damaged JPEG data, a tile past the end of a truncated file) is drawn as no-data and logged
@@ -444,9 +446,10 @@ class TileRenderer:
             return None
         window, nodata = self.read_window(oc, level, c0, r0, c1 - c0, r1 - r0)
         if window.shape[2] >= 3:
-            image = Image.fromarray(np.ascontiguousarray(window[:, :, :3]), "RGB")
+            pixels = np.ascontiguousarray(window[:, :, :3])
         else:
-            image = Image.fromarray(np.ascontiguousarray(window[:, :, 0]), "L").convert("RGB")
+            pixels = np.repeat(window[:, :, :1], 3, axis=2)
+        image = Image.fromarray(pixels, "RGB")
         cc, rr = cols - c0, rows - r0
         mesh = []
         for j in range(MESH):
@@ -464,8 +467,21 @@ class TileRenderer:
         valid = np.zeros(window.shape[:2], dtype=np.uint8)
         sl = (slice(max(0, ir0), max(0, ir1)), slice(max(0, ic0), max(0, ic1)))
         valid[sl] = (band_max(window[sl]) > NODATA_MAX).view(np.uint8) * np.uint8(255)
-        mask = Image.fromarray(valid, "L").transform((TILE, TILE), Image.Transform.MESH, mesh, Image.Resampling.NEAREST)
-        return rgb, np.asarray(mask) > 0
+        # the share of valid source pixels under each tile pixel, resampled like the colours
+        weight = np.asarray(Image.fromarray(valid, "L").transform((TILE, TILE), Image.Transform.MESH, mesh, Image.Resampling.BILINEAR))
+        covered = weight >= 128
+        edge = covered & (weight < 255)
+        if edge.any():
+            # Along the edge of the imagery bilinear resampling mixes the no-data black into the colours (a dark
+            # fringe over a basemap): resample with everything outside the valid pixels black and divide by the
+            # valid share (premultiplied alpha), so edge pixels take the colour of their valid neighbours only.
+            masked = Image.fromarray(pixels * (valid[:, :, None] > 0), "RGB")
+            cells = [(box, quad) for box, quad in mesh if edge[box[1] : box[3], box[0] : box[2]].any()]  # only where needed
+            premul = np.asarray(masked.transform((TILE, TILE), Image.Transform.MESH, cells, Image.Resampling.BILINEAR))
+            rgb = rgb.copy()
+            w = weight[edge].astype(np.float32)[:, None]
+            rgb[edge] = np.clip(premul[edge].astype(np.float32) * 255.0 / w + 0.5, 0, 255).astype(np.uint8)
+        return rgb, covered
 
     def render_array(self, z: int, x: int, y: int, acquisition: str | None = None) -> tuple[np.ndarray, np.ndarray | None] | None:
         """(RGB, mask of pixels with imagery or None when all have) of a tile, or None without imagery."""

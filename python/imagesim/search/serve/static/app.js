@@ -1,4 +1,5 @@
-// imagesim viewer: imagery tiles, the chip grid, similar-chip queries, ARD mask outlines.
+// imagesim viewer: imagery tiles (over an optional basemap), the chip grid, similar-chip search from positive and
+// negative examples (kept in the URL), paged and clustered results, exports, ARD mask outlines.
 // Plain ES2017, no build step; every string from the API goes through textContent (no innerHTML).
 (function () {
   "use strict";
@@ -9,22 +10,33 @@
   // outline colours of the ARD mask layers (style.css has the same ones for the legend swatches)
   var MASK_COLOURS = { cloud: "#ffffff", cloud_shadow: "#b36bff", terrain_shadow: "#ff8c1a", water: "#1e90ff", vegetation: "#39d353" };
   var MASK_PAD = 0.2; // ask for a bit more than the view: the clip edges stay off screen while panning
+  var PAGE_SIZE = 50; // results listed per page
+  var CLUSTER_PX = 48; // results closer than this on screen are drawn as one numbered circle
+  var FOOTPRINT_MIN_ZOOM = 14; // a lone result is drawn as its chip outline from this zoom on, as a dot below
 
-  var state = { info: null, tilejson: null, acquisition: "", query: null, gridAbort: null, resultLayers: {}, masks: {} };
+  var state = {
+    info: null, tilejson: null, acquisition: "", gridAbort: null, resultLayers: {}, masks: {},
+    positives: [], negatives: [], hits: [], features: [], page: 0, seq: 0, abort: null, searches: 0,
+  };
 
   var map = L.map("map", { zoomControl: true, maxZoom: 22, worldCopyJump: false });
   L.control.scale({ imperial: false }).addTo(map);
   var imagery = null;
+  var basemap = null;
   var gridLayer = L.geoJSON(null, {
     style: { color: "#7fd3ff", weight: 1, opacity: 0.7, fillOpacity: 0.0, className: "chip-cell" },
     onEachFeature: function (feature, layer) {
-      layer.on("click", function () { querySimilar(feature.properties.chip); });
+      layer.on("click", function (e) {
+        L.DomEvent.stopPropagation(e); // the map's own click would add the chip a second time
+        addExample(feature.properties.chip, isNegativeClick(e));
+      });
       layer.on("mouseover", function () { layer.setStyle({ fillOpacity: 0.15, fillColor: "#7fd3ff" }); });
       layer.on("mouseout", function () { layer.setStyle({ fillOpacity: 0.0 }); });
     },
   }).addTo(map);
   var resultsLayer = L.featureGroup().addTo(map);
-  var queryLayer = L.geoJSON(null, { style: { color: "#ff3b30", weight: 3, fillOpacity: 0.1, interactive: false } }).addTo(map);
+  var positiveLayer = L.geoJSON(null, { style: { color: "#1a7f37", weight: 3, fillOpacity: 0.1, interactive: false, className: "positive-cell" } }).addTo(map);
+  var negativeLayer = L.geoJSON(null, { style: { color: "#ff3b30", weight: 3, fillOpacity: 0.1, dashArray: "6 4", interactive: false, className: "negative-cell" } }).addTo(map);
 
   function status(text, isError) {
     var el = $("status");
@@ -41,20 +53,58 @@
     });
   }
 
+  function escapeHtml(text) {
+    // Leaflet writes attributions as HTML: the server's attribution is text
+    return String(text).replace(/[&<>"']/g, function (c) { return "&#" + c.charCodeAt(0) + ";"; });
+  }
+
   function acqQuery(prefix) {
     return state.acquisition ? prefix + "acquisition=" + encodeURIComponent(state.acquisition) : "";
+  }
+
+  function isNegativeClick(e) {
+    var ev = e && e.originalEvent;
+    return !!(ev && ev.shiftKey) || $("click-negative").checked;
+  }
+
+  // A tile layer whose images send only the page's origin as Referer (the page itself sends none: tile
+  // servers such as OpenStreetMap's ask for one; the search in the URL stays private).
+  var BasemapLayer = L.TileLayer.extend({
+    createTile: function (coords, done) {
+      var tile = document.createElement("img");
+      L.DomEvent.on(tile, "load", L.Util.bind(this._tileOnLoad, this, done, tile));
+      L.DomEvent.on(tile, "error", L.Util.bind(this._tileOnError, this, done, tile));
+      tile.referrerPolicy = "strict-origin";
+      tile.alt = "";
+      tile.setAttribute("role", "presentation");
+      tile.src = this.getTileUrl(coords);
+      return tile;
+    },
+  });
+
+  function setBasemap() {
+    var b = state.info && state.info.basemap;
+    if (!b) { return; }
+    basemap = new BasemapLayer(b.url, {
+      maxNativeZoom: 19, maxZoom: 22, tileSize: 256, className: "basemap", errorTileUrl: EMPTY_TILE,
+      attribution: escapeHtml(b.attribution),
+    });
+    basemap.addTo(map);
+    basemap.bringToBack();
   }
 
   function setImagery() {
     if (imagery) { map.removeLayer(imagery); }
     var tj = state.tilejson;
-    imagery = L.tileLayer("/tiles/{z}/{x}/{y}.jpg" + acqQuery("?"), {
-      minZoom: tj.minzoom, maxNativeZoom: tj.maxzoom, maxZoom: 22, tileSize: 256,
-      errorTileUrl: EMPTY_TILE, attribution: tj.attribution,
+    // PNG: no-data is transparent, so the basemap (or the map's background) shows through
+    imagery = L.tileLayer("/tiles/{z}/{x}/{y}.png" + acqQuery("?"), {
+      minZoom: tj.minzoom, maxNativeZoom: tj.maxzoom, maxZoom: 22, tileSize: 256, className: "imagery",
+      errorTileUrl: EMPTY_TILE, attribution: escapeHtml(tj.attribution),
       bounds: L.latLngBounds([tj.bounds[1], tj.bounds[0]], [tj.bounds[3], tj.bounds[2]]).pad(0.05),
     });
     imagery.addTo(map);
     imagery.bringToBack();
+    if (basemap) { basemap.bringToBack(); }
   }
 
   function loadGrid() {
@@ -77,25 +127,36 @@
     });
   }
 
-  function cloudText(fraction) {
-    if (fraction === null || fraction === undefined) { return "cloud –"; }
+  function shareText(label, fraction) {
+    if (fraction === null || fraction === undefined) { return label + " –"; }
     var pct = fraction * 100;
-    return "cloud " + (pct > 0 && pct < 1 ? pct.toFixed(1) : String(Math.round(pct))) + " %";
+    return label + " " + (pct > 0 && pct < 1 ? pct.toFixed(1) : String(Math.round(pct))) + " %";
   }
 
-  function card(hit, isQuery) {
+  function cloudText(fraction) { return shareText("cloud", fraction); }
+
+  function button(text, title, onClick) {
+    var b = document.createElement("button");
+    b.type = "button";
+    b.textContent = text;
+    b.title = title;
+    b.addEventListener("click", function (e) { e.stopPropagation(); onClick(e); });
+    return b;
+  }
+
+  function card(hit) {
     var li = document.createElement("li");
     li.className = "chip-card";
     li.dataset.chip = hit.chip;
     var img = document.createElement("img");
-    img.loading = "lazy";
+    // not lazy: a page holds at most PAGE_SIZE thumbnails, and the list is read as a whole
     img.alt = hit.chip;
     img.src = hit.thumbnail;
     var meta = document.createElement("div");
     meta.className = "meta";
     var score = document.createElement("div");
     score.className = "score";
-    score.textContent = isQuery ? "query" : ("#" + hit.rank + "  score " + hit.score.toFixed(3));
+    score.textContent = "#" + hit.rank + "  score " + hit.score.toFixed(3);
     var name = document.createElement("div");
     name.className = "name";
     name.textContent = hit.chip;
@@ -104,17 +165,26 @@
     labels.textContent = (hit.labels && hit.labels.length) ? hit.labels.join(", ") : "";
     meta.appendChild(score);
     meta.appendChild(name);
-    if (!isQuery && hit.lon !== undefined) {
-      var where = document.createElement("div");
-      where.className = "muted";
-      where.textContent = hit.lat.toFixed(5) + ", " + hit.lon.toFixed(5);
-      meta.appendChild(where);
-    }
+    var where = document.createElement("div");
+    where.className = "muted";
+    where.textContent = hit.lat.toFixed(5) + ", " + hit.lon.toFixed(5);
+    meta.appendChild(where);
     var cloud = document.createElement("div");
     cloud.className = "cloud";
     cloud.textContent = cloudText(hit.cloud_fraction);
     meta.appendChild(cloud);
+    if (hit.valid_fraction !== undefined && hit.valid_fraction !== null) { // an index with valid fractions
+      var valid = document.createElement("div");
+      valid.className = "valid";
+      valid.textContent = shareText("valid", hit.valid_fraction);
+      meta.appendChild(valid);
+    }
     meta.appendChild(labels);
+    var actions = document.createElement("div");
+    actions.className = "actions";
+    actions.appendChild(button("+ positive", "add as a positive example", function () { addExample(hit.chip, false); }));
+    actions.appendChild(button("− negative", "add as a negative example", function () { addExample(hit.chip, true); }));
+    meta.appendChild(actions);
     li.appendChild(img);
     li.appendChild(meta);
     return li;
@@ -122,45 +192,166 @@
 
   function highlight(chip, on) {
     var layer = state.resultLayers[chip];
-    if (layer) { layer.setStyle({ weight: on ? 4 : 2, fillOpacity: on ? 0.25 : 0.05 }); }
+    if (layer && layer.setStyle) { layer.setStyle({ weight: on ? 4 : 2, fillOpacity: on ? 0.25 : 0.05 }); }
     var el = document.querySelector('.chip-card[data-chip="' + CSS.escape(chip) + '"]');
     if (el) { el.classList.toggle("active", on); }
   }
 
-  function showResults(body) {
+  // --- results: paged list, clustered map ---
+
+  function renderPage() {
     var list = $("similar-list");
     list.textContent = "";
-    resultsLayer.clearLayers();
-    queryLayer.clearLayers();
-    state.resultLayers = {};
-    var q = body.query.chips;
-    queryLayer.addData({ type: "FeatureCollection", features: q });
-    var qbox = $("query-chip");
-    qbox.textContent = "";
-    q.forEach(function (f) {
-      var p = f.properties;
-      qbox.appendChild(card({ chip: p.chip, thumbnail: p.thumbnail, labels: p.labels, cloud_fraction: p.cloud_fraction }, true));
-    });
-    $("query").hidden = false;
-
-    body.geojson.features.forEach(function (f, i) {
-      var hit = body.results[i];
-      var layer = L.geoJSON(f, { style: { color: "#f0b400", weight: 2, fillOpacity: 0.05, className: "similar-cell" } });
-      layer.bindTooltip(String(hit.rank), { permanent: true, direction: "center", className: "rank-label" });
-      layer.on("click", function () { querySimilar(hit.chip); });
-      layer.on("mouseover", function () { highlight(hit.chip, true); });
-      layer.on("mouseout", function () { highlight(hit.chip, false); });
-      layer.addTo(resultsLayer);
-      state.resultLayers[hit.chip] = layer;
-      var li = card(hit, false);
-      li.addEventListener("click", function () { map.flyToBounds(layer.getBounds(), { maxZoom: 17, duration: 0.8 }); });
+    var n = state.hits.length;
+    var pages = Math.max(1, Math.ceil(n / PAGE_SIZE));
+    state.page = Math.min(Math.max(0, state.page), pages - 1);
+    var from = state.page * PAGE_SIZE;
+    var to = Math.min(n, from + PAGE_SIZE);
+    state.hits.slice(from, to).forEach(function (hit, j) {
+      var li = card(hit);
+      var feature = state.features[from + j];
+      li.addEventListener("click", function () {
+        map.flyToBounds(L.geoJSON(feature).getBounds(), { maxZoom: 17, duration: 0.8 });
+      });
       li.addEventListener("mouseenter", function () { highlight(hit.chip, true); });
       li.addEventListener("mouseleave", function () { highlight(hit.chip, false); });
       list.appendChild(li);
     });
+    $("page-info").textContent = n ? (from + 1) + "–" + to + " of " + n : "none";
+    $("page-prev").disabled = state.page === 0;
+    $("page-next").disabled = state.page >= pages - 1;
+    document.body.dataset.page = String(state.page);
+  }
+
+  function drawResults() {
+    // screen-grid clustering at the current zoom: results whose centres share a CLUSTER_PX cell become one circle
+    resultsLayer.clearLayers();
+    state.resultLayers = {};
+    if (!state.hits.length) { return; }
+    var zoom = map.getZoom();
+    var cells = {};
+    var order = [];
+    // only what is in view, with a margin of one view on each side (redrawn when the map moves)
+    var view = map.getPixelBounds();
+    var size = view.getSize();
+    var minX = view.min.x - size.x, maxX = view.max.x + size.x, minY = view.min.y - size.y, maxY = view.max.y + size.y;
+    state.hits.forEach(function (hit, i) {
+      var pt = map.project([hit.lat, hit.lon], zoom);
+      if (pt.x < minX || pt.x > maxX || pt.y < minY || pt.y > maxY) { return; }
+      var key = Math.floor(pt.x / CLUSTER_PX) + ":" + Math.floor(pt.y / CLUSTER_PX);
+      if (!cells[key]) { cells[key] = []; order.push(key); }
+      cells[key].push(i);
+    });
+    var clusters = 0;
+    order.forEach(function (key) {
+      var members = cells[key];
+      if (members.length === 1) {
+        var i = members[0];
+        var hit = state.hits[i];
+        var layer;
+        if (zoom >= FOOTPRINT_MIN_ZOOM) {
+          layer = L.geoJSON(state.features[i], { style: { color: "#f0b400", weight: 2, fillOpacity: 0.05, className: "similar-cell" } });
+        } else {
+          layer = L.circleMarker([hit.lat, hit.lon], { radius: 6, color: "#fff", weight: 2, fillColor: "#f0b400", fillOpacity: 0.95, className: "similar-dot" });
+        }
+        layer.bindTooltip(String(hit.rank), { permanent: true, direction: "center", className: "rank-label" });
+        layer.on("click", function (e) { L.DomEvent.stopPropagation(e); addExample(hit.chip, isNegativeClick(e)); });
+        layer.on("mouseover", function () { highlight(hit.chip, true); });
+        layer.on("mouseout", function () { highlight(hit.chip, false); });
+        layer.addTo(resultsLayer);
+        state.resultLayers[hit.chip] = layer;
+        return;
+      }
+      clusters += 1;
+      var lat = 0, lon = 0, best = Infinity;
+      var bounds = L.latLngBounds([]);
+      members.forEach(function (i) {
+        var h = state.hits[i];
+        lat += h.lat; lon += h.lon;
+        best = Math.min(best, h.rank);
+        bounds.extend([h.lat, h.lon]);
+      });
+      var label = document.createElement("span");
+      label.textContent = String(members.length);
+      var size = members.length < 10 ? 26 : members.length < 100 ? 32 : 38;
+      var marker = L.marker([lat / members.length, lon / members.length], {
+        icon: L.divIcon({ html: label, className: "result-cluster", iconSize: [size, size] }),
+        title: members.length + " results (best #" + best + ")", keyboard: false,
+      });
+      marker.on("click", function (e) {
+        L.DomEvent.stopPropagation(e);
+        if (bounds.getNorthEast().equals(bounds.getSouthWest())) { map.setView(bounds.getCenter(), Math.min(map.getMaxZoom(), zoom + 3)); }
+        else { map.fitBounds(bounds.pad(0.2)); }
+      });
+      marker.addTo(resultsLayer);
+    });
+    document.body.dataset.clusters = String(clusters);
+    document.body.dataset.drawn = String(order.length);
+  }
+
+  function showExamplesOnMap(body) {
+    positiveLayer.clearLayers();
+    negativeLayer.clearLayers();
+    if (!body) { return; }
+    positiveLayer.addData({ type: "FeatureCollection", features: body.query.chips || [] });
+    negativeLayer.addData({ type: "FeatureCollection", features: body.query.negative_chips || [] });
+  }
+
+  function showResults(body) {
+    state.hits = body.results;
+    state.features = body.geojson.features;
+    state.page = 0;
+    showExamplesOnMap(body);
+    renderPage();
+    drawResults();
     $("result-count").textContent = "(" + body.results.length + ")";
+    var params = searchParams().toString();
+    ["geojson", "csv", "parquet"].forEach(function (f) { $("export-" + f).href = "/api/similar/export?" + params + "&format=" + f; });
     $("results").hidden = false;
     document.body.dataset.results = String(body.results.length);
+  }
+
+  function clearResults() {
+    state.hits = [];
+    state.features = [];
+    resultsLayer.clearLayers();
+    state.resultLayers = {};
+    showExamplesOnMap(null);
+    $("similar-list").textContent = "";
+    $("results").hidden = true;
+    document.body.dataset.results = "0";
+  }
+
+  // --- the examples and the search ---
+
+  function exampleItem(chip, negative) {
+    var li = document.createElement("li");
+    li.className = "example";
+    li.dataset.chip = chip;
+    li.title = chip;
+    if (/\.jpg$/.test(chip)) { // a quadkey example (all its acquisitions) has no one thumbnail
+      var img = document.createElement("img");
+      img.alt = chip;
+      img.src = "/api/chip/" + encodeURIComponent(chip) + "/thumbnail.jpg?size=96";
+      li.appendChild(img);
+    }
+    var label = document.createElement("span");
+    label.className = "label";
+    label.textContent = chip.replace(/\.jpg$/, "");
+    li.appendChild(label);
+    li.appendChild(button("×", "remove this " + (negative ? "negative" : "positive") + " example", function () { removeExample(chip); }));
+    return li;
+  }
+
+  function renderExamples() {
+    [["positives", state.positives, false], ["negatives", state.negatives, true]].forEach(function (t) {
+      var ul = $(t[0]);
+      ul.textContent = "";
+      t[1].forEach(function (chip) { ul.appendChild(exampleItem(chip, t[2])); });
+    });
+    $("positive-count").textContent = "(" + state.positives.length + ")";
+    $("negative-count").textContent = "(" + state.negatives.length + ")";
+    $("examples").hidden = !(state.positives.length || state.negatives.length);
   }
 
   function maxCloud() {
@@ -170,26 +361,130 @@
     return (v >= 0 && v <= 1) ? v : NaN;
   }
 
-  function querySimilar(chip) {
-    state.query = chip;
-    var k = $("k").value;
+  function minValid() {
+    if (!state.info || !state.info.min_valid) { return null; }
+    var v = parseFloat($("min-valid").value);
+    return (v >= 0 && v <= 1) ? v : NaN;
+  }
+
+  function searchParams() {
+    var p = new URLSearchParams();
+    state.positives.forEach(function (c) { p.append("positive", c); });
+    state.negatives.forEach(function (c) { p.append("negative", c); });
+    p.set("k", $("k").value);
+    if ($("exclude-cell").checked) { p.set("exclude_same_cell", "true"); }
+    var mc = maxCloud();
+    if (mc !== null && !isNaN(mc)) { p.set("max_cloud", String(mc)); }
+    var mv = minValid();
+    if (mv !== null && !isNaN(mv)) { p.set("min_valid", String(mv)); }
+    return p;
+  }
+
+  function writeUrl() {
+    // the search in the query string (shareable), the view in the hash
+    var q = state.positives.length || state.negatives.length ? "?" + searchParams().toString() : "";
+    history.replaceState(null, "", location.pathname + q + location.hash);
+  }
+
+  function describe() {
+    var p = state.positives.length, n = state.negatives.length;
+    var text = p === 1 ? state.positives[0] : p + " positives";
+    return n ? text + " − " + (n === 1 ? state.negatives[0] : n + " negatives") : text;
+  }
+
+  function runSearch() {
+    renderExamples();
+    writeUrl();
+    if (state.abort) { state.abort.abort(); state.abort = null; }
+    var seq = ++state.seq;
+    if (!state.positives.length) {
+      clearResults();
+      status(state.negatives.length ? "add a positive example to search" : "no examples: click a chip to add one");
+      return Promise.resolve();
+    }
     var mc = maxCloud();
     if (mc !== null && isNaN(mc)) {
       status("the cloud threshold must be a share between 0 and 1 (0.1 = 10 %)", true);
       return Promise.resolve();
     }
-    var url = "/api/similar?chip=" + encodeURIComponent(chip) + "&k=" + encodeURIComponent(k) +
-      ($("exclude-cell").checked ? "&exclude_same_cell=true" : "") +
-      (mc !== null ? "&max_cloud=" + encodeURIComponent(String(mc)) : "");
-    status("searching chips similar to " + chip + "…");
-    return getJSON(url).then(function (body) {
+    var mv = minValid();
+    if (mv !== null && isNaN(mv)) {
+      status("the valid share must be between 0 and 1 (0.5 = half the chip)", true);
+      return Promise.resolve();
+    }
+    var ctrl = new AbortController();
+    state.abort = ctrl;
+    status("searching chips similar to " + describe() + "…");
+    return getJSON("/api/similar?" + searchParams().toString(), { signal: ctrl.signal }).then(function (body) {
+      if (seq !== state.seq) { return; } // an older answer: a newer search is on its way
       showResults(body);
       var cloudy = body.cloudy ? " (" + body.cloudy + " cloudy left out)" : "";
-      status(body.results.length + " chips similar to " + chip + cloudy);
-      var params = new URLSearchParams(location.search);
-      params.set("chip", chip);
-      history.replaceState(null, "", "?" + params.toString() + location.hash);
-    }).catch(function (err) { status(err.message, true); });
+      status(body.results.length + " chips similar to " + describe() + cloudy);
+      state.searches += 1;
+      document.body.dataset.searches = String(state.searches);
+    }).catch(function (err) {
+      if (err.name !== "AbortError" && seq === state.seq) { status(err.message, true); }
+    });
+  }
+
+  function addExample(chip, negative) {
+    var to = negative ? state.negatives : state.positives;
+    var other = negative ? state.positives : state.negatives;
+    if (to.indexOf(chip) >= 0) {
+      status(chip + " is already a " + (negative ? "negative" : "positive") + " example");
+      return Promise.resolve();
+    }
+    var max = (state.info && state.info.max_examples) || 100;
+    if (to.length >= max) {
+      status("at most " + max + (negative ? " negatives" : " positives"), true);
+      return Promise.resolve();
+    }
+    var j = other.indexOf(chip);
+    if (j >= 0) { other.splice(j, 1); } // a positive clicked as a negative changes sides
+    to.push(chip);
+    return runSearch();
+  }
+
+  function removeExample(chip) {
+    [state.positives, state.negatives].forEach(function (list) {
+      var j = list.indexOf(chip);
+      if (j >= 0) { list.splice(j, 1); }
+    });
+    return runSearch();
+  }
+
+  function clearExamples() {
+    state.positives = [];
+    state.negatives = [];
+    return runSearch();
+  }
+
+  function restoreSearch() {
+    // from the URL: positive/negative (repeatable; chip= of older links is a positive), k and the filters
+    var p = new URLSearchParams(location.search);
+    var pos = p.getAll("chip").concat(p.getAll("positive")).filter(function (c) { return c; });
+    var neg = p.getAll("negative").filter(function (c) { return c && pos.indexOf(c) < 0; });
+    state.positives = pos.filter(function (c, i) { return pos.indexOf(c) === i; });
+    state.negatives = neg.filter(function (c, i) { return neg.indexOf(c) === i; });
+    var k = parseInt(p.get("k"), 10);
+    if (k >= 1 && k <= ((state.info && state.info.k_max) || 1000)) {
+      var sel = $("k");
+      if (!Array.prototype.some.call(sel.options, function (o) { return +o.value === k; })) {
+        var opt = document.createElement("option");
+        opt.textContent = String(k);
+        sel.appendChild(opt);
+      }
+      sel.value = String(k);
+    }
+    var excl = p.get("exclude_same_cell");
+    $("exclude-cell").checked = excl === "true" || excl === "1";
+    var mc = p.get("max_cloud");
+    $("hide-cloudy").checked = mc !== null;
+    if (mc !== null) { $("max-cloud").value = mc; }
+    var mv = p.get("min_valid");
+    if (mv !== null) { $("min-valid").value = mv; }
+    if (state.positives.length || state.negatives.length) { return runSearch(); }
+    return Promise.resolve();
   }
 
   function writeHash() {
@@ -272,30 +567,45 @@
     });
   });
 
+  map.on("click", function (e) {
+    // a click on the imagery outside the drawn grid (zoomed out, or before the grid loads): the chip under it
+    if (!state.info || !state.info.chips) { return; }
+    var negative = isNegativeClick(e);
+    var url = "/api/chips/at?lon=" + e.latlng.lng.toFixed(7) + "&lat=" + e.latlng.lat.toFixed(7) + acqQuery("&");
+    getJSON(url).then(function (f) { addExample(f.properties.chip, negative); }).catch(function (err) { status(err.message, true); });
+  });
+
   Promise.all([getJSON("/api/info"), getJSON("/tilejson.json"), getJSON("/api/acquisitions")]).then(function (r) {
     state.info = r[0];
     state.tilejson = r[1];
     fillAcquisitions(r[2]);
+    $("min-valid-box").hidden = !state.info.min_valid;
+    $("min-valid").value = state.info.min_valid_default === null || state.info.min_valid_default === undefined ? "0" : String(state.info.min_valid_default);
     var tj = state.tilejson;
-    map.setMinZoom(tj.minzoom);
+    map.setMinZoom(state.info.basemap ? 0 : tj.minzoom);
     var view = readHash();
     if (view) {
       map.setView([view.lat, view.lng], view.zoom);
     } else {
       map.fitBounds([[tj.bounds[1], tj.bounds[0]], [tj.bounds[3], tj.bounds[2]]]);
     }
+    setBasemap();
     setImagery();
-    map.on("moveend", function () { loadGrid(); loadMasks(); writeHash(); });
+    map.on("moveend", function () { loadGrid(); loadMasks(); writeHash(); drawResults(); });
     loadGrid();
     var idx = state.info.index;
     status(idx ? (state.info.chips.toLocaleString() + " chips indexed (" + idx.kind + ")") : "no index loaded");
     document.body.dataset.ready = "1";
-    var chip = new URLSearchParams(location.search).get("chip");
-    if (chip) { querySimilar(chip); }
+    if (idx) { restoreSearch(); }
   }).catch(function (err) { status("could not load the viewer: " + err.message, true); });
 
-  $("k").addEventListener("change", function () { if (state.query) { querySimilar(state.query); } });
-  $("exclude-cell").addEventListener("change", function () { if (state.query) { querySimilar(state.query); } });
-  $("hide-cloudy").addEventListener("change", function () { if (state.query) { querySimilar(state.query); } });
-  $("max-cloud").addEventListener("change", function () { if (state.query && $("hide-cloudy").checked) { querySimilar(state.query); } });
+  function rerun() { if (state.positives.length) { runSearch(); } else { writeUrl(); } }
+  $("k").addEventListener("change", rerun);
+  $("exclude-cell").addEventListener("change", rerun);
+  $("hide-cloudy").addEventListener("change", rerun);
+  $("max-cloud").addEventListener("change", function () { if ($("hide-cloudy").checked) { rerun(); } });
+  $("min-valid").addEventListener("change", rerun);
+  $("clear-examples").addEventListener("click", clearExamples);
+  $("page-prev").addEventListener("click", function () { state.page -= 1; renderPage(); $("results").scrollIntoView(); });
+  $("page-next").addEventListener("click", function () { state.page += 1; renderPage(); $("results").scrollIntoView(); });
 })();
