@@ -53,8 +53,11 @@ def train(
     ] = None,
     backbone: Annotated[str, typer.Option(help=" or ".join(options.BACKBONES) + ".")] = options.BACKBONE,
     weights: Annotated[
-        Optional[Path],
-        typer.Option(help="Local torchvision ResNet state dict for the backbone (nothing is downloaded). Without it: from scratch."),
+        Optional[str],
+        typer.Option(
+            help="Pretrained backbone: 'imagenet' (torchvision's, from the torch cache, downloaded once) or a ResNet checkpoint "
+            "file (torchvision, timm, TorchGeo, MoCo, Lightning layouts; its fc head is skipped). Without it: from scratch."
+        ),
     ] = None,
     chip_size: Annotated[int, typer.Option("--chip-size", help="Chips are resized to this many pixels square.")] = options.CHIP_SIZE,
     epochs: Annotated[
@@ -105,7 +108,7 @@ def train(
         labels=str(labels if labels is not None else chips / "labels.parquet"),
         out=str(out_dir),
         backbone=backbone,
-        weights=str(weights) if weights else None,
+        weights=weights or None,
         chip_size=chip_size,
         epochs=epochs,
         batch_size=batch_size,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import warnings
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -165,32 +166,189 @@ def _text(head: bytes) -> str | None:
     return text if all(c.isprintable() or c in "\t\r\n\f" for c in text) else None
 
 
-def load_backbone_weights(model: MultilabelNet, path: str | Path) -> int:
-    """Load a local torchvision ResNet state dict (``fc.*`` ignored; ``module.``/``backbone.`` prefixes
-    and ``state_dict``/``model`` wrappers accepted). Returns the number of tensors loaded."""
-    path = Path(path)
-    state = read_torch_file(path, "backbone weights", BACKBONE_WEIGHTS)
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
+#: `weights` value that loads torchvision's ImageNet weights instead of a file.
+IMAGENET = "imagenet"
+#: Seconds without a byte before a weights download gives up (never hang on a machine without internet).
+DOWNLOAD_TIMEOUT_S = 15.0
+#: Checkpoint wrappers that hold the state dict (Lightning, MoCo, DINO-style trainers, plain `{"model": …}`).
+_WRAPPERS = ("state_dict", "model", "model_state_dict", "net", "network", "teacher")
+#: Of two prefixes that match equally (MoCo's query and key encoders, BYOL's online and target networks), the one
+#: fine-tuned downstream has one of the first words, the momentum copy one of the second.
+_PREFER = ("encoder_q", "base_encoder", "online", "student", "backbone")
+_AVOID = ("encoder_k", "momentum", "target", "teacher", "ema")
+
+
+@dataclass
+class WeightsReport:
+    """What :func:`load_backbone_weights` took from a file, for the log line of `train`."""
+
+    source: str
+    loaded: int
+    prefix: str = ""
+    head: int = 0  # `fc.*` tensors of the file's own classifier, left out
+    unknown: list[str] = field(default_factory=list)  # keys that are not the backbone's
+
+    def summary(self) -> str:
+        text = f"loaded {self.loaded} tensors of the backbone"
+        if self.prefix:
+            text += f" (prefix `{self.prefix}` stripped)"
+        skipped = []
+        if self.head:
+            skipped.append(f"fc.* (head, {self.head} tensors)")
+        if self.unknown:
+            shown = ", ".join(self.unknown[:3]) + (", …" if len(self.unknown) > 3 else "")
+            skipped.append(f"{len(self.unknown)} unknown keys ({shown})")
+        return text + ("; skipped " + ", ".join(skipped) if skipped else "") + f" from {self.source}"
+
+
+def imagenet_state_dict(backbone: str, *, progress: bool = True) -> tuple[dict[str, Any], Path]:
+    """torchvision's ImageNet weights of ``backbone`` (``IMAGENET1K_V1``): from the torch hub cache
+    (``$TORCH_HOME/hub/checkpoints``) when the file is there, else downloaded into it once, with progress.
+
+    Without a connection: one :class:`~imagesim.errors.ImagesimFileNotFoundError` line naming the file,
+    the folder to place it in and the URL to fetch it from elsewhere.
+    """
+    import http.client
+    import socket
+
+    import torchvision
+
+    options.check_choice("backbone", backbone, BACKBONES)
+    # V1 for both: the classic recipe whose features are the usual transfer-learning baseline (the design's model).
+    weights = getattr(torchvision.models, {"resnet18": "ResNet18_Weights", "resnet50": "ResNet50_Weights"}[backbone]).IMAGENET1K_V1
+    url = weights.url
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    path = folder / Path(url).name
+    if path.is_file():
+        return read_torch_file(path, "ImageNet weights", BACKBONE_WEIGHTS), path
+    before = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # urllib has no timeout of its own here: a dead network would hang
+    try:
+        state = torch.hub.load_state_dict_from_url(
+            url, model_dir=str(folder), map_location="cpu", progress=progress, check_hash=True, weights_only=True
+        )
+    except (OSError, http.client.HTTPException) as exc:  # URLError, socket timeouts, DNS failures, a dropped connection
+        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise ImagesimFileNotFoundError(
+            f"`weights` imagenet: {path.name} is not in {folder} and cannot be downloaded ({reason}); "
+            f"on a machine with internet fetch {url} and place it in {folder} (the folder follows TORCH_HOME)"
+        ) from exc
+    except RuntimeError as exc:  # check_hash: a truncated or altered download (torch removes it)
+        raise InvalidArgumentError(f"`weights` imagenet: the download of {url} is damaged ({str(exc).splitlines()[0]}); try again") from exc
+    finally:
+        socket.setdefaulttimeout(before)
+    return state, path
+
+
+def load_backbone_weights(model: MultilabelNet, weights: str | Path, *, progress: bool = True) -> WeightsReport:
+    """Load pretrained ResNet weights into ``model.backbone``: ``"imagenet"`` (torchvision's, see
+    :func:`imagenet_state_dict`) or a local checkpoint file.
+
+    Files may be torchvision or timm ResNet state dicts (TorchGeo's ResNet weights are timm's), under a
+    ``state_dict``/``model`` wrapper (Lightning, trainers) and behind a prefix (``module.encoder_q.`` of MoCo,
+    ``module.base_encoder.`` of MoCo v3, ``backbone.``, ``encoder.``, ``model.`` …): the prefix that makes the
+    most keys torchvision's names is stripped. The file's ``fc.*`` head is left out. A tensor of the wrong
+    shape (a 13-band ``conv1``, another depth) or a file without the backbone's tensors is refused.
+    """
+    if str(weights) == IMAGENET:
+        state, path = imagenet_state_dict(_backbone_name(model), progress=progress)
+        source = f"torchvision ImageNet weights ({path})"
+    else:
+        path = Path(weights)
+        state = read_torch_file(path, "backbone weights", BACKBONE_WEIGHTS)
+        source = str(path)
+    state = _unwrap(state, path)
+    expected = model.backbone.state_dict()
+    prefix, matched = _best_prefix(state, expected)
+    if not matched:
+        sample = ", ".join(list(state)[:3])
+        raise InvalidArgumentError(
+            f"{path}: none of its {len(state)} keys is a ResNet backbone tensor (e.g. {sample}); expected {BACKBONE_WEIGHTS}"
+        )
+    clean: dict[str, torch.Tensor] = {}
+    head = 0
+    unknown: list[str] = []
+    for key, value in state.items():
+        name = key[len(prefix) :] if key.startswith(prefix) else None
+        if name is not None and name in expected and torch.is_tensor(value):
+            clean[name] = value
+        elif name is not None and name.startswith("fc."):
+            head += 1
+        else:
+            unknown.append(key)
+    backbone = _backbone_name(model)
+    bottleneck = any(k.endswith("layer1.0.conv3.weight") for k in state)
+    depth_hint = (
+        " (the file is a bottleneck ResNet such as resnet50: choose that `backbone`)"
+        if bottleneck and backbone == "resnet18"
+        else " (the file is a basic-block ResNet such as resnet18: choose that `backbone`)"
+        if not bottleneck and backbone == "resnet50"
+        else ""
+    )
+    for name, value in clean.items():
+        want = expected[name]
+        if value.shape != want.shape:
+            hint = depth_hint
+            if name == "conv1.weight" and value.ndim == 4 and value.shape[1] != want.shape[1]:
+                hint = f" (a {value.shape[1]}-band model; imagesim's chips are RGB: use RGB weights)"
+            raise InvalidArgumentError(
+                f"{path}: weights do not fit this backbone: `{name}` is {list(value.shape)} in the file, {list(want.shape)} expected{hint}"
+            )
+    # Shapes that fit but blocks this backbone lacks: a deeper ResNet (resnet34 into resnet18) would load half a network.
+    extra = [k for k in unknown if k.startswith(prefix) and re.match(r"layer\d+\.\d+\.", k[len(prefix) :])]
+    if extra:
+        raise InvalidArgumentError(
+            f"{path}: weights do not fit this backbone: the file has {len(extra)} tensors in blocks a {backbone} lacks "
+            f"(e.g. {extra[0][len(prefix) :]}); a deeper ResNet?{depth_hint}"
+        )
+    # Checkpoints from before torch 0.4.1 have no BatchNorm step counters; the rest must all be there.
+    missing = [k for k in expected if k not in clean and not k.endswith("num_batches_tracked")]
+    if missing:
+        raise InvalidArgumentError(
+            f"{path}: {len(missing)} backbone tensors missing (e.g. {', '.join(missing[:3])}); "
+            f"is it a torchvision ResNet of the chosen `backbone` ({backbone})?"
+        )
+    model.backbone.load_state_dict(clean, strict=False)
+    return WeightsReport(source=source, loaded=len(clean), prefix=prefix, head=head, unknown=unknown)
+
+
+def _backbone_name(model: MultilabelNet) -> str:
+    first = model.neck[0]
+    return "resnet50" if isinstance(first, nn.Linear) and first.in_features == 2048 else "resnet18"
+
+
+def _unwrap(state: Any, path: Path) -> dict[str, Any]:
+    """The state dict inside a checkpoint: descend through wrappers until a dict that holds tensors."""
+    while isinstance(state, dict) and not any(torch.is_tensor(v) for v in state.values()):
+        inner = next((state[k] for k in _WRAPPERS if isinstance(state.get(k), dict)), None)
+        if inner is None:
+            break
+        state = inner
     if not isinstance(state, dict):
         raise InvalidArgumentError(
             f"{path}: not a state dict (a PyTorch file holding a {type(state).__name__}); expected {BACKBONE_WEIGHTS}"
         )
-    clean = {}
-    for k, v in state.items():
-        for prefix in ("module.", "backbone."):
-            if k.startswith(prefix):
-                k = k[len(prefix) :]
-        if not k.startswith("fc.") and torch.is_tensor(v):
-            clean[k] = v
-    try:
-        result = model.backbone.load_state_dict(clean, strict=False)
-    except RuntimeError as exc:  # shape mismatch: weights of another architecture
-        raise InvalidArgumentError(f"{path}: weights do not fit this backbone ({str(exc).splitlines()[0]} …)") from exc
-    if result.missing_keys:
-        raise InvalidArgumentError(
-            f"{path}: {len(result.missing_keys)} backbone tensors missing (e.g. {', '.join(result.missing_keys[:3])}); "
-            "is it a torchvision ResNet of the chosen `backbone`?"
-        )
-    return len(clean) - len(result.unexpected_keys)
+    return state
+
+
+def _best_prefix(state: dict[str, Any], expected: dict[str, torch.Tensor]) -> tuple[str, int]:
+    """The key prefix (ending in ``.``, or none) after which most keys are the backbone's, and how many."""
+    counts: dict[str, int] = {}
+    for key in state:
+        if not isinstance(key, str):
+            continue
+        for i, ch in enumerate(key):
+            if ch == "." and key[i + 1 :] in expected:
+                counts[key[: i + 1]] = counts.get(key[: i + 1], 0) + 1
+        if key in expected:
+            counts[""] = counts.get("", 0) + 1
+    if not counts:
+        return "", 0
+
+    def rank(prefix: str) -> tuple[int, int, int]:
+        words = prefix.split(".")
+        preference = any(w in _PREFER for w in words) - any(w in _AVOID for w in words)
+        return counts[prefix], preference, -len(prefix)
+
+    best = max(counts, key=rank)
+    return best, counts[best]

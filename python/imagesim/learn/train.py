@@ -315,8 +315,8 @@ def run_train(
     if ckpt is None:
         model.init_prior(y_train.mean(0))
         if config.weights:
-            n = load_backbone_weights(model, config.weights)
-            log(f"backbone weights: {n} tensors from {config.weights}")
+            report = load_backbone_weights(model, config.weights)
+            log(f"backbone weights: {report.summary()}")
         else:
             note(f"no `weights`: training the {config.backbone} backbone from scratch (random initialisation)")
     model.to(device)
