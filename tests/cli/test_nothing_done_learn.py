@@ -135,6 +135,7 @@ def test_encode_with_no_chip_to_encode(cli, chips, onnx_model, tmp_path):
     )
     assert res.returncode == 1, res.stdout + res.stderr
     assert f"no chip to encode in --chips {chips}: all 3072 chips are no_data (--include-nodata encodes them)" in one_line(res.stderr)
+    assert not (tmp_path / "e.parquet").exists() and not (tmp_path / "e.json").exists()  # nothing encoded, nothing written
 
 
 def test_encode_rerun_with_everything_done_exits_0_and_says_so(cli, chips, onnx_model, tmp_path):

@@ -223,11 +223,17 @@ def encode(
     if not (summary.encoded or summary.skipped or summary.failed):
         from imagesim.errors import EncodeError
 
-        why = (
-            f"all {summary.excluded} chips are no_data (--include-nodata encodes them)"
-            if summary.excluded
-            else "its chip manifest lists no chip (run `imagesim chip` first)"
-        )
+        if summary.excluded and summary.cloudy:
+            why = (
+                f"{summary.excluded} chips are no_data (--include-nodata encodes them) "
+                f"and {summary.cloudy} cloudier than --max-cloud {max_cloud}"
+            )
+        elif summary.excluded:
+            why = f"all {summary.excluded} chips are no_data (--include-nodata encodes them)"
+        elif summary.cloudy:
+            why = f"all {summary.cloudy} chips are cloudier than --max-cloud {max_cloud}"
+        else:
+            why = "its chip manifest lists no chip (run `imagesim chip` first)"
         raise EncodeError(f"no chip to encode in --chips {chips}: {why}")
     if summary.skipped and not (summary.encoded or summary.failed):
         err.print(f"nothing to do: all {summary.skipped} chips were already encoded with this model (--overwrite encodes them again)")

@@ -450,7 +450,9 @@ def run_encode(
         sink.close()
     summary.seconds = time.perf_counter() - t_run
 
-    if done or not out.exists():
+    # An embeddings file with no row is written only to carry the report of chips that failed: a run with
+    # nothing to encode leaves no file behind (the next stage would only say it is empty).
+    if done or (not out.exists() and (summary.failed or summary.not_files)):
         table = (
             pl.concat(done, how="diagonal_relaxed")  # parts of an earlier imagesim may lack newer columns
             if done
