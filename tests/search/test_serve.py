@@ -14,6 +14,8 @@ import shutil
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -484,11 +486,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def live_server(viewer):
+@contextmanager
+def serving(app) -> Iterator[str]:
+    """``app`` served by uvicorn on a free loopback port in a thread: yields its base URL."""
     import uvicorn
 
-    app = create_app(viewer.sample.root, viewer.chips, viewer.index)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -501,6 +503,39 @@ def live_server(viewer):
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=10)
+
+
+def headless_chrome(*, prefs: dict | None = None):
+    """A headless Chromium (selenium) with the browser console log kept; skips the test without one."""
+    found = find_browser()
+    if found is None:
+        pytest.skip("chromium and chromedriver are not installed (apt-get install chromium chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    exe, driver_path = found
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = exe
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1280,800",
+        "--no-first-run",
+        "--disable-extensions",
+        "--proxy-server=direct://",
+        "--proxy-bypass-list=*",
+    ):
+        opts.add_argument(arg)
+    if prefs:
+        opts.add_experimental_option("prefs", prefs)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver_path), options=opts)
+
+
+@pytest.fixture(scope="module")
+def live_server(viewer):
+    with serving(create_app(viewer.sample.root, viewer.chips, viewer.index)) as base:
+        yield base
 
 
 def raw_get(base: str, target: str) -> tuple[int, bytes]:
@@ -541,30 +576,10 @@ def find_browser() -> tuple[str, str] | None:
 
 
 def test_browser_click_chip_shows_similar(live_server, viewer, tmp_path):
-    found = find_browser()
-    if found is None:
-        pytest.skip("chromium and chromedriver are not installed (apt-get install chromium chromium-driver)")
-    webdriver = pytest.importorskip("selenium.webdriver")
+    driver = headless_chrome()
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    exe, driver_path = found
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = exe
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-dev-shm-usage",
-        "--disable-gpu",
-        "--window-size=1280,800",
-        "--no-first-run",
-        "--disable-extensions",
-        "--proxy-server=direct://",
-        "--proxy-bypass-list=*",
-    ):
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver_path), options=opts)
     try:
         row = viewer.chip_rows("all_data").row(0, named=True)
         lon, lat = chip_centre_lonlat(row["zone"], row["quadkey"])

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
-import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -26,7 +24,7 @@ pytest.importorskip("mercantile")
 shapely = pytest.importorskip("shapely")
 
 from fastapi.testclient import TestClient  # noqa: E402
-from test_serve import chip_centre_lonlat, find_browser, free_port  # noqa: E402
+from test_serve import chip_centre_lonlat, headless_chrome, serving  # noqa: E402
 
 from imagesim import grid  # noqa: E402
 from imagesim.artefacts import CLOUD_FRACTION  # noqa: E402
@@ -378,38 +376,15 @@ def test_page_has_the_cloud_and_mask_controls(client):
 
 @pytest.fixture(scope="module")
 def live_server(masked):
-    import uvicorn
-
-    app = create_app(masked.ard, masked.chips, masked.index)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not server.started:
-        if time.time() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_app(masked.ard, masked.chips, masked.index)) as base:
+        yield base
 
 
 def test_browser_cloud_layer_and_cloud_figures(live_server, masked):
-    found = find_browser()
-    if found is None:
-        pytest.skip("chromium and chromedriver are not installed (apt-get install chromium chromium-driver)")
-    webdriver = pytest.importorskip("selenium.webdriver")
+    driver = headless_chrome()
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    exe, driver_path = found
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = exe
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1280,800", "--no-first-run"):
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver_path), options=opts)
     try:
         zone, qk = grid.parse_chip_name(masked.disc_chip).zone, grid.parse_chip_name(masked.disc_chip).quadkey
         lon, lat = chip_centre_lonlat(zone, qk)

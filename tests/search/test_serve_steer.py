@@ -31,7 +31,7 @@ pytest.importorskip("mercantile")
 
 from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
-from test_serve import LABELS, REPO, chip_centre_lonlat, client, decode, find_browser, free_port, tile_at, viewer  # noqa: E402, F401
+from test_serve import LABELS, REPO, chip_centre_lonlat, client, decode, free_port, headless_chrome, serving, tile_at, viewer  # noqa: E402, F401
 
 from imagesim import grid  # noqa: E402
 from imagesim.search.index import build_index, load_index  # noqa: E402
@@ -468,8 +468,6 @@ def basemap_server():
 
 @pytest.fixture(scope="module")
 def steer_server(viewer, basemap_server):
-    import uvicorn
-
     app = create_app(
         viewer.sample.root,
         viewer.chips,
@@ -477,18 +475,8 @@ def steer_server(viewer, basemap_server):
         basemap=f"http://127.0.0.1:{basemap_server.port}/{{z}}/{{x}}/{{y}}.png",
         basemap_attribution="Test basemap <contributors>",
     )
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not server.started:
-        if time.time() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(app) as base:
+        yield base
 
 
 def api(base: str, query: str) -> dict:
@@ -497,28 +485,17 @@ def api(base: str, query: str) -> dict:
 
 
 def test_browser_steer_export_and_share(steer_server, basemap_server, viewer, tmp_path):
-    found = find_browser()
-    if found is None:
-        pytest.skip("chromium and chromedriver are not installed (apt-get install chromium chromium-driver)")
-    webdriver = pytest.importorskip("selenium.webdriver")
     ogr = pytest.importorskip("osgeo.ogr")
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    driver = headless_chrome(
+        prefs={"download.default_directory": str(downloads), "download.prompt_for_download": False, "safebrowsing.enabled": False}
+    )
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
-    downloads = tmp_path / "downloads"
-    downloads.mkdir()
-    exe, driver_path = found
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = exe
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1280,800", "--no-first-run"):
-        opts.add_argument(arg)
-    opts.add_experimental_option(
-        "prefs", {"download.default_directory": str(downloads), "download.prompt_for_download": False, "safebrowsing.enabled": False}
-    )
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver_path), options=opts)
     try:
         driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
         row = viewer.chip_rows("all_data").row(0, named=True)
