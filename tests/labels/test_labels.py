@@ -277,21 +277,26 @@ def test_local_index_matches_grid_children():
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def labelled(tmp_path_factory, small_sample):
-    """Chips of the small sample, its OSM imported into a separate tree, labels built (partial included)."""
+def chip_and_import(sample, base: Path) -> tuple[Path, Path]:
+    """The sample chipped into ``base/chips`` and its OSM imported into a separate tree ``base/ard``."""
     from imagesim.imagery.chip import ChipSettings, run_chip
     from imagesim.labels.cells import find_cells
     from imagesim.labels.osm_import import import_osm
 
-    base = tmp_path_factory.mktemp("labels")
     chips = base / "chips"
-    run_chip(small_sample.root, chips, ChipSettings(zoom=17))
+    run_chip(sample.root, chips, ChipSettings(zoom=17))
     osm_root = base / "ard"
-    cells = find_cells(small_sample.root)
+    cells = find_cells(sample.root)
     for cell in cells:
         cell.folder(osm_root).mkdir(parents=True)
-    import_osm(small_sample.osm_pbf, osm_root, cells)
+    import_osm(sample.osm_pbf, osm_root, cells)
+    return chips, osm_root
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory, small_sample):
+    """Chips of the small sample, its OSM imported into a separate tree, labels built (partial included)."""
+    chips, osm_root = chip_and_import(small_sample, tmp_path_factory.mktemp("labels"))
     summary = build_labels(chips, osm_root, LabelSettings(include=("partial",)))
     return summary, chips, osm_root
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from test_labels import chip_and_import
 
 from imagesim.artefacts import CLOUD_FRACTION, MASK_FRACTION_COLUMNS, read_labels
 from imagesim.errors import InvalidArgumentError, TaxonomyError
@@ -18,19 +19,7 @@ from imagesim.labels.taxonomy import load_taxonomy, parse_taxonomy
 @pytest.fixture(scope="module")
 def chipped(tmp_path_factory, small_sample):
     """Chips of the small sample and its OSM imported into a separate tree (no labels yet)."""
-    from imagesim.imagery.chip import ChipSettings, run_chip
-    from imagesim.labels.cells import find_cells
-    from imagesim.labels.osm_import import import_osm
-
-    base = tmp_path_factory.mktemp("labels-masks")
-    chips = base / "chips"
-    run_chip(small_sample.root, chips, ChipSettings(zoom=17))
-    osm_root = base / "ard"
-    cells = find_cells(small_sample.root)
-    for cell in cells:
-        cell.folder(osm_root).mkdir(parents=True)
-    import_osm(small_sample.osm_pbf, osm_root, cells)
-    return chips, osm_root
+    return chip_and_import(small_sample, tmp_path_factory.mktemp("labels-masks"))
 
 
 def planted(chips: Path, tmp_path: Path, **columns: list[float | None] | float | None) -> tuple[Path, pl.DataFrame]:
