@@ -259,9 +259,10 @@ def acquisition_fractions(acq: Acquisition, zoom: int, *, present: dict[str, Any
         return shapely.clip_by_rect(mask.geometry, *cell_box)
 
     data_path = acq.mask_path(DATA_MASK)
-    data = load(data_path) if data_path.is_file() else None
+    has_data_mask = data_path.is_file()
+    data = load(data_path) if has_data_mask else None
     if data is None:
-        if not data_path.is_file():
+        if not has_data_mask:
             out.notes.append(MaskNote(str(data_path), "no data mask: fractions are shares of the whole chip"))
         data = shapely.box(*cell_box)
     valid = chip_areas(data, acq.cell, zoom)

@@ -50,11 +50,11 @@ from imagesim.errors import (
     ImagesimError,
     ImagesimFileNotFoundError,
     InvalidArgumentError,
-    MissingDependencyError,
     OutputExistsError,
 )
 from imagesim.fsutil import write_json
 from imagesim.geoparquet import write_geoparquet
+from imagesim.imagery.masks import read_mask
 from imagesim.progress import ProgressFactory, ProgressSink, open_progress
 from imagesim.runner import Outcome, TaskRunner, worker_threads
 from imagesim.storage import AnyPath, StorePath, is_url, location
@@ -214,14 +214,7 @@ class _MaskLookup:
     def __init__(self, chip_dir: AnyPath, ard_path: str | Path | None) -> None:
         import shapely
 
-        try:  # GDAL's bindings must match the system libgdal: no pip extra installs them (the Makefile does)
-            from osgeo import gdal, ogr
-        except ImportError as exc:  # pragma: no cover - installed by `make`
-            raise MissingDependencyError(
-                f"`source` mask needs GDAL's Python bindings ({exc}); install them with "
-                f"`pip install --no-build-isolation gdal==$(gdal-config --version)`"
-            ) from exc
-        self.shapely, self.ogr, self.gdal = shapely, ogr, gdal
+        self.shapely = shapely
         self.ard_path = ard_path
         self.cogs: dict[str, str] = {}
         if (chip_dir / CHIPS_MANIFEST).exists():
@@ -256,21 +249,12 @@ class _MaskLookup:
         catalog_id = visual.name[: -len("-visual.tif")]
         return visual.with_name(f"{catalog_id}-data-mask.gpkg")
 
-    def polygon(self, path: AnyPath):
+    def polygon(self, path: AnyPath, epsg: int):
+        """The data mask ``path`` in EPSG ``epsg`` (read once; :func:`imagesim.imagery.masks.read_mask`)."""
         if path not in self.masks:
             if not path.is_file():
                 raise ImagesimFileNotFoundError(f"{path}: data mask not found")
-            if isinstance(path, StorePath):  # GDAL reads a GeoPackage from memory
-                vsi = f"/vsimem/imagesim/{path.name}"
-                self.gdal.FileFromMemBuffer(vsi, path.read_bytes())
-                ds = self.ogr.Open(vsi)
-            else:
-                ds = self.ogr.Open(str(path))
-            if ds is None or ds.GetLayerCount() == 0:
-                raise ImagesimError(f"{path}: not a readable data-mask GeoPackage")
-            layer = ds.GetLayer(0)
-            parts = [self.shapely.from_wkb(bytes(f.GetGeometryRef().ExportToWkb())) for f in layer if f.GetGeometryRef()]
-            self.masks[path] = self.shapely.make_valid(self.shapely.union_all(parts)) if parts else self.shapely.Polygon()
+            self.masks[path] = read_mask(path, epsg).geometry
         return self.masks[path]
 
     def coverage(self, chip: str) -> tuple[int, int]:
@@ -278,7 +262,7 @@ class _MaskLookup:
         zone, quadkey, _ = grid.parse_chip_name(chip)
         size = grid.CELL_PIXELS >> (len(quadkey) - grid.CELL_ZOOM)
         footprint = self.shapely.box(*grid.bounds(quadkey))
-        inside = self.polygon(self.mask_path(chip)).intersection(footprint).area / footprint.area
+        inside = self.polygon(self.mask_path(chip), grid.epsg(quadkey, zone)).intersection(footprint).area / footprint.area
         total = size * size
         return round((1.0 - min(inside, 1.0)) * total), total
 
