@@ -136,6 +136,30 @@ INDEX_FAISS = "index.faiss"
 INDEX_IDS = "ids.parquet"
 INDEX_JSON = "index.json"
 
+# --- change detection (imagesim change) ---
+CHANGES = "changes.parquet"
+CHANGE_METHODS = ("embedding", "pixel", "both")
+# One row per scored pair of acquisitions of a chip (GeoParquet: + geometry, bbox of the chip's footprint).
+CHANGE_SCHEMA: dict[str, pl.DataType] = {
+    "zone": pl.UInt8(),
+    "quadkey": pl.String(),
+    "zoom": pl.UInt8(),
+    "cell": pl.String(),
+    "before_chip": pl.String(),
+    "after_chip": pl.String(),
+    "before_catalog_id": pl.String(),
+    "after_catalog_id": pl.String(),
+    "before_date": pl.String(),  # acquisition date, YYYY-MM-DD
+    "after_date": pl.String(),
+    # the share of the chip compared: valid in both, clear of cloud and shadow (ARD masks)
+    "compared_fraction": pl.Float64(),
+    "embedding_distance": pl.Float64(),  # 1 - cosine similarity; null when not computed
+    "pixel_change": pl.Float64(),  # the radiometrically normalised pixel statistic; null when not computed
+    "changed_area": pl.Float64(),  # share of the compared pixels flagged as changed; null when not computed
+    "score": pl.Float64(),  # the ranking score of the method(s) asked for, in [0, 1]
+    "rank": pl.UInt32(),  # 1 = most changed
+}
+
 # Files imagesim keeps in a chips folder beside the chips: never chips themselves.
 CHIP_FOLDER_FILES = {CHIPS_MANIFEST, CHIP_ERRORS, NODATA_PARQUET}
 
@@ -323,6 +347,8 @@ _OWN_FILES = CHIP_FOLDER_FILES | {
     LABELS_VAL_CSV,
     EMBEDDINGS,
     "embeddings.json",
+    CHANGES,
+    "changes.json",
 }
 
 
@@ -611,6 +637,27 @@ def read_embeddings(path: str | Path) -> tuple[pl.DataFrame, np.ndarray, dict[st
     except Exception as exc:  # a chip name the grid rejects
         raise InvalidArgumentError(f"{path}: {exc}") from None
     return rows, vectors, meta
+
+
+def read_changes(path: str | Path) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """``changes.parquet`` (without its geometry columns), sorted by rank, and ``changes.json`` beside it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImagesimFileNotFoundError(f"{path}: changes not found; run `imagesim change` first")
+    try:
+        lazy = pl.scan_parquet(path)
+        have = lazy.collect_schema().names()
+        table = lazy.select([c for c in have if c not in GEO_COLUMNS]).collect()
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        raise InvalidArgumentError(f"{path}: cannot read changes ({exc})") from None
+    missing = [c for c in CHANGE_SCHEMA if c not in table.columns]
+    if missing:
+        raise InvalidArgumentError(f"{path}: not a changes file of `imagesim change`, missing column(s) {missing}")
+    try:
+        table = table.cast(CHANGE_SCHEMA).sort("rank")  # type: ignore[arg-type]
+    except pl.exceptions.PolarsError as exc:
+        raise InvalidArgumentError(f"{path}: columns of the wrong type ({exc})") from None
+    return table, _read_sidecar(sidecar(path))
 
 
 def read_class_probabilities(path: str | Path) -> tuple[pl.DataFrame, list[str], dict[str, Any]]:

@@ -148,6 +148,10 @@ class LabelInputError(LabelError, ValueError):
 # --- export / encode ---
 
 
+class ChangeError(ImagesimError, ValueError):
+    """`imagesim change` cannot pair acquisitions: one acquisition only, different grids, embeddings of two models."""
+
+
 class ExportError(ImagesimError):
     """An ONNX export that failed its parity check against the PyTorch model."""
 

@@ -1,7 +1,7 @@
 """The `imagesim` command line (Typer): the app and :func:`main`.
 
 Each stage group has a module declaring its commands with :class:`~imagesim.cli._common.Commands`
-(`imagery`, `osm`, `labels`, `learn`, `search`); they are registered here in pipeline order, the order
+(`imagery`, `osm`, `labels`, `learn`, `search`, `change`); they are registered here in pipeline order, the order
 of `imagesim --help`. Errors print one line and exit with code 1; set ``IMAGESIM_DEBUG=1`` for the
 full traceback. Heavy dependencies are imported inside the commands, so `imagesim --help` is fast.
 """
@@ -15,12 +15,12 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from imagesim.cli import imagery, labels, learn, osm, search
+from imagesim.cli import change, imagery, labels, learn, osm, search
 from imagesim.cli._common import InOrder, err, out
 from imagesim.errors import ImagesimError
 
 #: The command modules, in pipeline order.
-STAGES = (imagery.commands, osm.commands, labels.commands, learn.commands, search.commands)
+STAGES = (imagery.commands, osm.commands, labels.commands, learn.commands, search.commands, change.commands)
 
 
 class Pipeline(InOrder):

@@ -245,10 +245,18 @@ def serve(
         Optional[str],
         typer.Option("--basemap-attribution", metavar="TEXT", help="The basemap's attribution, shown on the map (plain text)."),
     ] = None,
+    changes: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--changes",
+            metavar="FILE",
+            help="changes.parquet written by `imagesim change`: a change layer on the map and a before/after view of its chips.",
+        ),
+    ] = None,
 ) -> None:
     """Serve a map of the imagery with the chip grid and similar-chip search (web page, XYZ tiles, JSON API).
 
-    Tiles are read from the COGs under --ard-path, thumbnails from --chips.
+    Tiles are read from the COGs under --ard-path, thumbnails from --chips; --changes adds the change layer.
     """
     import os
 
@@ -280,6 +288,7 @@ def serve(
         cors_origins=cors,
         basemap=basemap,
         basemap_attribution=basemap_attribution,
+        changes=changes,
     )
     if host not in ("127.0.0.1", "localhost", "::1") and not host.startswith("127."):
         err.print(f"[yellow]warning:[/] binding {host}: the viewer is reachable from other machines (no authentication)", highlight=False)
@@ -289,6 +298,8 @@ def serve(
         err.print(f"CORS: pages on {', '.join(cors)} may read tiles, TileJSON and the API", highlight=False, markup=False)
     if base_map is not None:
         err.print(f"basemap: {base_map.url} ({base_map.attribution})", highlight=False, markup=False)
+    if app.state.changes is not None:
+        err.print(f"changes: {app.state.changes.table.height:,} from {changes}", highlight=False, markup=False)
     log_level = "info" if os.environ.get("IMAGESIM_DEBUG") else "warning"
     if workers == 1:
         uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
@@ -306,6 +317,7 @@ def serve(
         IMAGESIM_SERVE_CORS=",".join(cors),
         IMAGESIM_SERVE_BASEMAP=basemap or "",
         IMAGESIM_SERVE_BASEMAP_ATTRIBUTION=basemap_attribution or "",
+        IMAGESIM_SERVE_CHANGES=str(changes.resolve()) if changes else "",
     )
     del app
     sys.stdout.flush()

@@ -8,7 +8,10 @@
 - ``GET /api/acquisitions``, ``/api/chips?bbox=w,s,e,n``, ``/api/chips/at?lon=…&lat=…``,
   ``/api/similar?positive=…&negative=…&k=10`` (or the older ``chip=…``), ``/api/similar/export?format=geojson|csv|parquet``
   with the same query, ``/api/chip/{chip}/thumbnail.jpg``, ``/api/info`` (with the basemap, if any);
-- ``GET /api/masks?bbox=w,s,e,n&kind=cloud[&acquisition=ID]`` outlines of the ARD masks in view (GeoJSON).
+- ``GET /api/masks?bbox=w,s,e,n&kind=cloud[&acquisition=ID]`` outlines of the ARD masks in view (GeoJSON);
+- with a changes file (``changes=``, from `imagesim change`): ``GET /api/changes?bbox=w,s,e,n&top=N`` the best-ranked
+  changes in view (GeoJSON), ``/api/changes/acquisitions?quadkey=Q&zone=Z`` (or ``chip=…``) every acquisition of a
+  chip square with the pair the file compared.
 
 Every path a request names is checked against a strict pattern and resolved inside the configured
 roots; parameters are bounded; errors answer JSON ``{"detail": …}`` without tracebacks.
@@ -41,6 +44,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from imagesim import grid, options
 from imagesim.artefacts import CLOUD_FRACTION
 from imagesim.errors import GridError, ImagesimError, InvalidArgumentError
+from imagesim.search.serve.change_layer import TOP_DEFAULT, TOP_MAX, ChangeLayer
 from imagesim.search.serve.mask_layer import MASK_KINDS, MaskLayer
 from imagesim.search.serve.tiles import (
     MAX_ZOOM,
@@ -454,13 +458,16 @@ def create_app(
     cors_origins: str | list[str] | tuple[str, ...] | None = None,
     basemap: str | None = None,
     basemap_attribution: str | None = None,
+    changes: str | Path | None = None,
 ) -> FastAPI:
     """The viewer app over an ARD delivery, its chips folder and an index folder (from `imagesim index`).
 
     ``cors_origins``: origins whose pages may read tiles, TileJSON and the API (comma-separated or a
     list, ``*`` for any; :func:`parse_cors_origins`); by default none (no CORS headers, CORP same-origin).
     ``basemap``: an XYZ URL template drawn under the imagery, with ``basemap_attribution`` (:func:`parse_basemap`);
-    by default none, and the page loads nothing from other hosts."""
+    by default none, and the page loads nothing from other hosts.
+    ``changes``: a ``changes.parquet`` of `imagesim change`, read once now (a missing or bad file fails here,
+    naming it), for the change layer and the before/after view."""
     from imagesim.errors import ImagesimFileNotFoundError
 
     cors = parse_cors_origins(cors_origins)
@@ -490,6 +497,7 @@ def create_app(
             min_valid_default = float(takes["min_valid"].default)
     thumbs = Thumbnails()
     masks = MaskLayer(catalog)
+    change_layer = None if changes is None or str(changes) == "" else ChangeLayer(changes, chips_root, catalog.dates)
     w, s, e, n = catalog.bounds
     page = (STATIC / "index.html").read_bytes()
 
@@ -500,6 +508,7 @@ def create_app(
     app.state.chips = chips
     app.state.chips_root = chips_root
     app.state.masks = masks
+    app.state.changes = change_layer
     app.state.basemap = base_map
     if cors:
         # innermost: its preflight answers and simple-request headers get the security headers too
@@ -623,6 +632,7 @@ def create_app(
             "min_valid": min_valid_supported,
             "min_valid_default": min_valid_default,
             "basemap": None if base_map is None else {"url": base_map.url, "attribution": base_map.attribution},
+            "changes": None if change_layer is None else change_layer.info(),
         }
 
     @app.get("/api/acquisitions")
@@ -685,6 +695,38 @@ def create_app(
         # an unreadable mask may be replaced: do not let the browser keep the answer without it
         cache = "no-cache" if body["problems"] else "public, max-age=3600"
         return JSONResponse(body, headers={"Cache-Control": cache})
+
+    def need_changes() -> ChangeLayer:
+        if change_layer is None:
+            raise _bad("no changes loaded: start the viewer with --changes FILE (from `imagesim change`)", 404)
+        return change_layer
+
+    @app.get("/api/changes")
+    def changes_in_view(bbox: str = Query(..., max_length=200), top: int = Query(TOP_DEFAULT, ge=1, le=TOP_MAX)) -> dict[str, Any]:
+        layer = need_changes()
+        return layer.in_view(_parse_bbox(bbox), top)
+
+    @app.get("/api/changes/acquisitions")
+    def change_acquisitions(
+        quadkey: str | None = Query(None, max_length=30),
+        zone: int | None = Query(None, ge=1, le=60),
+        chip: str | None = Query(None, max_length=120),
+    ) -> dict[str, Any]:
+        layer = need_changes()
+        if chip is not None:
+            ref = chip_ref(chip)
+            if QUADKEY_RE.match(ref):
+                raise _bad("chip must be a chip name Z<zone>-<quadkey>_<catalog-id>.jpg (or give quadkey= and zone=)")
+            parsed = grid.parse_chip_name(ref)
+            zone, quadkey = parsed.zone, parsed.quadkey
+        elif quadkey is None or zone is None:
+            raise _bad("name a chip square: quadkey= and zone=, or chip=")
+        elif not QUADKEY_RE.match(quadkey):
+            raise _bad("quadkey must be 12-24 digits 0-3")
+        body = layer.acquisitions(zone, quadkey)
+        if body is None:
+            raise _bad(f"no chip of quadkey {quadkey} in zone {zone} in the chips folder or the changes", 404)
+        return body
 
     def chip_ref(chip: str) -> str:
         """A validated chip name (with .jpg) or chip quadkey."""
@@ -845,4 +887,5 @@ def app_from_env() -> FastAPI:
         cors_origins=env.get("IMAGESIM_SERVE_CORS") or None,
         basemap=env.get("IMAGESIM_SERVE_BASEMAP") or None,
         basemap_attribution=env.get("IMAGESIM_SERVE_BASEMAP_ATTRIBUTION") or None,
+        changes=env.get("IMAGESIM_SERVE_CHANGES") or None,
     )

@@ -1,5 +1,6 @@
 // imagesim viewer: imagery tiles (over an optional basemap), the chip grid, similar-chip search from positive and
-// negative examples (kept in the URL), paged and clustered results, exports, ARD mask outlines.
+// negative examples (kept in the URL), paged and clustered results, exports, ARD mask outlines, and the change layer
+// of `imagesim change` with a before/after view of a chip.
 // Plain ES2017, no build step; every string from the API goes through textContent (no innerHTML).
 (function () {
   "use strict";
@@ -13,10 +14,14 @@
   var PAGE_SIZE = 50; // results listed per page
   var CLUSTER_PX = 48; // results closer than this on screen are drawn as one numbered circle
   var FOOTPRINT_MIN_ZOOM = 14; // a lone result is drawn as its chip outline from this zoom on, as a dot below
+  var CHANGE_TOP = 200; // change outlines drawn per view, the best-ranked first
+  var CHANGE_RAMP = [[44, 123, 182], [255, 255, 191], [215, 25, 28]]; // score 0 → 0.5 → 1 (style.css: the legend)
+  var CHANGE_THUMB = 512;
 
   var state = {
     info: null, tilejson: null, acquisition: "", gridAbort: null, resultLayers: {}, masks: {},
     positives: [], negatives: [], hits: [], features: [], page: 0, seq: 0, abort: null, searches: 0,
+    changes: { on: false, abort: null, current: null, pairs: [], seq: 0 },
   };
 
   var map = L.map("map", { zoomControl: true, maxZoom: 22, worldCopyJump: false });
@@ -567,6 +572,168 @@
     });
   });
 
+  // --- changes: the best-ranked changes in view, outlined by score; a click opens the before/after view ---
+
+  // its own pane above the grid and the results: a click on a change reaches it (and stops there), not a grid cell
+  map.createPane("changes").style.zIndex = 450;
+
+  function scoreColour(score) {
+    if (score === null || score === undefined || isNaN(score)) { return "#9aa3ab"; }
+    var t = Math.min(1, Math.max(0, score)) * (CHANGE_RAMP.length - 1);
+    var i = Math.min(CHANGE_RAMP.length - 2, Math.floor(t));
+    var f = t - i;
+    var c = CHANGE_RAMP[i].map(function (v, k) { return Math.round(v + (CHANGE_RAMP[i + 1][k] - v) * f); });
+    return "rgb(" + c.join(",") + ")";
+  }
+
+  function fixed(v, digits) { return v === null || v === undefined ? "–" : v.toFixed(digits); }
+
+  function changeTip(p) {
+    // a DOM node, not a string: Leaflet would write a string as HTML
+    var el = document.createElement("div");
+    var head = document.createElement("strong");
+    head.textContent = "#" + p.rank + "  score " + fixed(p.score, 3);
+    var dates = document.createElement("div");
+    dates.textContent = (p.before_date || "?") + " → " + (p.after_date || "?");
+    el.appendChild(head);
+    el.appendChild(dates);
+    return el;
+  }
+
+  var changeLayer = L.geoJSON(null, {
+    pane: "changes",
+    style: function (f) {
+      var c = scoreColour(f.properties.score);
+      return { color: c, fillColor: c, weight: 3, opacity: 0.95, fillOpacity: 0.08, className: "change-outline" };
+    },
+    onEachFeature: function (feature, layer) {
+      layer.bindTooltip(changeTip(feature.properties), { sticky: true, className: "change-tip" });
+      layer.on("click", function (e) {
+        L.DomEvent.stopPropagation(e); // not a search example
+        openChange(feature.properties);
+      });
+    },
+  });
+
+  function loadChanges() {
+    var c = state.changes;
+    if (c.abort) { c.abort.abort(); c.abort = null; }
+    if (!c.on) { changeLayer.clearLayers(); return; }
+    var b = map.getBounds();
+    var box = [Math.max(-180, b.getWest()), Math.max(-90, b.getSouth()), Math.min(180, b.getEast()), Math.min(90, b.getNorth())];
+    var bbox = box.map(function (v) { return v.toFixed(6); }).join(",");
+    var ctrl = new AbortController();
+    c.abort = ctrl;
+    getJSON("/api/changes?bbox=" + bbox + "&top=" + CHANGE_TOP, { signal: ctrl.signal }).then(function (fc) {
+      changeLayer.clearLayers();
+      changeLayer.addData(fc);
+      $("change-notes").textContent = fc.count ? (fc.truncated ? "the " + fc.count + " most changed of " + fc.in_view + " in view" : fc.count + " in view") : "none in view";
+      $("change-notes").className = "hint muted";
+      document.body.dataset.changes = String(fc.count);
+    }).catch(function (err) {
+      if (err.name !== "AbortError") {
+        changeLayer.clearLayers();
+        $("change-notes").textContent = "changes: " + err.message;
+        $("change-notes").className = "hint error";
+      }
+    });
+  }
+
+  function acquisitionLabel(a) { return (a.acquisition_date || "date unknown") + " · " + (a.catalog_id || a.chip); }
+
+  function thumbUrl(chip) { return "/api/chip/" + encodeURIComponent(chip) + "/thumbnail.jpg?size=" + CHANGE_THUMB; }
+
+  function setClip() {
+    var swipe = $("change-swipe").checked;
+    $("change-images").classList.toggle("swipe", swipe);
+    $("change-slider").hidden = !swipe;
+    // the after image shows right of the slider, the before image left of it
+    $("change-after-img").style.clipPath = swipe ? "inset(0 0 0 " + $("change-slider").value + "%)" : "";
+  }
+
+  function showPair() {
+    var before = $("change-before").value, after = $("change-after").value;
+    var c = state.changes;
+    [["before", before], ["after", after]].forEach(function (t) {
+      var img = $("change-" + t[0] + "-img");
+      img.src = thumbUrl(t[1]);
+      img.alt = t[1];
+      var sel = $("change-" + t[0]);
+      $("change-" + t[0] + "-cap").textContent = sel.options[sel.selectedIndex] ? sel.options[sel.selectedIndex].textContent : t[1];
+    });
+    var scored = c.pairs.filter(function (p) { return p.before_chip === before && p.after_chip === after; })[0];
+    var p = c.current;
+    if (scored && p && scored.rank === p.rank) {
+      $("change-figures").textContent = "the pair scored: rank #" + p.rank + ", score " + fixed(p.score, 3) +
+        " · embedding distance " + fixed(p.embedding_distance, 3) + " · pixel change " + fixed(p.pixel_change, 3) +
+        " · changed area " + shareText("", p.changed_area).trim() + " · compared " + shareText("", p.compared_fraction).trim();
+    } else if (scored) {
+      $("change-figures").textContent = "a pair scored at rank #" + scored.rank + ", score " + fixed(scored.score, 3);
+    } else {
+      $("change-figures").textContent = "a pair the changes file did not score";
+    }
+    setClip();
+  }
+
+  function fillPicks(acqs, before, after) {
+    [["change-before", before], ["change-after", after]].forEach(function (t) {
+      var sel = $(t[0]);
+      sel.textContent = "";
+      acqs.forEach(function (a) {
+        var opt = document.createElement("option");
+        opt.value = a.chip;
+        opt.textContent = acquisitionLabel(a);
+        sel.appendChild(opt);
+      });
+      sel.value = t[1];
+    });
+  }
+
+  function openChange(p) {
+    var c = state.changes;
+    var seq = ++c.seq;
+    c.current = p;
+    c.pairs = [{ rank: p.rank, score: p.score, before_chip: p.before_chip, after_chip: p.after_chip }];
+    $("change-title").textContent = "#" + p.rank + " · " + p.quadkey + " (zone " + p.zone + ")";
+    // the compared pair at once; every acquisition of the chip when the list comes
+    fillPicks([
+      { chip: p.before_chip, catalog_id: p.before_catalog_id, acquisition_date: p.before_date },
+      { chip: p.after_chip, catalog_id: p.after_catalog_id, acquisition_date: p.after_date },
+    ], p.before_chip, p.after_chip);
+    showPair();
+    $("change-view").hidden = false;
+    document.body.dataset.changeOpen = String(p.rank);
+    var url = "/api/changes/acquisitions?quadkey=" + encodeURIComponent(p.quadkey) + "&zone=" + encodeURIComponent(p.zone);
+    return getJSON(url).then(function (body) {
+      if (seq !== c.seq) { return; }
+      c.pairs = body.changes;
+      fillPicks(body.acquisitions, p.before_chip, p.after_chip);
+      showPair();
+      document.body.dataset.changeAcquisitions = String(body.acquisitions.length);
+    }).catch(function (err) {
+      if (seq === c.seq) { $("change-figures").textContent = "acquisitions: " + err.message; }
+    });
+  }
+
+  function closeChange() {
+    state.changes.seq += 1;
+    $("change-view").hidden = true;
+    delete document.body.dataset.changeOpen;
+  }
+
+  $("show-changes").checked = false; // off by default, also after a reload that keeps form state
+  $("show-changes").addEventListener("change", function () {
+    state.changes.on = $("show-changes").checked;
+    if (state.changes.on) { changeLayer.addTo(map); } else { map.removeLayer(changeLayer); }
+    loadChanges();
+  });
+  $("change-before").addEventListener("change", showPair);
+  $("change-after").addEventListener("change", showPair);
+  $("change-swipe").addEventListener("change", setClip);
+  $("change-slider").addEventListener("input", setClip);
+  $("change-close").addEventListener("click", closeChange);
+  document.addEventListener("keydown", function (e) { if (e.key === "Escape" && !$("change-view").hidden) { closeChange(); } });
+
   map.on("click", function (e) {
     // a click on the imagery outside the drawn grid (zoomed out, or before the grid loads): the chip under it
     if (!state.info || !state.info.chips) { return; }
@@ -591,7 +758,12 @@
     }
     setBasemap();
     setImagery();
-    map.on("moveend", function () { loadGrid(); loadMasks(); writeHash(); drawResults(); });
+    map.on("moveend", function () { loadGrid(); loadMasks(); loadChanges(); writeHash(); drawResults(); });
+    var ch = state.info.changes;
+    $("change-layer").hidden = !ch;
+    if (ch) {
+      $("change-notes").textContent = ch.n.toLocaleString() + " changes" + (ch.method ? " (" + ch.method + ")" : "") + " from " + ch.file;
+    }
     loadGrid();
     var idx = state.info.index;
     status(idx ? (state.info.chips.toLocaleString() + " chips indexed (" + idx.kind + ")") : "no index loaded");

@@ -1,0 +1,487 @@
+"""`imagesim change`: pair the acquisitions of every place, score each pair, rank, write.
+
+Methods (``--method``): ``embedding`` (1 − cosine similarity of the two chips' embeddings: the table only,
+no image read), ``pixel`` (:mod:`.pixels`: a radiometrically normalised pixel difference) and ``both``.
+Each method's scores become percentiles over the pairs scored; ``both`` ranks by the smaller of the two
+percentiles — a pair ranks high only when both methods agree it changed, so a radiometric or shadow
+artefact that fools one method alone does not reach the top.
+
+Pairs are left out, counted by reason and never silently: ``cloudy`` (either chip's cloud + cloud-shadow
+share above ``max_cloud``), ``no_data`` (less than ``min_compared`` of the chip compared), ``no_embedding``
+(a chip without embedding, e.g. left out by ``encode --max-cloud``) and ``unreadable`` (a chip file
+missing or corrupt: named in ``changes.json``). Outputs are written once, at the end, atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from imagesim import grid, options
+from imagesim.artefacts import (
+    CHANGE_METHODS,
+    CHANGE_SCHEMA,
+    CHANGES,
+    MASK_FRACTION_COLUMNS,
+    read_chip_table,
+    read_embeddings,
+    sidecar,
+)
+from imagesim.errors import ChangeError, ImagesimError, ImagesimFileNotFoundError, InvalidArgumentError, OutputExistsError
+from imagesim.fsutil import atomic_path
+from imagesim.geoparquet import geo_metadata, with_footprints
+from imagesim.progress import ProgressFactory, open_progress
+from imagesim.runner import Outcome, TaskRunner, cores
+from imagesim.search.change.pairs import Choice, chip_pairs
+from imagesim.search.change.pixels import PixelResult, PixelSettings, compare_pixels
+
+__all__ = ["ChangeSettings", "ChangeSummary", "detect_changes", "embedding_distances", "LEFT_OUT_REASONS"]
+
+LEFT_OUT_REASONS = ("cloudy", "no_data", "no_embedding", "unreadable")
+EMBED_BATCH = 262_144
+
+
+@dataclass(frozen=True)
+class ChangeSettings:
+    method: str = "both"
+    before: Choice | None = None
+    after: Choice | None = None
+    max_cloud: float | None = 0.1  # cloud + cloud-shadow share of either chip above which the pair is left out
+    min_compared: float = 0.5  # the least share of the chip compared (valid in both, clear of clouds)
+    pixel: PixelSettings = field(default_factory=PixelSettings)
+
+    def check(self) -> None:
+        options.check_choice("method", self.method, CHANGE_METHODS)
+        if self.max_cloud is not None:
+            options.check_range("max_cloud", self.max_cloud, *options.FRACTION_RANGE)
+        options.check_range("min_compared", self.min_compared, *options.FRACTION_RANGE)
+
+
+@dataclass
+class ChangeSummary:
+    out: Path
+    method: str
+    pairs: int = 0  # pairs found
+    scored: int = 0
+    acquisition_pairs: list[str] = field(default_factory=list)  # "<before> → <after>" in the folder
+    left_out: dict[str, int] = field(default_factory=dict)
+    unreadable: list[str] = field(default_factory=list)  # "<chip>: <problem>" (first ones)
+    notes: list[str] = field(default_factory=list)
+    geojson: Path | None = None
+    top: pl.DataFrame | None = None  # the top rows (rank order)
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        gone = ", ".join(f"{n:,} {why.replace('_', ' ')}" for why, n in self.left_out.items() if n)
+        text = f"{self.scored:,} of {self.pairs:,} chip pairs scored ({self.method}) → {self.out}"
+        if gone:
+            text += f"; left out: {gone}"
+        if self.geojson is not None:
+            text += f"; top changes: {self.geojson}"
+        return text + f" ({self.seconds:.1f} s)"
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------------
+
+
+def _chips(chips_dir: Path) -> pl.DataFrame:
+    """Every chip with data, with what pairing and scoring need."""
+    cloud, shadow = MASK_FRACTION_COLUMNS["cloud"], MASK_FRACTION_COLUMNS["cloud_shadow"]
+    table = read_chip_table(chips_dir, extra=("acquisition_date", "source_cog", "valid_fraction", "written", cloud, shadow))
+    table = table.filter((pl.col("nodata_class").fill_null("") != "no_data") & pl.col("written").fill_null(True))
+    return table.select(
+        "chip",
+        "zone",
+        "quadkey",
+        "zoom",
+        "cell",
+        "catalog_id",
+        pl.col("acquisition_date").str.slice(0, 10).alias("date"),
+        "path",
+        "source_cog",
+        pl.col("valid_fraction").alias("valid"),
+        pl.when(pl.col(cloud).is_null() & pl.col(shadow).is_null())
+        .then(None)
+        .otherwise(pl.col(cloud).fill_null(0) + pl.col(shadow).fill_null(0))
+        .alias("cloud"),
+    )
+
+
+def _model_ids(paths: Sequence[Path]) -> str | None:
+    """The one model of the embeddings files; ChangeError when they hold embeddings of several."""
+    seen: dict[str, str] = {}
+    for path in paths:
+        if not path.is_file():
+            raise ImagesimFileNotFoundError(f"{path}: embeddings not found; run `imagesim encode` first")
+        meta_path = sidecar(path)
+        ids: list[str] = []
+        try:
+            if "model_id" in pl.read_parquet_schema(path):
+                ids = [m for m in pl.scan_parquet(path).select("model_id").unique().collect()["model_id"].to_list() if m]
+        except (OSError, pl.exceptions.PolarsError) as exc:
+            raise InvalidArgumentError(f"{path}: cannot read embeddings ({exc})") from None
+        if not ids and meta_path.is_file():
+            try:
+                meta = json.loads(meta_path.read_text())
+            except (OSError, ValueError):
+                meta = {}
+            if isinstance(meta, dict) and meta.get("model_id"):
+                ids = [str(meta["model_id"])]
+        for model in ids:
+            seen.setdefault(model, str(path))
+    if len(seen) > 1:
+        listed = "; ".join(f"{m} ({p})" for m, p in seen.items())
+        raise ChangeError(
+            f"embeddings of {len(seen)} different models: {listed}. Distances between two models' embeddings mean nothing: "
+            "encode every acquisition with one model"
+        )
+    return next(iter(seen), None)
+
+
+def _embeddings(paths: Sequence[Path]) -> tuple[pl.DataFrame, np.ndarray]:
+    """Chip names and unit vectors of one or more embeddings files (a chip in two files: ChangeError)."""
+    names: list[pl.DataFrame] = []
+    vectors: list[np.ndarray] = []
+    for path in paths:
+        rows, vecs, _meta = read_embeddings(path)
+        names.append(rows.select("chip"))
+        vectors.append(vecs)
+    table = pl.concat(names).with_row_index("row")
+    dup = table["chip"].is_duplicated()
+    if dup.any():
+        raise ChangeError(f"chip {table['chip'].filter(dup)[0]} has an embedding in more than one of {', '.join(map(str, paths))}")
+    if len({v.shape[1] for v in vectors}) > 1:
+        raise ChangeError(f"embeddings of different lengths in {', '.join(map(str, paths))}: not one model")
+    return table, vectors[0] if len(vectors) == 1 else np.concatenate(vectors)
+
+
+def embedding_distances(pairs: pl.DataFrame, names: pl.DataFrame, vectors: np.ndarray) -> pl.Series:
+    """1 − cosine similarity of each pair's two unit embeddings (null where a chip has none), in batches."""
+    rows = names.select(pl.col("chip"), pl.col("row").cast(pl.Int64))
+    idx = (
+        pairs.select("before_chip", "after_chip")
+        .with_row_index("pair")
+        .join(rows.rename({"chip": "before_chip", "row": "b"}), on="before_chip", how="left")
+        .join(rows.rename({"chip": "after_chip", "row": "a"}), on="after_chip", how="left")
+        .sort("pair")
+    )
+    b = idx["b"].fill_null(-1).to_numpy()
+    a = idx["a"].fill_null(-1).to_numpy()
+    out = np.full(len(b), np.nan)
+    have = np.flatnonzero((b >= 0) & (a >= 0))
+    for s in range(0, have.size, EMBED_BATCH):
+        sel = have[s : s + EMBED_BATCH]
+        out[sel] = 1.0 - np.einsum("ij,ij->i", vectors[b[sel]], vectors[a[sel]], dtype=np.float64)
+    return pl.Series("embedding_distance", out).fill_nan(None)
+
+
+# --------------------------------------------------------------------------------------------
+# The pixel method, one task per acquisition pair and cell
+# --------------------------------------------------------------------------------------------
+
+
+def _mask_files(source_cog: str | None, catalog_id: str) -> list[str]:
+    """The cloud and cloud-shadow GeoPackages beside an acquisition's COG (those that exist)."""
+    from imagesim.imagery.ard import MASK_FILES
+
+    if not source_cog:
+        return []
+    cog = Path(source_cog)
+    return [str(p) for key in ("cloud", "cloud_shadow") if (p := cog.with_name(f"{catalog_id}-{MASK_FILES[key]}.gpkg")).is_file()]
+
+
+def pixel_task(
+    root: str,
+    zone: int,
+    cell: str,
+    quadkeys: list[str],
+    before: list[str],
+    after: list[str],
+    masks: tuple[list[str], list[str]],
+    settings: PixelSettings,
+) -> PixelResult:
+    """Read both acquisitions' masks (a bad one: a note, compared without it) and compare the chips."""
+    from shapely.ops import unary_union
+
+    from imagesim.imagery.masks import read_mask
+
+    notes: list[str] = []
+    geoms: list[Any] = []
+    epsg = grid.epsg(cell, zone)
+    for files in masks:
+        parts = []
+        for f in files:
+            try:
+                parts.append(read_mask(Path(f), epsg).geometry)
+            except ImagesimError as exc:
+                notes.append(f"{exc}; compared without it")
+        geoms.append(unary_union([p for p in parts if p is not None]) if parts else None)
+    result = compare_pixels(root, quadkeys, before, after, geoms[0], geoms[1], settings)
+    result.notes = notes + result.notes
+    return result
+
+
+@dataclass(frozen=True)
+class _Item:
+    zone: int
+    cell: str
+    before: str
+    after: str
+    rows: np.ndarray  # pair rows of this task
+
+
+def _pixel_scores(
+    pairs: pl.DataFrame,
+    chips_dir: Path,
+    settings: PixelSettings,
+    runner: TaskRunner,
+    progress: ProgressFactory | None,
+    summary: ChangeSummary,
+) -> pl.DataFrame:
+    n = pairs.height
+    cols = {k: np.full(n, np.nan) for k in ("pixel_change", "changed_area", "compared_fraction")}
+    errors: list[str | None] = [None] * n
+    keyed = pairs.with_row_index("_row").group_by("zone", "cell", "before_catalog_id", "after_catalog_id", maintain_order=True)
+    items = []
+    for (zone, cell, b, a), frame in keyed:
+        items.append(_Item(int(zone), str(cell), str(b), str(a), frame["_row"].to_numpy()))
+    root = str(runner.task_path(chips_dir))
+
+    def args(item: _Item) -> tuple[Any, ...]:
+        rows = pairs[item.rows]
+        masks = (
+            _mask_files(rows["before_source_cog"][0], item.before),
+            _mask_files(rows["after_source_cog"][0], item.after),
+        )
+        return (
+            root,
+            item.zone,
+            item.cell,
+            rows["quadkey"].to_list(),
+            rows["before_path"].to_list(),
+            rows["after_path"].to_list(),
+            masks,
+            settings,
+        )
+
+    sink = open_progress(progress, n)
+
+    def merge(outcome: Outcome[_Item]) -> None:
+        item = outcome.item
+        if outcome.error is not None:
+            for r in item.rows:
+                errors[int(r)] = outcome.error
+            return
+        res: PixelResult = outcome.result
+        cols["pixel_change"][item.rows] = res.pixel_change
+        cols["changed_area"][item.rows] = res.changed_area
+        cols["compared_fraction"][item.rows] = res.compared_fraction
+        for r, e in zip(item.rows, res.errors):
+            errors[int(r)] = e
+        summary.notes.extend(f"{item.before} → {item.after} (cell {item.cell}): {note}" for note in res.notes)
+
+    try:
+        with runner.run(
+            pixel_task,
+            items,
+            args,
+            name="imagesim-change",
+            workers=max(1, cores() // 2),
+            units=lambda it: len(it.rows),
+            on_progress=sink.update,
+        ) as outcomes:
+            for outcome in outcomes:
+                merge(outcome)
+    finally:
+        sink.close()
+    return pl.DataFrame({**{k: pl.Series(k, v).fill_nan(None) for k, v in cols.items()}, "_error": pl.Series(errors, dtype=pl.String)})
+
+
+# --------------------------------------------------------------------------------------------
+# Scores, ranks, outputs
+# --------------------------------------------------------------------------------------------
+
+
+def _percentile(values: pl.Expr) -> pl.Expr:
+    """Each value's share of the values at or below it (in (0, 1]); ties share the higher."""
+    return values.rank("max") / values.count()
+
+
+def rank_pairs(scored: pl.DataFrame, method: str) -> pl.DataFrame:
+    """``score`` (in [0, 1]) and ``rank`` (1 = most changed) of the scored pairs."""
+    if method == "embedding":
+        score = _percentile(pl.col("embedding_distance"))
+    elif method == "pixel":
+        score = _percentile(pl.col("pixel_change"))
+    else:
+        score = pl.min_horizontal(_percentile(pl.col("embedding_distance")), _percentile(pl.col("pixel_change")))
+    tiebreak = pl.col("embedding_distance") if method != "pixel" else pl.col("pixel_change")
+    ranked = scored.with_columns(score.cast(pl.Float64).alias("score")).sort(
+        ["score", tiebreak, "quadkey"], descending=[True, True, False], nulls_last=True
+    )
+    return ranked.with_columns(pl.int_range(1, ranked.height + 1, dtype=pl.UInt32).alias("rank"))
+
+
+def _features(table: pl.DataFrame) -> dict[str, Any]:
+    import shapely
+
+    geoms = shapely.from_wkb(table["geometry"].to_numpy())
+    feats = []
+    props = [c for c in CHANGE_SCHEMA if c in table.columns]
+    for geom, row in zip(geoms, table.select(props).iter_rows(named=True)):
+        feats.append({"type": "Feature", "geometry": shapely.geometry.mapping(geom), "properties": row})
+    return {"type": "FeatureCollection", "features": feats}
+
+
+def detect_changes(
+    chips_dir: str | Path,
+    embeddings: Sequence[str | Path] = (),
+    *,
+    settings: ChangeSettings | None = None,
+    out: str | Path | None = None,
+    geojson: str | Path | None = None,
+    top: int = 20,
+    overwrite: bool = False,
+    scheduler: Any = None,
+    progress: ProgressFactory | None = None,
+    log: Callable[[str], None] | None = None,
+) -> ChangeSummary:
+    """Score the change between acquisitions of every place of ``chips_dir``; write ``out`` (default
+    ``DEST/changes.parquet``, GeoParquet) and ``changes.json`` beside it, and ``geojson`` (the ``top``
+    pairs) when asked. Raises ChangeError when nothing can be compared, saying why."""
+    t0 = time.perf_counter()
+    st = settings or ChangeSettings()
+    st.check()
+    options.check_range("top", top, 1)
+    chips_dir = Path(chips_dir)
+    if not chips_dir.is_dir():
+        raise ImagesimFileNotFoundError(f"{chips_dir}: chips folder not found")
+    out_path = Path(out) if out is not None else chips_dir / CHANGES
+    geo_path = Path(geojson) if geojson is not None else None
+    if out_path.suffix.lower() != ".parquet":
+        raise InvalidArgumentError(f"`out` {out_path}: the changes are written as GeoParquet, name it *.parquet", param="out")
+    for target in (out_path, sidecar(out_path), geo_path):
+        if target is not None and target.exists() and not overwrite:
+            raise OutputExistsError(f"{target} exists (use --overwrite to replace it)")
+    paths = [Path(p) for p in embeddings]
+    use_emb = st.method in ("embedding", "both")
+    use_pix = st.method in ("pixel", "both")
+    if use_emb and not paths:
+        raise InvalidArgumentError(f"--method {st.method} needs --embeddings (embeddings.parquet of `imagesim encode`)", param="embeddings")
+    model_id = _model_ids(paths) if paths else None
+    say = log or (lambda _m: None)
+
+    pairs = chip_pairs(_chips(chips_dir), str(chips_dir), st.before, st.after)
+    summary = ChangeSummary(out=out_path, method=st.method, pairs=pairs.height)
+    summary.left_out = dict.fromkeys(LEFT_OUT_REASONS, 0)
+    acq_pairs = pairs.group_by("before_catalog_id", "before_date", "after_catalog_id", "after_date").len().sort("before_date", "after_date")
+    summary.acquisition_pairs = [f"{r[0]} ({r[1]}) → {r[2]} ({r[3]}): {r[4]:,} chips" for r in acq_pairs.iter_rows()]
+    for line in summary.acquisition_pairs:
+        say(line)
+
+    cloudy = (
+        (pl.col("before_cloud").fill_null(0) > st.max_cloud) | (pl.col("after_cloud").fill_null(0) > st.max_cloud)
+        if st.max_cloud is not None
+        else pl.lit(False)
+    )
+    pairs = pairs.with_columns(cloudy.alias("_cloudy"))
+    summary.left_out["cloudy"] = int(pairs["_cloudy"].sum())
+    pairs = pairs.filter(~pl.col("_cloudy")).drop("_cloudy")
+    # the manifest's shares bound what can be compared: skip the pairs that cannot reach min_compared
+    bound = pl.min_horizontal(pl.col("before_valid"), pl.col("after_valid")) * (
+        1 - pl.max_horizontal(pl.col("before_cloud").fill_null(0), pl.col("after_cloud").fill_null(0))
+    )
+    pairs = pairs.with_columns(bound.alias("_bound"))
+    low = pairs["_bound"].fill_null(1.0) < st.min_compared
+    summary.left_out["no_data"] += int(low.sum())
+    pairs = pairs.filter(~low)
+
+    if use_emb:
+        names, vectors = _embeddings(paths)
+        pairs = pairs.with_columns(embedding_distances(pairs, names, vectors))
+        del vectors
+        missing = pairs["embedding_distance"].is_null()
+        summary.left_out["no_embedding"] = int(missing.sum())
+        pairs = pairs.filter(~missing)
+    else:
+        pairs = pairs.with_columns(pl.lit(None, pl.Float64).alias("embedding_distance"))
+
+    if use_pix and pairs.height:
+        scores = _pixel_scores(pairs, chips_dir, st.pixel, TaskRunner(scheduler), progress, summary)
+        pairs = pl.concat([pairs, scores], how="horizontal")
+        bad = pairs.filter(pl.col("_error").is_not_null())
+        summary.left_out["unreadable"] = bad.height
+        summary.unreadable = [f"{b}/{a}: {e}" for b, a, e in bad.select("before_chip", "after_chip", "_error").head(50).iter_rows()]
+        pairs = pairs.filter(pl.col("_error").is_null()).drop("_error")
+    else:
+        pairs = pairs.with_columns(
+            pl.lit(None, pl.Float64).alias("pixel_change"),
+            pl.lit(None, pl.Float64).alias("changed_area"),
+            pl.col("_bound").alias("compared_fraction"),
+        )
+    low = pairs["compared_fraction"].fill_null(1.0) < st.min_compared
+    summary.left_out["no_data"] += int(low.sum())
+    pairs = pairs.filter(~low)
+    summary.scored = pairs.height
+    if pairs.height == 0:
+        gone = ", ".join(f"{n:,} {why.replace('_', ' ')}" for why, n in summary.left_out.items() if n)
+        raise ChangeError(f"{chips_dir}: none of the {summary.pairs:,} chip pairs could be scored ({gone}); nothing written")
+
+    ranked = rank_pairs(pairs, st.method).select(
+        pl.col("zone"),
+        pl.col("quadkey"),
+        pl.col("zoom"),
+        pl.col("cell"),
+        pl.col("before_chip"),
+        pl.col("after_chip"),
+        pl.col("before_catalog_id"),
+        pl.col("after_catalog_id"),
+        pl.col("before_date"),
+        pl.col("after_date"),
+        pl.col("compared_fraction"),
+        pl.col("embedding_distance"),
+        pl.col("pixel_change"),
+        pl.col("changed_area"),
+        pl.col("score"),
+        pl.col("rank"),
+    )
+    table = with_footprints(ranked.cast(CHANGE_SCHEMA))  # type: ignore[arg-type]
+    summary.top = ranked.head(top)
+    meta = {
+        "method": st.method,
+        "before": st.before.text if st.before else None,
+        "after": st.after.text if st.after else None,
+        "max_cloud": st.max_cloud,
+        "min_compared": st.min_compared,
+        "pixel": asdict(st.pixel) if use_pix else None,
+        "model_id": model_id,
+        "embeddings": [str(p) for p in paths],
+        "chips": str(chips_dir),
+        "pairs": summary.pairs,
+        "scored": summary.scored,
+        "acquisition_pairs": summary.acquisition_pairs,
+        "left_out": summary.left_out,
+        "unreadable": summary.unreadable,
+        "notes": summary.notes,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    # every output prepared, then published together: nothing written half-way
+    with ExitStack() as files:
+        table.write_parquet(files.enter_context(atomic_path(out_path)), metadata=geo_metadata(table))
+        files.enter_context(atomic_path(sidecar(out_path))).write_text(json.dumps(meta, indent=2) + "\n")
+        if geo_path is not None:
+            files.enter_context(atomic_path(geo_path)).write_text(json.dumps(_features(table.head(top))) + "\n")
+            summary.geojson = geo_path
+    summary.seconds = time.perf_counter() - t0
+    return summary

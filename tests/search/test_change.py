@@ -1,0 +1,225 @@
+"""`imagesim change`, its parts: pairing acquisitions, the embedding and pixel methods, ranking, evaluation."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+from PIL import Image
+
+from imagesim.errors import ChangeError
+from imagesim.search.change.evaluate import evaluate_ranking
+from imagesim.search.change.pairs import chip_pairs, parse_choice
+from imagesim.search.change.pixels import PixelSettings, box_mean, compare_pixels, spectral_angle, window_filter
+from imagesim.search.change.run import embedding_distances, rank_pairs
+
+CELL = "120020223032"
+
+
+def chips_table(rows: list[tuple[str, str, str | None, int, int]]) -> pl.DataFrame:
+    """(quadkey suffix, catalog id, date, zone, zoom) → the chip table `chip_pairs` takes."""
+    out = []
+    for suffix, catid, date, zone, zoom in rows:
+        qk = CELL + suffix
+        out.append(
+            {
+                "chip": f"Z{zone}-{qk}_{catid}.jpg",
+                "zone": zone,
+                "quadkey": qk,
+                "zoom": zoom,
+                "cell": CELL,
+                "catalog_id": catid,
+                "date": date,
+                "path": f"{zone}/Z{zone}-{qk}_{catid}.jpg",
+                "source_cog": None,
+                "valid": 1.0,
+                "cloud": 0.0,
+            }
+        )
+    schema = {"chip": pl.String, "zone": pl.UInt8, "quadkey": pl.String, "zoom": pl.UInt8, "cell": pl.String, "catalog_id": pl.String}
+    schema |= {"date": pl.String, "path": pl.String, "source_cog": pl.String, "valid": pl.Float64, "cloud": pl.Float64}
+    return pl.DataFrame(out, schema=schema)
+
+
+THREE = [
+    ("00000", "AAAA1111", "2021-05-01", 10, 17),
+    ("00000", "BBBB2222", "2022-05-01", 10, 17),
+    ("00000", "CCCC3333", "2023-05-01", 10, 17),
+    ("00001", "AAAA1111", "2021-05-01", 10, 17),
+    ("00001", "CCCC3333", "2023-05-01", 10, 17),
+    ("00002", "BBBB2222", "2022-05-01", 10, 17),  # one acquisition only: never paired
+]
+
+
+def pairs_of(frame: pl.DataFrame) -> set[tuple[str, str, str]]:
+    return {(q[-5:], b, a) for q, b, a in frame.select("quadkey", "before_catalog_id", "after_catalog_id").iter_rows()}
+
+
+def test_consecutive_pairs_in_date_order() -> None:
+    pairs = chip_pairs(chips_table(THREE[::-1]), "x")
+    assert pairs_of(pairs) == {("00000", "AAAA1111", "BBBB2222"), ("00000", "BBBB2222", "CCCC3333"), ("00001", "AAAA1111", "CCCC3333")}
+    row = pairs.filter(pl.col("quadkey").str.ends_with("00001")).row(0, named=True)
+    assert (row["before_date"], row["after_date"]) == ("2021-05-01", "2023-05-01")
+    assert row["before_path"].endswith("_AAAA1111.jpg") and row["after_chip"].endswith("_CCCC3333.jpg")
+
+
+def test_chosen_acquisitions() -> None:
+    chips = chips_table(THREE)
+    both = chip_pairs(chips, "x", parse_choice("AAAA1111", "--before"), parse_choice("2023-05-01", "--after"))
+    assert pairs_of(both) == {("00000", "AAAA1111", "CCCC3333"), ("00001", "AAAA1111", "CCCC3333")}
+    only_before = chip_pairs(chips, "x", parse_choice("bbbb2222", "--before"), None)
+    assert pairs_of(only_before) == {("00000", "BBBB2222", "CCCC3333")}
+    only_after = chip_pairs(chips, "x", None, parse_choice("2023-05-01T10:00:00Z", "--after"))
+    assert pairs_of(only_after) == {("00000", "BBBB2222", "CCCC3333"), ("00001", "AAAA1111", "CCCC3333")}
+
+
+@pytest.mark.parametrize(
+    ("rows", "before", "after", "message"),
+    [
+        ([THREE[0], THREE[3]], None, None, "one acquisition only"),
+        ([THREE[0], ("00000", "DDDD4444", "2022-01-01", 11, 17)], None, None, "different grids"),
+        ([THREE[0], ("01000", "DDDD4444", "2022-01-01", 10, 17)], None, None, "do not overlap"),
+        (THREE, "EEEE5555", None, "no chip of x is of that acquisition"),
+        (THREE, "CCCC3333", "AAAA1111", "swap them"),
+        (THREE, "AAAA1111", "2021-05-01", "same acquisition"),
+        ([THREE[0], ("00000", "DDDD4444", None, 10, 17)], None, None, "no acquisition date"),
+        ([], None, None, "no chip with data"),
+    ],
+)
+def test_pairing_refusals_say_why(rows, before, after, message) -> None:
+    with pytest.raises(ChangeError, match=message):
+        chip_pairs(chips_table(rows), "x", parse_choice(before, "--before"), parse_choice(after, "--after"))
+
+
+@pytest.mark.parametrize("value", ["", "2023/05/01", "not an id!"])
+def test_bad_choice(value: str) -> None:
+    with pytest.raises(ChangeError, match="--before"):
+        parse_choice(value, "--before")
+
+
+def test_embedding_distances_per_pair_and_missing() -> None:
+    names = pl.DataFrame({"chip": ["a", "b", "c"]}).with_row_index("row")
+    vectors = np.array([[1.0, 0.0], [0.0, 1.0], [np.sqrt(0.5), np.sqrt(0.5)]], np.float32)
+    pairs = pl.DataFrame({"before_chip": ["a", "a", "c", "x"], "after_chip": ["b", "c", "c", "a"]})
+    d = embedding_distances(pairs, names, vectors).to_list()
+    assert d[0] == pytest.approx(1.0) and d[1] == pytest.approx(1 - np.sqrt(0.5)) and d[2] == pytest.approx(0.0, abs=1e-6)
+    assert d[3] is None
+
+
+def test_rank_pairs_both_needs_both_methods_to_agree() -> None:
+    scored = pl.DataFrame(
+        {
+            "quadkey": ["a", "b", "c", "d"],
+            "embedding_distance": [0.9, 0.8, 0.1, 0.2],  # b: embedding only
+            "pixel_change": [9.0, 1.0, 8.0, 2.0],  # c: pixels only
+        }
+    )
+    ranked = rank_pairs(scored, "both")
+    assert ranked["quadkey"].to_list()[0] == "a" and ranked["rank"].to_list() == [1, 2, 3, 4]
+    assert ranked["score"].max() == 1.0 and ranked["score"].min() > 0
+    assert rank_pairs(scored, "embedding")["quadkey"].to_list() == ["a", "b", "d", "c"]
+    assert rank_pairs(scored, "pixel")["quadkey"].to_list() == ["a", "c", "d", "b"]
+
+
+def test_window_filters_and_box_mean_match_brute_force() -> None:
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(9, 11)).astype(np.float32)
+    w = (rng.random((9, 11)) > 0.3).astype(np.float32)
+    lo, hi, mean = window_filter(a, 3, np.min), window_filter(a, 3, np.max), box_mean(a, w, 3)
+    for r in range(9):
+        for c in range(11):
+            win = a[max(r - 1, 0) : r + 2, max(c - 1, 0) : c + 2]
+            ww = w[max(r - 1, 0) : r + 2, max(c - 1, 0) : c + 2]
+            assert lo[r, c] == win.min() and hi[r, c] == win.max()
+            expect = (win * ww).sum() / ww.sum() if ww.sum() else 0.0
+            assert mean[r, c] == pytest.approx(expect, abs=1e-5)
+
+
+def test_spectral_angle_ignores_brightness() -> None:
+    colour = np.array([[120.0, 140.0, 90.0]], np.float32)
+    assert spectral_angle(colour, colour * 0.45)[0] == pytest.approx(0.0, abs=1e-3)
+    assert spectral_angle(colour, np.array([[140.0, 110.0, 80.0]], np.float32))[0] > 0.1
+
+
+def test_evaluate_ranking_known_values() -> None:
+    changed = np.array([True, False, True, False, False])
+    s = evaluate_ranking(np.array([5.0, 4.0, 3.0, 2.0, np.nan]), changed, list("abcde"), "x")
+    assert s.k == 2 and s.precision_at_k == 0.5 and s.recall_at_k == 0.5
+    assert s.average_precision == pytest.approx((1 / 1 + 2 / 3) / 2)
+    assert s.false_alarms_in_top_k == ["b"]
+
+
+# --- the pixel method on hand-made chips ---
+
+
+def _texture(rng: np.random.Generator, size: int = 512) -> np.ndarray:
+    """A green field with a red-roofed row of houses and coarse texture (surface colour, no haze)."""
+    base = np.empty((size, size, 3), np.float32)
+    base[...] = (110, 140, 70)
+    noise = rng.normal(0, 1, (size // 16, size // 16)).repeat(16, 0).repeat(16, 1)
+    base *= (1 + 0.08 * noise)[..., None]
+    return base
+
+
+def _acquire(surface: np.ndarray, gain, haze, shadow=None, factor=0.5) -> np.ndarray:
+    img = surface * np.asarray(gain, np.float32)
+    if shadow is not None:
+        img[shadow] *= factor
+    return np.clip(img + np.asarray(haze, np.float32), 1, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def hand_made(tmp_path_factory) -> tuple[str, list[str], list[str]]:
+    """Four chip pairs: unchanged, unchanged but shadows moved, a cleared patch (new material), half no-data."""
+    root = tmp_path_factory.mktemp("pairs")
+    rng = np.random.default_rng(7)
+    before, after = [], []
+    for i in range(4):
+        surface = _texture(rng)
+        changed = surface.copy()
+        shadow_b = shadow_a = None
+        if i == 1:  # thin shadow strips that move between the dates (sun angle)
+            shadow_b = np.zeros((512, 512), bool)
+            shadow_a = shadow_b.copy()
+            for r0 in range(40, 480, 60):
+                shadow_b[r0 : r0 + 4, 60:460] = True
+                shadow_a[r0 + 4 : r0 + 12, 60:460] = True
+        if i == 2:  # bare soil where there was grass, 60 × 60 m
+            changed[150:350, 150:350] = (150, 110, 80)
+        b = _acquire(surface, (1.0, 1.0, 1.0), (6, 8, 12), shadow_b)
+        a = _acquire(changed, (0.9, 0.96, 1.08), (14, 16, 22), shadow_a, 0.45)
+        if i == 3:
+            b[:, 300:] = 0
+        Image.fromarray(b).save(root / f"b{i}.jpg", quality=90)
+        Image.fromarray(a).save(root / f"a{i}.jpg", quality=85)
+        before.append(f"b{i}.jpg")
+        after.append(f"a{i}.jpg")
+    return str(root), before, after
+
+
+def test_pixel_method_finds_new_material_not_radiometry_or_shadows(hand_made) -> None:
+    root, before, after = hand_made
+    quadkeys = [CELL + "00000", CELL + "00001", CELL + "00002", CELL + "00003"]
+    res = compare_pixels(root, quadkeys, before, after, settings=PixelSettings())
+    assert res.errors == [None] * 4
+    assert int(np.nanargmax(res.pixel_change)) == 2
+    assert res.changed_area[2] == pytest.approx(0.15, abs=0.06)  # the patch is ~15 % of the chip
+    assert res.changed_area[0] < 0.01 and res.changed_area[1] < 0.01
+    assert res.pixel_change[2] > 3 * max(res.pixel_change[0], res.pixel_change[1])
+    assert res.compared_fraction[3] == pytest.approx(300 / 512, abs=0.02)  # no-data not compared
+    assert res.compared_fraction[0] == 1.0
+
+
+def test_pixel_method_masks_given_geometry_and_reports_unreadable(hand_made, tmp_path) -> None:
+    from shapely.geometry import box
+
+    from imagesim import grid
+
+    root, before, after = hand_made
+    qk = CELL + "00002"
+    w, s, e, n = grid.bounds(qk)
+    cloud = box(w, s, e, (s + n) / 2)  # the southern half under cloud in the after acquisition
+    res = compare_pixels(root, [qk, qk], [before[2], "missing.jpg"], [after[2], after[2]], None, cloud, PixelSettings(mask_buffer_m=0))
+    assert res.compared_fraction[0] == pytest.approx(0.5, abs=0.01)
+    assert res.errors[0] is None and res.errors[1] and "missing.jpg" in res.errors[1]
+    assert np.isnan(res.pixel_change[1])
