@@ -185,6 +185,9 @@ if learn:
     first = index.ids["chip"][0]
     write_geojson(work / "similar.geojson", similar(index, [first], k=3))
     steps.append("learn")
+    from imagesim.search.change import detect_changes
+    detect_changes(chips, [chips / "embeddings.parquet"], geojson=work / "changes.geojson")
+    steps.append("change")
 
 print(json.dumps(steps))
 """
@@ -225,6 +228,7 @@ def test_every_output_of_every_stage_follows_the_umask(pipelines: dict[int, tupl
     expected = [
         "sample/.imagesim-sample",
         "sample/sample.osm.pbf",
+        "sample/changes-truth.geojson",
         "sample/ard/10/120020223032/osm_data.json",
         "sample/ard/osm_tags.parquet",
         "chips/chips.parquet",
@@ -253,6 +257,9 @@ def test_every_output_of_every_stage_follows_the_umask(pipelines: dict[int, tupl
             "index/ids.parquet",
             "index/index.json",
             "similar.geojson",
+            "chips/changes.parquet",
+            "chips/changes.json",
+            "changes.geojson",
         ]
     assert [p for p in expected if p not in produced] == []
     assert any(p.startswith("chips/10/") and p.endswith(".jpg") for p in produced)  # the Rust-written chips

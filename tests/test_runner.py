@@ -400,3 +400,13 @@ def test_encode_on_cluster_matches_in_process(onnx_model, in_process, client, tm
     assert remote.provider == "CPUExecutionProvider on Dask workers"
     a, b = pl.read_parquet(tmp_path / "a.parquet"), pl.read_parquet(tmp_path / "b.parquet")
     assert a.equals(b)
+
+
+def test_change_on_cluster_matches_in_process(in_process, client, tmp_path) -> None:
+    """`imagesim change --method pixel` on Dask (one task per acquisition pair and cell) = in process, exactly."""
+    from imagesim.search.change import ChangeSettings, detect_changes
+
+    local = detect_changes(in_process, settings=ChangeSettings(method="pixel"), out=tmp_path / "a.parquet")
+    remote = detect_changes(in_process, settings=ChangeSettings(method="pixel"), out=tmp_path / "b.parquet", scheduler=client)
+    assert local.scored == remote.scored > 0 and local.left_out == remote.left_out
+    assert pl.read_parquet(tmp_path / "a.parquet").equals(pl.read_parquet(tmp_path / "b.parquet"))

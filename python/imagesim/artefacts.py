@@ -639,6 +639,48 @@ def read_embeddings(path: str | Path) -> tuple[pl.DataFrame, np.ndarray, dict[st
     return rows, vectors, meta
 
 
+def read_embedding_vectors(path: str | Path, *, batch: int = 131_072) -> tuple[pl.Series, np.ndarray]:
+    """Only the chip names and unit embeddings of ``embeddings.parquet`` (no other column, no chip-name
+    parsing), read in slices into one float32 array: what a pass over millions of embeddings needs
+    (peak memory about the vectors themselves, not twice them)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImagesimFileNotFoundError(f"{path}: embeddings not found; run `imagesim encode` first")
+    try:
+        lazy = pl.scan_parquet(path)
+        have = lazy.collect_schema()
+        missing = [c for c in ("chip", "embedding") if c not in have]
+        if missing:
+            raise InvalidArgumentError(f"{path}: not an embeddings file, missing column(s) {missing}")
+        chips = lazy.select("chip").collect()["chip"]
+        dtype = have["embedding"]
+        if isinstance(dtype, pl.List):  # a list column: one length for all, or refused
+            lengths = lazy.select(pl.col("embedding").list.len().unique()).collect().to_series()
+            if lengths.len() != 1:
+                raise InvalidArgumentError(f"{path}: embeddings of different lengths {sorted(lengths.to_list())}")
+            dim = int(lengths[0])
+        elif isinstance(dtype, pl.Array):
+            dim = int(dtype.size)
+        else:
+            raise InvalidArgumentError(f"{path}: column 'embedding' must hold fixed-length float vectors, got {dtype}")
+        if chips.len() == 0:
+            raise InvalidArgumentError(f"{path}: holds no embedding: run `imagesim encode` on chips that have data first")
+        _check_unique_chips(chips.to_frame(), path)
+        vectors = np.empty((chips.len(), dim), np.float32)
+        for start in range(0, chips.len(), batch):
+            emb = lazy.select("embedding").slice(start, batch).collect()["embedding"]
+            if isinstance(emb.dtype, pl.List):
+                emb = emb.list.to_array(dim)
+            if emb.null_count():
+                raise InvalidArgumentError(
+                    f"{path}: column 'embedding' has missing vectors (row {start + int(emb.is_null().arg_max() or 0)})"
+                )
+            vectors[start : start + emb.len()] = emb.to_numpy()
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        raise InvalidArgumentError(f"{path}: cannot read embeddings ({exc})") from None
+    return chips, _unit_vectors(vectors, chips, path)
+
+
 def read_changes(path: str | Path) -> tuple[pl.DataFrame, dict[str, Any]]:
     """``changes.parquet`` (without its geometry columns), sorted by rank, and ``changes.json`` beside it."""
     path = Path(path)

@@ -223,3 +223,110 @@ def test_pixel_method_masks_given_geometry_and_reports_unreadable(hand_made, tmp
     assert res.compared_fraction[0] == pytest.approx(0.5, abs=0.01)
     assert res.errors[0] is None and res.errors[1] and "missing.jpg" in res.errors[1]
     assert np.isnan(res.pixel_change[1])
+
+
+# --- end to end on the small sample (its later acquisition of cell A carries planted changes) ---
+
+
+@pytest.fixture(scope="module")
+def sample_chips(small_sample, tmp_path_factory):
+    from imagesim.imagery.chip import ChipSettings, run_chip
+
+    dest = tmp_path_factory.mktemp("change-chips")
+    assert run_chip(small_sample.root, dest, ChipSettings(zoom=17, proc=2)).written
+    return dest
+
+
+def fake_embeddings(chips, path, model_id: str, *, only: str | None = None, dim: int = 8) -> None:
+    """Random unit embeddings for the sample's chips with data (one model id), as `imagesim encode` lays them out."""
+    manifest = pl.read_parquet(chips / "chips.parquet").filter(pl.col("nodata_class") != "no_data")
+    if only is not None:
+        manifest = manifest.filter(pl.col("catalog_id") == only)
+    rng = np.random.default_rng(len(model_id))
+    vec = rng.normal(size=(manifest.height, dim)).astype(np.float32)
+    pl.DataFrame(
+        {"chip": manifest["chip"], "embedding": pl.Series(vec, dtype=pl.Array(pl.Float32, dim)), "model_id": [model_id] * manifest.height}
+    ).write_parquet(path)
+
+
+def test_pixel_method_ranks_the_planted_changes_first(small_sample, sample_chips, tmp_path) -> None:
+    from imagesim.search.change import ChangeSettings, detect_changes
+    from imagesim.search.change.evaluate import evaluate_changes, read_truth
+
+    # the small sample's overlap is a thin strip: chips seen at 30 % count here
+    summary = detect_changes(sample_chips, settings=ChangeSettings(method="pixel", min_compared=0.3), out=tmp_path / "c.parquet")
+    table = pl.read_parquet(tmp_path / "c.parquet")
+    assert summary.scored == table.height > 0 and summary.pairs == summary.scored + sum(summary.left_out.values())
+    assert table["rank"].to_list() == list(range(1, table.height + 1))
+    assert set(table["before_date"]) == {"2023-06-14"} and set(table["after_date"]) == {"2024-02-20"}
+    assert {"geometry", "bbox"} <= set(table.columns) and "geo" in pl.read_parquet_metadata(tmp_path / "c.parquet")
+    report = evaluate_changes(table.drop("geometry", "bbox"), read_truth(small_sample.root.parent / "changes-truth.geojson"))
+    assert report["changed"] >= 2
+    pixel = next(m for m in report["methods"] if m.method == "pixel")
+    assert pixel.average_precision >= 0.8, pixel  # the planted sites, not the town's moved shadows
+
+
+def test_cli_change_both_methods_writes_everything_once(cli, small_sample, sample_chips, tmp_path) -> None:
+    emb = tmp_path / "embeddings.parquet"
+    fake_embeddings(sample_chips, emb, "model-a")
+    out, geo = tmp_path / "changes.parquet", tmp_path / "top.geojson"
+    args = [
+        "change",
+        "--chips",
+        str(sample_chips),
+        "--embeddings",
+        str(emb),
+        "--out",
+        str(out),
+        "--geojson",
+        str(geo),
+        "--top",
+        "3",
+        "--min-compared",
+        "0.3",
+    ]
+    res = cli(*args, "--truth", str(small_sample.root.parent / "changes-truth.geojson"))
+    assert res.returncode == 0, res.stderr
+    assert "chip pairs scored (both)" in res.stdout and "AP" in res.stdout and "2023-06-14" in res.stdout
+    doc = __import__("json").loads(geo.read_text())
+    assert len(doc["features"]) == 3 and doc["features"][0]["properties"]["rank"] == 1
+    meta = __import__("json").loads(out.with_suffix(".json").read_text())
+    assert meta["method"] == "both" and meta["model_id"] == "model-a" and set(meta["left_out"]) >= {"cloudy", "no_data"}
+    table = pl.read_parquet(out)
+    assert table["embedding_distance"].null_count() == 0 and table["pixel_change"].null_count() == 0
+    again = cli(*args)
+    assert again.returncode == 1 and "exists" in again.stderr  # nothing the user has is overwritten
+
+
+def test_refusals_write_nothing(cli, sample_chips, tmp_path) -> None:
+    a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    fake_embeddings(sample_chips, a, "model-a", only="104001008A3C21F0")
+    fake_embeddings(sample_chips, b, "model-b", only="103001010B7D4E52")
+    out = tmp_path / "out.parquet"
+    res = cli("change", "--chips", str(sample_chips), "--embeddings", str(a), "--embeddings", str(b), "--out", str(out))
+    assert res.returncode == 1 and "2 different models" in res.stderr and "model-a" in res.stderr
+    res = cli("change", "--chips", str(sample_chips), "--method", "pixel", "--before", "2030-01-01", "--out", str(out))
+    assert res.returncode == 1 and "no chip of" in res.stderr
+    res = cli("change", "--chips", str(sample_chips), "--method", "embedding", "--out", str(out))
+    assert res.returncode == 1 and "--embeddings" in res.stderr
+    assert list(tmp_path.glob("out*")) == [] and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_one_acquisition_only_and_unreadable_chips(small_sample, sample_chips, tmp_path) -> None:
+    import shutil
+
+    from imagesim.search.change import ChangeSettings, detect_changes
+
+    chips = tmp_path / "chips"
+    shutil.copytree(sample_chips, chips)
+    manifest = pl.read_parquet(chips / "chips.parquet")
+    # a chip of a compared pair goes missing: that pair is counted and named, the run goes on
+    paired = manifest.filter((pl.col("catalog_id") == "103001010B7D4E52") & (pl.col("nodata_class") == "all_data"))["chip"][0]
+    (chips / "10" / paired).unlink()
+    summary = detect_changes(chips, settings=ChangeSettings(method="pixel", max_cloud=None, min_compared=0.0), out=tmp_path / "c.parquet")
+    assert summary.left_out["unreadable"] == 1 and paired in summary.unreadable[0] and summary.scored > 0
+    # one acquisition only
+    manifest.filter(pl.col("cell") == "120020223033").write_parquet(chips / "chips.parquet")
+    with pytest.raises(ChangeError, match="one acquisition only"):
+        detect_changes(chips, settings=ChangeSettings(method="pixel"), out=tmp_path / "d.parquet")
+    assert not (tmp_path / "d.parquet").exists()

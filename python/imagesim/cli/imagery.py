@@ -40,7 +40,7 @@ def sample_data(
     compression: Annotated[str, typer.Option(help="COG compression: jpeg (like ARD) or deflate (lossless).")] = "jpeg",
     overwrite: Overwrite = False,
 ) -> None:
-    """Write a realistic ARD delivery (COGs, metadata, data masks) and its OpenStreetMap data."""
+    """Write a realistic ARD delivery (COGs, metadata, data masks), its OpenStreetMap data and the ground truth of the changes planted in the later acquisition."""
     from imagesim.imagery.sample import write_sample
 
     summary = write_sample(
@@ -48,6 +48,7 @@ def sample_data(
     )
     out.print(f"ARD delivery: {summary.root}  ({len(summary.cogs)} COGs, cells {', '.join(summary.cells)}, zone {summary.zone})")
     out.print(f"OpenStreetMap: {summary.osm_pbf}")
+    out.print(f"Change truth: {summary.changes_truth}  ({summary.planted} planted changes)", markup=False)
 
 
 @commands.command("chip")

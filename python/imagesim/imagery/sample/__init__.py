@@ -11,7 +11,9 @@ What it writes (the ARD layout of docs/architecture.md, as :mod:`imagesim.imager
                                          <catid>-water-mask.gpkg                  visible water
                                          <catid>-healthy-vegetation-mask.gpkg     visible forest, park,
                                                                                   grass, meadow, pitches
-    <dest>/sample.osm.pbf                                          the same scene as OSM data (WGS84)
+    <dest>/sample.osm.pbf                                          the scene as OSM data (WGS84): the earlier
+                                                                   state, without the planted changes
+    <dest>/changes-truth.geojson                                   the planted changes (WGS84 polygons)
 
 The scene (land cover, water, roads, railway, buildings, parking, pitches) is a vector model built
 from ``seed`` in the zone's UTM metres. It is rasterized window by window with GDAL into a feature-code
@@ -25,6 +27,19 @@ named after its file (``cloud-mask``, ...) in the cell's UTM CRS, one feature pe
 metadata's ``eo:cloud_cover`` is the measured clouded share of the data area. The same seed writes
 the same files.
 
+Change detection: the first cell has two acquisitions, and the later one (``ACQUISITIONS[1]``)
+shows changes planted into the scene (:mod:`.changes`: new buildings, cleared forest, a new road,
+flooded fields) where both acquisitions hold cloud-free data; it also has its own colour balance,
+lighting, haze and JPEG quality (85; the others 90). The earlier acquisition, the other cell and the
+OSM file show the scene without them. ``changes-truth.geojson`` (:data:`CHANGES_TRUTH`) is the
+ground truth: an RFC 7946 FeatureCollection, one Feature per planted change, whose polygon is the
+changed area and whose properties are ``kind`` (``new_buildings``, ``cleared_forest``, ``new_road``
+or ``flooded_field``), ``zone``, ``cell``, ``before_catalog_id``, ``before_date``,
+``after_catalog_id`` and ``after_date``; the foreign member ``imagesim`` holds the seed and mode.
+Full mode plants 24 changes (6 of each kind), small mode at least 3 (of 3 kinds) in the window. The
+mask GeoPackages of every acquisition describe the scene without the changes (the later
+acquisition's water and vegetation masks do not show floods or clearings).
+
 Submodules, each importing only those above it:
 
 - :mod:`.acquisitions`: the UTM zone, the two level-12 cells, the three acquisitions (lighting,
@@ -33,6 +48,8 @@ Submodules, each importing only those above it:
   :func:`~.scene.build_scene`);
 - :mod:`.clouds`: each acquisition's clouds and cloud shadows, and the water, vegetation and
   (empty) terrain-shadow masks (:func:`~.clouds.acquisition_masks`);
+- :mod:`.changes`: the changes planted in the later acquisition of the first cell, and their
+  ground truth (:func:`~.changes.planted_changes`, :func:`~.changes.truth_geojson`);
 - :mod:`.render`: rasterizing, colouring, texturing, shading and masking the scene's pixels, window
   by window, and their overview levels;
 - :mod:`.writers`: the COG, mask GeoPackage, metadata JSON and OSM PBF writers.
@@ -53,14 +70,20 @@ import numpy as np
 from imagesim.errors import InvalidArgumentError, OutputExistsError, SampleDataError
 from imagesim.imagery.ard import DATA_MASK, MASK_FILES
 from imagesim.imagery.sample.acquisitions import ACQUISITIONS, CELLS, ZONE, Acquisition, valid_polygon
+from imagesim.imagery.sample.changes import planted_changes, truth_geojson
 from imagesim.imagery.sample.clouds import acquisition_masks
-from imagesim.imagery.sample.scene import build_scene
+from imagesim.imagery.sample.scene import Scene, build_scene
 from imagesim.imagery.sample.writers import metadata, write_cog, write_json, write_mask, write_osm
 
-__all__ = ["SampleSummary", "write_sample", "ZONE", "CELLS", "ACQUISITIONS", "Acquisition", "OSM_FILE", "MARKER"]
+__all__ = ["SampleSummary", "write_sample", "ZONE", "CELLS", "ACQUISITIONS", "Acquisition", "OSM_FILE", "MARKER", "CHANGES_TRUTH"]
 
 OSM_FILE = "sample.osm.pbf"
 MARKER = ".imagesim-sample"
+CHANGES_TRUTH = "changes-truth.geojson"
+# The cell with two acquisitions: changes are planted in the later one.
+_BEFORE, _AFTER = ACQUISITIONS[0], ACQUISITIONS[1]
+_JPEG_QUALITY = 90
+_AFTER_JPEG_QUALITY = 85  # its own encoding
 
 
 @dataclass
@@ -74,6 +97,8 @@ class SampleSummary:
     seconds: float = 0.0
     valid_fractions: dict[str, float] = field(default_factory=dict)  # catalog id -> valid-pixel fraction
     cloud_cover: dict[str, float] = field(default_factory=dict)  # catalog id -> metadata eo:cloud_cover (percent)
+    changes_truth: Path = Path()  # <dest>/changes-truth.geojson
+    planted: int = 0  # planted changes (features in changes_truth)
 
 
 def write_sample(
@@ -89,8 +114,11 @@ def write_sample(
 
     ``small`` keeps the true ARD geometry (17,408 px COGs, same transform, 512 px tiles) but puts
     imagery only in a ~2,560 px window of each cell (the rest is sparse no-data), so it writes in
-    seconds. ``compression`` is ``"jpeg"`` (YCbCr, quality 90, like ARD) or ``"deflate"`` (lossless).
-    Raises OutputExistsError when ``dest`` already holds a sample and ``overwrite`` is false.
+    seconds. ``compression`` is ``"jpeg"`` (YCbCr, quality 90, like ARD; 85 for the acquisition
+    with planted changes) or ``"deflate"`` (lossless). ``overwrite`` replaces an existing sample
+    (its ARD tree, OSM file, change truth and marker). Raises OutputExistsError when ``dest``
+    already holds a sample and ``overwrite`` is false, SampleDataError when the changes cannot be
+    planted (no room for them in the cloud-free overlap).
     """
     compression = str(compression).lower()
     if compression not in ("jpeg", "deflate"):
@@ -102,13 +130,15 @@ def write_sample(
     dest = Path(dest)
     root = dest / "ard"
     pbf = dest / OSM_FILE
+    truth = dest / CHANGES_TRUTH
     if dest.exists() and not dest.is_dir():
         raise InvalidArgumentError(f"{dest} exists and is not a directory")
-    if (root.exists() and any(root.iterdir())) or pbf.exists() or (dest / MARKER).exists():
+    if (root.exists() and any(root.iterdir())) or pbf.exists() or truth.exists() or (dest / MARKER).exists():
         if not overwrite:
             raise OutputExistsError(f"{dest} already holds a sample delivery (use overwrite to replace it)")
         shutil.rmtree(root, ignore_errors=True)
         pbf.unlink(missing_ok=True)
+        truth.unlink(missing_ok=True)
         (dest / MARKER).unlink(missing_ok=True)
 
     from osgeo import gdal
@@ -124,6 +154,15 @@ def write_sample(
         say(f"building the synthetic scene (seed {seed})")
         scene = build_scene(seed)
         say(f"scene: {len(scene.features)} features")
+        # Valid data and masks first: the planted changes must avoid both acquisitions' clouds.
+        valid = {a.catalog_id: valid_polygon(a, small) for a in ACQUISITIONS}
+        all_masks = {a.catalog_id: acquisition_masks(a, valid[a.catalog_id], seed, small) for a in ACQUISITIONS}
+        t1 = time.perf_counter()
+        b_id, a_id = _BEFORE.catalog_id, _AFTER.catalog_id
+        planted = planted_changes(scene, _AFTER, seed, small, valid[b_id], valid[a_id], all_masks[b_id], all_masks[a_id])
+        # A new scene: build_scene's is cached and shared, never modified.
+        after_scene = Scene(features=[*scene.features, *(f for p in planted for f in p.features)])
+        say(f"planted {len(planted)} changes in {a_id}, {time.perf_counter() - t1:.1f} s")
         cogs: list[Path] = []
         fractions: dict[str, float] = {}
         cloud_cover: dict[str, float] = {}
@@ -132,9 +171,21 @@ def write_sample(
             folder.mkdir(parents=True, exist_ok=True)
             t1 = time.perf_counter()
             cog = folder / f"{acq.catalog_id}-visual.tif"
-            valid_geom = valid_polygon(acq, small)
-            masks = acquisition_masks(acq, valid_geom, seed, small)
-            frac = write_cog(cog, scene, acq, valid_geom, seed, small, compression, masks["cloud"], masks["cloud_shadow"])
+            valid_geom = valid[acq.catalog_id]
+            masks = all_masks[acq.catalog_id]
+            is_after = acq.catalog_id == a_id
+            frac = write_cog(
+                cog,
+                after_scene if is_after else scene,
+                acq,
+                valid_geom,
+                seed,
+                small,
+                compression,
+                masks["cloud"],
+                masks["cloud_shadow"],
+                quality=_AFTER_JPEG_QUALITY if is_after else _JPEG_QUALITY,
+            )
             fractions[acq.catalog_id] = frac
             write_mask(folder / f"{acq.catalog_id}-{DATA_MASK}.gpkg", valid_geom, acq.cell, DATA_MASK)
             for key, name in MASK_FILES.items():
@@ -147,6 +198,8 @@ def write_sample(
         t1 = time.perf_counter()
         n = write_osm(pbf, scene)
         say(f"{OSM_FILE}: {n} elements, {time.perf_counter() - t1:.1f} s")
+        write_json(truth, truth_geojson(planted, _BEFORE, _AFTER, ZONE, {"seed": seed, "small": small}))
+        say(f"{CHANGES_TRUTH}: {len(planted)} planted changes")
         write_json(
             dest / MARKER,
             {
@@ -156,6 +209,7 @@ def write_sample(
                 "zone": ZONE,
                 "cells": list(CELLS),
                 "catalog_ids": [a.catalog_id for a in ACQUISITIONS],
+                "changes_truth": CHANGES_TRUTH,
             },
         )
     except (OutputExistsError, InvalidArgumentError):
@@ -174,4 +228,6 @@ def write_sample(
         seconds=time.perf_counter() - t0,
         valid_fractions=fractions,
         cloud_cover=cloud_cover,
+        changes_truth=truth,
+        planted=len(planted),
     )

@@ -20,7 +20,7 @@ import numpy as np
 from imagesim import grid
 from imagesim.imagery.sample.acquisitions import ACQUISITIONS, CELLS
 
-__all__ = ["Feature", "Scene", "build_scene"]
+__all__ = ["Feature", "Scene", "build_scene", "road_feature"]
 
 _P = grid.COG_PIXELS
 _ROAD_WIDTH = {"motorway": 26.0, "primary": 13.0, "residential": 8.0, "service": 4.5}
@@ -347,15 +347,15 @@ def build_scene(seed: int) -> Scene:
     # Roads (render as buffered polygons, OSM as centre lines).
     for ln in primary_lines:
         for part in getattr(ln, "geoms", [ln]):
-            roads.append(_road(part, "primary"))
+            roads.append(road_feature(part, "primary"))
     for item in streets:
         kind, ln = item if isinstance(item, tuple) else ("residential", item)
         ln = ln.intersection(region)
         for part in getattr(ln, "geoms", [ln]):
             if isinstance(part, LineString) and part.length > 20:
-                roads.append(_road(part, kind))
+                roads.append(road_feature(part, kind))
     for part in getattr(motorway, "geoms", [motorway]):
-        roads.append(_road(part, "motorway", {"ref": "I-580"}))
+        roads.append(road_feature(part, "motorway", {"ref": "I-580"}))
     rail = []
     for part in getattr(railway, "geoms", [railway]):
         rail.append(
@@ -384,7 +384,7 @@ def build_scene(seed: int) -> Scene:
     return Scene([f for f in features if not f.geom.is_empty])
 
 
-def _road(line, kind: str, extra: dict[str, str] | None = None) -> Feature:
+def road_feature(line, kind: str, extra: dict[str, str] | None = None) -> Feature:
     tags = {"highway": kind}
     if kind == "motorway":
         tags.update({"oneway": "no", "lanes": "6"})

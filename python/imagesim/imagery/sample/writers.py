@@ -41,8 +41,12 @@ def write_cog(
     compression: str,
     clouds=None,
     cloud_shadows=None,
+    quality: int = 90,
 ) -> float:
-    """Render ``acq`` (with ``clouds`` and ``cloud_shadows`` when given) as the COG ``path``; return the fraction of valid pixels."""
+    """Render ``acq`` (with ``clouds`` and ``cloud_shadows`` when given) as the COG ``path``; return the fraction of valid pixels.
+
+    ``quality`` is the JPEG quality (full resolution and overviews) when ``compression`` is ``"jpeg"``.
+    """
     from osgeo import gdal
 
     renderer = WindowRenderer(scene, acq, valid_geom, seed, small, clouds, cloud_shadows)
@@ -84,7 +88,7 @@ def write_cog(
         src.FlushCache()
         opts = ["BLOCKSIZE=512", "OVERVIEWS=AUTO", "SPARSE_OK=TRUE", "NUM_THREADS=ALL_CPUS", "BIGTIFF=IF_SAFER"]
         if compression == "jpeg":
-            opts += ["COMPRESS=JPEG", "QUALITY=90", "OVERVIEW_COMPRESS=JPEG", "OVERVIEW_QUALITY=90"]
+            opts += ["COMPRESS=JPEG", f"QUALITY={int(quality)}", "OVERVIEW_COMPRESS=JPEG", f"OVERVIEW_QUALITY={int(quality)}"]
         else:
             opts += ["COMPRESS=DEFLATE", "PREDICTOR=2", "LEVEL=6", "OVERVIEW_COMPRESS=DEFLATE", "OVERVIEW_PREDICTOR=2"]
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.tif")

@@ -91,9 +91,10 @@ def _no_shared_place(source: str, acqs: pl.DataFrame) -> ChangeError:
 def _consecutive(chips: pl.DataFrame) -> pl.DataFrame:
     """Each chip paired with the next acquisition of its quadkey (date order)."""
     ordered = chips.sort("zone", "quadkey", "date", "catalog_id")
-    nxt = ordered.select(pl.all().shift(-1).over("zone", "quadkey").name.prefix("after_"))
+    # one shift over the sorted table (cheaper than a shift per group), then keep same-place neighbours
+    nxt = ordered.select(pl.all().shift(-1).name.prefix("after_"))
     pairs = pl.concat([ordered.select(pl.all().name.prefix("before_")), nxt], how="horizontal")
-    return pairs.filter(pl.col("after_chip").is_not_null())
+    return pairs.filter((pl.col("after_quadkey") == pl.col("before_quadkey")) & (pl.col("after_zone") == pl.col("before_zone")))
 
 
 def _chosen(chips: pl.DataFrame, before: Choice | None, after: Choice | None) -> pl.DataFrame:

@@ -33,7 +33,7 @@ from imagesim.artefacts import (
     CHANGES,
     MASK_FRACTION_COLUMNS,
     read_chip_table,
-    read_embeddings,
+    read_embedding_vectors,
     sidecar,
 )
 from imagesim.errors import ChangeError, ImagesimError, ImagesimFileNotFoundError, InvalidArgumentError, OutputExistsError
@@ -151,13 +151,13 @@ def _model_ids(paths: Sequence[Path]) -> str | None:
 
 def _embeddings(paths: Sequence[Path]) -> tuple[pl.DataFrame, np.ndarray]:
     """Chip names and unit vectors of one or more embeddings files (a chip in two files: ChangeError)."""
-    names: list[pl.DataFrame] = []
+    names: list[pl.Series] = []
     vectors: list[np.ndarray] = []
     for path in paths:
-        rows, vecs, _meta = read_embeddings(path)
-        names.append(rows.select("chip"))
+        chips, vecs = read_embedding_vectors(path)
+        names.append(chips)
         vectors.append(vecs)
-    table = pl.concat(names).with_row_index("row")
+    table = pl.concat(names).to_frame("chip").with_row_index("row")
     dup = table["chip"].is_duplicated()
     if dup.any():
         raise ChangeError(f"chip {table['chip'].filter(dup)[0]} has an embedding in more than one of {', '.join(map(str, paths))}")
