@@ -106,19 +106,20 @@ def test_embedding_distances_per_pair_and_missing() -> None:
     assert d[3] is None
 
 
-def test_rank_pairs_both_needs_both_methods_to_agree() -> None:
+def test_rank_pairs_both_lets_pixels_lead_and_embeddings_move() -> None:
     scored = pl.DataFrame(
         {
-            "quadkey": ["a", "b", "c", "d"],
-            "embedding_distance": [0.9, 0.8, 0.1, 0.2],  # b: embedding only
-            "pixel_change": [9.0, 1.0, 8.0, 2.0],  # c: pixels only
+            "quadkey": ["a", "b", "c", "d", "e"],
+            "embedding_distance": [0.9, 0.8, 0.1, 0.2, 0.15],  # b: the embedding alone finds it unusual
+            "pixel_change": [9.0, 1.0, 8.0, 2.0, 1.5],  # c: the pixels alone
         }
     )
     ranked = rank_pairs(scored, "both")
-    assert ranked["quadkey"].to_list()[0] == "a" and ranked["rank"].to_list() == [1, 2, 3, 4]
-    assert ranked["score"].max() == 1.0 and ranked["score"].min() > 0
-    assert rank_pairs(scored, "embedding")["quadkey"].to_list() == ["a", "b", "d", "c"]
-    assert rank_pairs(scored, "pixel")["quadkey"].to_list() == ["a", "c", "d", "b"]
+    assert ranked["quadkey"].to_list() == ["a", "c", "b", "d", "e"] and ranked["rank"].to_list() == [1, 2, 3, 4, 5]
+    assert ranked["score"].to_list() == pytest.approx([1.0, 0.8, 0.6, 0.4, 0.2])
+    assert rank_pairs(scored, "both", embedding_weight=2.0)["quadkey"].to_list()[:3] == ["a", "b", "c"]
+    assert rank_pairs(scored, "embedding")["quadkey"].to_list() == ["a", "b", "d", "e", "c"]
+    assert rank_pairs(scored, "pixel")["quadkey"].to_list() == ["a", "c", "d", "e", "b"]
 
 
 def test_window_filters_and_box_mean_match_brute_force() -> None:

@@ -72,6 +72,14 @@ def change(
             "--min-compared", min=0.0, max=1.0, help="Leave out pairs with less than this share of the chip valid in both and clear."
         ),
     ] = MIN_COMPARED,
+    embedding_weight: Annotated[
+        float,
+        typer.Option(
+            "--embedding-weight",
+            min=0.0,
+            help="--method both: the embedding method's weight beside the pixel method's (robust z-scores added).",
+        ),
+    ] = 0.5,
     truth: Annotated[
         Optional[Path],
         typer.Option("--truth", help="Known changes (GeoJSON, e.g. the sample's changes-truth.geojson): print precision, recall and AP."),
@@ -92,6 +100,7 @@ def change(
         after=parse_choice(after, "--after"),
         max_cloud=max_cloud,
         min_compared=min_compared,
+        embedding_weight=embedding_weight,
     )
     summary = detect_changes(
         chips,

@@ -44,10 +44,11 @@ class PixelSettings:
     mask_buffer_m: float = 15.0  # cloud/shadow polygons grown by this before masking (soft cloud edges)
     smooth: int = 3  # box filter side (px) over the residual
     threshold: float = 4.0  # scaled residual norm above which a pixel is changed
-    opening: int = 7  # window (px) of the grey-level opening: change narrower than this is not counted
+    opening: int = 5  # window (px) of the grey-level opening: change narrower than this is not counted
     top_share: float = 0.02  # pixel_change: mean over this share of the most changed compared pixels
     fit_sample: int = 1024  # pixels per chip pair the radiometric model is fitted on
-    haze_percentile: float = 0.1  # dark-object subtraction: each band's haze is this percentile
+    haze_percentile: float = 0.01  # dark-object subtraction: each band's haze is this percentile of the darkest pixels
+    measure: str = "distortion"  # per pixel: "distortion" (colour distortion, DN) or "angle" (spectral angle)
 
 
 @dataclass
@@ -105,6 +106,17 @@ def window_filter(a: npt.NDArray[np.float32], size: int, reduce: Any) -> npt.NDA
     padded = np.pad(a, pad, constant_values=fill)
     rows = reduce(np.lib.stride_tricks.sliding_window_view(padded, size, axis=0), axis=-1)
     return np.asarray(reduce(np.lib.stride_tricks.sliding_window_view(rows, size, axis=1), axis=-1), dtype=np.float32)
+
+
+def colour_distortion(b: npt.NDArray[np.float32], a: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """How far (DN) the darker of two colours lies from the line through zero and the other: the
+    chromaticity distortion of shadow detection (Horprasert et al.), ``min(|b|, |a|) · sin(angle)``. Blind to
+    brightness like the angle, and a dark pixel (a shadow, whose colour direction the haze estimate
+    distorts most) weighs little."""
+    nb = np.sqrt((b * b).sum(axis=-1))
+    na = np.sqrt((a * a).sum(axis=-1))
+    cos = np.clip((b * a).sum(axis=-1) / (nb * na + 1e-6), -1.0, 1.0)
+    return (np.minimum(nb, na) * np.sqrt(1.0 - cos * cos)).astype(np.float32)
 
 
 def spectral_angle(b: npt.NDArray[np.float32], a: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -237,7 +249,7 @@ def compare_pixels(
         w = compared[i].astype(np.float32)
         b = box_mean(np.maximum(before[i].astype(np.float32) - b_haze, 1.0), w, st.smooth)
         a = box_mean(np.maximum(after[i].astype(np.float32) - a_haze, 1.0) * gain, w, st.smooth)
-        angles[i] = spectral_angle(b, a)
+        angles[i] = colour_distortion(b, a) if st.measure == "distortion" else spectral_angle(b, a)
     sample = angles[ci, pi // st.size, pi % st.size]
     centre = float(np.median(sample))
     spread = 1.4826 * float(np.median(np.abs(sample - centre))) + 1e-4

@@ -2,9 +2,8 @@
 
 Methods (``--method``): ``embedding`` (1 − cosine similarity of the two chips' embeddings: the table only,
 no image read), ``pixel`` (:mod:`.pixels`: a radiometrically normalised pixel difference) and ``both``.
-Each method's scores become percentiles over the pairs scored; ``both`` ranks by the smaller of the two
-percentiles — a pair ranks high only when both methods agree it changed, so a radiometric or shadow
-artefact that fools one method alone does not reach the top.
+``both`` ranks by the pixel method's robust z-score plus half the embedding method's (:func:`rank_pairs`);
+``score`` is the share of the scored pairs that rank at or below a pair.
 
 Pairs are left out, counted by reason and never silently: ``cloudy`` (either chip's cloud + cloud-shadow
 share above ``max_cloud``), ``no_data`` (less than ``min_compared`` of the chip compared), ``no_embedding``
@@ -48,6 +47,8 @@ __all__ = ["ChangeSettings", "ChangeSummary", "detect_changes", "embedding_dista
 
 LEFT_OUT_REASONS = ("cloudy", "no_data", "no_embedding", "unreadable")
 EMBED_BATCH = 262_144
+# --method both: the embedding method's weight beside the pixel method's (robust z-scores; see rank_pairs)
+EMBEDDING_WEIGHT = 0.5
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,11 @@ class ChangeSettings:
     method: str = "both"
     before: Choice | None = None
     after: Choice | None = None
-    max_cloud: float | None = 0.1  # cloud + cloud-shadow share of either chip above which the pair is left out
+    max_cloud: float | None = (
+        0.5  # cloud + cloud-shadow share of either chip above which the pair is left out (the pixel method masks the rest)
+    )
     min_compared: float = 0.5  # the least share of the chip compared (valid in both, clear of clouds)
+    embedding_weight: float = EMBEDDING_WEIGHT  # --method both: see rank_pairs
     pixel: PixelSettings = field(default_factory=PixelSettings)
 
     def check(self) -> None:
@@ -64,6 +68,7 @@ class ChangeSettings:
         if self.max_cloud is not None:
             options.check_range("max_cloud", self.max_cloud, *options.FRACTION_RANGE)
         options.check_range("min_compared", self.min_compared, *options.FRACTION_RANGE)
+        options.check_range("embedding_weight", self.embedding_weight, 0.0)
 
 
 @dataclass
@@ -318,18 +323,28 @@ def _percentile(values: pl.Expr) -> pl.Expr:
     return values.rank("max") / values.count()
 
 
-def rank_pairs(scored: pl.DataFrame, method: str) -> pl.DataFrame:
-    """``score`` (in [0, 1]) and ``rank`` (1 = most changed) of the scored pairs."""
+def robust_z(values: pl.Expr) -> pl.Expr:
+    """(value − median) / (1.4826 × MAD): how unusual a pair is among the pairs scored, in the units of
+    their spread, whatever the method's scale (a spread of 0 counts as 1)."""
+    centre = values.median()
+    spread = 1.4826 * (values - centre).abs().median()
+    return (values - centre) / pl.when(spread > 0).then(spread).otherwise(1.0)
+
+
+def rank_pairs(scored: pl.DataFrame, method: str, embedding_weight: float = EMBEDDING_WEIGHT) -> pl.DataFrame:
+    """``score`` (in (0, 1]: the share of pairs ranked at or below) and ``rank`` (1 = most changed).
+
+    ``both`` ranks by the pixel method's robust z-score plus ``embedding_weight`` times the embedding
+    method's: each counts by how far a pair stands out among the pairs of the run, not by its raw scale,
+    and the direct measurement (pixels) leads while the embedding moves pairs that both find unusual."""
     if method == "embedding":
-        score = _percentile(pl.col("embedding_distance"))
+        fused = pl.col("embedding_distance")
     elif method == "pixel":
-        score = _percentile(pl.col("pixel_change"))
+        fused = pl.col("pixel_change")
     else:
-        score = pl.min_horizontal(_percentile(pl.col("embedding_distance")), _percentile(pl.col("pixel_change")))
-    tiebreak = pl.col("embedding_distance") if method != "pixel" else pl.col("pixel_change")
-    ranked = scored.with_columns(score.cast(pl.Float64).alias("score")).sort(
-        ["score", tiebreak, "quadkey"], descending=[True, True, False], nulls_last=True
-    )
+        fused = robust_z(pl.col("pixel_change")) + embedding_weight * robust_z(pl.col("embedding_distance"))
+    ranked = scored.with_columns(fused.alias("_fused")).with_columns(_percentile(pl.col("_fused")).cast(pl.Float64).alias("score"))
+    ranked = ranked.sort(["_fused", "quadkey"], descending=[True, False], nulls_last=True).drop("_fused")
     return ranked.with_columns(pl.int_range(1, ranked.height + 1, dtype=pl.UInt32).alias("rank"))
 
 
@@ -438,7 +453,7 @@ def detect_changes(
         gone = ", ".join(f"{n:,} {why.replace('_', ' ')}" for why, n in summary.left_out.items() if n)
         raise ChangeError(f"{chips_dir}: none of the {summary.pairs:,} chip pairs could be scored ({gone}); nothing written")
 
-    ranked = rank_pairs(pairs, st.method).select(
+    ranked = rank_pairs(pairs, st.method, st.embedding_weight).select(
         pl.col("zone"),
         pl.col("quadkey"),
         pl.col("zoom"),
@@ -464,6 +479,7 @@ def detect_changes(
         "after": st.after.text if st.after else None,
         "max_cloud": st.max_cloud,
         "min_compared": st.min_compared,
+        "embedding_weight": st.embedding_weight if st.method == "both" else None,
         "pixel": asdict(st.pixel) if use_pix else None,
         "model_id": model_id,
         "embeddings": [str(p) for p in paths],
