@@ -12,7 +12,7 @@ IMAGESIM_REALDATA ?= $(firstword $(abspath $(wildcard ../shared/realdata ../../s
 export IMAGESIM_REALDATA
 RUST_SOURCES := $(shell find rust -name '*.rs' -o -name Cargo.toml) Cargo.toml pyproject.toml
 
-.PHONY: all setup build demo test lint lint-python lint-rust test-rust test-python bench bench-chip bench-nodata bench-labels bench-encode bench-index bench-tiles bench-storage bench-stac bench-masks bench-partial stubtest clean
+.PHONY: all setup build demo test lint lint-python lint-rust test-rust test-python bench bench-chip bench-nodata bench-labels bench-encode bench-index bench-tiles bench-storage bench-stac bench-masks bench-partial bench-change stubtest clean
 
 all: build
 
@@ -62,6 +62,7 @@ demo: $(STAMP)/build
 	$(VENV)/bin/imagesim encode --onnx $(DEMO)/run/model.onnx --chips $(DEMO)/chips --overwrite
 	$(VENV)/bin/imagesim index --embeddings $(DEMO)/chips/embeddings.parquet --out $(DEMO)/index --overwrite
 	$(VENV)/bin/imagesim similar --evaluate --labels $(DEMO)/chips/labels.parquet --index $(DEMO)/index
+	$(VENV)/bin/imagesim change --chips $(DEMO)/chips --embeddings $(DEMO)/chips/embeddings.parquet --geojson $(DEMO)/changes.geojson --truth $(DEMO)/sample/changes-truth.geojson --top 10 --overwrite
 	$(VENV)/bin/imagesim similar $$($(PY) -c "import polars as pl; print(pl.read_parquet('$(DEMO)/index/ids.parquet')['chip'][0])") --index $(DEMO)/index --k 5 --geojson $(DEMO)/similar.geojson
 	@echo
 	@echo "Sample ARD delivery:  $(DEMO)/sample/ard"
@@ -75,7 +76,8 @@ demo: $(STAMP)/build
 	@echo "Model:                $(DEMO)/run/model.pt (+ metrics.json, training_curves.png), ONNX: $(DEMO)/run/model.onnx"
 	@echo "Embeddings:           $(DEMO)/chips/embeddings.parquet (+ embeddings.json)"
 	@echo "Index:                $(DEMO)/index (index.faiss, ids.parquet, index.json); similar chips: $(DEMO)/similar.geojson"
-	@echo "Viewer:               $(VENV)/bin/imagesim serve --ard-path $(DEMO)/sample/ard --chips $(DEMO)/chips --index $(DEMO)/index  -> http://127.0.0.1:8000/"
+	@echo "Changes:              $(DEMO)/chips/changes.parquet (+ changes.json); top changes: $(DEMO)/changes.geojson; planted: $(DEMO)/sample/changes-truth.geojson"
+	@echo "Viewer:               $(VENV)/bin/imagesim serve --ard-path $(DEMO)/sample/ard --chips $(DEMO)/chips --index $(DEMO)/index --changes $(DEMO)/chips/changes.parquet  -> http://127.0.0.1:8000/"
 
 test: $(STAMP)/build lint test-rust test-python stubtest
 
@@ -100,7 +102,7 @@ test-python: $(STAMP)/build
 stubtest: $(STAMP)/build
 	$(VENV)/bin/python -m mypy.stubtest imagesim._imagesim --allowlist tests/stubtest-allowlist.txt
 
-BENCHES := chip nodata labels encode index tiles storage stac masks partial
+BENCHES := chip nodata labels encode index tiles storage stac masks partial change
 bench: $(addprefix bench-,$(BENCHES))
 # bench-chip runs benches/bench_chip.py, and so on.
 $(addprefix bench-,$(BENCHES)): bench-%: $(STAMP)/build
