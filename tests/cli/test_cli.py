@@ -23,6 +23,7 @@ PIPELINE = [
     "classmap",
     "serve",
     "stac",
+    "change",
 ]
 HEAVY = {
     "polars",
