@@ -108,6 +108,12 @@ THRESHOLD = 0.35  # sigmoid threshold of the fixed-threshold metrics (exclusive 
 VAL_FRACTION = 0.2  # validation share when the labels carry no split (exclusive range 0..1)
 TRAIN_WORKERS = 2  # DataLoader worker processes
 TRAIN_WORKERS_RANGE = (0, None)
+# `pretrain` (SimCLR): places per batch (two views each; at least 4), AdamW learning rate, NT-Xent temperature
+PRETRAIN_EPOCHS = 10
+PRETRAIN_BATCH_SIZE = 64
+PRETRAIN_BATCH_SIZE_RANGE = (4, None)
+PRETRAIN_LR = 1e-3
+PRETRAIN_TEMPERATURE = 0.2
 OPSET = 17  # ONNX opset of `export`
 OPSET_RANGE = (7, 23)
 PARITY_COUNT = 16  # chips run through torch and onnxruntime by `export`

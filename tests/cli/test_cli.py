@@ -15,6 +15,7 @@ PIPELINE = [
     "masks",
     "osm",
     "labels",
+    "pretrain",
     "train",
     "export",
     "encode",

@@ -41,6 +41,75 @@ def require_torch() -> None:
         require(module, "train", purpose="`imagesim train` (torch and torchvision)")
 
 
+@commands.command("pretrain")
+def pretrain(
+    chips: ChipFolder,
+    out_dir: Annotated[Path, typer.Option("--out", help="Run folder: backbone.pt, last.pt, metrics.json.")],
+    backbone: Annotated[str, typer.Option(help=" or ".join(options.BACKBONES) + ".")] = options.BACKBONE,
+    chip_size: Annotated[int, typer.Option("--chip-size", help="Views are this many pixels square.")] = options.CHIP_SIZE,
+    epochs: Annotated[int, typer.Option(help="Epochs in all (with --resume: extend the run to this many).")] = options.PRETRAIN_EPOCHS,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Places per batch (each gives two views).")] = options.PRETRAIN_BATCH_SIZE,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate (cosine schedule per step).")] = options.PRETRAIN_LR,
+    temperature: Annotated[float, typer.Option(help="NT-Xent temperature.")] = options.PRETRAIN_TEMPERATURE,
+    temporal: Annotated[
+        bool,
+        typer.Option("--temporal/--no-temporal", help="Second view from another acquisition date of the place, when it has one."),
+    ] = True,
+    neighbours: Annotated[bool, typer.Option("--neighbours", help="Sometimes take the second view from an adjacent place.")] = False,
+    weights: Annotated[
+        Optional[str], typer.Option(help="Start from these backbone weights: 'imagenet' or a file (as `train --weights`).")
+    ] = None,
+    labels: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--labels", help="Labelled chips for the kNN precision printed each epoch (default: CHIPS/labels.parquet if present)."
+        ),
+    ] = None,
+    device: Annotated[
+        str, typer.Option(help=f"{', '.join(options.DEVICES)}: auto is CUDA when a GPU is present, else CPU.")
+    ] = options.DEVICE,
+    amp: Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision (float16) and channels-last on CUDA.")] = True,
+    workers: Annotated[
+        int, typer.Option(help="DataLoader worker processes (forkserver; 0 = load in the main process).")
+    ] = options.TRAIN_WORKERS,
+    seed: Annotated[int, typer.Option(help="Random seed: initialisation, order, augmentation.")] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from last.pt.")] = False,
+    overwrite: Overwrite = False,
+) -> None:
+    """Pretrain the backbone on the chips without labels (SimCLR; positives: the place on another date).
+
+    RUN/backbone.pt then starts `imagesim train --weights RUN/backbone.pt`, or is exported as it is
+    (`imagesim export --model RUN/backbone.pt`) for `imagesim encode` without a head.
+    """
+    from imagesim.errors import InvalidArgumentError
+
+    if resume and overwrite:
+        raise InvalidArgumentError("--resume and --overwrite exclude each other")
+    require_torch()
+    from imagesim.learn.pretrain import PretrainConfig, run_pretrain
+
+    config = PretrainConfig(
+        chips=str(chips),
+        out=str(out_dir),
+        backbone=backbone,
+        chip_size=chip_size,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        temperature=temperature,
+        temporal=temporal,
+        neighbours=neighbours,
+        weights=weights or None,
+        labels=str(labels) if labels is not None else None,
+        device=device,
+        amp=amp,
+        workers=workers,
+        seed=seed,
+    )
+    result = run_pretrain(config, resume=resume, overwrite=overwrite, log=log, progress=lambda desc, total: progress_bar(desc)(total))
+    out.print(result.line(), highlight=False)
+
+
 @commands.command("train")
 def train(
     chips: ChipFolder,
@@ -135,7 +204,14 @@ def train(
 
 @commands.command("export")
 def export(
-    model: Annotated[Path, typer.Option("--model", help="Trained model: RUN/model.pt from `imagesim train`.")],
+    model: Annotated[
+        Path,
+        typer.Option(
+            "--model",
+            help="Trained model: RUN/model.pt from `imagesim train`; or a pretrained backbone, RUN/backbone.pt from `imagesim pretrain` "
+            "(exported without a head: `embedding` output only, no classes).",
+        ),
+    ],
     out_path: Annotated[Path, typer.Option("--out", help="ONNX file to write (e.g. model.onnx).")],
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = options.OPSET,
     fp16: Annotated[bool, typer.Option("--fp16", help="Half-precision weights and compute (for GPUs; parity tolerance 5e-2).")] = False,
@@ -150,7 +226,7 @@ def export(
     ] = None,
     overwrite: Overwrite = False,
 ) -> None:
-    """Export a trained model to ONNX (uint8 NHWC input, `embedding` + `logits` outputs), checked against PyTorch."""
+    """Export a trained model to ONNX (uint8 NHWC input, `embedding` + `logits` outputs; a pretrained backbone: `embedding` only), checked against PyTorch."""
     from imagesim.learn.export import ExportSettings, export_onnx
 
     settings = ExportSettings(

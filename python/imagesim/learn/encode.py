@@ -9,6 +9,10 @@ interrupted run resumes where it stopped; chips already encoded with the same mo
 No-data: the decoder fills each chip's no-data pixels (every band <= ``nodata_threshold``, the rule
 of nodata-index) with the mean of its valid pixels, so a partial chip's embedding describes its data
 rather than its black border, and each row records the chip's ``valid_fraction``.
+
+A model without class outputs (a pretrained backbone exported without a head: no ``logits`` output,
+no classes in its metadata) encodes embeddings only: ``predicted`` is empty for every chip and no
+``probabilities`` column is written.
 """
 
 from __future__ import annotations
@@ -120,6 +124,7 @@ class _Inference:
     def __init__(self, session: Any, provider: str, batch: int, size: int) -> None:
         self.session = session
         self.cuda = provider != "CPUExecutionProvider"
+        self.outputs = ["embedding", "logits"] if has_logits(session) else ["embedding"]
         shape = (batch, size, size, 3)
         self.buffers = [self._host_buffer(shape), self._host_buffer(shape)]
 
@@ -133,24 +138,40 @@ class _Inference:
                 pass
         return np.empty(shape, np.uint8)
 
-    def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Embeddings and logits (None for a model without class outputs) of ``images``."""
         if not self.cuda:
-            emb, logits = self.session.run(["embedding", "logits"], {"image": images})
-            return emb, logits
-        binding = self.session.io_binding()
-        binding.bind_cpu_input("image", images)
-        binding.bind_output("embedding", "cuda")
-        binding.bind_output("logits", "cuda")
-        self.session.run_with_iobinding(binding)
-        emb, logits = binding.copy_outputs_to_cpu()
-        return emb, logits
+            got = self.session.run(self.outputs, {"image": images})
+        else:
+            binding = self.session.io_binding()
+            binding.bind_cpu_input("image", images)
+            for name in self.outputs:
+                binding.bind_output(name, "cuda")
+            self.session.run_with_iobinding(binding)
+            got = binding.copy_outputs_to_cpu()
+        return got[0], (got[1] if len(self.outputs) > 1 else None)
 
     def decoded(self, images: np.ndarray, errors: list[str | None]) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """Embeddings and logits of the chips of a decoded batch that decoded (None when none did)."""
+        """Embeddings and logits of the chips of a decoded batch that decoded (None when none did; logits
+        None for a model without class outputs)."""
         ok = np.array([e is None for e in errors], dtype=bool)
         if not ok.any():
             return None, None
         return self.run(images if ok.all() else np.ascontiguousarray(images[ok]))
+
+
+def has_logits(session: Any) -> bool:
+    """Whether the model has class outputs (``logits``); a backbone exported without a head has not."""
+    return "logits" in {o.name for o in session.get_outputs()}
+
+
+def check_outputs(session: Any, meta: dict[str, Any], onnx_path: Path) -> None:
+    """Refuse a model whose outputs do not match its metadata (class names without ``logits``, or no ``embedding``)."""
+    names = {o.name for o in session.get_outputs()}
+    if "embedding" not in names:
+        raise EncodeError(f"{onnx_path}: no `embedding` output (outputs: {', '.join(sorted(names))}); export it with `imagesim export`")
+    if meta["classes"] and "logits" not in names:
+        raise EncodeError(f"{onnx_path}: its metadata names {len(meta['classes'])} classes but the graph has no `logits` output")
 
 
 def _parts_dir(out: AnyPath) -> AnyPath:
@@ -210,12 +231,20 @@ def _existing(out: AnyPath, mid: str, overwrite: bool, threshold: int | None = N
 
 
 def _rows(
-    meta: dict[str, Any], mid: str, chips: pl.DataFrame, emb: np.ndarray, logits: np.ndarray, valid: np.ndarray | None = None
+    meta: dict[str, Any], mid: str, chips: pl.DataFrame, emb: np.ndarray, logits: np.ndarray | None, valid: np.ndarray | None = None
 ) -> pl.DataFrame:
+    """The embeddings rows of ``chips``; ``logits`` None (a model without class outputs): ``predicted`` empty, no ``probabilities``."""
     classes = meta["classes"]
-    thresholds = np.asarray(meta.get("thresholds") or [0.35] * len(classes), np.float32)
-    prob = 1.0 / (1.0 + np.exp(-logits.astype(np.float32)))
-    predicted = [[classes[j] for j in np.flatnonzero(row >= thresholds)] for row in prob]
+    if logits is not None:
+        thresholds = np.asarray(meta.get("thresholds") or [0.35] * len(classes), np.float32)
+        prob = 1.0 / (1.0 + np.exp(-logits.astype(np.float32)))
+        predicted = [[classes[j] for j in np.flatnonzero(row >= thresholds)] for row in prob]
+        class_columns = [
+            pl.Series("predicted", predicted, dtype=pl.List(pl.String)),
+            pl.Series("probabilities", prob, dtype=pl.Array(pl.Float32, len(classes))),
+        ]
+    else:
+        class_columns = [pl.Series("predicted", [[] for _ in range(chips.height)], dtype=pl.List(pl.String))]
     # cloud_fraction rides along so that similar/serve can show and filter it without the chip manifest
     cloud = pl.col(CLOUD_FRACTION) if CLOUD_FRACTION in chips.columns else pl.lit(None, pl.Float64).alias(CLOUD_FRACTION)
     # valid_fraction: measured by the decoder on the pixels the model saw (null: encoded as decoded)
@@ -228,8 +257,7 @@ def _rows(
         valid_col,
         pl.lit(mid).alias("model_id"),
         pl.Series("embedding", emb.astype(np.float32), dtype=pl.Array(pl.Float32, emb.shape[1])),
-        pl.Series("predicted", predicted, dtype=pl.List(pl.String)),
-        pl.Series("probabilities", prob, dtype=pl.Array(pl.Float32, len(classes))),
+        *class_columns,
     )
 
 
@@ -270,7 +298,7 @@ def encode_chips_task(
 
     Returns the provider that ran, the per-chip decode errors (None when decoded), the valid share of
     every chip (``valid``, NaN where unmeasured) and the ``embedding``/``logits`` rows of the decoded
-    chips, in order.
+    chips, in order (``logits`` None for a model without class outputs).
     """
     key = (onnx_path, provider)
     if key not in _WORKER_SESSIONS:
@@ -290,7 +318,8 @@ def encode_chips_task(
         emb, lg = inference.decoded(buf, errs)
         if emb is not None:
             embs.append(np.array(emb))
-            logits.append(np.array(lg))
+            if lg is not None:
+                logits.append(np.array(lg))
         errors.extend(errs)
     return {
         "provider": running,
@@ -325,19 +354,19 @@ def run_encode(
     # With a scheduler the model runs on the workers; here only its metadata is read (on the CPU).
     session, running = open_session(onnx_path, settings.provider if tasks.local else "cpu")
     meta = decode_metadata(session.get_modelmeta().custom_metadata_map, onnx_path)
+    check_outputs(session, meta, onnx_path)
+    with_classes = has_logits(session)
     mid = model_id(onnx_path)
     size = meta["chip_size"]
+    what = f"{meta.get('backbone', '?')}, {size} px, id {mid}" + ("" if with_classes else ", no class outputs: embeddings only")
     summary = EncodeSummary(out=out, model_id=mid, provider=running)
     if not tasks.local:
         summary.provider = f"Dask workers (provider {settings.provider})"
-        log(
-            f"encoding on the Dask cluster (provider {settings.provider} on the workers), "
-            f"model {onnx_path.name} ({meta.get('backbone', '?')}, {size} px, id {mid})"
-        )
+        log(f"encoding on the Dask cluster (provider {settings.provider} on the workers), model {onnx_path.name} ({what})")
     else:
         log(
             f"encoding with {running}{' (no CUDA GPU found)' if running == 'CPUExecutionProvider' and settings.provider == 'auto' else ''}, "
-            f"model {onnx_path.name} ({meta.get('backbone', '?')}, {size} px, id {mid})"
+            f"model {onnx_path.name} ({what})"
         )
 
     # `path`: each chip file, relative to chips_dir
@@ -457,7 +486,11 @@ def run_encode(
             pl.concat(done, how="diagonal_relaxed")  # parts of an earlier imagesim may lack newer columns
             if done
             else _rows(
-                meta, mid, todo.head(0), np.zeros((0, meta["embedding_dim"]), np.float32), np.zeros((0, len(meta["classes"])), np.float32)
+                meta,
+                mid,
+                todo.head(0),
+                np.zeros((0, meta["embedding_dim"]), np.float32),
+                np.zeros((0, len(meta["classes"])), np.float32) if with_classes else None,
             )
         )
         table = table.unique(subset=["chip"], keep="last").sort("chip")

@@ -1,4 +1,4 @@
-"""`imagesim export`: a trained ``model.pt`` to an ONNX graph that takes raw chip pixels.
+"""`imagesim export`: a trained ``model.pt`` (or a pretrained ``backbone.pt``) to an ONNX graph that takes raw chip pixels.
 
 The graph's input ``image`` is ``uint8 [N, S, S, 3]`` (RGB, NHWC, S = the chip size the model was
 trained at): the conversion to float, the ImageNet normalisation and the NCHW transpose live inside
@@ -6,6 +6,11 @@ the graph, so clients send decoded pixels and nothing else. Outputs: ``embedding
 head's 512-d layer, L2-normalised unless ``normalize=False``) and ``logits`` ``[N, classes]``. The
 batch axis is dynamic. Class names, tuned thresholds, chip size, normalisation and the model's
 identity go into the ONNX metadata (``imagesim.*`` keys).
+
+A backbone without a head (``backbone.pt`` of `imagesim pretrain`, told apart by its ``kind`` tag)
+exports to the one output ``embedding``: the ResNet's global-average-pooled features (512-d for
+resnet18, 2048-d for resnet50), L2-normalised the same way; its metadata names no classes
+(``classes`` and ``thresholds`` empty, ``head`` "none").
 
 After writing, the graph is run with onnxruntime on real chips and compared with the PyTorch model;
 the export fails (and nothing is left at ``out``) when they differ by more than the tolerance.
@@ -70,8 +75,9 @@ class ExportSummary:
 
     def line(self) -> str:
         diffs = ", ".join(f"{k} {v:.2e}" for k, v in self.max_abs_diff.items())
+        head = f"{len(self.classes)} classes" if self.classes else "no head: embedding only"
         return (
-            f"export: {self.out} ({self.precision}, {self.chip_size} px, {len(self.classes)} classes, id {self.model_id}); "
+            f"export: {self.out} ({self.precision}, {self.chip_size} px, {head}, id {self.model_id}); "
             f"parity on {self.parity_images} {self.parity_source} with {self.provider}: max |torch - onnx| {diffs}; "
             f"{self.seconds:.1f} s"
         )
@@ -113,6 +119,68 @@ def _wrapper(model: Any, normalize: bool) -> Any:
     return RawPixels().eval()
 
 
+def _embedding_wrapper(net: Any, normalize: bool) -> Any:
+    """The same input stage as :func:`_wrapper` around a backbone without a head: (embedding,) only."""
+    import torch
+    from torch import nn
+
+    class RawPixelsEmbedding(nn.Module):
+        """uint8 NHWC RGB → normalised NCHW float → pooled backbone features."""
+
+        mean: torch.Tensor
+        scale: torch.Tensor
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = net
+            self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).mul(255.0).view(1, 3, 1, 1))
+            self.register_buffer("scale", torch.tensor(IMAGENET_STD).mul(255.0).reciprocal().view(1, 3, 1, 1))
+
+        def forward(self, image: torch.Tensor) -> tuple[torch.Tensor]:
+            x = image.permute(0, 3, 1, 2).to(self.mean.dtype)
+            x = (x - self.mean) * self.scale
+            emb = self.model(x)
+            if normalize:
+                emb = nn.functional.normalize(emb, dim=1)
+            return (emb,)
+
+    return RawPixelsEmbedding().eval()
+
+
+def _peek(path: Path) -> Any:
+    """What a torch file holds, tensors memory-mapped (cheap for a large model.pt), to tell a backbone from a
+    model; None when torch cannot load it safely (:func:`imagesim.learn.train.load_model` then says why)."""
+    import warnings
+
+    import torch
+
+    for mmap in (True, False):  # files of torch's legacy format cannot be memory-mapped
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except Exception:  # noqa: BLE001, S112 - any failure: the strict loader reports it
+            continue
+    return None
+
+
+def _neither(path: Path, content: Any) -> InvalidArgumentError:
+    """The error for a torch file that is neither a trained model nor a pretrained backbone."""
+    import torch
+
+    from imagesim.learn.model import EXPORTABLE
+
+    if isinstance(content, dict) and isinstance(content.get("kind"), str):
+        what = f"a file of kind {content['kind']!r}"
+    elif isinstance(content, dict) and content and all(torch.is_tensor(v) for v in content.values()):
+        what = f"a state dict of {len(content)} tensors without imagesim's tags; fine-tune ResNet weights with `imagesim train --weights`"
+    else:
+        what = f"a PyTorch file holding a {type(content).__name__}" + (
+            " without imagesim's format tag" if isinstance(content, dict) else ""
+        )
+    return InvalidArgumentError(f"{path}: neither a trained model nor a pretrained backbone ({what}); expected {EXPORTABLE}")
+
+
 def parity_images(chips: Path | None, size: int, count: int) -> tuple[np.ndarray, str]:
     """Up to ``count`` real chips decoded at ``size`` (the same Rust path `imagesim encode` uses)."""
     from imagesim import _imagesim
@@ -130,12 +198,12 @@ def parity_images(chips: Path | None, size: int, count: int) -> tuple[np.ndarray
     return rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8), "random images (no chips found)"
 
 
-def _export_graph(torch: Any, wrapper: Any, dummy: Any, path: Path, opset: int) -> str:
+def _export_graph(torch: Any, wrapper: Any, dummy: Any, path: Path, opset: int, outputs: tuple[str, ...] = ("embedding", "logits")) -> str:
     """Write the graph with torch's exporter for ``opset``: the torch.export-based ("dynamo") one
     from opset 18, TorchScript's below (the dynamo exporter does not write older opsets)."""
     import warnings
 
-    names = {"input_names": ["image"], "output_names": ["embedding", "logits"], "opset_version": opset}
+    names = {"input_names": ["image"], "output_names": list(outputs), "opset_version": opset}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         if opset >= 18 and importlib.util.find_spec("onnxscript") is not None:  # the dynamo exporter needs onnxscript
@@ -156,7 +224,7 @@ def _export_graph(torch: Any, wrapper: Any, dummy: Any, path: Path, opset: int) 
             str(path),
             dynamo=False,
             do_constant_folding=True,
-            dynamic_axes={"image": {0: "batch"}, "embedding": {0: "batch"}, "logits": {0: "batch"}},
+            dynamic_axes={"image": {0: "batch"}, **{name: {0: "batch"} for name in outputs}},
             **names,
         )
         return "torchscript"
@@ -169,7 +237,8 @@ def export_onnx(model_path: str | Path, out: str | Path, settings: ExportSetting
     torch = require("torch", "train", purpose="`imagesim export`")
     onnx = require("onnx", "encode", purpose="`imagesim export`")
     require("onnxruntime", "encode", purpose="`imagesim export`")
-    from imagesim.learn.train import load_model
+    from imagesim.learn.model import backbone_description, backbone_network, check_backbone_file, is_backbone_file
+    from imagesim.learn.train import CHECKPOINT_FORMAT, MODEL_FORMAT, load_model
 
     out = Path(out)
     if out.suffix != ".onnx":
@@ -183,11 +252,32 @@ def export_onnx(model_path: str | Path, out: str | Path, settings: ExportSetting
     model_path = Path(model_path)
     if not model_path.is_file():
         raise ImagesimFileNotFoundError(f"model not found: {model_path}")
-    model, ckpt = load_model(model_path)
-    classes = list(ckpt["classes"])
-    size = int(settings.chip_size or ckpt.get("chip_size") or ckpt["config"]["chip_size"])
-    options.check_range("chip_size", size, *options.CHIP_SIZE_RANGE)
-    wrapper = _wrapper(model, settings.normalize)
+    content = _peek(model_path)
+    outputs: tuple[str, ...] = ("embedding", "logits")
+    if is_backbone_file(content):  # `imagesim pretrain`'s backbone.pt: no head, the pooled features are the embedding
+        ckpt = check_backbone_file(content, model_path)
+        net = backbone_network(ckpt, model_path)
+        classes: list[str] = []
+        config = ckpt["config"] if isinstance(ckpt.get("config"), dict) else {}
+        size = int(settings.chip_size or ckpt["chip_size"])
+        options.check_range("chip_size", size, *options.CHIP_SIZE_RANGE)
+        with torch.no_grad():
+            embedding_dim = int(net(torch.zeros((1, 3, size, size))).shape[1])
+        backbone = str(ckpt["backbone"])
+        wrapper = _embedding_wrapper(net, settings.normalize)
+        outputs = ("embedding",)
+    else:
+        if content is not None and not (isinstance(content, dict) and content.get("format") in (CHECKPOINT_FORMAT, MODEL_FORMAT)):
+            raise _neither(model_path, content)
+        del content  # the memory-mapped peek; load_model reads the checkpoint (and says what is wrong with it)
+        model, ckpt = load_model(model_path)
+        classes = list(ckpt["classes"])
+        config = ckpt["config"]
+        size = int(settings.chip_size or ckpt.get("chip_size") or ckpt["config"]["chip_size"])
+        options.check_range("chip_size", size, *options.CHIP_SIZE_RANGE)
+        embedding_dim = model.neck[-1].num_features
+        backbone = str(ckpt["config"]["backbone"])
+        wrapper = _wrapper(model, settings.normalize)
     precision = "fp16" if settings.fp16 else "fp32"
     if settings.fp16:
         wrapper = wrapper.half()
@@ -195,10 +285,11 @@ def export_onnx(model_path: str | Path, out: str | Path, settings: ExportSetting
     dummy = torch.zeros((2, size, size, 3), dtype=torch.uint8)
     with tempfile.TemporaryDirectory(prefix=".imagesim-export-", dir=out.parent if out.parent.exists() else None) as tmp:
         raw = Path(tmp) / "raw.onnx"
-        exporter = _export_graph(torch, wrapper, dummy, raw, settings.opset)
+        exporter = _export_graph(torch, wrapper, dummy, raw, settings.opset, outputs)
         graph = onnx.load(str(raw))
         thresholds = [float(t) for t in np.asarray(ckpt.get("thresholds", [options.THRESHOLD] * len(classes))).ravel()]
         metrics = ckpt.get("metrics") or {}
+        metrics = metrics if isinstance(metrics, dict) else {}
         meta = {
             "classes": json.dumps(classes),
             "thresholds": json.dumps(thresholds),
@@ -206,9 +297,9 @@ def export_onnx(model_path: str | Path, out: str | Path, settings: ExportSetting
             "input": "image: uint8 [batch, chip_size, chip_size, 3], RGB, NHWC; normalisation inside the graph",
             "mean": json.dumps(list(IMAGENET_MEAN)),
             "std": json.dumps(list(IMAGENET_STD)),
-            "embedding_dim": str(model.neck[-1].num_features),
+            "embedding_dim": str(embedding_dim),
             "embedding_normalized": json.dumps(settings.normalize),
-            "backbone": str(ckpt["config"]["backbone"]),
+            "backbone": backbone,
             "precision": precision,
             "exporter": exporter,
             "source_model": str(model_path.resolve()),
@@ -216,6 +307,8 @@ def export_onnx(model_path: str | Path, out: str | Path, settings: ExportSetting
             "epoch": str(ckpt.get("epoch", "")),
             "val_f1_micro": json.dumps(metrics.get("f1_micro_tuned", metrics.get("f1_micro"))),
         }
+        if not classes:
+            meta["head"] = f"none: {backbone_description(ckpt)}, the embedding is its pooled features"
         for key, value in meta.items():
             entry = graph.metadata_props.add()
             entry.key, entry.value = META_PREFIX + key, value
@@ -224,15 +317,15 @@ def export_onnx(model_path: str | Path, out: str | Path, settings: ExportSetting
         final = Path(tmp) / "model.onnx"
         onnx.save(graph, str(final))
 
-        images, source = parity_images(settings.parity_chips or Path(ckpt["config"].get("chips", "")), size, settings.parity_count)
+        images, source = parity_images(settings.parity_chips or Path(str(config.get("chips") or "")), size, settings.parity_count)
         try:
             session, provider = devices.onnx_session(final, settings.provider)
         except EncodeError as exc:
             raise ExportError(f"{out}: parity check: {exc}; nothing written") from None
-        got = session.run(["embedding", "logits"], {"image": images})
+        got = session.run(list(outputs), {"image": images})
         with torch.no_grad():
             want = [t.float().numpy() for t in wrapper(torch.from_numpy(images))]
-        diffs = {name: float(np.abs(g.astype(np.float32) - w).max()) for name, g, w in zip(("embedding", "logits"), got, want)}
+        diffs = {name: float(np.abs(g.astype(np.float32) - w).max()) for name, g, w in zip(outputs, got, want)}
         worst = max(diffs.values())
         if not np.isfinite(worst) or worst > TOLERANCE[precision]:
             raise ExportError(

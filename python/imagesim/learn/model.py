@@ -166,6 +166,63 @@ def _text(head: bytes) -> str | None:
     return text if all(c.isprintable() or c in "\t\r\n\f" for c in text) else None
 
 
+#: The tag and layout version of `imagesim pretrain`'s ``backbone.pt``: ``{"kind", "format", "backbone", "chip_size",
+#: "embedding_dim", "state_dict" (a torchvision ResNet's, no ``fc.*``), "config", "epoch"}``.
+BACKBONE_KIND = "imagesim-backbone"
+BACKBONE_FORMAT = 1
+#: What `imagesim export --model` reads, for error messages.
+EXPORTABLE = "a trained model (RUN/model.pt of `imagesim train`) or a pretrained backbone (RUN/backbone.pt of `imagesim pretrain`)"
+
+
+def is_backbone_file(content: Any) -> bool:
+    """Whether a loaded file is `imagesim pretrain`'s ``backbone.pt`` (by its ``kind`` tag)."""
+    return isinstance(content, dict) and content.get("kind") == BACKBONE_KIND
+
+
+def check_backbone_file(content: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """``content`` (a loaded ``backbone.pt``) when it follows the contract; else one
+    :class:`~imagesim.errors.InvalidArgumentError` line naming the file and what is wrong."""
+    fmt = content.get("format")
+    if fmt != BACKBONE_FORMAT:
+        raise InvalidArgumentError(
+            f"{path}: imagesim backbone of format {fmt!r}; this imagesim reads format {BACKBONE_FORMAT} (a newer imagesim wrote it?)"
+        )
+    backbone, state, size = content.get("backbone"), content.get("state_dict"), content.get("chip_size")
+    if backbone not in BACKBONES or not isinstance(state, dict) or not state or not isinstance(size, int):
+        raise InvalidArgumentError(
+            f"{path}: damaged imagesim backbone: its `backbone` ({backbone!r}), `chip_size` ({size!r}) or `state_dict` is missing or wrong"
+        )
+    return content
+
+
+def backbone_description(content: dict[str, Any]) -> str:
+    """``imagesim pretrained resnet18 backbone (epoch 5, 64 px chips)``: for logs."""
+    epoch = content.get("epoch")
+    return f"imagesim pretrained {content.get('backbone')} backbone ({f'epoch {epoch}, ' if epoch is not None else ''}{content.get('chip_size')} px chips)"
+
+
+def backbone_network(content: dict[str, Any], path: str | Path) -> nn.Module:
+    """The ResNet of a checked ``backbone.pt`` with ``fc`` = Identity (global-average-pooled features out),
+    in eval mode on the CPU; a state dict that does not fit its own ``backbone`` is refused."""
+    import torchvision
+
+    net = getattr(torchvision.models, content["backbone"])(weights=None)
+    net.fc = nn.Identity()
+    state = {k: v for k, v in content["state_dict"].items() if not str(k).startswith("fc.")}
+    try:
+        result = net.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a tensor of another shape
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1].strip()
+        raise InvalidArgumentError(f"{path}: damaged imagesim backbone: its weights do not fit a {content['backbone']} ({first})") from exc
+    # BatchNorm step counters do not change the output; every other tensor must be there, and nothing else.
+    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+    if missing or result.unexpected_keys:
+        bad = missing or result.unexpected_keys
+        what = "missing" if missing else f"that a {content['backbone']} does not have"
+        raise InvalidArgumentError(f"{path}: damaged imagesim backbone: {len(bad)} tensors {what} (e.g. {', '.join(bad[:3])})")
+    return net.eval()
+
+
 #: `weights` value that loads torchvision's ImageNet weights instead of a file.
 IMAGENET = "imagenet"
 #: Seconds without a byte before a weights download gives up (never hang on a machine without internet).
@@ -257,6 +314,14 @@ def load_backbone_weights(model: MultilabelNet, weights: str | Path, *, progress
         path = Path(weights)
         state = read_torch_file(path, "backbone weights", BACKBONE_WEIGHTS)
         source = str(path)
+        if is_backbone_file(state):  # `imagesim pretrain`'s backbone.pt: its tags say what it is
+            check_backbone_file(state, path)
+            if state["backbone"] != _backbone_name(model):
+                raise InvalidArgumentError(
+                    f"{path}: an imagesim pretrained {state['backbone']} backbone, not a {_backbone_name(model)}: "
+                    f"choose `backbone` {state['backbone']} to fine-tune it"
+                )
+            source = f"{path}, {backbone_description(state)}"
     state = _unwrap(state, path)
     expected = model.backbone.state_dict()
     prefix, matched = _best_prefix(state, expected)
