@@ -639,6 +639,16 @@ def read_embeddings(path: str | Path) -> tuple[pl.DataFrame, np.ndarray, dict[st
     return rows, vectors, meta
 
 
+def _read_without(path: Path, leave_out: tuple[str, ...], what: str) -> tuple[pl.DataFrame, list[str]]:
+    """Every column of the Parquet file ``path`` but ``leave_out`` (never read), and all its column names."""
+    try:
+        lazy = pl.scan_parquet(path)
+        have = lazy.collect_schema().names()
+        return lazy.select([c for c in have if c not in leave_out]).collect(), have
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        raise InvalidArgumentError(f"{path}: cannot read {what} ({exc})") from None
+
+
 def read_embedding_vectors(path: str | Path, *, batch: int = 131_072) -> tuple[pl.Series, np.ndarray]:
     """Only the chip names and unit embeddings of ``embeddings.parquet`` (no other column, no chip-name
     parsing), read in slices into one float32 array: what a pass over millions of embeddings needs
@@ -686,12 +696,7 @@ def read_changes(path: str | Path) -> tuple[pl.DataFrame, dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise ImagesimFileNotFoundError(f"{path}: changes not found; run `imagesim change` first")
-    try:
-        lazy = pl.scan_parquet(path)
-        have = lazy.collect_schema().names()
-        table = lazy.select([c for c in have if c not in GEO_COLUMNS]).collect()
-    except (OSError, pl.exceptions.PolarsError) as exc:
-        raise InvalidArgumentError(f"{path}: cannot read changes ({exc})") from None
+    table, _ = _read_without(path, GEO_COLUMNS, "changes")
     missing = [c for c in CHANGE_SCHEMA if c not in table.columns]
     if missing:
         raise InvalidArgumentError(f"{path}: not a changes file of `imagesim change`, missing column(s) {missing}")
@@ -709,12 +714,7 @@ def read_class_probabilities(path: str | Path) -> tuple[pl.DataFrame, list[str],
     path = Path(path)
     if not path.is_file():
         raise ImagesimFileNotFoundError(f"{path}: embeddings not found; run `imagesim encode` first")
-    try:
-        lazy = pl.scan_parquet(path)
-        have = lazy.collect_schema().names()
-        table = lazy.select([c for c in have if c != "embedding"]).collect()
-    except (OSError, pl.exceptions.PolarsError) as exc:
-        raise InvalidArgumentError(f"{path}: cannot read embeddings ({exc})") from None
+    table, have = _read_without(path, ("embedding",), "embeddings")
     if "chip" not in have:
         raise InvalidArgumentError(f"{path}: not an embeddings file, missing column 'chip'")
     if "probabilities" not in have:

@@ -102,6 +102,11 @@ Proc = Annotated[int, typer.Option("--proc", help="Worker threads (0 = all cores
 Quality = Annotated[int, typer.Option("--quality", help="JPEG quality, {}..{}.".format(*options.QUALITY_RANGE))]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Chips per batch.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace outputs that already exist (default: keep them).")]
+# --- training runs (train, pretrain) ---
+TorchDevice = Annotated[str, typer.Option("--device", help=f"{', '.join(options.DEVICES)}: auto is CUDA when a GPU is present, else CPU.")]
+LoaderWorkers = Annotated[int, typer.Option("--workers", help="DataLoader worker processes (forkserver; 0 = load in the main process).")]
+Seed = Annotated[int, typer.Option("--seed", help="Random seed: initialisation, order, augmentation.")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from last.pt.")]
 Scheduler = Annotated[
     Optional[str],
     typer.Option(

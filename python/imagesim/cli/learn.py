@@ -18,11 +18,15 @@ from imagesim.cli._common import (
     ChipFolder,
     Chips,
     Commands,
+    LoaderWorkers,
     MaxCloud,
     NodataIndex,
     Overwrite,
     Proc,
+    Resume,
     Scheduler,
+    Seed,
+    TorchDevice,
     err,
     log,
     out,
@@ -65,15 +69,11 @@ def pretrain(
             "--labels", help="Labelled chips for the kNN precision printed each epoch (default: CHIPS/labels.parquet if present)."
         ),
     ] = None,
-    device: Annotated[
-        str, typer.Option(help=f"{', '.join(options.DEVICES)}: auto is CUDA when a GPU is present, else CPU.")
-    ] = options.DEVICE,
+    device: TorchDevice = options.DEVICE,
     amp: Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision (float16) and channels-last on CUDA.")] = True,
-    workers: Annotated[
-        int, typer.Option(help="DataLoader worker processes (forkserver; 0 = load in the main process).")
-    ] = options.TRAIN_WORKERS,
-    seed: Annotated[int, typer.Option(help="Random seed: initialisation, order, augmentation.")] = 0,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from last.pt.")] = False,
+    workers: LoaderWorkers = options.TRAIN_WORKERS,
+    seed: Seed = 0,
+    resume: Resume = False,
     overwrite: Overwrite = False,
 ) -> None:
     """Pretrain the backbone on the chips without labels (SimCLR; positives: the place on another date).
@@ -150,15 +150,11 @@ def train(
     val_fraction: Annotated[
         float, typer.Option("--val-fraction", help="Validation share when the labels carry no split.")
     ] = options.VAL_FRACTION,
-    device: Annotated[
-        str, typer.Option(help=f"{', '.join(options.DEVICES)}: auto is CUDA when a GPU is present, else CPU.")
-    ] = options.DEVICE,
+    device: TorchDevice = options.DEVICE,
     amp: Annotated[bool, typer.Option("--amp", help="Mixed precision (float16) on CUDA.")] = False,
-    workers: Annotated[
-        int, typer.Option(help="DataLoader worker processes (forkserver; 0 = load in the main process).")
-    ] = options.TRAIN_WORKERS,
-    seed: Annotated[int, typer.Option(help="Random seed: initialisation, order, augmentation.")] = 0,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from last.pt.")] = False,
+    workers: LoaderWorkers = options.TRAIN_WORKERS,
+    seed: Seed = 0,
+    resume: Resume = False,
     overwrite: Overwrite = False,
 ) -> None:
     """Train the multilabel ResNet (frozen backbone first, then fine-tuned) on chips and their labels.
