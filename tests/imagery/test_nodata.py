@@ -197,3 +197,27 @@ def test_manifest_measured_with_another_threshold_is_refused(chips, tmp_path) ->
 def test_bad_settings_name_the_parameter(tmp_path, settings: NodataSettings, message: str) -> None:
     with pytest.raises(InvalidArgumentError, match=message):
         run_nodata_index(tmp_path, settings)
+
+
+@pytest.mark.parametrize("subsampling", [0, 1, 2])  # 4:4:4, 4:2:2, 4:2:0
+def test_strip_edge_counts_equal_the_full_rgb_rule(tmp_path, subsampling: int) -> None:
+    """Chips along a strip edge (a large black area, a dark coloured fringe, texture): the counts
+    from the luma/YUV planes equal the rule applied to a full RGB decode, threshold by threshold."""
+    from PIL import Image
+
+    rng = np.random.default_rng(subsampling)
+    yy, xx = np.mgrid[0:512, 0:512]
+    img = rng.integers(40, 220, size=(512, 512, 3), dtype=np.uint8)
+    edge = xx + yy // 2
+    img[edge < 300] = 0
+    fringe = (edge >= 300) & (edge < 310)
+    img[fringe] = rng.integers(0, 9, size=(int(fringe.sum()), 3), dtype=np.uint8)
+    path = tmp_path / "Z10-12002022303200000_A.jpg"
+    Image.fromarray(img).save(path, quality=90, subsampling=subsampling)
+    with Image.open(path) as im:
+        rgb = np.asarray(im.convert("RGB"))
+    for threshold in (0, 4, 12):
+        run_nodata_index(tmp_path, NodataSettings(source="pixels", nodata_threshold=threshold, proc=1))
+        got = pl.read_parquet(tmp_path / PARQUET)["nodata_pixels"].to_list()
+        assert got == [int((rgb.max(axis=2) <= threshold).sum())], f"threshold {threshold}"
+    assert got[0] > 512 * 512 // 4  # the slow path: candidates in most rows

@@ -1,10 +1,13 @@
 //! No-data measurement. A pixel is no-data when every one of its first three bands is <= a
 //! threshold (0 by default; a few levels more tolerate JPEG noise along no-data edges).
 //!
-//! JPEGs are measured exactly but cheaply: a no-data pixel has luma <= T + 1 (luma is a convex
-//! combination of R, G and B, plus rounding), so a luma-only decode whose darkest sample is above
-//! that proves the image has no no-data pixel. Only images with a dark luma sample are decoded to
-//! RGB and counted pixel by pixel. The answer is always the full-pixel rule's answer.
+//! JPEGs are measured exactly but cheaply, from one YUV-plane decode (no chroma upsampling, no
+//! colour conversion): a no-data pixel has luma <= T + 1 (luma is a convex combination of R, G
+//! and B, plus rounding; checked for every Y, Cb, Cr), so an image whose darkest luma sample is
+//! above that has no no-data pixel. Only the rows that hold a dark luma sample are upsampled and
+//! converted with libjpeg-turbo's own arithmetic and counted. (A greyscale decode first is no
+//! cheaper on the whole: entropy decoding dominates, and dark chips would be decoded twice.)
+//! The answer is always the full-pixel rule's answer on the library's RGB decode.
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -15,6 +18,11 @@ use crate::store;
 
 /// Re-exported from its new home, [`crate::pixels`], so `nodata::min_value` keeps working.
 pub use crate::pixels::min_value;
+
+/// Largest byte of a plane (0 for an empty one); a fold that vectorises.
+fn max_value(plane: &[u8]) -> u8 {
+    plane.iter().fold(0u8, |m, &v| m.max(v))
+}
 
 /// Count interleaved pixels (`stride` bytes each, first 3 bands compared) that are no-data.
 pub fn count_nodata(pixels: &[u8], stride: usize, threshold: u8) -> u64 {
@@ -38,7 +46,8 @@ pub struct Scratch {
 }
 
 /// Exact no-data count of a colour JPEG already decoded to `yuv`: nothing more when no luma
-/// sample is dark, RGB at the dark samples only when they are few, else a library RGB decode.
+/// sample is dark, the planes' extremes when every pixel is no-data, else [`count_from_yuv`] on
+/// the rows with a dark sample (a library RGB decode for layouts it does not reproduce).
 pub fn count_decoded(
     stream: &[u8],
     yuv: &jpeg::Yuv,
@@ -66,6 +75,42 @@ mod ycc {
     const FIX_0_71414: i32 = 46802;
     const FIX_0_34414: i32 = 22554;
 
+    /// How many pixels of a row (luma, upsampled Cb, upsampled Cr) have R, G and B all <= `t`
+    /// after [`to_rgb`]'s conversion. Branch-free so that it vectorises; exact for `t` < 255
+    /// (then clamping cannot move a band across `t`).
+    pub fn dark_count(luma: &[u8], cb: &[u8], cr: &[u8], t: u8) -> u32 {
+        debug_assert!(t < 255);
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            return unsafe { dark_count_avx2(luma, cb, cr, t) };
+        }
+        dark_count_portable(luma, cb, cr, t)
+    }
+
+    /// The same loop compiled for AVX2 (8 lanes of 32-bit multiplies; the baseline has none).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn dark_count_avx2(luma: &[u8], cb: &[u8], cr: &[u8], t: u8) -> u32 {
+        dark_count_portable(luma, cb, cr, t)
+    }
+
+    #[inline(always)]
+    fn dark_count_portable(luma: &[u8], cb: &[u8], cr: &[u8], t: u8) -> u32 {
+        let t = i32::from(t);
+        luma.iter()
+            .zip(cb)
+            .zip(cr)
+            .map(|((&y, &cb), &cr)| {
+                let (y, cb, cr) = (i32::from(y), i32::from(cb) - 128, i32::from(cr) - 128);
+                let r = y + ((FIX_1_40200 * cr + ONE_HALF) >> 16);
+                let g = y + ((-FIX_0_34414 * cb + ONE_HALF - FIX_0_71414 * cr) >> 16);
+                let b = y + ((FIX_1_77200 * cb + ONE_HALF) >> 16);
+                u32::from((r <= t) & (g <= t) & (b <= t))
+            })
+            .sum()
+    }
+
     /// The RGB libjpeg-turbo produces for one pixel of luma `y` and (upsampled) chroma.
     pub fn to_rgb(y: u8, cb: u8, cr: u8) -> [u8; 3] {
         let (y, cb, cr) = (i32::from(y), i32::from(cb) - 128, i32::from(cr) - 128);
@@ -91,9 +136,9 @@ fn all_nodata(yuv: &jpeg::Yuv, threshold: u8) -> bool {
         return false;
     }
     let stride = yuv.y_stride();
+    // Row by row, each a fold the compiler vectorises.
     let y_max = (0..yuv.height)
-        .flat_map(|r| &yuv.pixels[r * stride..r * stride + yuv.width])
-        .copied()
+        .map(|r| max_value(&yuv.pixels[r * stride..r * stride + yuv.width]))
         .max()
         .unwrap_or(0);
     if y_max > threshold {
@@ -109,25 +154,20 @@ fn all_nodata(yuv: &jpeg::Yuv, threshold: u8) -> bool {
     r <= threshold && g <= threshold && b <= threshold
 }
 
-/// Exact no-data count from YUV planes, computing RGB only at the few dark-luma candidates with
-/// libjpeg-turbo's own arithmetic (h2v2 "fancy" chroma upsampling of jdsample.c, colour
-/// conversion of jdcolor.c). Returns None when the layout is not one reproduced here (4:2:0 and
-/// 4:4:4 are) or when candidates are so many that a library RGB decode is cheaper.
+/// Exact no-data count from YUV planes with libjpeg-turbo's own arithmetic (h2v2 "fancy" chroma
+/// upsampling of jdsample.c, colour conversion of jdcolor.c), on the rows that hold a dark luma
+/// sample only. Returns None when the layout is not one reproduced here (4:2:0 and 4:4:4 are).
 pub fn count_from_yuv(yuv: &jpeg::Yuv, threshold: u8) -> Option<u64> {
-    count_from_yuv_up_to(yuv, threshold, yuv.width * yuv.height / 16)
-}
-
-fn count_from_yuv_up_to(yuv: &jpeg::Yuv, threshold: u8, max_candidates: usize) -> Option<u64> {
     let (w, h, stride) = (yuv.width, yuv.height, yuv.y_stride());
     let luma = yuv.y_plane();
     let limit = u16::from(threshold) + 1;
-    let dark = |x: usize, y: usize| u16::from(luma[y * stride + x]) <= limit;
-    let candidates: usize = (0..h).map(|y| (0..w).filter(|&x| dark(x, y)).count()).sum();
-    if candidates == 0 {
+    let row = |y: usize| &luma[y * stride..y * stride + w];
+    // Rows with a candidate, by a vectorised min (most rows of most chips have none).
+    let dark_rows: Vec<usize> = (0..h)
+        .filter(|&y| u16::from(min_value(row(y))) <= limit)
+        .collect();
+    if dark_rows.is_empty() {
         return Some(0);
-    }
-    if candidates > max_candidates {
-        return None;
     }
     let (u, v, cw, ch) = (
         yuv.uv_plane(0),
@@ -135,49 +175,126 @@ fn count_from_yuv_up_to(yuv: &jpeg::Yuv, threshold: u8, max_candidates: usize) -
         yuv.uv_stride(),
         yuv.uv_rows(),
     );
-    let chroma: fn(&[u8], usize, usize, usize, usize) -> u8 = match yuv.subsamp {
-        jpeg::Subsamp::None => |plane, cw, _, x, y| plane[y * cw + x],
-        jpeg::Subsamp::Sub2x2 if cw >= 2 => upsample_h2v2,
+    let h2v2 = match yuv.subsamp {
+        jpeg::Subsamp::None => false,
+        jpeg::Subsamp::Sub2x2 if cw >= 2 => true,
         _ => return None,
     };
+    if threshold == u8::MAX {
+        return Some((w * h) as u64); // every pixel qualifies
+    }
+    // Rows with a candidate are converted whole (chroma upsampled as libjpeg does, then its
+    // fixed-point conversion): branch-free loops that vectorise beat visiting candidates.
+    let mut up = Upsampled::new(cw);
     let mut count = 0u64;
-    for y in 0..h {
-        for x in (0..w).filter(|&x| dark(x, y)) {
-            let rgb = ycc::to_rgb(
-                luma[y * stride + x],
-                chroma(u, cw, ch, x, y),
-                chroma(v, cw, ch, x, y),
-            );
-            count += u64::from(rgb.iter().all(|&c| c <= threshold));
-        }
+    for y in dark_rows {
+        let luma = row(y);
+        // Only the span between the row's first and last candidate can hold a no-data pixel.
+        let first = luma
+            .iter()
+            .position(|&l| u16::from(l) <= limit)
+            .unwrap_or(0);
+        let last = luma
+            .iter()
+            .rposition(|&l| u16::from(l) <= limit)
+            .unwrap_or(0);
+        let (cb, cr): (&[u8], &[u8]) = if h2v2 {
+            up.row(u, v, ch, y)
+        } else {
+            (&u[y * cw..y * cw + w], &v[y * cw..y * cw + w])
+        };
+        let span = first..last + 1;
+        count += u64::from(ycc::dark_count(
+            &luma[span.clone()],
+            &cb[span.clone()],
+            &cr[span],
+            threshold,
+        ));
     }
     Some(count)
 }
 
-/// One output sample of libjpeg's h2v2 fancy upsampling (triangle filter, weights 9/3/3/1, with
-/// the alternating rounding bias of jdsample.c); image edges replicate the nearest row/column.
-fn upsample_h2v2(plane: &[u8], cw: usize, ch: usize, x: usize, y: usize) -> u8 {
-    let cy = y / 2;
-    // Even output rows lean on the chroma row above, odd rows on the one below.
-    let other = if y.is_multiple_of(2) {
-        cy.saturating_sub(1)
-    } else {
-        (cy + 1).min(ch - 1)
-    };
-    let colsum = |c: usize| 3 * i32::from(plane[cy * cw + c]) + i32::from(plane[other * cw + c]);
-    let cx = x / 2;
-    let out = if x.is_multiple_of(2) {
-        if cx == 0 {
-            (colsum(0) * 4 + 8) >> 4
-        } else {
-            (colsum(cx) * 3 + colsum(cx - 1) + 8) >> 4
+/// One output row of libjpeg's h2v2 fancy upsampling of both chroma planes (`cw` samples a row).
+struct Upsampled {
+    cw: usize,
+    /// Column sums of the two chroma rows an output row blends, one replicated at each end.
+    sums: Vec<u16>,
+    cb: Vec<u8>,
+    cr: Vec<u8>,
+}
+
+impl Upsampled {
+    fn new(cw: usize) -> Self {
+        Upsampled {
+            cw,
+            sums: vec![0; cw + 2],
+            cb: vec![0; 2 * cw],
+            cr: vec![0; 2 * cw],
         }
-    } else if cx + 1 == cw {
-        (colsum(cx) * 4 + 7) >> 4
-    } else {
-        (colsum(cx) * 3 + colsum(cx + 1) + 7) >> 4
-    };
-    out as u8
+    }
+
+    /// Upsampled Cb and Cr of output row `y` (2 x `cw` samples; the image width comes first).
+    fn row(&mut self, u: &[u8], v: &[u8], ch: usize, y: usize) -> (&[u8], &[u8]) {
+        Self::plane_row(u, self.cw, ch, y, &mut self.sums, &mut self.cb);
+        Self::plane_row(v, self.cw, ch, y, &mut self.sums, &mut self.cr);
+        (&self.cb, &self.cr)
+    }
+
+    /// jdsample.c's h2v2 fancy upsampling: a triangle filter, weights 9/3/3/1, with the
+    /// alternating rounding bias (+8 even columns, +7 odd); image edges replicate the nearest
+    /// row/column.
+    fn plane_row(plane: &[u8], cw: usize, ch: usize, y: usize, sums: &mut [u16], out: &mut [u8]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            return unsafe { Self::plane_row_avx2(plane, cw, ch, y, sums, out) };
+        }
+        Self::plane_row_portable(plane, cw, ch, y, sums, out)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn plane_row_avx2(
+        plane: &[u8],
+        cw: usize,
+        ch: usize,
+        y: usize,
+        sums: &mut [u16],
+        out: &mut [u8],
+    ) {
+        Self::plane_row_portable(plane, cw, ch, y, sums, out)
+    }
+
+    #[inline(always)]
+    fn plane_row_portable(
+        plane: &[u8],
+        cw: usize,
+        ch: usize,
+        y: usize,
+        sums: &mut [u16],
+        out: &mut [u8],
+    ) {
+        let cy = y / 2;
+        // Even output rows lean on the chroma row above, odd rows on the one below.
+        let other = if y.is_multiple_of(2) {
+            cy.saturating_sub(1)
+        } else {
+            (cy + 1).min(ch - 1)
+        };
+        let (near, far) = (
+            &plane[cy * cw..(cy + 1) * cw],
+            &plane[other * cw..(other + 1) * cw],
+        );
+        for ((s, &n), &f) in sums[1..=cw].iter_mut().zip(near).zip(far) {
+            *s = 3 * u16::from(n) + u16::from(f);
+        }
+        sums[0] = sums[1];
+        sums[cw + 1] = sums[cw];
+        for (pair, win) in out.chunks_exact_mut(2).zip(sums.windows(3)) {
+            pair[0] = ((3 * win[1] + win[0] + 8) >> 4) as u8;
+            pair[1] = ((3 * win[1] + win[2] + 7) >> 4) as u8;
+        }
+    }
 }
 
 /// What measuring one JPEG found.
@@ -386,9 +503,7 @@ mod tests {
                 });
                 jpeg::decode_yuv_into(&img, &mut scratch.yuv).unwrap();
                 for t in [0, 1, 3, 8] {
-                    // No candidate cap here: every dark pixel goes through the reproduction.
-                    let got = count_from_yuv_up_to(&scratch.yuv, t, usize::MAX)
-                        .expect("4:2:0 is reproduced");
+                    let got = count_from_yuv(&scratch.yuv, t).expect("4:2:0 is reproduced");
                     assert_eq!(got, full_rule(&img, t), "{w}x{h} seed {seed} threshold {t}");
                     checked_nonzero |= got > 0;
                 }
@@ -421,6 +536,91 @@ mod tests {
             .nodata_pixels;
         assert_eq!(got, full_rule(&speck, 0));
         assert!(got < 64 * 48);
+    }
+
+    /// The luma shortcut's premise, for every (Y, Cb, Cr) libjpeg can convert: a pixel whose
+    /// three bands are all <= T has Y <= T + 1, whatever T (so no dark luma, no no-data pixel).
+    #[test]
+    fn luma_bound_and_row_count_hold_for_every_ycc_triple() {
+        let luma: Vec<u8> = (0..=255).collect();
+        for cb in 0..=255u8 {
+            for cr in 0..=255u8 {
+                // The vectorised row count agrees with the per-pixel conversion (a third of the
+                // chroma pairs, every luma: the test stays quick unoptimised).
+                let sampled = (cb % 3 == 0 && cr % 3 == 0) || cb == 255 || cr == 255;
+                for t in [0u8, 12, 254].into_iter().filter(|_| sampled) {
+                    let want = luma
+                        .iter()
+                        .filter(|&&y| ycc::to_rgb(y, cb, cr).iter().all(|&c| c <= t))
+                        .count() as u32;
+                    let got = ycc::dark_count(&luma, &[cb; 256], &[cr; 256], t);
+                    assert_eq!(got, want, "Cb {cb} Cr {cr} threshold {t}");
+                }
+                for y in 0..=255u8 {
+                    let brightest = ycc::to_rgb(y, cb, cr).into_iter().max().unwrap();
+                    assert!(
+                        luma_may_hold_nodata(y, brightest),
+                        "Y {y} Cb {cb} Cr {cr}: brightest band {brightest}"
+                    );
+                }
+            }
+        }
+    }
+
+    fn jpeg_with(
+        w: usize,
+        h: usize,
+        subsamp: jpeg::Subsamp,
+        f: impl Fn(usize, usize) -> [u8; 3],
+    ) -> Vec<u8> {
+        let px: Vec<u8> = (0..h)
+            .flat_map(|y| (0..w).map(move |x| (x, y)))
+            .flat_map(|(x, y)| f(x, y))
+            .collect();
+        let mut c = turbojpeg::Compressor::new().unwrap();
+        c.set_quality(92).unwrap();
+        c.set_subsamp(subsamp).unwrap();
+        let image = turbojpeg::Image {
+            pixels: px.as_slice(),
+            width: w,
+            pitch: w * 3,
+            height: h,
+            format: PixelFormat::RGB,
+        };
+        c.compress_to_vec(image).unwrap()
+    }
+
+    #[test]
+    fn count_is_exact_for_every_layout() {
+        use jpeg::Subsamp as S;
+        let mut scratch = Scratch::default();
+        for subsamp in [
+            S::None,
+            S::Sub2x1,
+            S::Sub2x2,
+            S::Sub1x2,
+            S::Sub4x1,
+            S::Sub1x4,
+        ] {
+            for (w, h) in [(64, 64), (61, 47)] {
+                // A black corner with a coloured, dark fringe, beside bright texture.
+                let img = jpeg_with(w, h, subsamp, |x, y| match x + y {
+                    s if s < 20 => [0, 0, 0],
+                    s if s < 26 => [(s % 3) as u8, 0, (s % 5) as u8 * 9],
+                    _ => [(60 + x * 2) as u8, (90 + y) as u8, ((x * y) % 200) as u8],
+                });
+                assert_eq!(jpeg::read_header(&img).unwrap().subsamp, subsamp);
+                for t in [0, 2, 6, 40] {
+                    let got = count_in_jpeg(&img, t, &mut scratch).unwrap();
+                    assert_eq!(
+                        got.nodata_pixels,
+                        full_rule(&img, t),
+                        "{subsamp:?} {w}x{h} threshold {t}"
+                    );
+                }
+                assert!(count_in_jpeg(&img, 0, &mut scratch).unwrap().nodata_pixels > 0);
+            }
+        }
     }
 
     #[test]
