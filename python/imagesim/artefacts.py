@@ -290,6 +290,12 @@ def read_chip_table(
     return chips
 
 
+def with_data(chips: pl.DataFrame) -> pl.DataFrame:
+    """The rows of a chip table (:func:`read_chip_table` with ``extra=("written",)``) whose chip has data and a
+    file: not classed no_data, not left unwritten (unmeasured chips and manifests without the column count as having both)."""
+    return chips.filter((pl.col("nodata_class").fill_null("") != "no_data") & pl.col("written").fill_null(True))
+
+
 def manifest_is_derived(chips_dir: AnyPath) -> bool:
     """``DEST/chips.parquet`` exists and was derived from chip names (it holds no measured counts)."""
     path = chips_dir / CHIPS_MANIFEST

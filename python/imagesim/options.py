@@ -108,6 +108,19 @@ THRESHOLD = 0.35  # sigmoid threshold of the fixed-threshold metrics (exclusive 
 VAL_FRACTION = 0.2  # validation share when the labels carry no split (exclusive range 0..1)
 TRAIN_WORKERS = 2  # DataLoader worker processes
 TRAIN_WORKERS_RANGE = (0, None)
+
+
+def check_training_run(backbone: str, device: str, chip_size: int, epochs: int | None, workers: int, lr: float) -> None:
+    """The settings `train` and `pretrain` share (``epochs`` None: the run's own, not checked here)."""
+    check_choice("backbone", backbone, BACKBONES)
+    check_choice("device", device, DEVICES)
+    check_range("chip_size", chip_size, *CHIP_SIZE_RANGE)
+    if epochs is not None:
+        check_range("epochs", epochs, *EPOCHS_RANGE)
+    check_range("workers", workers, *TRAIN_WORKERS_RANGE)
+    check_range("lr", lr, 0, exclusive=True)
+
+
 # `pretrain` (SimCLR): places per batch (two views each; at least 4), AdamW learning rate, NT-Xent temperature
 PRETRAIN_EPOCHS = 10
 PRETRAIN_BATCH_SIZE = 64

@@ -34,10 +34,10 @@ import numpy as np
 import polars as pl
 
 from imagesim import grid, options
-from imagesim.artefacts import LABELS_PARQUET, METRICS_JSON, read_chip_table
+from imagesim.artefacts import LABELS_PARQUET, METRICS_JSON, read_chip_table, with_data
 from imagesim.errors import ImagesimFileNotFoundError, InvalidArgumentError, OutputExistsError
 from imagesim.fsutil import write_json, write_with
-from imagesim.learn.dataset import IMAGENET_MEAN, IMAGENET_STD, load_chip
+from imagesim.learn.dataset import IMAGENET_MEAN, IMAGENET_STD, load_chip, to_input
 from imagesim.learn.model import BACKBONE_FORMAT, BACKBONE_KIND
 
 __all__ = ["PretrainConfig", "PretrainResult", "run_pretrain", "places", "nt_xent", "knn_precision", "BACKBONE_KIND"]
@@ -71,13 +71,8 @@ class PretrainConfig:
     seed: int = 0
 
     def check(self) -> None:
-        options.check_choice("backbone", self.backbone, options.BACKBONES)
-        options.check_choice("device", self.device, options.DEVICES)
-        options.check_range("chip_size", self.chip_size, *options.CHIP_SIZE_RANGE)
-        options.check_range("epochs", self.epochs, *options.EPOCHS_RANGE)
+        options.check_training_run(self.backbone, self.device, self.chip_size, self.epochs, self.workers, self.lr)
         options.check_range("batch_size", self.batch_size, *options.PRETRAIN_BATCH_SIZE_RANGE)
-        options.check_range("workers", self.workers, *options.TRAIN_WORKERS_RANGE)
-        options.check_range("lr", self.lr, 0, exclusive=True)
         options.check_range("temperature", self.temperature, 0, 10, exclusive=True)
 
 
@@ -116,7 +111,7 @@ class PretrainResult:
 def places(chips_dir: Path) -> tuple[list[list[str]], list[tuple[int, str]]]:
     """Every place with data: the chip paths of its acquisitions (relative to the folder) and its (zone, quadkey)."""
     table = read_chip_table(chips_dir, extra=("written",))
-    table = table.filter((pl.col("nodata_class").fill_null("") != "no_data") & pl.col("written").fill_null(True))
+    table = with_data(table)
     grouped = table.group_by("zone", "quadkey", maintain_order=True).agg(pl.col("path").sort()).sort("zone", "quadkey")
     return grouped["path"].to_list(), list(zip(grouped["zone"].to_list(), grouped["quadkey"].to_list()))
 
@@ -375,14 +370,15 @@ def run_pretrain(
         if start >= config.epochs:
             note(f"the run already has {start} epoch(s); nothing to do (pass a larger `epochs` to extend it)")
 
-    def features(rel_paths: list[str]) -> np.ndarray:
+    # the kNN chips, decoded and normalised once for every epoch's measurement
+    knn_inputs = np.stack([to_input(load_chip(chips / p, config.chip_size), None) for p in knn_set[0]]) if knn_set is not None else None
+
+    def features(inputs: np.ndarray) -> np.ndarray:
         net.eval()
         outs = []
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=amp):
-            for s in range(0, len(rel_paths), 128):
-                batch = np.stack([_plain(load_chip(chips / p, config.chip_size)) for p in rel_paths[s : s + 128]])
-                x = torch.from_numpy(batch).to(device)
-                outs.append(net(x).float().cpu().numpy())
+            for s in range(0, len(inputs), 128):
+                outs.append(net(torch.from_numpy(inputs[s : s + 128]).to(device)).float().cpu().numpy())
         return np.concatenate(outs)
 
     bar_factory = progress or (lambda desc, total: None)
@@ -419,8 +415,8 @@ def run_pretrain(
         seconds = time.perf_counter() - t0
         rates.append(2 * count / max(seconds, 1e-9))
         record: dict[str, Any] = {"epoch": epoch + 1, "loss": total / max(count, 1), "images_per_s": rates[-1], "seconds": seconds}
-        if knn_set is not None:
-            prec, rand = knn_precision(features(knn_set[0]), knn_set[1], knn_set[2])
+        if knn_set is not None and knn_inputs is not None:
+            prec, rand = knn_precision(features(knn_inputs), knn_set[1], knn_set[2])
             record |= {"knn_precision": prec, "knn_random": rand, "knn_chips": len(knn_set[0])}
         history.append(record)
         ran += 1
@@ -467,8 +463,3 @@ def _save(path: Path, obj: Any) -> None:
     import torch
 
     write_with(path, lambda tmp: torch.save(obj, tmp))
-
-
-def _plain(img: np.ndarray) -> np.ndarray:
-    x = (img.astype(np.float32) / 255.0 - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1))

@@ -59,16 +59,10 @@ class TrainConfig:
     seed: int = 0
 
     def check(self) -> None:
-        options.check_choice("backbone", self.backbone, options.BACKBONES)
-        options.check_choice("device", self.device, options.DEVICES)
-        options.check_range("chip_size", self.chip_size, *options.CHIP_SIZE_RANGE)
-        if self.epochs is not None:
-            options.check_range("epochs", self.epochs, *options.EPOCHS_RANGE)
+        options.check_training_run(self.backbone, self.device, self.chip_size, self.epochs, self.workers, self.lr)
         options.check_range("batch_size", self.batch_size, *options.BATCH_SIZE_RANGE)
-        options.check_range("workers", self.workers, *options.TRAIN_WORKERS_RANGE)
         if self.freeze_epochs is not None:
             options.check_range("freeze_epochs", self.freeze_epochs, *options.FREEZE_EPOCHS_RANGE)
-        options.check_range("lr", self.lr, 0, exclusive=True)
         options.check_range("backbone_lr_factor", self.backbone_lr_factor, 0, exclusive=True)
         options.check_range("threshold", self.threshold, 0, 1, exclusive=True)
         options.check_range("val_fraction", self.val_fraction, 0, 1, exclusive=True)

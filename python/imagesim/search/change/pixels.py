@@ -9,15 +9,18 @@ so a plain difference flags every chip. Per pair of acquisitions (one task: thei
 2. a pixel is compared only where both chips have data (the no-data rule of ``nodata-index``, grown by
    a pixel for the blurred border) and, when the ARD masks are there, outside both acquisitions' cloud
    and cloud-shadow polygons (grown by ``mask_buffer_m`` for soft cloud edges);
-3. the after chip is matched to the before chip by one affine colour transform per acquisition pair
-   (3 × 3 matrix + offset), fitted by iteratively reweighted least squares (Tukey's biweight) on a sample
-   of the compared pixels of every chip: a robust regression, so the changed pixels do not bend the fit;
-4. the residual is smoothed (``smooth`` px box) and scaled per band by its robust spread over the whole
-   acquisition pair (1.4826 × MAD); a pixel whose scaled residual norm exceeds ``threshold`` is changed.
+3. each acquisition's haze is removed by dark-object subtraction (per band, the ``haze_percentile`` of the
+   compared pixels of the acquisition pair), and the after chip is matched to the before chip by a per-band
+   gain (the median ratio over a sample of every chip's compared pixels: robust to the changed ones);
+4. per pixel, after a ``smooth`` px box filter, the colour distortion ``min(|b|, |a|) · sin ∠(b, a)``
+   (:func:`colour_distortion`; ``measure="angle"``: the spectral angle), scaled by its robust spread over
+   the acquisition pair (1.4826 × MAD): blind to brightness, so a shadow that moved with the sun does not
+   count, a new material does;
+5. a grey-level opening (``opening`` px) removes change thinner than the window (building lean, shadow edges).
 
-Per chip: ``changed_area`` (share of the compared pixels that changed) and ``pixel_change`` (the mean scaled
-residual of the chip's most changed 10 % of compared pixels: high when a compact patch changed strongly,
-even when the patch is small).
+Per chip: ``changed_area`` (share of the compared pixels above ``threshold`` spreads after the opening) and
+``pixel_change`` (the mean of the chip's most changed ``top_share`` of compared pixels: high when a compact
+patch changed strongly, even when the patch is small).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import numpy.typing as npt
 from imagesim import _imagesim as _rs
 from imagesim import grid
 
-__all__ = ["PixelSettings", "PixelResult", "compare_pixels", "fit_colour_transform", "box_mean"]
+__all__ = ["PixelSettings", "PixelResult", "compare_pixels", "colour_distortion", "spectral_angle", "box_mean", "window_filter"]
 
 DECODE_BATCH = 256
 
@@ -60,7 +63,7 @@ class PixelResult:
     compared_fraction: npt.NDArray[np.float64]
     errors: list[str | None]
     notes: list[str] = field(default_factory=list)
-    transform: list[list[float]] | None = None  # the fitted 3 × 4 colour transform (after → before)
+    transform: list[list[float]] | None = None  # the radiometric model: [before haze, after haze, after → before gain], per band
 
 
 def box_mean(a: npt.NDArray[np.float32], w: npt.NDArray[np.float32], k: int) -> npt.NDArray[np.float32]:
@@ -131,25 +134,6 @@ def fit_gain(before: npt.NDArray[np.float32], after: npt.NDArray[np.float32]) ->
     """Per band, the gain mapping haze-free ``after`` onto haze-free ``before`` (pixels × 3): the median
     ratio, robust to the changed pixels."""
     return np.median(before / after, axis=0).astype(np.float32)
-
-
-def fit_colour_transform(before: npt.NDArray[np.float32], after: npt.NDArray[np.float32], iterations: int = 8) -> npt.NDArray[np.float64]:
-    """The 3 × 4 affine colour transform ``T`` with ``before ≈ T @ [after, 1]`` (rows: pixels, RGB),
-    fitted by IRLS with Tukey's biweight on the residual norm (robust to the changed pixels)."""
-    x = np.column_stack([after.astype(np.float64), np.ones(len(after))])
-    y = before.astype(np.float64)
-    weights = np.ones(len(x))
-    t = np.linalg.lstsq(x, y, rcond=None)[0].T
-    for _ in range(iterations):
-        r = np.linalg.norm(y - x @ t.T, axis=1)
-        scale = 1.4826 * np.median(r) + 1e-6
-        u = r / (4.685 * scale)
-        weights = np.where(u < 1, (1 - u**2) ** 2, 0.0)
-        if weights.sum() < 16:
-            break
-        sw = np.sqrt(weights)[:, None]
-        t = np.linalg.lstsq(x * sw, y * sw, rcond=None)[0].T
-    return np.asarray(t, dtype=np.float64)
 
 
 def _decode(paths: Sequence[str], size: int) -> tuple[npt.NDArray[np.uint8], list[str | None]]:

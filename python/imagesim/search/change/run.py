@@ -34,6 +34,7 @@ from imagesim.artefacts import (
     read_chip_table,
     read_embedding_vectors,
     sidecar,
+    with_data,
 )
 from imagesim.errors import ChangeError, ImagesimError, ImagesimFileNotFoundError, InvalidArgumentError, OutputExistsError
 from imagesim.fsutil import atomic_path
@@ -104,7 +105,7 @@ def _chips(chips_dir: Path) -> pl.DataFrame:
     """Every chip with data, with what pairing and scoring need."""
     cloud, shadow = MASK_FRACTION_COLUMNS["cloud"], MASK_FRACTION_COLUMNS["cloud_shadow"]
     table = read_chip_table(chips_dir, extra=("acquisition_date", "source_cog", "valid_fraction", "written", cloud, shadow))
-    table = table.filter((pl.col("nodata_class").fill_null("") != "no_data") & pl.col("written").fill_null(True))
+    table = with_data(table)
     return table.select(
         "chip",
         "zone",
