@@ -308,6 +308,37 @@ def test_nodata_index_on_cluster_matches_in_process(in_process, client, tmp_path
     assert pl.read_parquet(tmp_path / "b" / PARQUET).equals(pl.read_parquet(tmp_path / "a" / PARQUET))
 
 
+def test_nodata_index_chunks_share_one_connection(in_process, client, tmp_path, monkeypatch) -> None:
+    """Chips measured a chunk at a time on a cluster named by its address: one connection for every chunk."""
+    local = run_nodata_index(in_process, NodataSettings(source="pixels", filename=str(tmp_path / "a" / "index.json")))
+    monkeypatch.setattr(nodata, "BATCH", 500)
+    monkeypatch.setattr(nodata, "CHUNK", 1000)
+    monkeypatch.setattr(nodata, "DASK_TASKS", 2)  # chunks of 1000 chips: four of them
+    real = runner.connect
+    made = []
+
+    def counting_connect(address, **kw):
+        if isinstance(address, str):  # a connection made (a Client given is used as it is)
+            made.append(address)
+        return real(address, **kw)
+
+    monkeypatch.setattr(runner, "connect", counting_connect)
+    remote = run_nodata_index(
+        in_process, NodataSettings(source="pixels", filename=str(tmp_path / "b" / "index.json")), scheduler=client.scheduler.address
+    )
+    assert made == [client.scheduler.address]
+    assert remote.counts == local.counts and remote.chips == 3072
+    assert (tmp_path / "a" / "index.json").read_bytes() == (tmp_path / "b" / "index.json").read_bytes()
+    assert pl.read_parquet(tmp_path / "b" / PARQUET).equals(pl.read_parquet(tmp_path / "a" / PARQUET))
+
+
+def test_session_in_process_is_the_runner_itself() -> None:
+    tasks = TaskRunner()
+    with tasks.session() as same:
+        assert same is tasks
+        assert [o.result for o in outcomes(same, sleepy, [1, 2], lambda i: (i, 0.0))] == [10, 20]
+
+
 def test_cli_nodata_index_through_env_scheduler(cli, in_process, client, tmp_path) -> None:
     """IMAGESIM_SCHEDULER=tcp://… reaches an existing scheduler (here the fixture's)."""
     run_nodata_index(in_process, NodataSettings(source="pixels", filename=str(tmp_path / "a" / "index.json")))

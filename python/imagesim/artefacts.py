@@ -38,7 +38,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,8 +49,8 @@ import polars as pl
 from imagesim import _imagesim, grid
 from imagesim.errors import ImagesimError, ImagesimFileNotFoundError, InvalidArgumentError, LabelInputError
 from imagesim.fsutil import write_with
+from imagesim.geoparquet import BBOX, GEO_KEY, GEOMETRY, GEOPARQUET_VERSION, crs_projjson, with_footprints, write_geoparquet_file
 from imagesim.geoparquet import GEO_COLUMNS as _GEO_COLUMNS
-from imagesim.geoparquet import write_geoparquet_file
 from imagesim.storage import AnyPath, StorePath, location, read_parquet
 
 # --- chips (imagesim chip) ---
@@ -135,6 +135,7 @@ EMBEDDINGS = "embeddings.parquet"
 INDEX_FAISS = "index.faiss"
 INDEX_IDS = "ids.parquet"
 INDEX_JSON = "index.json"
+INDEX_VECTORS = "vectors.f16.npy"  # ivfpq: the float16 vectors its candidates are re-ranked from
 
 # --- change detection (imagesim change) ---
 CHANGES = "changes.parquet"
@@ -208,6 +209,43 @@ def read_manifest(dest: AnyPath) -> pl.DataFrame:
         raise ImagesimError(f"{path}: not an imagesim chip manifest (missing columns {sorted(missing - MANIFEST_LATER_COLUMNS)})")
     df = df.with_columns(pl.lit(None, MANIFEST_SCHEMA[c]).alias(c) for c in missing)
     return df.select(list(MANIFEST_SCHEMA)).cast(MANIFEST_SCHEMA)  # type: ignore[arg-type]
+
+
+# The order of chips.parquet's rows: by acquisition (zone, cell, date, catalog id), then quadkey.
+MANIFEST_ORDER = ["zone", "cell", "acquisition_date", "catalog_id", "quadkey"]
+# Rows of a manifest read at a time by iter_manifest.
+MANIFEST_BATCH = 16_384
+
+
+def iter_manifest(dest: AnyPath, columns: list[str] | None = None, *, batch: int = MANIFEST_BATCH) -> Iterator[pl.DataFrame]:
+    """``DEST/chips.parquet`` in slices of at most ``batch`` rows, in file order: the ``columns`` asked
+    (default every MANIFEST_SCHEMA column) cast as :func:`read_manifest` casts them, nulls for columns an
+    older manifest predates. Nothing when there is no manifest. A local file is read one slice at a time
+    (memory bounded by ``batch``); an object in a store is fetched whole, one slice."""
+    path = dest / CHIPS_MANIFEST
+    wanted = list(MANIFEST_SCHEMA) if columns is None else list(columns)
+    if not path.is_file():
+        return
+    if not isinstance(path, Path):
+        yield read_manifest(dest).select(wanted)
+        return
+    try:
+        # polars, not pyarrow: slices of the file are read alone (pyarrow's reader keeps what it read)
+        lazy = pl.scan_parquet(path)
+        have = set(lazy.collect_schema().names())
+        missing = set(MANIFEST_SCHEMA) - have
+        if missing - MANIFEST_LATER_COLUMNS:
+            raise ImagesimError(f"{path}: not an imagesim chip manifest (missing columns {sorted(missing - MANIFEST_LATER_COLUMNS)})")
+        read = lazy.select([c for c in wanted if c in have])
+        rows = int(lazy.select(pl.len()).collect().item())
+        for start in range(0, rows, max(1, batch)):
+            df = read.slice(start, batch).collect()
+            df = df.with_columns(pl.lit(None, MANIFEST_SCHEMA[c]).alias(c) for c in wanted if c not in have)
+            yield df.select(wanted).cast({c: MANIFEST_SCHEMA[c] for c in wanted})
+    except ImagesimError:
+        raise
+    except Exception as exc:  # polars raises several types for damaged files
+        raise ImagesimError(f"{path}: cannot read the chip manifest ({exc}); move it away to start afresh") from exc
 
 
 def zone_folder(chips_dir: AnyPath) -> int | None:
@@ -697,6 +735,109 @@ def read_embedding_vectors(path: str | Path, *, batch: int = 131_072) -> tuple[p
     return chips, _unit_vectors(vectors, chips, path)
 
 
+# Rows per slice of iter_embedding_batches: 65,536 × 512 float32 = 128 MiB of vectors (+ the id columns).
+EMBEDDING_BATCH = 65_536
+# Columns of embeddings.parquet an index never needs per row (the footprint, the class probabilities).
+_NOT_ID_COLUMNS = ("geometry", "bbox", "probabilities")
+
+
+@dataclass(frozen=True)
+class EmbeddingsInfo:
+    """What :func:`inspect_embeddings` learns of an embeddings file without reading its vectors."""
+
+    path: Path
+    n: int
+    dim: int
+    columns: list[str]
+    meta: dict[str, Any]  # embeddings.json beside it, with the rows' model_id when the JSON has none
+
+
+def inspect_embeddings(path: str | Path) -> EmbeddingsInfo:
+    """Size, vector length and meta of ``embeddings.parquet`` without holding its vectors or chip names.
+
+    Refuses what :func:`read_embeddings` refuses that can be told without the vectors: a missing
+    file or column, no rows, vectors of several lengths, several models, a chip listed twice (found
+    by 64-bit hashes of the names, streamed, so ten million names are never held as strings).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImagesimFileNotFoundError(f"{path}: embeddings not found; run `imagesim encode` first")
+    try:
+        lazy = pl.scan_parquet(path)
+        have = lazy.collect_schema()
+        missing = [c for c in ("chip", "embedding") if c not in have]
+        if missing:
+            raise InvalidArgumentError(f"{path}: not an embeddings file, missing column {missing[0]!r}")
+        n = int(lazy.select(pl.len()).collect().item())
+        if n == 0:
+            raise InvalidArgumentError(f"{path}: holds no embedding, nothing to index: run `imagesim encode` on chips that have data first")
+        dtype = have["embedding"]
+        if isinstance(dtype, pl.List):
+            lengths = lazy.select(pl.col("embedding").list.len().unique()).collect(engine="streaming").to_series()
+            if lengths.len() != 1:
+                raise InvalidArgumentError(f"{path}: embeddings of different lengths {sorted(lengths.drop_nulls().to_list())}")
+            dim = int(lengths[0])
+        elif isinstance(dtype, pl.Array):
+            dim = int(dtype.size)
+        else:
+            raise InvalidArgumentError(f"{path}: column 'embedding' must hold fixed-length float vectors, got {dtype}")
+        hashes = lazy.select(pl.col("chip").hash(0)).collect(engine="streaming").to_series()
+        twice = hashes.filter(hashes.is_duplicated()).unique()
+        if twice.len():  # the same hash: look at those names (a 64-bit collision is not a duplicate)
+            named = lazy.filter(pl.col("chip").hash(0).is_in(twice.implode())).select("chip").collect()
+            _check_unique_chips(named, path)
+        meta = _read_sidecar(sidecar(path))
+        if "model_id" not in meta and "model_id" in have:
+            models = lazy.select(pl.col("model_id").unique()).collect(engine="streaming").to_series().to_list()
+            if len(models) > 1:
+                raise InvalidArgumentError(f"{path}: embeddings of several models {models}; index one model at a time")
+            meta["model_id"] = models[0]
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        raise InvalidArgumentError(f"{path}: cannot read embeddings ({exc})") from None
+    return EmbeddingsInfo(path, n, dim, list(have.names()), meta)
+
+
+def iter_embedding_batches(
+    path: str | Path, *, batch: int = EMBEDDING_BATCH, ids: bool = True, info: EmbeddingsInfo | None = None
+) -> Iterator[tuple[int, pl.DataFrame, np.ndarray]]:
+    """``embeddings.parquet`` in slices of at most ``batch`` rows, in file order: (first row, rows,
+    unit vectors float32).
+
+    Only one slice is held at a time (Parquet row groups outside it are skipped), so memory is
+    bounded by ``batch`` whatever the file's size. ``rows`` holds the id columns as in
+    :func:`read_embeddings` (zone, quadkey, cell, catalog_id, path and predicted filled from the chip
+    name where missing; no geometry or probabilities), or only ``chip`` when ``ids`` is false. Checks
+    per slice what :func:`read_embeddings` checks of the whole (missing, zero or non-finite vectors);
+    ``info`` (from :func:`inspect_embeddings`) saves inspecting the file again.
+    """
+    path = Path(path)
+    info = info or inspect_embeddings(path)
+    if batch < 1:
+        raise InvalidArgumentError(f"`batch` {batch}: must be at least 1")
+    keep = [c for c in info.columns if c != "embedding" and c not in _NOT_ID_COLUMNS] if ids else ["chip"]
+    lazy = pl.scan_parquet(path)
+    for start in range(0, info.n, batch):
+        try:
+            table = lazy.select([*keep, "embedding"]).slice(start, batch).collect()
+        except (OSError, pl.exceptions.PolarsError) as exc:
+            raise InvalidArgumentError(f"{path}: cannot read embeddings at row {start} ({exc})") from None
+        emb = table["embedding"]
+        if isinstance(emb.dtype, pl.List):
+            if emb.list.len().n_unique() > 1 or emb.list.len().max() != info.dim:
+                raise InvalidArgumentError(f"{path}: embeddings of different lengths near row {start}")
+            emb = emb.list.to_array(info.dim)
+        if emb.null_count():
+            raise InvalidArgumentError(f"{path}: column 'embedding' has missing vectors (row {start + int(emb.is_null().arg_max() or 0)})")
+        vectors = _unit_vectors(emb.to_numpy(), table["chip"], path)
+        rows = table.drop("embedding")
+        if ids:
+            try:
+                rows = _chip_columns(rows)
+            except Exception as exc:  # a chip name the grid rejects
+                raise InvalidArgumentError(f"{path}: {exc}") from None
+        yield start, rows, vectors
+
+
 def read_changes(path: str | Path) -> tuple[pl.DataFrame, dict[str, Any]]:
     """``changes.parquet`` (without its geometry columns), sorted by rank, and ``changes.json`` beside it."""
     path = Path(path)
@@ -749,3 +890,179 @@ def read_class_probabilities(path: str | Path) -> tuple[pl.DataFrame, list[str],
     except Exception as exc:  # a chip name the grid rejects
         raise InvalidArgumentError(f"{path}: {exc}") from None
     return rows, list(classes), meta
+
+
+# --------------------------------------------------------------------------------------------
+# Streamed GeoParquet (labels build, encode, change): row groups written as they come
+# --------------------------------------------------------------------------------------------
+
+# Rows per row group of a streamed table: what a writer holds at most before writing (with 512-float
+# embeddings, about 8 MB).
+STREAM_ROW_GROUP = 4_096
+
+
+class GeoParquetStream:
+    """A GeoParquet 1.1 file written row group by row group, so memory holds one row group, not the table.
+
+    Each row group gets its footprints (:func:`imagesim.geoparquet.with_footprints`) as it is written; the
+    ``geo`` file metadata (geometry types, total bbox) is accumulated and added on :meth:`close`, the same
+    document :func:`imagesim.geoparquet.geo_metadata` gives for the whole table. The file is whatever path the
+    caller names: wrap it in :func:`imagesim.fsutil.atomic_path` for an atomic write. Every frame must have
+    the columns of the first (cast to its types); a stream closed with no frame written writes nothing."""
+
+    def __init__(self, file: str | Path, *, row_group: int | None = None, allow_missing: bool = False) -> None:
+        self.file = Path(file)
+        self.row_group = max(1, row_group or STREAM_ROW_GROUP)
+        self.allow_missing = allow_missing
+        self.rows = 0  # rows given so far
+        self._pending: list[pl.DataFrame] = []
+        self._pending_rows = 0
+        self._schema: dict[str, pl.DataType] | None = None  # of the frames given (no geometry)
+        self._writer: Any = None
+        self._types: set[int] = set()
+        self._bounds: np.ndarray | None = None
+
+    def __enter__(self) -> GeoParquetStream:
+        return self
+
+    def __exit__(self, kind: object, *_: object) -> None:
+        if kind is None:
+            self.close()
+        elif self._writer is not None:  # failed: the caller's temporary file is discarded
+            self._writer.close()
+            self._writer = None
+
+    def write(self, frame: pl.DataFrame) -> None:
+        """Add rows (any number; a frame of no rows still fixes the schema)."""
+        frame = frame.drop(_GEO_COLUMNS, strict=False)
+        if self._schema is None:
+            self._schema = dict(frame.schema)
+        elif frame.columns != list(self._schema) or dict(frame.schema) != self._schema:
+            frame = frame.select(list(self._schema)).cast(self._schema)  # type: ignore[arg-type]
+        self._pending.append(frame)
+        self._pending_rows += frame.height
+        self.rows += frame.height
+        if self._pending_rows >= self.row_group:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow.parquet as pq
+        import shapely
+
+        if not self._pending:
+            return
+        frame = pl.concat(self._pending) if len(self._pending) > 1 else self._pending[0]
+        self._pending, self._pending_rows = [], 0
+        if frame.height == 0 and self._writer is not None:
+            return
+        table = with_footprints(frame, allow_missing=self.allow_missing)
+        geoms = shapely.from_wkb(table[GEOMETRY].to_numpy()) if table.height else np.empty(0, dtype=object)
+        present = geoms[~shapely.is_missing(geoms)] if len(geoms) else geoms
+        if len(present):
+            self._types |= set(shapely.get_type_id(present).tolist())
+            box = shapely.total_bounds(present)
+            self._bounds = (
+                box
+                if self._bounds is None
+                else np.concatenate([np.minimum(self._bounds[:2], box[:2]), np.maximum(self._bounds[2:], box[2:])])
+            )
+        arrow = table.to_arrow()
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.file, arrow.schema, compression="zstd")
+        self._writer.write_table(arrow, row_group_size=max(arrow.num_rows, 1))
+
+    def close(self) -> int:
+        """Write what is pending and the ``geo`` metadata, close the file; the rows written."""
+        self._flush()
+        if self._writer is not None:
+            self._writer.add_key_value_metadata(_geo_metadata_of(self._types, self._bounds))
+            self._writer.close()
+            self._writer = None
+        return self.rows
+
+
+def _geo_metadata_of(types: set[int], bounds: np.ndarray | None) -> dict[str, str]:
+    """:func:`imagesim.geoparquet.geo_metadata` from the geometry type ids and total bounds of a table."""
+    import shapely
+
+    names = {int(shapely.GeometryType.POLYGON): "Polygon", int(shapely.GeometryType.MULTIPOLYGON): "MultiPolygon"}
+    column: dict[str, Any] = {
+        "encoding": "WKB",
+        "geometry_types": sorted(names.get(i, str(i)) for i in types) or ["Polygon"],
+        "crs": crs_projjson(),
+        "covering": {BBOX: {k: [BBOX, k] for k in ("xmin", "ymin", "xmax", "ymax")}},
+    }
+    if bounds is not None:
+        column["bbox"] = [float(v) for v in bounds]
+    doc = {"version": GEOPARQUET_VERSION, "primary_column": GEOMETRY, "columns": {GEOMETRY: column}}
+    return {GEO_KEY: json.dumps(doc)}
+
+
+class EmbeddingRows:
+    """The chips of an ``embeddings.parquet`` and their unit vectors read by row, a window of rows at a time:
+    for a pass that needs some vectors at a time (`imagesim change`), memory holds those and one window, not
+    the file (:func:`read_embedding_vectors` reads them all).
+
+    Opening reads the chip names only and checks what :func:`read_embedding_vectors` checks of the file
+    (columns, fixed-length vectors, one row per chip, not empty); :meth:`take` checks the vectors it reads
+    (present, finite, not zero)."""
+
+    WINDOW = 4_096  # rows read at a time
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ImagesimFileNotFoundError(f"{self.path}: embeddings not found; run `imagesim encode` first")
+        try:
+            lazy = self._lazy = pl.scan_parquet(self.path)
+            have = lazy.collect_schema()
+            missing = [c for c in ("chip", "embedding") if c not in have]
+            if missing:
+                raise InvalidArgumentError(f"{self.path}: not an embeddings file, missing column(s) {missing}")
+            dtype = have["embedding"]
+            if isinstance(dtype, pl.List):  # a list column: one length for all, or refused
+                lengths = lazy.select(pl.col("embedding").list.len().unique()).collect().to_series()
+                if lengths.len() > 1:
+                    raise InvalidArgumentError(f"{self.path}: embeddings of different lengths {sorted(lengths.to_list())}")
+                self.dim = int(lengths[0]) if lengths.len() else 0
+            elif isinstance(dtype, pl.Array):
+                self.dim = int(dtype.size)
+            else:
+                raise InvalidArgumentError(f"{self.path}: column 'embedding' must hold fixed-length float vectors, got {dtype}")
+            self.chips: pl.Series = lazy.select(pl.col("chip").cast(pl.String)).collect()["chip"]
+        except (OSError, pl.exceptions.PolarsError) as exc:
+            raise InvalidArgumentError(f"{self.path}: cannot read embeddings ({exc})") from None
+        if self.chips.len() == 0:
+            raise InvalidArgumentError(f"{self.path}: holds no embedding: run `imagesim encode` on chips that have data first")
+        _check_unique_chips(self.chips.to_frame(), self.path)
+        self._held: tuple[int, np.ndarray] | None = None  # the last window read: (index, vectors)
+
+    def __len__(self) -> int:
+        return self.chips.len()
+
+    def _window(self, w: int) -> np.ndarray:
+        if self._held is None or self._held[0] != w:
+            self._held = None  # let the last window go before reading the next
+            try:
+                emb = self._lazy.select("embedding").slice(w * self.WINDOW, self.WINDOW).collect()["embedding"]
+            except (OSError, pl.exceptions.PolarsError) as exc:
+                raise InvalidArgumentError(f"{self.path}: cannot read embeddings ({exc})") from None
+            if isinstance(emb.dtype, pl.List):
+                emb = emb.list.to_array(self.dim)
+            if emb.null_count():
+                raise InvalidArgumentError(
+                    f"{self.path}: column 'embedding' has missing vectors (row {w * self.WINDOW + int(emb.is_null().arg_max() or 0)})"
+                )
+            self._held = (w, np.asarray(emb.to_numpy(), np.float32).reshape(emb.len(), self.dim))
+        return self._held[1]
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """Unit vectors of ``rows`` (row numbers of the file), float32 ``(len(rows), dim)``: read a window of
+        ``WINDOW`` rows at a time (the last one kept), so rows close together cost one read."""
+        rows = np.asarray(rows, np.int64)
+        out = np.empty((len(rows), self.dim), np.float32)
+        windows = rows // self.WINDOW
+        for w in np.unique(windows):
+            sel = np.flatnonzero(windows == w)
+            out[sel] = self._window(int(w))[rows[sel] - w * self.WINDOW]
+        return _unit_vectors(out, self.chips.gather(rows), self.path)

@@ -134,10 +134,18 @@ PARITY_COUNT = 16  # chips run through torch and onnxruntime by `export`
 # ============================================================================================
 # search: `index`, `similar`, `serve`
 # ============================================================================================
-INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
+INDEX_KINDS = ("auto", "flat", "ivf", "hnsw", "ivfpq")
 INDEX_KIND = "auto"
 FLAT_MAX = 100_000  # auto: exact search up to this many vectors
 FLAT_MAX_RANGE = (0, None)
+# auto: the compressed, streamed ivfpq above this many vectors (2M × 512-d float32 = 4 GB held by ivf)
+IVFPQ_MIN = 2_000_000
+IVFPQ_MIN_RANGE = (0, None)
+IVFPQ_M = 64  # PQ bytes per vector (one 8-bit code per sub-space)
+IVFPQ_DIM = 256  # PCA + random rotation to this many dimensions before the inverted file and PQ
+IVFPQ_TRAIN = 200_000  # vectors sampled to train the rotation, the lists and PQ (at least 40 per list)
+IVFPQ_RERANK = 100  # PQ candidates scored again exactly from the float16 sidecar (0: no sidecar, PQ scores)
+IVFPQ_RERANK_RANGE = (0, 10_000)
 K = 10  # results of `similar`
 K_RANGE = (1, 10_000)
 EVAL_SAMPLE = 2000  # chips evaluated by precision@k (0 = all)

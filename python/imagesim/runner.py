@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 from urllib.parse import urlsplit
@@ -170,6 +170,21 @@ class TaskRunner:
     def __init__(self, scheduler: Any = None) -> None:
         self.scheduler = check_address(scheduler) if isinstance(scheduler, str) else scheduler
 
+    @contextmanager
+    def session(self) -> Iterator[TaskRunner]:
+        """A runner whose :meth:`run` calls share one connection to the cluster (one LocalCluster for
+        ``local``), made by the first run that has items and closed on exit: a stage that runs its tasks
+        a chunk at a time. In process, or with a ``distributed.Client``, it is this runner."""
+        if not isinstance(self.scheduler, str):
+            yield self
+            return
+        with ExitStack() as stack:
+            yield _Session(self.scheduler, stack)
+
+    def _target(self) -> Any:
+        """The scheduler (address or Client) a run on Dask uses."""
+        return self.scheduler
+
     @property
     def local(self) -> bool:
         """Tasks run in this process."""
@@ -255,13 +270,27 @@ class TaskRunner:
                 fn, items, args_of, name=name, workers=workers, window=window, kwargs=extra, on_tick=report if live is not None else None
             )
         else:
-            outcomes = _on_dask(self.scheduler, fn, items, args_of, name=name, retries=retries)
+            outcomes = _on_dask(self._target(), fn, items, args_of, name=name, retries=retries)
         for outcome in outcomes:
             finished += size(outcome.item)
             if outcome.error is not None and live is not None:
                 failed += size(outcome.item)
             yield outcome
             report()
+
+
+class _Session(TaskRunner):
+    """:meth:`TaskRunner.session` on Dask: connected on the first run, left connected until the session ends."""
+
+    def __init__(self, scheduler: str, stack: ExitStack) -> None:
+        super().__init__(scheduler)
+        self._stack = stack
+        self._client: Any = None
+
+    def _target(self) -> Any:
+        if self._client is None:
+            self._client = self._stack.enter_context(connect(self.scheduler))
+        return self._client
 
 
 _slots = threading.local()  # in-process pool threads: how many tasks run side by side

@@ -551,3 +551,39 @@ def test_report_writes_figures_and_summary(labelled, tmp_path):
     for name, n in zip(labels.classes, labels.dense().sum(axis=0)):
         assert f"| {name} | {n:,} |" in md
     assert "samples.png" in md
+
+
+def test_streamed_outputs_do_not_depend_on_the_row_group(labelled, tmp_path, monkeypatch):
+    """labels.parquet and labels.csv are written a slice of a cell's chips at a time: tiny slices and row groups give the
+    same files (and sidecar) as the default, one file each and no temporary file left behind."""
+    import pyarrow.parquet as pq
+
+    from imagesim import artefacts
+    from imagesim.labels import build
+
+    _, chips, osm_root = labelled
+    monkeypatch.setattr(artefacts, "STREAM_ROW_GROUP", 7)
+    monkeypatch.setattr(build, "LABEL_SLICE", 5)  # a cell's chips in many slices
+    out = tmp_path / "small-groups"
+    build_labels(chips, osm_root, LabelSettings(include=("partial",), out_dir=out))
+    assert sorted(p.name for p in out.iterdir()) == ["labels.csv", "labels.json", "labels.parquet"]
+    assert pq.ParquetFile(out / "labels.parquet").num_row_groups > 1
+    assert pl.read_parquet(out / "labels.parquet").equals(pl.read_parquet(chips / "labels.parquet"))
+    assert pq.read_metadata(out / "labels.parquet").metadata[b"geo"] == pq.read_metadata(chips / "labels.parquet").metadata[b"geo"]
+    assert (out / "labels.csv").read_bytes() == (chips / "labels.csv").read_bytes()
+    got, want = (json.loads((d / "labels.json").read_text()) for d in (out, chips))
+    assert {k: v for k, v in got.items() if k != "created"} == {k: v for k, v in want.items() if k != "created"}
+    table = read_labels(out).table
+    assert table["chip"].is_sorted() and table["cell"].n_unique() == 2  # both cells, in chip order
+
+
+def test_nothing_labelled_leaves_no_file_and_no_folder(labelled, tmp_path):
+    _, chips, osm_root = labelled
+    out = tmp_path / "none"
+    empty = tmp_path / "empty-ard"
+    shutil.copytree(osm_root, empty)
+    for f in empty.rglob("osm_data.json"):
+        f.unlink()
+    summary = build_labels(chips, empty, LabelSettings(out_dir=out))
+    assert summary.nothing_labelled and summary.missing_cells and not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

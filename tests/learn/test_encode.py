@@ -229,3 +229,38 @@ def test_cli_reports_corrupt_chips_and_goes_on(cli, onnx_path, chips, tmp_path):
     assert table.height == manifest.height - 1
     res = cli("export", "--model", tmp_path / "none.pt", "--out", tmp_path / "m.onnx")
     assert res.returncode != 0
+
+
+def test_encode_in_many_parts_and_resumed_between_chips_equals_one_run(onnx_path, chips, tmp_path, monkeypatch) -> None:
+    """Rows go to part files of PART_ROWS and are merged a slice at a time: tiny parts, slices and row
+    groups give the file one run gives; so does a run that finds every other chip already encoded."""
+    import pyarrow.parquet as pq
+
+    from imagesim import artefacts
+
+    whole = tmp_path / "whole.parquet"
+    run_encode(onnx_path, chips, EncodeSettings(out=whole, batch_size=16))
+    want = pl.read_parquet(whole)
+    monkeypatch.setattr(encode, "PART_ROWS", 5)
+    monkeypatch.setattr(encode, "MERGE_BATCH", 3)
+    monkeypatch.setattr(artefacts, "STREAM_ROW_GROUP", 4)
+    small = tmp_path / "small.parquet"
+    summary = run_encode(onnx_path, chips, EncodeSettings(out=small, batch_size=4))
+    assert summary.encoded == want.height and pq.ParquetFile(small).num_row_groups > 1
+    assert pl.read_parquet(small).equals(want)
+    assert pq.read_metadata(small).metadata[b"geo"] == pq.read_metadata(whole).metadata[b"geo"]
+    assert json.loads(sidecar_text(small))["chips"] == want.height
+    # every other chip already in the final file: the new parts interleave with it
+    half = tmp_path / "half.parquet"
+    from imagesim.geoparquet import write_geoparquet
+
+    write_geoparquet(want.drop("geometry", "bbox").gather_every(2), half)
+    half.with_suffix(".json").write_text(sidecar_text(whole))
+    again = run_encode(onnx_path, chips, EncodeSettings(out=half, batch_size=4))
+    assert again.skipped == (want.height + 1) // 2 and again.encoded == want.height // 2
+    assert pl.read_parquet(half).equals(want)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{n}.{e}" for n in ("half", "small", "whole") for e in ("json", "parquet"))
+
+
+def sidecar_text(path: Path) -> str:
+    return path.with_suffix(".json").read_text()

@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from imagesim.errors import ChangeError
+from imagesim.errors import ChangeError, InvalidArgumentError
 from imagesim.search.change.evaluate import evaluate_ranking
 from imagesim.search.change.pairs import chip_pairs, parse_choice
 from imagesim.search.change.pixels import PixelSettings, box_mean, compare_pixels, spectral_angle, window_filter
@@ -331,3 +331,64 @@ def test_one_acquisition_only_and_unreadable_chips(small_sample, sample_chips, t
     with pytest.raises(ChangeError, match="one acquisition only"):
         detect_changes(chips, settings=ChangeSettings(method="pixel"), out=tmp_path / "d.parquet")
     assert not (tmp_path / "d.parquet").exists()
+
+
+def test_distances_read_from_files_in_slices_equal_the_in_memory_ones(tmp_path, monkeypatch) -> None:
+    """The embedding method reads the vectors of PAIR_BATCH pairs at a time, a row group at a time, from one or
+    several files: the same distances as with every vector in memory; a zero vector is still refused."""
+    import imagesim.search.change.run as change_run
+    from imagesim import artefacts
+    from imagesim.fsutil import atomic_path
+
+    rng = np.random.default_rng(7)
+    chips = [f"Z10-1200202230320{i // 4:04b}_{'AB'[i % 2]}{i % 4}.jpg" for i in range(40)]
+    vec = rng.normal(size=(40, 6)).astype(np.float32)
+    paths = []
+    for k, rows in enumerate((slice(0, 25), slice(25, 40))):  # two files, several row groups each
+        frame = pl.DataFrame({"chip": chips[rows], "embedding": pl.Series(vec[rows], dtype=pl.Array(pl.Float32, 6))})
+        path = tmp_path / f"e{k}.parquet"
+        with atomic_path(path) as tmp, artefacts.GeoParquetStream(tmp, row_group=4, allow_missing=True) as w:
+            w.write(frame)
+        paths.append(path)
+    order = rng.permutation(40)
+    pairs = pl.DataFrame(
+        {"before_chip": [chips[i] for i in order[:30]] + ["nope"], "after_chip": [chips[i] for i in order[10:40]] + [chips[0]]}
+    )
+    names = pl.DataFrame({"chip": chips}).with_row_index("row")
+    unit = vec / np.linalg.norm(vec, axis=1, keepdims=True)
+    want = embedding_distances(pairs, names, unit)
+    monkeypatch.setattr(change_run, "PAIR_BATCH", 3)
+    got_names, readers = change_run._embeddings(paths)
+    got = change_run.file_distances(pairs, got_names, readers)
+    assert got.null_count() == 1 and got[-1] is None
+    np.testing.assert_allclose(got.drop_nulls().to_numpy(), want.drop_nulls().to_numpy(), atol=1e-6)
+    # a zero vector is refused once it is read
+    bad = vec.copy()
+    bad[3] = 0
+    pl.DataFrame({"chip": chips, "embedding": pl.Series(bad, dtype=pl.Array(pl.Float32, 6))}).write_parquet(tmp_path / "bad.parquet")
+    names, readers = change_run._embeddings([tmp_path / "bad.parquet"])
+    with pytest.raises(InvalidArgumentError, match="zero or not finite"):
+        change_run.file_distances(pl.DataFrame({"before_chip": [chips[3]], "after_chip": [chips[4]]}), names, readers)
+
+
+def test_changes_written_in_row_groups_equal_one_write(sample_chips, tmp_path, monkeypatch) -> None:
+    import pyarrow.parquet as pq
+
+    import imagesim.search.change.run as change_run
+    from imagesim import artefacts
+    from imagesim.search.change import ChangeSettings, detect_changes
+
+    emb = tmp_path / "embeddings.parquet"
+    fake_embeddings(sample_chips, emb, "model-a")
+    settings = ChangeSettings(method="embedding", min_compared=0.3)
+    detect_changes(sample_chips, [emb], settings=settings, out=tmp_path / "one.parquet", geojson=tmp_path / "one.geojson")
+    monkeypatch.setattr(change_run, "STREAM_ROW_GROUP", 3)
+    monkeypatch.setattr(artefacts, "STREAM_ROW_GROUP", 3)
+    monkeypatch.setattr(change_run, "PAIR_BATCH", 2)
+    detect_changes(sample_chips, [emb], settings=settings, out=tmp_path / "many.parquet", geojson=tmp_path / "many.geojson")
+    one, many = pl.read_parquet(tmp_path / "one.parquet"), pl.read_parquet(tmp_path / "many.parquet")
+    assert pq.ParquetFile(tmp_path / "many.parquet").num_row_groups > 1 and many.height > 3
+    assert many.equals(one) and many["rank"].to_list() == list(range(1, many.height + 1))
+    assert pq.read_metadata(tmp_path / "many.parquet").metadata[b"geo"] == pq.read_metadata(tmp_path / "one.parquet").metadata[b"geo"]
+    assert (tmp_path / "many.geojson").read_text() == (tmp_path / "one.geojson").read_text()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -221,3 +221,27 @@ def test_original_chips_folder_needs_ard_path(chips, small_sample, tmp_path) -> 
     for path, item in _docs(tmp_path / "catalog")["Feature"]:
         validate(item, path)
         assert _href(path, item["assets"]["source"]["href"]).is_file()
+
+
+@pytest.mark.parametrize("granularity", ["acquisition", "chip"])
+def test_items_written_one_by_one_are_what_pystac_saves(few, tmp_path, granularity) -> None:
+    """Items are saved as they are made and dropped: the folder equals the one pystac writes when it saves the
+    same catalog whole (links, relative hrefs, collections), and the summary counts what was written."""
+    import pystac
+
+    out = tmp_path / "streamed"
+    summary = write_stac(few, out, granularity=granularity)
+    docs = _docs(out)
+    assert summary.items == len(docs["Feature"]) and summary.collections == len(docs["Collection"]) == 1
+    whole = pystac.Catalog.from_file(str(out / "catalog.json")).full_copy()
+    again = tmp_path / "whole"
+    whole.normalize_hrefs(str(again))
+    whole.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
+
+    def unordered_links(doc: dict) -> dict:  # pystac orders the links of a catalog it read differently
+        return {**doc, "links": sorted(doc["links"], key=lambda link: (link["rel"], link["href"]))}
+
+    got = {p.relative_to(out): unordered_links(d) for kind in docs.values() for p, d in kind}
+    want = {p.relative_to(again): unordered_links(d) for kind in _docs(again).values() for p, d in kind}
+    assert got == want
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["streamed", "whole"]  # no temporary folder left

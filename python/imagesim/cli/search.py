@@ -24,15 +24,38 @@ def index(
     embeddings: Annotated[Path, typer.Option("--embeddings", help="embeddings.parquet written by `imagesim encode`.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Index folder: index.faiss, ids.parquet, index.json.")],
     kind: Annotated[
-        str, typer.Option(help="auto (exact flat up to --flat-max vectors, IVF above), flat, ivf or hnsw.")
+        str,
+        typer.Option(
+            help="auto (exact flat up to --flat-max vectors, IVF above, compressed ivfpq above --ivfpq-min), flat, ivf, hnsw or ivfpq."
+        ),
     ] = options.INDEX_KIND,
     flat_max: Annotated[int, typer.Option("--flat-max", help="auto: the largest set indexed exactly.")] = options.FLAT_MAX,
+    ivfpq_min: Annotated[
+        int, typer.Option("--ivfpq-min", help="auto: above this many vectors, the compressed ivfpq index (built by streaming).")
+    ] = options.IVFPQ_MIN,
+    rerank: Annotated[
+        int,
+        typer.Option(
+            "--rerank",
+            help="ivfpq: PQ candidates re-scored exactly per query from a float16 copy of the vectors "
+            "(vectors.f16.npy, 1 KB per 512-d vector); 0: no copy, PQ scores.",
+        ),
+    ] = options.IVFPQ_RERANK,
     overwrite: Overwrite = False,
 ) -> None:
     """Build a nearest-neighbour index (FAISS, cosine) over chip embeddings."""
     from imagesim.search.index import build_index
 
-    summary = build_index(embeddings, out_dir, kind=kind, overwrite=overwrite, flat_max=flat_max, progress=progress_bar("index"))
+    summary = build_index(
+        embeddings,
+        out_dir,
+        kind=kind,
+        overwrite=overwrite,
+        flat_max=flat_max,
+        ivfpq_min=ivfpq_min,
+        rerank=rerank,
+        progress=progress_bar("index"),
+    )
     out.print(summary.line(), highlight=False)
 
 

@@ -6,12 +6,17 @@ manifest ``chips.parquet`` and the error report ``chip-errors.json``, and draws 
 
 from __future__ import annotations
 
+import functools
+import itertools
+import shutil
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import numpy as np
 import polars as pl
 
 from imagesim import _imagesim as _rs
@@ -19,17 +24,18 @@ from imagesim import grid, options
 from imagesim.artefacts import (
     CHIP_ERRORS,
     CHIPS_MANIFEST,
+    MANIFEST_ORDER,
     MANIFEST_SCHEMA,
     MASK_FRACTION_COLUMNS,
+    GeoParquetStream,
     chip_folder,
+    iter_manifest,
     nodata_class_expr,
-    read_manifest,
     recorded_by_chip,
     zone_folder,
 )
 from imagesim.errors import ImagesimError
-from imagesim.fsutil import write_json
-from imagesim.geoparquet import write_geoparquet
+from imagesim.fsutil import atomic_path, write_json
 from imagesim.imagery.ard import Acquisition, Misplaced, find_acquisitions
 from imagesim.imagery.masks import MaskFractions, MaskNote, safe_fractions
 from imagesim.progress import ProgressFactory, open_progress
@@ -38,6 +44,8 @@ from imagesim.storage import AnyPath, StorePath, location
 
 # The key of a chip task's result that carries the COG's mask fractions (beside the Rust columns).
 MASKS_KEY = "masks"
+# The COG stamp columns of a manifest row: chips recorded against another (size, mtime) are stale.
+STAMP = ["source_size", "source_mtime_ns"]
 
 
 @dataclass
@@ -134,26 +142,96 @@ def source_stamp(acq: Acquisition) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
-class _Manifest:
-    """The manifest being built: old rows plus this run's, flushed atomically now and then."""
+# Rows of this run per part file (each COG's rows one row group), and per row group of chips.parquet.
+PART_ROWS = 262_144
+MANIFEST_ROW_GROUP = 16_384
+_SEP = "\x01"  # below every character of a zone, cell, date or catalog id: joined keys sort as the tuples do
 
-    def __init__(self, dest: AnyPath) -> None:
+
+def _acquisition_key() -> pl.Expr:
+    """One string per row that sorts as (zone, cell, acquisition_date, catalog_id) do, nulls first."""
+    parts = [pl.col("zone").cast(pl.String).str.zfill(2), pl.col("cell"), pl.col("acquisition_date"), pl.col("catalog_id")]
+    return pl.concat_str([p.fill_null("") for p in parts], separator=_SEP)
+
+
+def _cell_index(zoom: int) -> pl.Expr:
+    """The position of a chip in its cell at ``zoom`` (its quadkey's digits below the cell, base 4)."""
+    if zoom == grid.CELL_ZOOM:
+        return pl.lit(0, pl.Int64)
+    return pl.col("quadkey").str.slice(grid.CELL_ZOOM).str.to_integer(base=4, strict=False)
+
+
+@dataclass
+class _Block:
+    """One COG's rows of this run: row group ``group`` of part file ``part``."""
+
+    key: str  # _acquisition_key
+    part: int
+    offset: int  # its first row in the part
+    rows: int
+
+
+class _Manifest:
+    """The manifest being built, in memory flat in the number of chips.
+
+    The manifest already there is read once, a slice at a time, into what the run needs of it: which chips
+    each acquisition has recorded (at the run's zoom, one bit per chip) and its COG's stamp. This run's rows
+    go to Parquet part files in a hidden folder (each COG's rows one row group); :meth:`flush` merges them
+    with the old rows into ``chips.parquet`` (written atomically, one row group at a time) in its order
+    (MANIFEST_ORDER): both are sorted by acquisition, so the merge streams. A manifest not in that order
+    (derived from chip names, or from an older imagesim) is merged in memory instead, once.
+    """
+
+    def __init__(self, dest: AnyPath, zoom: int) -> None:
         self.dest = dest
-        self.old = read_manifest(dest)
-        self.new: list[pl.DataFrame] = []
-        self.last_flush = time.monotonic()
-        # Chips already recorded, per acquisition: built once, read by the worker threads. Rows derived
-        # from chip names (a folder of the original tool) are not: those chips are measured again.
-        groups = recorded_by_chip(self.old).group_by(["cell", "catalog_id"]).agg("chip", pl.col("source_size", "source_mtime_ns").first())
-        self.known: dict[tuple[str, str], set[str]] = {}
-        self.stamps: dict[tuple[str, str], tuple[int, int]] = {}
-        for cell, catalog_id, names, size, mtime in groups.iter_rows():
-            self.known[(cell, catalog_id)] = set(names)
-            self.stamps[(cell, catalog_id)] = (size, mtime)
+        self.zoom = zoom
+        self.cells = 4 ** (zoom - grid.CELL_ZOOM)  # chips per cell at this zoom
+        self.known: dict[tuple[int, str, str], np.ndarray] = {}  # (zone, cell, catalog id) → packed bits
+        self.stamps: dict[tuple[str, str], tuple[int | None, int | None]] = {}
+        self.old_rows = 0
+        self.old_sorted = True
+        last: str | None = None
+        for batch in iter_manifest(dest, ["zone", "cell", "acquisition_date", "catalog_id", "quadkey", "source_cog", *STAMP]):
+            self.old_rows += batch.height
+            keys = batch.select(pl.concat_str(_acquisition_key(), pl.col("quadkey").fill_null(""), separator=_SEP)).to_series()
+            if self.old_sorted and keys.len():
+                self.old_sorted = keys.is_sorted() and (last is None or last <= keys[0])
+                last = keys[-1]
+            self._record(recorded_by_chip(batch))
+        self.new: dict[tuple[int, str, str], np.ndarray] = {}  # this run's chips, as self.known
+        self.blocks: list[_Block] = []
+        self.parts: list[Path] = []
+        self.folder: Path | None = None
+        self.writer: Any = None
+        self.part_rows = 0
+
+    def _record(self, rows: pl.DataFrame) -> None:
+        """Add a manifest's recorded rows to the known chips and stamps (the first stamp of an acquisition wins)."""
+        for cell, catalog_id, size, mtime in (
+            rows.group_by(["cell", "catalog_id"], maintain_order=True).agg(pl.col(STAMP).first()).iter_rows()
+        ):
+            self.stamps.setdefault((cell, catalog_id), (size, mtime))
+        self._mark(self.known, rows)
+
+    def _mark(self, into: dict[tuple[int, str, str], np.ndarray], rows: pl.DataFrame) -> None:
+        """Set the bits of ``rows``' chips (those of the run's zoom) in ``into``."""
+        at_zoom = rows.filter(pl.col("quadkey").str.len_bytes() == self.zoom).select(
+            "zone", "cell", "catalog_id", _cell_index(self.zoom).alias("i")
+        )
+        for zone, cell, catalog_id, idx in at_zoom.drop_nulls().group_by(["zone", "cell", "catalog_id"]).agg("i").iter_rows():
+            key = (zone, cell, catalog_id)
+            bits = np.unpackbits(into[key], count=self.cells) if key in into else np.zeros(self.cells, np.uint8)
+            bits[np.asarray(idx, np.int64)] = 1
+            into[key] = np.packbits(bits)
 
     def known_names(self, acq: Acquisition) -> set[str]:
-        """Chips of one acquisition the manifest already records."""
-        return self.known.get((acq.cell, acq.catalog_id), set())
+        """Chips of one acquisition the manifest already records (at the run's zoom: the only chips it makes)."""
+        packed = self.known.get((acq.zone, acq.cell, acq.catalog_id))
+        if packed is None:
+            return set()
+        suffixes = _suffixes(self.zoom)
+        prefix = f"Z{acq.zone}-{acq.cell}"
+        return {f"{prefix}{suffixes[i]}_{acq.catalog_id}.jpg" for i in np.flatnonzero(np.unpackbits(packed, count=self.cells))}
 
     def is_stale(self, acq: Acquisition) -> bool:
         """The COG changed (size or mtime) since its chips were recorded: they must be redone."""
@@ -163,20 +241,124 @@ class _Manifest:
         return recorded != source_stamp(acq)
 
     def add(self, frame: pl.DataFrame) -> None:
-        self.new.append(frame)
-        if time.monotonic() - self.last_flush > 30:
-            self.flush()
+        """One COG's rows: written to the current part file as one row group, sorted by quadkey."""
+        import pyarrow.parquet as pq
+
+        if frame.height == 0:
+            return
+        frame = frame.sort("quadkey", maintain_order=True)
+        if self.folder is None:
+            # Beside chips.parquet (hidden: no stage takes it for chips); a store's parts stay local.
+            local = self.dest if isinstance(self.dest, Path) else None
+            self.folder = Path(tempfile.mkdtemp(prefix=f".{CHIPS_MANIFEST}.parts-", dir=local))
+        table = frame.to_arrow()
+        if self.writer is None or self.part_rows >= PART_ROWS:
+            self._close_part()
+            self.parts.append(self.folder / f"part-{len(self.parts):05d}.parquet")
+            self.writer = pq.ParquetWriter(self.parts[-1], table.schema, compression="zstd")
+        self.writer.write_table(table, row_group_size=frame.height)
+        self.blocks.append(_Block(frame.select(_acquisition_key()).item(0, 0), len(self.parts) - 1, self.part_rows, frame.height))
+        self.part_rows += frame.height
+        self._mark(self.new, frame)
+
+    def _close_part(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+            self.part_rows = 0
+
+    def discard(self) -> None:
+        """Remove the part files (after :meth:`flush`, or when the run ends without writing)."""
+        self._close_part()
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
 
     def flush(self) -> None:
-        if not self.new:
+        """Merge this run's rows into ``chips.parquet`` (atomically); nothing to do when there are none."""
+        self._close_part()
+        if not self.blocks:
             return
-        fresh = pl.concat(self.new)
-        merged = pl.concat([self.old.join(fresh.select("chip"), on="chip", how="anti"), fresh]).sort(
-            ["zone", "cell", "acquisition_date", "catalog_id", "quadkey"]
-        )
-        write_geoparquet(merged, self.dest / CHIPS_MANIFEST)
-        self.old, self.new = merged, []
-        self.last_flush = time.monotonic()
+        rows = self._merged() if self.old_sorted else self._merged_in_memory()
+        with atomic_path(self.dest / CHIPS_MANIFEST) as tmp, GeoParquetStream(tmp, row_group=MANIFEST_ROW_GROUP) as out:
+            for frame in rows:
+                out.write(frame.select(list(MANIFEST_SCHEMA)))
+
+    def _block_rows(self, blocks: list[_Block]) -> list[pl.DataFrame]:
+        # read with polars, a row group alone (pyarrow's reader keeps what it read)
+        return [
+            pl.scan_parquet(self.parts[b.part]).slice(b.offset, b.rows).collect().cast(MANIFEST_SCHEMA)  # type: ignore[arg-type]
+            for b in blocks
+        ]
+
+    def _old_rows(self) -> Iterator[pl.DataFrame]:
+        """The old manifest's rows, a slice at a time, less the chips this run recorded again (its rows replace them)."""
+        for batch in iter_manifest(self.dest):
+            keyed = batch.with_columns(_acquisition_key().alias("_key"))
+            candidates = (
+                keyed.select("zone", "cell", "catalog_id", _cell_index(self.zoom).alias("i"))
+                .with_row_index("row")
+                .filter((batch["quadkey"].str.len_bytes() == self.zoom) & pl.col("i").is_not_null())
+            )
+            drop = np.zeros(batch.height, bool)
+            for (zone, cell, catalog_id), group in candidates.group_by(["zone", "cell", "catalog_id"]):
+                packed = self.new.get((zone, cell, catalog_id))
+                if packed is not None:
+                    bits = np.unpackbits(packed, count=self.cells).astype(bool)
+                    drop[group["row"].to_numpy()] = bits[group["i"].to_numpy()]
+            yield keyed.filter(pl.Series(~drop)) if drop.any() else keyed
+
+    def _merged(self) -> Iterator[pl.DataFrame]:
+        """Old rows and this run's blocks in manifest order, a slice or an acquisition at a time."""
+        old = _Cursor(self._old_rows())
+        blocks = sorted(self.blocks, key=lambda b: b.key)  # stable: an acquisition's blocks in run order
+        for key, same in itertools.groupby(blocks, key=lambda b: b.key):
+            yield from old.below(key)
+            frames = [*old.upto(key), *self._block_rows(list(same))]
+            yield pl.concat(frames, how="vertical_relaxed").sort("quadkey", maintain_order=True)
+        yield from old.below(None)
+
+    def _merged_in_memory(self) -> Iterator[pl.DataFrame]:
+        """A manifest not in order (derived, or older): old and new rows sorted in memory, once."""
+        frames = [f.drop("_key") for f in self._old_rows()] + self._block_rows(self.blocks)
+        yield pl.concat(frames, how="vertical_relaxed").sort(MANIFEST_ORDER, maintain_order=True)
+
+
+class _Cursor:
+    """Rows of sorted slices (a ``_key`` column), handed out up to a key."""
+
+    def __init__(self, slices: Iterator[pl.DataFrame]) -> None:
+        self.slices = slices
+        self.buf: pl.DataFrame | None = None
+
+    def _take(self, key: str | None, side: Literal["left", "right"]) -> Iterator[pl.DataFrame]:
+        while True:
+            if self.buf is None or self.buf.height == 0:
+                self.buf = next(self.slices, None)
+                if self.buf is None:
+                    return
+                continue
+            n = self.buf.height if key is None else int(self.buf["_key"].search_sorted(key, side=side))
+            if n:
+                yield self.buf[:n].drop("_key")
+            self.buf = self.buf[n:]
+            if self.buf.height:
+                return
+
+    def below(self, key: str | None) -> Iterator[pl.DataFrame]:
+        """Rows whose key sorts before ``key`` (None: every row left)."""
+        return self._take(key, "left")
+
+    def upto(self, key: str) -> Iterator[pl.DataFrame]:
+        """Rows whose key is ``key`` (after :meth:`below` of it)."""
+        return self._take(key, "right")
+
+
+@functools.cache
+def _suffixes(zoom: int) -> list[str]:
+    """The quadkey digits below the cell of every chip of a cell at ``zoom``, by position (base 4)."""
+    depth = zoom - grid.CELL_ZOOM
+    return [np.base_repr(i, 4).zfill(depth) if depth else "" for i in range(4**depth)]
 
 
 def run_chip(
@@ -210,7 +392,7 @@ def run_chip(
     if not acquisitions:  # nothing to chip: DEST (and an earlier run's chip-errors.json there) left as it was
         return summary
     out.mkdir(parents=True, exist_ok=True)
-    manifest = _Manifest(out)
+    manifest = _Manifest(out, settings.zoom)
     # DEST named after a zone (`--dest chips/33`, the original notebook's layout): that zone's chips
     # go in DEST itself, not DEST/33/ (artefacts.zone_folder); the manifest stays in DEST.
     flat_zone = zone_folder(out)
@@ -266,7 +448,10 @@ def run_chip(
             for outcome in outcomes:
                 merge(outcome)
     finally:
-        manifest.flush()
+        try:
+            manifest.flush()
+        finally:
+            manifest.discard()
         summary.seconds = time.perf_counter() - start
         write_json(
             out / CHIP_ERRORS,

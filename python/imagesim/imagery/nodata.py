@@ -5,7 +5,7 @@ Three sources of truth:
 - ``pixels``: decode every chip JPEG in Rust (libjpeg-turbo, parallel, GIL released) and apply the
   full-pixel rule — a pixel is no-data when all bands are <= ``nodata_threshold``; a chip is
   ``no_data`` when every pixel is, ``partial_data`` from ``min_nodata_pixels`` no-data pixels on,
-  else ``all_data``. In process this is one call over every chip; on Dask (``scheduler``) one task
+  else ``all_data``. In process this is one call per ``CHUNK`` chips; on Dask (``scheduler``) one task
   per ``BATCH`` chips (see :mod:`imagesim.runner`).
 - ``manifest``: the counts `imagesim chip` measured on the source COG pixels (instant; exact
   w.r.t. the COG rather than the chip JPEG). Chips the manifest does not measure fall back to pixels.
@@ -13,7 +13,9 @@ Three sources of truth:
 
 Writes the original JSON index (``{"all_data": [...], "partial_data": [...], "no_data": [...]}``,
 chip file names), ``nodata.parquet`` with per-chip counts, and a summary JSON listing skipped
-and failed files. Chips are never modified.
+and failed files. Chips are never modified. Chips are measured ``CHUNK`` at a time into part files (a
+hidden folder beside the index) and the outputs written from those, so memory stays flat in the number
+of chips.
 
 A chip that does not decode fails with one line in the words every command uses (the Rust core's
 ``jpeg::Problem``): empty file, truncated JPEG, not a JPEG, unsupported colour space (CMYK/YCCK),
@@ -24,8 +26,14 @@ named like a JPEG is skipped (not searched) and said so.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import json
 import os
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +48,8 @@ from imagesim.artefacts import (
     NODATA_CLASSES,
     NODATA_INDEX,
     NODATA_PARQUET,
+    GeoParquetStream,
+    iter_manifest,
     manifest_is_derived,
     nodata_class_expr,
     nodata_summary_name,
@@ -52,8 +62,7 @@ from imagesim.errors import (
     InvalidArgumentError,
     OutputExistsError,
 )
-from imagesim.fsutil import write_json
-from imagesim.geoparquet import write_geoparquet
+from imagesim.fsutil import atomic_path, write_json
 from imagesim.imagery.masks import read_mask
 from imagesim.progress import ProgressFactory, ProgressSink, open_progress
 from imagesim.runner import Outcome, TaskRunner, worker_threads
@@ -61,7 +70,24 @@ from imagesim.storage import AnyPath, StorePath, is_url, location
 
 SOURCES = options.NODATA_SOURCES
 JPEG_SUFFIXES = (".jpg", ".jpeg")
-BATCH = 2000  # chips per Dask task with a `scheduler` (in process: one task for all chips)
+BATCH = 2000  # chips per Dask task with a `scheduler` (in process: one task per CHUNK)
+# Chips measured at a time, then set down in a part file: what memory holds of them (in process; on Dask
+# enough for DASK_TASKS tasks of BATCH chips in flight).
+CHUNK = 8_192
+DASK_TASKS = 32
+PARQUET_ROW_GROUP = 16_384  # rows per row group of nodata.parquet
+# The columns of nodata.parquet (beside its geometry and bbox).
+TABLE_SCHEMA: dict[str, pl.DataType] = {
+    "chip": pl.String(),
+    "path": pl.String(),
+    "nodata_pixels": pl.UInt64(),
+    "total_pixels": pl.UInt64(),
+    "valid_fraction": pl.Float64(),
+    "nodata_class": pl.String(),
+    "source": pl.String(),
+    "note": pl.String(),
+    "error": pl.String(),
+}
 
 
 @dataclass
@@ -114,26 +140,55 @@ class NodataSummary:
 def list_chip_files(chip_dir: AnyPath, index_name: str, dirs: list[AnyPath] | None = None) -> tuple[list[AnyPath], list[AnyPath]]:
     """JPEG files under ``chip_dir`` (recursively) and the other files that are skipped. Directories
     named like a JPEG (``x.jpg/``) are not searched; they are appended to ``dirs`` when given."""
-    jpegs: list[AnyPath] = []
     others: list[AnyPath] = []
-    own = CHIP_FOLDER_FILES | {index_name, nodata_summary_name(index_name)}
+    jpegs = list(iter_chip_files(chip_dir, index_name, others, dirs))
+    return jpegs, others
+
+
+def iter_chip_files(chip_dir: AnyPath, index_name: str, others: list[AnyPath], dirs: list[AnyPath] | None = None) -> Iterator[AnyPath]:
+    """The JPEG files under ``chip_dir`` (recursively, in :func:`list_chip_files`' order) one at a time;
+    the other files are appended to ``others``, directories named like a JPEG to ``dirs`` when given."""
     if isinstance(chip_dir, StorePath):
         for path, _, _ in chip_dir.files():
             rel = path.relative_to(chip_dir)
-            if any(part.startswith(".") for part in rel.split("/")) or rel in own:
+            if any(part.startswith(".") for part in rel.split("/")) or rel in _own_files(index_name):
                 continue
-            (jpegs if rel.lower().endswith(JPEG_SUFFIXES) else others).append(path)
-        return jpegs, others
+            if rel.lower().endswith(JPEG_SUFFIXES):
+                yield path
+            else:
+                others.append(path)
+        return
+    for folder, name in _walk_jpegs(chip_dir, index_name, others, dirs):
+        yield folder / name
+
+
+def count_chip_files(chip_dir: AnyPath, index_name: str, others: list[AnyPath], dirs: list[AnyPath] | None = None) -> int:
+    """How many files :func:`iter_chip_files` yields (a folder is walked without making a path per chip)."""
+    if isinstance(chip_dir, StorePath):
+        return sum(1 for _ in iter_chip_files(chip_dir, index_name, others, dirs))
+    return sum(1 for _ in _walk_jpegs(chip_dir, index_name, others, dirs))
+
+
+def _own_files(index_name: str) -> set[str]:
+    return CHIP_FOLDER_FILES | {index_name, nodata_summary_name(index_name)}
+
+
+def _walk_jpegs(chip_dir: Path, index_name: str, others: list[AnyPath], dirs: list[AnyPath] | None) -> Iterator[tuple[Path, str]]:
+    """(folder, file name) of each JPEG under a local ``chip_dir``, folders and names sorted."""
+    own = _own_files(index_name)
     for dirpath, dirnames, filenames in os.walk(chip_dir):
+        here = Path(dirpath)
+        top = here == chip_dir
         if dirs is not None:
-            dirs.extend(Path(dirpath) / d for d in sorted(dirnames) if d.lower().endswith(JPEG_SUFFIXES) and not d.startswith("."))
+            dirs.extend(here / d for d in sorted(dirnames) if d.lower().endswith(JPEG_SUFFIXES) and not d.startswith("."))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not d.lower().endswith(JPEG_SUFFIXES))
         for name in sorted(filenames):
-            if name.startswith(".") or (Path(dirpath) == chip_dir and name in own):
+            if name.startswith(".") or (top and name in own):
                 continue
-            found = Path(dirpath) / name
-            (jpegs if name.lower().endswith(JPEG_SUFFIXES) else others).append(found)
-    return jpegs, others
+            if name.lower().endswith(JPEG_SUFFIXES):
+                yield here, name
+            else:
+                others.append(here / name)
 
 
 def _by_pixels(paths: list[AnyPath], settings: NodataSettings, tasks: TaskRunner, sink: ProgressSink, done_before: int) -> pl.DataFrame:
@@ -190,22 +245,35 @@ def scan_batch_task(
     return _rs.scan_jpeg_files(paths, threshold=threshold, threads=worker_threads(proc), progress=progress)
 
 
-def _by_manifest(chip_dir: AnyPath, frame: pl.DataFrame, threshold: int) -> pl.DataFrame:
-    """Counts from chips.parquet for the listed chips; rows it cannot answer keep nulls."""
-    manifest = read_manifest(chip_dir)
-    used = manifest.filter(pl.col("nodata_pixels").is_not_null())["nodata_threshold"].drop_nulls().unique().to_list()
-    if used and used != [threshold]:
+def _manifest_counts(chip_dir: AnyPath, threshold: int) -> pl.DataFrame:
+    """The counts chips.parquet measured, one row per chip name (the latest row wins): only the columns a
+    lookup needs, the manifest read a slice at a time."""
+    used: set[int] = set()
+    parts = []
+    for batch in iter_manifest(chip_dir, ["chip", "nodata_pixels", "width", "height", "nodata_threshold"]):
+        measured = batch.filter(pl.col("nodata_pixels").is_not_null())
+        used.update(measured["nodata_threshold"].drop_nulls().unique().to_list())
+        parts.append(
+            batch.select(
+                pl.col("chip").alias("name"),
+                "nodata_pixels",
+                (pl.col("width").cast(pl.UInt64) * pl.col("height").cast(pl.UInt64)).alias("total_pixels"),
+            )
+        )
+    if used and used != {threshold}:
+        other = min(used - {threshold})
         raise InvalidArgumentError(
-            f"{chip_dir / CHIPS_MANIFEST} was measured with `nodata_threshold` {used[0]}; pass `nodata_threshold` "
-            f"{used[0]} or `source` pixels",
+            f"{chip_dir / CHIPS_MANIFEST} was measured with `nodata_threshold` {other}; pass `nodata_threshold` {other} or `source` pixels",
             param="nodata_threshold",
         )
-    counts = manifest.select(
-        pl.col("chip").alias("name"),
-        "nodata_pixels",
-        (pl.col("width").cast(pl.UInt64) * pl.col("height").cast(pl.UInt64)).alias("total_pixels"),
-    ).unique("name", keep="last")
-    return frame.join(counts, on="name", how="left")
+    schema = {"name": pl.String, "nodata_pixels": pl.UInt64, "total_pixels": pl.UInt64}
+    counts = pl.concat(parts) if parts else pl.DataFrame(schema=schema)
+    return counts.unique("name", keep="last", maintain_order=False)
+
+
+def _by_manifest(counts: pl.DataFrame, frame: pl.DataFrame) -> pl.DataFrame:
+    """Counts from chips.parquet (:func:`_manifest_counts`) for the listed chips; rows it cannot answer keep nulls."""
+    return frame.join(counts, on="name", how="left", maintain_order="left")
 
 
 class _MaskLookup:
@@ -290,6 +358,79 @@ def _by_mask(frame: pl.DataFrame, lookup: _MaskLookup) -> pl.DataFrame:
     )
 
 
+def _class_table(measured: pl.DataFrame, min_nodata_pixels: int) -> pl.DataFrame:
+    """The rows of ``nodata.parquet`` for measured chips, by chip name."""
+    return (
+        measured.select(
+            pl.col("name").alias("chip"),
+            pl.col("path"),
+            pl.col("nodata_pixels").cast(pl.UInt64),
+            pl.col("total_pixels").cast(pl.UInt64),
+            (1.0 - pl.col("nodata_pixels").cast(pl.Float64) / pl.col("total_pixels").cast(pl.Float64)).alias("valid_fraction"),
+            nodata_class_expr(pl.col("nodata_pixels"), pl.col("total_pixels"), min_nodata_pixels).alias("nodata_class"),
+            pl.col("source"),
+            pl.col("note"),
+            pl.col("error"),
+        )
+        .cast(TABLE_SCHEMA)  # type: ignore[arg-type]
+        .sort("chip", maintain_order=True)
+    )
+
+
+class _Parts:
+    """Measured chunks of ``nodata.parquet`` in part files (a hidden folder), read back in chip order:
+    straight through when the chunks came in that order (chips found zone folder by zone folder), else
+    sorted in memory."""
+
+    def __init__(self, beside: AnyPath) -> None:
+        if isinstance(beside, Path):
+            beside.mkdir(parents=True, exist_ok=True)
+        self.folder = Path(tempfile.mkdtemp(prefix=".nodata.parts-", dir=beside if isinstance(beside, Path) else None))
+        self.files: list[Path] = []
+        self.in_order = True
+        self.last: str | None = None
+
+    def add(self, table: pl.DataFrame) -> None:
+        if table.height == 0:
+            return
+        first, last = table["chip"][0], table["chip"][-1]
+        self.in_order = self.in_order and (self.last is None or self.last <= first)
+        self.last = last if self.last is None else max(self.last, last)
+        self.files.append(self.folder / f"part-{len(self.files):05d}.parquet")
+        table.write_parquet(self.files[-1])
+
+    def sorted_slices(self) -> Iterator[pl.DataFrame]:
+        if not self.files:
+            return
+        if not self.in_order:
+            yield pl.scan_parquet(self.files).sort("chip", maintain_order=True).collect()
+            return
+        for file in self.files:
+            yield pl.read_parquet(file)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _write_index(path: AnyPath, lists: dict[str, Path], counts: dict[str, int]) -> None:
+    """The JSON index ``{"all_data": [...], ...}`` (as ``json.dumps(index, indent=2)`` writes it) from one
+    file per class holding a JSON string per line: streamed, never held."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as out:
+        out.write("{\n")
+        for k, cls in enumerate(NODATA_CLASSES):
+            out.write(f"  {json.dumps(cls)}: ")
+            if counts.get(cls, 0) == 0:
+                out.write("[]")
+            else:
+                out.write("[\n")
+                with open(lists[cls], encoding="utf-8") as names:
+                    for n, line in enumerate(names):
+                        out.write(("    " if n == 0 else ",\n    ") + line.rstrip("\n"))
+                out.write("\n  ]")
+            out.write(",\n" if k < len(NODATA_CLASSES) - 1 else "\n")
+        out.write("}\n")
+
+
 def run_nodata_index(
     chip_dir: str | AnyPath,
     settings: NodataSettings | None = None,
@@ -300,7 +441,11 @@ def run_nodata_index(
     """Classify every chip under ``chip_dir`` and write the index, ``nodata.parquet`` and the summary.
 
     ``scheduler`` (a Dask address, ``"local"`` or a ``distributed.Client``): chips decoded for
-    ``source`` pixels (and those the manifest lacks) are scanned there, one task per batch of chips."""
+    ``source`` pixels (and those the manifest lacks) are scanned there, one task per batch of chips.
+
+    Chips are measured ``CHUNK`` at a time and written to part files; the outputs are then written from
+    them a slice at a time, so memory does not grow with the number of chips (but for the manifest's
+    counts, one compact row per chip, with ``source`` manifest)."""
     settings = settings or NodataSettings()
     settings.check()
     tasks = TaskRunner(scheduler)
@@ -319,59 +464,75 @@ def run_nodata_index(
 
     start = time.perf_counter()
     jpeg_dirs: list[AnyPath] = []
-    jpegs, others = list_chip_files(chip_dir, index_path.name, jpeg_dirs)
-    sink = open_progress(progress, len(jpegs))
-    frame = pl.DataFrame({"path": [str(p) for p in jpegs], "name": [p.name for p in jpegs]}, schema={"path": pl.String, "name": pl.String})
-    try:
-        if source == "pixels":
-            measured = _by_pixels(jpegs, settings, tasks, sink, 0).with_columns(pl.Series("name", [p.name for p in jpegs], pl.String))
-        elif source == "manifest":
-            joined = _by_manifest(chip_dir, frame, settings.nodata_threshold)
-            known = joined.filter(pl.col("nodata_pixels").is_not_null()).with_columns(
-                pl.lit(None, pl.String).alias("note"), pl.lit(None, pl.String).alias("error"), pl.lit("manifest").alias("source")
-            )
-            unknown = joined.filter(pl.col("nodata_pixels").is_null()).select("path", "name")
-            sink.update(known.height)
-            rest = _by_pixels([location(p) for p in unknown["path"]], settings, tasks, sink, known.height).with_columns(unknown["name"])
-            measured = pl.concat([known.select(rest.columns), rest])
-        else:
-            measured = _by_mask(frame, _MaskLookup(chip_dir, settings.ard_path))
-            sink.update(len(jpegs))
-    finally:
-        sink.close()
-
-    table = measured.select(
-        pl.col("name").alias("chip"),
-        pl.col("path"),
-        pl.col("nodata_pixels").cast(pl.UInt64),
-        pl.col("total_pixels").cast(pl.UInt64),
-        (1.0 - pl.col("nodata_pixels").cast(pl.Float64) / pl.col("total_pixels").cast(pl.Float64)).alias("valid_fraction"),
-        nodata_class_expr(pl.col("nodata_pixels"), pl.col("total_pixels"), settings.min_nodata_pixels).alias("nodata_class"),
-        pl.col("source"),
-        pl.col("note"),
-        pl.col("error"),
-    ).sort("chip")
-    ok = table.filter(pl.col("error").is_null())
-    failed = table.filter(pl.col("error").is_not_null())
-    noted = ok.filter(pl.col("note").is_not_null())
-    index = {cls: ok.filter(pl.col("nodata_class") == cls)["chip"].to_list() for cls in NODATA_CLASSES}
+    others: list[AnyPath] = []
+    total = count_chip_files(chip_dir, index_path.name, others, jpeg_dirs)  # counted first: the progress bar's total
     summary = NodataSummary(
         index=index_path,
         parquet=parquet_path,
         summary=summary_path,
         source=source,
-        counts={cls: len(names) for cls, names in index.items()},
-        failed=list(zip(failed["path"].to_list(), failed["error"].to_list())),
+        counts={cls: 0 for cls in NODATA_CLASSES},
         skipped=[str(p) for p in others],
         skipped_dirs=[str(p) for p in jpeg_dirs],
-        notes=list(zip(noted["path"].to_list(), noted["note"].to_list())),
-        by_source={src: n for src, n in ok.group_by("source").len().iter_rows()},
-        seconds=time.perf_counter() - start,
     )
-    if not jpegs:  # no chip at all: nothing to index, and an index that is there stays as it is
+    if not total:  # no chip at all: nothing to index, and an index that is there stays as it is
+        summary.seconds = time.perf_counter() - start
         return summary
-    write_json(index_path, index)
-    write_geoparquet(table, parquet_path, allow_missing=True)  # a JPEG that is not a chip name: null geometry
+    counts = _manifest_counts(chip_dir, settings.nodata_threshold) if source == "manifest" else None
+    masks = _MaskLookup(chip_dir, settings.ard_path) if source == "mask" else None
+    parts = _Parts(index_path.parent)
+    sink = open_progress(progress, total)
+    try:
+        with tasks.session() as tasks:  # one cluster (or connection) for every chunk, made when one needs decoding
+            found = iter_chip_files(chip_dir, index_path.name, [], None)
+            done = 0
+            size = CHUNK if tasks.local else max(CHUNK, BATCH * DASK_TASKS)
+            while chunk := list(itertools.islice(found, size)):
+                frame = pl.DataFrame(
+                    {"path": [str(p) for p in chunk], "name": [p.name for p in chunk]}, schema={"path": pl.String, "name": pl.String}
+                )
+                if counts is not None:
+                    joined = _by_manifest(counts, frame)
+                    known = joined.filter(pl.col("nodata_pixels").is_not_null()).with_columns(
+                        pl.lit(None, pl.String).alias("note"), pl.lit(None, pl.String).alias("error"), pl.lit("manifest").alias("source")
+                    )
+                    unknown = joined.filter(pl.col("nodata_pixels").is_null()).select("path", "name")
+                    sink.update(done + known.height)
+                    rest = _by_pixels([location(p) for p in unknown["path"]], settings, tasks, sink, done + known.height).with_columns(
+                        unknown["name"]
+                    )
+                    measured = pl.concat([known.select(rest.columns), rest])
+                elif masks is not None:
+                    measured = _by_mask(frame, masks)
+                    sink.update(done + len(chunk))
+                else:
+                    measured = _by_pixels(chunk, settings, tasks, sink, done).with_columns(frame["name"])
+                done += len(chunk)
+                parts.add(_class_table(measured, settings.min_nodata_pixels))
+        lists = {cls: parts.folder / f"{cls}.txt" for cls in NODATA_CLASSES}
+        by_source: dict[str, int] = {}
+        with contextlib.ExitStack() as files:
+            out = {cls: files.enter_context(open(lists[cls], "w", encoding="utf-8")) for cls in NODATA_CLASSES}
+            with atomic_path(parquet_path) as tmp, GeoParquetStream(tmp, row_group=PARQUET_ROW_GROUP, allow_missing=True) as table:
+                for rows in parts.sorted_slices():
+                    table.write(rows)  # a JPEG that is not a chip name: null geometry
+                    failed = rows.filter(pl.col("error").is_not_null())
+                    ok = rows.filter(pl.col("error").is_null())
+                    summary.failed.extend(zip(failed["path"].to_list(), failed["error"].to_list()))
+                    noted = ok.filter(pl.col("note").is_not_null())
+                    summary.notes.extend(zip(noted["path"].to_list(), noted["note"].to_list()))
+                    for src, n in ok.group_by("source", maintain_order=True).len().iter_rows():
+                        by_source[src] = by_source.get(src, 0) + n
+                    for cls in NODATA_CLASSES:
+                        names = ok.filter(pl.col("nodata_class") == cls)["chip"]
+                        summary.counts[cls] += names.len()
+                        out[cls].writelines(json.dumps(name) + "\n" for name in names)
+        summary.by_source = by_source
+        summary.seconds = time.perf_counter() - start
+        _write_index(index_path, lists, summary.counts)
+    finally:
+        sink.close()
+        parts.remove()
     write_json(
         summary_path,
         {

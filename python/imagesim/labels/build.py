@@ -9,13 +9,17 @@ grid (:mod:`imagesim.labels.join`) and writes three encodings of the same labels
 - ``labels.csv``: the dense ``Feature,<class1>,…`` 0/1 table the original training notebook read;
 - ``labels.json``: class names, the taxonomy used, counts, and what was left out and why.
 
-Cells are processed one at a time, so memory holds one cell's features, never a zone's.
+Cells are processed one at a time, so memory holds one cell's features, never a zone's; a cell's chips
+(all its acquisitions) are labelled ``LABEL_SLICE`` at a time and their rows streamed to ``labels.parquet``
+(row groups) and ``labels.csv`` (appended), both published atomically at the end: memory does not grow
+with the number of chips but for the chip table itself.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,12 +39,12 @@ from imagesim.artefacts import (
     LABELS_PARQUET,
     MASK_FRACTION_COLUMNS,
     OSM_DATA,
+    GeoParquetStream,
     bitset_matrix,
     read_chip_table,
 )
 from imagesim.errors import ImagesimFileNotFoundError, LabelInputError, OutputExistsError
-from imagesim.fsutil import write_json, write_with
-from imagesim.geoparquet import write_geoparquet
+from imagesim.fsutil import atomic_path, write_json
 from imagesim.labels.cells import ard_base, check_osm_data
 from imagesim.labels.geometry import GeometryReport, features_from_osm
 from imagesim.labels.join import CellGrid, join_cell, local_index
@@ -50,6 +54,7 @@ from imagesim.storage import AnyPath, location
 
 INCLUDE_CHOICES = ("all_data", *options.LABEL_INCLUDE)  # all_data: always labelled, accepted as a no-op
 CLOUDY = "cloudy"  # the key of chips left out by `max_cloud` in LabelSummary.excluded / labels.json
+LABEL_SLICE = 8_192  # chips labelled and written at a time (a cell with many acquisitions has many)
 
 
 @dataclass
@@ -223,67 +228,114 @@ def build_labels(
         chips = chips.filter(~cloudy)
     summary.cloud_unknown = chips[CLOUD_FRACTION].null_count()
 
-    # One (zone, cell, zoom) group at a time: one cell's OSM features in memory.
-    groups = chips.select("zone", "cell", "zoom").unique().sort("zone", "cell", "zoom").rows()
-    sink = progress(len(groups)) if progress else ProgressSink()
-    parts: list[pl.DataFrame] = []
+    # One (zone, cell) block of chips at a time, in chip order (the chips of a cell are neighbours in it:
+    # their names start with Z<zone>-<cell>): one cell's OSM features and chips in memory, its rows streamed
+    # to labels.parquet and labels.csv, published only once all is written and something got a label.
+    if not chips["chip"].is_sorted():
+        chips = chips.sort("chip")
+    zone_cell = pl.struct("zone", "cell")
+    starts = np.flatnonzero(chips.select((zone_cell != zone_cell.shift(1)).fill_null(True)).to_series().to_numpy())
+    blocks = list(zip(starts.tolist(), np.diff(np.append(starts, chips.height)).tolist()))
+    sink = progress(chips.select("zone", "cell", "zoom").n_unique()) if progress else ProgressSink()
+    n_classes = len(taxonomy.classes)
+    reports: dict[tuple[int, str, int], GeometryReport] = {}  # per (zone, cell, zoom): merged in that order at the end
+    missing: set[tuple[int, str]] = set()
+    failed: list[tuple[tuple[int, str, int], str]] = []
+    counts = np.zeros(n_classes, np.int64)
+    unknown = {c.name: 0 for c in taxonomy.mask_classes if c.mask}
+    left_out = rows = label_total = 0
     cache: tuple[tuple[int, str], dict[str, Any] | None] | None = None
-    for i, (zone, cell, zoom) in enumerate(groups):
-        where = f"{zone}/{cell}"
-        try:
-            if cache is None or cache[0] != (zone, cell):
-                cache = ((zone, cell), _load_cell_osm(ard_root, zone, cell))
-            data = cache[1]
-            if data is None:
-                if where not in summary.missing_cells:
-                    summary.missing_cells.append(where)
-            else:
-                chip_idx, cls, report = label_cell(data, taxonomy, zone, cell, zoom)
-                summary.geometry.merge(report)
-                parts.append(
-                    pl.DataFrame(
-                        {
-                            "zone": pl.Series(np.full(len(chip_idx), zone), dtype=pl.UInt8),
-                            "cell": pl.Series([cell] * len(chip_idx), dtype=pl.String),
-                            "zoom": pl.Series(np.full(len(chip_idx), zoom), dtype=pl.UInt8),
-                            "local": pl.Series(chip_idx, dtype=pl.Int64),
-                            "class_id": pl.Series(cls, dtype=pl.UInt16),
-                        }
-                    )
-                )
-                summary.cells += 1
-        except (LabelInputError, ValueError, shapely.errors.ShapelyError) as exc:  # a bad cell: report it, go on
-            summary.failed_cells.append((where, str(exc)))
-        sink.update(i + 1)
-    sink.close()
-
-    bad_cells = {tuple(w.split("/")) for w in summary.missing_cells} | {tuple(w.split("/")) for w, _ in summary.failed_cells}
-    if bad_cells:
-        bad = pl.DataFrame([(int(z), c) for z, c in bad_cells], schema={"zone": pl.UInt8, "cell": pl.String}, orient="row")
-        summary.excluded["no OSM data for the cell"] = chips.join(bad, on=["zone", "cell"], how="semi").height
-        chips = chips.join(bad, on=["zone", "cell"], how="anti")
-
-    table = _assemble(chips, parts, taxonomy)
-    summary.mask_classes_unknown = {
-        c.name: chips[MASK_FRACTION_COLUMNS[c.mask]].null_count() for c in taxonomy.mask_classes if c.mask and chips.height
-    }
-    summary.chips = table.height
-    summary.labelled = int((table["label_ids"].list.len() > 0).sum())
-    dense = _imagesim.dense_labels(bitset_matrix(table, len(taxonomy.classes)), len(taxonomy.classes))
-    summary.class_counts = dict(zip(taxonomy.names, (int(x) for x in dense.sum(axis=0))))
-    if summary.nothing_labelled:  # nothing to learn from: labels the user has stay as they are
+    groups_done = 0
+    out_made = not out_dir.exists()
+    try:
+        with ExitStack() as files:
+            writer = files.enter_context(GeoParquetStream(files.enter_context(atomic_path(outputs[0]))))
+            csv = files.enter_context(open(files.enter_context(atomic_path(outputs[1])), "wb"))
+            for start, length in blocks:
+                block = chips.slice(start, length)
+                zone, cell = int(block["zone"][0]), str(block["cell"][0])
+                parts: list[pl.DataFrame] = []
+                bad = False
+                for zoom in sorted(block["zoom"].unique().to_list()):
+                    try:
+                        if cache is None or cache[0] != (zone, cell):
+                            cache = ((zone, cell), _load_cell_osm(ard_root, zone, cell))
+                        data = cache[1]
+                        if data is None:
+                            missing.add((zone, cell))
+                            bad = True
+                        else:
+                            chip_idx, cls, report = label_cell(data, taxonomy, zone, cell, zoom)
+                            reports[(zone, cell, zoom)] = report
+                            parts.append(_long(zone, cell, zoom, chip_idx, cls))
+                    except (LabelInputError, ValueError, shapely.errors.ShapelyError) as exc:  # a bad cell: report it, go on
+                        failed.append(((zone, cell, zoom), str(exc)))
+                        bad = True
+                    groups_done += 1
+                    sink.update(groups_done)
+                if bad:
+                    left_out += block.height
+                    continue
+                # a cell's labels belong to every acquisition of it: its chips joined to them a slice at a time
+                for at in range(0, block.height, LABEL_SLICE):
+                    some = block.slice(at, LABEL_SLICE)
+                    table = _assemble(some, parts, taxonomy)
+                    dense = _imagesim.dense_labels(bitset_matrix(table, n_classes), n_classes)
+                    sizes = table["label_ids"].list.len()
+                    counts += dense.sum(axis=0, dtype=np.int64)
+                    summary.labelled += int((sizes > 0).sum())
+                    label_total += int(sizes.sum())
+                    rows += table.height
+                    for c in taxonomy.mask_classes:
+                        if c.mask:
+                            unknown[c.name] += some[MASK_FRACTION_COLUMNS[c.mask]].null_count()
+                    writer.write(table)
+                    pl.DataFrame({"Feature": table["path"]}).hstack(
+                        [pl.Series(name, dense[:, j], dtype=pl.UInt8) for j, name in enumerate(taxonomy.names)]
+                    ).write_csv(csv, include_header=rows == table.height)
+            summary.cells = len(reports)
+            for key in sorted(reports):
+                summary.geometry.merge(reports[key])
+            summary.missing_cells = [f"{z}/{c}" for z, c in sorted(missing)]
+            summary.failed_cells = [(f"{k[0]}/{k[1]}", e) for k, e in sorted(failed, key=lambda f: f[0])]
+            if missing or failed:
+                summary.excluded["no OSM data for the cell"] = left_out
+            summary.mask_classes_unknown = unknown if rows else {}
+            summary.chips = rows
+            summary.class_counts = dict(zip(taxonomy.names, (int(x) for x in counts)))
+            if summary.nothing_labelled:  # nothing to learn from: labels the user has stay as they are
+                raise _NothingLabelled
+    except _NothingLabelled:
+        if out_made and _is_empty_dir(out_dir):
+            out_dir.rmdir()
         summary.seconds = time.perf_counter() - t0
         return summary
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_geoparquet(table, outputs[0])
-    csv = pl.DataFrame({"Feature": table["path"]}).hstack(
-        [pl.Series(name, dense[:, j], dtype=pl.UInt8) for j, name in enumerate(taxonomy.names)]
-    )
-    write_with(outputs[1], lambda tmp: csv.write_csv(tmp))
+    finally:
+        sink.close()
     summary.seconds = time.perf_counter() - t0
-    write_json(outputs[2], _sidecar(summary, taxonomy, chips_dir, ard_root, table))
+    write_json(outputs[2], _sidecar(summary, taxonomy, chips_dir, ard_root, label_total / rows if rows else 0.0))
     return summary
+
+
+class _NothingLabelled(Exception):
+    """No chip got a label: the streamed outputs are dropped (raised inside their atomic writes)."""
+
+
+def _is_empty_dir(path: AnyPath) -> bool:
+    return isinstance(path, Path) and path.is_dir() and not any(path.iterdir())
+
+
+def _long(zone: int, cell: str, zoom: int, chip_idx: np.ndarray, cls: np.ndarray) -> pl.DataFrame:
+    """A cell's ``(local chip, class id)`` pairs as rows keyed by zone, cell and zoom."""
+    return pl.DataFrame(
+        {
+            "zone": pl.Series(np.full(len(chip_idx), zone), dtype=pl.UInt8),
+            "cell": pl.Series([cell] * len(chip_idx), dtype=pl.String),
+            "zoom": pl.Series(np.full(len(chip_idx), zoom), dtype=pl.UInt8),
+            "local": pl.Series(chip_idx, dtype=pl.Int64),
+            "class_id": pl.Series(cls, dtype=pl.UInt16),
+        }
+    )
 
 
 def _assemble(chips: pl.DataFrame, parts: list[pl.DataFrame], taxonomy: Taxonomy) -> pl.DataFrame:
@@ -335,7 +387,7 @@ def _assemble(chips: pl.DataFrame, parts: list[pl.DataFrame], taxonomy: Taxonomy
     )
 
 
-def _sidecar(summary: LabelSummary, taxonomy: Taxonomy, chips_dir: AnyPath, ard_root: AnyPath, table: pl.DataFrame) -> dict[str, Any]:
+def _sidecar(summary: LabelSummary, taxonomy: Taxonomy, chips_dir: AnyPath, ard_root: AnyPath, cardinality: float) -> dict[str, Any]:
     n = max(summary.chips, 1)
     return {
         "classes": taxonomy.names,
@@ -348,7 +400,7 @@ def _sidecar(summary: LabelSummary, taxonomy: Taxonomy, chips_dir: AnyPath, ard_
         "labelled": summary.labelled,
         "class_counts": summary.class_counts,
         "class_frequency": {k: v / n for k, v in summary.class_counts.items()},
-        "label_cardinality": float(table["label_ids"].list.len().to_numpy().mean()) if table.height else 0.0,
+        "label_cardinality": cardinality,
         "excluded": summary.excluded,
         "max_cloud": summary.max_cloud,
         "cloud_fraction_unknown": summary.cloud_unknown,

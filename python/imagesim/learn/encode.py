@@ -3,8 +3,10 @@
 The input pipeline is the hot path: the Rust core decodes a whole batch of JPEGs (libjpeg-turbo with
 DCT scaling, parallel, GIL released) straight into a reused uint8 buffer while onnxruntime runs the
 previous batch (two buffers, one decode thread ahead). On CUDA the input buffer is pinned and the
-session uses IO binding. Results are checkpointed as part files while the run goes, so an
-interrupted run resumes where it stopped; chips already encoded with the same model are skipped.
+session uses IO binding. Results are checkpointed as part files (at most ``PART_ROWS`` rows each,
+sorted by chip) while the run goes, so an interrupted run resumes where it stopped; chips already encoded
+with the same model are skipped. At the end the final file and the parts are merged in chip order a slice
+at a time (:func:`merge_sorted`) into row groups: memory holds a part's rows, never the run's.
 
 No-data: the decoder fills each chip's no-data pixels (every band <= ``nodata_threshold``, the rule
 of nodata-index) with the mean of its valid pixels, so a partial chip's embedding describes its data
@@ -17,9 +19,11 @@ no classes in its metadata) encodes embeddings only: ``predicted`` is empty for 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,16 +32,19 @@ import numpy as np
 import polars as pl
 
 from imagesim import _imagesim, options
-from imagesim.artefacts import CLOUD_FRACTION, EMBEDDINGS, VALID_FRACTION, read_chip_table, sidecar
+from imagesim.artefacts import CLOUD_FRACTION, EMBEDDINGS, VALID_FRACTION, GeoParquetStream, read_chip_table, sidecar
 from imagesim.errors import EncodeError, ImagesimFileNotFoundError
-from imagesim.fsutil import write_json, write_with
-from imagesim.geoparquet import GEO_COLUMNS, write_geoparquet
+from imagesim.fsutil import atomic_path, write_json, write_with
+from imagesim.geoparquet import GEO_COLUMNS
 from imagesim.learn.export import decode_metadata, model_id
 from imagesim.progress import ProgressFactory, open_progress
 from imagesim.runner import Outcome, TaskRunner, worker_threads
-from imagesim.storage import AnyPath, location, read_parquet
+from imagesim.storage import AnyPath, StorePath, location, read_parquet
 
 CHECKPOINT_SECONDS = 60.0  # write a part file at least this often
+# ... and at this many rows: memory holds one part's rows (about 20 MB of 512-float embeddings), never the run's
+PART_ROWS = 8_192
+MERGE_BATCH = 4_096  # rows read at a time from each sorted run of files while merging them into the final file
 # The share of a chip's decoded pixels that are not no-data (null: encoded without the no-data rule).
 # A column of embeddings.parquet and of the index's ids.parquet (imagesim.search reads it by this name).
 
@@ -195,8 +202,30 @@ def _rule_of(out: AnyPath) -> dict[str, Any]:
     return rule if isinstance(rule, dict) else nodata_rule(None)
 
 
-def _existing(out: AnyPath, mid: str, overwrite: bool, threshold: int | None = None) -> list[pl.DataFrame]:
-    """Embeddings already written for this model and no-data rule (final file and parts of an interrupted run)."""
+def _schema(path: AnyPath) -> dict[str, pl.DataType]:
+    """The columns of a Parquet file (its footer only), without the GeoParquet ones (recomputed on writing)."""
+    found = pl.read_parquet_schema(io.BytesIO(path.read_bytes()) if isinstance(path, StorePath) else path)
+    return {c: t for c, t in found.items() if c not in GEO_COLUMNS}
+
+
+def _slices(path: AnyPath, columns: list[str], size: int = MERGE_BATCH) -> Iterator[pl.DataFrame]:
+    """``columns`` of a Parquet file, ``size`` rows at a time (a local file is read a slice at a time; an
+    object is fetched whole)."""
+    if isinstance(path, StorePath):
+        frame = read_parquet(path, columns=columns)
+        for s in range(0, frame.height, size):
+            yield frame.slice(s, size)
+        return
+    lazy = pl.scan_parquet(path).select(columns)
+    rows = int(pl.scan_parquet(path).select(pl.len()).collect().item())  # from the footer
+    for s in range(0, rows, size):
+        yield lazy.slice(s, size).collect()
+
+
+def _existing(out: AnyPath, mid: str, overwrite: bool, threshold: int | None = None) -> list[AnyPath]:
+    """The files already holding embeddings for this model and no-data rule, in the order a later one wins:
+    the final file, then the parts of an interrupted run. Only their ``chip``, ``model_id`` and
+    ``valid_fraction`` columns are read, one file at a time."""
     if out.is_file() and not overwrite and _rule_of(out).get("threshold") != threshold:
         was = _rule_of(out).get("threshold")
         raise EncodeError(
@@ -206,28 +235,127 @@ def _existing(out: AnyPath, mid: str, overwrite: bool, threshold: int | None = N
             + ("as decoded" if threshold is None else f"at `nodata_threshold` {threshold}")
             + "; pass `overwrite` or another `out` (embeddings of two rules do not compare)"
         )
-    frames = []
+    if overwrite:
+        return []
+    sources: list[AnyPath] = []
     parts: list[AnyPath] = list(_parts_dir(out).glob("part-*.parquet")) if _parts_dir(out).is_dir() else []
     for path in ([out] if out.is_file() else []) + sorted(parts, key=str):
         try:
-            frame = read_parquet(path).drop(GEO_COLUMNS, strict=False)  # recomputed on writing
+            have = _schema(path)
+            wanted = [c for c in ("chip", "model_id", VALID_FRACTION) if c in have]
+            frame = read_parquet(path, columns=wanted)
+            if frame.height == 0:
+                continue
         except Exception as exc:  # noqa: BLE001 - polars raises several types
             if path == out:
                 raise EncodeError(f"{out}: exists but is not readable Parquet ({exc}); move it away or pass `overwrite`") from None
             continue  # a part cut off mid-write cannot exist (atomic), but be safe
-        if frame.height == 0:
-            continue
-        ids = set(frame["model_id"].unique().to_list())
+        ids = set(frame["model_id"].unique().to_list()) if "model_id" in frame.columns else {None}
         if ids != {mid}:
-            if overwrite:
-                continue
-            raise EncodeError(f"{path}: holds embeddings of model {', '.join(sorted(ids))}, not {mid}; pass `overwrite` or another `out`")
+            raise EncodeError(
+                f"{path}: holds embeddings of model {', '.join(sorted(map(str, ids)))}, not {mid}; pass `overwrite` or another `out`"
+            )
         if path != out and threshold is not None and (VALID_FRACTION not in frame.columns or frame[VALID_FRACTION].null_count()):
-            if overwrite:
-                continue
             raise EncodeError(f"{path}: part of a run encoded without the no-data rule; pass `overwrite` to encode again")
-        frames.append(frame)
-    return frames if not overwrite else []
+        sources.append(path)
+    return sources
+
+
+def _done_chips(sources: list[AnyPath]) -> pl.Series:
+    """The chip names of ``sources``, one polars column (no Python object per chip)."""
+    names = [read_parquet(p, columns=["chip"])["chip"].cast(pl.String) for p in sources]
+    return pl.concat(names) if names else pl.Series("chip", [], dtype=pl.String)
+
+
+def _chip_span(path: AnyPath) -> tuple[str, str] | None:
+    """A file's first and last chip when its chips are strictly ascending, else None (one column read, in slices)."""
+    first: str | None = None
+    last: str | None = None
+    for frame in _slices(path, ["chip"], 65_536):
+        chip = frame["chip"]
+        if chip.len() == 0:
+            continue
+        if chip.null_count() or (last is not None and chip[0] <= last) or not (chip.slice(1) > chip.slice(0, chip.len() - 1)).all():
+            return None
+        first = chip[0] if first is None else first
+        last = chip[-1]
+    return None if first is None or last is None else (str(first), str(last))
+
+
+def _runs(sources: list[AnyPath], schema: dict[str, pl.DataType]) -> list[Iterator[pl.DataFrame]]:
+    """``sources`` as few sorted runs as their chip ranges allow: files whose ranges do not overlap are read
+    one after another. Every frame carries ``_prio`` (the source's place: a later one wins a chip)."""
+    spans: list[tuple[str, str, int, Any]] = []  # (first chip, last chip, priority, path or sorted frame)
+    for prio, path in enumerate(sources):
+        found = _chip_span(path)
+        if found is not None:
+            spans.append((found[0], found[1], prio, path))
+        else:  # not written by this version (unsorted or repeated chips): sorted in memory, one file's rows
+            frame = _conform(read_parquet(path), schema).unique(subset=["chip"], keep="last").sort("chip")
+            if frame.height == 0:
+                continue
+            spans.append((str(frame["chip"][0]), str(frame["chip"][-1]), prio, frame))
+    chains: list[list[tuple[str, str, int, Any]]] = []
+    for span in sorted(spans, key=lambda x: (x[0], x[2])):
+        for chain in chains:
+            if chain[-1][1] < span[0]:
+                chain.append(span)
+                break
+        else:
+            chains.append([span])
+
+    def read(chain: list[tuple[str, str, int, Any]]) -> Iterator[pl.DataFrame]:
+        for _, _, prio, src in chain:
+            if isinstance(src, pl.DataFrame):
+                for s in range(0, src.height, MERGE_BATCH):
+                    yield _conform(src.slice(s, MERGE_BATCH), schema).with_columns(pl.lit(prio, pl.UInt32).alias("_prio"))
+                continue
+            for frame in _slices(src, [c for c in _schema(src) if c in schema]):
+                yield _conform(frame, schema).with_columns(pl.lit(prio, pl.UInt32).alias("_prio"))
+
+    return [read(chain) for chain in chains]
+
+
+def _conform(frame: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    """``frame`` with the columns of ``schema`` in its order (nulls where it lacks one: an older version's file)."""
+    frame = frame.drop(GEO_COLUMNS, strict=False)
+    missing = [pl.lit(None, t).alias(c) for c, t in schema.items() if c not in frame.columns]
+    return frame.with_columns(missing).select(list(schema)).cast(schema)  # type: ignore[arg-type]
+
+
+def merge_sorted(sources: list[AnyPath], writer: GeoParquetStream) -> None:
+    """Every chip of ``sources`` (a later source wins a chip) into ``writer``, in chip order, a slice at a time.
+
+    Each source is sorted by chip (as this module writes them); the sources are read as sorted runs and
+    merged: memory holds a slice of each run, not the table."""
+    schemas = [_schema(path) for path in sources]
+    schema = dict(pl.concat([pl.DataFrame(schema=s) for s in schemas], how="diagonal_relaxed").schema)
+    runs = _runs(sources, schema)
+    held: list[pl.DataFrame | None] = [None] * len(runs)
+    while True:
+        for i, run in enumerate(runs):
+            while held[i] is None or held[i].height == 0:  # type: ignore[union-attr]
+                held[i] = next(run, None)
+                if held[i] is None:
+                    break
+        live = [i for i, h in enumerate(held) if h is not None and h.height]
+        if not live:
+            break
+        # every chip up to the smallest of the runs' last held chips is held now: merge those
+        cutoff = min(str(held[i]["chip"][-1]) for i in live)  # type: ignore[index]
+        taken = []
+        for i in live:
+            frame = held[i]
+            assert frame is not None
+            n = int(frame["chip"].search_sorted(cutoff, side="right"))
+            taken.append(frame.head(n))
+            held[i] = frame.slice(n)
+        step = pl.concat(taken) if len(taken) > 1 else taken[0]
+        if len(taken) > 1:
+            step = step.sort("chip", "_prio").unique(subset=["chip"], keep="last", maintain_order=True)
+        writer.write(step.drop("_prio"))
+    if writer.rows == 0:  # sources of no row: the schema alone
+        writer.write(pl.DataFrame(schema=schema))
 
 
 def _rows(
@@ -378,29 +506,36 @@ def run_encode(
         cloudy = (pl.col(CLOUD_FRACTION) > settings.max_cloud).fill_null(False)
         summary.cloudy = chips.filter(cloudy).height
         chips = chips.filter(~cloudy)
-    done = _existing(out, mid, settings.overwrite, settings.nodata_threshold)
-    done_chips = set(pl.concat(done)["chip"].to_list()) if done else set()
-    todo = chips.filter(~pl.col("chip").is_in(list(done_chips)))
+    # the files already written (read back at the end, a slice at a time) and the chips they hold
+    sources = _existing(out, mid, settings.overwrite, settings.nodata_threshold)
+    todo = chips.filter(~pl.col("chip").is_in(_done_chips(sources).implode()))
     summary.skipped = chips.height - todo.height
 
     parts = _parts_dir(out)
     part_no = len(list(parts.glob("part-*.parquet"))) if parts.is_dir() else 0
     pending: list[pl.DataFrame] = []
+    pending_rows = 0
     last_flush = time.perf_counter()
 
     def flush() -> None:
-        nonlocal part_no, pending, last_flush
+        """The rows encoded since the last part, sorted by chip, as the next part file."""
+        nonlocal part_no, pending, pending_rows, last_flush
         if not pending:
             return
         parts.mkdir(parents=True, exist_ok=True)
-        frame = pl.concat(pending, how="diagonal_relaxed")
+        frame = pl.concat(pending, how="diagonal_relaxed").sort("chip")
+        pending, pending_rows = [], 0
         part_no += 1
-        write_with(parts / f"part-{part_no:05d}.parquet", lambda tmp: frame.write_parquet(tmp))
-        done.append(frame)
-        pending, last_flush = [], time.perf_counter()
+        path = parts / f"part-{part_no:05d}.parquet"
+        write_with(path, lambda tmp: frame.write_parquet(tmp))
+        sources.append(path)
+        last_flush = time.perf_counter()
 
     batch = settings.batch_size
-    paths = [str(chips_dir / p) for p in todo["path"].to_list()]
+
+    def chunk_paths(s: int, n: int) -> list[str]:
+        return [str(chips_dir / p) for p in todo["path"].slice(s, n).to_list()]
+
     if tasks.local:
         # One item per batch, decoded one ahead into the other of two buffers (window=1): batch k+2
         # reuses batch k's buffer only once batch k has run.
@@ -409,20 +544,20 @@ def run_encode(
         step = batch
         task: Any = decode_task
 
-        def task_args(item: tuple[int, list[str]]) -> tuple:
-            s, chunk = item
+        def task_args(item: tuple[int, int]) -> tuple:
+            s, n = item
             slot = (s // batch) % 2
-            return chunk, inference.buffers[slot][: len(chunk)], settings.proc, valid_buffers[slot][: len(chunk)], settings.nodata_threshold
+            return chunk_paths(s, n), inference.buffers[slot][:n], settings.proc, valid_buffers[slot][:n], settings.nodata_threshold
     else:
         step = batch * TASK_BATCHES  # a whole number of batches: the same batches as in process
         task = encode_chips_task
         onnx_abs = str(tasks.task_path(onnx_path))
 
-        def task_args(item: tuple[int, list[str]]) -> tuple:
+        def task_args(item: tuple[int, int]) -> tuple:
             return (
                 onnx_abs,
                 settings.provider,
-                [os.fspath(tasks.task_path(location(p))) for p in item[1]],
+                [os.fspath(tasks.task_path(location(p))) for p in chunk_paths(*item)],
                 batch,
                 settings.proc,
                 settings.nodata_threshold,
@@ -436,11 +571,12 @@ def run_encode(
         emb, logits = inference.decoded(images, errors)
         return {"provider": running, "errors": errors, "valid": valid, "embedding": emb, "logits": logits}
 
-    def merge(outcome: Outcome[tuple[int, list[str]]]) -> None:
-        """One finished item (chips ``s`` … of ``todo``) into the summary and the rows."""
-        s, chunk = outcome.item
+    def merge(outcome: Outcome[tuple[int, int]]) -> None:
+        """One finished item (``n`` chips from ``s`` of ``todo``) into the summary and the rows."""
+        nonlocal pending_rows
+        s, n = outcome.item
         if outcome.error is not None:
-            errors: list[str | None] = [outcome.error] * len(chunk)
+            errors: list[str | None] = [outcome.error] * n
             emb = logits = valid = None
         else:
             res = encoded(outcome.result)
@@ -449,7 +585,7 @@ def run_encode(
             errors, emb, logits, valid = res["errors"], res["embedding"], res["logits"], res.get("valid")
         ok = np.array([e is None for e in errors], dtype=bool)
         for i in np.flatnonzero(~ok):
-            chip, path = todo["chip"][s + int(i)], paths[s + int(i)]
+            chip, path = todo["chip"][s + int(i)], str(chips_dir / todo["path"][s + int(i)])
             # A chip that does not decode is reported in the core's words (empty file, truncated JPEG,
             # not a JPEG, unsupported colour space, corrupt JPEG data, greyscale, wrong chip size); a
             # directory where the chip file should be is skipped, not failed (looked at only on failure).
@@ -461,16 +597,17 @@ def run_encode(
             rows = todo.slice(s, len(errors)).filter(pl.Series(ok))
             shares = None if settings.nodata_threshold is None or valid is None else np.asarray(valid, np.float32)[ok]
             pending.append(_rows(meta, mid, rows, emb, logits, shares))  # type: ignore[arg-type]
+            pending_rows += int(ok.sum())
             summary.encoded += int(ok.sum())
-        if time.perf_counter() - last_flush > CHECKPOINT_SECONDS:
+        if pending_rows >= PART_ROWS or time.perf_counter() - last_flush > CHECKPOINT_SECONDS:
             flush()
 
-    items = [(s, paths[s : s + step]) for s in range(0, len(paths), step)]
-    sink = open_progress(progress, len(paths))
+    items = [(s, min(step, todo.height - s)) for s in range(0, todo.height, step)]
+    sink = open_progress(progress, todo.height)
     t_run = time.perf_counter()
     try:
         with tasks.run(
-            task, items, task_args, name="imagesim-encode", window=1, units=lambda item: len(item[1]), on_progress=sink.update
+            task, items, task_args, name="imagesim-encode", window=1, units=lambda item: item[1], on_progress=sink.update
         ) as outcomes:
             for outcome in outcomes:
                 merge(outcome)
@@ -481,20 +618,21 @@ def run_encode(
 
     # An embeddings file with no row is written only to carry the report of chips that failed: a run with
     # nothing to encode leaves no file behind (the next stage would only say it is empty).
-    if done or (not out.exists() and (summary.failed or summary.not_files)):
-        table = (
-            pl.concat(done, how="diagonal_relaxed")  # parts of an earlier imagesim may lack newer columns
-            if done
-            else _rows(
-                meta,
-                mid,
-                todo.head(0),
-                np.zeros((0, meta["embedding_dim"]), np.float32),
-                np.zeros((0, len(meta["classes"])), np.float32) if with_classes else None,
-            )
-        )
-        table = table.unique(subset=["chip"], keep="last").sort("chip")
-        write_geoparquet(table, out)
+    if sources or (not out.exists() and (summary.failed or summary.not_files)):
+        # the final file and the parts merged in chip order, a slice at a time (an earlier imagesim's parts
+        # may lack newer columns: null there)
+        with atomic_path(out) as tmp, GeoParquetStream(tmp) as writer:
+            if sources:
+                merge_sorted(sources, writer)
+            else:
+                empty = _rows(
+                    meta,
+                    mid,
+                    todo.head(0),
+                    np.zeros((0, meta["embedding_dim"]), np.float32),
+                    np.zeros((0, len(meta["classes"])), np.float32) if with_classes else None,
+                )
+                writer.write(empty)
         leftover: list[AnyPath] = list(parts.glob("part-*.parquet")) if parts.is_dir() else []
         for part in leftover:
             part.unlink()
@@ -512,7 +650,7 @@ def run_encode(
                 "embedding_normalized": meta.get("embedding_normalized", True),
                 "nodata": nodata_rule(settings.nodata_threshold),
                 "chips_dir": str(chips_dir.resolve()),
-                "chips": table.height,
+                "chips": writer.rows,
                 "provider": summary.provider,
                 "last_run": {
                     "encoded": summary.encoded,

@@ -4,6 +4,9 @@ Vectors are L2-normalised and searched by inner product, so scores are cosine si
 Small sets get an exact ``IndexFlatIP``; above ``FLAT_MAX`` vectors ``auto`` picks IVF-Flat
 (spherical k-means, ``nlist ≈ 4·sqrt(N)``) with ``nprobe`` tuned at build time until recall@10
 against the exact answer reaches ``TARGET_RECALL`` (see docs/index.md for why IVF and not HNSW).
+Above ``IVFPQ_MIN`` vectors ``auto`` picks the compressed ``ivfpq`` (:mod:`imagesim.search.ivfpq`),
+built by streaming the embeddings in batches (never all vectors in memory) and re-ranked exactly
+from a float16 sidecar of the vectors.
 
 An index folder holds ``index.faiss``, ``ids.parquet`` (row id → chip, location, predicted labels,
 cloud and valid fractions) and ``index.json`` (kind, parameters, size, model, source), written last
@@ -26,9 +29,22 @@ import numpy as np
 import polars as pl
 
 from imagesim import grid, options
-from imagesim.artefacts import CLOUD_FRACTION, INDEX_FAISS, INDEX_IDS, INDEX_JSON, VALID_FRACTION, read_embeddings
+from imagesim.artefacts import (
+    CLOUD_FRACTION,
+    EMBEDDING_BATCH,
+    INDEX_FAISS,
+    INDEX_IDS,
+    INDEX_JSON,
+    INDEX_VECTORS,
+    VALID_FRACTION,
+    EmbeddingsInfo,
+    inspect_embeddings,
+    iter_embedding_batches,
+    read_embeddings,
+)
 from imagesim.errors import ImagesimFileNotFoundError, InvalidArgumentError, OutputExistsError, require
-from imagesim.fsutil import atomic_path, write_json, write_with
+from imagesim.fsutil import atomic_path, publish, write_json, write_with
+from imagesim.search.ivfpq import TopK, ivfpq_nlist, make_ivfpq, search_ivfpq
 
 FORMAT_VERSION = 1
 # embeddings.parquet's column (written by encode): the share of a chip's pixels that are not no-data;
@@ -92,10 +108,10 @@ def chip_footprint(zone: int, quadkey: str) -> list[list[float]]:
 # --- building ---
 
 
-def choose_kind(kind: str, n: int, flat_max: int = FLAT_MAX) -> str:
+def choose_kind(kind: str, n: int, flat_max: int = FLAT_MAX, ivfpq_min: int = options.IVFPQ_MIN) -> str:
     options.check_choice("kind", kind, KINDS)
     if kind == "auto":
-        return "flat" if n <= flat_max else "ivf"
+        return "flat" if n <= flat_max else "ivfpq" if n > ivfpq_min else "ivf"
     return kind
 
 
@@ -217,11 +233,18 @@ class BuildSummary:
             if self.requested == "auto"
             else ""
         )
+        if self.requested == "auto" and self.kind == "ivfpq":
+            why = f" (auto: > {self.params.get('ivfpq_min', options.IVFPQ_MIN):,} vectors)"
         tuned = ""
         for name in ("nprobe", "efSearch"):
             if name in self.params:
                 tuned = f", {name} {self.params[name]} (recall@10 {self.params['tuned_recall_at_10']:.3f} on {self.params['tune_queries']} sample queries)"
         extra = f", nlist {self.params['nlist']}" if "nlist" in self.params else ""
+        if self.kind == "ivfpq":
+            rerank = self.params["rerank"]
+            extra += f", PQ{self.params['m']} on PCA-{self.params['reduced_dim']} ({self.params['bytes_per_vector']} bytes/vector), " + (
+                f"re-ranking {rerank} candidates exactly from {INDEX_VECTORS}" if rerank else "PQ scores (no re-ranking)"
+            )
         short = ""
         if "tuned_recall_at_10" in self.params and self.params["tuned_recall_at_10"] < self.params["target_recall_at_10"]:
             short = f"; below the {self.params['target_recall_at_10']} recall target even at the largest setting: rebuild it with `imagesim index --kind ivf` (or flat)"
@@ -235,27 +258,50 @@ def build_index(
     kind: str = options.INDEX_KIND,
     overwrite: bool = False,
     flat_max: int = FLAT_MAX,
+    ivfpq_min: int = options.IVFPQ_MIN,
+    rerank: int = options.IVFPQ_RERANK,
     target_recall: float = TARGET_RECALL,
     progress: Callable[[int], Any] | None = None,
     seed: int = 0,
+    batch: int = EMBEDDING_BATCH,
 ) -> BuildSummary:
     """Index ``embeddings`` into the folder ``out``.
 
     ``progress(total)`` makes a bar with ``update(done)`` and ``close()`` (``imagesim.cli._progress_bar``),
-    shown while vectors are added to sets of at least ``ADD_BATCH``.
+    shown while vectors are added to sets of at least ``ADD_BATCH``. ``rerank`` (ivfpq only): PQ
+    candidates scored again exactly from a float16 copy of the vectors written beside the index
+    (``vectors.f16.npy``, 2 bytes per dimension); 0 writes no copy and returns PQ scores.
+    ``batch``: rows read at a time by the streamed (ivfpq) build.
     """
     t0 = time.perf_counter()
     embeddings, out = Path(embeddings), Path(out)
     options.check_choice("kind", kind, KINDS)
     options.check_range("flat_max", flat_max, *options.FLAT_MAX_RANGE)
+    options.check_range("ivfpq_min", ivfpq_min, *options.IVFPQ_MIN_RANGE)
+    options.check_range("rerank", rerank, *options.IVFPQ_RERANK_RANGE, what="candidates re-ranked exactly")
     existing = [out / name for name in (INDEX_JSON, INDEX_FAISS, INDEX_IDS) if (out / name).exists()]
     if existing and not overwrite:
         raise OutputExistsError(f"{existing[0]} exists; pass `overwrite` to replace the index in {out}")
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out} exists and is not a folder")
+    info = inspect_embeddings(embeddings)  # the size, without reading the vectors
+    if choose_kind(kind, info.n, flat_max, ivfpq_min) == "ivfpq":
+        return _build_ivfpq(
+            info,
+            out,
+            requested=kind,
+            rerank=rerank,
+            target_recall=target_recall,
+            progress=progress,
+            seed=seed,
+            batch=batch,
+            t0=t0,
+            flat_max=flat_max,
+            ivfpq_min=ivfpq_min,
+        )
     rows, vectors, emb_meta = read_embeddings(embeddings)
     n, dim = vectors.shape
-    chosen = choose_kind(kind, n, flat_max)
+    chosen = choose_kind(kind, n, flat_max, ivfpq_min)
 
     bar = progress(n) if progress is not None and n >= ADD_BATCH else None
     try:
@@ -266,9 +312,25 @@ def build_index(
     if kind == "auto":
         params["flat_max"] = flat_max
 
+    ids = _ids_frame(rows, 0)
+
+    faiss = import_faiss()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / INDEX_JSON).unlink(missing_ok=True)  # the folder is not a valid index until index.json is back
+    (out / INDEX_VECTORS).unlink(missing_ok=True)  # an ivfpq sidecar of an earlier build
+    with atomic_path(out / INDEX_FAISS) as tmp:
+        faiss.write_index(index, str(tmp))
+    write_with(out / INDEX_IDS, lambda p: ids.write_parquet(p))
+    seconds = time.perf_counter() - t0
+    write_json(out / INDEX_JSON, _meta(embeddings, chosen, kind, params, n, dim, emb_meta, faiss, seconds))
+    return BuildSummary(out, chosen, kind, n, dim, params, seconds)
+
+
+def _ids_frame(rows: pl.DataFrame, start: int) -> pl.DataFrame:
+    """ids.parquet's rows for embeddings rows ``start ..``: FAISS row id, chip, location, labels, fractions."""
     lon, lat = chip_centres(rows["zone"].to_numpy(), rows["quadkey"].to_list())
-    ids = rows.select(
-        pl.int_range(0, n, dtype=pl.UInt32).alias("row"),
+    return rows.select(
+        pl.int_range(start, start + rows.height, dtype=pl.UInt32).alias("row"),
         pl.col("chip").cast(pl.String),
         pl.col("path").cast(pl.String),
         pl.col("zone").cast(pl.UInt8),
@@ -280,15 +342,12 @@ def build_index(
         (pl.col(VALID_FRACTION) if VALID_FRACTION in rows.columns else pl.lit(None)).cast(pl.Float64).alias(VALID_FRACTION),
     ).with_columns(pl.Series("lon", lon), pl.Series("lat", lat))
 
-    faiss = import_faiss()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / INDEX_JSON).unlink(missing_ok=True)  # the folder is not a valid index until index.json is back
-    with atomic_path(out / INDEX_FAISS) as tmp:
-        faiss.write_index(index, str(tmp))
-    write_with(out / INDEX_IDS, lambda p: ids.write_parquet(p))
+
+def _meta(
+    embeddings: Path, chosen: str, kind: str, params: dict[str, Any], n: int, dim: int, emb_meta: dict[str, Any], faiss: Any, seconds: float
+) -> dict[str, Any]:
     stat = embeddings.stat()
-    seconds = time.perf_counter() - t0
-    meta = {
+    return {
         "format": FORMAT_VERSION,
         "kind": chosen,
         "requested_kind": kind,
@@ -303,8 +362,157 @@ def build_index(
         "built": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "build_seconds": round(seconds, 3),
     }
-    write_json(out / INDEX_JSON, meta)
-    return BuildSummary(out, chosen, kind, n, dim, params, seconds)
+
+
+def _read_rows(file: Any, offset: int, start: int, count: int, dim: int) -> np.ndarray:
+    """Rows ``start .. start + count`` of the float16 sidecar being built, as float32."""
+    file.seek(offset + start * dim * 2)
+    return np.frombuffer(file.read(count * dim * 2), dtype=np.float16).reshape(count, dim).astype(np.float32)
+
+
+IVFPQ_NPROBES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)  # tried in turn; more lists cost latency
+
+
+def _build_ivfpq(
+    info: EmbeddingsInfo,
+    out: Path,
+    *,
+    requested: str,
+    rerank: int,
+    target_recall: float,
+    progress: Callable[[int], Any] | None,
+    seed: int,
+    batch: int,
+    t0: float,
+    flat_max: int,
+    ivfpq_min: int,
+) -> BuildSummary:
+    """The ivfpq kind by streaming: pass 1 reads the embeddings in batches (ids.parquet in parts, the
+    float16 sidecar, the training sample), then the index is trained on the sample, pass 2 adds the
+    vectors in batches (from the sidecar when there is one, else from the Parquet file again) while
+    the exact top-10 of the tuning queries is kept, and nprobe is tuned against it."""
+    faiss = import_faiss()
+    n, dim = info.n, info.dim
+    m, reduced = options.IVFPQ_M, min(options.IVFPQ_DIM, dim)
+    if reduced % m:
+        raise InvalidArgumentError(f"{info.path}: {dim}-d embeddings: `ivfpq` needs at least {m} dimensions (PQ{m}); use `kind` ivf")
+    if n < 39 * 16:
+        raise InvalidArgumentError(
+            f"{info.path}: {n:,} vectors are too few to train `ivfpq` (at least {39 * 16:,}); use `kind` flat or ivf"
+        )
+    nlist = ivfpq_nlist(n)
+    rng = np.random.default_rng(seed)
+    n_train = min(n, max(options.IVFPQ_TRAIN, 40 * nlist))
+    train_rows = np.sort(rng.choice(n, n_train, replace=False))
+    tune_rows = np.sort(rng.choice(n, min(n, TUNE_QUERIES), replace=False))
+    k = min(10, n - 1)
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name in (INDEX_JSON, INDEX_VECTORS):  # not a valid index until index.json is back; no stale sidecar
+        (out / name).unlink(missing_ok=True)
+    parts = out / ".ids-parts"
+    if parts.exists():
+        for old in parts.iterdir():
+            old.unlink()
+    parts.mkdir(exist_ok=True)
+    side_tmp = out / f".{INDEX_VECTORS}.tmp"
+    side, side_file, offset, row_bytes = None, None, 0, dim * 2
+    if rerank:
+        # the .npy header and size from numpy, then plain writes/reads (a writable memory map would count
+        # every written page in the build's resident memory: 10 GB at 10^7)
+        np.lib.format.open_memmap(side_tmp, mode="w+", dtype=np.float16, shape=(n, dim)).flush()
+        offset = side_tmp.stat().st_size - n * row_bytes
+        side_file = side_tmp.open("r+b")
+    train = np.empty((n_train, dim), np.float32)
+    tune = np.empty((len(tune_rows), dim), np.float32)
+    bar = progress(2 * n) if progress is not None else None
+    try:
+        # pass 1: ids, sidecar, samples
+        for start, rows, vectors in iter_embedding_batches(info.path, batch=batch, info=info):
+            stop = start + len(vectors)
+            lo, hi = np.searchsorted(train_rows, [start, stop])
+            train[lo:hi] = vectors[train_rows[lo:hi] - start]
+            lo, hi = np.searchsorted(tune_rows, [start, stop])
+            tune[lo:hi] = vectors[tune_rows[lo:hi] - start]
+            if side_file is not None:
+                side_file.seek(offset + start * row_bytes)
+                side_file.write(vectors.astype(np.float16).tobytes())
+            _ids_frame(rows, start).write_parquet(parts / f"{start:012d}.parquet")
+            if bar is not None:
+                bar.update(stop)
+        t_train = time.perf_counter()
+        index = make_ivfpq(dim, nlist, m, reduced, seed, faiss)
+        index.train(train)
+        train_seconds = time.perf_counter() - t_train
+        del train
+        # pass 2: add, with the exact answer for the tuning queries
+        truth = TopK(tune, k, exclude=tune_rows)
+        if side_file is not None:
+            side_file.flush()
+            chunks: Any = ((s, _read_rows(side_file, offset, s, min(batch, n - s), dim)) for s in range(0, n, batch))
+        else:
+            chunks = ((s, v) for s, _, v in iter_embedding_batches(info.path, batch=batch, ids=False, info=info))
+        for start, vectors in chunks:
+            index.add(vectors)
+            truth.add(start, vectors)
+            if bar is not None:
+                bar.update(n + start + len(vectors))
+        if side_file is not None:
+            side_file.close()
+            side = np.load(side_tmp, mmap_mode="r")  # read-only map for tuning: a query reads its candidates
+    finally:
+        if bar is not None:
+            bar.close()
+        if side_file is not None:
+            side_file.close()
+    if index.ntotal != n:
+        raise InvalidArgumentError(f"{info.path}: read {index.ntotal:,} vectors, expected {n:,} (was the file changed during the build?)")
+    if side is None:
+        faiss.extract_index_ivf(index).make_direct_map()  # vectors by row for queries by chip (no sidecar)
+
+    # tune nprobe as the other kinds are tuned: queries are rows, the row itself left out
+    recall, nprobe = 0.0, 1
+    for nprobe in [v for v in IVFPQ_NPROBES if v < nlist] + [min(nlist, IVFPQ_NPROBES[-1])]:
+        _, found = search_ivfpq(index, tune, k + 1, nprobe=nprobe, faiss=faiss, vectors=side, rerank=rerank)
+        recall = recall_at_k(_drop_self(found, tune_rows, k), truth.rows)
+        if recall >= target_recall + TUNE_MARGIN:
+            break
+    params: dict[str, Any] = {
+        "metric": "inner_product",
+        "nlist": nlist,
+        "m": m,
+        "nbits": 8,
+        "reduced_dim": reduced,
+        "rotation": "pca+random",
+        "bytes_per_vector": m,
+        "train_vectors": n_train,
+        "train_seconds": round(train_seconds, 1),
+        "rerank": rerank,
+        "vectors": INDEX_VECTORS if rerank else None,
+        "vectors_dtype": "float16" if rerank else None,
+        "batch": batch,
+        "nprobe": nprobe,
+        "tuned_recall_at_10": round(recall, 4),
+        "tune_queries": len(tune_rows),
+        "target_recall_at_10": target_recall,
+    }
+    if requested == "auto":
+        params.update(flat_max=flat_max, ivfpq_min=ivfpq_min)
+
+    with atomic_path(out / INDEX_FAISS) as tmp:
+        faiss.write_index(index, str(tmp))
+    del index
+    # ids.parquet from its parts, streamed (never all rows at once)
+    write_with(out / INDEX_IDS, lambda p: pl.scan_parquet(sorted(parts.glob("*.parquet"))).sink_parquet(p))
+    for part in parts.iterdir():
+        part.unlink()
+    parts.rmdir()
+    if side is not None:
+        del side
+        publish(side_tmp, out / INDEX_VECTORS)
+    seconds = time.perf_counter() - t0
+    write_json(out / INDEX_JSON, _meta(info.path, "ivfpq", requested, params, n, dim, info.meta, faiss, seconds))
+    return BuildSummary(out, "ivfpq", requested, n, dim, params, seconds)
 
 
 # --- loading ---
@@ -317,6 +525,9 @@ class LoadedIndex:
     ids: pl.DataFrame
     meta: dict[str, Any]
     _by_chip: dict[str, int] = field(default_factory=dict, repr=False)
+    # ivfpq: the float16 vectors (memory-mapped, never read whole) and how many PQ candidates to re-rank
+    sidecar: np.ndarray | None = field(default=None, repr=False)
+    rerank: int = 0
 
     @property
     def kind(self) -> str:
@@ -332,13 +543,19 @@ class LoadedIndex:
         return self._by_chip.get(chip)
 
     def vectors(self, rows: np.ndarray | list[int]) -> np.ndarray:
-        return self.index.reconstruct_batch(np.asarray(rows, dtype=np.int64))
+        rows = np.asarray(rows, dtype=np.int64)
+        if self.sidecar is not None:  # exact to float16, not the PQ approximation
+            return np.asarray(self.sidecar[rows], dtype=np.float32)
+        return self.index.reconstruct_batch(rows)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, rows) of the ``k`` nearest rows; rows are -1 where fewer were found."""
         faiss = import_faiss()
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.index.d)
         k = max(1, min(k, self.n))
+        if self.kind == "ivfpq":
+            nprobe = int(self.meta["params"]["nprobe"])
+            return search_ivfpq(self.index, queries, k, nprobe=nprobe, faiss=faiss, vectors=self.sidecar, rerank=self.rerank)
         if self.kind == "ivf":
             ivf = faiss.extract_index_ivf(self.index)
             # many results: visit enough lists to hold about 2k candidates
@@ -351,8 +568,11 @@ class LoadedIndex:
         return self.index.search(queries, k)
 
 
-def load_index(folder: str | Path) -> LoadedIndex:
-    """Open an index folder written by :func:`build_index` and check its parts agree."""
+def load_index(folder: str | Path, *, rerank: int | None = None) -> LoadedIndex:
+    """Open an index folder written by :func:`build_index` and check its parts agree.
+
+    ``rerank`` (ivfpq): PQ candidates re-ranked exactly per query, instead of the build's choice
+    (0: PQ scores only; needs the build's float16 sidecar otherwise)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ImagesimFileNotFoundError(f"{folder}: index folder not found; build one with `imagesim index`")
@@ -366,8 +586,23 @@ def load_index(folder: str | Path) -> LoadedIndex:
         kind, n = meta["kind"], int(meta["n"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InvalidArgumentError(f"{folder / INDEX_JSON}: not an imagesim index description ({exc})") from None
-    if kind not in ("flat", "ivf", "hnsw"):
+    if kind not in KINDS or kind == "auto":
         raise InvalidArgumentError(f"{folder / INDEX_JSON}: unknown index kind {kind!r}")
+    sidecar, built_rerank = None, int(meta.get("params", {}).get("rerank") or 0)
+    if rerank is not None:
+        options.check_range("rerank", rerank, *options.IVFPQ_RERANK_RANGE, what="candidates re-ranked exactly")
+    use = built_rerank if rerank is None else rerank
+    if kind == "ivfpq" and (built_rerank or use):
+        side_path = folder / INDEX_VECTORS
+        if not side_path.is_file():
+            raise ImagesimFileNotFoundError(
+                f"{side_path}: not found; re-ranking {use} candidates needs it: rebuild with `imagesim index --rerank N` or use rerank 0"
+            )
+        sidecar = np.load(side_path, mmap_mode="r")  # a memory map: a query reads only its candidates' rows
+        if sidecar.shape != (n, int(meta["dim"])):
+            raise InvalidArgumentError(
+                f"{side_path}: holds {sidecar.shape} vectors, {INDEX_JSON} says {n} × {meta['dim']}; rebuild the index"
+            )
     faiss = import_faiss()
     try:
         index = faiss.read_index(str(folder / INDEX_FAISS))
@@ -387,4 +622,4 @@ def load_index(folder: str | Path) -> LoadedIndex:
         ids = ids.with_columns(pl.lit(None, pl.Float64).alias(CLOUD_FRACTION))
     if VALID_FRACTION not in ids.columns:  # an index of embeddings encoded before valid fractions were measured
         ids = ids.with_columns(pl.lit(None, pl.Float64).alias(VALID_FRACTION))
-    return LoadedIndex(folder, index, ids, meta)
+    return LoadedIndex(folder, index, ids, meta, sidecar=sidecar, rerank=use if kind == "ivfpq" else 0)

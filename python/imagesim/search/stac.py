@@ -18,7 +18,9 @@ Chip footprints come from :func:`imagesim.geoparquet.footprint_polygons` (the gr
 self-contained (relative links between catalog, collections and items); assets outside the catalog
 (chips, COGs, metadata, embeddings) keep absolute hrefs so the folder can be moved or served.
 
-The catalog is built in a temporary folder beside ``out`` and renamed into place at the end.
+The catalog is built in a temporary folder beside ``out`` and renamed into place at the end. Items are
+written there as they are made and dropped (a collection keeps a link to each), so memory holds one Item,
+not the catalog; the files are the ones pystac writes when it saves the whole catalog.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ JPEG = "image/jpeg"
 COG = "image/tiff; application=geotiff; profile=cloud-optimized"
 JSON = "application/json"
 PARQUET = "application/vnd.apache.parquet"
+FOOTPRINT_BATCH = 4_096  # chips whose footprints are computed at a time
+ITEM_LINK_ORDER = {"root": 0, "collection": 1, "parent": 2}
 
 
 @dataclass
@@ -96,10 +100,8 @@ def chip_rows(chips_dir: Path, ard_path: str | Path | None = None, *, geometry: 
 
     Rows whose manifest lacks the source COG (a manifest derived from chip names) find it under
     ``ard_path``."""
-    chips = artefacts.read_chip_table(chips_dir)
-    manifest = artefacts.read_manifest(chips_dir)
-    extra = manifest.select("chip", "acquisition_date", "source_cog", "valid_fraction", "written").unique(subset=["chip"], keep="last")
-    table = chips.join(extra, on="chip", how="left")
+    # the manifest's columns read once, only those used (its latest row of each chip, as read_chip_table keeps)
+    table = artefacts.read_chip_table(chips_dir, extra=("acquisition_date", "source_cog", "valid_fraction", "written"))
     if ard_path is not None and table["source_cog"].null_count():
         found: list[str | None] = []
         for chip, cog in zip(table["chip"].to_list(), table["source_cog"].to_list()):
@@ -110,47 +112,79 @@ def chip_rows(chips_dir: Path, ard_path: str | Path | None = None, *, geometry: 
                     cog = None
             found.append(cog)
         table = table.with_columns(pl.Series("source_cog", found, dtype=pl.String))
-    dates = [d or _date_of(c) for d, c in zip(table["acquisition_date"].to_list(), table["source_cog"].to_list())]
-    # <root>/<zone>/<cell>/<date>/<catalog-id>-visual.tif → <root>
-    roots = [str(Path(c).parents[3]) if c else None for c in table["source_cog"].to_list()]
-    table = table.with_columns(
-        pl.Series("acquisition_date", dates, dtype=pl.String),
-        pl.Series("root", roots, dtype=pl.String),
-        pl.col("written").fill_null(True),
+    # date and delivery root per COG (a few), joined to the chips: no Python object per chip
+    cogs = table["source_cog"].drop_nulls().unique().to_list()
+    per_cog = pl.DataFrame(
+        {
+            "source_cog": cogs,
+            "_date": [_date_of(c) for c in cogs],
+            # <root>/<zone>/<cell>/<date>/<catalog-id>-visual.tif → <root>
+            "root": [str(Path(c).parents[3]) if c else None for c in cogs],
+        },
+        schema={"source_cog": pl.String, "_date": pl.String, "root": pl.String},
     )
-    box, shapes = footprints(table, geometry)
+    table = (
+        table.join(per_cog, on="source_cog", how="left", maintain_order="left")
+        .with_columns(
+            pl.when(pl.col("acquisition_date").is_null() | (pl.col("acquisition_date") == ""))
+            .then(pl.col("_date"))
+            .otherwise(pl.col("acquisition_date"))
+            .alias("acquisition_date"),
+            pl.col("written").fill_null(True),
+        )
+        .drop("_date")
+    )
+    box = np.zeros((table.height, 4), np.float64)
+    shapes: list[str] = []
+    for s in range(0, table.height, FOOTPRINT_BATCH):  # shapely objects for a slice at a time
+        b, g = footprints(table.slice(s, FOOTPRINT_BATCH), geometry)
+        box[s : s + len(b)] = b
+        if g is not None:
+            shapes.extend(json.dumps(x) for x in g)
     table = table.with_columns(
         pl.Series("west", box[:, 0]),
         pl.Series("south", box[:, 1]),
         pl.Series("east", box[:, 2]),
         pl.Series("north", box[:, 3]),
     )
-    if shapes is not None:
-        table = table.with_columns(pl.Series("geometry", [json.dumps(g) for g in shapes], dtype=pl.String))
+    if geometry:
+        table = table.with_columns(pl.Series("geometry", shapes, dtype=pl.String))
     return table
 
 
-def _labels(chips_dir: Path, labels: str | Path | None) -> dict[str, list[str]]:
+def _labels(chips_dir: Path, labels: str | Path | None) -> pl.DataFrame | None:
+    """Each labelled chip's class names (``_labels``), or None without labels."""
     path = Path(labels) if labels is not None else chips_dir / artefacts.LABELS_PARQUET
     if labels is None and not path.is_file():
-        return {}
+        return None
     found = artefacts.read_labels(path)
-    names = found.classes
-    return {chip: [names[i] for i in ids] for chip, ids in zip(found.table["chip"].to_list(), found.table["label_ids"].to_list())}
+    if found.table.height == 0:
+        return None
+    names = pl.Series(found.classes, dtype=pl.String)
+    ids = list(range(len(found.classes)))
+    return found.table.select(
+        "chip",
+        pl.col("label_ids").list.eval(pl.element().replace_strict(ids, names, return_dtype=pl.String)).alias("_labels"),
+    ).unique(subset=["chip"], keep="last")
 
 
-def _embeddings(chips_dir: Path, embeddings: str | Path | None) -> tuple[Path | None, dict[str, tuple[int, str]]]:
-    """``embeddings.parquet`` and each chip's (row, model id); only those two columns are read."""
+def _embeddings(chips_dir: Path, embeddings: str | Path | None) -> tuple[Path | None, pl.DataFrame | None]:
+    """``embeddings.parquet`` and each chip's row (``_emb_row``) and model id (``_emb_model``); only those
+    two columns are read."""
     path = Path(embeddings) if embeddings is not None else chips_dir / artefacts.EMBEDDINGS
     if embeddings is None and not path.is_file():
-        return None, {}
+        return None, None
     if not path.is_file():
         raise ImagesimFileNotFoundError(f"{path}: embeddings not found; run `imagesim encode` first")
     try:
         table = pl.read_parquet(path, columns=["chip", "model_id"])
     except Exception as exc:  # polars raises several types for unreadable files
         raise ImagesimError(f"{path}: cannot read embeddings ({exc})") from None
-    rows = {chip: (i, model) for i, (chip, model) in enumerate(zip(table["chip"].to_list(), table["model_id"].to_list()))}
+    rows = (
+        table.with_row_index("_emb_row")
+        .select("chip", pl.col("_emb_row").cast(pl.Int64), pl.col("model_id").alias("_emb_model"))
+        .unique(subset=["chip"], keep="last")
+    )
     return path.resolve(), rows
 
 
@@ -166,24 +200,34 @@ def _collection_ids(keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], st
     return ids
 
 
-def build_catalog(
+def write_catalog(
     table: pl.DataFrame,
     chips_dir: Path,
+    dest: Path,
     *,
     granularity: str = options.STAC_GRANULARITY,
-    labels: dict[str, list[str]] | None = None,
-    embeddings: tuple[Path | None, dict[str, tuple[int, str]]] = (None, {}),
+    labels: pl.DataFrame | None = None,
+    embeddings: tuple[Path | None, pl.DataFrame | None] = (None, None),
     title: str | None = None,
-) -> Any:
-    """A ``pystac.Catalog`` of ``table`` (:func:`chip_rows`, rows with a date and a COG)."""
+) -> tuple[int, int]:
+    """Write a self-contained STAC catalog of ``table`` (:func:`chip_rows`, rows with a date and a COG) to the
+    folder ``dest``; (collections, items) written.
+
+    Items are written as they are made and dropped (the collection keeps a link to each): memory holds one
+    Item, not the catalog."""
     pystac = require("pystac", "stac", purpose="`imagesim stac`")
     options.check_choice("granularity", granularity, options.STAC_GRANULARITIES)
-    labels = labels or {}
     emb_path, emb_rows = embeddings
     chips_dir = chips_dir.resolve()
     catalog = pystac.Catalog(
         id="imagesim-chips", description=title or f"Chips of {chips_dir} (imagesim)", title=title or f"imagesim chips {chips_dir.name}"
     )
+    catalog.catalog_type = pystac.CatalogType.SELF_CONTAINED  # relative links in the items saved one by one
+    catalog.set_self_href(str(dest.resolve() / "catalog.json"))
+    if labels is not None:
+        table = table.join(labels, on="chip", how="left", maintain_order="left")
+    if emb_rows is not None:
+        table = table.join(emb_rows, on="chip", how="left", maintain_order="left")
     meta_cache: dict[str, str | None] = {}
 
     def metadata_json(cog: str) -> str | None:
@@ -200,12 +244,11 @@ def build_catalog(
             "valid_fraction": r["valid_fraction"],
             "nodata_class": r["nodata_class"],
         }
-        if labels:
-            fields["labels"] = labels.get(r["chip"], [])
-        if r["chip"] in emb_rows:
-            row, model = emb_rows[r["chip"]]
-            fields["imagesim:embedding_row"] = row
-            fields["imagesim:model_id"] = model
+        if labels is not None:
+            fields["labels"] = r["_labels"] or []
+        if emb_rows is not None and r["_emb_row"] is not None:
+            fields["imagesim:embedding_row"] = r["_emb_row"]
+            fields["imagesim:model_id"] = r["_emb_model"]
         return fields
 
     def source_assets(item: Any, cog: str, catalog_id: str) -> None:
@@ -224,26 +267,47 @@ def build_catalog(
             extra_fields=chip_fields(r) if with_fields else None,
         )
 
+    items = 0
+
+    def save(collection: Any, item: Any) -> None:
+        """Save ``item`` where the catalog's layout puts it; ``collection`` keeps only a link to it."""
+        nonlocal items
+        collection.add_item(item)
+        href = str(Path(collection.get_self_href()).parent / item.id / f"{item.id}.json")
+        item.set_self_href(href)
+        item.links.sort(key=lambda link: ITEM_LINK_ORDER.get(str(link.rel), len(ITEM_LINK_ORDER)))  # as a whole save orders them
+        item.save_object(include_self_link=False)
+        link = collection.links[-1]
+        collection.links[-1] = pystac.Link(pystac.RelType.ITEM, href, media_type=link.media_type, title=link.title).set_owner(collection)
+        items += 1
+
     keys = table.select("root", "zone").unique().sort("root", "zone").rows()
     ids = _collection_ids(keys)
-    for (root, zone), part in table.sort("chip").group_by(["root", "zone"], maintain_order=True):
-        rows = part.to_dicts()
+    collections = 0
+    if not table["chip"].is_sorted():
+        table = table.sort("chip")
+    # one collection's rows at a time (a filter per collection: a few), in the order of their first chip
+    for root, zone in table.select("root", "zone").unique(maintain_order=True).rows():
+        part = table.filter((pl.col("root") == root) & (pl.col("zone") == zone))
         west, south, east, north = (
             float(part["west"].min()),  # type: ignore[arg-type]
             float(part["south"].min()),  # type: ignore[arg-type]
             float(part["east"].max()),  # type: ignore[arg-type]
             float(part["north"].max()),  # type: ignore[arg-type]
         )
-        dates = sorted(set(part["acquisition_date"].to_list()))
+        dates = part["acquisition_date"].unique().sort().to_list()
         start, end = (dt.datetime.fromisoformat(d).replace(tzinfo=dt.timezone.utc) for d in (dates[0], dates[-1]))
+        cid = ids[(str(root), int(zone))]
         collection = pystac.Collection(
-            id=ids[(str(root), int(zone))],
+            id=cid,
             description=f"imagesim chips of ARD delivery {root}, UTM zone {zone}",
             extent=pystac.Extent(pystac.SpatialExtent([[west, south, east, north]]), pystac.TemporalExtent([[start, end]])),
             license="other",
         )
+        catalog.add_child(collection)
+        collection.set_self_href(str(Path(catalog.get_self_href()).parent / cid / "collection.json"))
         if granularity == "chip":
-            for r in rows:
+            for r in part.iter_rows(named=True):
                 when = dt.datetime.fromisoformat(r["acquisition_date"]).replace(tzinfo=dt.timezone.utc)
                 props = {"imagesim:catalog_id": r["catalog_id"], "imagesim:cell": r["cell"], "imagesim:zone": r["zone"], **chip_fields(r)}
                 item = pystac.Item(
@@ -256,27 +320,35 @@ def build_catalog(
                 if r["written"]:
                     item.add_asset("chip", chip_asset(r, with_fields=False))
                 source_assets(item, r["source_cog"], r["catalog_id"])
-                collection.add_item(item)
+                save(collection, item)
         else:
-            groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-            for r in rows:
-                groups.setdefault((r["cell"], r["catalog_id"]), []).append(r)
-            for (cell, catalog_id), members in groups.items():
-                w = min(m["west"] for m in members)
-                s = min(m["south"] for m in members)
-                e = max(m["east"] for m in members)
-                n = max(m["north"] for m in members)
-                first = members[0]
-                when = dt.datetime.fromisoformat(first["acquisition_date"]).replace(tzinfo=dt.timezone.utc)
+            # one Item per (cell, catalog id), in the order of its first chip, its chips in chip order
+            # (row numbers only: the part is not copied in that order)
+            first = part.select(pl.col("chip").min().over("cell", "catalog_id"))["chip"]
+            order = pl.DataFrame({"first": first, "row": pl.int_range(part.height, eager=True)}).sort("first", "row")
+            firsts, rows = order["first"], order["row"].to_numpy()
+            starts = np.flatnonzero(firsts.ne_missing(firsts.shift(1)).fill_null(True).to_numpy()).tolist() + [part.height]
+            for a, b in zip(starts[:-1], starts[1:]):
+                group = part[rows[a:b]]
+                members = group.to_dicts()
+                w, s, e, n = (
+                    float(group["west"].min()),  # type: ignore[arg-type]
+                    float(group["south"].min()),  # type: ignore[arg-type]
+                    float(group["east"].max()),  # type: ignore[arg-type]
+                    float(group["north"].max()),  # type: ignore[arg-type]
+                )
+                head = members[0]
+                cell, catalog_id = head["cell"], head["catalog_id"]
+                when = dt.datetime.fromisoformat(head["acquisition_date"]).replace(tzinfo=dt.timezone.utc)
                 item = pystac.Item(
-                    id=f"Z{first['zone']:02d}-{cell}_{catalog_id}",
+                    id=f"Z{head['zone']:02d}-{cell}_{catalog_id}",
                     geometry=_polygon(w, s, e, n),
                     bbox=[w, s, e, n],
                     datetime=when,
                     properties={
                         "imagesim:catalog_id": catalog_id,
                         "imagesim:cell": cell,
-                        "imagesim:zone": first["zone"],
+                        "imagesim:zone": head["zone"],
                         "imagesim:chips": len(members),
                     },
                 )
@@ -285,10 +357,13 @@ def build_catalog(
                     if not m["written"]:  # measured, no JPEG: keep its fields, point at where it would be
                         asset.roles = ["data", "not-written"]
                     item.add_asset(m["chip"].removesuffix(".jpg"), asset)
-                source_assets(item, first["source_cog"], catalog_id)
-                collection.add_item(item)
-        catalog.add_child(collection)
-    return catalog
+                source_assets(item, head["source_cog"], catalog_id)
+                save(collection, item)
+        # the order a whole save gives: root, the items, parent
+        collection.links = [link for link in collection.links if link.rel != "parent"] + collection.get_links("parent")
+        collections += 1
+    catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)  # the catalog and its collections: the items are saved
+    return collections, items
 
 
 def _is_empty_dir(path: Path) -> bool:
@@ -306,7 +381,7 @@ def write_stac(
     overwrite: bool = False,
 ) -> StacSummary:
     """Write a self-contained STAC catalog of the chips folder ``chips`` to ``out`` (see the module)."""
-    pystac = require("pystac", "stac", purpose="`imagesim stac`")
+    require("pystac", "stac", purpose="`imagesim stac`")
     options.check_choice("granularity", granularity, options.STAC_GRANULARITIES)
     t0 = time.perf_counter()
     chips_dir, out = Path(chips), Path(out)
@@ -322,15 +397,18 @@ def write_stac(
             f"{table.height} chips have no acquisition date or source COG (pass `ard_path`)" if table.height else "no chips in the manifest"
         )
         raise ImagesimError(f"{chips_dir}: nothing to catalog: {why}")
-    catalog = build_catalog(
-        usable, chips_dir, granularity=granularity, labels=_labels(chips_dir, labels), embeddings=_embeddings(chips_dir, embeddings)
-    )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        catalog.normalize_hrefs(str(tmp.resolve() / "catalog.json"))  # a folder name with a dot is no file
-        catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
+        collections, items = write_catalog(
+            usable,
+            chips_dir,
+            tmp,  # a folder name with a dot is no file
+            granularity=granularity,
+            labels=_labels(chips_dir, labels),
+            embeddings=_embeddings(chips_dir, embeddings),
+        )
         if out.exists():
             old = out.parent / f".{out.name}.old-{os.getpid()}"
             out.rename(old)
@@ -340,5 +418,4 @@ def write_stac(
             tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    items = sum(1 for _ in catalog.get_items(recursive=True))
-    return StacSummary(out, len(list(catalog.get_children())), items, usable.height, skipped, time.perf_counter() - t0)
+    return StacSummary(out, collections, items, usable.height, skipped, time.perf_counter() - t0)

@@ -126,7 +126,8 @@ def _chosen(chips: pl.DataFrame, before: Choice | None, after: Choice | None) ->
 
 def chip_pairs(chips: pl.DataFrame, source: str, before: Choice | None = None, after: Choice | None = None) -> pl.DataFrame:
     """The pairs to compare (``PAIR_COLUMNS``) from ``chips``: one row per chip with data and columns
-    ``chip, zone, quadkey, zoom, cell, catalog_id, date, path, source_cog, valid, cloud``.
+    ``chip, zone, quadkey, zoom, cell, catalog_id, date, path, source_cog, valid, cloud`` (``path`` and
+    ``source_cog`` may be left out, and then are left out of the pairs: the embedding method reads no file).
 
     Raises ChangeError when there is nothing to compare, saying why (one acquisition only, acquisitions on
     different grids or not overlapping, a chosen acquisition not in the folder, dates unknown)."""
@@ -163,5 +164,5 @@ def chip_pairs(chips: pl.DataFrame, source: str, before: Choice | None = None, a
         pl.col("before_quadkey").alias("quadkey"),
         pl.col("before_zoom").alias("zoom"),
         pl.col("before_cell").alias("cell"),
-        *(pl.col(f"{side}_{c}") for side in ("before", "after") for c in SIDE_COLUMNS),
+        *(pl.col(f"{side}_{c}") for side in ("before", "after") for c in SIDE_COLUMNS if c in chips.columns),
     )

@@ -8,7 +8,9 @@ no image read), ``pixel`` (:mod:`.pixels`: a radiometrically normalised pixel di
 Pairs are left out, counted by reason and never silently: ``cloudy`` (either chip's cloud + cloud-shadow
 share above ``max_cloud``), ``no_data`` (less than ``min_compared`` of the chip compared), ``no_embedding``
 (a chip without embedding, e.g. left out by ``encode --max-cloud``) and ``unreadable`` (a chip file
-missing or corrupt: named in ``changes.json``). Outputs are written once, at the end, atomically.
+missing or corrupt: named in ``changes.json``). Outputs are written once, at the end, atomically, the
+changes in row groups. The embedding method reads the vectors of ``PAIR_BATCH`` pairs at a time from the
+embeddings files (:class:`~imagesim.artefacts.EmbeddingRows`), not every vector.
 """
 
 from __future__ import annotations
@@ -31,14 +33,16 @@ from imagesim.artefacts import (
     CHANGE_SCHEMA,
     CHANGES,
     MASK_FRACTION_COLUMNS,
+    STREAM_ROW_GROUP,
+    EmbeddingRows,
+    GeoParquetStream,
     read_chip_table,
-    read_embedding_vectors,
     sidecar,
     with_data,
 )
 from imagesim.errors import ChangeError, ImagesimError, ImagesimFileNotFoundError, InvalidArgumentError, OutputExistsError
 from imagesim.fsutil import atomic_path
-from imagesim.geoparquet import geo_metadata, with_footprints
+from imagesim.geoparquet import with_footprints
 from imagesim.progress import ProgressFactory, open_progress
 from imagesim.runner import Outcome, TaskRunner, cores
 from imagesim.search.change.pairs import Choice, chip_pairs
@@ -48,6 +52,11 @@ __all__ = ["ChangeSettings", "ChangeSummary", "detect_changes", "embedding_dista
 
 LEFT_OUT_REASONS = ("cloudy", "no_data", "no_embedding", "unreadable")
 EMBED_BATCH = 262_144
+# The embedding method reads the vectors of this many pairs at a time from the embeddings files (at most
+# twice as many vectors: 16 MB of 512 floats), in the order of the before chip's row: in files sorted by
+# chip (as encode writes them) the two chips of a pair are near each other, so each window of rows
+# (EmbeddingRows.WINDOW) is read about once.
+PAIR_BATCH = 4_096
 # --method both: the embedding method's weight beside the pixel method's (robust z-scores; see rank_pairs)
 EMBEDDING_WEIGHT = 0.5
 
@@ -101,10 +110,12 @@ class ChangeSummary:
 # --------------------------------------------------------------------------------------------
 
 
-def _chips(chips_dir: Path) -> pl.DataFrame:
-    """Every chip with data, with what pairing and scoring need."""
+def _chips(chips_dir: Path, files: bool = True) -> pl.DataFrame:
+    """Every chip with data, with what pairing and scoring need; ``files``: its ``path`` and ``source_cog``
+    too (the pixel method reads them; left out, each pair is some hundred bytes less)."""
     cloud, shadow = MASK_FRACTION_COLUMNS["cloud"], MASK_FRACTION_COLUMNS["cloud_shadow"]
-    table = read_chip_table(chips_dir, extra=("acquisition_date", "source_cog", "valid_fraction", "written", cloud, shadow))
+    files_of = ("source_cog",) if files else ()
+    table = read_chip_table(chips_dir, extra=("acquisition_date", *files_of, "valid_fraction", "written", cloud, shadow))
     table = with_data(table)
     return table.select(
         "chip",
@@ -114,8 +125,7 @@ def _chips(chips_dir: Path) -> pl.DataFrame:
         "cell",
         "catalog_id",
         pl.col("acquisition_date").str.slice(0, 10).alias("date"),
-        "path",
-        "source_cog",
+        *(("path", "source_cog") if files else ()),
         pl.col("valid_fraction").alias("valid"),
         pl.when(pl.col(cloud).is_null() & pl.col(shadow).is_null())
         .then(None)
@@ -155,25 +165,21 @@ def _model_ids(paths: Sequence[Path]) -> str | None:
     return next(iter(seen), None)
 
 
-def _embeddings(paths: Sequence[Path]) -> tuple[pl.DataFrame, np.ndarray]:
-    """Chip names and unit vectors of one or more embeddings files (a chip in two files: ChangeError)."""
-    names: list[pl.Series] = []
-    vectors: list[np.ndarray] = []
-    for path in paths:
-        chips, vecs = read_embedding_vectors(path)
-        names.append(chips)
-        vectors.append(vecs)
-    table = pl.concat(names).to_frame("chip").with_row_index("row")
+def _embeddings(paths: Sequence[Path]) -> tuple[pl.DataFrame, list[EmbeddingRows]]:
+    """Chip names of one or more embeddings files, ``row`` numbering them across the files in order, and
+    the files' readers (a chip in two files: ChangeError). No vector is read here."""
+    readers = [EmbeddingRows(path) for path in paths]
+    table = pl.concat([r.chips for r in readers]).to_frame("chip").with_row_index("row")
     dup = table["chip"].is_duplicated()
     if dup.any():
         raise ChangeError(f"chip {table['chip'].filter(dup)[0]} has an embedding in more than one of {', '.join(map(str, paths))}")
-    if len({v.shape[1] for v in vectors}) > 1:
+    if len({r.dim for r in readers}) > 1:
         raise ChangeError(f"embeddings of different lengths in {', '.join(map(str, paths))}: not one model")
-    return table, vectors[0] if len(vectors) == 1 else np.concatenate(vectors)
+    return table, readers
 
 
-def embedding_distances(pairs: pl.DataFrame, names: pl.DataFrame, vectors: np.ndarray) -> pl.Series:
-    """1 − cosine similarity of each pair's two unit embeddings (null where a chip has none), in batches."""
+def _pair_rows(pairs: pl.DataFrame, names: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The ``row`` of each pair's before and after chip in ``names`` (-1 where a chip has none)."""
     rows = names.select(pl.col("chip"), pl.col("row").cast(pl.Int64))
     idx = (
         pairs.select("before_chip", "after_chip")
@@ -182,13 +188,38 @@ def embedding_distances(pairs: pl.DataFrame, names: pl.DataFrame, vectors: np.nd
         .join(rows.rename({"chip": "after_chip", "row": "a"}), on="after_chip", how="left")
         .sort("pair")
     )
-    b = idx["b"].fill_null(-1).to_numpy()
-    a = idx["a"].fill_null(-1).to_numpy()
+    return idx["b"].fill_null(-1).to_numpy(), idx["a"].fill_null(-1).to_numpy()
+
+
+def embedding_distances(pairs: pl.DataFrame, names: pl.DataFrame, vectors: np.ndarray) -> pl.Series:
+    """1 − cosine similarity of each pair's two unit embeddings (null where a chip has none), in batches."""
+    b, a = _pair_rows(pairs, names)
     out = np.full(len(b), np.nan)
     have = np.flatnonzero((b >= 0) & (a >= 0))
     for s in range(0, have.size, EMBED_BATCH):
         sel = have[s : s + EMBED_BATCH]
         out[sel] = 1.0 - np.einsum("ij,ij->i", vectors[b[sel]], vectors[a[sel]], dtype=np.float64)
+    return pl.Series("embedding_distance", out).fill_nan(None)
+
+
+def file_distances(pairs: pl.DataFrame, names: pl.DataFrame, readers: Sequence[EmbeddingRows]) -> pl.Series:
+    """:func:`embedding_distances` with the vectors read from the files (:func:`_embeddings`), ``PAIR_BATCH``
+    pairs at a time: memory holds those pairs' vectors, not every vector."""
+    b, a = _pair_rows(pairs, names)
+    starts = np.cumsum([0] + [len(r) for r in readers])
+    out = np.full(len(b), np.nan)
+    have = np.flatnonzero((b >= 0) & (a >= 0))
+    have = have[np.argsort(b[have], kind="stable")]  # sorted files: neighbouring pairs share windows of rows
+    for s in range(0, have.size, PAIR_BATCH):
+        sel = have[s : s + PAIR_BATCH]
+        need = np.unique(np.concatenate([b[sel], a[sel]]))
+        vectors = np.empty((len(need), readers[0].dim), np.float32)
+        which = np.searchsorted(starts, need, side="right") - 1
+        for f in np.unique(which):
+            at = np.flatnonzero(which == f)
+            vectors[at] = readers[int(f)].take(need[at] - starts[f])
+        vb, va = vectors[np.searchsorted(need, b[sel])], vectors[np.searchsorted(need, a[sel])]
+        out[sel] = 1.0 - np.einsum("ij,ij->i", vb, va, dtype=np.float64)
     return pl.Series("embedding_distance", out).fill_nan(None)
 
 
@@ -398,7 +429,7 @@ def detect_changes(
     model_id = _model_ids(paths) if paths else None
     say = log or (lambda _m: None)
 
-    pairs = chip_pairs(_chips(chips_dir), str(chips_dir), st.before, st.after)
+    pairs = chip_pairs(_chips(chips_dir, files=use_pix), str(chips_dir), st.before, st.after)
     summary = ChangeSummary(out=out_path, method=st.method, pairs=pairs.height)
     summary.left_out = dict.fromkeys(LEFT_OUT_REASONS, 0)
     acq_pairs = pairs.group_by("before_catalog_id", "before_date", "after_catalog_id", "after_date").len().sort("before_date", "after_date")
@@ -424,9 +455,9 @@ def detect_changes(
     pairs = pairs.filter(~low)
 
     if use_emb:
-        names, vectors = _embeddings(paths)
-        pairs = pairs.with_columns(embedding_distances(pairs, names, vectors))
-        del vectors
+        names, readers = _embeddings(paths)
+        pairs = pairs.with_columns(file_distances(pairs, names, readers))
+        del names, readers
         missing = pairs["embedding_distance"].is_null()
         summary.left_out["no_embedding"] = int(missing.sum())
         pairs = pairs.filter(~missing)
@@ -454,25 +485,10 @@ def detect_changes(
         gone = ", ".join(f"{n:,} {why.replace('_', ' ')}" for why, n in summary.left_out.items() if n)
         raise ChangeError(f"{chips_dir}: none of the {summary.pairs:,} chip pairs could be scored ({gone}); nothing written")
 
-    ranked = rank_pairs(pairs, st.method, st.embedding_weight).select(
-        pl.col("zone"),
-        pl.col("quadkey"),
-        pl.col("zoom"),
-        pl.col("cell"),
-        pl.col("before_chip"),
-        pl.col("after_chip"),
-        pl.col("before_catalog_id"),
-        pl.col("after_catalog_id"),
-        pl.col("before_date"),
-        pl.col("after_date"),
-        pl.col("compared_fraction"),
-        pl.col("embedding_distance"),
-        pl.col("pixel_change"),
-        pl.col("changed_area"),
-        pl.col("score"),
-        pl.col("rank"),
-    )
-    table = with_footprints(ranked.cast(CHANGE_SCHEMA))  # type: ignore[arg-type]
+    # only the columns written (and what ranking reads) go through the rank's sort
+    ranked = rank_pairs(pairs.select(c for c in CHANGE_SCHEMA if c not in ("score", "rank")), st.method, st.embedding_weight)
+    ranked = ranked.select(list(CHANGE_SCHEMA)).cast(CHANGE_SCHEMA)  # type: ignore[arg-type]
+    del pairs
     summary.top = ranked.head(top)
     meta = {
         "method": st.method,
@@ -495,10 +511,13 @@ def detect_changes(
     }
     # every output prepared, then published together: nothing written half-way
     with ExitStack() as files:
-        table.write_parquet(files.enter_context(atomic_path(out_path)), metadata=geo_metadata(table))
+        # footprints computed a row group at a time as the rows are written (GeoParquet, as before)
+        stream = files.enter_context(GeoParquetStream(files.enter_context(atomic_path(out_path))))
+        for s in range(0, ranked.height, STREAM_ROW_GROUP):
+            stream.write(ranked.slice(s, STREAM_ROW_GROUP))
         files.enter_context(atomic_path(sidecar(out_path))).write_text(json.dumps(meta, indent=2) + "\n")
         if geo_path is not None:
-            files.enter_context(atomic_path(geo_path)).write_text(json.dumps(_features(table.head(top))) + "\n")
+            files.enter_context(atomic_path(geo_path)).write_text(json.dumps(_features(with_footprints(ranked.head(top)))) + "\n")
             summary.geojson = geo_path
     summary.seconds = time.perf_counter() - t0
     return summary

@@ -1,0 +1,170 @@
+"""`imagesim chip` and `imagesim nodata-index` write their tables a part at a time (issue 22): the files are
+the ones an in-memory build writes, whatever the part sizes and the order chips come in, and a run that fails
+leaves no partial file and no part folder behind."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+from polars.testing import assert_frame_equal
+
+from imagesim.artefacts import CHIPS_MANIFEST, MANIFEST_ORDER, NODATA_PARQUET, read_manifest
+from imagesim.geoparquet import GEO_KEY, geo_metadata, with_footprints, write_geoparquet
+from imagesim.imagery import chip, nodata
+from imagesim.imagery.chip import ChipSettings, run_chip
+from imagesim.imagery.nodata import NodataSettings, run_nodata_index
+
+ZOOM = 15  # 64 chips per COG: quick
+# What a chip measured on disk (written by a run that did not record it) has of its own: no encoding, no bytes.
+UNMEASURED = ("written", "bytes", "encoding")
+
+
+def hidden(folder: Path) -> list[str]:
+    """What a run may leave behind: hidden part folders and temporary files."""
+    return sorted(p.name for p in folder.rglob(".*"))
+
+
+def in_memory(dest: Path) -> pl.DataFrame:
+    """chips.parquet as the in-memory writer made it: every row sorted in manifest order, footprints afresh."""
+    return with_footprints(read_manifest(dest).sort(MANIFEST_ORDER, maintain_order=True))
+
+
+@pytest.fixture(scope="module")
+def chipped_once(small_sample, tmp_path_factory) -> Path:
+    dest = tmp_path_factory.mktemp("chips-once")
+    run_chip(small_sample.root, dest, ChipSettings(zoom=ZOOM))
+    return dest
+
+
+def test_one_run_writes_the_in_memory_manifest(chipped_once: Path) -> None:
+    written = pl.read_parquet(chipped_once / CHIPS_MANIFEST)
+    assert written.height == 3 * 4 ** (ZOOM - 12)
+    assert_frame_equal(written, in_memory(chipped_once))
+    meta = pq.read_metadata(chipped_once / CHIPS_MANIFEST).metadata
+    assert json.loads(meta[GEO_KEY.encode()]) == json.loads(geo_metadata(written)[GEO_KEY])
+    assert hidden(chipped_once) == []
+
+
+def test_small_parts_and_cog_by_cog_give_the_same_manifest(small_sample, chipped_once: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(chip, "PART_ROWS", 5)  # a part file per COG and then some
+    monkeypatch.setattr(chip, "MANIFEST_ROW_GROUP", 7)
+    dest = tmp_path / "chips"
+    # last COG first: each run merges its rows into the old ones at another place
+    for catalog_id in reversed(small_sample.catalog_ids):
+        run_chip(small_sample.root, dest, ChipSettings(zoom=ZOOM), catalog_ids=[catalog_id])
+    assert_frame_equal(pl.read_parquet(dest / CHIPS_MANIFEST), pl.read_parquet(chipped_once / CHIPS_MANIFEST))
+    assert pq.ParquetFile(dest / CHIPS_MANIFEST).metadata.num_row_groups > 1
+    assert hidden(dest) == []
+
+
+def test_old_manifest_out_of_order_is_merged(small_sample, chipped_once: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "chips"
+    run_chip(small_sample.root, dest, ChipSettings(zoom=ZOOM), catalog_ids=small_sample.catalog_ids[:2])
+    write_geoparquet(read_manifest(dest).reverse(), dest / CHIPS_MANIFEST)  # as an older writer might leave it
+    summary = run_chip(small_sample.root, dest, ChipSettings(zoom=ZOOM))
+    assert summary.skipped == 2 * 4 ** (ZOOM - 12)
+    assert_frame_equal(pl.read_parquet(dest / CHIPS_MANIFEST), pl.read_parquet(chipped_once / CHIPS_MANIFEST))
+
+
+def test_rechipped_rows_replace_the_old_ones(small_sample, chipped_once: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "chips"
+    shutil.copytree(chipped_once, dest)
+    summary = run_chip(small_sample.root, dest, ChipSettings(zoom=ZOOM, overwrite=True), catalog_ids=[small_sample.catalog_ids[1]])
+    assert summary.written == 4 ** (ZOOM - 12)
+    table = pl.read_parquet(dest / CHIPS_MANIFEST)
+    assert table["chip"].is_unique().all()
+    assert_frame_equal(table.drop("source_mtime_ns"), pl.read_parquet(chipped_once / CHIPS_MANIFEST).drop("source_mtime_ns"))
+
+
+def test_failed_run_records_what_it_did_and_a_rerun_completes(small_sample, chipped_once: Path, tmp_path: Path, monkeypatch) -> None:
+    dest = tmp_path / "chips"
+    real = chip.chip_cog_task
+    calls = []
+
+    def second_fails(acq, *args, **kwargs):
+        calls.append(acq)
+        if len(calls) == 2:
+            raise RuntimeError("killed")
+        return real(acq, *args, **kwargs)
+
+    monkeypatch.setattr(chip, "chip_cog_task", second_fails)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_chip(small_sample.root, dest, ChipSettings(zoom=ZOOM))
+    first = pl.read_parquet(dest / CHIPS_MANIFEST)
+    assert first["catalog_id"].unique().to_list() == [calls[0].catalog_id]
+    assert hidden(dest) == []
+    monkeypatch.setattr(chip, "chip_cog_task", real)
+    summary = run_chip(small_sample.root, dest, ChipSettings(zoom=ZOOM))
+    assert summary.skipped == 4 ** (ZOOM - 12)  # the first COG's chips; the rest chipped or measured (already on disk)
+    assert summary.processed == 2 * 4 ** (ZOOM - 12)
+    assert_frame_equal(
+        pl.read_parquet(dest / CHIPS_MANIFEST).drop(UNMEASURED), pl.read_parquet(chipped_once / CHIPS_MANIFEST).drop(UNMEASURED)
+    )
+
+
+def test_interrupted_manifest_write_leaves_no_partial_file(small_sample, chipped_once: Path, tmp_path: Path, monkeypatch) -> None:
+    dest = tmp_path / "chips"
+
+    class Interrupted(chip.GeoParquetStream):
+        def write(self, frame: pl.DataFrame) -> None:
+            super().write(frame)
+            if self.rows:  # a row group is on disk
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(chip, "MANIFEST_ROW_GROUP", 10)
+    monkeypatch.setattr(chip, "GeoParquetStream", Interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_chip(small_sample.root, dest, ChipSettings(zoom=ZOOM))
+    assert not (dest / CHIPS_MANIFEST).exists()
+    assert hidden(dest) == []
+    monkeypatch.undo()
+    summary = run_chip(small_sample.root, dest, ChipSettings(zoom=ZOOM))
+    assert summary.measured == 3 * 4 ** (ZOOM - 12)  # on disk, not recorded: measured again, not rewritten
+    assert_frame_equal(
+        pl.read_parquet(dest / CHIPS_MANIFEST).drop(UNMEASURED),
+        pl.read_parquet(chipped_once / CHIPS_MANIFEST).drop(UNMEASURED),
+    )
+
+
+@pytest.fixture(scope="module")
+def unordered_chips(chipped_once: Path, tmp_path_factory) -> Path:
+    """The chips plus one in the folder itself whose name sorts after every chip of 10/: found first,
+    so chips come out of order and the no-data tables are sorted in memory."""
+    folder = tmp_path_factory.mktemp("unordered") / "chips"
+    shutil.copytree(chipped_once, folder)
+    some = sorted((folder / "10").iterdir())[0]
+    shutil.copy(some, folder / some.name.replace("Z10-", "Z9-"))
+    return folder
+
+
+@pytest.mark.parametrize("source", ["pixels", "manifest"])
+@pytest.mark.parametrize("layout", ["ordered", "unordered"])
+def test_nodata_outputs_do_not_depend_on_the_chunk(
+    chipped_once: Path, unordered_chips: Path, tmp_path: Path, monkeypatch, source: str, layout: str
+) -> None:
+    chips = chipped_once if layout == "ordered" else unordered_chips
+
+    def index(name: str, chunk: int) -> tuple[str, pl.DataFrame, dict]:
+        monkeypatch.setattr(nodata, "CHUNK", chunk)
+        out = tmp_path / name
+        summary = run_nodata_index(chips, NodataSettings(filename=str(out / "nodata-index.json"), source=source, proc=2))
+        assert summary.chips == len(list(chips.rglob("*.jpg")))
+        assert hidden(out) == [] and [p for p in chips.iterdir() if p.name.startswith(".nodata")] == []
+        meta = json.loads((out / "nodata-index-summary.json").read_text())
+        meta.pop("seconds")
+        return (out / "nodata-index.json").read_text(), pl.read_parquet(out / NODATA_PARQUET), meta
+
+    whole = index("whole", 1 << 20)
+    parts = index("parts", 5)
+    assert parts[0] == whole[0]
+    assert whole[0] == json.dumps(json.loads(whole[0]), indent=2) + "\n"  # the index as json.dumps writes it
+    assert_frame_equal(parts[1], whole[1])
+    assert parts[1]["chip"].is_sorted()
+    assert parts[2] == whole[2]
+    names = json.loads(whole[0])
+    assert sorted(n for v in names.values() for n in v) == whole[1]["chip"].to_list()
