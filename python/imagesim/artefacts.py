@@ -693,11 +693,10 @@ def _read_without(path: Path, leave_out: tuple[str, ...], what: str) -> tuple[pl
         raise InvalidArgumentError(f"{path}: cannot read {what} ({exc})") from None
 
 
-def read_embedding_vectors(path: str | Path, *, batch: int = 131_072) -> tuple[pl.Series, np.ndarray]:
-    """Only the chip names and unit embeddings of ``embeddings.parquet`` (no other column, no chip-name
-    parsing), read in slices into one float32 array: what a pass over millions of embeddings needs
-    (peak memory about the vectors themselves, not twice them)."""
-    path = Path(path)
+def _scan_embeddings(path: Path) -> tuple[pl.LazyFrame, pl.Schema, int]:
+    """``embeddings.parquet`` opened lazily, its schema and vector length (0 for a file of no rows), after
+    the checks every reader makes: the file exists, has ``chip`` and ``embedding``, and its vectors have one
+    fixed length."""
     if not path.is_file():
         raise ImagesimFileNotFoundError(f"{path}: embeddings not found; run `imagesim encode` first")
     try:
@@ -706,17 +705,27 @@ def read_embedding_vectors(path: str | Path, *, batch: int = 131_072) -> tuple[p
         missing = [c for c in ("chip", "embedding") if c not in have]
         if missing:
             raise InvalidArgumentError(f"{path}: not an embeddings file, missing column(s) {missing}")
-        chips = lazy.select("chip").collect()["chip"]
         dtype = have["embedding"]
-        if isinstance(dtype, pl.List):  # a list column: one length for all, or refused
-            lengths = lazy.select(pl.col("embedding").list.len().unique()).collect().to_series()
-            if lengths.len() != 1:
-                raise InvalidArgumentError(f"{path}: embeddings of different lengths {sorted(lengths.to_list())}")
-            dim = int(lengths[0])
-        elif isinstance(dtype, pl.Array):
-            dim = int(dtype.size)
-        else:
+        if isinstance(dtype, pl.Array):
+            return lazy, have, int(dtype.size)
+        if not isinstance(dtype, pl.List):
             raise InvalidArgumentError(f"{path}: column 'embedding' must hold fixed-length float vectors, got {dtype}")
+        lengths = lazy.select(pl.col("embedding").list.len().unique()).collect(engine="streaming").to_series().drop_nulls()
+    except (OSError, pl.exceptions.PolarsError) as exc:  # InvalidArgumentError is neither: it passes
+        raise InvalidArgumentError(f"{path}: cannot read embeddings ({exc})") from None
+    if lengths.len() > 1:
+        raise InvalidArgumentError(f"{path}: embeddings of different lengths {sorted(lengths.to_list())}")
+    return lazy, have, int(lengths[0]) if lengths.len() else 0
+
+
+def read_embedding_vectors(path: str | Path, *, batch: int = 131_072) -> tuple[pl.Series, np.ndarray]:
+    """Only the chip names and unit embeddings of ``embeddings.parquet`` (no other column, no chip-name
+    parsing), read in slices into one float32 array: what a pass over millions of embeddings needs
+    (peak memory about the vectors themselves, not twice them)."""
+    path = Path(path)
+    lazy, _, dim = _scan_embeddings(path)
+    try:
+        chips = lazy.select("chip").collect()["chip"]
         if chips.len() == 0:
             raise InvalidArgumentError(f"{path}: holds no embedding: run `imagesim encode` on chips that have data first")
         _check_unique_chips(chips.to_frame(), path)
@@ -760,27 +769,11 @@ def inspect_embeddings(path: str | Path) -> EmbeddingsInfo:
     by 64-bit hashes of the names, streamed, so ten million names are never held as strings).
     """
     path = Path(path)
-    if not path.is_file():
-        raise ImagesimFileNotFoundError(f"{path}: embeddings not found; run `imagesim encode` first")
+    lazy, have, dim = _scan_embeddings(path)
     try:
-        lazy = pl.scan_parquet(path)
-        have = lazy.collect_schema()
-        missing = [c for c in ("chip", "embedding") if c not in have]
-        if missing:
-            raise InvalidArgumentError(f"{path}: not an embeddings file, missing column {missing[0]!r}")
         n = int(lazy.select(pl.len()).collect().item())
         if n == 0:
             raise InvalidArgumentError(f"{path}: holds no embedding, nothing to index: run `imagesim encode` on chips that have data first")
-        dtype = have["embedding"]
-        if isinstance(dtype, pl.List):
-            lengths = lazy.select(pl.col("embedding").list.len().unique()).collect(engine="streaming").to_series()
-            if lengths.len() != 1:
-                raise InvalidArgumentError(f"{path}: embeddings of different lengths {sorted(lengths.drop_nulls().to_list())}")
-            dim = int(lengths[0])
-        elif isinstance(dtype, pl.Array):
-            dim = int(dtype.size)
-        else:
-            raise InvalidArgumentError(f"{path}: column 'embedding' must hold fixed-length float vectors, got {dtype}")
         hashes = lazy.select(pl.col("chip").hash(0)).collect(engine="streaming").to_series()
         twice = hashes.filter(hashes.is_duplicated()).unique()
         if twice.len():  # the same hash: look at those names (a 64-bit collision is not a duplicate)
@@ -1011,24 +1004,9 @@ class EmbeddingRows:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        if not self.path.is_file():
-            raise ImagesimFileNotFoundError(f"{self.path}: embeddings not found; run `imagesim encode` first")
+        lazy, _, self.dim = _scan_embeddings(self.path)
+        self._lazy = lazy
         try:
-            lazy = self._lazy = pl.scan_parquet(self.path)
-            have = lazy.collect_schema()
-            missing = [c for c in ("chip", "embedding") if c not in have]
-            if missing:
-                raise InvalidArgumentError(f"{self.path}: not an embeddings file, missing column(s) {missing}")
-            dtype = have["embedding"]
-            if isinstance(dtype, pl.List):  # a list column: one length for all, or refused
-                lengths = lazy.select(pl.col("embedding").list.len().unique()).collect().to_series()
-                if lengths.len() > 1:
-                    raise InvalidArgumentError(f"{self.path}: embeddings of different lengths {sorted(lengths.to_list())}")
-                self.dim = int(lengths[0]) if lengths.len() else 0
-            elif isinstance(dtype, pl.Array):
-                self.dim = int(dtype.size)
-            else:
-                raise InvalidArgumentError(f"{self.path}: column 'embedding' must hold fixed-length float vectors, got {dtype}")
             self.chips: pl.Series = lazy.select(pl.col("chip").cast(pl.String)).collect()["chip"]
         except (OSError, pl.exceptions.PolarsError) as exc:
             raise InvalidArgumentError(f"{self.path}: cannot read embeddings ({exc})") from None
