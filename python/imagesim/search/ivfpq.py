@@ -20,8 +20,7 @@ from typing import Any
 
 import numpy as np
 
-# The float16 copy of the vectors beside index.faiss (exact re-ranking; optional, 2 bytes per dimension).
-# Belongs with INDEX_FAISS/INDEX_IDS/INDEX_JSON in artefacts.py (not moved there yet: another change edits that part).
+from imagesim.errors import InvalidArgumentError
 
 
 def ivfpq_nlist(n: int) -> int:
@@ -38,7 +37,7 @@ def make_ivfpq(dim: int, nlist: int, m: int, reduced_dim: int, seed: int, faiss:
     project's 2 cores (10 iterations), PCA 1.3 s, and re-ranking makes up the difference in codes.
     """
     if reduced_dim % m or reduced_dim > dim:
-        raise ValueError(f"`reduced_dim` {reduced_dim}: must be a multiple of `m` {m} and at most the dimension {dim}")
+        raise InvalidArgumentError(f"`reduced_dim` {reduced_dim}: must be a multiple of `m` {m} and at most the dimension {dim}")
     pca = faiss.PCAMatrix(dim, reduced_dim, 0, True)
     quantizer = faiss.IndexFlatIP(reduced_dim)
     ivf = faiss.IndexIVFPQ(quantizer, reduced_dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
