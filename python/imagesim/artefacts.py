@@ -279,20 +279,9 @@ def chip_path_expr(chips_dir: AnyPath | None = None) -> pl.Expr:
     return pl.when(pl.col("zone") == flat).then(pl.col("chip")).otherwise(nested)
 
 
-def read_chip_table(
-    chips_dir: AnyPath,
-    nodata_index: str | AnyPath | None = None,
-    log: Callable[[str], None] | None = None,
-    *,
-    extra: tuple[str, ...] = (),
-) -> pl.DataFrame:
-    """Identity, no-data class and ``path`` (relative to ``chips_dir``) of every chip in the manifest, one
-    row per chip (latest wins); the class from ``nodata_index`` (or ``DEST/nodata.parquet`` when present)
-    overrides the manifest's. ``extra``: more MANIFEST_SCHEMA columns (null where the manifest predates them).
-
-    A folder of the original tool (chip JPEGs, no ``chips.parquet``) gets a manifest derived from the chip
-    names (:func:`derive_manifest`), saved for later runs; ``log`` (default: a ``DerivedManifestWarning``)
-    says so once. A derived manifest also takes its classes from ``DEST/nodata-index.json``."""
+def _chip_table_source(chips_dir: AnyPath, log: Callable[[str], None] | None) -> tuple[pl.LazyFrame, list[str]]:
+    """The manifest of ``chips_dir`` as a lazy frame and its columns; derived (and saved) from the chip
+    names for a folder of the original tool."""
     manifest = chips_dir / CHIPS_MANIFEST
     if manifest.is_file():
         try:
@@ -305,27 +294,146 @@ def read_chip_table(
         if log is not None:
             log(found.message)
         else:
-            warnings.warn(found.message, DerivedManifestWarning, stacklevel=2)
+            warnings.warn(found.message, DerivedManifestWarning, stacklevel=3)
         lazy, have = found.table.lazy(), found.table.columns
     missing = [c for c in CHIP_IDENTITY if c not in have]
     if missing:
         raise LabelInputError(f"{manifest}: not a chip manifest, missing column(s) {', '.join(missing)}")
+    return lazy, have
+
+
+def _chip_table_columns(chips_dir: AnyPath, have: list[str], extra: tuple[str, ...]) -> list[pl.Expr]:
+    """read_chip_table's columns: identity, ``path``, then ``extra`` (null where the manifest predates them)."""
     path = pl.coalesce(pl.col(CHIP_PATH), chip_path_expr(chips_dir)) if CHIP_PATH in have else chip_path_expr(chips_dir)
     more = [pl.col(c) if c in have else pl.lit(None, MANIFEST_SCHEMA[c]).alias(c) for c in extra]
-    chips = lazy.select(*CHIP_IDENTITY, path.alias(CHIP_PATH), *more).unique(subset=["chip"], keep="last").sort("chip").collect()
+    return [*(pl.col(c) for c in CHIP_IDENTITY), path.alias(CHIP_PATH), *more]
 
+
+def _chip_classes(chips_dir: AnyPath, nodata_index: str | AnyPath | None, have: list[str]) -> pl.DataFrame | None:
+    """``chip → nodata_class`` of ``nodata_index`` (or ``DEST/nodata.parquet``; a derived manifest also
+    ``DEST/nodata-index.json``), or None when there is none."""
     source = nodata_index
     for default in (NODATA_PARQUET, *((NODATA_INDEX,) if DERIVED in have else ())):
         if source is None and (chips_dir / default).is_file():
             source = chips_dir / default
-    if source is not None:
-        classes = read_nodata_classes(location(source))
-        chips = (
-            chips.join(classes.rename({"nodata_class": "nodata_class_index"}), on="chip", how="left")
-            .with_columns(pl.coalesce("nodata_class_index", "nodata_class").alias("nodata_class"))
-            .drop("nodata_class_index")
-        )
-    return chips
+    return None if source is None else read_nodata_classes(location(source))
+
+
+def _with_classes(chips: pl.DataFrame, classes: pl.DataFrame | None) -> pl.DataFrame:
+    """The no-data index's class of each chip overrides the manifest's."""
+    if classes is None:
+        return chips
+    return (
+        chips.join(classes.rename({"nodata_class": "nodata_class_index"}), on="chip", how="left", maintain_order="left")
+        .with_columns(pl.coalesce("nodata_class_index", "nodata_class").alias("nodata_class"))
+        .drop("nodata_class_index")
+    )
+
+
+def read_chip_table(
+    chips_dir: AnyPath,
+    nodata_index: str | AnyPath | None = None,
+    log: Callable[[str], None] | None = None,
+    *,
+    extra: tuple[str, ...] = (),
+) -> pl.DataFrame:
+    """Identity, no-data class and ``path`` (relative to ``chips_dir``) of every chip in the manifest, one
+    row per chip (latest wins), in chip order; the class from ``nodata_index`` (or ``DEST/nodata.parquet``
+    when present) overrides the manifest's. ``extra``: more MANIFEST_SCHEMA columns (null where the
+    manifest predates them). The whole table in memory: a stage that can take it an acquisition at a time
+    uses :func:`iter_chip_table`.
+
+    A folder of the original tool (chip JPEGs, no ``chips.parquet``) gets a manifest derived from the chip
+    names (:func:`derive_manifest`), saved for later runs; ``log`` (default: a ``DerivedManifestWarning``)
+    says so once. A derived manifest also takes its classes from ``DEST/nodata-index.json``."""
+    lazy, have = _chip_table_source(chips_dir, log)
+    chips = lazy.select(_chip_table_columns(chips_dir, have, extra)).unique(subset=["chip"], keep="last").sort("chip").collect()
+    return _with_classes(chips, _chip_classes(chips_dir, nodata_index, have))
+
+
+# The columns naming an acquisition of a cell; chips.parquet holds each one's rows together (MANIFEST_ORDER).
+ACQUISITION_KEY = ["zone", "cell", "catalog_id"]
+
+
+def _acquisition_runs(path: Path) -> list[tuple[int, int]] | None:
+    """``(first row, rows)`` of each acquisition of the manifest ``path``, in file order, read a slice of
+    its key columns at a time; None when an acquisition's rows are not all together (a manifest of an
+    older imagesim, or one derived from chip names)."""
+    key = pl.concat_str([pl.col(c).cast(pl.String).fill_null("") for c in ACQUISITION_KEY], separator="\x1f")
+    runs: list[tuple[int, int]] = []
+    seen: set[str] = set()
+    last: str | None = None
+    at = 0
+    lazy = pl.scan_parquet(path)
+    if not set(ACQUISITION_KEY) <= set(lazy.collect_schema().names()):
+        return None
+    total = int(lazy.select(pl.len()).collect().item())
+    for start in range(0, total, MANIFEST_BATCH):
+        batch = lazy.slice(start, MANIFEST_BATCH).select(key.alias("k")).collect()
+        for length, value in batch.to_series().rle().struct.unnest().iter_rows():
+            if value == last:
+                runs[-1] = (runs[-1][0], runs[-1][1] + length)
+            elif value in seen:
+                return None
+            else:
+                seen.add(value)
+                runs.append((at, length))
+                last = value
+            at += length
+    return runs
+
+
+def iter_chip_table(
+    chips_dir: AnyPath,
+    nodata_index: str | AnyPath | None = None,
+    log: Callable[[str], None] | None = None,
+    *,
+    extra: tuple[str, ...] = (),
+) -> Iterator[pl.DataFrame]:
+    """:func:`read_chip_table` one acquisition of a cell at a time: the same rows and columns, each
+    acquisition's chips in chip order, the acquisitions in manifest order (MANIFEST_ORDER: zone, cell,
+    date, catalog id). Memory holds one acquisition's rows (and the no-data index's classes, when there
+    is one), not the table.
+
+    A manifest whose acquisitions are not each in one run of rows (derived from chip names, or written by
+    an older imagesim), or one in an object store, is read whole instead, as :func:`read_chip_table` does."""
+    manifest = chips_dir / CHIPS_MANIFEST
+    runs = None
+    if isinstance(manifest, Path) and manifest.is_file():
+        try:
+            runs = _acquisition_runs(manifest)
+        except Exception as exc:  # polars raises several types for damaged files
+            raise LabelInputError(f"{manifest}: cannot read the chip manifest ({exc})") from None
+    if runs is None:
+        dated = extra if "acquisition_date" in extra else (*extra, "acquisition_date")
+        table = read_chip_table(chips_dir, nodata_index, log, extra=dated)
+        if table.height:  # acquisitions in manifest order, each in chip order
+            grouped = table.with_row_index("_i").sort([*MANIFEST_ORDER[:4], "_i"], nulls_last=True).drop("_i")
+            for part in grouped.partition_by(ACQUISITION_KEY, maintain_order=True):
+                yield part if dated == extra else part.drop("acquisition_date")
+        return
+    lazy, have = _chip_table_source(chips_dir, log)
+    columns = _chip_table_columns(chips_dir, have, extra)
+    classes = _chip_classes(chips_dir, nodata_index, have)
+    for start, rows in runs:
+        try:
+            part = lazy.slice(start, rows).select(columns).collect()
+        except Exception as exc:  # polars raises several types for damaged files
+            raise LabelInputError(f"{manifest}: cannot read the chip manifest ({exc})") from None
+        yield _with_classes(part.unique(subset=["chip"], keep="last").sort("chip"), classes)
+
+
+def manifest_rows(chips_dir: AnyPath) -> int:
+    """Rows of ``DEST/chips.parquet`` from its footer (0 when there is none): a total for progress bars."""
+    path = chips_dir / CHIPS_MANIFEST
+    if not isinstance(path, Path) or not path.is_file():
+        return 0
+    try:
+        import pyarrow.parquet as pq
+
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    except Exception:  # an unreadable manifest is reported by the reader that needs it
+        return 0
 
 
 def with_data(chips: pl.DataFrame) -> pl.DataFrame:
@@ -568,8 +676,9 @@ class Labels:
         return _imagesim.dense_labels(self.bits, len(self.classes))
 
 
-def read_labels(path: str | Path) -> Labels:
-    """``labels.parquet`` with its ``labels.json`` sidecar (or a folder holding both)."""
+def read_labels(path: str | Path, columns: list[str] | None = None) -> Labels:
+    """``labels.parquet`` with its ``labels.json`` sidecar (or a folder holding both); ``columns``: only
+    those of the table (default: all, footprints too)."""
     path = Path(path)
     if path.is_dir():
         path = path / LABELS_PARQUET
@@ -579,12 +688,13 @@ def read_labels(path: str | Path) -> Labels:
             raise ImagesimFileNotFoundError(f"{p}: not found; run `imagesim labels build` first")
     try:
         meta = json.loads(meta_path.read_text())
-        table = pl.read_parquet(path)
+        have = pl.read_parquet_schema(path)
+        table = pl.read_parquet(path, columns=[c for c in columns if c in have] if columns is not None else None)
         classes = list(meta["classes"])
     except (OSError, ValueError, KeyError, TypeError, pl.exceptions.PolarsError) as exc:
         raise LabelInputError(f"{path}: cannot read labels ({exc})") from None
     for col in ("chip", "cell", "label_ids", "bitset"):
-        if col not in table.columns:
+        if col not in have:
             raise LabelInputError(f"{path}: not a labels file, missing column {col!r}")
     return Labels(table, classes, meta, path)
 

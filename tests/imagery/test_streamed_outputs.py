@@ -168,3 +168,53 @@ def test_nodata_outputs_do_not_depend_on_the_chunk(
     assert parts[2] == whole[2]
     names = json.loads(whole[0])
     assert sorted(n for v in names.values() for n in v) == whole[1]["chip"].to_list()
+
+
+# --- the chip table read an acquisition at a time (labels build, stac, change) ---
+
+
+def _acquisitions(dest: Path, **kw) -> list[pl.DataFrame]:
+    from imagesim.artefacts import iter_chip_table
+
+    return list(iter_chip_table(dest, extra=("acquisition_date", "written"), **kw))
+
+
+def test_chip_table_by_acquisition_is_the_whole_table(chipped_once: Path) -> None:
+    from imagesim.artefacts import manifest_rows, read_chip_table
+
+    parts = _acquisitions(chipped_once)
+    whole = read_chip_table(chipped_once, extra=("acquisition_date", "written"))
+    assert len(parts) == 3 and manifest_rows(chipped_once) == whole.height
+    assert_frame_equal(pl.concat(parts).sort("chip"), whole)
+    for part in parts:  # one acquisition each, its chips in chip order, in manifest order
+        assert part.select("zone", "cell", "catalog_id").n_unique() == 1 and part["chip"].is_sorted()
+    firsts = [p.row(0, named=True) for p in parts]
+    keys = [(r["zone"], r["cell"], r["acquisition_date"], r["catalog_id"]) for r in firsts]
+    assert keys == sorted(keys)
+
+
+def test_chip_table_of_a_manifest_out_of_order(chipped_once: Path, tmp_path: Path) -> None:
+    """A manifest whose acquisitions' rows are interleaved (an older imagesim's) is read whole: same groups,
+    latest row of a chip kept."""
+    dest = tmp_path / "shuffled"
+    shutil.copytree(chipped_once, dest)
+    rows = read_manifest(dest)
+    stale = rows.head(1).with_columns(pl.lit("no_data").alias("nodata_class"))
+    rows = pl.concat([stale, rows.sample(fraction=1.0, shuffle=True, seed=3)])  # a chip twice, its stale row first
+    write_geoparquet(rows, dest / CHIPS_MANIFEST)
+    got = _acquisitions(dest)
+    want = _acquisitions(chipped_once)
+    assert [p.height for p in got] == [p.height for p in want]
+    for a, b in zip(got, want):
+        assert_frame_equal(a, b)
+
+
+def test_chip_table_nodata_index_overrides(chipped_once: Path, tmp_path: Path) -> None:
+    from imagesim.artefacts import read_chip_table
+
+    dest = tmp_path / "classed"
+    shutil.copytree(chipped_once, dest)
+    run_nodata_index(dest, NodataSettings())
+    parts = _acquisitions(dest)
+    assert_frame_equal(pl.concat(parts).sort("chip"), read_chip_table(dest, extra=("acquisition_date", "written")))
+    assert pl.concat(parts)["nodata_class"].null_count() == 0

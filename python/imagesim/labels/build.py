@@ -10,9 +10,9 @@ grid (:mod:`imagesim.labels.join`) and writes three encodings of the same labels
 - ``labels.json``: class names, the taxonomy used, counts, and what was left out and why.
 
 Cells are processed one at a time, so memory holds one cell's features, never a zone's; a cell's chips
-(all its acquisitions) are labelled ``LABEL_SLICE`` at a time and their rows streamed to ``labels.parquet``
+are labelled an acquisition (and at most ``LABEL_SLICE`` chips) at a time and their rows streamed to ``labels.parquet``
 (row groups) and ``labels.csv`` (appended), both published atomically at the end: memory does not grow
-with the number of chips but for the chip table itself.
+with the number of chips: the chip table is read an acquisition at a time (:func:`~imagesim.artefacts.iter_chip_table`).
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ from imagesim.artefacts import (
     OSM_DATA,
     GeoParquetStream,
     bitset_matrix,
-    read_chip_table,
+    iter_chip_table,
+    manifest_rows,
 )
 from imagesim.errors import ImagesimFileNotFoundError, LabelInputError, OutputExistsError
 from imagesim.fsutil import atomic_path, write_json
@@ -211,72 +212,94 @@ def build_labels(
 
     # `path`: each chip file, relative to chips_dir; the cloud fraction and those of the masks classes take truth from
     extra = tuple(dict.fromkeys([CLOUD_FRACTION, *(MASK_FRACTION_COLUMNS[c.mask] for c in taxonomy.mask_classes if c.mask)]))
-    chips = read_chip_table(chips_dir, settings.nodata_index, log=log, extra=extra)
-    summary.listed = chips.height
     keep = pl.col("nodata_class") == "all_data"
     if "partial" in settings.include:
         keep = keep | (pl.col("nodata_class") == "partial_data")
     if "unmeasured" in settings.include:
         keep = keep | pl.col("nodata_class").is_null()
-    excluded = chips.filter(~keep.fill_null(False))
-    summary.excluded = {(k or "unmeasured"): n for k, n in excluded.group_by("nodata_class").len().iter_rows()}
-    chips = chips.filter(keep.fill_null(False))
+    keep = keep.fill_null(False)
     summary.max_cloud = settings.max_cloud
-    if settings.max_cloud is not None:
-        cloudy = (pl.col(CLOUD_FRACTION) > settings.max_cloud).fill_null(False)
-        summary.excluded[CLOUDY] = chips.filter(cloudy).height
-        chips = chips.filter(~cloudy)
-    summary.cloud_unknown = chips[CLOUD_FRACTION].null_count()
+    excluded: dict[str, int] = {}
+    cloudy_total = 0
 
-    # One (zone, cell) block of chips at a time, in chip order (the chips of a cell are neighbours in it:
-    # their names start with Z<zone>-<cell>): one cell's OSM features and chips in memory, its rows streamed
-    # to labels.parquet and labels.csv, published only once all is written and something got a label.
-    if not chips["chip"].is_sorted():
-        chips = chips.sort("chip")
-    zone_cell = pl.struct("zone", "cell")
-    starts = np.flatnonzero(chips.select((zone_cell != zone_cell.shift(1)).fill_null(True)).to_series().to_numpy())
-    blocks = list(zip(starts.tolist(), np.diff(np.append(starts, chips.height)).tolist()))
-    sink = progress(chips.select("zone", "cell", "zoom").n_unique()) if progress else ProgressSink()
+    def usable(chips: pl.DataFrame) -> pl.DataFrame:
+        """An acquisition's chips less those left out (counted in the summary)."""
+        nonlocal cloudy_total
+        summary.listed += chips.height
+        for k, n in chips.filter(~keep).group_by("nodata_class").len().iter_rows():
+            excluded[k or "unmeasured"] = excluded.get(k or "unmeasured", 0) + n
+        chips = chips.filter(keep)
+        if settings.max_cloud is not None:
+            cloudy = (pl.col(CLOUD_FRACTION) > settings.max_cloud).fill_null(False)
+            cloudy_total += chips.filter(cloudy).height
+            chips = chips.filter(~cloudy)
+        summary.cloud_unknown += chips[CLOUD_FRACTION].null_count()
+        return chips
+
+    # One acquisition of a cell at a time, in manifest order (zone, cell, date, catalog id: a cell's
+    # acquisitions are neighbours): one cell's OSM features and labels in memory, each acquisition's rows
+    # streamed to labels.parquet and labels.csv in chip order, published only once all is written and
+    # something got a label. OSM labels belong to the place: computed once per cell and zoom.
+    acquisitions = iter_chip_table(chips_dir, settings.nodata_index, log=log, extra=extra)
+    sink: ProgressSink = ProgressSink()
     n_classes = len(taxonomy.classes)
     reports: dict[tuple[int, str, int], GeometryReport] = {}  # per (zone, cell, zoom): merged in that order at the end
     missing: set[tuple[int, str]] = set()
-    failed: list[tuple[tuple[int, str, int], str]] = []
+    failed: dict[tuple[int, str, int], str] = {}
     counts = np.zeros(n_classes, np.int64)
     unknown = {c.name: 0 for c in taxonomy.mask_classes if c.mask}
     left_out = rows = label_total = 0
-    cache: tuple[tuple[int, str], dict[str, Any] | None] | None = None
-    groups_done = 0
+    cell_key: tuple[int, str] | None = None
+    cell_data: dict[str, Any] | None = None
+    cell_error: str | None = None
+    cell_labels: dict[int, pl.DataFrame] = {}  # the current cell's (local chip, class) rows per zoom
+    seen = 0
     out_made = not out_dir.exists()
     try:
         with ExitStack() as files:
             writer = files.enter_context(GeoParquetStream(files.enter_context(atomic_path(outputs[0]))))
             csv = files.enter_context(open(files.enter_context(atomic_path(outputs[1])), "wb"))
-            for start, length in blocks:
-                block = chips.slice(start, length)
+            for listed in acquisitions:
+                if seen == 0:  # the manifest exists now (a derived one is saved by the first read)
+                    sink = progress(max(manifest_rows(chips_dir), listed.height)) if progress else ProgressSink()
+                seen += listed.height
+                block = usable(listed)
+                if block.height == 0:
+                    sink.update(seen)
+                    continue
                 zone, cell = int(block["zone"][0]), str(block["cell"][0])
-                parts: list[pl.DataFrame] = []
-                bad = False
-                for zoom in sorted(block["zoom"].unique().to_list()):
+                if cell_key != (zone, cell):
+                    cell_key, cell_labels, cell_error = (zone, cell), {}, None
                     try:
-                        if cache is None or cache[0] != (zone, cell):
-                            cache = ((zone, cell), _load_cell_osm(ard_root, zone, cell))
-                        data = cache[1]
-                        if data is None:
-                            missing.add((zone, cell))
-                            bad = True
-                        else:
-                            chip_idx, cls, report = label_cell(data, taxonomy, zone, cell, zoom)
-                            reports[(zone, cell, zoom)] = report
-                            parts.append(_long(zone, cell, zoom, chip_idx, cls))
-                    except (LabelInputError, ValueError, shapely.errors.ShapelyError) as exc:  # a bad cell: report it, go on
-                        failed.append(((zone, cell, zoom), str(exc)))
+                        cell_data = _load_cell_osm(ard_root, zone, cell)
+                    except (LabelInputError, ValueError) as exc:  # a bad osm_data.json: reported per zoom, go on
+                        cell_data, cell_error = None, str(exc)
+                    if cell_data is None and cell_error is None:
+                        missing.add((zone, cell))
+                if cell_error is not None:
+                    failed.update({(zone, cell, z): cell_error for z in block["zoom"].unique().to_list()})
+                parts: list[pl.DataFrame] = []
+                bad = cell_data is None
+                for zoom in sorted(block["zoom"].unique().to_list()):
+                    key = (zone, cell, zoom)
+                    if bad or key in failed:
                         bad = True
-                    groups_done += 1
-                    sink.update(groups_done)
+                        continue
+                    if zoom not in cell_labels:
+                        try:
+                            assert cell_data is not None
+                            chip_idx, cls, report = label_cell(cell_data, taxonomy, zone, cell, zoom)
+                            reports[key] = report
+                            cell_labels[zoom] = _long(zone, cell, zoom, chip_idx, cls)
+                        except (LabelInputError, ValueError, shapely.errors.ShapelyError) as exc:  # a bad cell: report it, go on
+                            failed[key] = str(exc)
+                            bad = True
+                            continue
+                    parts.append(cell_labels[zoom])
                 if bad:
                     left_out += block.height
+                    sink.update(seen)
                     continue
-                # a cell's labels belong to every acquisition of it: its chips joined to them a slice at a time
                 for at in range(0, block.height, LABEL_SLICE):
                     some = block.slice(at, LABEL_SLICE)
                     table = _assemble(some, parts, taxonomy)
@@ -293,11 +316,15 @@ def build_labels(
                     pl.DataFrame({"Feature": table["path"]}).hstack(
                         [pl.Series(name, dense[:, j], dtype=pl.UInt8) for j, name in enumerate(taxonomy.names)]
                     ).write_csv(csv, include_header=rows == table.height)
+                sink.update(seen)
+            summary.excluded = excluded
+            if settings.max_cloud is not None:
+                summary.excluded[CLOUDY] = cloudy_total
             summary.cells = len(reports)
             for key in sorted(reports):
                 summary.geometry.merge(reports[key])
             summary.missing_cells = [f"{z}/{c}" for z, c in sorted(missing)]
-            summary.failed_cells = [(f"{k[0]}/{k[1]}", e) for k, e in sorted(failed, key=lambda f: f[0])]
+            summary.failed_cells = [(f"{k[0]}/{k[1]}", e) for k, e in sorted(failed.items(), key=lambda f: f[0])]
             if missing or failed:
                 summary.excluded["no OSM data for the cell"] = left_out
             summary.mask_classes_unknown = unknown if rows else {}

@@ -18,9 +18,11 @@ Chip footprints come from :func:`imagesim.geoparquet.footprint_polygons` (the gr
 self-contained (relative links between catalog, collections and items); assets outside the catalog
 (chips, COGs, metadata, embeddings) keep absolute hrefs so the folder can be moved or served.
 
-The catalog is built in a temporary folder beside ``out`` and renamed into place at the end. Items are
-written there as they are made and dropped (a collection keeps a link to each), so memory holds one Item,
-not the catalog; the files are the ones pystac writes when it saves the whole catalog.
+The catalog is built in a temporary folder beside ``out`` and renamed into place at the end. The chips are
+read an acquisition of a cell at a time (:func:`imagesim.artefacts.iter_chip_table`; a first pass finds the
+collections); Items are written as they are made and dropped (a collection keeps a link to each), so memory
+holds one acquisition and one Item, not the catalog; the files are the ones pystac writes when it saves the
+whole catalog. Items are listed in manifest order (zone, cell, date, catalog id).
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -93,37 +95,47 @@ def _date_of(cog: str | None) -> str | None:
     return name
 
 
-def chip_rows(chips_dir: Path, ard_path: str | Path | None = None, *, geometry: bool = True) -> pl.DataFrame:
-    """One row per chip of the manifest: identity, no-data class, ``valid_fraction``, ``acquisition_date``,
-    ``source_cog``, ``written``, ``root`` (the ARD delivery root), WGS84 ``west/south/east/north`` and the
-    footprint ``geometry`` (GeoJSON text; only when ``geometry``).
+ROW_COLUMNS = ("acquisition_date", "source_cog", "valid_fraction", "written")  # the manifest columns a catalog reads
+
+
+def acquisition_tables(chips_dir: Path) -> Iterator[pl.DataFrame]:
+    """The manifest an acquisition of a cell at a time (:func:`imagesim.artefacts.iter_chip_table`, latest row
+    of each chip), only the columns used."""
+    return artefacts.iter_chip_table(chips_dir, extra=ROW_COLUMNS)
+
+
+def with_sources(table: pl.DataFrame, ard_path: str | Path | None = None) -> pl.DataFrame:
+    """``table`` (one acquisition of :func:`acquisition_tables`) with ``acquisition_date`` filled from the COG
+    folder where the manifest has none, ``written`` filled (true) and ``root`` (the ARD delivery root).
 
     Rows whose manifest lacks the source COG (a manifest derived from chip names) find it under
-    ``ard_path``."""
-    # the manifest's columns read once, only those used (its latest row of each chip, as read_chip_table keeps)
-    table = artefacts.read_chip_table(chips_dir, extra=("acquisition_date", "source_cog", "valid_fraction", "written"))
+    ``ard_path`` (one COG per acquisition of a cell: found from its first chip)."""
     if ard_path is not None and table["source_cog"].null_count():
+        cogs: dict[tuple[Any, ...], str | None] = {}
         found: list[str | None] = []
-        for chip, cog in zip(table["chip"].to_list(), table["source_cog"].to_list()):
+        for chip, zone, cell, catalog_id, cog in table.select("chip", "zone", "cell", "catalog_id", "source_cog").iter_rows():
             if cog is None:
-                try:
-                    cog = str(grid.cog_path_from_chip(chip, ard_path))
-                except ImagesimError:  # not found, or a name that is no chip
-                    cog = None
+                key = (zone, cell, catalog_id)
+                if key not in cogs:
+                    try:
+                        cogs[key] = str(grid.cog_path_from_chip(chip, ard_path))
+                    except ImagesimError:  # not found, or a name that is no chip
+                        cogs[key] = None
+                cog = cogs[key]
             found.append(cog)
         table = table.with_columns(pl.Series("source_cog", found, dtype=pl.String))
-    # date and delivery root per COG (a few), joined to the chips: no Python object per chip
-    cogs = table["source_cog"].drop_nulls().unique().to_list()
+    # date and delivery root per COG (one or a few), joined to the chips: no Python object per chip
+    cogs_seen = table["source_cog"].drop_nulls().unique().to_list()
     per_cog = pl.DataFrame(
         {
-            "source_cog": cogs,
-            "_date": [_date_of(c) for c in cogs],
+            "source_cog": cogs_seen,
+            "_date": [_date_of(c) for c in cogs_seen],
             # <root>/<zone>/<cell>/<date>/<catalog-id>-visual.tif → <root>
-            "root": [str(Path(c).parents[3]) if c else None for c in cogs],
+            "root": [str(Path(c).parents[3]) if c else None for c in cogs_seen],
         },
         schema={"source_cog": pl.String, "_date": pl.String, "root": pl.String},
     )
-    table = (
+    return (
         table.join(per_cog, on="source_cog", how="left", maintain_order="left")
         .with_columns(
             pl.when(pl.col("acquisition_date").is_null() | (pl.col("acquisition_date") == ""))
@@ -134,6 +146,16 @@ def chip_rows(chips_dir: Path, ard_path: str | Path | None = None, *, geometry: 
         )
         .drop("_date")
     )
+
+
+def usable_rows(table: pl.DataFrame) -> pl.DataFrame:
+    """The rows a catalog can hold: those with an acquisition date and a source COG."""
+    return table.filter(pl.col("acquisition_date").is_not_null() & pl.col("source_cog").is_not_null())
+
+
+def chip_rows(table: pl.DataFrame, *, geometry: bool = True) -> pl.DataFrame:
+    """``table`` (rows of :func:`with_sources`) with each chip's WGS84 ``west/south/east/north`` and its
+    footprint ``geometry`` (GeoJSON text; only when ``geometry``)."""
     box = np.zeros((table.height, 4), np.float64)
     shapes: list[str] = []
     for s in range(0, table.height, FOOTPRINT_BATCH):  # shapely objects for a slice at a time
@@ -152,20 +174,42 @@ def chip_rows(chips_dir: Path, ard_path: str | Path | None = None, *, geometry: 
     return table
 
 
-def _labels(chips_dir: Path, labels: str | Path | None) -> pl.DataFrame | None:
-    """Each labelled chip's class names (``_labels``), or None without labels."""
+def lookup(table: pl.DataFrame, chips: pl.Series) -> pl.DataFrame:
+    """The rows of ``table`` (sorted by ``chip``, one row each) of ``chips``, in their order, nulls where
+    ``table`` has none: a binary search per chip, so a catalog of many acquisitions does not hash the
+    whole table once per acquisition."""
+    if table.height == 0 or chips.len() == 0:
+        return table.clear(chips.len()).drop("chip")
+    at = table["chip"].search_sorted(chips, side="left").clip(0, table.height - 1)
+    found = table.select(pl.all().gather(at))
+    hit = found["chip"] == chips
+    return found.drop("chip").select(pl.when(hit).then(pl.all()))
+
+
+def _labels(chips_dir: Path, labels: str | Path | None) -> tuple[pl.DataFrame, list[str]] | None:
+    """Each labelled chip's class ids (``_label_ids``), sorted by chip, and the class names; None without labels."""
     path = Path(labels) if labels is not None else chips_dir / artefacts.LABELS_PARQUET
     if labels is None and not path.is_file():
         return None
-    found = artefacts.read_labels(path)
+    found = artefacts.read_labels(path, columns=["chip", "label_ids"])
     if found.table.height == 0:
         return None
-    names = pl.Series(found.classes, dtype=pl.String)
-    ids = list(range(len(found.classes)))
-    return found.table.select(
-        "chip",
-        pl.col("label_ids").list.eval(pl.element().replace_strict(ids, names, return_dtype=pl.String)).alias("_labels"),
-    ).unique(subset=["chip"], keep="last")
+    return _by_chip(found.table.select("chip", pl.col("label_ids").alias("_label_ids"))), found.classes
+
+
+def _by_chip(table: pl.DataFrame) -> pl.DataFrame:
+    """``table`` sorted by chip, one row per chip (the last in file order): a sort, no hash table."""
+    table = table.sort("chip", maintain_order=True)
+    return table.filter(pl.col("chip").ne_missing(pl.col("chip").shift(-1)))
+
+
+def _label_names(table: pl.DataFrame, classes: list[str]) -> pl.DataFrame:
+    """``_label_ids`` of one acquisition's rows as class names (``_labels``)."""
+    names = pl.Series(classes, dtype=pl.String)
+    ids = list(range(len(classes)))
+    return table.with_columns(
+        pl.col("_label_ids").list.eval(pl.element().replace_strict(ids, names, return_dtype=pl.String)).alias("_labels")
+    ).drop("_label_ids")
 
 
 def _embeddings(chips_dir: Path, embeddings: str | Path | None) -> tuple[Path | None, pl.DataFrame | None]:
@@ -180,10 +224,8 @@ def _embeddings(chips_dir: Path, embeddings: str | Path | None) -> tuple[Path | 
         table = pl.read_parquet(path, columns=["chip", "model_id"])
     except Exception as exc:  # polars raises several types for unreadable files
         raise ImagesimError(f"{path}: cannot read embeddings ({exc})") from None
-    rows = (
-        table.with_row_index("_emb_row")
-        .select("chip", pl.col("_emb_row").cast(pl.Int64), pl.col("model_id").alias("_emb_model"))
-        .unique(subset=["chip"], keep="last")
+    rows = _by_chip(
+        table.with_row_index("_emb_row").select("chip", pl.col("_emb_row").cast(pl.Int64), pl.col("model_id").alias("_emb_model"))
     )
     return path.resolve(), rows
 
@@ -200,21 +242,44 @@ def _collection_ids(keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], st
     return ids
 
 
+@dataclass
+class _Extent:
+    """A collection's extent, grown an acquisition at a time."""
+
+    box: list[float] = field(default_factory=lambda: [np.inf, np.inf, -np.inf, -np.inf])
+    dates: list[str] = field(default_factory=list)  # earliest, latest
+
+    def grow(self, rows: pl.DataFrame) -> None:
+        self.box = [
+            min(self.box[0], float(rows["west"].min())),  # type: ignore[arg-type]
+            min(self.box[1], float(rows["south"].min())),  # type: ignore[arg-type]
+            max(self.box[2], float(rows["east"].max())),  # type: ignore[arg-type]
+            max(self.box[3], float(rows["north"].max())),  # type: ignore[arg-type]
+        ]
+        first, last = str(rows["acquisition_date"].min()), str(rows["acquisition_date"].max())
+        self.dates = [min(self.dates[0], first), max(self.dates[1], last)] if self.dates else [first, last]
+
+
 def write_catalog(
-    table: pl.DataFrame,
+    tables: Iterable[pl.DataFrame],
+    keys: Sequence[tuple[str, int]],
     chips_dir: Path,
     dest: Path,
     *,
     granularity: str = options.STAC_GRANULARITY,
-    labels: pl.DataFrame | None = None,
+    labels: tuple[pl.DataFrame, list[str]] | None = None,
     embeddings: tuple[Path | None, pl.DataFrame | None] = (None, None),
     title: str | None = None,
 ) -> tuple[int, int]:
-    """Write a self-contained STAC catalog of ``table`` (:func:`chip_rows`, rows with a date and a COG) to the
-    folder ``dest``; (collections, items) written.
+    """Write a self-contained STAC catalog to the folder ``dest``; (collections, items) written.
+
+    ``tables``: the chips an acquisition of a cell at a time (:func:`chip_rows`, rows with a date and a COG);
+    ``keys``: every ``(root, zone)`` among them, in the order their collections are listed. ``labels``
+    (class ids per chip and the class names, :func:`_labels`) and the embeddings' rows: sorted by chip,
+    looked up per acquisition.
 
     Items are written as they are made and dropped (the collection keeps a link to each): memory holds one
-    Item, not the catalog."""
+    acquisition's chips and Item, not the catalog."""
     pystac = require("pystac", "stac", purpose="`imagesim stac`")
     options.check_choice("granularity", granularity, options.STAC_GRANULARITIES)
     emb_path, emb_rows = embeddings
@@ -224,10 +289,6 @@ def write_catalog(
     )
     catalog.catalog_type = pystac.CatalogType.SELF_CONTAINED  # relative links in the items saved one by one
     catalog.set_self_href(str(dest.resolve() / "catalog.json"))
-    if labels is not None:
-        table = table.join(labels, on="chip", how="left", maintain_order="left")
-    if emb_rows is not None:
-        table = table.join(emb_rows, on="chip", how="left", maintain_order="left")
     meta_cache: dict[str, str | None] = {}
 
     def metadata_json(cog: str) -> str | None:
@@ -272,64 +333,65 @@ def write_catalog(
     def save(collection: Any, item: Any) -> None:
         """Save ``item`` where the catalog's layout puts it; ``collection`` keeps only a link to it."""
         nonlocal items
-        collection.add_item(item)
         href = str(Path(collection.get_self_href()).parent / item.id / f"{item.id}.json")
+        # a self href before the root caches the Item (keyed by it), so set_root(None) below removes it again
+        item.set_self_href(href)
+        collection.add_item(item)
         item.set_self_href(href)
         item.links.sort(key=lambda link: ITEM_LINK_ORDER.get(str(link.rel), len(ITEM_LINK_ORDER)))  # as a whole save orders them
         item.save_object(include_self_link=False)
+        item.set_root(None)  # out of the root's cache of resolved objects, which would keep every Item
         link = collection.links[-1]
         collection.links[-1] = pystac.Link(pystac.RelType.ITEM, href, media_type=link.media_type, title=link.title).set_owner(collection)
         items += 1
 
-    keys = table.select("root", "zone").unique().sort("root", "zone").rows()
-    ids = _collection_ids(keys)
-    collections = 0
-    if not table["chip"].is_sorted():
-        table = table.sort("chip")
-    # one collection's rows at a time (a filter per collection: a few), in the order of their first chip
-    for root, zone in table.select("root", "zone").unique(maintain_order=True).rows():
-        part = table.filter((pl.col("root") == root) & (pl.col("zone") == zone))
-        west, south, east, north = (
-            float(part["west"].min()),  # type: ignore[arg-type]
-            float(part["south"].min()),  # type: ignore[arg-type]
-            float(part["east"].max()),  # type: ignore[arg-type]
-            float(part["north"].max()),  # type: ignore[arg-type]
-        )
-        dates = part["acquisition_date"].unique().sort().to_list()
-        start, end = (dt.datetime.fromisoformat(d).replace(tzinfo=dt.timezone.utc) for d in (dates[0], dates[-1]))
-        cid = ids[(str(root), int(zone))]
+    ids = _collection_ids(sorted(keys))
+    collections: dict[tuple[str, int], Any] = {}
+    extents: dict[tuple[str, int], _Extent] = {}
+    for root, zone in keys:
+        cid = ids[(root, zone)]
         collection = pystac.Collection(
             id=cid,
             description=f"imagesim chips of ARD delivery {root}, UTM zone {zone}",
-            extent=pystac.Extent(pystac.SpatialExtent([[west, south, east, north]]), pystac.TemporalExtent([[start, end]])),
+            extent=pystac.Extent(pystac.SpatialExtent([[0.0, 0.0, 0.0, 0.0]]), pystac.TemporalExtent([[None, None]])),  # set at the end
             license="other",
         )
         catalog.add_child(collection)
         collection.set_self_href(str(Path(catalog.get_self_href()).parent / cid / "collection.json"))
-        if granularity == "chip":
-            for r in part.iter_rows(named=True):
-                when = dt.datetime.fromisoformat(r["acquisition_date"]).replace(tzinfo=dt.timezone.utc)
-                props = {"imagesim:catalog_id": r["catalog_id"], "imagesim:cell": r["cell"], "imagesim:zone": r["zone"], **chip_fields(r)}
-                item = pystac.Item(
-                    id=r["chip"].removesuffix(".jpg"),
-                    geometry=json.loads(r["geometry"]) if "geometry" in r else _polygon(r["west"], r["south"], r["east"], r["north"]),
-                    bbox=[r["west"], r["south"], r["east"], r["north"]],
-                    datetime=when,
-                    properties=props,
-                )
-                if r["written"]:
-                    item.add_asset("chip", chip_asset(r, with_fields=False))
-                source_assets(item, r["source_cog"], r["catalog_id"])
-                save(collection, item)
-        else:
-            # one Item per (cell, catalog id), in the order of its first chip, its chips in chip order
-            # (row numbers only: the part is not copied in that order)
-            first = part.select(pl.col("chip").min().over("cell", "catalog_id"))["chip"]
-            order = pl.DataFrame({"first": first, "row": pl.int_range(part.height, eager=True)}).sort("first", "row")
-            firsts, rows = order["first"], order["row"].to_numpy()
-            starts = np.flatnonzero(firsts.ne_missing(firsts.shift(1)).fill_null(True).to_numpy()).tolist() + [part.height]
-            for a, b in zip(starts[:-1], starts[1:]):
-                group = part[rows[a:b]]
+        collections[(root, zone)], extents[(root, zone)] = collection, _Extent()
+
+    for table in tables:
+        if labels is not None:
+            table = _label_names(table.hstack(lookup(labels[0], table["chip"])), labels[1])
+        if emb_rows is not None:
+            table = table.hstack(lookup(emb_rows, table["chip"]))
+        for (root, zone), part in table.group_by("root", "zone", maintain_order=True):
+            key = (str(root), int(zone))
+            collection = collections[key]
+            extents[key].grow(part)
+            if granularity == "chip":
+                for r in part.iter_rows(named=True):
+                    when = dt.datetime.fromisoformat(r["acquisition_date"]).replace(tzinfo=dt.timezone.utc)
+                    props = {
+                        "imagesim:catalog_id": r["catalog_id"],
+                        "imagesim:cell": r["cell"],
+                        "imagesim:zone": r["zone"],
+                        **chip_fields(r),
+                    }
+                    item = pystac.Item(
+                        id=r["chip"].removesuffix(".jpg"),
+                        geometry=json.loads(r["geometry"]) if "geometry" in r else _polygon(r["west"], r["south"], r["east"], r["north"]),
+                        bbox=[r["west"], r["south"], r["east"], r["north"]],
+                        datetime=when,
+                        properties=props,
+                    )
+                    if r["written"]:
+                        item.add_asset("chip", chip_asset(r, with_fields=False))
+                    source_assets(item, r["source_cog"], r["catalog_id"])
+                    save(collection, item)
+                continue
+            # one Item per (cell, catalog id), its chips in chip order
+            for group in part.partition_by("cell", "catalog_id", maintain_order=True):
                 members = group.to_dicts()
                 w, s, e, n = (
                     float(group["west"].min()),  # type: ignore[arg-type]
@@ -359,11 +421,15 @@ def write_catalog(
                     item.add_asset(m["chip"].removesuffix(".jpg"), asset)
                 source_assets(item, head["source_cog"], catalog_id)
                 save(collection, item)
+
+    for key, collection in collections.items():
+        ext = extents[key]
+        start, end = (dt.datetime.fromisoformat(d).replace(tzinfo=dt.timezone.utc) for d in ext.dates)
+        collection.extent = pystac.Extent(pystac.SpatialExtent([ext.box]), pystac.TemporalExtent([[start, end]]))
         # the order a whole save gives: root, the items, parent
         collection.links = [link for link in collection.links if link.rel != "parent"] + collection.get_links("parent")
-        collections += 1
     catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)  # the catalog and its collections: the items are saved
-    return collections, items
+    return len(collections), items
 
 
 def _is_empty_dir(path: Path) -> bool:
@@ -389,20 +455,29 @@ def write_stac(
         raise ImagesimFileNotFoundError(f"{chips_dir}: no chips folder")
     if out.exists() and not (overwrite or _is_empty_dir(out)):
         raise OutputExistsError(f"{out}: exists and is not empty; pass `overwrite` to replace it")
-    table = chip_rows(chips_dir, ard_path, geometry=granularity == "chip")
-    usable = table.filter(pl.col("acquisition_date").is_not_null() & pl.col("source_cog").is_not_null())
-    skipped = table.height - usable.height
-    if usable.height == 0:
-        why = (
-            f"{table.height} chips have no acquisition date or source COG (pass `ard_path`)" if table.height else "no chips in the manifest"
-        )
+    # pass 1: which collections (and whether anything can be catalogued); pass 2 writes the items
+    listed = usable = 0
+    keys: dict[tuple[str, int], None] = {}
+    for table in acquisition_tables(chips_dir):
+        rows = usable_rows(with_sources(table, ard_path))
+        listed += table.height
+        usable += rows.height
+        keys.update(dict.fromkeys((str(r), int(z)) for r, z in rows.select("root", "zone").unique(maintain_order=True).iter_rows()))
+    skipped = listed - usable
+    if usable == 0:
+        why = f"{listed} chips have no acquisition date or source COG (pass `ard_path`)" if listed else "no chips in the manifest"
         raise ImagesimError(f"{chips_dir}: nothing to catalog: {why}")
+    geometry = granularity == "chip"
+    tables = (
+        chip_rows(rows, geometry=geometry) for t in acquisition_tables(chips_dir) if (rows := usable_rows(with_sources(t, ard_path))).height
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         collections, items = write_catalog(
-            usable,
+            tables,
+            list(keys),
             chips_dir,
             tmp,  # a folder name with a dot is no file
             granularity=granularity,
@@ -418,4 +493,4 @@ def write_stac(
             tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return StacSummary(out, collections, items, usable.height, skipped, time.perf_counter() - t0)
+    return StacSummary(out, collections, items, usable, skipped, time.perf_counter() - t0)

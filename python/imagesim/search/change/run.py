@@ -36,6 +36,7 @@ from imagesim.artefacts import (
     STREAM_ROW_GROUP,
     EmbeddingRows,
     GeoParquetStream,
+    iter_chip_table,
     read_chip_table,
     sidecar,
     with_data,
@@ -115,8 +116,10 @@ def _chips(chips_dir: Path, files: bool = True) -> pl.DataFrame:
     too (the pixel method reads them; left out, each pair is some hundred bytes less)."""
     cloud, shadow = MASK_FRACTION_COLUMNS["cloud"], MASK_FRACTION_COLUMNS["cloud_shadow"]
     files_of = ("source_cog",) if files else ()
-    table = read_chip_table(chips_dir, extra=("acquisition_date", *files_of, "valid_fraction", "written", cloud, shadow))
-    table = with_data(table)
+    # an acquisition at a time: only chips with data are kept, and the whole manifest is never in memory
+    extra = ("acquisition_date", *files_of, "valid_fraction", "written", cloud, shadow)
+    frames = [with_data(part) for part in iter_chip_table(chips_dir, extra=extra)]
+    table = pl.concat(frames) if frames else read_chip_table(chips_dir, extra=extra)
     return table.select(
         "chip",
         "zone",
