@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -87,3 +88,48 @@ def write_with(path: str | AnyPath, writer: Callable[[Path], Any]) -> None:
 def write_json(path: str | AnyPath, data: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
+
+
+# --- working folders of a run (part files), and the ones a run killed outright left ---
+
+OWNER_FILE = "owner.json"  # in a working folder: the process writing it, {"pid", "host"}
+
+
+def work_folder(parent: Path | None, prefix: str) -> Path:
+    """A new hidden working folder in ``parent`` (a temporary folder when None), its owner file naming this
+    process so that a later run can tell a folder in use from one a killed run left (:func:`abandoned`)."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    write_json(folder / OWNER_FILE, {"pid": os.getpid(), "host": socket.gethostname()})
+    return folder
+
+
+def owner_alive(folder: Path) -> bool:
+    """Whether the process that made ``folder`` (:func:`work_folder`) still runs. One on another host is taken
+    to run (it cannot be asked); a folder without an owner file was made by an earlier imagesim: not running."""
+    try:
+        owner = json.loads((folder / OWNER_FILE).read_text())
+        pid, host = int(owner["pid"]), str(owner["host"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if host != socket.gethostname():
+        return True
+    if pid == os.getpid():  # a reused pid: this process made no folder before it started
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def abandoned(parent: Path, prefix: str) -> tuple[list[Path], list[Path]]:
+    """The working folders ``parent/<prefix>*``: (those whose owner is gone, those in use)."""
+    gone: list[Path] = []
+    busy: list[Path] = []
+    if parent.is_dir():
+        for folder in sorted(parent.glob(f"{prefix}*")):
+            if folder.is_dir():
+                (busy if owner_alive(folder) else gone).append(folder)
+    return gone, busy

@@ -14,6 +14,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from imagesim.artefacts import CHIPS_MANIFEST, MANIFEST_ORDER, NODATA_PARQUET, read_manifest
+from imagesim.fsutil import OWNER_FILE
 from imagesim.geoparquet import GEO_KEY, geo_metadata, with_footprints, write_geoparquet
 from imagesim.imagery import chip, nodata
 from imagesim.imagery.chip import ChipSettings, run_chip
@@ -218,3 +219,86 @@ def test_chip_table_nodata_index_overrides(chipped_once: Path, tmp_path: Path) -
     parts = _acquisitions(dest)
     assert_frame_equal(pl.concat(parts).sort("chip"), read_chip_table(dest, extra=("acquisition_date", "written")))
     assert pl.concat(parts)["nodata_class"].null_count() == 0
+
+
+# --- a chip run killed outright: its closed part files are merged by the next run ---
+
+_KILLED_RUN = """
+import os, signal, sys
+from imagesim.imagery import chip
+chip.PART_SECONDS = 0.0  # a part file closed (readable) before each COG's rows but the first
+added = 0
+add = chip._Manifest.add
+def add_then_die(self, frame):
+    global added
+    add(self, frame)
+    added += 1
+    if added == 2:  # the second COG's rows in an open part file: lost
+        os.kill(os.getpid(), signal.SIGKILL)
+chip._Manifest.add = add_then_die
+chip.run_chip(sys.argv[1], sys.argv[2], chip.ChipSettings(zoom=int(sys.argv[3]), proc=1))
+"""
+
+
+def test_a_killed_run_is_recovered_by_the_next(small_sample, chipped_once: Path, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    dest = tmp_path / "chips"
+    proc = subprocess.run([sys.executable, "-c", _KILLED_RUN, str(small_sample.root), str(dest), str(ZOOM)], capture_output=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    left = [p for p in dest.iterdir() if p.name.startswith(chip.PARTS_PREFIX)]
+    assert len(left) == 1 and not (dest / CHIPS_MANIFEST).exists()  # killed: nothing merged, the parts left
+
+    summary = run_chip(small_sample.root, dest, ChipSettings(zoom=ZOOM))
+    per_cog = 4 ** (ZOOM - 12)
+    assert summary.recovered == per_cog  # the first COG's closed part; the second's open part had no footer
+    # the second COG's JPEGs were on disk, unrecorded: measured again, not cut; the third COG cut
+    assert summary.skipped == per_cog and summary.measured == per_cog and summary.written + summary.empty == per_cog
+    assert f"{per_cog} records of an interrupted run recovered" in summary.line()
+    got, want = (pl.read_parquet(d / CHIPS_MANIFEST).drop(UNMEASURED) for d in (dest, chipped_once))
+    assert_frame_equal(got, want)
+    assert hidden(dest) == []
+
+
+def test_a_part_folder_of_a_running_chip_is_left_alone(small_sample, chipped_once: Path, tmp_path: Path) -> None:
+    import os
+
+    dest = tmp_path / "chips"
+    shutil.copytree(chipped_once, dest)
+    busy = dest / f"{chip.PARTS_PREFIX}busy"
+    busy.mkdir()
+    (busy / OWNER_FILE).write_text(json.dumps({"pid": os.getppid(), "host": __import__("socket").gethostname()}))
+    (busy / "part-00000.parquet").write_bytes(b"PAR1 being written")
+    summary = run_chip(small_sample.root, dest, ChipSettings(zoom=ZOOM))
+    assert summary.recovered == 0 and busy.is_dir() and any("another imagesim chip run" in n for n in summary.notes)
+    assert summary.skipped == 3 * 4 ** (ZOOM - 12)
+    shutil.rmtree(busy)
+    # an owner that is gone: its folder (here with only a part that has no footer) is removed, nothing merged
+    busy.mkdir()
+    (busy / OWNER_FILE).write_text(json.dumps({"pid": 2**22 + 1, "host": __import__("socket").gethostname()}))
+    (busy / "part-00000.parquet").write_bytes(b"PAR1 cut short")
+    summary = run_chip(small_sample.root, dest, ChipSettings(zoom=ZOOM))
+    assert summary.recovered == 0 and not busy.exists() and summary.notes == []
+    assert_frame_equal(pl.read_parquet(dest / CHIPS_MANIFEST), pl.read_parquet(chipped_once / CHIPS_MANIFEST))
+
+
+def test_nodata_index_removes_the_parts_a_killed_run_left(chipped_once: Path, tmp_path: Path) -> None:
+    import os
+    import socket
+
+    from imagesim.imagery.nodata import NODATA_PARTS_PREFIX
+
+    dest = tmp_path / "chips"
+    shutil.copytree(chipped_once, dest)
+    run_nodata_index(dest, NodataSettings())
+    want = pl.read_parquet(dest / NODATA_PARQUET)
+    dead, busy = dest / f"{NODATA_PARTS_PREFIX}dead", dest / f"{NODATA_PARTS_PREFIX}busy"
+    for folder, pid in ((dead, 2**22 + 1), (busy, os.getppid())):
+        folder.mkdir()
+        (folder / OWNER_FILE).write_text(json.dumps({"pid": pid, "host": socket.gethostname()}))
+        (folder / "part-00000.parquet").write_bytes(b"PAR1 cut short")
+    run_nodata_index(dest, NodataSettings(overwrite=True))
+    assert not dead.exists() and busy.is_dir()  # a folder of a run still going is left to it
+    assert_frame_equal(pl.read_parquet(dest / NODATA_PARQUET), want)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import itertools
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -35,7 +34,7 @@ from imagesim.artefacts import (
     zone_folder,
 )
 from imagesim.errors import ImagesimError
-from imagesim.fsutil import atomic_path, write_json
+from imagesim.fsutil import abandoned, atomic_path, work_folder, write_json
 from imagesim.imagery.ard import Acquisition, Misplaced, find_acquisitions
 from imagesim.imagery.masks import MaskFractions, MaskNote, safe_fractions
 from imagesim.progress import ProgressFactory, open_progress
@@ -82,6 +81,8 @@ class ChipSummary:
     stale_cogs: list[str] = field(default_factory=list)
     mask_notes: list[MaskNote] = field(default_factory=list)
     without_masks: int = 0  # COGs with no mask file beside them (mask fractions null)
+    recovered: int = 0  # records of chips a run killed outright had cut, merged into the manifest (recover_parts)
+    notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
@@ -97,6 +98,8 @@ class ChipSummary:
             f"{self.written} chips written, {self.skipped} skipped, {self.measured} measured (already on disk), "
             f"{self.empty} empty not written, {self.failed_chips} failed, {len(self.failed_cogs)} COG(s) failed "
             f"in {self.seconds:.1f}s ({self.rate:.0f} chips/s)"
+            + (f"; {self.recovered} records of an interrupted run recovered" if self.recovered else "")
+            + "".join(f"; {note}" for note in self.notes)
         )
 
 
@@ -145,6 +148,10 @@ def source_stamp(acq: Acquisition) -> tuple[int, int]:
 # Rows of this run per part file (each COG's rows one row group), and per row group of chips.parquet.
 PART_ROWS = 262_144
 MANIFEST_ROW_GROUP = 16_384
+# A part file is closed (complete, readable) at least this often: a run killed outright loses at most
+# this long's records; the next run merges what the closed parts hold (recover_parts).
+PART_SECONDS = 30.0
+PARTS_PREFIX = f".{CHIPS_MANIFEST}.parts-"
 _SEP = "\x01"  # below every character of a zone, cell, date or catalog id: joined keys sort as the tuples do
 
 
@@ -204,6 +211,7 @@ class _Manifest:
         self.folder: Path | None = None
         self.writer: Any = None
         self.part_rows = 0
+        self.part_opened = 0.0
 
     def _record(self, rows: pl.DataFrame) -> None:
         """Add a manifest's recorded rows to the known chips and stamps (the first stamp of an acquisition wins)."""
@@ -250,12 +258,13 @@ class _Manifest:
         if self.folder is None:
             # Beside chips.parquet (hidden: no stage takes it for chips); a store's parts stay local.
             local = self.dest if isinstance(self.dest, Path) else None
-            self.folder = Path(tempfile.mkdtemp(prefix=f".{CHIPS_MANIFEST}.parts-", dir=local))
+            self.folder = work_folder(local, PARTS_PREFIX)
         table = frame.to_arrow()
-        if self.writer is None or self.part_rows >= PART_ROWS:
+        if self.writer is None or self.part_rows >= PART_ROWS or time.monotonic() - self.part_opened >= PART_SECONDS:
             self._close_part()
             self.parts.append(self.folder / f"part-{len(self.parts):05d}.parquet")
             self.writer = pq.ParquetWriter(self.parts[-1], table.schema, compression="zstd")
+            self.part_opened = time.monotonic()
         self.writer.write_table(table, row_group_size=frame.height)
         self.blocks.append(_Block(frame.select(_acquisition_key()).item(0, 0), len(self.parts) - 1, self.part_rows, frame.height))
         self.part_rows += frame.height
@@ -361,6 +370,45 @@ def _suffixes(zoom: int) -> list[str]:
     return [np.base_repr(i, 4).zfill(depth) if depth else "" for i in range(4**depth)]
 
 
+def recover_parts(dest: AnyPath) -> tuple[int, list[str]]:
+    """Merge into ``chips.parquet`` the rows a run killed outright (SIGKILL, out of memory, power) left in its
+    part folder ``DEST/.chips.parquet.parts-*``, then remove the folder: those chips are on disk and need not
+    be cut again. A part file being written when the run died has no footer and is left out (its chips are
+    cut again). Returns (rows recovered, notes about folders left alone: another run is writing them)."""
+    import pyarrow.parquet as pq
+
+    if not isinstance(dest, Path):
+        return 0, []
+    gone, busy = abandoned(dest, PARTS_PREFIX)
+    recovered = 0
+    notes = [f"{folder}: another imagesim chip run is writing to {dest}; its records are left to it" for folder in busy]
+    for folder in gone:
+        manifest: _Manifest | None = None  # one run, one zoom: rows of another are no part of it
+        try:
+            for part in sorted(folder.glob("part-*.parquet")):
+                try:
+                    reader = pq.ParquetFile(part)
+                except Exception:  # no footer: the part being written when the run died
+                    continue
+                for group in range(reader.num_row_groups):  # one COG's rows each
+                    frame = pl.from_arrow(reader.read_row_group(group))
+                    assert isinstance(frame, pl.DataFrame)
+                    if frame.height == 0:
+                        continue
+                    if manifest is None:
+                        manifest = _Manifest(dest, len(frame["quadkey"][0]))
+                    if len(frame["quadkey"][0]) == manifest.zoom:
+                        manifest.add(frame.cast(MANIFEST_SCHEMA))  # type: ignore[arg-type]
+                        recovered += frame.height
+            if manifest is not None:
+                manifest.flush()
+        finally:
+            if manifest is not None:
+                manifest.discard()
+        shutil.rmtree(folder, ignore_errors=True)
+    return recovered, notes
+
+
 def run_chip(
     ard_path: str | Path,
     dest: str | Path,
@@ -392,6 +440,7 @@ def run_chip(
     if not acquisitions:  # nothing to chip: DEST (and an earlier run's chip-errors.json there) left as it was
         return summary
     out.mkdir(parents=True, exist_ok=True)
+    summary.recovered, summary.notes = recover_parts(out)
     manifest = _Manifest(out, settings.zoom)
     # DEST named after a zone (`--dest chips/33`, the original notebook's layout): that zone's chips
     # go in DEST itself, not DEST/33/ (artefacts.zone_folder); the manifest stays in DEST.

@@ -31,7 +31,6 @@ import itertools
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -62,7 +61,7 @@ from imagesim.errors import (
     InvalidArgumentError,
     OutputExistsError,
 )
-from imagesim.fsutil import atomic_path, write_json
+from imagesim.fsutil import abandoned, atomic_path, work_folder, write_json
 from imagesim.imagery.masks import read_mask
 from imagesim.progress import ProgressFactory, ProgressSink, open_progress
 from imagesim.runner import Outcome, TaskRunner, worker_threads
@@ -377,6 +376,9 @@ def _class_table(measured: pl.DataFrame, min_nodata_pixels: int) -> pl.DataFrame
     )
 
 
+NODATA_PARTS_PREFIX = ".nodata.parts-"
+
+
 class _Parts:
     """Measured chunks of ``nodata.parquet`` in part files (a hidden folder), read back in chip order:
     straight through when the chunks came in that order (chips found zone folder by zone folder), else
@@ -385,7 +387,11 @@ class _Parts:
     def __init__(self, beside: AnyPath) -> None:
         if isinstance(beside, Path):
             beside.mkdir(parents=True, exist_ok=True)
-        self.folder = Path(tempfile.mkdtemp(prefix=".nodata.parts-", dir=beside if isinstance(beside, Path) else None))
+        local = beside if isinstance(beside, Path) else None
+        if local is not None:  # a run killed outright left its parts: nothing in them is reused (every chip is measured)
+            for folder in abandoned(local, NODATA_PARTS_PREFIX)[0]:
+                shutil.rmtree(folder, ignore_errors=True)
+        self.folder = work_folder(local, NODATA_PARTS_PREFIX)
         self.files: list[Path] = []
         self.in_order = True
         self.last: str | None = None
