@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 faiss = pytest.importorskip("faiss", reason="imagesim index needs faiss (pip install faiss-cpu)")
 
 from imagesim import grid  # noqa: E402
-from imagesim.artefacts import read_embeddings  # noqa: E402
+from imagesim.artefacts import CLOUD_FRACTION, read_embeddings  # noqa: E402
 from imagesim.cli.search import register  # noqa: E402
 from imagesim.errors import (  # noqa: E402
     ImagesimFileNotFoundError,
@@ -222,6 +222,31 @@ def test_exclusions(emb, flat_dir):
     assert any(h.quadkey[:12] == cell for h in res.hits)
     res = similar(loaded, [chip], k=200, exclude_same_cell=True)
     assert len(res.hits) == 200 and all(h.quadkey[:12] != cell for h in res.hits)
+
+
+def test_filters_excluding_most_chips_widen_the_search(emb, flat_dir):
+    """A filter that leaves out most of the index: the search asks for a few more than k and widens until k
+    are kept, never for k + every excluded chip at once; the answer is the exact top k of the kept chips."""
+    path, raw, rows = emb
+    loaded = load_index(flat_dir)
+    rng = np.random.default_rng(5)
+    cloudy = rng.random(loaded.n) < 0.9
+    loaded.ids = loaded.ids.with_columns(pl.Series(CLOUD_FRACTION, np.where(cloudy, 0.8, 0.0)))
+    asked: list[int] = []
+    search = loaded.search
+
+    def recording(queries, k):
+        asked.append(k)
+        return search(queries, k)
+
+    loaded.search = recording  # type: ignore[method-assign]
+    chip, quadkey = rows["chip"][0], rows["quadkey"][0]
+    res = similar(loaded, [chip], k=5, max_cloud=0.5, min_valid=None)
+    excluded = cloudy | (rows["quadkey"] == quadkey).to_numpy()
+    want = brute_force(raw, raw[0] / np.linalg.norm(raw[0]), excluded, 5)  # a chip example: its own vector
+    assert [rows["chip"][r] for r in want] == [h.chip for h in res.hits]
+    assert asked[0] < 5 + int(excluded.sum()) and asked == sorted(asked)
+    assert res.cloudy == int((cloudy & ~(rows["quadkey"] == quadkey).to_numpy()).sum())
 
 
 def test_quadkey_with_several_acquisitions(emb, flat_dir):

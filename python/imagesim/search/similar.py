@@ -166,9 +166,17 @@ def similar(
         low_valid = int((too_empty & ~excluded).sum())
         excluded = excluded | too_empty
     excluded_np = excluded.to_numpy()
-    fetch = k + int(excluded_np.sum())
-    scores, rows = index.search(q[None], fetch)
-    keep = [(float(s), int(r)) for s, r in zip(scores[0], rows[0]) if r >= 0 and not excluded_np[r]][:k]
+    n_excluded = int(excluded_np.sum())
+    # Ask for a few more than k and widen (×4) while excluded rows crowd the answer: asking for k + every
+    # excluded row at once (millions when a filter leaves out a share of 10^7 chips) costs a huge search.
+    # k + n_excluded rows always hold k kept ones, so the widening ends there at the latest.
+    fetch = min(index.n, k + n_excluded, max(2 * k, k + 64))
+    while True:
+        scores, rows = index.search(q[None], fetch)
+        keep = [(float(s), int(r)) for s, r in zip(scores[0], rows[0]) if r >= 0 and not excluded_np[r]][:k]
+        if len(keep) >= k or fetch >= min(index.n, k + n_excluded):
+            break
+        fetch = min(index.n, k + n_excluded, fetch * 4)
 
     hits = []
     if keep:
@@ -196,7 +204,7 @@ def similar(
         k,
         exclude_same_cell,
         hits,
-        int(excluded_np.sum()) - cloudy - low_valid,
+        n_excluded - cloudy - low_valid,
         index.n,
         max_cloud,
         cloudy,
