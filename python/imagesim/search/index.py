@@ -524,7 +524,7 @@ class LoadedIndex:
     index: Any
     ids: pl.DataFrame
     meta: dict[str, Any]
-    _by_chip: dict[str, int] = field(default_factory=dict, repr=False)
+    _chips_sorted: bool | None = field(default=None, repr=False)
     # ivfpq: the float16 vectors (memory-mapped, never read whole) and how many PQ candidates to re-rank
     sidecar: np.ndarray | None = field(default=None, repr=False)
     rerank: int = 0
@@ -538,9 +538,17 @@ class LoadedIndex:
         return int(self.index.ntotal)
 
     def row_of_chip(self, chip: str) -> int | None:
-        if not self._by_chip:
-            self._by_chip = {c: i for i, c in enumerate(self.ids["chip"].to_list())}
-        return self._by_chip.get(chip)
+        """The row of a chip name (the last, should it be there twice): a binary search when the ids are in
+        chip order (as `imagesim encode` writes them), else one vectorised scan — no dict of every chip
+        (about 2 GB of Python objects at 10^7)."""
+        chips = self.ids["chip"]
+        if self._chips_sorted is None:
+            self._chips_sorted = bool(chips.is_sorted())
+        if self._chips_sorted:
+            i = int(chips.search_sorted(chip, side="right")) - 1
+            return i if i >= 0 and chips[i] == chip else None
+        hits = (chips == chip).arg_true()
+        return int(hits[-1]) if hits.len() else None
 
     def vectors(self, rows: np.ndarray | list[int]) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64)
