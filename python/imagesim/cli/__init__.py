@@ -1,42 +1,41 @@
 """The `imagesim` command line (Typer): the app and :func:`main`.
 
 Each stage group has a module declaring its commands with :class:`~imagesim.cli._common.Commands`
-(`imagery`, `osm`, `labels`, `learn`, `search`, `change`); they are registered here in pipeline order, the order
-of `imagesim --help`. Errors print one line and exit with code 1; set ``IMAGESIM_DEBUG=1`` for the
+(`imagery`, `osm`, `labels`, `learn`, `search`, `change`); :func:`build_app` registers them in pipeline order,
+the order of `imagesim --help`. Errors print one line and exit with code 1; set ``IMAGESIM_DEBUG=1`` for the
 full traceback. Heavy dependencies are imported inside the commands, so `imagesim --help` is fast.
+
+Start-up: :func:`main` runs a command of :data:`ONE_STAGE` with an app of its stage module alone (the same
+:func:`build_app`, the same declarations), so `imagesim chip` does not import the other stages' modules.
+``imagesim.cli.app``, the whole app, is built on first use.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
-from typing import Annotated
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.markup import escape
 
-from imagesim.cli import change, imagery, labels, learn, osm, search
-from imagesim.cli._common import InOrder, err, out
+from imagesim.cli._common import Commands, InOrder, err, escape, out
 from imagesim.errors import ImagesimError
 
-#: The command modules, in pipeline order.
-STAGES = (imagery.commands, osm.commands, labels.commands, learn.commands, search.commands, change.commands)
+#: The command modules (imagesim.cli.<name>), in pipeline order.
+STAGE_MODULES = ("imagery", "osm", "labels", "learn", "search", "change")
+#: Commands :func:`main` runs with their own stage module only: command → module (tests/cli/test_startup.py
+#: checks each is that module's, with the same options and help as in the whole app).
+ONE_STAGE = {"chip": "imagery", "nodata-index": "imagery"}
+
+if TYPE_CHECKING:
+    app: typer.Typer
 
 
-class Pipeline(InOrder):
-    order = tuple(name for stage in STAGES for name in stage.names)
-
-
-app = typer.Typer(
-    name="imagesim",
-    help="Maxar ARD deliveries to chips, OSM labels, embeddings and similar-place search.",
-    cls=Pipeline,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-for stage in STAGES:
-    stage.register(app)
+def stages(modules: Sequence[str] = STAGE_MODULES) -> tuple[Commands, ...]:
+    """The :class:`Commands` of ``modules`` (names in :data:`STAGE_MODULES`), imported now."""
+    return tuple(importlib.import_module(f"imagesim.cli.{name}").commands for name in modules)
 
 
 def _print_version(value: bool) -> None:
@@ -47,7 +46,6 @@ def _print_version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
 def _options(
     version: Annotated[
         bool, typer.Option("--version", help="Show the version and exit.", is_eager=True, callback=_print_version, expose_value=False)
@@ -56,11 +54,48 @@ def _options(
     """Options of `imagesim` itself (before any command)."""
 
 
+def build_app(commands: Sequence[Commands]) -> typer.Typer:
+    """The `imagesim` app holding ``commands`` (stage modules' :class:`Commands`), listed in their order."""
+
+    class Pipeline(InOrder):
+        order = tuple(name for stage in commands for name in stage.names)
+
+    built = typer.Typer(
+        name="imagesim",
+        help="Maxar ARD deliveries to chips, OSM labels, embeddings and similar-place search.",
+        cls=Pipeline,
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        add_completion=False,
+    )
+    for stage in commands:
+        stage.register(built)
+    built.callback()(_options)
+    return built
+
+
+def __getattr__(name: str) -> Any:
+    # `imagesim.cli.app`: every stage's commands, built (and kept) on first use
+    if name == "app":
+        whole = globals()["app"] = build_app(stages())
+        return whole
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def app_for(args: Sequence[str]) -> typer.Typer:
+    """The app :func:`main` runs ``args`` (the command line after `imagesim`) with: for a command of
+    :data:`ONE_STAGE`, an app of its stage module's commands only; else the whole app."""
+    module = ONE_STAGE.get(args[0]) if args else None
+    if module is None:
+        return sys.modules[__name__].app  # through __getattr__: built once
+    return build_app(stages([module]))
+
+
 def main() -> None:
     """Entry point: run the app, turning imagesim errors into one line and exit code 1."""
     debug = os.environ.get("IMAGESIM_DEBUG", "") not in ("", "0")
     try:
-        app(prog_name="imagesim")
+        app_for(sys.argv[1:])(prog_name="imagesim")
     except ImagesimError as exc:
         if debug:
             raise

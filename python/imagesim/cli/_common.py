@@ -2,6 +2,8 @@
 :class:`Commands`, the one way a command is declared and registered.
 
 Nothing here imports a heavy dependency (polars, numpy, torch …): `imagesim --help` imports this module.
+Nor rich, until a line needs it (:class:`LazyConsole`): a command's usual output is plain lines (:func:`say`),
+and the progress bar off a terminal is none (:func:`progress_bar`).
 """
 
 from __future__ import annotations
@@ -11,20 +13,59 @@ import functools
 import inspect
 import os
 import re
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Optional, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Optional, TypeVar
 
 import typer
-from rich.console import Console
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from imagesim import options
 from imagesim.errors import ImagesimError
 from imagesim.progress import ProgressFactory, ProgressSink
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+class LazyConsole:
+    """A rich ``Console(**options)`` made on first use (importing rich costs about 0.1 s of a command's
+    start-up); its attributes are the console's: ``err.print(...)``."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._console: Console | None = None
+
+    @property
+    def console(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._options)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.console, name)
+
+
+out = LazyConsole(soft_wrap=True)
+err = LazyConsole(stderr=True, soft_wrap=True)
+
+
+def say(line: str, *, stderr: bool = False) -> None:
+    """``line`` on stdout (or stderr) as it is: no markup, no highlighting, no rich (a summary line, paths)."""
+    stream = sys.stderr if stderr else sys.stdout
+    stream.write(line + "\n")
+    stream.flush()
+
+
+def escape(text: str) -> str:
+    """``text`` with rich markup escaped (rich's ``escape``), for a line printed with markup."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
 
 # --- the progress bar ---
 
@@ -41,9 +82,9 @@ class RichProgress(ProgressSink):
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
-            console=err,
+            console=err.console,
             transient=False,
-            disable=not err.is_terminal and os.environ.get("IMAGESIM_PROGRESS") != "1",
+            disable=not progress_shown(),
         )
         self.task = self.progress.add_task(description, total=total)
         self.progress.start()
@@ -55,9 +96,29 @@ class RichProgress(ProgressSink):
         self.progress.stop()
 
 
+def progress_shown() -> bool:
+    """Whether :class:`RichProgress` draws: on a terminal (as rich's ``Console.is_terminal`` tells), or always with
+    ``IMAGESIM_PROGRESS=1``. Plainly no terminal (no ``isatty``, no ``TTY_COMPATIBLE`` or ``FORCE_COLOR``, which rich
+    obeys) is told without importing rich."""
+    if os.environ.get("IMAGESIM_PROGRESS") == "1":
+        return True
+    if "TTY_COMPATIBLE" not in os.environ and "FORCE_COLOR" not in os.environ:
+        try:
+            if not sys.stderr.isatty():
+                return False
+        except (AttributeError, ValueError):  # no isatty, or a closed stream: rich says no terminal
+            return False
+    return bool(err.is_terminal)
+
+
 def progress_bar(description: str) -> ProgressFactory:
     """The :data:`~imagesim.progress.ProgressFactory` a command passes to its stage: ``progress_bar("chip")``."""
-    return functools.partial(RichProgress, description)
+
+    def factory(total: int) -> ProgressSink:
+        # off a terminal: the silent sink, as a disabled rich bar, without importing rich
+        return RichProgress(description, total) if progress_shown() else ProgressSink()
+
+    return factory
 
 
 # --- option types: one declaration (flag and help) per idea; a command's signature gives the

@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
 
-from imagesim.cli._common import ChipFolder, Commands, Overwrite, Scheduler, err, log, out, progress_bar
+from imagesim.cli._common import ChipFolder, Commands, Overwrite, Scheduler, err, escape, log, out, progress_bar
 
 commands = Commands()
 register = commands.register

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
 
 from imagesim import options
 from imagesim.cli._common import (
@@ -24,8 +23,10 @@ from imagesim.cli._common import (
     Scheduler,
     Zones,
     err,
+    escape,
     out,
     progress_bar,
+    say,
 )
 
 commands = Commands()
@@ -130,11 +131,13 @@ def chip(
         err.print(f"[red]failed[/] {escape(msg)}")
     _print_mask_notes(summary.mask_notes, summary.dest / "chip-errors.json")
     if summary.skipped and not (summary.processed or summary.failed_chips or summary.failed_cogs):
-        err.print(f"nothing to do: all {summary.skipped} chips of the {summary.cogs} COG(s) were already written (--overwrite redoes them)")
-    out.print(summary.line(), soft_wrap=True)
-    out.print(
-        f"chips: {summary.dest}  manifest: {summary.dest / 'chips.parquet'}  errors: {summary.dest / 'chip-errors.json'}", soft_wrap=True
-    )
+        say(
+            f"nothing to do: all {summary.skipped} chips of the {summary.cogs} COG(s) were already written (--overwrite redoes them)",
+            stderr=True,
+        )
+    # the usual lines written plainly: rich would cost start-up (and read markup in paths)
+    say(summary.line())
+    say(f"chips: {summary.dest}  manifest: {summary.dest / 'chips.parquet'}  errors: {summary.dest / 'chip-errors.json'}")
     if summary.failed_cogs or summary.failed_chips:
         raise typer.Exit(code=1)
 
@@ -192,7 +195,7 @@ def nodata_index(
         err.print(f"[yellow]… {len(summary.skipped) - 10} more non-JPEG files skipped[/]")
     for _path, msg in summary.failed[:10]:
         err.print(f"[red]failed[/] {escape(msg)}")
-    out.print(summary.line())
+    say(summary.line())
     if summary.chips == 0:
         from imagesim.errors import ImagesimFileNotFoundError
 
@@ -200,7 +203,7 @@ def nodata_index(
         raise ImagesimFileNotFoundError(
             f"no JPEG chip (.jpg) under {chip_dir}{others}: give --chips the DEST of `imagesim chip` (or one zone's folder of it)"
         )
-    out.print(f"index: {summary.index}  per-chip: {summary.parquet}  summary: {summary.summary}")
+    say(f"index: {summary.index}  per-chip: {summary.parquet}  summary: {summary.summary}")
     if summary.failed:
         raise typer.Exit(code=1)
 

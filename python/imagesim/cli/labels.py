@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
 
 from imagesim import options
-from imagesim.cli._common import ArdPath, Chips, Commands, MaxCloud, NodataIndex, Overwrite, err, log, out, progress_bar
+from imagesim.cli._common import ArdPath, Chips, Commands, MaxCloud, NodataIndex, Overwrite, err, escape, log, out, progress_bar
 
 commands = Commands("labels", help="Multilabel training data from OSM: build (parquet/bitset/CSV), report (figures), split (by area).")
 register = commands.register

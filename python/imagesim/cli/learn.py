@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
 
 from imagesim import options
 from imagesim.cli._common import (
@@ -28,6 +27,7 @@ from imagesim.cli._common import (
     Seed,
     TorchDevice,
     err,
+    escape,
     log,
     out,
     progress_bar,

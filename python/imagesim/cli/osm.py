@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
 
 from imagesim import options
-from imagesim.cli._common import ArdPath, Commands, Overwrite, Zones, err, out, progress_bar, running_flags
+from imagesim.cli._common import ArdPath, Commands, Overwrite, Zones, err, escape, out, progress_bar, running_flags
 
 commands = Commands("osm", help="OpenStreetMap data per level-12 cell: fetch from Overpass, import a .osm.pbf, list tags.")
 register = commands.register

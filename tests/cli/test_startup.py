@@ -1,0 +1,186 @@
+"""Start-up (issue 20): `imagesim chip` and `imagesim nodata-index` run with their stage module alone
+(:data:`imagesim.cli.ONE_STAGE`), and that app is the whole app's command: the same options, help,
+errors and results. Behaviour only; the time is benches/bench_startup.py's."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+import subprocess
+import sys
+
+import polars as pl
+import pytest
+import typer
+from typer.testing import CliRunner
+
+import imagesim.cli
+from imagesim.cli import ONE_STAGE, STAGE_MODULES, app_for, stages
+from imagesim.errors import ImagesimError
+
+FAST = sorted(ONE_STAGE)
+
+
+def _command(app: typer.Typer, name: str):
+    return typer.main.get_command(app).commands[name]  # type: ignore[attr-defined]
+
+
+# Caches a parameter fills in when it is used, not part of its declaration.
+_CACHES = {"_runtime_param", "_custom_shell_complete"}
+
+
+def _declared(value: object, depth: int = 0) -> object:
+    """``value`` as comparable data: an object (a click parameter, its type, Typer's type descriptor) as its
+    class name and attributes, so that two builds of one declaration compare equal."""
+    if isinstance(value, (list, tuple)):
+        return [_declared(v, depth) for v in value]
+    if isinstance(value, dict):
+        return {k: _declared(v, depth) for k, v in value.items()}
+    if depth < 4 and hasattr(value, "__dict__") and not (inspect.isroutine(value) or isinstance(value, type)):
+        attrs = {k: _declared(v, depth + 1) for k, v in vars(value).items() if k not in _CACHES}
+        return (type(value).__qualname__, attrs)
+    return value
+
+
+def test_one_stage_commands_are_their_modules() -> None:
+    assert FAST == ["chip", "nodata-index"]
+    for command, module in ONE_STAGE.items():
+        assert module in STAGE_MODULES
+        assert command in stages([module])[0].names
+
+
+def test_other_commands_run_in_the_whole_app() -> None:
+    whole = imagesim.cli.app
+    for args in ([], ["--help"], ["--version"], ["osm", "fetch"], ["sample-data"], ["labels", "build"]):
+        assert app_for(args) is whole
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_fast_path_declares_the_same_command(name: str) -> None:
+    fast, whole = _command(app_for([name]), name), _command(imagesim.cli.app, name)
+    assert type(fast).__name__ == type(whole).__name__
+    assert getattr(fast, "aliases", {}) == getattr(whole, "aliases", {})
+    assert len(fast.params) > 5
+    assert [_declared(p) for p in fast.params] == [_declared(p) for p in whole.params]
+    assert fast.help == whole.help
+
+
+def _invoke(app: typer.Typer, args: list[str]):
+    res = CliRunner().invoke(app, args, prog_name="imagesim")
+    # a library error leaves the app (main() prints it): compare its type and message
+    failure = (type(res.exception).__name__, str(res.exception)) if isinstance(res.exception, ImagesimError) else None
+    return res.exit_code, res.output, failure
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["chip", "--help"],
+        ["nodata-index", "--help"],
+        ["chip"],  # --ard-path and --dest missing
+        ["chip", "--ard-path", "{tmp}", "--dest", "{tmp}/c", "--zoom", "many"],
+        ["chip", "--ard-path", "{tmp}", "--dest", "{tmp}/c", "--zoom", "25"],  # the library's error, named by flag
+        ["chip", "--ard-path", "{tmp}", "--dest", "{tmp}/c", "--no-such-option"],
+        ["nodata-index", "--chip-dir", "{tmp}", "--threshold", "300"],  # old names (aliases)
+        ["nodata-index", "--chips", "{tmp}", "--min-pixels=0"],
+        ["nodata-index", "--chips", "{tmp}", "--source", "pixels"],  # no chips there
+    ],
+)
+def test_fast_path_and_whole_app_answer_alike(args: list[str], tmp_path) -> None:
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    fast = _invoke(app_for(args), args)
+    whole = _invoke(imagesim.cli.app, args)
+    assert fast == whole
+    assert fast[0] != 0 or "Usage: imagesim" in fast[1]
+
+
+_RUN = """
+import json, sys
+from imagesim.cli import main
+sys.argv = ["imagesim", *sys.argv[1:]]
+try:
+    main()
+except SystemExit as exc:
+    code = exc.code
+loaded = sorted({m for m in sys.modules if m.split(".")[0] in ("rich", "torch", "typer", "polars") or m.startswith("imagesim.cli.")})
+print(json.dumps({"code": code, "modules": loaded}))
+"""
+
+_WHOLE = """
+import sys
+from imagesim.cli import app
+app(sys.argv[1:], prog_name="imagesim")
+"""
+
+
+def _main(*args: object) -> tuple[dict, list[str]]:
+    """`imagesim ARGS` through :func:`imagesim.cli.main` in a child process: its exit code and the modules
+    it imported, and its stdout lines before that report."""
+    res = subprocess.run([sys.executable, "-c", _RUN, *map(str, args)], capture_output=True, text=True, timeout=300)
+    lines = res.stdout.strip().splitlines()
+    return json.loads(lines[-1]), lines[:-1]
+
+
+def _whole(*args: object) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", _WHOLE, *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def test_fast_path_runs_like_the_whole_app(small_sample, tmp_path) -> None:
+    """The same chips, manifest and index either way; the fast path imports no other stage's module and, on
+    its usual path (no warning, no progress bar off a terminal), no rich."""
+    chip = ["chip", "--ard-path", small_sample.root, "--zoom", "14", "--catalog-id", small_sample.catalog_ids[0], "--proc", "1"]
+    report, lines = _main(*chip, "--dest", tmp_path / "fast")
+    whole = _whole(*chip, "--dest", tmp_path / "whole")
+    assert report["code"] == 0 and whole.returncode == 0, whole.stderr
+
+    def shown(lines: list[str], dest: str) -> list[str]:  # the lines, less the folder and the time taken
+        return [re.sub(r" in [0-9.]+s \([0-9,]+ chips/s\)", "", line.replace(dest, "DEST")) for line in lines]
+
+    assert shown(lines, str(tmp_path / "fast")) == shown(whole.stdout.strip().splitlines(), str(tmp_path / "whole"))
+    assert len(lines) == 2 and re.match(r"[0-9,]+ chips written", lines[0])
+    modules = report["modules"]
+    assert "typer" in modules and "polars" in modules
+    assert [m for m in modules if m.startswith("imagesim.cli.")] == ["imagesim.cli._common", "imagesim.cli.imagery"]
+    assert not [m for m in modules if m.split(".")[0] in ("rich", "torch")]
+
+    def files(root):
+        return sorted(str(p.relative_to(root)) for p in root.rglob("*.jpg"))
+
+    assert files(tmp_path / "fast") == files(tmp_path / "whole") != []
+    manifests = [pl.read_parquet(tmp_path / d / "chips.parquet").sort("chip") for d in ("fast", "whole")]
+    assert manifests[0].equals(manifests[1])
+
+    chips = tmp_path / "fast"
+    index = ["nodata-index", "--chips", chips, "--source", "pixels", "--proc", "1"]
+    report, _ = _main(*index, "--filename", "fast.json")
+    whole = _whole(*index, "--filename", "whole.json")
+    assert report["code"] == 0 and whole.returncode == 0, whole.stderr
+    assert not [m for m in report["modules"] if m.split(".")[0] in ("rich", "torch")]
+    assert json.loads((chips / "fast.json").read_text()) == json.loads((chips / "whole.json").read_text())
+
+
+@pytest.mark.parametrize(
+    ("env", "drawn"),
+    [({}, False), ({"IMAGESIM_PROGRESS": "1"}, True), ({"FORCE_COLOR": "1"}, True), ({"TTY_COMPATIBLE": "0", "FORCE_COLOR": "1"}, False)],
+)
+def test_progress_bar_off_a_terminal_is_silent_without_rich(monkeypatch, capsys, env: dict[str, str], drawn: bool) -> None:
+    """Drawn exactly where rich's console says it is a terminal (or IMAGESIM_PROGRESS=1); else the silent sink."""
+    from rich.console import Console
+
+    from imagesim.cli._common import RichProgress, progress_bar, progress_shown
+    from imagesim.progress import ProgressSink
+
+    for name in ("IMAGESIM_PROGRESS", "FORCE_COLOR", "TTY_COMPATIBLE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    # stderr is captured: no terminal
+    assert progress_shown() is drawn
+    if "IMAGESIM_PROGRESS" not in env:
+        assert Console(stderr=True).is_terminal is drawn
+    sink = progress_bar("test")(3)
+    assert isinstance(sink, RichProgress) is drawn
+    assert type(sink) is (RichProgress if drawn else ProgressSink)
+    sink.update(3)
+    sink.close()
