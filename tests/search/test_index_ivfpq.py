@@ -18,7 +18,7 @@ faiss = pytest.importorskip("faiss", reason="imagesim index needs faiss (pip ins
 from imagesim import grid  # noqa: E402
 from imagesim.artefacts import INDEX_VECTORS, inspect_embeddings, iter_embedding_batches  # noqa: E402
 from imagesim.errors import ImagesimFileNotFoundError, InvalidArgumentError  # noqa: E402
-from imagesim.search.index import build_index, choose_kind, load_index  # noqa: E402
+from imagesim.search.index import StoredVectors, build_index, choose_kind, load_index  # noqa: E402
 from imagesim.search.ivfpq import TopK  # noqa: E402
 from imagesim.search.similar import similar  # noqa: E402
 
@@ -112,7 +112,7 @@ def test_auto_picks_ivfpq_above_threshold(emb, built):
 def test_reranked_results_are_exact(emb, built):
     path, raw, chips = emb
     loaded = load_index(built[0])
-    assert loaded.kind == "ivfpq" and isinstance(loaded.sidecar, np.memmap) and loaded.rerank == 50
+    assert loaded.kind == "ivfpq" and isinstance(loaded.sidecar, StoredVectors) and loaded.rerank == 50
     rng = np.random.default_rng(1)
     rows = rng.choice(len(chips), 100, replace=False)
     truth = TopK(raw[rows], 10, exclude=rows)
@@ -177,3 +177,22 @@ def test_cli_rerank_flag(emb, tmp_path):
     assert isinstance(res.exception, InvalidArgumentError) and "rerank" in str(res.exception)
     res = CliRunner().invoke(app, ["index", "--help"])
     assert "--rerank" in res.output and "--ivfpq-min" in res.output and "ivfpq" in res.output
+
+
+def test_stored_vectors_read_rows_like_the_array(tmp_path):
+    from imagesim.errors import InvalidArgumentError
+
+    want = np.random.default_rng(2).standard_normal((50, 8)).astype(np.float16)
+    np.save(tmp_path / "v.npy", want)
+    stored = StoredVectors(tmp_path / "v.npy")
+    rows = np.array([49, 0, 7, 7])
+    assert stored.shape == (50, 8) and len(stored) == 50
+    assert np.array_equal(stored[rows], want[rows]) and stored[[]].shape == (0, 8)
+    with pytest.raises(IndexError):
+        stored[[50]]
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "v.npy").read_bytes()[:-10])
+    with pytest.raises(InvalidArgumentError, match="truncated"):
+        StoredVectors(tmp_path / "cut.npy")
+    (tmp_path / "junk.npy").write_bytes(b"not numpy")
+    with pytest.raises(InvalidArgumentError, match="not a readable"):
+        StoredVectors(tmp_path / "junk.npy")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -525,8 +526,8 @@ class LoadedIndex:
     ids: pl.DataFrame
     meta: dict[str, Any]
     _chips_sorted: bool | None = field(default=None, repr=False)
-    # ivfpq: the float16 vectors (memory-mapped, never read whole) and how many PQ candidates to re-rank
-    sidecar: np.ndarray | None = field(default=None, repr=False)
+    # ivfpq: the float16 vectors (read a row at a time, never whole) and how many PQ candidates to re-rank
+    sidecar: StoredVectors | None = field(default=None, repr=False)
     rerank: int = 0
 
     @property
@@ -576,6 +577,60 @@ class LoadedIndex:
         return self.index.search(queries, k)
 
 
+class StoredVectors:
+    """The float16 re-rank sidecar (``vectors.f16.npy``), read a row at a time with ``pread``.
+
+    Not a memory map: a query re-ranks ~100 rows, and page faults on a map pull in read-ahead windows (and
+    map the file's cached neighbours), so a 10^7 index's query process showed gigabytes of the file as its
+    own RSS. Read this way the process holds only the rows it asked for; the file stays in the kernel's page
+    cache, reclaimable."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            with open(path, "rb") as f:
+                version = np.lib.format.read_magic(f)
+                read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                if read_header is None:
+                    raise ValueError(f"npy format version {version}")
+                shape, fortran, dtype = read_header(f)
+                self.offset = f.tell()
+            size = path.stat().st_size
+        except (OSError, ValueError) as exc:
+            raise InvalidArgumentError(f"{path}: not a readable .npy file ({exc}); rebuild the index") from None
+        if fortran or len(shape) != 2 or self.offset + int(np.prod(shape)) * dtype.itemsize > size:
+            raise InvalidArgumentError(f"{path}: truncated or not a C-order matrix; rebuild the index")
+        self.path, self.shape, self.dtype = path, (int(shape[0]), int(shape[1])), np.dtype(dtype)
+        self.row_bytes = self.shape[1] * self.dtype.itemsize
+        self.fd = os.open(path, os.O_RDONLY)
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_RANDOM)  # no read-ahead: rows are read here and there
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: np.ndarray | list[int]) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if rows.size and (rows.min() < 0 or rows.max() >= self.shape[0]):
+            raise IndexError(f"{self.path}: rows outside 0..{self.shape[0] - 1}")
+        out = np.empty((rows.size, self.shape[1]), self.dtype)
+        if out.size == 0:
+            return out
+        view = out.data.cast("B")
+        for i, row in enumerate(rows.tolist()):
+            at = i * self.row_bytes
+            if os.preadv(self.fd, [view[at : at + self.row_bytes]], self.offset + row * self.row_bytes) != self.row_bytes:
+                raise InvalidArgumentError(f"{self.path}: row {row} cut short; rebuild the index")
+        return out
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __del__(self) -> None:
+        self.close()
+
+
 def load_index(folder: str | Path, *, rerank: int | None = None) -> LoadedIndex:
     """Open an index folder written by :func:`build_index` and check its parts agree.
 
@@ -606,7 +661,7 @@ def load_index(folder: str | Path, *, rerank: int | None = None) -> LoadedIndex:
             raise ImagesimFileNotFoundError(
                 f"{side_path}: not found; re-ranking {use} candidates needs it: rebuild with `imagesim index --rerank N` or use rerank 0"
             )
-        sidecar = np.load(side_path, mmap_mode="r")  # a memory map: a query reads only its candidates' rows
+        sidecar = StoredVectors(side_path)  # a query reads only its candidates' rows
         if sidecar.shape != (n, int(meta["dim"])):
             raise InvalidArgumentError(
                 f"{side_path}: holds {sidecar.shape} vectors, {INDEX_JSON} says {n} × {meta['dim']}; rebuild the index"

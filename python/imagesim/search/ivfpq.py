@@ -16,7 +16,7 @@ caller (imported inside the functions that need it).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -79,6 +79,12 @@ class TopK:
         self.rows = np.take_along_axis(cand_rows, best, axis=1)
 
 
+class VectorRows(Protocol):
+    """Stored vectors indexed by an array of rows (an ndarray, or the index's sidecar reader)."""
+
+    def __getitem__(self, rows: Any) -> Any: ...
+
+
 def search_ivfpq(
     index: Any,
     queries: np.ndarray,
@@ -86,12 +92,12 @@ def search_ivfpq(
     *,
     nprobe: int,
     faiss: Any,
-    vectors: np.ndarray | None = None,
+    vectors: VectorRows | None = None,
     rerank: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(scores, rows) of the ``k`` best rows; rows are -1 where fewer were found.
 
-    With ``vectors`` (the float16 sidecar, memory-mapped) and ``rerank`` > 0, the ``max(rerank, k)``
+    With ``vectors`` (the float16 sidecar: rows read on demand) and ``rerank`` > 0, the ``max(rerank, k)``
     best PQ candidates are scored exactly against their stored vectors and the best ``k`` returned
     (scores are then true cosines to float16 precision); otherwise the PQ scores are returned.
     A query for many results opens enough lists to hold about twice as many candidates.
