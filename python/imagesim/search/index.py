@@ -623,7 +623,7 @@ class StoredVectors:
         return out
 
     def close(self) -> None:
-        if self.fd >= 0:
+        if getattr(self, "fd", -1) >= 0:  # (a constructor that raised opened nothing)
             os.close(self.fd)
             self.fd = -1
 
