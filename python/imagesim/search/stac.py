@@ -320,9 +320,11 @@ def write_catalog(
         if emb_path is not None:
             item.add_asset("embeddings", pystac.Asset(href=str(emb_path), media_type=PARQUET, roles=["embeddings"]))
 
+    folder = f"{chips_dir}{os.sep}"
+
     def chip_asset(r: dict[str, Any], with_fields: bool) -> Any:
         return pystac.Asset(
-            href=str(chips_dir / r["path"]),
+            href=folder + r["path"],  # (a string join: a Path per chip is a second per 100,000)
             media_type=JPEG,
             roles=["data"],
             extra_fields=chip_fields(r) if with_fields else None,
@@ -334,10 +336,15 @@ def write_catalog(
         """Save ``item`` where the catalog's layout puts it; ``collection`` keeps only a link to it."""
         nonlocal items
         href = str(Path(collection.get_self_href()).parent / item.id / f"{item.id}.json")
+        # Assets set aside while the href is set: their hrefs are absolute (nothing to rewrite), and pystac
+        # would parse each one per call (1,024 of them per acquisition Item).
+        assets, item.assets = item.assets, {}
         # a self href before the root caches the Item (keyed by it), so set_root(None) below removes it again
         item.set_self_href(href)
-        collection.add_item(item)
-        item.set_self_href(href)
+        collection.add_item(item)  # its layout gives the same href
+        if item.get_self_href() != href:
+            item.set_self_href(href)
+        item.assets = assets
         item.links.sort(key=lambda link: ITEM_LINK_ORDER.get(str(link.rel), len(ITEM_LINK_ORDER)))  # as a whole save orders them
         item.save_object(include_self_link=False)
         item.set_root(None)  # out of the root's cache of resolved objects, which would keep every Item
