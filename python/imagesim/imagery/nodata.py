@@ -52,7 +52,6 @@ from imagesim.artefacts import (
     manifest_is_derived,
     nodata_class_expr,
     nodata_summary_name,
-    read_manifest,
 )
 from imagesim.errors import (
     GridError,
@@ -283,10 +282,14 @@ class _MaskLookup:
 
         self.shapely = shapely
         self.ard_path = ard_path
-        self.cogs: dict[str, str] = {}
+        # the COG of each acquisition (zone, cell, catalog id) the manifest records, its latest row winning:
+        # one entry per acquisition, not per chip, the manifest read a slice at a time
+        self.cogs: dict[tuple[int, str, str], str] = {}
         if (chip_dir / CHIPS_MANIFEST).exists():
-            m = read_manifest(chip_dir)
-            self.cogs = dict(zip(m["chip"].to_list(), m["source_cog"].to_list()))
+            for batch in iter_manifest(chip_dir, ["zone", "cell", "catalog_id", "source_cog"]):
+                acquisitions = batch.drop_nulls().unique(["zone", "cell", "catalog_id"], keep="last", maintain_order=True)
+                for zone, cell, catalog_id, cog in acquisitions.iter_rows():
+                    self.cogs[(int(zone), str(cell), str(catalog_id))] = str(cog)
         self.masks: dict[AnyPath, object] = {}
         self.store_cogs: dict[tuple[int, str, str], str] | None = None
 
@@ -304,7 +307,11 @@ class _MaskLookup:
         return cog
 
     def mask_path(self, chip: str) -> AnyPath:
-        cog = self.cogs.get(chip)
+        try:
+            zone, quadkey, catalog_id = grid.parse_chip_name(chip)
+            cog = self.cogs.get((zone, quadkey[: grid.CELL_ZOOM], catalog_id))
+        except ValueError:  # not a chip name: looked up (and reported) below
+            cog = None
         if cog is None:
             if self.ard_path is None:
                 raise ImagesimFileNotFoundError(f"{chip}: not in {CHIPS_MANIFEST}; pass `ard_path` to find its data mask")
