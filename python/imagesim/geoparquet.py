@@ -15,6 +15,10 @@ into a MultiPolygon (the GeoJSON / GeoParquet convention), and its ``bbox`` row 
 (``xmin`` -180-ish, ``xmax`` 180-ish). Polar: ARD's UTM grid does not cover UPS; a chip reaching beyond
 ±84° latitude is refused (:class:`~imagesim.errors.GridError` naming it).
 
+A table too big to hold goes out through :class:`GeoParquetStream`: row groups written as they come, each
+with its footprints, the ``geo`` metadata accumulated and written on close (chip, nodata-index, labels
+build, encode and change write their tables this way).
+
 pyproj and shapely are imported inside the functions: importing this module costs nothing.
 """
 
@@ -222,3 +226,107 @@ def write_geoparquet(frame: pl.DataFrame, path: AnyPath, *, allow_missing: bool 
     computed afresh by :func:`with_footprints`."""
     table = with_footprints(frame, allow_missing=allow_missing)  # a bad chip fails before any file is made
     write_with(path, lambda tmp: table.write_parquet(tmp, metadata=geo_metadata(table)))
+
+
+# --- streamed: row groups written as they come (chip, nodata-index, labels build, encode, change) ---
+
+# Rows per row group of a streamed table: what a writer holds at most before writing (with 512-float
+# embeddings, about 8 MB).
+STREAM_ROW_GROUP = 4_096
+
+
+class GeoParquetStream:
+    """A GeoParquet 1.1 file written row group by row group, so memory holds one row group, not the table.
+
+    Each row group gets its footprints (:func:`with_footprints`) as it is written; the
+    ``geo`` file metadata (geometry types, total bbox) is accumulated and added on :meth:`close`, the same
+    document :func:`geo_metadata` gives for the whole table. The file is whatever path the
+    caller names: wrap it in :func:`imagesim.fsutil.atomic_path` for an atomic write. Every frame must have
+    the columns of the first (cast to its types); a stream closed with no frame written writes nothing."""
+
+    def __init__(self, file: str | Path, *, row_group: int | None = None, allow_missing: bool = False) -> None:
+        self.file = Path(file)
+        self.row_group = max(1, row_group or STREAM_ROW_GROUP)
+        self.allow_missing = allow_missing
+        self.rows = 0  # rows given so far
+        self._pending: list[pl.DataFrame] = []
+        self._pending_rows = 0
+        self._schema: dict[str, pl.DataType] | None = None  # of the frames given (no geometry)
+        self._writer: Any = None
+        self._types: set[int] = set()
+        self._bounds: np.ndarray | None = None
+
+    def __enter__(self) -> GeoParquetStream:
+        return self
+
+    def __exit__(self, kind: object, *_: object) -> None:
+        if kind is None:
+            self.close()
+        elif self._writer is not None:  # failed: the caller's temporary file is discarded
+            self._writer.close()
+            self._writer = None
+
+    def write(self, frame: pl.DataFrame) -> None:
+        """Add rows (any number; a frame of no rows still fixes the schema)."""
+        frame = frame.drop(GEO_COLUMNS, strict=False)
+        if self._schema is None:
+            self._schema = dict(frame.schema)
+        elif frame.columns != list(self._schema) or dict(frame.schema) != self._schema:
+            frame = frame.select(list(self._schema)).cast(self._schema)  # type: ignore[arg-type]
+        self._pending.append(frame)
+        self._pending_rows += frame.height
+        self.rows += frame.height
+        if self._pending_rows >= self.row_group:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow.parquet as pq
+        import shapely
+
+        if not self._pending:
+            return
+        frame = pl.concat(self._pending) if len(self._pending) > 1 else self._pending[0]
+        self._pending, self._pending_rows = [], 0
+        if frame.height == 0 and self._writer is not None:
+            return
+        table = with_footprints(frame, allow_missing=self.allow_missing)
+        geoms = shapely.from_wkb(table[GEOMETRY].to_numpy()) if table.height else np.empty(0, dtype=object)
+        present = geoms[~shapely.is_missing(geoms)] if len(geoms) else geoms
+        if len(present):
+            self._types |= set(shapely.get_type_id(present).tolist())
+            box = shapely.total_bounds(present)
+            self._bounds = (
+                box
+                if self._bounds is None
+                else np.concatenate([np.minimum(self._bounds[:2], box[:2]), np.maximum(self._bounds[2:], box[2:])])
+            )
+        arrow = table.to_arrow()
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.file, arrow.schema, compression="zstd")
+        self._writer.write_table(arrow, row_group_size=max(arrow.num_rows, 1))
+
+    def close(self) -> int:
+        """Write what is pending and the ``geo`` metadata, close the file; the rows written."""
+        self._flush()
+        if self._writer is not None:
+            self._writer.add_key_value_metadata(_geo_metadata_of(self._types, self._bounds))
+            self._writer.close()
+            self._writer = None
+        return self.rows
+
+
+def _geo_metadata_of(types: set[int], bounds: np.ndarray | None) -> dict[str, str]:
+    """:func:`geo_metadata` from the geometry type ids and total bounds of a table."""
+    import shapely
+
+    names = {int(shapely.GeometryType.POLYGON): "Polygon", int(shapely.GeometryType.MULTIPOLYGON): "MultiPolygon"}
+    column: dict[str, Any] = {
+        "encoding": "WKB",
+        "geometry_types": sorted(names.get(i, str(i)) for i in types) or ["Polygon"],
+        "crs": crs_projjson(),
+        "covering": {BBOX: {k: [BBOX, k] for k in ("xmin", "ymin", "xmax", "ymax")}},
+    }
+    if bounds is not None:
+        column["bbox"] = [float(v) for v in bounds]
+    doc = {"version": GEOPARQUET_VERSION, "primary_column": GEOMETRY, "columns": {GEOMETRY: column}}
+    return {GEO_KEY: json.dumps(doc)}

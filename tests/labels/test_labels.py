@@ -14,7 +14,7 @@ import pytest
 import shapely
 from typer.testing import CliRunner
 
-from imagesim import _imagesim, grid
+from imagesim import _imagesim, geoparquet, grid
 from imagesim.artefacts import read_labels
 from imagesim.errors import (
     ImagesimFileNotFoundError,
@@ -558,11 +558,10 @@ def test_streamed_outputs_do_not_depend_on_the_row_group(labelled, tmp_path, mon
     same files (and sidecar) as the default, one file each and no temporary file left behind."""
     import pyarrow.parquet as pq
 
-    from imagesim import artefacts
     from imagesim.labels import build
 
     _, chips, osm_root = labelled
-    monkeypatch.setattr(artefacts, "STREAM_ROW_GROUP", 7)
+    monkeypatch.setattr(geoparquet, "STREAM_ROW_GROUP", 7)
     monkeypatch.setattr(build, "LABEL_SLICE", 5)  # a cell's chips in many slices
     out = tmp_path / "small-groups"
     build_labels(chips, osm_root, LabelSettings(include=("partial",), out_dir=out))

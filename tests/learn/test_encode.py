@@ -236,14 +236,14 @@ def test_encode_in_many_parts_and_resumed_between_chips_equals_one_run(onnx_path
     groups give the file one run gives; so does a run that finds every other chip already encoded."""
     import pyarrow.parquet as pq
 
-    from imagesim import artefacts
+    from imagesim import geoparquet
 
     whole = tmp_path / "whole.parquet"
     run_encode(onnx_path, chips, EncodeSettings(out=whole, batch_size=16))
     want = pl.read_parquet(whole)
     monkeypatch.setattr(encode, "PART_ROWS", 5)
     monkeypatch.setattr(encode, "MERGE_BATCH", 3)
-    monkeypatch.setattr(artefacts, "STREAM_ROW_GROUP", 4)
+    monkeypatch.setattr(geoparquet, "STREAM_ROW_GROUP", 4)
     small = tmp_path / "small.parquet"
     summary = run_encode(onnx_path, chips, EncodeSettings(out=small, batch_size=4))
     assert summary.encoded == want.height and pq.ParquetFile(small).num_row_groups > 1

@@ -11,10 +11,9 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from imagesim import artefacts
-from imagesim.artefacts import GeoParquetStream
+from imagesim import geoparquet
 from imagesim.fsutil import atomic_path
-from imagesim.geoparquet import geo_metadata, write_geoparquet
+from imagesim.geoparquet import GeoParquetStream, geo_metadata, write_geoparquet
 from imagesim.learn import encode
 
 CELLS = ("120020223032", "120020223033")
@@ -71,7 +70,7 @@ def test_stream_of_no_row_keeps_the_schema_and_a_failed_one_leaves_nothing(tmp_p
 
 def test_merge_of_sorted_unsorted_and_older_parts_equals_concat_unique_sort(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(encode, "MERGE_BATCH", 3)  # many slices per run
-    monkeypatch.setattr(artefacts, "STREAM_ROW_GROUP", 4)
+    monkeypatch.setattr(geoparquet, "STREAM_ROW_GROUP", 4)
     pool = chip_frame(60, 3)
     out = pool.slice(0, 30).sort("chip")  # a previous final file, GeoParquet
     write_geoparquet(out, tmp_path / "out.parquet")

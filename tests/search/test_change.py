@@ -7,6 +7,7 @@ import polars as pl
 import pytest
 from PIL import Image
 
+from imagesim import geoparquet
 from imagesim.errors import ChangeError, InvalidArgumentError
 from imagesim.search.change.evaluate import evaluate_ranking
 from imagesim.search.change.pairs import chip_pairs, parse_choice
@@ -337,7 +338,6 @@ def test_distances_read_from_files_in_slices_equal_the_in_memory_ones(tmp_path, 
     """The embedding method reads the vectors of PAIR_BATCH pairs at a time, a row group at a time, from one or
     several files: the same distances as with every vector in memory; a zero vector is still refused."""
     import imagesim.search.change.run as change_run
-    from imagesim import artefacts
     from imagesim.fsutil import atomic_path
 
     rng = np.random.default_rng(7)
@@ -347,7 +347,7 @@ def test_distances_read_from_files_in_slices_equal_the_in_memory_ones(tmp_path, 
     for k, rows in enumerate((slice(0, 25), slice(25, 40))):  # two files, several row groups each
         frame = pl.DataFrame({"chip": chips[rows], "embedding": pl.Series(vec[rows], dtype=pl.Array(pl.Float32, 6))})
         path = tmp_path / f"e{k}.parquet"
-        with atomic_path(path) as tmp, artefacts.GeoParquetStream(tmp, row_group=4, allow_missing=True) as w:
+        with atomic_path(path) as tmp, geoparquet.GeoParquetStream(tmp, row_group=4, allow_missing=True) as w:
             w.write(frame)
         paths.append(path)
     order = rng.permutation(40)
@@ -375,7 +375,6 @@ def test_changes_written_in_row_groups_equal_one_write(sample_chips, tmp_path, m
     import pyarrow.parquet as pq
 
     import imagesim.search.change.run as change_run
-    from imagesim import artefacts
     from imagesim.search.change import ChangeSettings, detect_changes
 
     emb = tmp_path / "embeddings.parquet"
@@ -383,7 +382,7 @@ def test_changes_written_in_row_groups_equal_one_write(sample_chips, tmp_path, m
     settings = ChangeSettings(method="embedding", min_compared=0.3)
     detect_changes(sample_chips, [emb], settings=settings, out=tmp_path / "one.parquet", geojson=tmp_path / "one.geojson")
     monkeypatch.setattr(change_run, "STREAM_ROW_GROUP", 3)
-    monkeypatch.setattr(artefacts, "STREAM_ROW_GROUP", 3)
+    monkeypatch.setattr(geoparquet, "STREAM_ROW_GROUP", 3)
     monkeypatch.setattr(change_run, "PAIR_BATCH", 2)
     detect_changes(sample_chips, [emb], settings=settings, out=tmp_path / "many.parquet", geojson=tmp_path / "many.geojson")
     one, many = pl.read_parquet(tmp_path / "one.parquet"), pl.read_parquet(tmp_path / "many.parquet")

@@ -26,7 +26,6 @@ from imagesim.artefacts import (
     MANIFEST_ORDER,
     MANIFEST_SCHEMA,
     MASK_FRACTION_COLUMNS,
-    GeoParquetStream,
     chip_folder,
     iter_manifest,
     nodata_class_expr,
@@ -35,6 +34,7 @@ from imagesim.artefacts import (
 )
 from imagesim.errors import ImagesimError
 from imagesim.fsutil import abandoned, atomic_path, work_folder, write_json
+from imagesim.geoparquet import GeoParquetStream
 from imagesim.imagery.ard import Acquisition, Misplaced, find_acquisitions
 from imagesim.imagery.masks import MaskFractions, MaskNote, safe_fractions
 from imagesim.progress import ProgressFactory, open_progress

@@ -47,7 +47,6 @@ from imagesim.artefacts import (
     NODATA_CLASSES,
     NODATA_INDEX,
     NODATA_PARQUET,
-    GeoParquetStream,
     iter_manifest,
     manifest_is_derived,
     nodata_class_expr,
@@ -61,6 +60,7 @@ from imagesim.errors import (
     OutputExistsError,
 )
 from imagesim.fsutil import abandoned, atomic_path, work_folder, write_json
+from imagesim.geoparquet import GeoParquetStream
 from imagesim.imagery.masks import read_mask
 from imagesim.progress import ProgressFactory, ProgressSink, open_progress
 from imagesim.runner import Outcome, TaskRunner, worker_threads

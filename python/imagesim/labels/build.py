@@ -39,13 +39,13 @@ from imagesim.artefacts import (
     LABELS_PARQUET,
     MASK_FRACTION_COLUMNS,
     OSM_DATA,
-    GeoParquetStream,
     bitset_matrix,
     iter_chip_table,
     manifest_rows,
 )
 from imagesim.errors import ImagesimFileNotFoundError, LabelInputError, OutputExistsError
 from imagesim.fsutil import atomic_path, write_json
+from imagesim.geoparquet import GeoParquetStream
 from imagesim.labels.cells import ard_base, check_osm_data
 from imagesim.labels.geometry import GeometryReport, features_from_osm
 from imagesim.labels.join import CellGrid, join_cell, local_index

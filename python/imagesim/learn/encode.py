@@ -32,10 +32,10 @@ import numpy as np
 import polars as pl
 
 from imagesim import _imagesim, options
-from imagesim.artefacts import CLOUD_FRACTION, EMBEDDINGS, VALID_FRACTION, GeoParquetStream, read_chip_table, sidecar
+from imagesim.artefacts import CLOUD_FRACTION, EMBEDDINGS, VALID_FRACTION, read_chip_table, sidecar
 from imagesim.errors import EncodeError, ImagesimFileNotFoundError
 from imagesim.fsutil import atomic_path, write_json, write_with
-from imagesim.geoparquet import GEO_COLUMNS
+from imagesim.geoparquet import GEO_COLUMNS, GeoParquetStream
 from imagesim.learn.export import decode_metadata, model_id
 from imagesim.progress import ProgressFactory, open_progress
 from imagesim.runner import Outcome, TaskRunner, worker_threads

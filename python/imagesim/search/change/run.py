@@ -33,9 +33,7 @@ from imagesim.artefacts import (
     CHANGE_SCHEMA,
     CHANGES,
     MASK_FRACTION_COLUMNS,
-    STREAM_ROW_GROUP,
     EmbeddingRows,
-    GeoParquetStream,
     iter_chip_table,
     read_chip_table,
     sidecar,
@@ -43,7 +41,7 @@ from imagesim.artefacts import (
 )
 from imagesim.errors import ChangeError, ImagesimError, ImagesimFileNotFoundError, InvalidArgumentError, OutputExistsError
 from imagesim.fsutil import atomic_path
-from imagesim.geoparquet import with_footprints
+from imagesim.geoparquet import STREAM_ROW_GROUP, GeoParquetStream, with_footprints
 from imagesim.progress import ProgressFactory, open_progress
 from imagesim.runner import Outcome, TaskRunner, cores
 from imagesim.search.change.pairs import Choice, chip_pairs
