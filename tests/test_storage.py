@@ -608,3 +608,23 @@ def test_large_outputs_go_up_in_parts(s3, tmp_path):
     assert target.with_name("big2.bin").read_bytes() == data[::-1]
     for name in ("big.bin", "big2.bin"):
         target.with_name(name).unlink()
+
+
+def test_downloads_are_streamed_to_a_file_and_the_manifest_read_in_slices(s3, chipped, tmp_path):
+    """StorePath.download streams an object into a local file (the same bytes); a manifest in a bucket is read
+    a slice at a time from such a copy (the same rows as the whole object), and the copy is gone afterwards."""
+    from imagesim.artefacts import iter_manifest
+
+    data = np.random.default_rng(1).integers(0, 256, 3 * 1024 * 1024 + 17, dtype=np.uint8).tobytes()
+    target = StorePath(f"s3://{BUCKET}/outputs/some.bin")
+    target.write_bytes(data)
+    assert target.download(tmp_path / "some.bin") == len(data) and (tmp_path / "some.bin").read_bytes() == data
+    target.unlink()
+    with pytest.raises(FileNotFoundError):
+        StorePath(f"s3://{BUCKET}/outputs/none.bin").download(tmp_path / "none.bin")
+
+    _, _, dest = chipped
+    whole = read_parquet(StorePath(dest) / "chips.parquet")
+    slices = list(iter_manifest(StorePath(dest), ["chip", "quadkey"], batch=100))
+    assert len(slices) == -(-whole.height // 100) and all(s.height <= 100 for s in slices)
+    assert pl.concat(slices).equals(whole.select("chip", "quadkey"))

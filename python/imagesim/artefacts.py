@@ -51,7 +51,7 @@ from imagesim.errors import ImagesimError, ImagesimFileNotFoundError, InvalidArg
 from imagesim.fsutil import write_with
 from imagesim.geoparquet import GEO_COLUMNS as _GEO_COLUMNS
 from imagesim.geoparquet import write_geoparquet_file
-from imagesim.storage import AnyPath, StorePath, location, read_parquet
+from imagesim.storage import AnyPath, StorePath, local_copy, location, read_parquet
 
 # --- chips (imagesim chip) ---
 CHIPS_MANIFEST = "chips.parquet"
@@ -220,32 +220,30 @@ MANIFEST_BATCH = 16_384
 def iter_manifest(dest: AnyPath, columns: list[str] | None = None, *, batch: int = MANIFEST_BATCH) -> Iterator[pl.DataFrame]:
     """``DEST/chips.parquet`` in slices of at most ``batch`` rows, in file order: the ``columns`` asked
     (default every MANIFEST_SCHEMA column) cast as :func:`read_manifest` casts them, nulls for columns an
-    older manifest predates. Nothing when there is no manifest. A local file is read one slice at a time
-    (memory bounded by ``batch``); an object in a store is fetched whole, one slice."""
+    older manifest predates. Nothing when there is no manifest. Read one slice at a time (memory bounded by
+    ``batch``); an object in a store is first downloaded, streamed, to a temporary local file."""
     path = dest / CHIPS_MANIFEST
     wanted = list(MANIFEST_SCHEMA) if columns is None else list(columns)
     if not path.is_file():
         return
-    if not isinstance(path, Path):
-        yield read_manifest(dest).select(wanted)
-        return
-    try:
-        # polars, not pyarrow: slices of the file are read alone (pyarrow's reader keeps what it read)
-        lazy = pl.scan_parquet(path)
-        have = set(lazy.collect_schema().names())
-        missing = set(MANIFEST_SCHEMA) - have
-        if missing - MANIFEST_LATER_COLUMNS:
-            raise ImagesimError(f"{path}: not an imagesim chip manifest (missing columns {sorted(missing - MANIFEST_LATER_COLUMNS)})")
-        read = lazy.select([c for c in wanted if c in have])
-        rows = int(lazy.select(pl.len()).collect().item())
-        for start in range(0, rows, max(1, batch)):
-            df = read.slice(start, batch).collect()
-            df = df.with_columns(pl.lit(None, MANIFEST_SCHEMA[c]).alias(c) for c in wanted if c not in have)
-            yield df.select(wanted).cast({c: MANIFEST_SCHEMA[c] for c in wanted})
-    except ImagesimError:
-        raise
-    except Exception as exc:  # polars raises several types for damaged files
-        raise ImagesimError(f"{path}: cannot read the chip manifest ({exc}); move it away to start afresh") from exc
+    with local_copy(path) as local:
+        try:
+            # polars, not pyarrow: slices of the file are read alone (pyarrow's reader keeps what it read)
+            lazy = pl.scan_parquet(local)
+            have = set(lazy.collect_schema().names())
+            missing = set(MANIFEST_SCHEMA) - have
+            if missing - MANIFEST_LATER_COLUMNS:
+                raise ImagesimError(f"{path}: not an imagesim chip manifest (missing columns {sorted(missing - MANIFEST_LATER_COLUMNS)})")
+            read = lazy.select([c for c in wanted if c in have])
+            rows = int(lazy.select(pl.len()).collect().item())
+            for start in range(0, rows, max(1, batch)):
+                df = read.slice(start, batch).collect()
+                df = df.with_columns(pl.lit(None, MANIFEST_SCHEMA[c]).alias(c) for c in wanted if c not in have)
+                yield df.select(wanted).cast({c: MANIFEST_SCHEMA[c] for c in wanted})
+        except ImagesimError:
+            raise
+        except Exception as exc:  # polars raises several types for damaged files
+            raise ImagesimError(f"{path}: cannot read the chip manifest ({exc}); move it away to start afresh") from exc
 
 
 def zone_folder(chips_dir: AnyPath) -> int | None:

@@ -13,7 +13,9 @@ from __future__ import annotations
 import io
 import os
 import re
+import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,6 +136,10 @@ class StorePath:
         _imagesim.store_put(self.url, data)
         return len(data)
 
+    def download(self, local: str | os.PathLike[str]) -> int:
+        """Copy this object into the local file ``local``, streamed (never whole in memory); the bytes written."""
+        return _imagesim.store_get_file(self.url, local)
+
     def upload(self, local: str | os.PathLike[str]) -> None:
         """Upload a local file as this object (one PUT, or streamed in parts above 64 MiB)."""
         _imagesim.store_put_file(self.url, local)
@@ -168,6 +174,19 @@ def location(path: str | os.PathLike[str]) -> AnyPath:
         return path
     text = os.fspath(path)
     return StorePath(text) if is_url(text) else Path(text)
+
+
+@contextmanager
+def local_copy(path: AnyPath) -> Iterator[Path]:
+    """A local file with the content of ``path``: the file itself, or an object downloaded (streamed) into a
+    temporary folder, removed afterwards. For readers that read a large file a slice at a time."""
+    if isinstance(path, Path):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix=".imagesim-") as folder:
+        local = Path(folder) / path.name
+        path.download(local)
+        yield local
 
 
 def read_parquet(path: AnyPath, **kwargs) -> pl.DataFrame:

@@ -52,6 +52,14 @@ fn store_put_file(py: Python<'_>, url: String, path: std::path::PathBuf) -> PyRe
     })
 }
 
+/// Download an object into a local file, streamed (the object is never whole in memory); the bytes written.
+#[pyfunction]
+fn store_get_file(py: Python<'_>, url: String, path: std::path::PathBuf) -> PyResult<u64> {
+    detached(py, || {
+        imagesim_core::store::get_file(&url, &path).map_err(|e| failed(&url, e))
+    })
+}
+
 /// `(size, last modified ns)` of an object, or None when there is none.
 #[pyfunction]
 fn store_head(py: Python<'_>, url: String) -> PyResult<Option<(u64, i64)>> {
@@ -73,6 +81,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(store_get, m)?)?;
     m.add_function(wrap_pyfunction!(store_put, m)?)?;
     m.add_function(wrap_pyfunction!(store_put_file, m)?)?;
+    m.add_function(wrap_pyfunction!(store_get_file, m)?)?;
     m.add_function(wrap_pyfunction!(store_head, m)?)?;
     m.add_function(wrap_pyfunction!(store_delete, m)?)?;
     Ok(())

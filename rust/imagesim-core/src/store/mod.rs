@@ -222,6 +222,29 @@ pub fn put_file(url: &str, file: &Path) -> io::Result<()> {
     })
 }
 
+/// Download an object into a local file a chunk at a time (memory holds one chunk, not the object);
+/// the bytes written. The file is created (or truncated) first; on an error it is left for the caller
+/// to remove.
+pub fn get_file(url: &str, file: &Path) -> io::Result<u64> {
+    use futures_util::StreamExt;
+    use std::io::Write;
+
+    let (store, location) = locate(url)?;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(file)?);
+    runtime().block_on(async move {
+        let got = store.get(&location).await.map_err(io_error)?;
+        let mut chunks = got.into_stream();
+        let mut written = 0u64;
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(io_error)?;
+            out.write_all(&chunk)?;
+            written += chunk.len() as u64;
+        }
+        out.flush()?;
+        Ok(written)
+    })
+}
+
 /// Remove an object (absent objects are not an error).
 pub fn delete(url: &str) -> io::Result<()> {
     let (store, location) = locate(url)?;
