@@ -254,8 +254,10 @@ def test_a_killed_run_is_recovered_by_the_next(small_sample, chipped_once: Path,
     summary = run_chip(small_sample.root, dest, ChipSettings(zoom=ZOOM))
     per_cog = 4 ** (ZOOM - 12)
     assert summary.recovered == per_cog  # the first COG's closed part; the second's open part had no footer
-    # the second COG's JPEGs were on disk, unrecorded: measured again, not cut; the third COG cut
-    assert summary.skipped == per_cog and summary.measured == per_cog and summary.written + summary.empty == per_cog
+    # the second COG's JPEGs were on disk, unrecorded: measured again, not cut (and any of the third COG's the runner
+    # had started before the kill); the rest cut
+    assert summary.skipped == per_cog and summary.measured >= per_cog
+    assert summary.measured + summary.written + summary.empty == 2 * per_cog
     assert f"{per_cog} records of an interrupted run recovered" in summary.line()
     got, want = (pl.read_parquet(d / CHIPS_MANIFEST).drop(UNMEASURED) for d in (dest, chipped_once))
     assert_frame_equal(got, want)
