@@ -395,9 +395,10 @@ def recover_parts(dest: AnyPath) -> tuple[int, list[str]]:
                     assert isinstance(frame, pl.DataFrame)
                     if frame.height == 0:
                         continue
+                    zoom = len(frame["quadkey"][0])
                     if manifest is None:
-                        manifest = _Manifest(dest, len(frame["quadkey"][0]))
-                    if len(frame["quadkey"][0]) == manifest.zoom:
+                        manifest = _Manifest(dest, zoom)
+                    if zoom == manifest.zoom:
                         manifest.add(frame.cast(MANIFEST_SCHEMA))  # type: ignore[arg-type]
                         recovered += frame.height
             if manifest is not None:
