@@ -91,7 +91,7 @@ def main() -> None:
         p, base, m = (statistics.fmean(r[i] for r in runs) for i in range(3))
         return p, base, m, statistics.stdev(r[0] for r in runs) if len(runs) > 1 else 0.0
 
-    rows: list[tuple[str, float, float, float | None, float]] = []
+    rows: list[tuple[str, float, float, float | None, float | None]] = []
     t0 = time.perf_counter()
     rows.append(("(a) from scratch, supervised", *over_seeds("a", [])))
     rows.append(("(b) pretrain + supervised fine-tune", *over_seeds("b", ["--weights", str(pre / "backbone.pt")])))
@@ -99,7 +99,7 @@ def main() -> None:
     onnx_c = pre / "backbone.onnx"
     if not onnx_c.exists():
         imagesim("export", "--model", str(pre / "backbone.pt"), "--out", str(onnx_c), "--overwrite")
-    rows.append(("(c) pretrain only (no labels)", *evaluate(chips, onnx_c, "c", work, val_labels), None, 0.0))
+    rows.append(("(c) pretrain only (no labels)", *evaluate(chips, onnx_c, "c", work, val_labels), None, None))
 
     try:
         from imagesim.learn.model import imagenet_state_dict
@@ -119,7 +119,9 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|")
     for name, p, base, m, sd in rows:
-        print(f"| {name} | {p:.3f} | {sd:.3f} | {base:.3f} | {p / base:.2f}× | {'' if m is None else f'{m:.3f}'} |")
+        print(
+            f"| {name} | {p:.3f} | {'' if sd is None else f'{sd:.3f}'} | {base:.3f} | {p / base:.2f}× | {'' if m is None else f'{m:.3f}'} |"
+        )
     a, b, c = rows[0][1], rows[1][1], rows[2]
     print(f"\n(b) vs (a): {b / a:.3f}× precision@10 (goal >= 1.10: {'met' if b >= 1.10 * a else 'MISSED'})")
     print(f"(c) vs random: {c[1] / c[2]:.2f}× (goal >= 2: {'met' if c[1] >= 2 * c[2] else 'MISSED'})")
