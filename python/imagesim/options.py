@@ -102,10 +102,7 @@ EPOCHS_RANGE = (1, None)
 BATCH_SIZE = 32
 BATCH_SIZE_RANGE = (2, None)  # BatchNorm1d cannot train on a batch of one
 LR = 1e-3  # Adam learning rate of the head (must be > 0)
-# backbone lr = lr × this (must be > 0): a pretrained backbone (`--weights`) moves slowly, so the new head does
-# not wreck its features; one from scratch has none to keep and learns at the head's rate (docs/train.md).
-BACKBONE_LR_FACTOR = 0.1
-BACKBONE_LR_FACTOR_SCRATCH = 1.0
+BACKBONE_LR_FACTOR = 0.1  # backbone lr = lr × this (must be > 0)
 FREEZE_EPOCHS_RANGE = (0, None)
 THRESHOLD = 0.35  # sigmoid threshold of the fixed-threshold metrics (exclusive range 0..1)
 VAL_FRACTION = 0.2  # validation share when the labels carry no split (exclusive range 0..1)

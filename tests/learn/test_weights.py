@@ -279,15 +279,6 @@ def test_train_freezes_pretrained_backbones_by_default() -> None:
     assert TrainConfig(**base, weights="w.pth", freeze_epochs=0).frozen_epochs == 0
 
 
-def test_pretrained_backbones_learn_slower_by_default() -> None:
-    base = dict(chips="c", labels="l", out="o")
-    assert TrainConfig(**base, weights="imagenet").backbone_lr_scale == 0.1
-    assert TrainConfig(**base, weights="w.pth").backbone_lr_scale == 0.1
-    assert TrainConfig(**base).backbone_lr_scale == 1.0  # from scratch: nothing to keep
-    assert TrainConfig(**base, weights="w.pth", backbone_lr_factor=0.3).backbone_lr_scale == 0.3
-    assert TrainConfig(**base, backbone_lr_factor=0.5).backbone_lr_scale == 0.5
-
-
 def test_train_logs_the_report(chips, source, tmp_path) -> None:
     path = tmp_path / "lightning.ckpt"
     torch.save(_lightning(source), path)
@@ -302,4 +293,4 @@ def test_train_logs_the_report(chips, source, tmp_path) -> None:
         in logs
     )
     assert result.history[0]["backbone_frozen"]
-    assert result.history[0]["backbone_lr"] == pytest.approx(result.history[0]["lr"] * 0.1)
+    assert result.history[0]["backbone_lr"] == pytest.approx(result.history[0]["lr"] * 0.1)  # --backbone-lr-factor 0.1

@@ -136,13 +136,8 @@ def train(
     batch_size: BatchSize = options.BATCH_SIZE,
     lr: Annotated[float, typer.Option(help="Adam learning rate of the head (cosine schedule per step).")] = options.LR,
     backbone_lr_factor: Annotated[
-        Optional[float],
-        typer.Option(
-            "--backbone-lr-factor",
-            help=f"Backbone learning rate = LR × this, once unfrozen (default: {options.BACKBONE_LR_FACTOR:g} with --weights, "
-            f"{options.BACKBONE_LR_FACTOR_SCRATCH:g} without).",
-        ),
-    ] = None,
+        float, typer.Option("--backbone-lr-factor", help="Backbone learning rate = LR × this, once unfrozen.")
+    ] = options.BACKBONE_LR_FACTOR,
     freeze_epochs: Annotated[
         Optional[int], typer.Option("--freeze-epochs", help="Epochs with the backbone frozen (default: 1 with --weights, 0 without).")
     ] = None,

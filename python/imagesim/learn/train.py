@@ -48,7 +48,7 @@ class TrainConfig:
     epochs: int | None = None  # None: options.EPOCHS for a new run, the run's own count on `resume`
     batch_size: int = options.BATCH_SIZE
     lr: float = options.LR
-    backbone_lr_factor: float | None = None  # None: 0.1 with `weights`, 1 when training from scratch
+    backbone_lr_factor: float = options.BACKBONE_LR_FACTOR
     freeze_epochs: int | None = None  # None: 1 with `weights`, 0 when training from scratch
     pos_weight: bool = False
     threshold: float = options.THRESHOLD
@@ -63,8 +63,7 @@ class TrainConfig:
         options.check_range("batch_size", self.batch_size, *options.BATCH_SIZE_RANGE)
         if self.freeze_epochs is not None:
             options.check_range("freeze_epochs", self.freeze_epochs, *options.FREEZE_EPOCHS_RANGE)
-        if self.backbone_lr_factor is not None:
-            options.check_range("backbone_lr_factor", self.backbone_lr_factor, 0, exclusive=True)
+        options.check_range("backbone_lr_factor", self.backbone_lr_factor, 0, exclusive=True)
         options.check_range("threshold", self.threshold, 0, 1, exclusive=True)
         options.check_range("val_fraction", self.val_fraction, 0, 1, exclusive=True)
 
@@ -73,13 +72,6 @@ class TrainConfig:
         if self.freeze_epochs is not None:
             return self.freeze_epochs
         return 1 if self.weights else 0
-
-    @property
-    def backbone_lr_scale(self) -> float:
-        """The backbone's learning rate as a share of ``lr`` (``backbone_lr_factor``, or its default)."""
-        if self.backbone_lr_factor is not None:
-            return self.backbone_lr_factor
-        return options.BACKBONE_LR_FACTOR if self.weights else options.BACKBONE_LR_FACTOR_SCRATCH
 
 
 @dataclass
@@ -327,7 +319,7 @@ def run_train(
 
     optimizer = torch.optim.Adam(
         [
-            {"params": list(model.backbone.parameters()), "lr": config.lr * config.backbone_lr_scale, "name": "backbone"},
+            {"params": list(model.backbone.parameters()), "lr": config.lr * config.backbone_lr_factor, "name": "backbone"},
             {"params": model.head_parameters(), "lr": config.lr, "name": "head"},
         ]
     )
