@@ -13,7 +13,7 @@ neighbours are the validation split's labelled chips, places the supervised mode
 
 Printed: precision@10 (neighbours sharing the query's rarest label, other places only, as `similar --evaluate`)
 against random, and the validation label mAP of the supervised runs. One supervised run's precision moves by a few
-hundredths from seed to seed (and from run to run on the CPU's threads), so (a), (b) and (d) are the mean of
+hundredths from seed to seed, so (a), (b) and (d) are the mean of
 ``--seeds`` runs (seeds 0..N-1; each run's figure is printed, and the spread). Goals (issue 18): (b) >= 1.10 × (a) in
 precision@10, (c) >= 2 × random.
 
@@ -73,8 +73,11 @@ def main() -> None:
         )  # fmt: skip
 
     def supervised(name: str, seed: int, weights: list[str]) -> tuple[float, float, float]:
-        """Train (seed 0 of (a): the pipeline's run), export and score one supervised run."""
-        run = work / "run" if (name, seed) == ("a", 0) else work / f"run-{name}" if seed == 0 else work / f"run-{name}-s{seed}"
+        """Train (seed 0 of (a): the pipeline's run, from ``prepare``), export and score one supervised run."""
+        if (name, seed) == ("a", 0):
+            run = onnx_a.parent
+        else:
+            run = work / (f"run-{name}" if seed == 0 else f"run-{name}-s{seed}")
         if not (run / "model.onnx").exists():
             imagesim(
                 "train", "--chips", str(chips), "--out", str(run), "--backbone", "resnet18", "--chip-size", "64",
@@ -82,8 +85,9 @@ def main() -> None:
             )  # fmt: skip
             imagesim("export", "--model", str(run / "model.pt"), "--out", str(run / "model.onnx"), "--overwrite")
         p, base = evaluate(chips, run / "model.onnx", run.name, work, val_labels)
-        print(f"  {run.name}: precision@10 {p:.3f} (random {base:.3f}), label mAP {best_map(run):.3f}")
-        return p, base, best_map(run)
+        m = best_map(run)
+        print(f"  {run.name}: precision@10 {p:.3f} (random {base:.3f}), label mAP {m:.3f}")
+        return p, base, m
 
     def over_seeds(name: str, weights: list[str]) -> tuple[float, float, float, float]:
         """Mean precision@10, random and mAP over ``--seeds`` runs, and the spread (sd) of the precision."""

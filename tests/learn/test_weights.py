@@ -11,6 +11,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="backbone weights need torch (pip install 'imagesim[train]')")
 torchvision = pytest.importorskip("torchvision")
 
+from imagesim import options  # noqa: E402
 from imagesim.errors import ImagesimFileNotFoundError, InvalidArgumentError  # noqa: E402
 from imagesim.imagery.chip import ChipSettings, run_chip  # noqa: E402
 from imagesim.learn.model import MultilabelNet, load_backbone_weights  # noqa: E402
@@ -293,4 +294,4 @@ def test_train_logs_the_report(chips, source, tmp_path) -> None:
         in logs
     )
     assert result.history[0]["backbone_frozen"]
-    assert result.history[0]["backbone_lr"] == pytest.approx(result.history[0]["lr"] * 0.1)  # --backbone-lr-factor 0.1
+    assert result.history[0]["backbone_lr"] == pytest.approx(result.history[0]["lr"] * options.BACKBONE_LR_FACTOR)
