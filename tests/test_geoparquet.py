@@ -59,15 +59,61 @@ def test_big_chips_are_densified_small_ones_are_not() -> None:
     assert len(shapely.get_coordinates(big)) == 4 * 32 + 1  # 5 km cell: 32 segments of 156 m per edge
 
 
-def test_footprints_are_vectorised_and_fast() -> None:
-    import time
-
+def test_footprints_of_a_cell_are_columns() -> None:
     qks = grid.children(NORTH[:12], 17)  # 1,024 chips
-    geoparquet.footprints([33], [NORTH])
-    t0 = time.perf_counter()
     geometry, bbox = geoparquet.footprints([33] * len(qks), qks)
-    assert time.perf_counter() - t0 < 1.0
     assert geometry.dtype == pl.Binary and geometry.null_count() == 0 and bbox.len() == len(qks)
+    polys = shapely.from_wkb(geometry.to_numpy())
+    np.testing.assert_array_equal(shapely.bounds(polys), bbox.struct.unnest().to_numpy())
+    assert shapely.get_type_id(polys).tolist() == [shapely.GeometryType.POLYGON] * len(qks)
+
+
+def test_footprints_agree_with_pyproj_across_the_grid() -> None:
+    """The Rust UTM inverse against PROJ: z17 chips anywhere an ARD cell can be (eastings 160–840 km, both
+    hemispheres, up to 84° latitude) in every zone, and bigger chips, corner by corner."""
+    from pyproj import Transformer
+
+    transformers: dict[tuple[int, int], Transformer] = {}
+
+    def transformer(source: int, target: int) -> Transformer:
+        if (source, target) not in transformers:
+            transformers[source, target] = Transformer.from_crs(source, target, always_xy=True)
+        return transformers[source, target]
+
+    rng = np.random.default_rng(7)
+    size = 20_480_000 / 2**17
+    zones, qks = [], []
+    for _ in range(300):
+        zone = int(rng.integers(1, 61))
+        lat = float(rng.uniform(-79.0, 83.0))
+        north = lat >= 0
+        tr = transformer(4326, (32600 if north else 32700) + zone)
+        easting = float(rng.uniform(160_000, 840_000))
+        _, northing = tr.transform(zone * 6 - 183, lat)
+        y = northing - (0 if north else 10_000_000)
+        zoom = int(rng.choice([12, 14, 17, 17, 17]))
+        tile = (int((easting + 9_740_000) // size), int((10_240_000 - y) // size), 17)
+        qks.append(grid.tile_to_quadkey(tile)[:zoom])
+        zones.append(zone)
+    polys = geoparquet.footprint_polygons(zones, qks)
+    for zone, qk, poly in zip(zones, qks, polys):
+        west, south, east, north_ = grid.bounds(qk)
+        ring = shapely.get_coordinates(poly)
+        segments = 2 ** max(0, 17 - len(qk))
+        assert len(ring) == 4 * segments + 1
+        corners = ring[[0, segments, 2 * segments, 3 * segments]]
+        lon, lat = transformer(grid.epsg(qk, zone), 4326).transform(
+            [west, east, east, west], [south, south, north_, north_]
+        )
+        np.testing.assert_allclose(corners, np.column_stack([lon, lat]), rtol=0, atol=1e-9, err_msg=f"Z{zone}-{qk}")
+
+
+def test_the_shipped_crs_is_pyprojs_epsg_4326() -> None:
+    from pyproj import CRS
+
+    doc = geoparquet.crs_projjson()
+    assert CRS.from_json_dict(doc) == CRS.from_epsg(4326)
+    assert doc["id"] == {"authority": "EPSG", "code": 4326}
 
 
 def _tile_at(zone: int, lon: float, lat: float) -> str:

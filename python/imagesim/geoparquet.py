@@ -4,11 +4,11 @@ the ``geo`` file metadata, so ``chips.parquet``, ``nodata.parquet``, ``labels.pa
 
 A chip's footprint is its square in its zone's UTM CRS (:func:`imagesim.grid.bounds`, EPSG from
 :func:`imagesim.grid.epsg`) transformed to EPSG:4326 (lon/lat: a delivery spans UTM zones, so one CRS
-for all). A z17 chip (156 m) needs only its 4 corners: a straight UTM edge maps to a curve in lon/lat
-that departs from the straight lon/lat chord by far less than a millimetre over 156 m. Bigger chips
-(zoom < 17, up to a 5 km level-12 cell) get ``2**(17 - zoom)`` segments per edge, so every segment stays
-≤ 156 m. Corners are transformed per CRS in one pyproj call (numpy arrays), polygons built and written as
-WKB by shapely's vectorised functions.
+for all) by the Rust core (``imagesim-core``'s ``footprint``: Krüger's series, the algorithm of PROJ's
+``tmerc``, agreeing with pyproj to 1e-9°; WKB and bbox made there). A z17 chip (156 m) needs only its 4
+corners: a straight UTM edge maps to a curve in lon/lat that departs from the straight lon/lat chord by
+far less than a millimetre over 156 m. Bigger chips (zoom < 17, up to a 5 km level-12 cell) get
+``2**(17 - zoom)`` segments per edge, so every segment stays ≤ 156 m.
 
 Antimeridian: the ARD grid of zones 1 and 60 reaches past ±180°; a chip crossing it is split at ±180°
 into a MultiPolygon (the GeoJSON / GeoParquet convention), and its ``bbox`` row spans both parts
@@ -19,13 +19,14 @@ A table too big to hold goes out through :class:`GeoParquetStream`: row groups w
 with its footprints, the ``geo`` metadata accumulated and written on close (chip, nodata-index, labels
 build, encode and change write their tables this way).
 
-pyproj and shapely are imported inside the functions: importing this module costs nothing.
+Writing a table needs neither pyproj nor shapely (the CRS's PROJJSON ships with the package);
+shapely is imported only by :func:`footprint_polygons`, for callers that want geometry objects.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from imagesim import _imagesim as _rs
 from imagesim import grid
 from imagesim.errors import GridError
 from imagesim.fsutil import write_with
@@ -43,45 +45,32 @@ BBOX = "bbox"
 GEO_COLUMNS = (GEOMETRY, BBOX)
 GEO_KEY = "geo"
 GEOPARQUET_VERSION = "1.1.0"
-MAX_LATITUDE = 84.0  # UTM's northern limit; beyond it lies UPS, which ARD's grid does not cover
-FULL_CORNERS_ZOOM = 17  # from this zoom on, 4 corners describe a chip exactly enough
+MAX_LATITUDE = 84.0  # UTM's northern limit (the Rust core refuses chips beyond it)
+FULL_CORNERS_ZOOM = 17  # from this zoom on, 4 corners describe a chip exactly enough (the Rust core)
 BBOX_DTYPE = pl.Struct({"xmin": pl.Float64, "ymin": pl.Float64, "xmax": pl.Float64, "ymax": pl.Float64})
-
-
-@lru_cache(maxsize=128)
-def _transformer(epsg: int) -> Any:
-    from pyproj import Transformer
-
-    return Transformer.from_crs(epsg, 4326, always_xy=True)
+BBOX_FIELDS = ("xmin", "ymin", "xmax", "ymax")
+# WKB geometry type codes (ISO; Z/M variants add 1000s) and their GeoParquet names
+WKB_POLYGON, WKB_MULTIPOLYGON = 3, 6
+_TYPE_NAMES = {WKB_POLYGON: "Polygon", WKB_MULTIPOLYGON: "MultiPolygon"}
+# PROJJSON of EPSG:4326, as PROJ writes it (checked against pyproj by tests/test_geoparquet.py)
+_WGS84_PROJJSON = Path(__file__).with_name("data") / "epsg4326.projjson"
 
 
 @lru_cache(maxsize=1)
 def crs_projjson() -> dict[str, Any]:
     """PROJJSON of EPSG:4326 (the CRS of every footprint)."""
-    from pyproj import CRS
-
-    return CRS.from_epsg(4326).to_json_dict()
-
-
-def _unit_ring(segments: int) -> tuple[np.ndarray, np.ndarray]:
-    """Fractions (fx, fy) of a closed counter-clockwise ring around the unit square, ``segments`` per edge."""
-    t = np.arange(segments) / segments
-    fx = np.concatenate([t, np.ones(segments), 1.0 - t, np.zeros(segments), [0.0]])
-    fy = np.concatenate([np.zeros(segments), t, np.ones(segments), 1.0 - t, [0.0]])
-    return fx, fy
+    doc: dict[str, Any] = json.loads(_WGS84_PROJJSON.read_text(encoding="utf-8"))
+    return doc
 
 
-def _split_antimeridian(ring: np.ndarray) -> Any:
-    """A ring whose longitudes jump across ±180°, split there into a MultiPolygon of two parts."""
-    import shapely
-
-    shifted = ring.copy()
-    shifted[:, 0] = np.where(shifted[:, 0] < 0, shifted[:, 0] + 360.0, shifted[:, 0])
-    poly = shapely.Polygon(shifted)
-    east = shapely.clip_by_rect(poly, -180.0, -90.0, 180.0, 90.0)
-    west = shapely.affinity.translate(shapely.clip_by_rect(poly, 180.0, -90.0, 540.0, 90.0), xoff=-360.0)
-    parts = [p for p in (west, east) if not p.is_empty]
-    return shapely.MultiPolygon(parts) if len(parts) > 1 else parts[0]
+def _rust_footprints(zones: Iterable[Any], quadkeys: Iterable[Any], names: Sequence[str] | None) -> dict[str, list[Any]]:
+    """The Rust core's footprints: columns ``geometry`` (WKB), ``xmin`` … ``ymax`` and ``parts``."""
+    zone_list, qk_list = list(zones), [str(q) for q in quadkeys]
+    try:
+        zone_ints = [int(z) for z in zone_list]
+    except (TypeError, ValueError):
+        raise GridError(f"zones must be integers, not {zone_list!r:.80}") from None
+    return _rs.chip_footprints(zone_ints, qk_list, list(names) if names is not None else None)
 
 
 def footprint_polygons(
@@ -93,43 +82,17 @@ def footprint_polygons(
     GridError for a bad zone or quadkey and for a chip beyond ±84° latitude."""
     import shapely
 
-    zone_list = [int(z) for z in zones]
-    qk_list = [str(q) for q in quadkeys]
-    if len(zone_list) != len(qk_list):
-        raise GridError(f"{len(zone_list)} zones for {len(qk_list)} quadkeys")
-    label = list(names) if names is not None else [f"Z{z}-{q}" for z, q in zip(zone_list, qk_list)]
-    out = np.empty(len(qk_list), dtype=object)
-    groups: dict[tuple[int, int], list[int]] = {}
-    bounds = np.empty((len(qk_list), 4))
-    for i, (zone, qk) in enumerate(zip(zone_list, qk_list)):
-        try:
-            bounds[i] = grid.bounds(qk)
-            code = grid.epsg(qk, zone)
-        except (GridError, ValueError) as exc:
-            raise GridError(f"{label[i]}: no footprint ({exc})") from None
-        groups.setdefault((code, len(qk)), []).append(i)
-    for (code, zoom), rows in groups.items():
-        idx = np.asarray(rows)
-        fx, fy = _unit_ring(2 ** max(0, FULL_CORNERS_ZOOM - zoom))
-        west, south, east, north = (bounds[idx, k][:, None] for k in range(4))
-        xs = west + (east - west) * fx
-        ys = south + (north - south) * fy
-        lons, lats = _transformer(code).transform(xs.ravel(), ys.ravel())
-        lons = np.asarray(lons).reshape(xs.shape)
-        lats = np.asarray(lats).reshape(xs.shape)
-        bad = ~(np.isfinite(lons).all(axis=1) & np.isfinite(lats).all(axis=1)) | (np.abs(lats).max(axis=1, initial=0.0) > MAX_LATITUDE)
-        if bad.any():
-            first = int(idx[np.flatnonzero(bad)[0]])
-            raise GridError(
-                f"{label[first]}: reaches beyond ±{MAX_LATITUDE:g}° latitude (polar, outside ARD's UTM grid); "
-                f"{int(bad.sum())} chip(s) of EPSG:{code} refused"
-            )
-        ring = np.stack([lons, lats], axis=-1)
-        crossing = (lons.max(axis=1) - lons.min(axis=1)) > 180.0
-        out[idx[~crossing]] = shapely.polygons(ring[~crossing])
-        for j in np.flatnonzero(crossing):
-            out[idx[j]] = _split_antimeridian(ring[j])
-    return out
+    wkb = _rust_footprints(zones, quadkeys, names)["geometry"]
+    return shapely.from_wkb(np.array(wkb, dtype=object)) if wkb else np.empty(0, dtype=object)
+
+
+def wkb_type_ids(wkbs: Iterable[bytes | None]) -> set[int]:
+    """The geometry type codes (3 Polygon, 6 MultiPolygon, …) of WKB values, read from their headers."""
+    ids = set()
+    for w in wkbs:
+        if w is not None and len(w) >= 5:
+            ids.add(int.from_bytes(w[1:5], "little" if w[0] == 1 else "big") % 1000)
+    return ids
 
 
 def _chip_keys(frame: pl.DataFrame, allow_missing: bool) -> tuple[list[int | None], list[str | None], list[str]]:
@@ -162,23 +125,19 @@ def footprints(
 ) -> tuple[pl.Series, pl.Series]:
     """``(geometry, bbox)`` columns for chips: WKB polygons in WGS84 and their GeoParquet 1.1 bbox
     covering ``{xmin, ymin, xmax, ymax}``. A row whose zone or quadkey is null gets nulls."""
-    import shapely
-
     zl, ql = list(zones), list(quadkeys)
     have = [i for i, (z, q) in enumerate(zip(zl, ql)) if z is not None and q is not None]
-    geoms = np.full(len(zl), None, dtype=object)
-    if have:
-        geoms[have] = footprint_polygons(
-            [zl[i] for i in have],
-            [ql[i] for i in have],
-            [names[i] for i in have] if names is not None else None,
-        )
-    wkb = shapely.to_wkb(geoms)
-    box = shapely.bounds(geoms)  # NaN for None
-    ok = np.asarray([g is not None for g in geoms], dtype=bool)
-    bbox = pl.DataFrame({k: box[:, i] for i, k in enumerate(("xmin", "ymin", "xmax", "ymax"))}, schema=dict(BBOX_DTYPE.to_schema()))
-    bbox_s = bbox.select(pl.when(pl.Series(ok)).then(pl.struct(pl.all())).alias(BBOX)).to_series().cast(BBOX_DTYPE)
-    return pl.Series(GEOMETRY, list(wkb), dtype=pl.Binary), bbox_s
+    if len(have) == len(zl):
+        cols = _rust_footprints(zl, ql, names)
+    else:  # nulls where there is no chip
+        found = _rust_footprints([zl[i] for i in have], [ql[i] for i in have], [names[i] for i in have] if names is not None else None)
+        cols = {key: [None] * len(zl) for key in found}
+        for key, values in found.items():
+            for i, value in zip(have, values):
+                cols[key][i] = value
+    box = pl.DataFrame({k: cols[k] for k in BBOX_FIELDS}, schema=dict(BBOX_DTYPE.to_schema()))
+    bbox = box.select(pl.when(pl.col("xmin").is_not_null()).then(pl.struct(pl.all())).alias(BBOX)).to_series().cast(BBOX_DTYPE)
+    return pl.Series(GEOMETRY, cols["geometry"], dtype=pl.Binary), bbox
 
 
 def with_footprints(frame: pl.DataFrame, *, allow_missing: bool = False) -> pl.DataFrame:
@@ -191,26 +150,19 @@ def with_footprints(frame: pl.DataFrame, *, allow_missing: bool = False) -> pl.D
     return frame.with_columns(geometry, bbox)
 
 
+def _total_bounds(frame: pl.DataFrame) -> np.ndarray | None:
+    """``[xmin, ymin, xmax, ymax]`` of a table's geometries (from its bbox column), None when it has none."""
+    if frame.height == 0 or BBOX not in frame.columns:
+        return None
+    box = frame[BBOX].struct.unnest()
+    if box["xmin"].null_count() == frame.height:
+        return None
+    return np.array([box["xmin"].min(), box["ymin"].min(), box["xmax"].max(), box["ymax"].max()], dtype=float)
+
+
 def geo_metadata(frame: pl.DataFrame) -> dict[str, str]:
     """The ``geo`` key-value metadata (GeoParquet 1.1) of a frame with ``geometry`` and ``bbox`` columns."""
-    import shapely
-
-    geoms = shapely.from_wkb(frame[GEOMETRY].to_numpy()) if frame.height else np.empty(0, dtype=object)
-    present = geoms[~shapely.is_missing(geoms)] if len(geoms) else geoms
-    ids = set(shapely.get_type_id(present).tolist()) if len(present) else set()
-    names = {int(shapely.GeometryType.POLYGON): "Polygon", int(shapely.GeometryType.MULTIPOLYGON): "MultiPolygon"}
-    type_names = sorted(names.get(i, str(i)) for i in ids) or ["Polygon"]
-    column: dict[str, Any] = {
-        "encoding": "WKB",
-        "geometry_types": type_names,
-        "crs": crs_projjson(),
-        "covering": {BBOX: {k: [BBOX, k] for k in ("xmin", "ymin", "xmax", "ymax")}},
-    }
-    if len(present):
-        total = shapely.total_bounds(present)
-        column["bbox"] = [float(v) for v in total]
-    doc = {"version": GEOPARQUET_VERSION, "primary_column": GEOMETRY, "columns": {GEOMETRY: column}}
-    return {GEO_KEY: json.dumps(doc)}
+    return _geo_metadata_of(wkb_type_ids(frame[GEOMETRY].to_list()), _total_bounds(frame))
 
 
 def write_geoparquet_file(frame: pl.DataFrame, file: str | Path, *, allow_missing: bool = False) -> pl.DataFrame:
@@ -281,7 +233,6 @@ class GeoParquetStream:
 
     def _flush(self) -> None:
         import pyarrow.parquet as pq
-        import shapely
 
         if not self._pending:
             return
@@ -290,11 +241,9 @@ class GeoParquetStream:
         if frame.height == 0 and self._writer is not None:
             return
         table = with_footprints(frame, allow_missing=self.allow_missing)
-        geoms = shapely.from_wkb(table[GEOMETRY].to_numpy()) if table.height else np.empty(0, dtype=object)
-        present = geoms[~shapely.is_missing(geoms)] if len(geoms) else geoms
-        if len(present):
-            self._types |= set(shapely.get_type_id(present).tolist())
-            box = shapely.total_bounds(present)
+        self._types |= wkb_type_ids(table[GEOMETRY].to_list())
+        box = _total_bounds(table)
+        if box is not None:
             self._bounds = (
                 box
                 if self._bounds is None
@@ -316,13 +265,10 @@ class GeoParquetStream:
 
 
 def _geo_metadata_of(types: set[int], bounds: np.ndarray | None) -> dict[str, str]:
-    """:func:`geo_metadata` from the geometry type ids and total bounds of a table."""
-    import shapely
-
-    names = {int(shapely.GeometryType.POLYGON): "Polygon", int(shapely.GeometryType.MULTIPOLYGON): "MultiPolygon"}
+    """:func:`geo_metadata` from the WKB geometry type codes and total bounds of a table."""
     column: dict[str, Any] = {
         "encoding": "WKB",
-        "geometry_types": sorted(names.get(i, str(i)) for i in types) or ["Polygon"],
+        "geometry_types": sorted(_TYPE_NAMES.get(i, str(i)) for i in types) or ["Polygon"],
         "crs": crs_projjson(),
         "covering": {BBOX: {k: [BBOX, k] for k in ("xmin", "ymin", "xmax", "ymax")}},
     }

@@ -184,3 +184,61 @@ def test_progress_bar_off_a_terminal_is_silent_without_rich(monkeypatch, capsys,
     assert type(sink) is (RichProgress if drawn else ProgressSink)
     sink.update(3)
     sink.close()
+
+
+# `entry` (the console script) with an atexit handler and, optionally, a non-daemon thread still working:
+# prints what the run left behind, from the atexit handler (the last code that runs before the process ends).
+_ENTRY = """
+import atexit, pathlib, sys, threading, time
+marker, late = pathlib.Path(sys.argv.pop(1)), sys.argv.pop(1) == "thread"
+atexit.register(lambda: marker.write_text("atexit ran"))
+if late:
+    threading.Thread(target=lambda: (time.sleep(0.5), marker.with_suffix(".thread").write_text("joined"))).start()
+from imagesim.cli import entry
+sys.argv = ["imagesim", *sys.argv[1:]]
+print("buffered output", end="")  # no newline: still in stdout's buffer at the end
+entry()
+"""
+
+
+def _entry(marker, thread: bool, *args: object) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-c", _ENTRY, str(marker), "thread" if thread else "-", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
+def test_entry_ends_a_one_stage_command_with_its_code_after_atexit_and_flush(tmp_path) -> None:
+    from PIL import Image
+
+    chips = tmp_path / "chips"
+    chips.mkdir()
+    Image.new("RGB", (64, 64), (90, 120, 60)).save(chips / "a.jpg")
+    marker = tmp_path / "marker"
+    res = _entry(marker, False, "nodata-index", "--chips", chips, "--source", "pixels", "--proc", "1")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("buffered output") and "1 chips: 1 all_data" in res.stdout
+    assert marker.read_text() == "atexit ran"
+    assert json.loads((chips / "nodata-index.json").read_text())["all_data"] == ["a.jpg"]
+
+    res = _entry(marker, False, "nodata-index", "--chips", tmp_path / "nowhere")  # an error: its line and code 1
+    assert res.returncode == 1 and "chip folder does not exist" in res.stderr
+    res = _entry(marker, False, "chip", "--zoom", "3")  # a usage error: click's code 2
+    assert res.returncode == 2 and "Missing option" in res.stderr
+
+
+def test_entry_waits_for_a_working_thread_and_leaves_other_commands_alone(tmp_path) -> None:
+    marker = tmp_path / "marker"
+    res = _entry(marker, True, "nodata-index", "--help")
+    assert res.returncode == 0 and "--chips" in res.stdout
+    assert marker.with_suffix(".thread").read_text() == "joined"  # the normal exit joined the thread
+    assert marker.read_text() == "atexit ran"
+    marker.unlink()
+    res = _entry(marker, False, "--version")
+    assert res.returncode == 0 and res.stdout.startswith("buffered outputimagesim ")
+    assert marker.read_text() == "atexit ran"
+
+
+def test_exit_now_reads_the_code_as_system_exit_does(tmp_path) -> None:
+    script = "import sys; from imagesim.cli import exit_now; exit_now(eval(sys.argv[1]))"
+    for code, status, stderr in (("None", 0, ""), ("3", 3, ""), ("'bad run'", 1, "bad run\n"), ("-1", 255, "")):
+        res = subprocess.run([sys.executable, "-c", script, code], capture_output=True, text=True, timeout=60)
+        assert (res.returncode, res.stderr) == (status, stderr)

@@ -7,16 +7,19 @@ full traceback. Heavy dependencies are imported inside the commands, so `imagesi
 
 Start-up: :func:`main` runs a command of :data:`ONE_STAGE` with an app of its stage module alone (the same
 :func:`build_app`, the same declarations), so `imagesim chip` does not import the other stages' modules.
-``imagesim.cli.app``, the whole app, is built on first use.
+``imagesim.cli.app``, the whole app, is built on first use. The console script, :func:`entry`, ends such a
+command without the interpreter's teardown (see :func:`exit_now`).
 """
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import os
 import sys
+import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -111,5 +114,44 @@ def main() -> None:
         sys.exit(1)
 
 
+def entry() -> None:
+    """The `imagesim` console script: :func:`main`, then, after a command of :data:`ONE_STAGE`, :func:`exit_now`."""
+    one_stage = len(sys.argv) > 1 and sys.argv[1] in ONE_STAGE
+    try:
+        main()
+    except SystemExit as exc:
+        if not one_stage:
+            raise
+        exit_now(exc.code)
+    if one_stage:
+        exit_now(0)
+
+
+def exit_now(code: object) -> NoReturn:
+    """End the process with ``code`` (as :class:`SystemExit` reads it) without the interpreter's teardown.
+
+    Freeing every module a command loaded (polars, pyarrow, numpy: ~0.15 s on a 2-core machine) is work no
+    one waits for once the outputs are written. Everything a normal exit does that matters still happens:
+    the atexit handlers run (logging, temporary folders, Dask clients) and stdout/stderr are flushed. While
+    another non-daemon thread is alive the process exits normally instead (that exit waits for it)."""
+    others = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    if others:
+        raise SystemExit(code)
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code
+    else:  # SystemExit("message"): printed, status 1
+        print(code, file=sys.stderr)
+        status = 1
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can be said
+            pass
+    os._exit(status & 0xFF)
+
+
 if __name__ == "__main__":
-    main()
+    entry()

@@ -1,5 +1,5 @@
 """`python -m imagesim.cli …`: the `imagesim` command."""
 
-from imagesim.cli import main
+from imagesim.cli import entry
 
-main()
+entry()

@@ -2,6 +2,7 @@
 //!
 //! - [`batch`]: model input batches: many JPEGs decoded (DCT-scaled) and resized into one buffer.
 //! - [`grid`]: the ARD UTM quadkey grid, chip names and windows.
+//! - [`footprint`]: chip footprints in WGS84 (UTM inverse, antimeridian split) as WKB.
 //! - [`cog`]: GeoTIFF/COG parsing and windowed reads, decoding only the chunks a window touches.
 //! - [`jpeg`]: libjpeg-turbo decode/encode and JPEG-in-TIFF tile to standalone JFIF.
 //! - [`chip`]: cutting one cell COG into chips (re-encode or passthrough) with no-data counts.
@@ -15,6 +16,7 @@ pub mod batch;
 pub mod chip;
 pub mod cog;
 pub mod error;
+pub mod footprint;
 pub mod grid;
 pub mod jpeg;
 pub mod labels;

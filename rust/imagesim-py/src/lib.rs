@@ -5,6 +5,7 @@ use pyo3::prelude::*;
 mod chip;
 mod cog;
 mod error;
+mod footprint;
 mod grid;
 mod jpeg;
 mod labels;
@@ -17,6 +18,7 @@ mod store;
 fn _imagesim(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     grid::register(m)?;
+    footprint::register(m)?;
     cog::register(m)?;
     jpeg::register(m)?;
     chip::register(m)?;
