@@ -11,6 +11,8 @@
 //! one reaching beyond ±84° latitude (UPS, outside ARD's UTM grid) is refused.
 use crate::error::{Error, Result};
 use crate::grid::{check_zone, Tile};
+use crate::pool::run_in_pool;
+use rayon::prelude::*;
 
 /// UTM's northern (and southern) limit; beyond it lies UPS, which ARD's grid does not cover.
 pub const MAX_LATITUDE: f64 = 84.0;
@@ -22,6 +24,10 @@ const F: f64 = 1.0 / 298.257_223_563; // WGS84 flattening
 const K0: f64 = 0.9996;
 const FALSE_EASTING: f64 = 500_000.0;
 const FALSE_NORTHING_SOUTH: f64 = 10_000_000.0;
+
+/// From this many chips on, a call spreads them over every core (a row group of a chip table is 4,096
+/// to 16,384 rows; below this, starting threads costs more than it saves).
+const PARALLEL_FROM: usize = 2048;
 
 const WKB_POLYGON: u32 = 3;
 const WKB_MULTIPOLYGON: u32 = 6;
@@ -75,23 +81,41 @@ impl Inverse {
     }
 
     /// UTM easting/northing in `zone` (northern or southern hemisphere) to (lon, lat) in degrees.
+    ///
+    /// Both series are summed by Clenshaw's recurrence (the Krüger one in complex ζ = ξ + iη:
+    /// ζ' = ζ − Σ βⱼ sin 2jζ), so a point costs a handful of transcendental functions, not one per term.
     fn lonlat(&self, zone: u8, south: bool, x: f64, y: f64) -> (f64, f64) {
         let northing = if south { y - FALSE_NORTHING_SOUTH } else { y };
         let xi = northing / self.radius;
         let eta = (x - FALSE_EASTING) / self.radius;
-        let (mut xi1, mut eta1) = (xi, eta);
-        for (j, b) in self.beta.iter().enumerate() {
-            let k = 2.0 * (j + 1) as f64;
-            xi1 -= b * (k * xi).sin() * (k * eta).cosh();
-            eta1 -= b * (k * xi).cos() * (k * eta).sinh();
+        let (s2, c2) = (2.0 * xi).sin_cos();
+        let (sh2, ch2) = ((2.0 * eta).sinh(), (2.0 * eta).cosh());
+        // sin 2ζ and 2 cos 2ζ as complex numbers (re, im)
+        let sin2 = (s2 * ch2, c2 * sh2);
+        let two_cos2 = (2.0 * c2 * ch2, -2.0 * s2 * sh2);
+        let (mut b1, mut b2) = ((0.0, 0.0), (0.0, 0.0));
+        for &beta in self.beta.iter().rev() {
+            let b0 = (
+                beta + two_cos2.0 * b1.0 - two_cos2.1 * b1.1 - b2.0,
+                two_cos2.0 * b1.1 + two_cos2.1 * b1.0 - b2.1,
+            );
+            b2 = b1;
+            b1 = b0;
         }
-        let chi = (xi1.sin() / eta1.cosh()).asin();
-        let mut lat = chi;
-        for (j, d) in self.delta.iter().enumerate() {
-            lat += d * (2.0 * (j + 1) as f64 * chi).sin();
+        let xi1 = xi - (sin2.0 * b1.0 - sin2.1 * b1.1);
+        let eta1 = eta - (sin2.0 * b1.1 + sin2.1 * b1.0);
+        let (sin_xi1, cos_xi1) = xi1.sin_cos();
+        let chi = (sin_xi1 / eta1.cosh()).asin();
+        let (s2chi, c2chi) = (2.0 * chi).sin_cos();
+        let (mut d1, mut d2) = (0.0, 0.0);
+        for &delta in self.delta.iter().rev() {
+            let d0 = delta + 2.0 * c2chi * d1 - d2;
+            d2 = d1;
+            d1 = d0;
         }
+        let lat = chi + s2chi * d1;
         let central = f64::from(zone) * 6.0 - 183.0;
-        let lon = central + eta1.sinh().atan2(xi1.cos()).to_degrees();
+        let lon = central + eta1.sinh().atan2(cos_xi1).to_degrees();
         // as PROJ gives it: -180..180 (zones 1 and 60 reach past the antimeridian)
         let lon = if lon > 180.0 {
             lon - 360.0
@@ -190,27 +214,34 @@ pub fn footprints(
         Some(n) => n[i].to_string(),
         None => format!("Z{}-{}", zones[i], quadkeys[i]),
     };
-    let mut out = Vec::with_capacity(zones.len());
-    for (i, (&zone, &quadkey)) in zones.iter().zip(quadkeys).enumerate() {
-        match checked(zone, quadkey) {
-            Ok(f) => out.push(f),
-            Err(Refused::Grid(msg)) => {
-                return Err(Error::Grid(format!("{}: no footprint ({msg})", label(i))))
-            }
-            Err(Refused::Polar(code)) => {
-                // how many chips of that CRS share the fate, so one message covers the run
-                let refused = (i..zones.len())
-                    .filter(|&k| matches!(checked(zones[k], quadkeys[k]), Err(Refused::Polar(c)) if c == code))
-                    .count();
-                return Err(Error::Grid(format!(
-                    "{}: reaches beyond ±{MAX_LATITUDE}° latitude (polar, outside ARD's UTM grid); \
-                     {refused} chip(s) of EPSG:{code} refused",
-                    label(i)
-                )));
-            }
+    let each = |(&zone, &quadkey): (&i64, &&str)| checked(zone, quadkey);
+    let found: Vec<std::result::Result<Footprint, Refused>> = if zones.len() >= PARALLEL_FROM {
+        run_in_pool(0, || zones.par_iter().zip(quadkeys).map(each).collect())?
+    } else {
+        zones.iter().zip(quadkeys).map(each).collect()
+    };
+    let first_refused = found
+        .iter()
+        .enumerate()
+        .find_map(|(i, r)| r.as_ref().err().map(|e| (i, e)));
+    match first_refused {
+        None => Ok(found.into_iter().flatten().collect()),
+        Some((i, Refused::Grid(msg))) => {
+            Err(Error::Grid(format!("{}: no footprint ({msg})", label(i))))
+        }
+        Some((i, Refused::Polar(code))) => {
+            // how many chips of that CRS share the fate, so one message covers the run
+            let refused = found[i..]
+                .iter()
+                .filter(|r| matches!(r, Err(Refused::Polar(c)) if c == code))
+                .count();
+            Err(Error::Grid(format!(
+                "{}: reaches beyond ±{MAX_LATITUDE}° latitude (polar, outside ARD's UTM grid); \
+                 {refused} chip(s) of EPSG:{code} refused",
+                label(i)
+            )))
         }
     }
-    Ok(out)
 }
 
 /// [`footprint`] of a zone given as any integer (a table's column).
