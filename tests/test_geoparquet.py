@@ -102,9 +102,7 @@ def test_footprints_agree_with_pyproj_across_the_grid() -> None:
         segments = 2 ** max(0, 17 - len(qk))
         assert len(ring) == 4 * segments + 1
         corners = ring[[0, segments, 2 * segments, 3 * segments]]
-        lon, lat = transformer(grid.epsg(qk, zone), 4326).transform(
-            [west, east, east, west], [south, south, north_, north_]
-        )
+        lon, lat = transformer(grid.epsg(qk, zone), 4326).transform([west, east, east, west], [south, south, north_, north_])
         np.testing.assert_allclose(corners, np.column_stack([lon, lat]), rtol=0, atol=1e-9, err_msg=f"Z{zone}-{qk}")
 
 

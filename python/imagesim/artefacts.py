@@ -41,9 +41,8 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import polars as pl
 
 from imagesim import _imagesim, grid
@@ -52,6 +51,9 @@ from imagesim.fsutil import write_with
 from imagesim.geoparquet import GEO_COLUMNS as _GEO_COLUMNS
 from imagesim.geoparquet import write_geoparquet_file
 from imagesim.storage import AnyPath, StorePath, local_copy, location, read_parquet
+
+if TYPE_CHECKING:  # numpy is imported where it is used: a command that needs none loads none
+    import numpy as np
 
 # --- chips (imagesim chip) ---
 CHIPS_MANIFEST = "chips.parquet"
@@ -651,6 +653,8 @@ def read_nodata_classes(path: AnyPath) -> pl.DataFrame:
 
 def bitset_matrix(table: pl.DataFrame, n_classes: int) -> np.ndarray:
     """The ``bitset`` column of a labels table as a (chips, words) uint64 matrix."""
+    import numpy as np
+
     words = _imagesim.label_words(n_classes)
     if table.height == 0:
         return np.zeros((0, words), np.uint64)
@@ -703,6 +707,8 @@ def read_labels(path: str | Path, columns: list[str] | None = None) -> Labels:
 
 
 def _unit_vectors(vectors: np.ndarray, names: pl.Series, source: Path) -> np.ndarray:
+    import numpy as np
+
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=1)
     bad = ~np.isfinite(norms) | (norms < 1e-12)
@@ -830,6 +836,8 @@ def read_embedding_vectors(path: str | Path, *, batch: int = 131_072) -> tuple[p
     """Only the chip names and unit embeddings of ``embeddings.parquet`` (no other column, no chip-name
     parsing), read in slices into one float32 array: what a pass over millions of embeddings needs
     (peak memory about the vectors themselves, not twice them)."""
+    import numpy as np
+
     path = Path(path)
     lazy, _, dim = _scan_embeddings(path)
     try:
@@ -1026,6 +1034,8 @@ class EmbeddingRows:
         return self.chips.len()
 
     def _window(self, w: int) -> np.ndarray:
+        import numpy as np
+
         if self._held is None or self._held[0] != w:
             self._held = None  # let the last window go before reading the next
             try:
@@ -1044,6 +1054,8 @@ class EmbeddingRows:
     def take(self, rows: np.ndarray) -> np.ndarray:
         """Unit vectors of ``rows`` (row numbers of the file), float32 ``(len(rows), dim)``: read a window of
         ``WINDOW`` rows at a time (the last one kept), so rows close together cost one read."""
+        import numpy as np
+
         rows = np.asarray(rows, np.int64)
         out = np.empty((len(rows), self.dim), np.float32)
         windows = rows // self.WINDOW

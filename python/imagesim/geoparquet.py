@@ -29,9 +29,8 @@ import json
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import polars as pl
 
 from imagesim import _imagesim as _rs
@@ -39,6 +38,9 @@ from imagesim import grid
 from imagesim.errors import GridError
 from imagesim.fsutil import write_with
 from imagesim.storage import AnyPath
+
+if TYPE_CHECKING:  # numpy is imported where it is used: writing a table needs none
+    import numpy as np
 
 GEOMETRY = "geometry"
 BBOX = "bbox"
@@ -80,6 +82,7 @@ def footprint_polygons(
     chip split at the antimeridian), one per ``(zone, quadkey)``; ``names`` (the chips) name a refused chip.
 
     GridError for a bad zone or quadkey and for a chip beyond ±84° latitude."""
+    import numpy as np
     import shapely
 
     wkb = _rust_footprints(zones, quadkeys, names)["geometry"]
@@ -150,14 +153,14 @@ def with_footprints(frame: pl.DataFrame, *, allow_missing: bool = False) -> pl.D
     return frame.with_columns(geometry, bbox)
 
 
-def _total_bounds(frame: pl.DataFrame) -> np.ndarray | None:
+def _total_bounds(frame: pl.DataFrame) -> list[float] | None:
     """``[xmin, ymin, xmax, ymax]`` of a table's geometries (from its bbox column), None when it has none."""
     if frame.height == 0 or BBOX not in frame.columns:
         return None
     box = frame[BBOX].struct.unnest()
     if box["xmin"].null_count() == frame.height:
         return None
-    return np.array([box["xmin"].min(), box["ymin"].min(), box["xmax"].max(), box["ymax"].max()], dtype=float)
+    return [float(box["xmin"].min()), float(box["ymin"].min()), float(box["xmax"].max()), float(box["ymax"].max())]  # type: ignore[arg-type]
 
 
 def geo_metadata(frame: pl.DataFrame) -> dict[str, str]:
@@ -206,7 +209,7 @@ class GeoParquetStream:
         self._schema: dict[str, pl.DataType] | None = None  # of the frames given (no geometry)
         self._writer: Any = None
         self._types: set[int] = set()
-        self._bounds: np.ndarray | None = None
+        self._bounds: list[float] | None = None
 
     def __enter__(self) -> GeoParquetStream:
         return self
@@ -231,24 +234,28 @@ class GeoParquetStream:
         if self._pending_rows >= self.row_group:
             self._flush()
 
-    def _flush(self) -> None:
-        import pyarrow.parquet as pq
-
+    def _take_pending(self) -> pl.DataFrame | None:
+        """The pending rows with their footprints (types and bounds noted), None when there are none."""
         if not self._pending:
-            return
+            return None
         frame = pl.concat(self._pending) if len(self._pending) > 1 else self._pending[0]
         self._pending, self._pending_rows = [], 0
         if frame.height == 0 and self._writer is not None:
-            return
+            return None
         table = with_footprints(frame, allow_missing=self.allow_missing)
         self._types |= wkb_type_ids(table[GEOMETRY].to_list())
         box = _total_bounds(table)
         if box is not None:
-            self._bounds = (
-                box
-                if self._bounds is None
-                else np.concatenate([np.minimum(self._bounds[:2], box[:2]), np.maximum(self._bounds[2:], box[2:])])
-            )
+            old = self._bounds or box
+            self._bounds = [min(old[0], box[0]), min(old[1], box[1]), max(old[2], box[2]), max(old[3], box[3])]
+        return table
+
+    def _flush(self) -> None:
+        import pyarrow.parquet as pq
+
+        table = self._take_pending()
+        if table is None:
+            return
         arrow = table.to_arrow()
         if self._writer is None:
             self._writer = pq.ParquetWriter(self.file, arrow.schema, compression="zstd")
@@ -256,6 +263,12 @@ class GeoParquetStream:
 
     def close(self) -> int:
         """Write what is pending and the ``geo`` metadata, close the file; the rows written."""
+        if self._writer is None:
+            # the whole table is one row group: polars writes it (pyarrow, ~0.1 s to import, is not needed)
+            table = self._take_pending()
+            if table is not None:
+                table.write_parquet(self.file, compression="zstd", metadata=_geo_metadata_of(self._types, self._bounds))
+            return self.rows
         self._flush()
         if self._writer is not None:
             self._writer.add_key_value_metadata(_geo_metadata_of(self._types, self._bounds))
@@ -264,7 +277,7 @@ class GeoParquetStream:
         return self.rows
 
 
-def _geo_metadata_of(types: set[int], bounds: np.ndarray | None) -> dict[str, str]:
+def _geo_metadata_of(types: set[int], bounds: Sequence[float] | None) -> dict[str, str]:
     """:func:`geo_metadata` from the WKB geometry type codes and total bounds of a table."""
     column: dict[str, Any] = {
         "encoding": "WKB",

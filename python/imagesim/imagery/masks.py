@@ -26,7 +26,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 
 from imagesim import grid, options
@@ -140,6 +139,7 @@ def read_mask(path: AnyPath, epsg: int) -> MaskGeometry:
     """Every polygon of the GeoPackage ``path`` (all its feature tables), unioned, in EPSG ``epsg``.
 
     Raises MaskError naming the file when it is not a readable GeoPackage."""
+    import numpy as np
     import shapely
     from pyproj import CRS, Transformer
 
@@ -187,6 +187,7 @@ def read_mask(path: AnyPath, epsg: int) -> MaskGeometry:
 
 def _polygons(geoms: list[Any], result: MaskGeometry) -> Any:
     """The union of the polygon parts of ``geoms``; invalid ones repaired (counted), others ignored (counted)."""
+    import numpy as np
     import shapely
 
     if not geoms:
@@ -221,6 +222,7 @@ def acquisition_fractions(acq: Acquisition, zoom: int, *, present: dict[str, Any
     ``frame`` has ``quadkey`` (``grid.children(cell, zoom)`` order) and one Float64 column per mask
     (MASK_FRACTION_COLUMNS), null where the delivery lacks that mask (or it is unreadable) and for
     chips without valid area. Without a data mask the valid area is the whole chip (noted)."""
+    import numpy as np
     import shapely
 
     from imagesim.imagery.coverage import chip_areas
