@@ -51,8 +51,7 @@ def test_one_run_writes_the_in_memory_manifest(chipped_once: Path) -> None:
     assert hidden(chipped_once) == []
 
 
-def test_small_parts_and_cog_by_cog_give_the_same_manifest(small_sample, chipped_once: Path, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(chip, "PART_ROWS", 5)  # a part file per COG and then some
+def test_small_row_groups_and_cog_by_cog_give_the_same_manifest(small_sample, chipped_once: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(chip, "MANIFEST_ROW_GROUP", 7)
     dest = tmp_path / "chips"
     # last COG first: each run merges its rows into the old ones at another place
@@ -226,15 +225,14 @@ def test_chip_table_nodata_index_overrides(chipped_once: Path, tmp_path: Path) -
 _KILLED_RUN = """
 import os, signal, sys
 from imagesim.imagery import chip
-chip.PART_SECONDS = 0.0  # a part file closed (readable) before each COG's rows but the first
 added = 0
 add = chip._Manifest.add
 def add_then_die(self, frame):
     global added
-    add(self, frame)
     added += 1
-    if added == 2:  # the second COG's rows in an open part file: lost
+    if added == 2:  # killed while the second COG's rows are being set down: they are lost
         os.kill(os.getpid(), signal.SIGKILL)
+    add(self, frame)
 chip._Manifest.add = add_then_die
 chip.run_chip(sys.argv[1], sys.argv[2], chip.ChipSettings(zoom=int(sys.argv[3]), proc=1))
 """
@@ -253,7 +251,7 @@ def test_a_killed_run_is_recovered_by_the_next(small_sample, chipped_once: Path,
 
     summary = run_chip(small_sample.root, dest, ChipSettings(zoom=ZOOM))
     per_cog = 4 ** (ZOOM - 12)
-    assert summary.recovered == per_cog  # the first COG's closed part; the second's open part had no footer
+    assert summary.recovered == per_cog  # the first COG's part file; the second's rows were never set down
     # the second COG's JPEGs were on disk, unrecorded: measured again, not cut (and any of the third COG's the runner
     # had started before the kill); the rest cut
     assert summary.skipped == per_cog and summary.measured >= per_cog
@@ -262,6 +260,30 @@ def test_a_killed_run_is_recovered_by_the_next(small_sample, chipped_once: Path,
     got, want = (pl.read_parquet(d / CHIPS_MANIFEST).drop(UNMEASURED) for d in (dest, chipped_once))
     assert_frame_equal(got, want)
     assert hidden(dest) == []
+
+
+def test_parts_of_an_older_imagesim_are_recovered(small_sample, chipped_once: Path, tmp_path: Path) -> None:
+    """An older imagesim kept several COGs' rows in one part file, a row group each: still merged."""
+    import os
+
+    dest = tmp_path / "chips"
+    shutil.copytree(chipped_once, dest)
+    rows = pl.read_parquet(dest / CHIPS_MANIFEST)
+    (dest / CHIPS_MANIFEST).unlink()
+    dead = dest / f"{chip.PARTS_PREFIX}dead"
+    dead.mkdir()
+    (dead / OWNER_FILE).write_text(json.dumps({"pid": 2**22 + 1, "host": __import__("socket").gethostname()}))
+    first_two = rows.filter(pl.col("catalog_id").is_in(small_sample.catalog_ids[:2])).drop("geometry", "bbox")
+    with pq.ParquetWriter(dead / "part-00000.parquet", first_two.to_arrow().schema) as writer:
+        for _, group in first_two.group_by("catalog_id", maintain_order=True):
+            writer.write_table(group.to_arrow(), row_group_size=group.height)
+    assert pq.ParquetFile(dead / "part-00000.parquet").metadata.num_row_groups == 2
+    (dead / "part-00001.parquet").write_bytes(b"PAR1 cut short")
+    summary = run_chip(small_sample.root, dest, ChipSettings(zoom=ZOOM))
+    per_cog = 4 ** (ZOOM - 12)
+    assert summary.recovered == 2 * per_cog and summary.skipped == 2 * per_cog and summary.measured == per_cog
+    assert_frame_equal(pl.read_parquet(dest / CHIPS_MANIFEST).drop(UNMEASURED), rows.drop(UNMEASURED))
+    assert hidden(dest) == [] and not os.path.exists(dead)
 
 
 def test_a_part_folder_of_a_running_chip_is_left_alone(small_sample, chipped_once: Path, tmp_path: Path) -> None:

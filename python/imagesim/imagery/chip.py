@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
 import shutil
 import time
 from collections.abc import Iterator, Sequence
@@ -145,12 +146,8 @@ def source_stamp(acq: Acquisition) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
-# Rows of this run per part file (each COG's rows one row group), and per row group of chips.parquet.
-PART_ROWS = 262_144
+# Rows per row group of chips.parquet.
 MANIFEST_ROW_GROUP = 16_384
-# A part file is closed (complete, readable) at least this often: a run killed outright loses at most
-# this long's records; the next run merges what the closed parts hold (recover_parts).
-PART_SECONDS = 30.0
 PARTS_PREFIX = f".{CHIPS_MANIFEST}.parts-"
 _SEP = "\x01"  # below every character of a zone, cell, date or catalog id: joined keys sort as the tuples do
 
@@ -170,11 +167,10 @@ def _cell_index(zoom: int) -> pl.Expr:
 
 @dataclass
 class _Block:
-    """One COG's rows of this run: row group ``group`` of part file ``part``."""
+    """One COG's rows of this run: part file ``part``."""
 
     key: str  # _acquisition_key
     part: int
-    offset: int  # its first row in the part
     rows: int
 
 
@@ -183,7 +179,8 @@ class _Manifest:
 
     The manifest already there is read once, a slice at a time, into what the run needs of it: which chips
     each acquisition has recorded (at the run's zoom, one bit per chip) and its COG's stamp. This run's rows
-    go to Parquet part files in a hidden folder (each COG's rows one row group); :meth:`flush` merges them
+    go to Parquet part files in a hidden folder (each COG's rows a file, complete once :meth:`add` returns, so
+    a run killed outright loses no COG it finished: :func:`recover_parts`); :meth:`flush` merges them
     with the old rows into ``chips.parquet`` (written atomically, one row group at a time) in its order
     (MANIFEST_ORDER): both are sorted by acquisition, so the merge streams. A manifest not in that order
     (derived from chip names, or from an older imagesim) is merged in memory instead, once.
@@ -209,9 +206,6 @@ class _Manifest:
         self.blocks: list[_Block] = []
         self.parts: list[Path] = []
         self.folder: Path | None = None
-        self.writer: Any = None
-        self.part_rows = 0
-        self.part_opened = 0.0
 
     def _record(self, rows: pl.DataFrame) -> None:
         """Add a manifest's recorded rows to the known chips and stamps (the first stamp of an acquisition wins)."""
@@ -249,9 +243,7 @@ class _Manifest:
         return recorded != source_stamp(acq)
 
     def add(self, frame: pl.DataFrame) -> None:
-        """One COG's rows: written to the current part file as one row group, sorted by quadkey."""
-        import pyarrow.parquet as pq
-
+        """One COG's rows: written to a part file of their own, sorted by quadkey."""
         if frame.height == 0:
             return
         frame = frame.sort("quadkey", maintain_order=True)
@@ -259,33 +251,22 @@ class _Manifest:
             # Beside chips.parquet (hidden: no stage takes it for chips); a store's parts stay local.
             local = self.dest if isinstance(self.dest, Path) else None
             self.folder = work_folder(local, PARTS_PREFIX)
-        table = frame.to_arrow()
-        if self.writer is None or self.part_rows >= PART_ROWS or time.monotonic() - self.part_opened >= PART_SECONDS:
-            self._close_part()
-            self.parts.append(self.folder / f"part-{len(self.parts):05d}.parquet")
-            self.writer = pq.ParquetWriter(self.parts[-1], table.schema, compression="zstd")
-            self.part_opened = time.monotonic()
-        self.writer.write_table(table, row_group_size=frame.height)
-        self.blocks.append(_Block(frame.select(_acquisition_key()).item(0, 0), len(self.parts) - 1, self.part_rows, frame.height))
-        self.part_rows += frame.height
+        part = self.folder / f"part-{len(self.parts):05d}.parquet"
+        # written under another name, then renamed: a part file is whole or absent (polars: no pyarrow import)
+        frame.write_parquet(part.with_suffix(".writing"), compression="zstd")
+        os.replace(part.with_suffix(".writing"), part)
+        self.parts.append(part)
+        self.blocks.append(_Block(frame.select(_acquisition_key()).item(0, 0), len(self.parts) - 1, frame.height))
         self._mark(self.new, frame)
-
-    def _close_part(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
-            self.part_rows = 0
 
     def discard(self) -> None:
         """Remove the part files (after :meth:`flush`, or when the run ends without writing)."""
-        self._close_part()
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
             self.folder = None
 
     def flush(self) -> None:
         """Merge this run's rows into ``chips.parquet`` (atomically); nothing to do when there are none."""
-        self._close_part()
         if not self.blocks:
             return
         rows = self._merged() if self.old_sorted else self._merged_in_memory()
@@ -294,11 +275,7 @@ class _Manifest:
                 out.write(frame.select(list(MANIFEST_SCHEMA)))
 
     def _block_rows(self, blocks: list[_Block]) -> list[pl.DataFrame]:
-        # read with polars, a row group alone (pyarrow's reader keeps what it read)
-        return [
-            pl.scan_parquet(self.parts[b.part]).slice(b.offset, b.rows).collect().cast(MANIFEST_SCHEMA)  # type: ignore[arg-type]
-            for b in blocks
-        ]
+        return [pl.read_parquet(self.parts[b.part]).cast(MANIFEST_SCHEMA) for b in blocks]  # type: ignore[arg-type]
 
     def _old_rows(self) -> Iterator[pl.DataFrame]:
         """The old manifest's rows, a slice at a time, less the chips this run recorded again (its rows replace them)."""
@@ -373,10 +350,9 @@ def _suffixes(zoom: int) -> list[str]:
 def recover_parts(dest: AnyPath) -> tuple[int, list[str]]:
     """Merge into ``chips.parquet`` the rows a run killed outright (SIGKILL, out of memory, power) left in its
     part folder ``DEST/.chips.parquet.parts-*``, then remove the folder: those chips are on disk and need not
-    be cut again. A part file being written when the run died has no footer and is left out (its chips are
-    cut again). Returns (rows recovered, notes about folders left alone: another run is writing them)."""
-    import pyarrow.parquet as pq
-
+    be cut again. A part file cut short (no footer: written by an older imagesim when the run died) is left
+    out (its chips are cut again). Returns (rows recovered, notes about folders left alone: another run is
+    writing them)."""
     if not isinstance(dest, Path):
         return 0, []
     gone, busy = abandoned(dest, PARTS_PREFIX)
@@ -387,12 +363,11 @@ def recover_parts(dest: AnyPath) -> tuple[int, list[str]]:
         try:
             for part in sorted(folder.glob("part-*.parquet")):
                 try:
-                    reader = pq.ParquetFile(part)
-                except Exception:  # no footer: the part being written when the run died
+                    rows = pl.read_parquet(part)
+                except Exception:  # noqa: BLE001 - no footer, or not Parquet at all: its chips are cut again
                     continue
-                for group in range(reader.num_row_groups):  # one COG's rows each
-                    frame = pl.from_arrow(reader.read_row_group(group))
-                    assert isinstance(frame, pl.DataFrame)
+                # one COG's rows a file (an older imagesim: one a row group, several a file)
+                for frame in rows.partition_by(["zone", "cell", "acquisition_date", "catalog_id"], maintain_order=True):
                     if frame.height == 0:
                         continue
                     zoom = len(frame["quadkey"][0])

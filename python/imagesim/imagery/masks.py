@@ -118,15 +118,24 @@ def _wkb(blob: bytes) -> bytes | None:
     return blob[8 + envelope :]
 
 
-def _crs_of(con: sqlite3.Connection, srs_id: int) -> Any | None:
-    """The pyproj CRS of a GeoPackage srs_id (None: undefined)."""
-    from pyproj import CRS
-
+def _srs_row(con: sqlite3.Connection, srs_id: int) -> tuple[Any, Any, Any] | None:
+    """(organization, organization_coordsys_id, definition) of a GeoPackage srs_id (None: undefined)."""
     row = con.execute(
         "SELECT organization, organization_coordsys_id, definition FROM gpkg_spatial_ref_sys WHERE srs_id = ?", (srs_id,)
     ).fetchone()
-    if row is None or srs_id in (0, -1):
-        return None
+    return None if row is None or srs_id in (0, -1) else row
+
+
+def _is_epsg(row: tuple[Any, Any, Any], epsg: int) -> bool:
+    """The srs row names EPSG ``epsg`` itself (the usual case): no CRS library is needed to know it."""
+    org, code, _ = row
+    return isinstance(org, str) and org.upper() == "EPSG" and str(code) == str(epsg)
+
+
+def _crs_of(row: tuple[Any, Any, Any]) -> Any | None:
+    """The pyproj CRS of a GeoPackage srs row (None: undefined)."""
+    from pyproj import CRS
+
     org, code, definition = row
     if isinstance(org, str) and org.upper() == "EPSG" and code:
         return CRS.from_epsg(int(code))
@@ -141,7 +150,6 @@ def read_mask(path: AnyPath, epsg: int) -> MaskGeometry:
     Raises MaskError naming the file when it is not a readable GeoPackage."""
     import numpy as np
     import shapely
-    from pyproj import CRS, Transformer
 
     try:
         con = _connect(path)
@@ -157,7 +165,6 @@ def read_mask(path: AnyPath, epsg: int) -> MaskGeometry:
             ).fetchall()
         except sqlite3.Error as exc:
             raise MaskError(f"{path}: not a GeoPackage ({exc})") from None
-        target = CRS.from_epsg(epsg)
         for table, column, srs_id in tables:
             quoted_table, quoted_column = '"' + str(table).replace('"', '""') + '"', '"' + str(column).replace('"', '""') + '"'
             try:
@@ -171,11 +178,17 @@ def read_mask(path: AnyPath, epsg: int) -> MaskGeometry:
                 raise MaskError(f"{path}: layer {table!r} holds an unreadable geometry ({exc})") from None
             result.features += len(blobs)
             result.ignored += sum(w is None for w in wkbs)
-            crs = _crs_of(con, int(srs_id)) if srs_id is not None else None
-            if crs is not None and not crs.equals(target) and len(geoms):
-                tr = Transformer.from_crs(crs, target, always_xy=True)
-                geoms = shapely.transform(geoms, lambda xy, tr=tr: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
-                result.reprojected_from = crs.to_string()
+            row = _srs_row(con, int(srs_id)) if srs_id is not None else None
+            # pyproj only for a mask in another CRS than the cell's (ARD's masks are in it: no import)
+            crs = _crs_of(row) if row is not None and not _is_epsg(row, epsg) and len(geoms) else None
+            if crs is not None:
+                from pyproj import CRS, Transformer
+
+                target = CRS.from_epsg(epsg)
+                if not crs.equals(target):
+                    tr = Transformer.from_crs(crs, target, always_xy=True)
+                    geoms = shapely.transform(geoms, lambda xy, tr=tr: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
+                    result.reprojected_from = crs.to_string()
             parts.extend(geoms.tolist())
     except sqlite3.DatabaseError as exc:  # a damaged file fails on first real read
         raise MaskError(f"{path}: not a readable GeoPackage ({exc})") from None
