@@ -164,7 +164,8 @@ def _total_bounds(frame: pl.DataFrame) -> list[float] | None:
 
 
 def geo_metadata(frame: pl.DataFrame) -> dict[str, str]:
-    """The ``geo`` key-value metadata (GeoParquet 1.1) of a frame with ``geometry`` and ``bbox`` columns."""
+    """The ``geo`` key-value metadata (GeoParquet 1.1) of a frame with ``geometry`` and ``bbox`` columns (the
+    geometry types read from the WKB headers, the total bounds from ``bbox``)."""
     return _geo_metadata_of(wkb_type_ids(frame[GEOMETRY].to_list()), _total_bounds(frame))
 
 

@@ -61,7 +61,6 @@ from imagesim.errors import (
 )
 from imagesim.fsutil import abandoned, atomic_path, work_folder, write_json
 from imagesim.geoparquet import GeoParquetStream
-from imagesim.imagery.masks import read_mask
 from imagesim.progress import ProgressFactory, ProgressSink, open_progress
 from imagesim.runner import Outcome, TaskRunner, worker_threads
 from imagesim.storage import AnyPath, StorePath, is_url, location
@@ -325,6 +324,8 @@ class _MaskLookup:
 
     def polygon(self, path: AnyPath, epsg: int):
         """The data mask ``path`` in EPSG ``epsg`` (read once; :func:`imagesim.imagery.masks.read_mask`)."""
+        from imagesim.imagery.masks import read_mask  # only `source` mask reads GeoPackages
+
         if path not in self.masks:
             if not path.is_file():
                 raise ImagesimFileNotFoundError(f"{path}: data mask not found")
