@@ -18,12 +18,14 @@ hundredths from seed to seed, so (a), (b) and (d) are the mean of
 precision@10, (c) >= 2 × random.
 
     python benches/bench_pretrain.py [--work bench-out/change] [--epochs 4] [--pretrain-epochs 8] [--seeds 3]
+                                     [--pretrain-args "--batch-size 256 --device cuda"]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import sys
 import time
@@ -57,6 +59,12 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--pretrain-epochs", type=int, default=8)
     ap.add_argument("--seeds", type=int, default=3, help="supervised runs of (a) and (b) per figure (seeds 0..N-1): one run is noisy")
+    ap.add_argument(
+        "--pretrain-args",
+        default="",
+        help="more `imagesim pretrain` options, e.g. '--batch-size 256 --device cuda' (they override the bench's); "
+        "runs in WORK are reused: delete WORK/pretrain and WORK/run-b* after changing them",
+    )
     args = ap.parse_args()
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -69,7 +77,7 @@ def main() -> None:
     if not (pre / "backbone.pt").exists():
         imagesim(
             "pretrain", "--chips", str(chips), "--out", str(pre), "--backbone", "resnet18", "--chip-size", "64",
-            "--epochs", str(args.pretrain_epochs), "--batch-size", "64", "--overwrite",
+            "--epochs", str(args.pretrain_epochs), "--batch-size", "64", "--overwrite", *shlex.split(args.pretrain_args),
         )  # fmt: skip
 
     def supervised(name: str, seed: int, weights: list[str]) -> tuple[float, float, float]:
