@@ -122,16 +122,20 @@ def _tile_at(zone: int, lon: float, lat: float) -> str:
     return grid.tile_to_quadkey((int((x + 9_740_000) // size), int((10_240_000 - y) // size), 17))
 
 
-def test_a_chip_across_the_antimeridian_is_split() -> None:
-    qk = _tile_at(1, -180.0, 10.0)
-    (geom,) = geoparquet.footprint_polygons([1], [qk])
+@pytest.mark.parametrize(("zone", "lon", "lat"), [(1, -180.0, 10.0), (60, 180.0, -10.0), (1, -180.0, -60.0)])
+def test_a_chip_across_the_antimeridian_is_split(zone: int, lon: float, lat: float) -> None:
+    qk = _tile_at(zone, lon, lat)
+    (geom,) = geoparquet.footprint_polygons([zone], [qk])
     assert geom.geom_type == "MultiPolygon" and geom.is_valid and len(geom.geoms) == 2
     lons = shapely.get_coordinates(geom)[:, 0]
     assert lons.min() >= -180 and lons.max() <= 180 and (lons == 180).any() and (lons == -180).any()
-    assert geom.area == pytest.approx(shapely.Polygon(_shifted(_independent(1, qk))).area, rel=1e-9)
-    frame = geoparquet.with_footprints(pl.DataFrame({"zone": [1, 1], "quadkey": [qk, _tile_at(1, -177.0, 10.0)]}))
+    assert all(shapely.is_ccw(part.exterior) for part in geom.geoms)
+    assert geom.area == pytest.approx(shapely.Polygon(_shifted(_independent(zone, qk))).area, rel=1e-9)
+    inside = _tile_at(zone, lon + (3.0 if zone == 1 else -3.0), lat)
+    frame = geoparquet.with_footprints(pl.DataFrame({"zone": [zone, zone], "quadkey": [qk, inside]}))
     meta = json.loads(geoparquet.geo_metadata(frame)["geo"])
     assert meta["columns"]["geometry"]["geometry_types"] == ["MultiPolygon", "Polygon"]
+    assert meta["columns"]["geometry"]["bbox"][0] == -180.0 and meta["columns"]["geometry"]["bbox"][2] == 180.0
 
 
 def _shifted(corners: np.ndarray) -> np.ndarray:
