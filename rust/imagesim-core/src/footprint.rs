@@ -210,6 +210,13 @@ pub fn footprints(
             quadkeys.len()
         )));
     }
+    if let Some(n) = names.filter(|n| n.len() != quadkeys.len()) {
+        return Err(Error::InvalidArgument(format!(
+            "{} names for {} quadkeys",
+            n.len(),
+            quadkeys.len()
+        )));
+    }
     let label = |i: usize| match names {
         Some(n) => n[i].to_string(),
         None => format!("Z{}-{}", zones[i], quadkeys[i]),
@@ -389,6 +396,8 @@ mod tests {
         );
         let err = footprints(&[33], &["0314"], Some(&["x.jpg"])).unwrap_err();
         assert!(err.to_string().starts_with("x.jpg: no footprint"), "{err}");
+        let err = footprints(&[33], &[NORTH], Some(&[])).unwrap_err();
+        assert_eq!(err.to_string(), "0 names for 1 quadkeys");
     }
 
     #[test]

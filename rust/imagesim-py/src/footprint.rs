@@ -20,13 +20,6 @@ fn chip_footprints<'py>(
         let labels: Option<Vec<&str>> = names
             .as_ref()
             .map(|n| n.iter().map(String::as_str).collect());
-        if labels.as_ref().is_some_and(|l| l.len() != qks.len()) {
-            return Err(imagesim_core::Error::InvalidArgument(format!(
-                "{} names for {} quadkeys",
-                labels.map_or(0, |l| l.len()),
-                qks.len()
-            )));
-        }
         imagesim_core::footprint::footprints(&zones, &qks, labels.as_deref())
     })?;
     let out = PyDict::new(py);
