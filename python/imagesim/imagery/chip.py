@@ -170,8 +170,7 @@ class _Block:
     """One COG's rows of this run: part file ``part``."""
 
     key: str  # _acquisition_key
-    part: int
-    rows: int
+    part: Path
 
 
 class _Manifest:
@@ -204,7 +203,6 @@ class _Manifest:
             self._record(recorded_by_chip(batch))
         self.new: dict[tuple[int, str, str], np.ndarray] = {}  # this run's chips, as self.known
         self.blocks: list[_Block] = []
-        self.parts: list[Path] = []
         self.folder: Path | None = None
 
     def _record(self, rows: pl.DataFrame) -> None:
@@ -251,12 +249,11 @@ class _Manifest:
             # Beside chips.parquet (hidden: no stage takes it for chips); a store's parts stay local.
             local = self.dest if isinstance(self.dest, Path) else None
             self.folder = work_folder(local, PARTS_PREFIX)
-        part = self.folder / f"part-{len(self.parts):05d}.parquet"
+        part = self.folder / f"part-{len(self.blocks):05d}.parquet"
         # written under another name, then renamed: a part file is whole or absent (polars: no pyarrow import)
         frame.write_parquet(part.with_suffix(".writing"), compression="zstd")
         os.replace(part.with_suffix(".writing"), part)
-        self.parts.append(part)
-        self.blocks.append(_Block(frame.select(_acquisition_key()).item(0, 0), len(self.parts) - 1, frame.height))
+        self.blocks.append(_Block(frame.select(_acquisition_key()).item(0, 0), part))
         self._mark(self.new, frame)
 
     def discard(self) -> None:
@@ -275,7 +272,7 @@ class _Manifest:
                 out.write(frame.select(list(MANIFEST_SCHEMA)))
 
     def _block_rows(self, blocks: list[_Block]) -> list[pl.DataFrame]:
-        return [pl.read_parquet(self.parts[b.part]).cast(MANIFEST_SCHEMA) for b in blocks]  # type: ignore[arg-type]
+        return [pl.read_parquet(b.part).cast(MANIFEST_SCHEMA) for b in blocks]  # type: ignore[arg-type]
 
     def _old_rows(self) -> Iterator[pl.DataFrame]:
         """The old manifest's rows, a slice at a time, less the chips this run recorded again (its rows replace them)."""

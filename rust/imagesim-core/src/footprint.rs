@@ -10,7 +10,7 @@
 //! antimeridian (zones 1 and 60 reach past ±180°) is split there into a MultiPolygon of two parts;
 //! one reaching beyond ±84° latitude (UPS, outside ARD's UTM grid) is refused.
 use crate::error::{Error, Result};
-use crate::grid::{check_zone, Tile};
+use crate::grid::{check_zone, Tile, SOUTH_SHIFT};
 use crate::pool::run_in_pool;
 use rayon::prelude::*;
 
@@ -23,7 +23,6 @@ const A: f64 = 6_378_137.0; // WGS84 semi-major axis
 const F: f64 = 1.0 / 298.257_223_563; // WGS84 flattening
 const K0: f64 = 0.9996;
 const FALSE_EASTING: f64 = 500_000.0;
-const FALSE_NORTHING_SOUTH: f64 = 10_000_000.0;
 
 /// From this many chips on, a call spreads them over every core (a row group of a chip table is 4,096
 /// to 16,384 rows; below this, starting threads costs more than it saves).
@@ -85,7 +84,8 @@ impl Inverse {
     /// Both series are summed by Clenshaw's recurrence (the Krüger one in complex ζ = ξ + iη:
     /// ζ' = ζ − Σ βⱼ sin 2jζ), so a point costs a handful of transcendental functions, not one per term.
     fn lonlat(&self, zone: u8, south: bool, x: f64, y: f64) -> (f64, f64) {
-        let northing = if south { y - FALSE_NORTHING_SOUTH } else { y };
+        // the grid's southern shift is UTM south's false northing
+        let northing = if south { y - SOUTH_SHIFT } else { y };
         let xi = northing / self.radius;
         let eta = (x - FALSE_EASTING) / self.radius;
         let (s2, c2) = (2.0 * xi).sin_cos();
