@@ -35,6 +35,7 @@ folder later measures those chips again (a derived row has no ``source_cog``) an
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import warnings
@@ -43,17 +44,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import polars as pl
-
 from imagesim import _imagesim, grid
-from imagesim.errors import ImagesimError, ImagesimFileNotFoundError, InvalidArgumentError, LabelInputError
+from imagesim.errors import ImagesimError, ImagesimFileNotFoundError, InvalidArgumentError, LabelInputError, TableError
 from imagesim.fsutil import write_with
 from imagesim.geoparquet import GEO_COLUMNS as _GEO_COLUMNS
 from imagesim.geoparquet import write_geoparquet_file
 from imagesim.storage import AnyPath, StorePath, local_copy, location, read_parquet
+from imagesim.tables import LazyModule, columns_of, iter_columns, polars_schema
 
 if TYPE_CHECKING:  # numpy is imported where it is used: a command that needs none loads none
     import numpy as np
+    import polars as pl
+
+    MANIFEST_SCHEMA: dict[str, pl.DataType]
+    CHANGE_SCHEMA: dict[str, pl.DataType]
+else:  # polars on first use: nodata-index reads and writes its tables without it (imagesim.tables)
+    pl = LazyModule("polars")
 
 # --- chips (imagesim chip) ---
 CHIPS_MANIFEST = "chips.parquet"
@@ -66,31 +72,31 @@ CLOUD_FRACTION = MASK_FRACTION_COLUMNS["cloud"]
 # The share of a chip's pixels with data as `imagesim encode` measured it (embeddings and index ids column).
 VALID_FRACTION = "valid_fraction"
 
-MANIFEST_SCHEMA: dict[str, pl.DataType] = {
-    "chip": pl.String(),
-    "zone": pl.UInt8(),
-    "quadkey": pl.String(),
-    "zoom": pl.UInt8(),
-    "cell": pl.String(),
-    "catalog_id": pl.String(),
-    "acquisition_date": pl.String(),
-    "source_cog": pl.String(),
-    "source_size": pl.UInt64(),
-    "source_mtime_ns": pl.Int64(),
-    "col_off": pl.UInt32(),
-    "row_off": pl.UInt32(),
-    "width": pl.UInt32(),
-    "height": pl.UInt32(),
-    "nodata_pixels": pl.UInt64(),
-    "nodata_threshold": pl.UInt8(),
-    "valid_fraction": pl.Float64(),
-    "nodata_class": pl.String(),
-    "written": pl.Boolean(),
-    "encoding": pl.String(),
-    "bytes": pl.UInt64(),
+MANIFEST_TYPES: dict[str, str] = {
+    "chip": "str",
+    "zone": "u8",
+    "quadkey": "str",
+    "zoom": "u8",
+    "cell": "str",
+    "catalog_id": "str",
+    "acquisition_date": "str",
+    "source_cog": "str",
+    "source_size": "u64",
+    "source_mtime_ns": "i64",
+    "col_off": "u32",
+    "row_off": "u32",
+    "width": "u32",
+    "height": "u32",
+    "nodata_pixels": "u64",
+    "nodata_threshold": "u8",
+    "valid_fraction": "f64",
+    "nodata_class": "str",
+    "written": "bool",
+    "encoding": "str",
+    "bytes": "u64",
     # ARD masks (imagery.masks): the share of the chip's valid (data-mask) area under each mask; null
     # where the delivery has no such mask or the chip no valid area.
-    **{column: pl.Float64() for column in MASK_FRACTION_COLUMNS.values()},
+    **{column: "f64" for column in MASK_FRACTION_COLUMNS.values()},
 }
 # The GeoParquet columns of the chip tables (imagesim.geoparquet writes them; not in MANIFEST_SCHEMA:
 # read_manifest drops them and the manifest's writer recomputes them).
@@ -143,25 +149,47 @@ INDEX_VECTORS = "vectors.f16.npy"  # ivfpq: the float16 vectors its candidates a
 CHANGES = "changes.parquet"
 CHANGE_METHODS = ("embedding", "pixel", "both")
 # One row per scored pair of acquisitions of a chip (GeoParquet: + geometry, bbox of the chip's footprint).
-CHANGE_SCHEMA: dict[str, pl.DataType] = {
-    "zone": pl.UInt8(),
-    "quadkey": pl.String(),
-    "zoom": pl.UInt8(),
-    "cell": pl.String(),
-    "before_chip": pl.String(),
-    "after_chip": pl.String(),
-    "before_catalog_id": pl.String(),
-    "after_catalog_id": pl.String(),
-    "before_date": pl.String(),  # acquisition date, YYYY-MM-DD
-    "after_date": pl.String(),
+CHANGE_TYPES: dict[str, str] = {
+    "zone": "u8",
+    "quadkey": "str",
+    "zoom": "u8",
+    "cell": "str",
+    "before_chip": "str",
+    "after_chip": "str",
+    "before_catalog_id": "str",
+    "after_catalog_id": "str",
+    "before_date": "str",  # acquisition date, YYYY-MM-DD
+    "after_date": "str",
     # the share of the chip compared: valid in both, clear of cloud and shadow (ARD masks)
-    "compared_fraction": pl.Float64(),
-    "embedding_distance": pl.Float64(),  # 1 - cosine similarity; null when not computed
-    "pixel_change": pl.Float64(),  # the radiometrically normalised pixel statistic; null when not computed
-    "changed_area": pl.Float64(),  # share of the compared pixels flagged as changed; null when not computed
-    "score": pl.Float64(),  # the ranking score of the method(s) asked for, in [0, 1]
-    "rank": pl.UInt32(),  # 1 = most changed
+    "compared_fraction": "f64",
+    "embedding_distance": "f64",  # 1 - cosine similarity; null when not computed
+    "pixel_change": "f64",  # the radiometrically normalised pixel statistic; null when not computed
+    "changed_area": "f64",  # share of the compared pixels flagged as changed; null when not computed
+    "score": "f64",  # the ranking score of the method(s) asked for, in [0, 1]
+    "rank": "u32",  # 1 = most changed
 }
+
+
+@functools.cache
+def manifest_schema() -> dict[str, pl.DataType]:
+    """``MANIFEST_SCHEMA``: the polars dtypes of :data:`MANIFEST_TYPES`."""
+    return polars_schema(MANIFEST_TYPES)
+
+
+@functools.cache
+def change_schema() -> dict[str, pl.DataType]:
+    """``CHANGE_SCHEMA``: the polars dtypes of :data:`CHANGE_TYPES`."""
+    return polars_schema(CHANGE_TYPES)
+
+
+def __getattr__(name: str) -> Any:
+    # the polars schemas are made on first use (a copy each time: a caller may change its own)
+    if name == "MANIFEST_SCHEMA":
+        return dict(manifest_schema())
+    if name == "CHANGE_SCHEMA":
+        return dict(change_schema())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # Files imagesim keeps in a chips folder beside the chips: never chips themselves.
 CHIP_FOLDER_FILES = {CHIPS_MANIFEST, CHIP_ERRORS, NODATA_PARQUET}
@@ -196,21 +224,30 @@ def nodata_class_expr(nodata: pl.Expr, total: pl.Expr, min_pixels: int) -> pl.Ex
     )
 
 
+def nodata_class(nodata: int | None, total: int | None, min_pixels: int) -> str | None:
+    """:func:`nodata_class_expr` for one chip (null arithmetic as polars': an unknown total is no test)."""
+    if nodata is None:
+        return None
+    if total is not None and nodata >= total:
+        return "no_data"
+    return "partial_data" if nodata >= min_pixels else "all_data"
+
+
 def read_manifest(dest: AnyPath) -> pl.DataFrame:
     """Every column of ``DEST/chips.parquet`` (empty when there is none yet), older manifests filled
     with nulls for columns they predate."""
     path = dest / CHIPS_MANIFEST
     if not path.is_file():
-        return pl.DataFrame(schema=MANIFEST_SCHEMA)
+        return pl.DataFrame(schema=manifest_schema())
     try:
         df = read_parquet(path)
     except Exception as exc:  # polars raises several types for damaged files
         raise ImagesimError(f"{path}: cannot read the chip manifest ({exc}); move it away to start afresh") from exc
-    missing = set(MANIFEST_SCHEMA) - set(df.columns)
+    missing = set(manifest_schema()) - set(df.columns)
     if missing - MANIFEST_LATER_COLUMNS:
         raise ImagesimError(f"{path}: not an imagesim chip manifest (missing columns {sorted(missing - MANIFEST_LATER_COLUMNS)})")
-    df = df.with_columns(pl.lit(None, MANIFEST_SCHEMA[c]).alias(c) for c in missing)
-    return df.select(list(MANIFEST_SCHEMA)).cast(MANIFEST_SCHEMA)  # type: ignore[arg-type]
+    df = df.with_columns(pl.lit(None, manifest_schema()[c]).alias(c) for c in missing)
+    return df.select(list(manifest_schema())).cast(manifest_schema())  # type: ignore[arg-type]
 
 
 # The order of chips.parquet's rows: by acquisition (zone, cell, date, catalog id), then quadkey.
@@ -225,7 +262,7 @@ def iter_manifest(dest: AnyPath, columns: list[str] | None = None, *, batch: int
     older manifest predates. Nothing when there is no manifest. Read one slice at a time (memory bounded by
     ``batch``); an object in a store is first downloaded, streamed, to a temporary local file."""
     path = dest / CHIPS_MANIFEST
-    wanted = list(MANIFEST_SCHEMA) if columns is None else list(columns)
+    wanted = list(manifest_schema()) if columns is None else list(columns)
     if not path.is_file():
         return
     with local_copy(path) as local:
@@ -233,18 +270,39 @@ def iter_manifest(dest: AnyPath, columns: list[str] | None = None, *, batch: int
             # polars, not pyarrow: slices of the file are read alone (pyarrow's reader keeps what it read)
             lazy = pl.scan_parquet(local)
             have = set(lazy.collect_schema().names())
-            missing = set(MANIFEST_SCHEMA) - have
+            missing = set(manifest_schema()) - have
             if missing - MANIFEST_LATER_COLUMNS:
                 raise ImagesimError(f"{path}: not an imagesim chip manifest (missing columns {sorted(missing - MANIFEST_LATER_COLUMNS)})")
             read = lazy.select([c for c in wanted if c in have])
             rows = int(lazy.select(pl.len()).collect().item())
             for start in range(0, rows, max(1, batch)):
                 df = read.slice(start, batch).collect()
-                df = df.with_columns(pl.lit(None, MANIFEST_SCHEMA[c]).alias(c) for c in wanted if c not in have)
-                yield df.select(wanted).cast({c: MANIFEST_SCHEMA[c] for c in wanted})
+                df = df.with_columns(pl.lit(None, manifest_schema()[c]).alias(c) for c in wanted if c not in have)
+                yield df.select(wanted).cast({c: manifest_schema()[c] for c in wanted})
         except ImagesimError:
             raise
         except Exception as exc:  # polars raises several types for damaged files
+            raise ImagesimError(f"{path}: cannot read the chip manifest ({exc}); move it away to start afresh") from exc
+
+
+def iter_manifest_columns(dest: AnyPath, columns: list[str], *, batch: int = MANIFEST_BATCH) -> Iterator[dict[str, list[Any]]]:
+    """:func:`iter_manifest` as plain lists, read by the Rust core (no polars): ``columns`` of
+    ``DEST/chips.parquet`` in slices of at most ``batch`` rows, Nones for a column an older manifest
+    predates. Nothing when there is no manifest."""
+    path = dest / CHIPS_MANIFEST
+    if not path.is_file():
+        return
+    with local_copy(path) as local:
+        try:
+            have = set(columns_of(local))
+            missing = set(MANIFEST_TYPES) - have
+            if missing - MANIFEST_LATER_COLUMNS:
+                raise ImagesimError(f"{path}: not an imagesim chip manifest (missing columns {sorted(missing - MANIFEST_LATER_COLUMNS)})")
+            present = [c for c in columns if c in have] or ["chip"]  # "chip": at least the row counts
+            for got in iter_columns(local, present, batch=batch):
+                rows = len(got[present[0]])
+                yield {c: got[c] if c in got else [None] * rows for c in columns}
+        except TableError as exc:  # damaged
             raise ImagesimError(f"{path}: cannot read the chip manifest ({exc}); move it away to start afresh") from exc
 
 
@@ -305,7 +363,7 @@ def _chip_table_source(chips_dir: AnyPath, log: Callable[[str], None] | None) ->
 def _chip_table_columns(chips_dir: AnyPath, have: list[str], extra: tuple[str, ...]) -> list[pl.Expr]:
     """read_chip_table's columns: identity, ``path``, then ``extra`` (null where the manifest predates them)."""
     path = pl.coalesce(pl.col(CHIP_PATH), chip_path_expr(chips_dir)) if CHIP_PATH in have else chip_path_expr(chips_dir)
-    more = [pl.col(c) if c in have else pl.lit(None, MANIFEST_SCHEMA[c]).alias(c) for c in extra]
+    more = [pl.col(c) if c in have else pl.lit(None, manifest_schema()[c]).alias(c) for c in extra]
     return [*(pl.col(c) for c in CHIP_IDENTITY), path.alias(CHIP_PATH), *more]
 
 
@@ -448,7 +506,7 @@ def manifest_is_derived(chips_dir: AnyPath) -> bool:
     if not path.is_file():
         return False
     try:
-        return DERIVED in read_parquet(path).columns if not isinstance(path, Path) else DERIVED in pl.read_parquet_schema(path)
+        return DERIVED in read_parquet(path).columns if not isinstance(path, Path) else DERIVED in columns_of(path)
     except Exception:  # an unreadable manifest is reported by the reader that needs it
         return False
 
@@ -585,11 +643,11 @@ def derive_manifest(chips_dir: str | AnyPath, *, save: bool = True) -> DerivedMa
             result.classes_from = default
             break
     table = table.with_columns(
-        pl.lit(None, MANIFEST_SCHEMA[c]).alias(c) for c in MANIFEST_SCHEMA if c not in table.columns and c != "written"
+        pl.lit(None, manifest_schema()[c]).alias(c) for c in manifest_schema() if c not in table.columns and c != "written"
     ).with_columns(pl.lit(True).alias("written"))
     result.table = (
-        table.select(list(MANIFEST_SCHEMA))
-        .cast(MANIFEST_SCHEMA)  # type: ignore[arg-type]
+        table.select(list(manifest_schema()))
+        .cast(manifest_schema())  # type: ignore[arg-type]
         .with_columns(pl.Series(CHIP_PATH, paths, dtype=pl.String), pl.lit(True).alias(DERIVED))
         .sort("chip")
     )
@@ -953,11 +1011,11 @@ def read_changes(path: str | Path) -> tuple[pl.DataFrame, dict[str, Any]]:
     if not path.is_file():
         raise ImagesimFileNotFoundError(f"{path}: changes not found; run `imagesim change` first")
     table, _ = _read_without(path, GEO_COLUMNS, "changes")
-    missing = [c for c in CHANGE_SCHEMA if c not in table.columns]
+    missing = [c for c in change_schema() if c not in table.columns]
     if missing:
         raise InvalidArgumentError(f"{path}: not a changes file of `imagesim change`, missing column(s) {missing}")
     try:
-        table = table.cast(CHANGE_SCHEMA).sort("rank")  # type: ignore[arg-type]
+        table = table.cast(change_schema()).sort("rank")  # type: ignore[arg-type]
     except pl.exceptions.PolarsError as exc:
         raise InvalidArgumentError(f"{path}: columns of the wrong type ({exc})") from None
     return table, _read_sidecar(sidecar(path))

@@ -79,6 +79,11 @@ class MaskError(ImagesimError, ValueError):
     """An ARD vector mask (a `-*-mask.gpkg` GeoPackage) cannot be read or used."""
 
 
+class TableError(ImagesimError, ValueError):
+    """A Parquet table (chips.parquet, nodata.parquet) that cannot be read or written: damaged, or a
+    column of a type imagesim does not read."""
+
+
 class OutputExistsError(ImagesimError, FileExistsError):
     """An output already exists and overwriting was not asked for."""
 

@@ -31,16 +31,20 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import polars as pl
-
 from imagesim import _imagesim as _rs
 from imagesim import grid
 from imagesim.errors import GridError
 from imagesim.fsutil import write_with
 from imagesim.storage import AnyPath
+from imagesim.tables import LazyModule
 
 if TYPE_CHECKING:  # numpy is imported where it is used: writing a table needs none
     import numpy as np
+    import polars as pl
+
+    BBOX_DTYPE: pl.Struct
+else:  # polars on first use: GeoColumnsStream (nodata-index) writes without it
+    pl = LazyModule("polars")
 
 GEOMETRY = "geometry"
 BBOX = "bbox"
@@ -49,13 +53,24 @@ GEO_KEY = "geo"
 GEOPARQUET_VERSION = "1.1.0"
 MAX_LATITUDE = 84.0  # UTM's northern limit (the Rust core refuses chips beyond it)
 FULL_CORNERS_ZOOM = 17  # from this zoom on, 4 corners describe a chip exactly enough (the Rust core)
-BBOX_DTYPE = pl.Struct({"xmin": pl.Float64, "ymin": pl.Float64, "xmax": pl.Float64, "ymax": pl.Float64})
 BBOX_FIELDS = ("xmin", "ymin", "xmax", "ymax")
 # WKB geometry type codes (ISO; Z/M variants add 1000s) and their GeoParquet names
 WKB_POLYGON, WKB_MULTIPOLYGON = 3, 6
 _TYPE_NAMES = {WKB_POLYGON: "Polygon", WKB_MULTIPOLYGON: "MultiPolygon"}
 # PROJJSON of EPSG:4326, as PROJ writes it (checked against pyproj by tests/test_geoparquet.py)
 _WGS84_PROJJSON = Path(__file__).with_name("data") / "epsg4326.projjson"
+
+
+@lru_cache(maxsize=1)
+def bbox_dtype() -> pl.Struct:
+    """The polars dtype of the ``bbox`` column (``BBOX_DTYPE``)."""
+    return pl.Struct({k: pl.Float64 for k in BBOX_FIELDS})
+
+
+def __getattr__(name: str) -> Any:
+    if name == "BBOX_DTYPE":  # made on first use: it needs polars
+        return bbox_dtype()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @lru_cache(maxsize=1)
@@ -102,20 +117,30 @@ def _chip_keys(frame: pl.DataFrame, allow_missing: bool) -> tuple[list[int | Non
     """(zone, quadkey, name) per row, from the zone/quadkey columns or parsed from ``chip``."""
     names = frame["chip"].to_list() if "chip" in frame.columns else [str(i) for i in range(frame.height)]
     if {"zone", "quadkey"} <= set(frame.columns):
-        zones: list[int | None] = frame["zone"].to_list()
-        qks: list[str | None] = frame["quadkey"].to_list()
-    else:
-        if "chip" not in frame.columns:
-            raise GridError("no footprint: the table has neither zone/quadkey nor chip columns")
-        zones, qks = [], []
-        for name in names:
-            try:
-                parsed = grid.parse_chip_name(name)
-                zones.append(parsed.zone)
-                qks.append(parsed.quadkey)
-            except (GridError, ValueError, TypeError):
-                zones.append(None)
-                qks.append(None)
+        return _checked_keys(frame["zone"].to_list(), frame["quadkey"].to_list(), names, allow_missing)
+    if "chip" not in frame.columns:
+        raise GridError("no footprint: the table has neither zone/quadkey nor chip columns")
+    return _keys_of_names(names, allow_missing)
+
+
+def _keys_of_names(names: list[str], allow_missing: bool) -> tuple[list[int | None], list[str | None], list[str]]:
+    """(zone, quadkey, name) per chip name, None for a name that is not a chip's."""
+    zones: list[int | None] = []
+    qks: list[str | None] = []
+    for name in names:
+        try:
+            parsed = grid.parse_chip_name(name)
+            zones.append(parsed.zone)
+            qks.append(parsed.quadkey)
+        except (GridError, ValueError, TypeError):
+            zones.append(None)
+            qks.append(None)
+    return _checked_keys(zones, qks, names, allow_missing)
+
+
+def _checked_keys(
+    zones: list[int | None], qks: list[str | None], names: list[str], allow_missing: bool
+) -> tuple[list[int | None], list[str | None], list[str]]:
     if not allow_missing:
         for z, q, n in zip(zones, qks, names):
             if z is None or q is None:
@@ -128,19 +153,27 @@ def footprints(
 ) -> tuple[pl.Series, pl.Series]:
     """``(geometry, bbox)`` columns for chips: WKB polygons in WGS84 and their GeoParquet 1.1 bbox
     covering ``{xmin, ymin, xmax, ymax}``. A row whose zone or quadkey is null gets nulls."""
+    cols = footprint_columns(zones, quadkeys, names)
+    box = pl.DataFrame({k: cols[k] for k in BBOX_FIELDS}, schema=dict(bbox_dtype().to_schema()))
+    bbox = box.select(pl.when(pl.col("xmin").is_not_null()).then(pl.struct(pl.all())).alias(BBOX)).to_series().cast(bbox_dtype())
+    return pl.Series(GEOMETRY, cols["geometry"], dtype=pl.Binary), bbox
+
+
+def footprint_columns(
+    zones: Sequence[int | None] | pl.Series, quadkeys: Sequence[str | None] | pl.Series, names: Sequence[str] | None = None
+) -> dict[str, list[Any]]:
+    """:func:`footprints` as plain lists: ``geometry`` (WKB bytes), ``xmin`` … ``ymax`` and ``parts``,
+    None where the zone or quadkey is."""
     zl, ql = list(zones), list(quadkeys)
     have = [i for i, (z, q) in enumerate(zip(zl, ql)) if z is not None and q is not None]
     if len(have) == len(zl):
-        cols = _rust_footprints(zl, ql, names)
-    else:  # nulls where there is no chip
-        found = _rust_footprints([zl[i] for i in have], [ql[i] for i in have], [names[i] for i in have] if names is not None else None)
-        cols = {key: [None] * len(zl) for key in found}
-        for key, values in found.items():
-            for i, value in zip(have, values):
-                cols[key][i] = value
-    box = pl.DataFrame({k: cols[k] for k in BBOX_FIELDS}, schema=dict(BBOX_DTYPE.to_schema()))
-    bbox = box.select(pl.when(pl.col("xmin").is_not_null()).then(pl.struct(pl.all())).alias(BBOX)).to_series().cast(BBOX_DTYPE)
-    return pl.Series(GEOMETRY, cols["geometry"], dtype=pl.Binary), bbox
+        return _rust_footprints(zl, ql, names)
+    found = _rust_footprints([zl[i] for i in have], [ql[i] for i in have], [names[i] for i in have] if names is not None else None)
+    cols: dict[str, list[Any]] = {key: [None] * len(zl) for key in found}
+    for key, values in found.items():
+        for i, value in zip(have, values):
+            cols[key][i] = value
+    return cols
 
 
 def with_footprints(frame: pl.DataFrame, *, allow_missing: bool = False) -> pl.DataFrame:
@@ -245,10 +278,7 @@ class GeoParquetStream:
             return None
         table = with_footprints(frame, allow_missing=self.allow_missing)
         self._types |= wkb_type_ids(table[GEOMETRY].to_list())
-        box = _total_bounds(table)
-        if box is not None:
-            old = self._bounds or box
-            self._bounds = [min(old[0], box[0]), min(old[1], box[1]), max(old[2], box[2]), max(old[3], box[3])]
+        self._bounds = _union(self._bounds, _total_bounds(table))
         return table
 
     def _flush(self) -> None:
@@ -276,6 +306,67 @@ class GeoParquetStream:
             self._writer.close()
             self._writer = None
         return self.rows
+
+
+class GeoColumnsStream:
+    """:class:`GeoParquetStream` for plain columns (dicts of lists), written by the Rust core
+    (:class:`imagesim._imagesim.ParquetWriter`) without polars: the tables of commands that never make a
+    frame (nodata-index). ``fields`` (``{column: dtype name}``, :data:`imagesim.tables.DTYPES`) are the
+    columns given to :meth:`write`; ``geometry`` and ``bbox`` are added from the ``chip`` names (a name that
+    is not a chip's gets nulls when ``allow_missing``, else a GridError). The same file, read back, as
+    :class:`GeoParquetStream` writes from frames of those dtypes (tests/test_tables.py). Row groups of
+    ``row_group`` rows; the file is created at once (wrap it in :func:`imagesim.fsutil.atomic_path`)."""
+
+    def __init__(self, file: str | Path, fields: dict[str, str], *, row_group: int | None = None, allow_missing: bool = False) -> None:
+        if "chip" not in fields:
+            raise GridError("no footprint: the table has no chip column")
+        self.fields = dict(fields)
+        self.allow_missing = allow_missing
+        self.rows = 0
+        self._types: set[int] = set()
+        self._bounds: list[float] | None = None
+        schema = [*self.fields.items(), (GEOMETRY, "binary"), (BBOX, "bbox")]
+        self._writer = _rs.ParquetWriter(Path(file), schema, max(1, row_group or STREAM_ROW_GROUP))
+
+    def __enter__(self) -> GeoColumnsStream:
+        return self
+
+    def __exit__(self, kind: object, *_: object) -> None:
+        if kind is None:
+            self.close()
+        else:  # failed: the caller's temporary file is discarded
+            self._writer.close()
+
+    def write(self, columns: dict[str, list[Any]]) -> None:
+        """Add rows: a list per field (any extra key is ignored), all of one length."""
+        names = columns["chip"]
+        zones, qks, _ = _keys_of_names(names, self.allow_missing)
+        geo = footprint_columns(zones, qks, names)
+        self._types |= wkb_type_ids(geo[GEOMETRY])
+        self._bounds = _union(self._bounds, _column_bounds(geo))
+        self._writer.write([columns[name] for name in self.fields] + [geo[GEOMETRY], [geo[k] for k in BBOX_FIELDS]])
+        self.rows += len(names)
+
+    def close(self) -> int:
+        """Write the ``geo`` metadata and close the file; the rows written."""
+        self._writer.close(list(_geo_metadata_of(self._types, self._bounds).items()))
+        return self.rows
+
+
+def _column_bounds(cols: dict[str, list[Any]]) -> list[float] | None:
+    """``[xmin, ymin, xmax, ymax]`` of :func:`footprint_columns`' bbox lists, None when all are null."""
+    lows = [[v for v in cols[k] if v is not None] for k in ("xmin", "ymin")]
+    highs = [[v for v in cols[k] if v is not None] for k in ("xmax", "ymax")]
+    if not lows[0]:
+        return None
+    return [min(lows[0]), min(lows[1]), max(highs[0]), max(highs[1])]
+
+
+def _union(a: list[float] | None, b: list[float] | None) -> list[float] | None:
+    """The bounds covering both (either may be None)."""
+    if a is None or b is None:
+        return a or b
+    return [min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])]
 
 
 def _geo_metadata_of(types: set[int], bounds: Sequence[float] | None) -> dict[str, str]:

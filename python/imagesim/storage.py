@@ -18,10 +18,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import polars as pl
+from typing import TYPE_CHECKING
 
 from imagesim import _imagesim
+from imagesim.tables import LazyModule
+
+if TYPE_CHECKING:
+    import polars as pl
+else:  # polars on first use (read_parquet): the quick commands import this module without it
+    pl = LazyModule("polars")
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 

@@ -159,9 +159,14 @@ def test_fast_path_runs_like_the_whole_app(small_sample, tmp_path) -> None:
     report, _ = _main(*index, "--filename", "fast.json")
     whole = _whole(*index, "--filename", "whole.json")
     assert report["code"] == 0 and whole.returncode == 0, whole.stderr
-    # a small index is written by polars alone: no numpy, pyarrow, shapely or pyproj (footprints are Rust's)
-    assert not [m for m in report["modules"] if m.split(".")[0] in ("rich", "torch", "numpy", "pyarrow", "shapely", "pyproj")]
+    # the tables are read and written by the Rust core: no polars, numpy, pyarrow, shapely or pyproj
+    assert not [m for m in report["modules"] if m.split(".")[0] in ("rich", "torch", "polars", "numpy", "pyarrow", "shapely", "pyproj")]
     assert json.loads((chips / "fast.json").read_text()) == json.loads((chips / "whole.json").read_text())
+    # and with the manifest's counts (the default when chips.parquet is there)
+    report, _ = _main("nodata-index", "--chips", chips, "--filename", "manifest.json")
+    assert report["code"] == 0 and not [m for m in report["modules"] if m.split(".")[0] in ("polars", "numpy", "pyarrow")]
+    classes = [json.loads((chips / f"{name}.json").read_text()) for name in ("manifest", "whole")]
+    assert [sorted(sum(c.values(), [])) for c in classes][0] == sorted(sum(classes[1].values(), []))
 
 
 @pytest.mark.parametrize(

@@ -52,6 +52,10 @@ pub enum Error {
     #[error("{path}: {msg}")]
     Jpeg { path: PathBuf, msg: String },
 
+    /// A Parquet table that cannot be read or written (damaged, or a column of a type not read).
+    #[error("{path}: {msg}")]
+    Table { path: PathBuf, msg: String },
+
     /// A caller supplied an invalid option value.
     #[error("{0}")]
     InvalidArgument(String),

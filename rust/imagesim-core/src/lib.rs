@@ -11,6 +11,7 @@
 //! - [`masks`]: exact area of vector mask polygons inside every square of a chip grid.
 //! - [`labels`]: multilabel bitsets (u64 words) ⇄ sparse id lists ⇄ dense rows.
 //! - [`pool`]: the rayon pool a call runs on.
+//! - [`table`]: Parquet tables as plain columns (the chip tables without a dataframe library).
 //! - [`store`]: object stores (S3, GCS, Azure, HTTP): listing, reads, background uploads.
 pub mod batch;
 pub mod chip;
@@ -25,5 +26,6 @@ pub mod nodata;
 pub mod pixels;
 pub mod pool;
 pub mod store;
+pub mod table;
 
 pub use error::{Error, Result};

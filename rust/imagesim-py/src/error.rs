@@ -13,6 +13,7 @@ pyo3::import_exception!(imagesim.errors, GeoreferenceError);
 pyo3::import_exception!(imagesim.errors, WindowError);
 pyo3::import_exception!(imagesim.errors, JpegError);
 pyo3::import_exception!(imagesim.errors, InvalidArgumentError);
+pyo3::import_exception!(imagesim.errors, TableError);
 
 pub fn to_py(err: Error) -> PyErr {
     let msg = err.to_string();
@@ -26,6 +27,7 @@ pub fn to_py(err: Error) -> PyErr {
         Error::Georeference { .. } => GeoreferenceError::new_err(msg),
         Error::Window { .. } => WindowError::new_err(msg),
         Error::Jpeg { .. } => JpegError::new_err(msg),
+        Error::Table { .. } => TableError::new_err(msg),
         Error::InvalidArgument(_) => InvalidArgumentError::new_err(msg),
     }
 }

@@ -13,6 +13,7 @@ mod masks;
 mod nodata;
 mod release;
 mod store;
+mod table;
 
 #[pymodule]
 fn _imagesim(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -26,5 +27,6 @@ fn _imagesim(m: &Bound<'_, PyModule>) -> PyResult<()> {
     labels::register(m)?;
     masks::register(m)?;
     store::register(m)?;
+    table::register(m)?;
     Ok(())
 }
