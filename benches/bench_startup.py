@@ -8,7 +8,8 @@ The baseline is the same measurement of the CLI as it was at ``--baseline-rev`` 
 python/imagesim/cli/ read from git and loaded as `imagesim.cli`) with the typer it ran with
 (``--baseline-typer``, installed into WORK once; the library and the rest of the environment are this
 checkout's), in the same run, interleaved with the current one so that load on the machine hits both
-alike. Also printed: `python -c pass`, `imagesim --help`, and the library call as a script of its own (no
+alike. imagesim and the baseline CLI are byte-compiled first, as an installed package is (``--no-compile``:
+not). Also printed: `python -c pass`, `imagesim --help`, and the library call as a script of its own (no
 CLI): the floor under any CLI's overhead. Goal: overhead ≤ 0.15 s.
 
     python benches/bench_startup.py [--repeat 7] [--proc 2] [--work /tmp/imagesim-bench-startup]
@@ -145,6 +146,12 @@ def main() -> None:
     ap.add_argument("--proc", type=int, default=2, help="--proc of both commands")
     ap.add_argument("--baseline-rev", default=BASELINE_REV, help="git revision of the CLI to compare with")
     ap.add_argument("--baseline-typer", default=BASELINE_TYPER, help="typer version the baseline runs with ('': this environment's)")
+    ap.add_argument(
+        "--no-compile",
+        dest="compile",
+        action="store_false",
+        help="do not byte-compile imagesim (and the baseline CLI) first: measure whatever __pycache__ holds",
+    )
     a = ap.parse_args()
     work = a.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -161,6 +168,16 @@ def main() -> None:
     old_cli = baseline_cli(a.baseline_rev, work / "baseline-cli" / a.baseline_rev)
     clis: dict[str, list[str]] = {"now": [exe], "baseline": [sys.executable, "-c", _LOADER, str(old_cli)]}
     envs: dict[str, dict[str, str] | None] = {"now": None, "baseline": None}
+    if a.compile:
+        # as a pip install leaves the package: its modules byte-compiled. An editable install writes its .pyc on
+        # first import, unless PYTHONDONTWRITEBYTECODE is set; then every start compiles imagesim's source again
+        # (~0.05 s here), which no installed package does.
+        import compileall
+
+        import imagesim
+
+        for folder in (Path(imagesim.__file__).parent, old_cli):
+            compileall.compile_dir(str(folder), quiet=1)
     old_typer = typer_at(a.baseline_typer, work) if a.baseline_typer else None
     if old_typer is not None:
         path = [str(old_typer), *filter(None, [os.environ.get("PYTHONPATH")])]
@@ -216,7 +233,8 @@ def main() -> None:
     base_typer = a.baseline_typer if old_typer is not None else typer.__version__
     print(
         f"\nmedians of {a.repeat} runs, seconds ({os.cpu_count()} cores; now: typer {typer.__version__}; "
-        f"baseline: the CLI at {a.baseline_rev[:10]}, typer {base_typer})"
+        f"baseline: the CLI at {a.baseline_rev[:10]}, typer {base_typer}; "
+        f"{'byte-compiled first' if a.compile else 'as __pycache__ was (--no-compile)'})"
     )
     print(f"  python -c pass     {med['python -c pass']:6.3f}")
     now, base = med["now --help"], med["baseline --help"]
@@ -246,6 +264,7 @@ def main() -> None:
         "baseline_typer": base_typer,
         "baseline_rev": a.baseline_rev,
         "repeat": a.repeat,
+        "byte_compiled": a.compile,
         "medians_s": med,
         "commands": result,
     }

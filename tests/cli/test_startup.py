@@ -99,6 +99,7 @@ _RUN = """
 import json, sys
 from imagesim.cli import main
 sys.argv = ["imagesim", *sys.argv[1:]]
+code = 0  # main() returns after the fast path (the typer app always exits)
 try:
     main()
 except SystemExit as exc:
@@ -141,8 +142,15 @@ def test_fast_path_runs_like_the_whole_app(small_sample, tmp_path) -> None:
     assert shown(lines, str(tmp_path / "fast")) == shown(whole.stdout.strip().splitlines(), str(tmp_path / "whole"))
     assert len(lines) == 2 and re.match(r"[0-9,]+ chips written", lines[0])
     modules = report["modules"]
-    assert "typer" in modules and "polars" in modules
-    assert [m for m in modules if m.startswith("imagesim.cli.")] == ["imagesim.cli._common", "imagesim.cli.imagery"]
+    # read by the fast path (imagesim.cli.fast): no typer, no other stage's module
+    assert "typer" not in modules and "polars" in modules
+    assert [m for m in modules if m.startswith("imagesim.cli.")] == [
+        "imagesim.cli._output",
+        "imagesim.cli.fast",
+        "imagesim.cli.fast_spec",
+        "imagesim.cli.imagery_run",
+        "imagesim.cli.stages",
+    ]
     assert not [m for m in modules if m.split(".")[0] in ("rich", "torch")]
     # the masks are in the cell's CRS and the manifest's parts are polars' own: neither pyproj nor pyarrow
     assert not [m for m in modules if m.split(".")[0] in ("pyproj", "pyarrow")]
@@ -159,8 +167,9 @@ def test_fast_path_runs_like_the_whole_app(small_sample, tmp_path) -> None:
     report, _ = _main(*index, "--filename", "fast.json")
     whole = _whole(*index, "--filename", "whole.json")
     assert report["code"] == 0 and whole.returncode == 0, whole.stderr
-    # the tables are read and written by the Rust core: no polars, numpy, pyarrow, shapely or pyproj
-    assert not [m for m in report["modules"] if m.split(".")[0] in ("rich", "torch", "polars", "numpy", "pyarrow", "shapely", "pyproj")]
+    # the tables are read and written by the Rust core: no polars, numpy, pyarrow, shapely or pyproj; nor typer
+    heavy = ("rich", "torch", "typer", "polars", "numpy", "pyarrow", "shapely", "pyproj")
+    assert not [m for m in report["modules"] if m.split(".")[0] in heavy]
     assert json.loads((chips / "fast.json").read_text()) == json.loads((chips / "whole.json").read_text())
     # and with the manifest's counts (the default when chips.parquet is there)
     report, _ = _main("nodata-index", "--chips", chips, "--filename", "manifest.json")

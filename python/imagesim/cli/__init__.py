@@ -5,76 +5,42 @@ Each stage group has a module declaring its commands with :class:`~imagesim.cli.
 the order of `imagesim --help`. Errors print one line and exit with code 1; set ``IMAGESIM_DEBUG=1`` for the
 full traceback. Heavy dependencies are imported inside the commands, so `imagesim --help` is fast.
 
-Start-up: :func:`main` runs a command of :data:`ONE_STAGE` with an app of its stage module alone (the same
-:func:`build_app`, the same declarations), so `imagesim chip` does not import the other stages' modules.
-``imagesim.cli.app``, the whole app, is built on first use. The console script, :func:`entry`, ends such a
-command without the interpreter's teardown (see :func:`exit_now`).
+Start-up: :func:`main` reads the line of a command of :data:`ONE_STAGE` (`chip`, `nodata-index`) without typer
+(:mod:`imagesim.cli.fast`, a parser generated from the typer declarations); a line it does not read (``--help``,
+a mistake) goes to an app of that command's stage module alone (the same :func:`build_app`, the same
+declarations), so `imagesim chip` never imports the other stages' modules. ``imagesim.cli.app``, the whole
+app, is built on first use. The console script, :func:`entry`, ends such a command without the interpreter's
+teardown (see :func:`exit_now`). Nothing here imports typer until an app is built.
 """
 
 from __future__ import annotations
 
 import atexit
-import importlib
 import os
 import sys
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import typer
+from imagesim.cli._output import reporting_errors
+from imagesim.cli.stages import ONE_STAGE, STAGE_MODULES, stages
 
-from imagesim.cli._common import Commands, InOrder, err, escape, out
-from imagesim.errors import ImagesimError
-
-#: The command modules (imagesim.cli.<name>), in pipeline order.
-STAGE_MODULES = ("imagery", "osm", "labels", "learn", "search", "change")
-#: Commands :func:`main` runs with their own stage module only: command → module (tests/cli/test_startup.py
-#: checks each is that module's, with the same options and help as in the whole app).
-ONE_STAGE = {"chip": "imagery", "nodata-index": "imagery"}
+__all__ = ["ONE_STAGE", "STAGE_MODULES", "app_for", "build_app", "entry", "exit_now", "main", "stages"]
 
 if TYPE_CHECKING:
+    import typer
+
+    from imagesim.cli._common import Commands
+
     app: typer.Typer
 
 
-def stages(modules: Sequence[str] = STAGE_MODULES) -> tuple[Commands, ...]:
-    """The :class:`Commands` of ``modules`` (names in :data:`STAGE_MODULES`), imported now."""
-    return tuple(importlib.import_module(f"imagesim.cli.{name}").commands for name in modules)
-
-
-def _print_version(value: bool) -> None:
-    if value:
-        from imagesim import __version__
-
-        out.print(f"imagesim {__version__}", highlight=False, markup=False)
-        raise typer.Exit()
-
-
-def _options(
-    version: Annotated[
-        bool, typer.Option("--version", help="Show the version and exit.", is_eager=True, callback=_print_version, expose_value=False)
-    ] = False,
-) -> None:
-    """Options of `imagesim` itself (before any command)."""
-
-
 def build_app(commands: Sequence[Commands]) -> typer.Typer:
-    """The `imagesim` app holding ``commands`` (stage modules' :class:`Commands`), listed in their order."""
+    """The `imagesim` app holding ``commands`` (stage modules' :class:`~imagesim.cli._common.Commands`),
+    listed in their order (:func:`imagesim.cli.build.build_app`)."""
+    from imagesim.cli import build
 
-    class Pipeline(InOrder):
-        order = tuple(name for stage in commands for name in stage.names)
-
-    built = typer.Typer(
-        name="imagesim",
-        help="Maxar ARD deliveries to chips, OSM labels, embeddings and similar-place search.",
-        cls=Pipeline,
-        no_args_is_help=True,
-        pretty_exceptions_enable=False,
-        add_completion=False,
-    )
-    for stage in commands:
-        stage.register(built)
-    built.callback()(_options)
-    return built
+    return build.build_app(commands)
 
 
 def __getattr__(name: str) -> Any:
@@ -95,23 +61,17 @@ def app_for(args: Sequence[str]) -> typer.Typer:
 
 
 def main() -> None:
-    """Entry point: run the app, turning imagesim errors into one line and exit code 1."""
-    debug = os.environ.get("IMAGESIM_DEBUG", "") not in ("", "0")
-    try:
-        app_for(sys.argv[1:])(prog_name="imagesim")
-    except ImagesimError as exc:
-        if debug:
-            raise
-        err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        err.print("interrupted")
-        sys.exit(130)
-    except Exception as exc:  # a bug: still one line unless debugging
-        if debug:
-            raise
-        err.print(f"[red]error:[/] {type(exc).__name__}: {escape(str(exc))} (set IMAGESIM_DEBUG=1 for the traceback)", highlight=False)
-        sys.exit(1)
+    """Entry point: run the command line, imagesim errors as one line and exit code 1
+    (:func:`~imagesim.cli._output.reporting_errors`). A command of :data:`ONE_STAGE` whose line the fast
+    path reads (:func:`imagesim.cli.fast.run_fast`: no typer) runs there; any other line (``--help``, a
+    mistake typer words best) through the typer app."""
+    args = sys.argv[1:]
+    if args and args[0] in ONE_STAGE:
+        from imagesim.cli.fast import run_fast
+
+        if reporting_errors(lambda: run_fast(args)):
+            return
+    reporting_errors(lambda: app_for(args)(prog_name="imagesim"))
 
 
 def entry() -> None:

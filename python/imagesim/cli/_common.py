@@ -1,9 +1,8 @@
-"""What every command module of the CLI shares: the consoles, the progress bar, the option types and
-:class:`Commands`, the one way a command is declared and registered.
+"""What every command module of the CLI shares: the option types and :class:`Commands`, the one way a
+command is declared and registered; and, re-exported from :mod:`imagesim.cli._output` (no typer there),
+the consoles, plain lines and the progress bar.
 
 Nothing here imports a heavy dependency (polars, numpy, torch …): `imagesim --help` imports this module.
-Nor rich, until a line needs it (:class:`LazyConsole`): a command's usual output is plain lines (:func:`say`),
-and the progress bar off a terminal is none (:func:`progress_bar`).
 """
 
 from __future__ import annotations
@@ -11,115 +10,27 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
-import os
-import re
-import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Optional, TypeVar
+from typing import Annotated, Any, ClassVar, Optional, TypeVar
 
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from imagesim import options
+from imagesim.cli._output import (  # noqa: F401  (re-exported: the command modules import them from here)
+    LazyConsole,
+    RichProgress,
+    err,
+    escape,
+    out,
+    progress_bar,
+    progress_shown,
+    rename_flags,
+    say,
+    with_flags,
+)
 from imagesim.errors import ImagesimError
-from imagesim.progress import ProgressFactory, ProgressSink
-
-if TYPE_CHECKING:
-    from rich.console import Console
-
-
-class LazyConsole:
-    """A rich ``Console(**options)`` made on first use (importing rich costs about 0.1 s of a command's
-    start-up); its attributes are the console's: ``err.print(...)``."""
-
-    def __init__(self, **options: Any) -> None:
-        self._options = options
-        self._console: Console | None = None
-
-    @property
-    def console(self) -> Console:
-        if self._console is None:
-            from rich.console import Console
-
-            self._console = Console(**self._options)
-        return self._console
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.console, name)
-
-
-out = LazyConsole(soft_wrap=True)
-err = LazyConsole(stderr=True, soft_wrap=True)
-
-
-def say(line: str, *, stderr: bool = False) -> None:
-    """``line`` on stdout (or stderr) as it is: no markup, no highlighting, no rich (a summary line, paths)."""
-    stream = sys.stderr if stderr else sys.stdout
-    stream.write(line + "\n")
-    stream.flush()
-
-
-def escape(text: str) -> str:
-    """``text`` with rich markup escaped (rich's ``escape``), for a line printed with markup."""
-    from rich.markup import escape as rich_escape
-
-    return rich_escape(text)
-
-
-# --- the progress bar ---
-
-
-class RichProgress(ProgressSink):
-    """A rich progress bar on stderr (drawn on a terminal, or always with ``IMAGESIM_PROGRESS=1``)."""
-
-    def __init__(self, description: str, total: int) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=err.console,
-            transient=False,
-            disable=not progress_shown(),
-        )
-        self.task = self.progress.add_task(description, total=total)
-        self.progress.start()
-
-    def update(self, done: int) -> None:
-        self.progress.update(self.task, completed=done)
-
-    def close(self) -> None:
-        self.progress.stop()
-
-
-def progress_shown() -> bool:
-    """Whether :class:`RichProgress` draws: on a terminal (as rich's ``Console.is_terminal`` tells), or always with
-    ``IMAGESIM_PROGRESS=1``. Plainly no terminal (no ``isatty``, no ``TTY_COMPATIBLE`` or ``FORCE_COLOR``, which rich
-    obeys) is told without importing rich."""
-    if os.environ.get("IMAGESIM_PROGRESS") == "1":
-        return True
-    if "TTY_COMPATIBLE" not in os.environ and "FORCE_COLOR" not in os.environ:
-        try:
-            if not sys.stderr.isatty():
-                return False
-        except (AttributeError, ValueError):  # no isatty, or a closed stream: rich says no terminal
-            return False
-    return bool(err.is_terminal)
-
-
-def progress_bar(description: str) -> ProgressFactory:
-    """The :data:`~imagesim.progress.ProgressFactory` a command passes to its stage: ``progress_bar("chip")``."""
-
-    def factory(total: int) -> ProgressSink:
-        # off a terminal: the silent sink, as a disabled rich bar, without importing rich
-        return RichProgress(description, total) if progress_shown() else ProgressSink()
-
-    return factory
-
 
 # --- option types: one declaration (flag and help) per idea; a command's signature gives the
 # default, from imagesim.options (`proc: Proc = options.PROC_ALL`): Typer takes no default inside Annotated ---
@@ -186,8 +97,6 @@ LIBRARY_NAMES: Mapping[str, str] = {
     "index_dir": "index",  # create_app: --index
 }
 
-_BACKTICKED = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")
-
 
 def command_flags(command: Any) -> dict[str, str]:
     """Parameter name → how the command line spells it, for every visible parameter of ``command``.
@@ -216,12 +125,6 @@ def command_flags(command: Any) -> dict[str, str]:
     return flags
 
 
-def with_flags(message: str, flags: Mapping[str, str]) -> str:
-    """``message`` with each backticked parameter name in ``flags`` written as its flag:
-    "`zoom` 25: must be 12..20" → "--zoom 25: must be 12..20". Other backticked text is left as it is."""
-    return _BACKTICKED.sub(lambda m: flags.get(m.group(1), m.group(0)), message)
-
-
 # The click command running now (set by the registration wrapper), for log lines that name parameters.
 _RUNNING: contextvars.ContextVar[Any] = contextvars.ContextVar("imagesim_running_command", default=None)
 
@@ -239,14 +142,8 @@ def log(message: str) -> None:
 
 
 def show_flags(exc: ImagesimError, command: Any) -> None:
-    """Rewrite ``exc``'s message in place (same exception, type and ``param``) with the command's flags.
-
-    Any imagesim error, not only ``InvalidArgumentError``: "pass `overwrite` to replace it" comes
-    from ``OutputExistsError``."""
-    if len(exc.args) == 1 and isinstance(exc.args[0], str):
-        message = with_flags(exc.args[0], command_flags(command))
-        if message != exc.args[0]:
-            exc.args = (message,)
+    """Rewrite ``exc``'s message in place with the click ``command``'s flags (:func:`rename_flags`)."""
+    rename_flags(exc, command_flags(command))
 
 
 # --- registration ---

@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from imagesim import options
+from imagesim.cli import imagery_run
 from imagesim.cli._common import (
     ArdPath,
     Chips,
@@ -26,7 +27,6 @@ from imagesim.cli._common import (
     escape,
     out,
     progress_bar,
-    say,
 )
 
 commands = Commands()
@@ -92,54 +92,7 @@ def chip(
 
     Chips already written are skipped unless --overwrite.
     """
-    from imagesim.imagery.chip import ChipSettings, run_chip
-
-    settings = ChipSettings(
-        zoom=zoom,
-        quality=quality,
-        passthrough=passthrough,
-        nodata_threshold=nodata_threshold,
-        min_nodata_pixels=min_nodata_pixels,
-        overwrite=overwrite,
-        skip_empty=skip_empty,
-        measure=measure,
-        proc=proc,
-    )
-    summary = run_chip(
-        ard_path,
-        dest,
-        settings,
-        zones=zones,
-        quadkeys=quadkeys,
-        catalog_ids=catalog_ids,
-        progress=progress_bar("chip"),
-        scheduler=scheduler,
-    )
-    for m in summary.misplaced[:10]:
-        err.print(f"[yellow]ignored[/] {escape(str(m.path))}: {escape(m.reason)}")
-    if len(summary.misplaced) > 10:
-        err.print(f"[yellow]… {len(summary.misplaced) - 10} more -visual.tif ignored (see {summary.dest / 'chip-errors.json'})[/]")
-    if summary.cogs == 0:
-        # nothing to chip: say why and what to give instead, and name no chips.parquet (none was written)
-        from imagesim.errors import ArdLayoutError
-        from imagesim.imagery.ard import explain_nothing_found
-
-        raise ArdLayoutError(explain_nothing_found(ard_path, summary.misplaced, zones=zones, quadkeys=quadkeys, catalog_ids=catalog_ids))
-    for cog in summary.stale_cogs:
-        err.print(f"[yellow]changed since its chips were cut, chips rewritten:[/] {cog}")
-    for _cog, msg in summary.failed_cogs:
-        err.print(f"[red]failed[/] {escape(msg)}")
-    _print_mask_notes(summary.mask_notes, summary.dest / "chip-errors.json")
-    if summary.skipped and not (summary.processed or summary.failed_chips or summary.failed_cogs):
-        say(
-            f"nothing to do: all {summary.skipped} chips of the {summary.cogs} COG(s) were already written (--overwrite redoes them)",
-            stderr=True,
-        )
-    # the usual lines written plainly: rich would cost start-up (and read markup in paths)
-    say(summary.line())
-    say(f"chips: {summary.dest}  manifest: {summary.dest / 'chips.parquet'}  errors: {summary.dest / 'chip-errors.json'}")
-    if summary.failed_cogs or summary.failed_chips:
-        raise typer.Exit(code=1)
+    imagery_run.chip(**locals())  # every parameter, by name
 
 
 @commands.command(
@@ -177,44 +130,7 @@ def nodata_index(
     scheduler: Scheduler = None,
 ) -> None:
     """Classify every chip as all_data, partial_data or no_data (JSON index + nodata.parquet)."""
-    from imagesim.imagery.nodata import NodataSettings, run_nodata_index
-
-    settings = NodataSettings(
-        filename=filename,
-        overwrite=overwrite,
-        proc=proc,
-        nodata_threshold=nodata_threshold,
-        min_nodata_pixels=min_nodata_pixels,
-        source=source,
-        ard_path=ard_path,
-    )
-    summary = run_nodata_index(chip_dir, settings, progress=progress_bar("nodata"), scheduler=scheduler)
-    for path in summary.skipped[:10]:
-        err.print(f"[yellow]skipped (not a JPEG)[/] {path}")
-    if len(summary.skipped) > 10:
-        err.print(f"[yellow]… {len(summary.skipped) - 10} more non-JPEG files skipped[/]")
-    for _path, msg in summary.failed[:10]:
-        err.print(f"[red]failed[/] {escape(msg)}")
-    say(summary.line())
-    if summary.chips == 0:
-        from imagesim.errors import ImagesimFileNotFoundError
-
-        others = f" ({len(summary.skipped)} other files)" if summary.skipped else ""
-        raise ImagesimFileNotFoundError(
-            f"no JPEG chip (.jpg) under {chip_dir}{others}: give --chips the DEST of `imagesim chip` (or one zone's folder of it)"
-        )
-    say(f"index: {summary.index}  per-chip: {summary.parquet}  summary: {summary.summary}")
-    if summary.failed:
-        raise typer.Exit(code=1)
-
-
-def _print_mask_notes(notes: list, report: object) -> None:
-    """The first mask notes (unreadable, reprojected, repaired, not overlapping), the rest counted."""
-    for note in notes[:10]:
-        colour = "red" if note.failed else "yellow"
-        err.print(f"[{colour}]mask[/] {escape(note.line())}", soft_wrap=True)
-    if len(notes) > 10:
-        err.print(f"[yellow]… {len(notes) - 10} more mask notes (see {report})[/]")
+    imagery_run.nodata_index(**locals())  # every parameter, by name
 
 
 @commands.command("masks")
@@ -235,7 +151,7 @@ def masks(
         err.print(f"[yellow]not under the ARD path[/] {where} (its chips keep their values)")
     for where, msg in summary.failed[:10]:
         err.print(f"[red]failed[/] {where}: {escape(msg)}")
-    _print_mask_notes(summary.notes, "the lines above")
+    imagery_run.print_mask_notes(summary.notes, "the lines above")
     out.print(summary.line(), soft_wrap=True)
     if summary.updated == 0:
         err.print(f"[red]nothing updated:[/] {escape(summary.why_nothing())}", soft_wrap=True)
