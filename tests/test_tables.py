@@ -15,6 +15,7 @@ import pytest
 from imagesim import _imagesim, geoparquet, tables
 from imagesim.artefacts import MANIFEST_SCHEMA, iter_manifest, iter_manifest_columns, nodata_class, nodata_class_expr
 from imagesim.errors import GridError, InvalidArgumentError, TableError
+from imagesim.imagery.nodata import TABLE_TYPES
 
 NORTH = "03131313131313131"  # zone 33, a z17 chip
 EDGE = "03331031113020132"  # zone 1 at 180°W, 10°N: crosses the antimeridian (a MultiPolygon)
@@ -127,30 +128,17 @@ def _nodata_rows(names: list[str]) -> dict[str, list]:
     }
 
 
-TYPES_NODATA = {
-    "chip": "str",
-    "path": "str",
-    "nodata_pixels": "u64",
-    "total_pixels": "u64",
-    "valid_fraction": "f64",
-    "nodata_class": "str",
-    "source": "str",
-    "note": "str",
-    "error": "str",
-}
-
-
 def test_geoparquet_from_columns_is_the_geoparquet_from_frames(tmp_path: Path) -> None:
     # chips of two zones, one split at the antimeridian, a JPEG that is not a chip (null geometry)
     names = [f"Z33-{NORTH}_1040010012345600.jpg", f"Z1-{EDGE}_1040010012345600.jpg", "holiday.jpg", f"Z33-{NORTH[:-1]}2_10400100AB.jpg"]
     rows = _nodata_rows(names)
     by_columns, by_frames = tmp_path / "columns.parquet", tmp_path / "frames.parquet"
-    with geoparquet.GeoColumnsStream(by_columns, TYPES_NODATA, row_group=3, allow_missing=True) as stream:
+    with geoparquet.GeoColumnsStream(by_columns, TABLE_TYPES, row_group=3, allow_missing=True) as stream:
         stream.write({k: v[:2] for k, v in rows.items()})
         stream.write({k: v[2:] for k, v in rows.items()})
     assert stream.rows == 4
     with geoparquet.GeoParquetStream(by_frames, row_group=3, allow_missing=True) as frames:
-        frame = pl.DataFrame(rows, schema=tables.polars_schema(TYPES_NODATA))
+        frame = pl.DataFrame(rows, schema=tables.polars_schema(TABLE_TYPES))
         frames.write(frame[:2])
         frames.write(frame[2:])
     a, b = pl.read_parquet(by_columns), pl.read_parquet(by_frames)
@@ -208,3 +196,31 @@ def test_lazy_module_imports_on_first_use() -> None:
     lazy = tables.LazyModule("json")
     assert repr(lazy) == "<lazy module 'json'>"
     assert lazy.dumps([1]) == "[1]" and repr(lazy) == "<lazy module 'json' (imported)>"
+
+
+def test_a_streamed_chip_table_of_many_row_groups_needs_no_pyarrow(tmp_path: Path) -> None:
+    """GeoParquetStream: frames of plain dtypes in several row groups go to the Rust writer; the file reads back
+    as the table with its footprints, the `geo` metadata is the whole table's, and pyarrow is never loaded."""
+    code = """
+import json, sys
+import polars as pl
+from imagesim import geoparquet
+qks = ["03131313131313131", "03131313131313130", "03331031113020132", "03131313131313133", "03131313131313132"]
+frame = pl.DataFrame(
+    {"chip": [f"c{i}" for i in range(5)], "zone": [33, 33, 1, 33, 33], "quadkey": qks, "n": [1, None, 3, 4, 5], "ok": [True, False, None, True, True]},
+    schema={"chip": pl.String, "zone": pl.UInt8, "quadkey": pl.String, "n": pl.UInt64, "ok": pl.Boolean},
+)
+with geoparquet.GeoParquetStream(sys.argv[1], row_group=2) as stream:
+    for i in range(0, 5, 2):
+        stream.write(frame[i : i + 2])
+print(json.dumps({"pyarrow": "pyarrow" in sys.modules}))
+"""
+    path = tmp_path / "t.parquet"
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"pyarrow": False}
+    written = pl.read_parquet(path)
+    expected = geoparquet.with_footprints(written.drop("geometry", "bbox"))
+    assert written.schema == expected.schema and written.equals(expected, null_equal=True)
+    assert pl.read_parquet_metadata(path)["geo"] == geoparquet.geo_metadata(expected)["geo"]
+    assert written["zone"].to_list() == [33, 33, 1, 33, 33]
