@@ -213,7 +213,8 @@ impl Iterator for TableReader {
     }
 }
 
-fn ints<T, F>(len: usize, is_null: impl Fn(usize) -> bool, value: F) -> Vec<Option<T>>
+/// `value(i)` for each row, None where the array is null.
+fn optional<T, F>(len: usize, is_null: impl Fn(usize) -> bool, value: F) -> Vec<Option<T>>
 where
     F: Fn(usize) -> T,
 {
@@ -228,71 +229,71 @@ fn to_column(array: &dyn Array, path: &Path, name: &str) -> Result<Column> {
     Ok(match array.data_type() {
         DataType::Utf8 => {
             let a = array.as_string::<i32>();
-            Column::Str(ints(n, null, |i| a.value(i).to_owned()))
+            Column::Str(optional(n, null, |i| a.value(i).to_owned()))
         }
         DataType::LargeUtf8 => {
             let a = array.as_string::<i64>();
-            Column::Str(ints(n, null, |i| a.value(i).to_owned()))
+            Column::Str(optional(n, null, |i| a.value(i).to_owned()))
         }
         DataType::Utf8View => {
             let a = array.as_string_view();
-            Column::Str(ints(n, null, |i| a.value(i).to_owned()))
+            Column::Str(optional(n, null, |i| a.value(i).to_owned()))
         }
         DataType::Int8 => {
             let a = array.as_primitive::<Int8Type>();
-            Column::Int(ints(n, null, |i| i64::from(a.value(i))))
+            Column::Int(optional(n, null, |i| i64::from(a.value(i))))
         }
         DataType::Int16 => {
             let a = array.as_primitive::<Int16Type>();
-            Column::Int(ints(n, null, |i| i64::from(a.value(i))))
+            Column::Int(optional(n, null, |i| i64::from(a.value(i))))
         }
         DataType::Int32 => {
             let a = array.as_primitive::<Int32Type>();
-            Column::Int(ints(n, null, |i| i64::from(a.value(i))))
+            Column::Int(optional(n, null, |i| i64::from(a.value(i))))
         }
         DataType::Int64 => {
             let a = array.as_primitive::<Int64Type>();
-            Column::Int(ints(n, null, |i| a.value(i)))
+            Column::Int(optional(n, null, |i| a.value(i)))
         }
         DataType::UInt8 => {
             let a = array.as_primitive::<UInt8Type>();
-            Column::UInt(ints(n, null, |i| u64::from(a.value(i))))
+            Column::UInt(optional(n, null, |i| u64::from(a.value(i))))
         }
         DataType::UInt16 => {
             let a = array.as_primitive::<UInt16Type>();
-            Column::UInt(ints(n, null, |i| u64::from(a.value(i))))
+            Column::UInt(optional(n, null, |i| u64::from(a.value(i))))
         }
         DataType::UInt32 => {
             let a = array.as_primitive::<UInt32Type>();
-            Column::UInt(ints(n, null, |i| u64::from(a.value(i))))
+            Column::UInt(optional(n, null, |i| u64::from(a.value(i))))
         }
         DataType::UInt64 => {
             let a = array.as_primitive::<UInt64Type>();
-            Column::UInt(ints(n, null, |i| a.value(i)))
+            Column::UInt(optional(n, null, |i| a.value(i)))
         }
         DataType::Float32 => {
             let a = array.as_primitive::<Float32Type>();
-            Column::Float(ints(n, null, |i| f64::from(a.value(i))))
+            Column::Float(optional(n, null, |i| f64::from(a.value(i))))
         }
         DataType::Float64 => {
             let a = array.as_primitive::<Float64Type>();
-            Column::Float(ints(n, null, |i| a.value(i)))
+            Column::Float(optional(n, null, |i| a.value(i)))
         }
         DataType::Boolean => {
             let a = array.as_boolean();
-            Column::Bool(ints(n, null, |i| a.value(i)))
+            Column::Bool(optional(n, null, |i| a.value(i)))
         }
         DataType::Binary => {
             let a = array.as_binary::<i32>();
-            Column::Binary(ints(n, null, |i| a.value(i).to_vec()))
+            Column::Binary(optional(n, null, |i| a.value(i).to_vec()))
         }
         DataType::LargeBinary => {
             let a = array.as_binary::<i64>();
-            Column::Binary(ints(n, null, |i| a.value(i).to_vec()))
+            Column::Binary(optional(n, null, |i| a.value(i).to_vec()))
         }
         DataType::BinaryView => {
             let a = array.as_binary_view();
-            Column::Binary(ints(n, null, |i| a.value(i).to_vec()))
+            Column::Binary(optional(n, null, |i| a.value(i).to_vec()))
         }
         DataType::Struct(fields)
             if fields.len() == 4
@@ -305,7 +306,7 @@ fn to_column(array: &dyn Array, path: &Path, name: &str) -> Result<Column> {
             let parts: Vec<&Float64Array> = (0..4)
                 .map(|k| s.column(k).as_primitive::<Float64Type>())
                 .collect();
-            Column::Bbox(ints(n, null, |i| {
+            Column::Bbox(optional(n, null, |i| {
                 [
                     parts[0].value(i),
                     parts[1].value(i),
