@@ -80,10 +80,16 @@ def test_rust_reader_round_trip_in_batches(tmp_path: Path) -> None:
 def test_rust_reader_reads_what_polars_writes(tmp_path: Path) -> None:
     path = tmp_path / "p.parquet"
     frame = pl.DataFrame(VALUES, schema=tables.polars_schema(TYPES))
-    frame = frame.with_columns(pl.col("f").cast(pl.Float32).alias("f32"), pl.col("small").cast(pl.Int16).alias("i16"))
+    frame = frame.with_columns(
+        pl.col("f").cast(pl.Float32).alias("f32"),
+        pl.col("small").cast(pl.Int16).alias("i16"),
+        pl.col("s").cast(pl.Categorical).alias("category"),  # dictionary-encoded, as pandas' category is too
+        pl.lit(None, pl.String).cast(pl.Categorical).alias("no_category"),
+    )
     frame.write_parquet(path)
     got = _read_all(path, frame.columns)
     assert got == frame.to_dict(as_series=False)
+    assert got["category"] == ["a", None, "ü"] and got["no_category"] == [None] * 3
 
 
 def test_bad_tables_and_values_are_refused_by_name(tmp_path: Path) -> None:

@@ -127,6 +127,35 @@ impl Column {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The values at `rows` (None where `null(i)`): a dictionary column's values looked up by key.
+    fn take(&self, rows: &[usize], null: impl Fn(usize) -> bool) -> Column {
+        fn pick<T: Clone>(
+            v: &[Option<T>],
+            rows: &[usize],
+            null: impl Fn(usize) -> bool,
+        ) -> Vec<Option<T>> {
+            rows.iter()
+                .enumerate()
+                .map(|(i, &r)| {
+                    if null(i) {
+                        None
+                    } else {
+                        v.get(r).cloned().flatten()
+                    }
+                })
+                .collect()
+        }
+        match self {
+            Column::Str(v) => Column::Str(pick(v, rows, null)),
+            Column::Int(v) => Column::Int(pick(v, rows, null)),
+            Column::UInt(v) => Column::UInt(pick(v, rows, null)),
+            Column::Float(v) => Column::Float(pick(v, rows, null)),
+            Column::Bool(v) => Column::Bool(pick(v, rows, null)),
+            Column::Binary(v) => Column::Binary(pick(v, rows, null)),
+            Column::Bbox(v) => Column::Bbox(pick(v, rows, null)),
+        }
+    }
 }
 
 fn table_error(path: &Path, msg: impl std::fmt::Display) -> Error {
@@ -314,6 +343,17 @@ fn to_column(array: &dyn Array, path: &Path, name: &str) -> Result<Column> {
                     parts[3].value(i),
                 ]
             }))
+        }
+        // categorical columns (pandas' category, polars' Categorical): the values by key
+        DataType::Dictionary(_, _) => {
+            let dict = array.as_any_dictionary();
+            let values = to_column(dict.values().as_ref(), path, name)?;
+            let rows = if dict.values().is_empty() {
+                vec![0; n] // every row null: nothing to look up
+            } else {
+                dict.normalized_keys()
+            };
+            values.take(&rows, null)
         }
         other => {
             return Err(table_error(
