@@ -39,7 +39,7 @@ import functools
 import json
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -233,6 +233,14 @@ def nodata_class(nodata: int | None, total: int | None, min_pixels: int) -> str 
     return "partial_data" if nodata >= min_pixels else "all_data"
 
 
+def _manifest_missing(path: AnyPath, columns: Iterable[str]) -> set[str]:
+    """The manifest columns ``path`` lacks: only ones added later (they read as nulls), else an ImagesimError."""
+    missing = set(MANIFEST_TYPES) - set(columns)
+    if missing - MANIFEST_LATER_COLUMNS:
+        raise ImagesimError(f"{path}: not an imagesim chip manifest (missing columns {sorted(missing - MANIFEST_LATER_COLUMNS)})")
+    return missing
+
+
 def read_manifest(dest: AnyPath) -> pl.DataFrame:
     """Every column of ``DEST/chips.parquet`` (empty when there is none yet), older manifests filled
     with nulls for columns they predate."""
@@ -243,9 +251,7 @@ def read_manifest(dest: AnyPath) -> pl.DataFrame:
         df = read_parquet(path)
     except Exception as exc:  # polars raises several types for damaged files
         raise ImagesimError(f"{path}: cannot read the chip manifest ({exc}); move it away to start afresh") from exc
-    missing = set(manifest_schema()) - set(df.columns)
-    if missing - MANIFEST_LATER_COLUMNS:
-        raise ImagesimError(f"{path}: not an imagesim chip manifest (missing columns {sorted(missing - MANIFEST_LATER_COLUMNS)})")
+    missing = _manifest_missing(path, df.columns)
     df = df.with_columns(pl.lit(None, manifest_schema()[c]).alias(c) for c in missing)
     return df.select(list(manifest_schema())).cast(manifest_schema())  # type: ignore[arg-type]
 
@@ -270,9 +276,7 @@ def iter_manifest(dest: AnyPath, columns: list[str] | None = None, *, batch: int
             # polars, not pyarrow: slices of the file are read alone (pyarrow's reader keeps what it read)
             lazy = pl.scan_parquet(local)
             have = set(lazy.collect_schema().names())
-            missing = set(manifest_schema()) - have
-            if missing - MANIFEST_LATER_COLUMNS:
-                raise ImagesimError(f"{path}: not an imagesim chip manifest (missing columns {sorted(missing - MANIFEST_LATER_COLUMNS)})")
+            _manifest_missing(path, have)
             read = lazy.select([c for c in wanted if c in have])
             rows = int(lazy.select(pl.len()).collect().item())
             for start in range(0, rows, max(1, batch)):
@@ -295,9 +299,7 @@ def iter_manifest_columns(dest: AnyPath, columns: list[str], *, batch: int = MAN
     with local_copy(path) as local:
         try:
             have = set(columns_of(local))
-            missing = set(MANIFEST_TYPES) - have
-            if missing - MANIFEST_LATER_COLUMNS:
-                raise ImagesimError(f"{path}: not an imagesim chip manifest (missing columns {sorted(missing - MANIFEST_LATER_COLUMNS)})")
+            _manifest_missing(path, have)
             present = [c for c in columns if c in have] or ["chip"]  # "chip": at least the row counts
             for got in iter_columns(local, present, batch=batch):
                 rows = len(got[present[0]])
