@@ -367,8 +367,9 @@ class GeoColumnsStream:
     """:class:`GeoParquetStream` for plain columns (dicts of lists), written by the Rust core
     (:class:`imagesim._imagesim.ParquetWriter`) without polars: the tables of commands that never make a
     frame (nodata-index). ``fields`` (``{column: dtype name}``, :data:`imagesim.tables.DTYPES`) are the
-    columns given to :meth:`write`; ``geometry`` and ``bbox`` are added from the ``chip`` names (a name that
-    is not a chip's gets nulls when ``allow_missing``, else a GridError). The same file, read back, as
+    columns given to :meth:`write`; ``geometry`` and ``bbox`` are added from the ``zone`` and ``quadkey``
+    fields when there are both, else from the ``chip`` names (a row without them gets nulls when
+    ``allow_missing``, else a GridError). The same file, read back, as
     :class:`GeoParquetStream` writes from frames of those dtypes (tests/test_tables.py). Row groups of
     ``row_group`` rows; the file is created at once (wrap it in :func:`imagesim.fsutil.atomic_path`)."""
 
@@ -395,7 +396,10 @@ class GeoColumnsStream:
     def write(self, columns: dict[str, list[Any]]) -> None:
         """Add rows: a list per field (any extra key is ignored), all of one length."""
         names = columns["chip"]
-        zones, qks, _ = _keys_of_names(names, self.allow_missing)
+        if "zone" in self.fields and "quadkey" in self.fields:  # as _chip_keys: the columns, else the names
+            zones, qks, _ = _checked_keys(columns["zone"], columns["quadkey"], names, self.allow_missing)
+        else:
+            zones, qks, _ = _keys_of_names(names, self.allow_missing)
         geo = footprint_columns(zones, qks, names)
         self._types |= wkb_type_ids(geo[GEOMETRY])
         self._bounds = _union(self._bounds, _column_bounds(geo))

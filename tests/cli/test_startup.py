@@ -142,8 +142,9 @@ def test_fast_path_runs_like_the_whole_app(small_sample, tmp_path) -> None:
     assert shown(lines, str(tmp_path / "fast")) == shown(whole.stdout.strip().splitlines(), str(tmp_path / "whole"))
     assert len(lines) == 2 and re.match(r"[0-9,]+ chips written", lines[0])
     modules = report["modules"]
-    # read by the fast path (imagesim.cli.fast): no typer, no other stage's module
-    assert "typer" not in modules and "polars" in modules
+    # read by the fast path (imagesim.cli.fast): no typer, no other stage's module; the manifest is kept by
+    # the Rust core (no polars); numpy and shapely for the masks' geometry
+    assert "typer" not in modules and "polars" not in modules and "shapely" in modules
     assert [m for m in modules if m.startswith("imagesim.cli.")] == [
         "imagesim.cli._output",
         "imagesim.cli.fast",
@@ -152,7 +153,7 @@ def test_fast_path_runs_like_the_whole_app(small_sample, tmp_path) -> None:
         "imagesim.cli.stages",
     ]
     assert not [m for m in modules if m.split(".")[0] in ("rich", "torch")]
-    # the masks are in the cell's CRS and the manifest's parts are polars' own: neither pyproj nor pyarrow
+    # the masks are in the cell's CRS and the manifest's parts the Rust core's: neither pyproj nor pyarrow
     assert not [m for m in modules if m.split(".")[0] in ("pyproj", "pyarrow")]
 
     def files(root):

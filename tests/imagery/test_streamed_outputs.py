@@ -110,14 +110,14 @@ def test_failed_run_records_what_it_did_and_a_rerun_completes(small_sample, chip
 def test_interrupted_manifest_write_leaves_no_partial_file(small_sample, chipped_once: Path, tmp_path: Path, monkeypatch) -> None:
     dest = tmp_path / "chips"
 
-    class Interrupted(chip.GeoParquetStream):
-        def write(self, frame: pl.DataFrame) -> None:
-            super().write(frame)
-            if self.rows:  # a row group is on disk
+    class Interrupted(chip.GeoColumnsStream):
+        def write(self, columns: dict[str, list]) -> None:
+            super().write(columns)
+            if self.rows:  # rows handed to the writer (a row group on disk)
                 raise KeyboardInterrupt
 
     monkeypatch.setattr(chip, "MANIFEST_ROW_GROUP", 10)
-    monkeypatch.setattr(chip, "GeoParquetStream", Interrupted)
+    monkeypatch.setattr(chip, "GeoColumnsStream", Interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_chip(small_sample.root, dest, ChipSettings(zoom=ZOOM))
     assert not (dest / CHIPS_MANIFEST).exists()

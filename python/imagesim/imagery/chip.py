@@ -6,18 +6,16 @@ manifest ``chips.parquet`` and the error report ``chip-errors.json``, and draws 
 
 from __future__ import annotations
 
+import bisect
 import functools
 import itertools
 import os
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
-
-import numpy as np
-import polars as pl
+from typing import Any
 
 from imagesim import _imagesim as _rs
 from imagesim import grid, options
@@ -25,22 +23,22 @@ from imagesim.artefacts import (
     CHIP_ERRORS,
     CHIPS_MANIFEST,
     MANIFEST_ORDER,
-    MANIFEST_SCHEMA,
+    MANIFEST_TYPES,
     MASK_FRACTION_COLUMNS,
     chip_folder,
-    iter_manifest,
-    nodata_class_expr,
-    recorded_by_chip,
+    iter_manifest_columns,
+    nodata_class,
     zone_folder,
 )
 from imagesim.errors import ImagesimError
 from imagesim.fsutil import abandoned, atomic_path, work_folder, write_json
-from imagesim.geoparquet import GeoParquetStream
+from imagesim.geoparquet import GeoColumnsStream
 from imagesim.imagery.ard import Acquisition, Misplaced, find_acquisitions
 from imagesim.imagery.masks import MaskFractions, MaskNote, safe_fractions
 from imagesim.progress import ProgressFactory, open_progress
 from imagesim.runner import Outcome, TaskRunner, cores, worker_threads
 from imagesim.storage import AnyPath, StorePath, location
+from imagesim.tables import columns_of, iter_columns
 
 # The key of a chip task's result that carries the COG's mask fractions (beside the Rust columns).
 MASKS_KEY = "masks"
@@ -104,40 +102,51 @@ class ChipSummary:
         )
 
 
-def _records_frame(acq: Acquisition, cols: dict, settings: ChipSettings, masks: MaskFractions | None = None) -> pl.DataFrame:
-    """Manifest rows for the chips of one COG that were measured this run, with their mask fractions."""
-    df = pl.DataFrame({k: v for k, v in cols.items() if k != MASKS_KEY}).filter(pl.col("status").is_in(["written", "measured", "empty"]))
-    if masks is not None:
-        df = df.join(masks.frame, on="quadkey", how="left")
-    else:
-        df = df.with_columns(pl.lit(None, pl.Float64).alias(c) for c in MASK_FRACTION_COLUMNS.values())
-    stamp = source_stamp(acq)
-    total = pl.col("width").cast(pl.UInt64) * pl.col("height").cast(pl.UInt64)
-    nodata = pl.col("nodata_pixels")
-    return df.select(
-        pl.col("chip"),
-        pl.lit(acq.zone, pl.UInt8).alias("zone"),
-        pl.col("quadkey"),
-        pl.lit(settings.zoom, pl.UInt8).alias("zoom"),
-        pl.lit(acq.cell).alias("cell"),
-        pl.lit(acq.catalog_id).alias("catalog_id"),
-        pl.lit(acq.date).alias("acquisition_date"),
-        pl.lit(str(acq.visual)).alias("source_cog"),
-        pl.lit(stamp[0], pl.UInt64).alias("source_size"),
-        pl.lit(stamp[1], pl.Int64).alias("source_mtime_ns"),
-        "col_off",
-        "row_off",
-        "width",
-        "height",
-        nodata.cast(pl.UInt64),
-        pl.lit(settings.nodata_threshold, pl.UInt8).alias("nodata_threshold"),
-        (1.0 - nodata.cast(pl.Float64) / total.cast(pl.Float64)).alias("valid_fraction"),
-        nodata_class_expr(nodata, total, settings.min_nodata_pixels).alias("nodata_class"),
-        (pl.col("status") != "empty").alias("written"),
-        pl.col("encoding"),
-        pl.col("bytes").cast(pl.UInt64),
-        *MASK_FRACTION_COLUMNS.values(),
-    ).cast(MANIFEST_SCHEMA)  # type: ignore[arg-type]
+# A chip's statuses that make a manifest row (measured this run); "skipped" and "failed" do not.
+_MEASURED = ("written", "measured", "empty")
+
+
+def _records(acq: Acquisition, cols: dict, settings: ChipSettings, masks: MaskFractions | None = None) -> Columns:
+    """Manifest rows (MANIFEST_TYPES) for the chips of one COG that were measured this run, with their mask fractions."""
+    keep = [i for i, status in enumerate(cols["status"]) if status in _MEASURED]
+    n = len(keep)
+
+    def pick(name: str) -> list[Any]:
+        values = cols[name]
+        return [values[i] for i in keep]
+
+    quadkeys, widths, heights, nodata = pick("quadkey"), pick("width"), pick("height"), pick("nodata_pixels")
+    totals = [w * h for w, h in zip(widths, heights)]
+    size, mtime = source_stamp(acq)
+    rows: Columns = {
+        "chip": pick("chip"),
+        "zone": [acq.zone] * n,
+        "quadkey": quadkeys,
+        "zoom": [settings.zoom] * n,
+        "cell": [acq.cell] * n,
+        "catalog_id": [acq.catalog_id] * n,
+        "acquisition_date": [acq.date] * n,
+        "source_cog": [str(acq.visual)] * n,
+        "source_size": [size] * n,
+        "source_mtime_ns": [mtime] * n,
+        "col_off": pick("col_off"),
+        "row_off": pick("row_off"),
+        "width": widths,
+        "height": heights,
+        "nodata_pixels": nodata,
+        "nodata_threshold": [settings.nodata_threshold] * n,
+        "valid_fraction": [None if px is None or not total else 1.0 - px / total for px, total in zip(nodata, totals)],
+        "nodata_class": [nodata_class(px, total, settings.min_nodata_pixels) for px, total in zip(nodata, totals)],
+        "written": [status != "empty" for status in pick("status")],
+        "encoding": pick("encoding"),
+        "bytes": pick("bytes"),
+    }
+    at = {qk: j for j, qk in enumerate(masks.columns["quadkey"])} if masks is not None else {}
+    where = [at.get(qk) for qk in quadkeys]
+    for column in MASK_FRACTION_COLUMNS.values():
+        fractions = masks.columns[column] if masks is not None else None
+        rows[column] = [None if fractions is None or j is None else fractions[j] for j in where]
+    return rows
 
 
 def source_stamp(acq: Acquisition) -> tuple[int, int]:
@@ -150,26 +159,104 @@ def source_stamp(acq: Acquisition) -> tuple[int, int]:
 MANIFEST_ROW_GROUP = 16_384
 PARTS_PREFIX = f".{CHIPS_MANIFEST}.parts-"
 _SEP = "\x01"  # below every character of a zone, cell, date or catalog id: joined keys sort as the tuples do
+# Rows as columns: {column: list}, all of one length (the manifest is kept without polars: `imagesim chip`
+# starts in a fraction of polars' import time; see imagesim.tables).
+Columns = dict[str, list[Any]]
 
 
-def _acquisition_key() -> pl.Expr:
+def _acquisition_keys(cols: Columns) -> list[str]:
     """One string per row that sorts as (zone, cell, acquisition_date, catalog_id) do, nulls first."""
-    parts = [pl.col("zone").cast(pl.String).str.zfill(2), pl.col("cell"), pl.col("acquisition_date"), pl.col("catalog_id")]
-    return pl.concat_str([p.fill_null("") for p in parts], separator=_SEP)
+    return [
+        _SEP.join(("" if zone is None else f"{zone:02d}", cell or "", date or "", catalog_id or ""))
+        for zone, cell, date, catalog_id in zip(cols["zone"], cols["cell"], cols["acquisition_date"], cols["catalog_id"])
+    ]
 
 
-def _cell_index(zoom: int) -> pl.Expr:
-    """The position of a chip in its cell at ``zoom`` (its quadkey's digits below the cell, base 4)."""
-    if zoom == grid.CELL_ZOOM:
-        return pl.lit(0, pl.Int64)
-    return pl.col("quadkey").str.slice(grid.CELL_ZOOM).str.to_integer(base=4, strict=False)
+def _cell_index(quadkey: str | None, zoom: int) -> int | None:
+    """The position of a chip in its cell at ``zoom`` (its quadkey's digits below the cell, base 4); None
+    for a quadkey that is not one of that zoom."""
+    if quadkey is None or len(quadkey) != zoom:
+        return None
+    digits = quadkey[grid.CELL_ZOOM :]
+    if digits.strip("0123"):
+        return None
+    return int(digits, 4) if digits else 0
+
+
+def _rows(cols: Columns) -> int:
+    return len(next(iter(cols.values()), []))
+
+
+def _take(cols: Columns, order: Sequence[int]) -> Columns:
+    """The rows ``order`` of ``cols``, in that order."""
+    return {name: [values[i] for i in order] for name, values in cols.items()}
+
+
+def _concat(parts: Sequence[Columns]) -> Columns:
+    """The rows of ``parts`` one after the other (every part has the same columns)."""
+    out: Columns = {name: [] for name in parts[0]} if parts else {}
+    for part in parts:
+        for name, values in out.items():
+            values.extend(part[name])
+    return out
+
+
+def _sorted_by(cols: Columns, keys: Sequence[str]) -> Columns:
+    """``cols`` sorted by the columns ``keys`` (stable, nulls first, as polars sorts)."""
+    values = [cols[k] for k in keys]
+    if len(keys) == 1:
+        only = values[0]
+        order = sorted(range(_rows(cols)), key=lambda i: (only[i] is not None, only[i] or ""))
+    else:
+        order = sorted(range(_rows(cols)), key=lambda i: tuple((v[i] is not None, v[i]) for v in values))
+    return _take(cols, order)
+
+
+def _set_bit(into: dict[tuple[int, str, str], bytearray], key: tuple[int, str, str], cells: int, i: int) -> None:
+    bits = into.get(key)
+    if bits is None:
+        bits = into[key] = bytearray((cells + 7) // 8)
+    bits[i >> 3] |= 1 << (i & 7)
+
+
+def _has_bit(bits: bytearray, i: int) -> bool:
+    return bool(bits[i >> 3] >> (i & 7) & 1)
+
+
+def _bit_positions(bits: bytearray) -> Iterator[int]:
+    for at, byte in enumerate(bits):
+        if byte:
+            yield from (at * 8 + j for j in range(8) if byte >> j & 1)
+
+
+def _write_part(path: Path, cols: Columns) -> None:
+    """One COG's rows (MANIFEST_TYPES) as the Parquet file ``path``, written whole or not at all."""
+    writing = path.with_suffix(".writing")
+    writer = _rs.ParquetWriter(writing, list(MANIFEST_TYPES.items()), MANIFEST_ROW_GROUP)
+    try:
+        writer.write([cols[name] for name in MANIFEST_TYPES])
+    finally:
+        writer.close()
+    os.replace(writing, path)
+
+
+def _read_part(path: Path) -> Columns:
+    """A part file's rows as MANIFEST_TYPES columns (Nones for a column an older imagesim did not write)."""
+    have = set(columns_of(path))
+    present = [c for c in MANIFEST_TYPES if c in have]
+    out: Columns = {name: [] for name in MANIFEST_TYPES}
+    for got in iter_columns(path, present):
+        rows = len(got[present[0]])
+        for name, values in out.items():
+            values.extend(got[name] if name in got else [None] * rows)
+    return out
 
 
 @dataclass
 class _Block:
     """One COG's rows of this run: part file ``part``."""
 
-    key: str  # _acquisition_key
+    key: str  # _acquisition_keys
     part: Path
 
 
@@ -182,56 +269,64 @@ class _Manifest:
     a run killed outright loses no COG it finished: :func:`recover_parts`); :meth:`flush` merges them
     with the old rows into ``chips.parquet`` (written atomically, one row group at a time) in its order
     (MANIFEST_ORDER): both are sorted by acquisition, so the merge streams. A manifest not in that order
-    (derived from chip names, or from an older imagesim) is merged in memory instead, once.
+    (derived from chip names, or from an older imagesim) is merged in memory instead, once. Rows are plain
+    columns (:data:`Columns`) read and written by the Rust core.
     """
 
     def __init__(self, dest: AnyPath, zoom: int) -> None:
         self.dest = dest
         self.zoom = zoom
         self.cells = 4 ** (zoom - grid.CELL_ZOOM)  # chips per cell at this zoom
-        self.known: dict[tuple[int, str, str], np.ndarray] = {}  # (zone, cell, catalog id) → packed bits
+        self.known: dict[tuple[int, str, str], bytearray] = {}  # (zone, cell, catalog id) → one bit per chip
         self.stamps: dict[tuple[str, str], tuple[int | None, int | None]] = {}
         self.old_rows = 0
         self.old_sorted = True
         last: str | None = None
-        for batch in iter_manifest(dest, ["zone", "cell", "acquisition_date", "catalog_id", "quadkey", "source_cog", *STAMP]):
-            self.old_rows += batch.height
-            keys = batch.select(pl.concat_str(_acquisition_key(), pl.col("quadkey").fill_null(""), separator=_SEP)).to_series()
-            if self.old_sorted and keys.len():
-                self.old_sorted = keys.is_sorted() and (last is None or last <= keys[0])
+        for batch in iter_manifest_columns(dest, ["zone", "cell", "acquisition_date", "catalog_id", "quadkey", "source_cog", *STAMP]):
+            n = _rows(batch)
+            self.old_rows += n
+            if self.old_sorted and n:
+                keys = [a + _SEP + (q or "") for a, q in zip(_acquisition_keys(batch), batch["quadkey"])]
+                self.old_sorted = (last is None or last <= keys[0]) and all(a <= b for a, b in zip(keys, keys[1:]))
                 last = keys[-1]
-            self._record(recorded_by_chip(batch))
-        self.new: dict[tuple[int, str, str], np.ndarray] = {}  # this run's chips, as self.known
+            self._record(batch)
+        self.new: dict[tuple[int, str, str], bytearray] = {}  # this run's chips, as self.known
         self.blocks: list[_Block] = []
         self.folder: Path | None = None
 
-    def _record(self, rows: pl.DataFrame) -> None:
-        """Add a manifest's recorded rows to the known chips and stamps (the first stamp of an acquisition wins)."""
-        for cell, catalog_id, size, mtime in (
-            rows.group_by(["cell", "catalog_id"], maintain_order=True).agg(pl.col(STAMP).first()).iter_rows()
-        ):
+    def _record(self, rows: Columns) -> None:
+        """Add the rows `imagesim chip` measured (a row derived from a chip name has no ``source_cog``) to the
+        known chips and stamps (the first stamp of an acquisition wins)."""
+        recorded = [i for i, cog in enumerate(rows["source_cog"]) if cog is not None]
+        if len(recorded) < _rows(rows):
+            rows = _take(rows, recorded)
+        for cell, catalog_id, size, mtime in zip(rows["cell"], rows["catalog_id"], rows[STAMP[0]], rows[STAMP[1]]):
             self.stamps.setdefault((cell, catalog_id), (size, mtime))
         self._mark(self.known, rows)
 
-    def _mark(self, into: dict[tuple[int, str, str], np.ndarray], rows: pl.DataFrame) -> None:
+    def _mark(self, into: dict[tuple[int, str, str], bytearray], rows: Columns) -> None:
         """Set the bits of ``rows``' chips (those of the run's zoom) in ``into``."""
-        at_zoom = rows.filter(pl.col("quadkey").str.len_bytes() == self.zoom).select(
-            "zone", "cell", "catalog_id", _cell_index(self.zoom).alias("i")
-        )
-        for zone, cell, catalog_id, idx in at_zoom.drop_nulls().group_by(["zone", "cell", "catalog_id"]).agg("i").iter_rows():
-            key = (zone, cell, catalog_id)
-            bits = np.unpackbits(into[key], count=self.cells) if key in into else np.zeros(self.cells, np.uint8)
-            bits[np.asarray(idx, np.int64)] = 1
-            into[key] = np.packbits(bits)
+        for zone, cell, catalog_id, quadkey in zip(rows["zone"], rows["cell"], rows["catalog_id"], rows["quadkey"]):
+            i = _cell_index(quadkey, self.zoom)
+            if i is not None and zone is not None and cell is not None and catalog_id is not None:
+                _set_bit(into, (zone, cell, catalog_id), self.cells, i)
+
+    def _replaced(self, zone: int | None, cell: str | None, catalog_id: str | None, quadkey: str | None) -> bool:
+        """This run recorded the chip again (its new row replaces the old)."""
+        bits = self.new.get((zone, cell, catalog_id))  # type: ignore[arg-type]
+        if bits is None:
+            return False
+        i = _cell_index(quadkey, self.zoom)
+        return i is not None and _has_bit(bits, i)
 
     def known_names(self, acq: Acquisition) -> set[str]:
         """Chips of one acquisition the manifest already records (at the run's zoom: the only chips it makes)."""
-        packed = self.known.get((acq.zone, acq.cell, acq.catalog_id))
-        if packed is None:
+        bits = self.known.get((acq.zone, acq.cell, acq.catalog_id))
+        if bits is None:
             return set()
         suffixes = _suffixes(self.zoom)
         prefix = f"Z{acq.zone}-{acq.cell}"
-        return {f"{prefix}{suffixes[i]}_{acq.catalog_id}.jpg" for i in np.flatnonzero(np.unpackbits(packed, count=self.cells))}
+        return {f"{prefix}{suffixes[i]}_{acq.catalog_id}.jpg" for i in _bit_positions(bits)}
 
     def is_stale(self, acq: Acquisition) -> bool:
         """The COG changed (size or mtime) since its chips were recorded: they must be redone."""
@@ -240,21 +335,19 @@ class _Manifest:
             return False
         return recorded != source_stamp(acq)
 
-    def add(self, frame: pl.DataFrame) -> None:
-        """One COG's rows: written to a part file of their own, sorted by quadkey."""
-        if frame.height == 0:
+    def add(self, rows: Columns) -> None:
+        """One COG's rows (MANIFEST_TYPES): written to a part file of their own, sorted by quadkey."""
+        if _rows(rows) == 0:
             return
-        frame = frame.sort("quadkey", maintain_order=True)
+        rows = _sorted_by(rows, ["quadkey"])
         if self.folder is None:
             # Beside chips.parquet (hidden: no stage takes it for chips); a store's parts stay local.
             local = self.dest if isinstance(self.dest, Path) else None
             self.folder = work_folder(local, PARTS_PREFIX)
         part = self.folder / f"part-{len(self.blocks):05d}.parquet"
-        # written under another name, then renamed: a part file is whole or absent (polars: no pyarrow import)
-        frame.write_parquet(part.with_suffix(".writing"), compression="zstd")
-        os.replace(part.with_suffix(".writing"), part)
-        self.blocks.append(_Block(frame.select(_acquisition_key()).item(0, 0), part))
-        self._mark(self.new, frame)
+        _write_part(part, rows)  # written under another name, then renamed: a part file is whole or absent
+        self.blocks.append(_Block(_acquisition_keys(_take(rows, [0]))[0], part))
+        self._mark(self.new, rows)
 
     def discard(self) -> None:
         """Remove the part files (after :meth:`flush`, or when the run ends without writing)."""
@@ -266,82 +359,85 @@ class _Manifest:
         """Merge this run's rows into ``chips.parquet`` (atomically); nothing to do when there are none."""
         if not self.blocks:
             return
-        rows = self._merged() if self.old_sorted else self._merged_in_memory()
-        with atomic_path(self.dest / CHIPS_MANIFEST) as tmp, GeoParquetStream(tmp, row_group=MANIFEST_ROW_GROUP) as out:
-            for frame in rows:
-                out.write(frame.select(list(MANIFEST_SCHEMA)))
+        merged = self._merged() if self.old_sorted else self._merged_in_memory()
+        with atomic_path(self.dest / CHIPS_MANIFEST) as tmp, GeoColumnsStream(tmp, MANIFEST_TYPES, row_group=MANIFEST_ROW_GROUP) as out:
+            for rows in merged:
+                if _rows(rows):
+                    out.write(rows)
 
-    def _block_rows(self, blocks: list[_Block]) -> list[pl.DataFrame]:
-        return [pl.read_parquet(b.part).cast(MANIFEST_SCHEMA) for b in blocks]  # type: ignore[arg-type]
+    def _block_rows(self, blocks: list[_Block]) -> list[Columns]:
+        return [_read_part(b.part) for b in blocks]
 
-    def _old_rows(self) -> Iterator[pl.DataFrame]:
-        """The old manifest's rows, a slice at a time, less the chips this run recorded again (its rows replace them)."""
-        for batch in iter_manifest(self.dest):
-            keyed = batch.with_columns(_acquisition_key().alias("_key"))
-            candidates = (
-                keyed.select("zone", "cell", "catalog_id", _cell_index(self.zoom).alias("i"))
-                .with_row_index("row")
-                .filter((batch["quadkey"].str.len_bytes() == self.zoom) & pl.col("i").is_not_null())
-            )
-            drop = np.zeros(batch.height, bool)
-            for (zone, cell, catalog_id), group in candidates.group_by(["zone", "cell", "catalog_id"]):
-                packed = self.new.get((zone, cell, catalog_id))
-                if packed is not None:
-                    bits = np.unpackbits(packed, count=self.cells).astype(bool)
-                    drop[group["row"].to_numpy()] = bits[group["i"].to_numpy()]
-            yield keyed.filter(pl.Series(~drop)) if drop.any() else keyed
+    def _old_rows(self) -> Iterator[tuple[list[str], Columns]]:
+        """The old manifest's rows, a slice at a time with their acquisition keys, less the chips this run
+        recorded again (its rows replace them)."""
+        for batch in iter_manifest_columns(self.dest, list(MANIFEST_TYPES)):
+            if self.new:
+                keep = [
+                    i
+                    for i, row in enumerate(zip(batch["zone"], batch["cell"], batch["catalog_id"], batch["quadkey"]))
+                    if not self._replaced(*row)
+                ]
+                if len(keep) < _rows(batch):
+                    batch = _take(batch, keep)
+            yield _acquisition_keys(batch), batch
 
-    def _merged(self) -> Iterator[pl.DataFrame]:
+    def _merged(self) -> Iterator[Columns]:
         """Old rows and this run's blocks in manifest order, a slice or an acquisition at a time."""
         old = _Cursor(self._old_rows())
         blocks = sorted(self.blocks, key=lambda b: b.key)  # stable: an acquisition's blocks in run order
         for key, same in itertools.groupby(blocks, key=lambda b: b.key):
             yield from old.below(key)
-            frames = [*old.upto(key), *self._block_rows(list(same))]
-            yield pl.concat(frames, how="vertical_relaxed").sort("quadkey", maintain_order=True)
+            yield _sorted_by(_concat([*old.upto(key), *self._block_rows(list(same))]), ["quadkey"])
         yield from old.below(None)
 
-    def _merged_in_memory(self) -> Iterator[pl.DataFrame]:
+    def _merged_in_memory(self) -> Iterator[Columns]:
         """A manifest not in order (derived, or older): old and new rows sorted in memory, once."""
-        frames = [f.drop("_key") for f in self._old_rows()] + self._block_rows(self.blocks)
-        yield pl.concat(frames, how="vertical_relaxed").sort(MANIFEST_ORDER, maintain_order=True)
+        rows = _concat([cols for _, cols in self._old_rows()] + self._block_rows(self.blocks))
+        yield _sorted_by(rows, MANIFEST_ORDER)
 
 
 class _Cursor:
-    """Rows of sorted slices (a ``_key`` column), handed out up to a key."""
+    """Rows of sorted slices (each with its sorted keys), handed out up to a key."""
 
-    def __init__(self, slices: Iterator[pl.DataFrame]) -> None:
+    def __init__(self, slices: Iterator[tuple[list[str], Columns]]) -> None:
         self.slices = slices
-        self.buf: pl.DataFrame | None = None
+        self.keys: list[str] = []
+        self.cols: Columns = {}
+        self.at = 0  # rows of the current slice handed out
 
-    def _take(self, key: str | None, side: Literal["left", "right"]) -> Iterator[pl.DataFrame]:
+    def _take(self, key: str | None, find: Callable[..., int]) -> Iterator[Columns]:
         while True:
-            if self.buf is None or self.buf.height == 0:
-                self.buf = next(self.slices, None)
-                if self.buf is None:
+            if self.at == len(self.keys):
+                got = next(self.slices, None)
+                if got is None:
                     return
+                self.keys, self.cols = got
+                self.at = 0
                 continue
-            n = self.buf.height if key is None else int(self.buf["_key"].search_sorted(key, side=side))
-            if n:
-                yield self.buf[:n].drop("_key")
-            self.buf = self.buf[n:]
-            if self.buf.height:
+            end = len(self.keys) if key is None else find(self.keys, key, self.at)
+            if end > self.at:
+                yield {name: values[self.at : end] for name, values in self.cols.items()}
+            self.at = end
+            if self.at < len(self.keys):
                 return
 
-    def below(self, key: str | None) -> Iterator[pl.DataFrame]:
+    def below(self, key: str | None) -> Iterator[Columns]:
         """Rows whose key sorts before ``key`` (None: every row left)."""
-        return self._take(key, "left")
+        return self._take(key, bisect.bisect_left)
 
-    def upto(self, key: str) -> Iterator[pl.DataFrame]:
+    def upto(self, key: str) -> Iterator[Columns]:
         """Rows whose key is ``key`` (after :meth:`below` of it)."""
-        return self._take(key, "right")
+        return self._take(key, bisect.bisect_right)
 
 
 @functools.cache
 def _suffixes(zoom: int) -> list[str]:
     """The quadkey digits below the cell of every chip of a cell at ``zoom``, by position (base 4)."""
-    depth = zoom - grid.CELL_ZOOM
-    return [np.base_repr(i, 4).zfill(depth) if depth else "" for i in range(4**depth)]
+    suffixes = [""]
+    for _ in range(zoom - grid.CELL_ZOOM):
+        suffixes = [s + digit for s in suffixes for digit in "0123"]
+    return suffixes
 
 
 def recover_parts(dest: AnyPath) -> tuple[int, list[str]]:
@@ -360,19 +456,21 @@ def recover_parts(dest: AnyPath) -> tuple[int, list[str]]:
         try:
             for part in sorted(folder.glob("part-*.parquet")):
                 try:
-                    rows = pl.read_parquet(part)
+                    rows = _read_part(part)
                 except Exception:  # noqa: BLE001 - no footer, or not Parquet at all: its chips are cut again
                     continue
                 # one COG's rows a file (an older imagesim: one a row group, several a file)
-                for frame in rows.partition_by(["zone", "cell", "acquisition_date", "catalog_id"], maintain_order=True):
-                    if frame.height == 0:
-                        continue
-                    zoom = len(frame["quadkey"][0])
+                acquisitions: dict[tuple[Any, ...], list[int]] = {}
+                for i, key in enumerate(zip(rows["zone"], rows["cell"], rows["acquisition_date"], rows["catalog_id"])):
+                    acquisitions.setdefault(key, []).append(i)
+                for picked in acquisitions.values():
+                    quadkey = rows["quadkey"][picked[0]]
+                    zoom = len(quadkey) if quadkey is not None else -1
                     if manifest is None:
                         manifest = _Manifest(dest, zoom)
                     if zoom == manifest.zoom:
-                        manifest.add(frame.cast(MANIFEST_SCHEMA))  # type: ignore[arg-type]
-                        recovered += frame.height
+                        manifest.add(_take(rows, picked))
+                        recovered += len(picked)
             if manifest is not None:
                 manifest.flush()
         finally:
@@ -454,7 +552,7 @@ def run_chip(
         if masks is not None:
             summary.mask_notes.extend(masks.notes)
             summary.without_masks += masks.masks_found == 0
-        manifest.add(_records_frame(acq, outcome.result, settings, masks))
+        manifest.add(_records(acq, outcome.result, settings, masks))
 
     try:
         with tasks.run(

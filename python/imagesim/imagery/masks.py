@@ -24,9 +24,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
-
-import polars as pl
+from typing import TYPE_CHECKING, Any
 
 from imagesim import grid, options
 from imagesim.artefacts import CHIPS_MANIFEST, MASK_FRACTION_COLUMNS, derive_manifest, read_manifest
@@ -36,6 +34,12 @@ from imagesim.imagery.ard import DATA_MASK, MASK_FILES, Acquisition, find_acquis
 from imagesim.progress import ProgressFactory, open_progress
 from imagesim.runner import Outcome, TaskRunner, cores
 from imagesim.storage import AnyPath, StorePath, location
+from imagesim.tables import LazyModule
+
+if TYPE_CHECKING:
+    import polars as pl
+else:  # polars on first use: `imagesim chip` fills its manifest's mask columns from plain lists
+    pl = LazyModule("polars")
 
 __all__ = [
     "MaskGeometry",
@@ -81,11 +85,22 @@ class MaskNote:
 
 @dataclass
 class MaskFractions:
-    """The mask fractions of every chip of one cell at one zoom (``frame``: quadkey + one column per mask)."""
+    """The mask fractions of every chip of one cell at one zoom: ``columns`` holds ``quadkey`` and one list
+    per mask (MASK_FRACTION_COLUMNS; None where null), all in :func:`imagesim.grid.children` order."""
 
-    frame: pl.DataFrame
+    columns: dict[str, list[Any]]
     masks_found: int = 0  # mask files present (of MASK_FILES)
     notes: list[MaskNote] = field(default_factory=list)
+
+    @property
+    def frame(self) -> pl.DataFrame:
+        """``columns`` as a polars frame (Float64 fractions)."""
+        return pl.DataFrame(self.columns, schema={"quadkey": pl.String, **{c: pl.Float64 for c in MASK_FRACTION_COLUMNS.values()}})
+
+
+def null_fractions(quadkeys: list[str]) -> dict[str, list[Any]]:
+    """``MaskFractions.columns`` with every fraction null."""
+    return {"quadkey": quadkeys, **{column: [None] * len(quadkeys) for column in MASK_FRACTION_COLUMNS.values()}}
 
 
 # --------------------------------------------------------------------------------------------
@@ -232,7 +247,7 @@ def mask_paths(acq: Acquisition) -> dict[str, AnyPath]:
 def acquisition_fractions(acq: Acquisition, zoom: int, *, present: dict[str, AnyPath] | None = None) -> MaskFractions:
     """Per chip of ``acq``'s cell at ``zoom``: the share of its valid area under each mask.
 
-    ``frame`` has ``quadkey`` (``grid.children(cell, zoom)`` order) and one Float64 column per mask
+    ``columns`` has ``quadkey`` (``grid.children(cell, zoom)`` order) and one list of fractions per mask
     (MASK_FRACTION_COLUMNS), null where the delivery lacks that mask (or it is unreadable) and for
     chips without valid area. Without a data mask the valid area is the whole chip (noted)."""
     import numpy as np
@@ -241,13 +256,9 @@ def acquisition_fractions(acq: Acquisition, zoom: int, *, present: dict[str, Any
     from imagesim.imagery.coverage import chip_areas
 
     quadkeys = grid.children(acq.cell, zoom)
-    columns: dict[str, Any] = {"quadkey": quadkeys}
     found = mask_paths(acq) if present is None else present
-    out = MaskFractions(frame=pl.DataFrame(), masks_found=len(found))
-    null = pl.Series([None] * len(quadkeys), dtype=pl.Float64)
+    out = MaskFractions(null_fractions(quadkeys), masks_found=len(found))
     if not found:
-        columns |= {column: null for column in MASK_FRACTION_COLUMNS.values()}
-        out.frame = pl.DataFrame(columns)
         return out
 
     epsg = grid.epsg(acq.cell, acq.zone)
@@ -287,12 +298,10 @@ def acquisition_fractions(acq: Acquisition, zoom: int, *, present: dict[str, Any
         path = found.get(name)
         geom = load(path) if path is not None else None
         if geom is None:
-            columns[column] = null
-            continue
+            continue  # null
         under = chip_areas(shapely.intersection(geom, data), acq.cell, zoom)
         frac = np.clip(np.divide(under, valid, out=np.zeros_like(under), where=has_valid), 0.0, 1.0)
-        columns[column] = pl.Series(frac, dtype=pl.Float64).scatter(np.flatnonzero(~has_valid), None)
-    out.frame = pl.DataFrame(columns)
+        out.columns[column] = [f if ok else None for f, ok in zip(frac.tolist(), has_valid.tolist())]
     return out
 
 
@@ -308,10 +317,10 @@ def safe_fractions(acq: Acquisition, zoom: int, present: dict[str, AnyPath] | No
     try:
         return acquisition_fractions(acq, zoom, present=present)
     except Exception as exc:  # noqa: BLE001 - fractions are extra columns: any failure is a note, never a failed COG
-        quadkeys = grid.children(acq.cell, zoom)
-        frame = pl.DataFrame({"quadkey": quadkeys}).with_columns(pl.lit(None, pl.Float64).alias(c) for c in MASK_FRACTION_COLUMNS.values())
         return MaskFractions(
-            frame, masks_found=0, notes=[MaskNote(str(acq.visual), f"mask fractions failed ({type(exc).__name__}: {exc})", failed=True)]
+            null_fractions(grid.children(acq.cell, zoom)),
+            masks_found=0,
+            notes=[MaskNote(str(acq.visual), f"mask fractions failed ({type(exc).__name__}: {exc})", failed=True)],
         )
 
 
