@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 import functools
 import itertools
+import operator
 import os
 import shutil
 import time
@@ -164,23 +165,33 @@ _SEP = "\x01"  # below every character of a zone, cell, date or catalog id: join
 Columns = dict[str, list[Any]]
 
 
-def _acquisition_keys(cols: Columns) -> list[str]:
-    """One string per row that sorts as (zone, cell, acquisition_date, catalog_id) do, nulls first."""
-    return [
-        _SEP.join(("" if zone is None else f"{zone:02d}", cell or "", date or "", catalog_id or ""))
-        for zone, cell, date, catalog_id in zip(cols["zone"], cols["cell"], cols["acquisition_date"], cols["catalog_id"])
-    ]
+def _acquisition_key(zone: int | None, cell: str | None, date: str | None, catalog_id: str | None) -> str:
+    """A string that sorts as (zone, cell, acquisition_date, catalog_id) do, nulls first."""
+    return _SEP.join(("" if zone is None else f"{zone:02d}", cell or "", date or "", catalog_id or ""))
 
 
-def _cell_index(quadkey: str | None, zoom: int) -> int | None:
-    """The position of a chip in its cell at ``zoom`` (its quadkey's digits below the cell, base 4); None
-    for a quadkey that is not one of that zoom."""
-    if quadkey is None or len(quadkey) != zoom:
-        return None
-    digits = quadkey[grid.CELL_ZOOM :]
-    if digits.strip("0123"):
-        return None
-    return int(digits, 4) if digits else 0
+def _runs(cols: Columns) -> tuple[list[int], list[str]]:
+    """The acquisitions of a slice of manifest rows, as runs of consecutive rows of one (zone, cell, date,
+    catalog id): where each starts (then the slice's length) and its :func:`_acquisition_key`. The work per
+    row is done at C speed; a manifest's rows come an acquisition (~1,024 chips) at a time."""
+    acq = list(zip(cols["zone"], cols["cell"], cols["acquisition_date"], cols["catalog_id"]))
+    n = len(acq)
+    if not n:
+        return [0], []
+    starts = [0, *itertools.compress(range(1, n), map(operator.ne, acq[1:], acq[:-1])), n]
+    return starts, [_acquisition_key(*acq[start]) for start in starts[:-1]]
+
+
+_NOT_QUAD_DIGITS = str.maketrans("", "", "0123")
+
+
+def _cell_indexes(quadkeys: Sequence[str | None], zoom: int) -> list[int]:
+    """The positions in their cell of the chips of ``quadkeys`` at ``zoom`` (their digits below the cell,
+    base 4); a quadkey of another zoom, or not one at all, is left out."""
+    digits = [q[grid.CELL_ZOOM :] for q in quadkeys if q is not None and len(q) == zoom]
+    if "".join(digits).translate(_NOT_QUAD_DIGITS):  # rare: some not base-4 digits, left out
+        digits = [d for d in digits if not d.translate(_NOT_QUAD_DIGITS)]
+    return [int(d, 4) for d in digits] if zoom > grid.CELL_ZOOM else [0] * len(digits)
 
 
 def _rows(cols: Columns) -> int:
@@ -212,15 +223,12 @@ def _sorted_by(cols: Columns, keys: Sequence[str]) -> Columns:
     return _take(cols, order)
 
 
-def _set_bit(into: dict[tuple[int, str, str], bytearray], key: tuple[int, str, str], cells: int, i: int) -> None:
+def _set_bits(into: dict[tuple[int, str, str], bytearray], key: tuple[int, str, str], cells: int, positions: list[int]) -> None:
     bits = into.get(key)
     if bits is None:
         bits = into[key] = bytearray((cells + 7) // 8)
-    bits[i >> 3] |= 1 << (i & 7)
-
-
-def _has_bit(bits: bytearray, i: int) -> bool:
-    return bool(bits[i >> 3] >> (i & 7) & 1)
+    for i in positions:
+        bits[i >> 3] |= 1 << (i & 7)
 
 
 def _bit_positions(bits: bytearray) -> Iterator[int]:
@@ -256,7 +264,7 @@ def _read_part(path: Path) -> Columns:
 class _Block:
     """One COG's rows of this run: part file ``part``."""
 
-    key: str  # _acquisition_keys
+    key: str  # _acquisition_key
     part: Path
 
 
@@ -281,43 +289,42 @@ class _Manifest:
         self.stamps: dict[tuple[str, str], tuple[int | None, int | None]] = {}
         self.old_rows = 0
         self.old_sorted = True
-        last: str | None = None
+        last = ""  # the (acquisition, quadkey) key of the last row read
         for batch in iter_manifest_columns(dest, ["zone", "cell", "acquisition_date", "catalog_id", "quadkey", "source_cog", *STAMP]):
-            n = _rows(batch)
-            self.old_rows += n
-            if self.old_sorted and n:
-                keys = [a + _SEP + (q or "") for a, q in zip(_acquisition_keys(batch), batch["quadkey"])]
-                self.old_sorted = (last is None or last <= keys[0]) and all(a <= b for a, b in zip(keys, keys[1:]))
-                last = keys[-1]
-            self._record(batch)
+            starts, keys = _runs(batch)
+            self.old_rows += starts[-1]
+            quadkeys = batch["quadkey"]
+            for r, key in enumerate(keys if self.old_sorted else ()):
+                run = quadkeys[starts[r] : starts[r + 1]]
+                if None in run:
+                    run = [q or "" for q in run]
+                if key + _SEP + run[0] < last or not all(map(operator.le, run[:-1], run[1:])):
+                    self.old_sorted = False
+                    break
+                last = key + _SEP + run[-1]
+            self._record(batch, starts)
         self.new: dict[tuple[int, str, str], bytearray] = {}  # this run's chips, as self.known
         self.blocks: list[_Block] = []
         self.folder: Path | None = None
 
-    def _record(self, rows: Columns) -> None:
+    def _record(self, rows: Columns, starts: list[int]) -> None:
         """Add the rows `imagesim chip` measured (a row derived from a chip name has no ``source_cog``) to the
-        known chips and stamps (the first stamp of an acquisition wins)."""
-        recorded = [i for i, cog in enumerate(rows["source_cog"]) if cog is not None]
-        if len(recorded) < _rows(rows):
-            rows = _take(rows, recorded)
-        for cell, catalog_id, size, mtime in zip(rows["cell"], rows["catalog_id"], rows[STAMP[0]], rows[STAMP[1]]):
-            self.stamps.setdefault((cell, catalog_id), (size, mtime))
-        self._mark(self.known, rows)
+        known chips and stamps (the first stamp of an acquisition wins); ``starts``: their :func:`_runs`."""
+        cogs = rows["source_cog"]
+        for start, end in itertools.pairwise(starts):
+            picked = range(start, end) if None not in cogs[start:end] else [i for i in range(start, end) if cogs[i] is not None]
+            if not picked:
+                continue
+            first = picked[0]
+            self.stamps.setdefault((rows["cell"][first], rows["catalog_id"][first]), (rows[STAMP[0]][first], rows[STAMP[1]][first]))
+            quadkeys = rows["quadkey"][start:end] if isinstance(picked, range) else [rows["quadkey"][i] for i in picked]
+            self._mark(self.known, rows, first, quadkeys)
 
-    def _mark(self, into: dict[tuple[int, str, str], bytearray], rows: Columns) -> None:
-        """Set the bits of ``rows``' chips (those of the run's zoom) in ``into``."""
-        for zone, cell, catalog_id, quadkey in zip(rows["zone"], rows["cell"], rows["catalog_id"], rows["quadkey"]):
-            i = _cell_index(quadkey, self.zoom)
-            if i is not None and zone is not None and cell is not None and catalog_id is not None:
-                _set_bit(into, (zone, cell, catalog_id), self.cells, i)
-
-    def _replaced(self, zone: int | None, cell: str | None, catalog_id: str | None, quadkey: str | None) -> bool:
-        """This run recorded the chip again (its new row replaces the old)."""
-        bits = self.new.get((zone, cell, catalog_id))  # type: ignore[arg-type]
-        if bits is None:
-            return False
-        i = _cell_index(quadkey, self.zoom)
-        return i is not None and _has_bit(bits, i)
+    def _mark(self, into: dict[tuple[int, str, str], bytearray], rows: Columns, first: int, quadkeys: Sequence[str | None]) -> None:
+        """Set in ``into`` the bits of ``quadkeys`` (those of the run's zoom), chips of the acquisition of row ``first``."""
+        key = (rows["zone"][first], rows["cell"][first], rows["catalog_id"][first])
+        if None not in key:
+            _set_bits(into, key, self.cells, _cell_indexes(quadkeys, self.zoom))
 
     def known_names(self, acq: Acquisition) -> set[str]:
         """Chips of one acquisition the manifest already records (at the run's zoom: the only chips it makes)."""
@@ -346,8 +353,10 @@ class _Manifest:
             self.folder = work_folder(local, PARTS_PREFIX)
         part = self.folder / f"part-{len(self.blocks):05d}.parquet"
         _write_part(part, rows)  # written under another name, then renamed: a part file is whole or absent
-        self.blocks.append(_Block(_acquisition_keys(_take(rows, [0]))[0], part))
-        self._mark(self.new, rows)
+        starts, keys = _runs(rows)
+        self.blocks.append(_Block(keys[0], part))
+        for start, end in itertools.pairwise(starts):  # one acquisition (recover_parts, add: one COG's rows)
+            self._mark(self.new, rows, start, rows["quadkey"][start:end])
 
     def discard(self) -> None:
         """Remove the part files (after :meth:`flush`, or when the run ends without writing)."""
@@ -368,19 +377,25 @@ class _Manifest:
     def _block_rows(self, blocks: list[_Block]) -> list[Columns]:
         return [_read_part(b.part) for b in blocks]
 
-    def _old_rows(self) -> Iterator[tuple[list[str], Columns]]:
-        """The old manifest's rows, a slice at a time with their acquisition keys, less the chips this run
+    def _old_rows(self) -> Iterator[tuple[list[int], list[str], Columns]]:
+        """The old manifest's rows, a slice at a time with its :func:`_runs`, less the chips this run
         recorded again (its rows replace them)."""
         for batch in iter_manifest_columns(self.dest, list(MANIFEST_TYPES)):
-            if self.new:
-                keep = [
-                    i
-                    for i, row in enumerate(zip(batch["zone"], batch["cell"], batch["catalog_id"], batch["quadkey"]))
-                    if not self._replaced(*row)
-                ]
-                if len(keep) < _rows(batch):
-                    batch = _take(batch, keep)
-            yield _acquisition_keys(batch), batch
+            starts, keys = _runs(batch)
+            drop: set[int] = set()
+            for start, end in itertools.pairwise(starts):
+                bits = self.new.get((batch["zone"][start], batch["cell"][start], batch["catalog_id"][start]))
+                if bits is not None:
+                    drop.update(i for i in range(start, end) if self._replaced(bits, batch["quadkey"][i]))
+            if drop:
+                batch = _take(batch, [i for i in range(starts[-1]) if i not in drop])
+                starts, keys = _runs(batch)
+            yield starts, keys, batch
+
+    def _replaced(self, bits: bytearray, quadkey: str | None) -> bool:
+        """This run recorded the chip again (``bits``: its acquisition's new chips): its new row replaces the old."""
+        at = _cell_indexes([quadkey], self.zoom)
+        return bool(at) and bool(bits[at[0] >> 3] >> (at[0] & 7) & 1)
 
     def _merged(self) -> Iterator[Columns]:
         """Old rows and this run's blocks in manifest order, a slice or an acquisition at a time."""
@@ -393,41 +408,42 @@ class _Manifest:
 
     def _merged_in_memory(self) -> Iterator[Columns]:
         """A manifest not in order (derived, or older): old and new rows sorted in memory, once."""
-        rows = _concat([cols for _, cols in self._old_rows()] + self._block_rows(self.blocks))
+        rows = _concat([cols for _, _, cols in self._old_rows()] + self._block_rows(self.blocks))
         yield _sorted_by(rows, MANIFEST_ORDER)
 
 
 class _Cursor:
-    """Rows of sorted slices (each with its sorted keys), handed out up to a key."""
+    """Rows of sorted slices (each with its :func:`_runs`), handed out up to an acquisition key."""
 
-    def __init__(self, slices: Iterator[tuple[list[str], Columns]]) -> None:
+    def __init__(self, slices: Iterator[tuple[list[int], list[str], Columns]]) -> None:
         self.slices = slices
+        self.starts: list[int] = [0]
         self.keys: list[str] = []
         self.cols: Columns = {}
         self.at = 0  # rows of the current slice handed out
 
     def _take(self, key: str | None, find: Callable[..., int]) -> Iterator[Columns]:
         while True:
-            if self.at == len(self.keys):
+            if self.at == self.starts[-1]:
                 got = next(self.slices, None)
                 if got is None:
                     return
-                self.keys, self.cols = got
+                self.starts, self.keys, self.cols = got
                 self.at = 0
                 continue
-            end = len(self.keys) if key is None else find(self.keys, key, self.at)
+            end = self.starts[-1] if key is None else max(self.at, self.starts[find(self.keys, key)])
             if end > self.at:
                 yield {name: values[self.at : end] for name, values in self.cols.items()}
             self.at = end
-            if self.at < len(self.keys):
+            if self.at < self.starts[-1]:
                 return
 
     def below(self, key: str | None) -> Iterator[Columns]:
-        """Rows whose key sorts before ``key`` (None: every row left)."""
+        """Rows whose acquisition key sorts before ``key`` (None: every row left)."""
         return self._take(key, bisect.bisect_left)
 
     def upto(self, key: str) -> Iterator[Columns]:
-        """Rows whose key is ``key`` (after :meth:`below` of it)."""
+        """Rows whose acquisition key is ``key`` (after :meth:`below` of it)."""
         return self._take(key, bisect.bisect_right)
 
 
