@@ -35,7 +35,7 @@ from imagesim.errors import ImagesimError
 from imagesim.fsutil import abandoned, atomic_path, work_folder, write_json
 from imagesim.geoparquet import GeoColumnsStream
 from imagesim.imagery.ard import Acquisition, Misplaced, find_acquisitions
-from imagesim.imagery.masks import MaskFractions, MaskNote, safe_fractions
+from imagesim.imagery.masks import MaskFractions, MaskNote, preload_geometry, safe_fractions
 from imagesim.progress import ProgressFactory, open_progress
 from imagesim.runner import Outcome, TaskRunner, cores, worker_threads
 from imagesim.storage import AnyPath, StorePath, location
@@ -526,6 +526,8 @@ def run_chip(
     summary = ChipSummary(dest=out, cogs=len(acquisitions), misplaced=misplaced)
     if not acquisitions:  # nothing to chip: DEST (and an earlier run's chip-errors.json there) left as it was
         return summary
+    if tasks.local:
+        preload_geometry()  # the mask fractions' imports, while the first COG is chipped
     out.mkdir(parents=True, exist_ok=True)
     summary.recovered, summary.notes = recover_parts(out)
     manifest = _Manifest(out, settings.zoom)
