@@ -50,7 +50,7 @@ from imagesim.fsutil import write_with
 from imagesim.geoparquet import GEO_COLUMNS as _GEO_COLUMNS
 from imagesim.geoparquet import write_geoparquet_file
 from imagesim.storage import AnyPath, StorePath, local_copy, location, read_parquet
-from imagesim.tables import LazyModule, columns_of, iter_columns, polars_schema
+from imagesim.tables import DTYPES, LazyModule, columns_of, iter_columns, polars_schema
 
 if TYPE_CHECKING:  # numpy is imported where it is used: a command that needs none loads none
     import numpy as np
@@ -303,9 +303,30 @@ def iter_manifest_columns(dest: AnyPath, columns: list[str], *, batch: int = MAN
             present = [c for c in columns if c in have] or ["chip"]  # "chip": at least the row counts
             for got in iter_columns(local, present, batch=batch):
                 rows = len(got[present[0]])
+                _check_manifest_values(path, got)
                 yield {c: got[c] if c in got else [None] * rows for c in columns}
         except TableError as exc:  # damaged
             raise ImagesimError(f"{path}: cannot read the chip manifest ({exc}); move it away to start afresh") from exc
+
+
+# The Python type of a manifest column's values, by dtype name (MANIFEST_TYPES), as the Rust reader gives them.
+_VALUE_TYPES: dict[str, type | tuple[type, ...]] = {"str": str, "bool": bool, "f64": (float, int), "binary": bytes}
+
+
+def _check_manifest_values(path: AnyPath, columns: dict[str, list[Any]]) -> None:
+    """An ImagesimError naming ``path`` and the column when a manifest column holds values of another type
+    than MANIFEST_TYPES declares (a table rewritten by another tool: zone as text, counts as floats)."""
+    for name, values in columns.items():
+        kind = MANIFEST_TYPES.get(name)
+        if kind is None:
+            continue
+        value = next((v for v in values if v is not None), None)
+        want = _VALUE_TYPES.get(kind, int)  # every other dtype an integer
+        if value is not None and (not isinstance(value, want) or (want is int and isinstance(value, bool))):
+            raise ImagesimError(
+                f"{path}: column {name!r} holds {type(value).__name__} values ({value!r}), not the {DTYPES[kind]} of a chip "
+                "manifest; write it with that type, or move it away to start afresh"
+            )
 
 
 def zone_folder(chips_dir: AnyPath) -> int | None:

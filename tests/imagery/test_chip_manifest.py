@@ -13,6 +13,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from imagesim.artefacts import CHIPS_MANIFEST, MANIFEST_ORDER, MANIFEST_SCHEMA, read_manifest
+from imagesim.errors import ImagesimError
 from imagesim.geoparquet import write_geoparquet
 from imagesim.imagery import chip
 
@@ -145,3 +146,16 @@ def test_runs_split_a_slice_by_acquisition() -> None:
     assert starts == [0, 18, 30]  # A1's two zooms are one run
     assert keys == sorted(keys) and keys[0] == chip._acquisition_key(10, CELL, "2023-06-14", "A1")
     assert chip._runs({c: [] for c in cols}) == ([0], [])
+
+
+@pytest.mark.parametrize(
+    ("column", "values"),
+    [("zone", pl.col("zone").cast(pl.String)), ("nodata_pixels", pl.col("nodata_pixels").cast(pl.Float64))],
+    ids=["zone-as-text", "counts-as-floats"],
+)
+def test_a_manifest_of_other_types_is_named(tmp_path: Path, column: str, values: pl.Expr) -> None:
+    """A manifest another tool rewrote with other types: an error naming the file and the column, not a traceback."""
+    old = write_old(tmp_path, shuffled=False)
+    write_geoparquet(old.with_columns(values), tmp_path / CHIPS_MANIFEST)
+    with pytest.raises(ImagesimError, match=rf"{CHIPS_MANIFEST}: column '{column}' holds (str|float) values"):
+        list(chip._Manifest(tmp_path, ZOOM)._old_rows())  # zone: read as the run starts; counts: as old rows merge
