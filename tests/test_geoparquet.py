@@ -235,3 +235,16 @@ def test_tables_read_back_with_ogr(tables: dict[str, Path]) -> None:
         layer = ds.GetLayer(0)
         assert layer.GetSpatialRef().GetAuthorityCode(None) == "4326"
         assert layer.GetFeatureCount() == pl.read_parquet(path).height
+
+
+def test_wkb_type_ids_read_each_header() -> None:
+    """The `geo` metadata's geometry_types come from the WKB headers: either byte order, ISO Z codes, and
+    nulls or values too short to hold a header left out."""
+    square = shapely.box(0, 0, 1, 1)
+    multi = shapely.MultiPolygon([square, shapely.box(2, 2, 3, 3)])
+    big_endian = shapely.to_wkb(square, byte_order=0)
+    z_point = shapely.to_wkb(shapely.Point(1, 2, 3), flavor="iso", include_srid=False)
+    assert geoparquet.wkb_type_ids([square.wkb, None, big_endian, b"", b"\x01\x03"]) == {3}
+    assert geoparquet.wkb_type_ids([multi.wkb, square.wkb] * 3) == {3, 6}
+    assert geoparquet.wkb_type_ids([z_point]) == {1}
+    assert geoparquet.wkb_type_ids([]) == set()

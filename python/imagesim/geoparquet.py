@@ -26,6 +26,7 @@ shapely is imported only by :func:`footprint_polygons`, for callers that want ge
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -104,12 +105,16 @@ def footprint_polygons(
     return shapely.from_wkb(np.array(wkb, dtype=object)) if wkb else np.empty(0, dtype=object)
 
 
+_WKB_HEADER = operator.itemgetter(slice(0, 5))  # byte order + geometry type
+
+
 def wkb_type_ids(wkbs: Iterable[bytes | None]) -> set[int]:
-    """The geometry type codes (3 Polygon, 6 MultiPolygon, …) of WKB values, read from their headers."""
+    """The geometry type codes (3 Polygon, 6 MultiPolygon, …) of WKB values, read from their headers (the
+    rows scanned at C speed, each distinct header decoded once)."""
     ids = set()
-    for w in wkbs:
-        if w is not None and len(w) >= 5:
-            ids.add(int.from_bytes(w[1:5], "little" if w[0] == 1 else "big") % 1000)
+    for head in set(map(_WKB_HEADER, filter(None, wkbs))):
+        if len(head) == 5:
+            ids.add(int.from_bytes(head[1:5], "little" if head[0] == 1 else "big") % 1000)
     return ids
 
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from imagesim import _imagesim as _rs
 from imagesim import grid, options
@@ -174,24 +174,32 @@ def _runs(cols: Columns) -> tuple[list[int], list[str]]:
     """The acquisitions of a slice of manifest rows, as runs of consecutive rows of one (zone, cell, date,
     catalog id): where each starts (then the slice's length) and its :func:`_acquisition_key`. The work per
     row is done at C speed; a manifest's rows come an acquisition (~1,024 chips) at a time."""
-    acq = list(zip(cols["zone"], cols["cell"], cols["acquisition_date"], cols["catalog_id"]))
-    n = len(acq)
+    columns = [cols[name] for name in ("zone", "cell", "acquisition_date", "catalog_id")]
+    n = len(columns[0])
     if not n:
         return [0], []
-    starts = [0, *itertools.compress(range(1, n), map(operator.ne, acq[1:], acq[:-1])), n]
-    return starts, [_acquisition_key(*acq[start]) for start in starts[:-1]]
+    changes: set[int] = set()  # rows whose acquisition differs from the row before (no tuple a row: no GC work)
+    for values in columns:
+        changes.update(itertools.compress(range(1, n), map(operator.ne, values[1:], values[:-1])))
+    starts = [0, *sorted(changes), n]
+    return starts, [_acquisition_key(*(values[start] for values in columns)) for start in starts[:-1]]
 
 
 _NOT_QUAD_DIGITS = str.maketrans("", "", "0123")
+_BELOW_CELL = operator.itemgetter(slice(grid.CELL_ZOOM, None))  # a quadkey's digits below its cell
 
 
 def _cell_indexes(quadkeys: Sequence[str | None], zoom: int) -> list[int]:
     """The positions in their cell of the chips of ``quadkeys`` at ``zoom`` (their digits below the cell,
     base 4); a quadkey of another zoom, or not one at all, is left out."""
-    digits = [q[grid.CELL_ZOOM :] for q in quadkeys if q is not None and len(q) == zoom]
+    keys = cast("Sequence[str]", quadkeys)  # when None is not in them
+    if None not in quadkeys and set(map(len, keys)) == {zoom}:  # the usual case, at C speed
+        digits = list(map(_BELOW_CELL, keys))
+    else:
+        digits = [q[grid.CELL_ZOOM :] for q in quadkeys if q is not None and len(q) == zoom]
     if "".join(digits).translate(_NOT_QUAD_DIGITS):  # rare: some not base-4 digits, left out
         digits = [d for d in digits if not d.translate(_NOT_QUAD_DIGITS)]
-    return [int(d, 4) for d in digits] if zoom > grid.CELL_ZOOM else [0] * len(digits)
+    return list(map(int, digits, itertools.repeat(4))) if zoom > grid.CELL_ZOOM else [0] * len(digits)
 
 
 def _rows(cols: Columns) -> int:
