@@ -83,9 +83,9 @@ def crs_projjson() -> dict[str, Any]:
 
 def _rust_footprints(zones: Iterable[Any], quadkeys: Iterable[Any], names: Sequence[str] | None) -> dict[str, list[Any]]:
     """The Rust core's footprints: columns ``geometry`` (WKB), ``xmin`` … ``ymax`` and ``parts``."""
-    zone_list, qk_list = list(zones), [str(q) for q in quadkeys]
+    zone_list, qk_list = list(zones), list(map(str, quadkeys))
     try:
-        zone_ints = [int(z) for z in zone_list]
+        zone_ints = list(map(int, zone_list))
     except (TypeError, ValueError):
         raise GridError(f"zones must be integers, not {zone_list!r:.80}") from None
     return _rs.chip_footprints(zone_ints, qk_list, list(names) if names is not None else None)
@@ -146,7 +146,7 @@ def _keys_of_names(names: list[str], allow_missing: bool) -> tuple[list[int | No
 def _checked_keys(
     zones: list[int | None], qks: list[str | None], names: list[str], allow_missing: bool
 ) -> tuple[list[int | None], list[str | None], list[str]]:
-    if not allow_missing:
+    if not allow_missing and (None in zones or None in qks):  # the membership tests at C speed
         for z, q, n in zip(zones, qks, names):
             if z is None or q is None:
                 raise GridError(f"{n}: no zone/quadkey (not a chip name), so no footprint")
@@ -170,9 +170,9 @@ def footprint_columns(
     """:func:`footprints` as plain lists: ``geometry`` (WKB bytes), ``xmin`` … ``ymax`` and ``parts``,
     None where the zone or quadkey is."""
     zl, ql = list(zones), list(quadkeys)
-    have = [i for i, (z, q) in enumerate(zip(zl, ql)) if z is not None and q is not None]
-    if len(have) == len(zl):
+    if None not in zl and None not in ql:  # the usual case, tested at C speed
         return _rust_footprints(zl, ql, names)
+    have = [i for i, (z, q) in enumerate(zip(zl, ql)) if z is not None and q is not None]
     found = _rust_footprints([zl[i] for i in have], [ql[i] for i in have], [names[i] for i in have] if names is not None else None)
     cols: dict[str, list[Any]] = {key: [None] * len(zl) for key in found}
     for key, values in found.items():
@@ -419,11 +419,15 @@ class GeoColumnsStream:
 
 def _column_bounds(cols: dict[str, list[Any]]) -> list[float] | None:
     """``[xmin, ymin, xmax, ymax]`` of :func:`footprint_columns`' bbox lists, None when all are null."""
-    lows = [[v for v in cols[k] if v is not None] for k in ("xmin", "ymin")]
-    highs = [[v for v in cols[k] if v is not None] for k in ("xmax", "ymax")]
+    lows, highs = ([_present(cols[k]) for k in keys] for keys in (("xmin", "ymin"), ("xmax", "ymax")))
     if not lows[0]:
         return None
     return [min(lows[0]), min(lows[1]), max(highs[0]), max(highs[1])]
+
+
+def _present(values: list[Any]) -> list[Any]:
+    """``values`` less its Nones (the list itself when it has none)."""
+    return values if None not in values else [v for v in values if v is not None]
 
 
 def _union(a: list[float] | None, b: list[float] | None) -> list[float] | None:
