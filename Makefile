@@ -102,7 +102,7 @@ test-python: $(STAMP)/build
 stubtest: $(STAMP)/build
 	$(VENV)/bin/python -m mypy.stubtest imagesim._imagesim --allowlist tests/stubtest-allowlist.txt
 
-BENCHES := chip nodata labels encode index tiles storage stac masks partial change pretrain memory memory_downstream index_scale startup footprints
+BENCHES := chip nodata labels encode index tiles storage stac masks partial change pretrain memory memory_downstream index_scale startup manifest footprints
 bench: $(addprefix bench-,$(BENCHES))
 # bench-chip runs benches/bench_chip.py, and so on.
 $(addprefix bench-,$(BENCHES)): bench-%: $(STAMP)/build
