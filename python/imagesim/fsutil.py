@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -95,11 +94,21 @@ def write_json(path: str | AnyPath, data: Any) -> None:
 OWNER_FILE = "owner.json"  # in a working folder: the process writing it, {"pid", "host"}
 
 
+def _host() -> str:
+    """This machine's host name (``socket.gethostname()``; through ``os.uname`` where there is one: the same
+    name, without importing socket at start-up)."""
+    if hasattr(os, "uname"):
+        return os.uname().nodename
+    import socket
+
+    return socket.gethostname()
+
+
 def work_folder(parent: Path | None, prefix: str) -> Path:
     """A new hidden working folder in ``parent`` (a temporary folder when None), its owner file naming this
     process so that a later run can tell a folder in use from one a killed run left (:func:`abandoned`)."""
     folder = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-    write_json(folder / OWNER_FILE, {"pid": os.getpid(), "host": socket.gethostname()})
+    write_json(folder / OWNER_FILE, {"pid": os.getpid(), "host": _host()})
     return folder
 
 
@@ -111,7 +120,7 @@ def owner_alive(folder: Path) -> bool:
         pid, host = int(owner["pid"]), str(owner["host"])
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    if host != socket.gethostname():
+    if host != _host():
         return True
     if pid == os.getpid():  # a reused pid: this process made no folder before it started
         return False

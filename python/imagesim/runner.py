@@ -25,13 +25,15 @@ import os
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from imagesim.errors import ImagesimError, InvalidArgumentError, require
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 ENV = "IMAGESIM_SCHEDULER"
 LOCAL = "local"
@@ -325,6 +327,9 @@ def _in_process(
                 _slots.n = before
             yield Outcome(item, result=result)
         return
+    # imported here: concurrent.futures loads logging (~15 ms), start-up a run without a pool need not pay
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name, initializer=_set_slots, initargs=(workers,))
     limit = max(1, window) if window is not None else len(items)
     queue = iter(enumerate(items))

@@ -104,7 +104,7 @@ try:
     main()
 except SystemExit as exc:
     code = exc.code
-heavy = ("rich", "torch", "typer", "polars", "numpy", "pyarrow", "shapely", "pyproj")
+heavy = ("rich", "torch", "typer", "polars", "numpy", "pyarrow", "shapely", "pyproj", "concurrent", "socket")
 loaded = sorted({m for m in sys.modules if m.split(".")[0] in heavy or m.startswith("imagesim.cli.")})
 print(json.dumps({"code": code, "modules": loaded}))
 """
@@ -175,6 +175,8 @@ def test_fast_path_runs_like_the_whole_app(small_sample, tmp_path) -> None:
     # and with the manifest's counts (the default when chips.parquet is there)
     report, _ = _main("nodata-index", "--chips", chips, "--filename", "manifest.json")
     assert report["code"] == 0 and not [m for m in report["modules"] if m.split(".")[0] in ("polars", "numpy", "pyarrow")]
+    # nothing to decode: no thread pool (concurrent.futures loads logging), and no socket for the parts' owner file
+    assert not [m for m in report["modules"] if m.split(".")[0] in ("concurrent", "socket")]
     classes = [json.loads((chips / f"{name}.json").read_text()) for name in ("manifest", "whole")]
     assert [sorted(sum(c.values(), [])) for c in classes][0] == sorted(sum(classes[1].values(), []))
 
