@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 from imagesim import _imagesim, geoparquet, tables
-from imagesim.artefacts import MANIFEST_SCHEMA, iter_manifest, iter_manifest_columns, nodata_class, nodata_class_expr
+from imagesim.artefacts import MANIFEST_SCHEMA, iter_manifest, iter_manifest_columns, nodata_class, nodata_class_expr, valid_fraction
 from imagesim.errors import GridError, InvalidArgumentError, TableError
 from imagesim.imagery.nodata import TABLE_TYPES
 
@@ -168,6 +168,23 @@ def test_nodata_class_agrees_with_its_expression() -> None:
     frame = pl.DataFrame({"n": [c[0] for c in cases], "t": [c[1] for c in cases]}, schema={"n": pl.UInt64, "t": pl.UInt64})
     expected = frame.select(nodata_class_expr(pl.col("n"), pl.col("t"), 100).alias("c"))["c"].to_list()
     assert [nodata_class(n, t, 100) for n, t in cases] == expected
+
+
+def test_valid_fraction_is_polars_float_arithmetic() -> None:
+    """The manifest's and nodata.parquet's valid_fraction: 1 - n / t as polars computes it, NaN and -inf included."""
+    cases = [(n, t) for n in (None, 0, 3, 100) for t in (None, 0, 100, 65_536)]
+    frame = pl.DataFrame({"n": [c[0] for c in cases], "t": [c[1] for c in cases]}, schema={"n": pl.UInt64, "t": pl.UInt64})
+    expected = frame.select((1.0 - pl.col("n").cast(pl.Float64) / pl.col("t").cast(pl.Float64)).alias("v"))["v"].to_list()
+    got = [valid_fraction(n, t) for n, t in cases]
+    assert [None if v is None else repr(v) for v in got] == [None if v is None else repr(v) for v in expected]
+
+
+def test_columns_or_nulls_fill_what_a_file_lacks(tmp_path: Path) -> None:
+    path = tmp_path / "t.parquet"
+    pl.DataFrame({"a": [1, 2, 3], "b": ["x", None, "z"]}).write_parquet(path)
+    got = list(tables.iter_columns_or_nulls(path, ["b", "later", "a"], batch=2))
+    assert got == [{"b": ["x", None], "later": [None, None], "a": [1, 2]}, {"b": ["z"], "later": [None], "a": [3]}]
+    assert list(tables.iter_columns_or_nulls(path, ["later"])) == [{"later": [None, None, None]}]  # rows counted
 
 
 def test_manifest_columns_agree_with_the_polars_reader(small_sample, tmp_path: Path) -> None:

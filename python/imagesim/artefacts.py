@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -50,7 +51,7 @@ from imagesim.fsutil import write_with
 from imagesim.geoparquet import GEO_COLUMNS as _GEO_COLUMNS
 from imagesim.geoparquet import write_geoparquet_file
 from imagesim.storage import AnyPath, StorePath, local_copy, location, read_parquet
-from imagesim.tables import DTYPES, LazyModule, columns_of, iter_columns, polars_schema
+from imagesim.tables import DTYPES, LazyModule, columns_of, iter_columns_or_nulls, polars_schema
 
 if TYPE_CHECKING:  # numpy is imported where it is used: a command that needs none loads none
     import numpy as np
@@ -233,6 +234,16 @@ def nodata_class(nodata: int | None, total: int | None, min_pixels: int) -> str 
     return "partial_data" if nodata >= min_pixels else "all_data"
 
 
+def valid_fraction(nodata: int | None, total: int | None) -> float | None:
+    """A chip's ``valid_fraction``, 1 - nodata / total as float64 arithmetic gives it (polars' too: NaN for
+    0/0, -inf for n/0); null when either is."""
+    if nodata is None or total is None:
+        return None
+    if total == 0:
+        return math.nan if nodata == 0 else -math.inf
+    return 1.0 - nodata / total
+
+
 def _manifest_missing(path: AnyPath, columns: Iterable[str]) -> set[str]:
     """The manifest columns ``path`` lacks: only ones added later (they read as nulls), else an ImagesimError."""
     missing = set(MANIFEST_TYPES) - set(columns)
@@ -298,13 +309,11 @@ def iter_manifest_columns(dest: AnyPath, columns: list[str], *, batch: int = MAN
         return
     with local_copy(path) as local:
         try:
-            have = set(columns_of(local))
+            have = columns_of(local)
             _manifest_missing(path, have)
-            present = [c for c in columns if c in have] or ["chip"]  # "chip": at least the row counts
-            for got in iter_columns(local, present, batch=batch):
-                rows = len(got[present[0]])
+            for got in iter_columns_or_nulls(local, columns, have=have, batch=batch):
                 _check_manifest_values(path, got)
-                yield {c: got[c] if c in got else [None] * rows for c in columns}
+                yield got
         except TableError as exc:  # damaged
             raise ImagesimError(f"{path}: cannot read the chip manifest ({exc}); move it away to start afresh") from exc
 

@@ -80,3 +80,15 @@ def iter_columns(path: str | Path, columns: list[str], *, batch: int = BATCH_ROW
     if not columns:
         return iter(())
     return iter(_rs.ParquetBatches(Path(path), list(columns), batch))
+
+
+def iter_columns_or_nulls(
+    path: str | Path, columns: list[str], *, have: list[str] | None = None, batch: int = BATCH_ROWS
+) -> Iterator[dict[str, list[Any]]]:
+    """:func:`iter_columns`, with a list of Nones for each of ``columns`` the file lacks (a column added after
+    the file was written). ``have``: the file's columns, when the caller read them already."""
+    have = columns_of(path) if have is None else have
+    present = [c for c in columns if c in have] or have[:1]  # one column at least: the row counts
+    for got in iter_columns(path, present, batch=batch):
+        rows = len(got[present[0]])
+        yield {c: got[c] if c in got else [None] * rows for c in columns}

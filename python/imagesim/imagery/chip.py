@@ -29,6 +29,7 @@ from imagesim.artefacts import (
     chip_folder,
     iter_manifest_columns,
     nodata_class,
+    valid_fraction,
     zone_folder,
 )
 from imagesim.errors import ImagesimError
@@ -39,7 +40,7 @@ from imagesim.imagery.masks import MaskFractions, MaskNote, preload_geometry, sa
 from imagesim.progress import ProgressFactory, open_progress
 from imagesim.runner import Outcome, TaskRunner, cores, worker_threads
 from imagesim.storage import AnyPath, StorePath, location
-from imagesim.tables import columns_of, iter_columns
+from imagesim.tables import iter_columns_or_nulls
 
 # The key of a chip task's result that carries the COG's mask fractions (beside the Rust columns).
 MASKS_KEY = "masks"
@@ -136,7 +137,7 @@ def _records(acq: Acquisition, cols: dict, settings: ChipSettings, masks: MaskFr
         "height": heights,
         "nodata_pixels": nodata,
         "nodata_threshold": [settings.nodata_threshold] * n,
-        "valid_fraction": [None if px is None or not total else 1.0 - px / total for px, total in zip(nodata, totals)],
+        "valid_fraction": [valid_fraction(px, total) for px, total in zip(nodata, totals)],
         "nodata_class": [nodata_class(px, total, settings.min_nodata_pixels) for px, total in zip(nodata, totals)],
         "written": [status != "empty" for status in pick("status")],
         "encoding": pick("encoding"),
@@ -258,13 +259,10 @@ def _write_part(path: Path, cols: Columns) -> None:
 
 def _read_part(path: Path) -> Columns:
     """A part file's rows as MANIFEST_TYPES columns (Nones for a column an older imagesim did not write)."""
-    have = set(columns_of(path))
-    present = [c for c in MANIFEST_TYPES if c in have]
     out: Columns = {name: [] for name in MANIFEST_TYPES}
-    for got in iter_columns(path, present):
-        rows = len(got[present[0]])
+    for got in iter_columns_or_nulls(path, list(MANIFEST_TYPES)):
         for name, values in out.items():
-            values.extend(got[name] if name in got else [None] * rows)
+            values.extend(got[name])
     return out
 
 

@@ -30,7 +30,6 @@ import contextlib
 import heapq
 import itertools
 import json
-import math
 import os
 import pickle
 import shutil
@@ -52,6 +51,7 @@ from imagesim.artefacts import (
     manifest_is_derived,
     nodata_class,
     nodata_summary_name,
+    valid_fraction,
 )
 from imagesim.errors import (
     GridError,
@@ -362,15 +362,6 @@ def _by_mask(names: list[str], lookup: _MaskLookup) -> Rows:
     return {"nodata_pixels": nodata, "total_pixels": totals, "note": [None] * n, "error": errors, "source": ["mask"] * n}
 
 
-def _valid_fraction(nodata: int | None, total: int | None) -> float | None:
-    """1 - nodata / total as float64 arithmetic gives it (NaN for 0/0, -inf for n/0)."""
-    if nodata is None or total is None:
-        return None
-    if total == 0:
-        return math.nan if nodata == 0 else -math.inf
-    return 1.0 - nodata / total
-
-
 def _class_table(measured: Rows, min_nodata_pixels: int) -> Rows:
     """The rows of ``nodata.parquet`` (:data:`TABLE_TYPES`) for measured chips (``name``, ``path``,
     ``nodata_pixels``, ``total_pixels``, ``source``, ``note``, ``error``), by chip name (a stable sort)."""
@@ -382,7 +373,7 @@ def _class_table(measured: Rows, min_nodata_pixels: int) -> Rows:
         "path": col["path"],
         "nodata_pixels": col["nodata_pixels"],
         "total_pixels": col["total_pixels"],
-        "valid_fraction": [_valid_fraction(n, t) for n, t in pairs],
+        "valid_fraction": [valid_fraction(n, t) for n, t in pairs],
         "nodata_class": [nodata_class(n, t, min_nodata_pixels) for n, t in pairs],
         "source": col["source"],
         "note": col["note"],
