@@ -12,7 +12,7 @@ IMAGESIM_REALDATA ?= $(firstword $(abspath $(wildcard ../shared/realdata ../../s
 export IMAGESIM_REALDATA
 RUST_SOURCES := $(shell find rust -name '*.rs' -o -name Cargo.toml) Cargo.toml pyproject.toml
 
-.PHONY: all setup build demo test lint lint-python lint-rust test-rust test-python bench bench-chip bench-nodata bench-labels bench-encode bench-index bench-tiles bench-storage bench-stac bench-masks bench-partial bench-change bench-pretrain bench-footprints stubtest clean
+.PHONY: all setup build demo test lint lint-python lint-rust test-rust test-python bench bench-chip bench-nodata bench-labels bench-encode bench-index bench-tiles bench-storage bench-stac bench-masks bench-partial bench-change bench-pretrain bench-footprints bench-train stubtest clean
 
 all: build
 
@@ -102,7 +102,7 @@ test-python: $(STAMP)/build
 stubtest: $(STAMP)/build
 	$(VENV)/bin/python -m mypy.stubtest imagesim._imagesim --allowlist tests/stubtest-allowlist.txt
 
-BENCHES := chip nodata labels encode index tiles storage stac masks partial change pretrain memory memory_downstream index_scale startup manifest footprints
+BENCHES := chip nodata labels encode index tiles storage stac masks partial change pretrain memory memory_downstream index_scale startup manifest footprints train
 bench: $(addprefix bench-,$(BENCHES))
 # bench-chip runs benches/bench_chip.py, and so on.
 $(addprefix bench-,$(BENCHES)): bench-%: $(STAMP)/build

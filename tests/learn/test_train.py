@@ -14,9 +14,19 @@ import pytest
 torch = pytest.importorskip("torch", reason="imagesim train needs torch (pip install 'imagesim[train]')")
 pytest.importorskip("torchvision")
 
-from imagesim.errors import ImagesimFileNotFoundError, InvalidArgumentError, OutputExistsError  # noqa: E402
+from imagesim.errors import ImagesimFileNotFoundError, InvalidArgumentError, JpegError, OutputExistsError  # noqa: E402
 from imagesim.imagery.chip import ChipSettings, run_chip  # noqa: E402
-from imagesim.learn.dataset import ChipDataset, LabelTable, load_labels, make_split  # noqa: E402
+from imagesim.learn.dataset import (  # noqa: E402
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ChipDataset,
+    LabelTable,
+    decode_chips,
+    draw_augmentation,
+    load_labels,
+    make_split,
+    model_input,
+)
 from imagesim.learn.metrics import average_precision, evaluate, f1_scores, frequency_baseline, tune_thresholds  # noqa: E402
 from imagesim.learn.model import MultilabelNet  # noqa: E402
 from imagesim.learn.train import TrainConfig, load_checkpoint, load_model, run_train  # noqa: E402
@@ -167,6 +177,84 @@ def test_loss_goes_down_on_a_fixed_batch(chips) -> None:
         opt.step()
         losses.append(float(loss.detach()))
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def reference_input(img_u8: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The training input as the per-sample numpy pipeline made it (before batches): mirror, turns,
+    brightness, contrast, saturation, clip, normalise; float32 CHW."""
+    img = img_u8.astype(np.float32) / 255.0
+    if rng.random() < 0.5:
+        img = img[:, ::-1]
+    img = np.rot90(img, int(rng.integers(4)))
+    b, c, s = (float(v) for v in rng.uniform(0.9, 1.1, size=3).astype(np.float32))
+    img = img * b
+    mean = img.mean()
+    img = (img - mean) * c + mean
+    gray = img @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    img = np.clip((img - gray[..., None]) * s + gray[..., None], 0.0, 1.0)
+    img = (img - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32)
+    return np.ascontiguousarray(img.transpose(2, 0, 1))
+
+
+def test_training_batches_match_the_per_sample_pipeline(chips) -> None:
+    """A batch (Rust decode, mirror/turns in the worker, jitter and normalisation batched where the model
+    runs) is each chip's augmentation drawn from (seed, epoch, i), as the per-sample pipeline made it."""
+    table = load_labels(chips / "labels.parquet")
+    paths, targets = table.paths[:10], table.targets[:10]
+    ds = ChipDataset(chips, paths, targets, 64, train=True, seed=5, threads=1)
+    keys = [(2, i) for i in (7, 0, 3, 9, 1)]
+    pixels, factors, t, problems = ds.__getitems__(keys)
+    assert problems == [] and pixels.dtype == torch.uint8 and tuple(pixels.shape) == (5, 64, 64, 3)
+    assert torch.equal(t, torch.from_numpy(targets[[7, 0, 3, 9, 1]].astype(np.float32)))
+    decoded, errors = decode_chips(chips, paths, 64)
+    assert errors == [None] * 10
+    x = model_input(pixels, factors, "cpu")
+    turned = 0
+    for j, (epoch, i) in enumerate(keys):
+        flip, turns, f = draw_augmentation(np.random.default_rng([5, epoch, i]))
+        turned += flip or turns > 0
+        expected_pixels = np.rot90(decoded[i][:, ::-1] if flip else decoded[i], turns)
+        assert np.array_equal(pixels[j].numpy(), expected_pixels), (i, flip, turns)
+        assert np.array_equal(factors[j].numpy(), f)
+        want = reference_input(decoded[i], np.random.default_rng([5, epoch, i]))
+        np.testing.assert_allclose(x[j].numpy(), want, atol=2e-5)
+    assert turned >= 2  # the draws moved some chips, so the comparison saw the augmentation
+    # Validation: no augmentation; one item is the batch of one.
+    val = ChipDataset(chips, paths, targets, 64, train=False, seed=5)
+    vp, vf, _, _ = val.__getitems__([(0, 4)])
+    assert vf is None and np.array_equal(vp[0].numpy(), decoded[4])
+    single, target = val[4]
+    np.testing.assert_allclose(single.numpy(), model_input(vp, None, "cpu")[0].numpy())
+    assert torch.equal(target, torch.from_numpy(targets[4].astype(np.float32)))
+    # The layout a CUDA model in channels-last takes, without a copy in between.
+    assert model_input(pixels, factors, "cpu", channels_last=True).is_contiguous(memory_format=torch.channels_last)
+    assert model_input(pixels, factors, "cpu").is_contiguous()
+
+
+def test_unreadable_chips_are_left_out_and_named(chips, tmp_path) -> None:
+    """A chip that cannot be decoded is left out of its batch, named once; the run goes on. A run where
+    no chip can be read stops with the reason."""
+    copy = data_copy(chips, tmp_path / "chips")
+    table = load_labels(copy / "labels.parquet")
+    bad = copy / table.paths[1]
+    bad.write_bytes(b"\xff\xd8 not a jpeg")
+    ds = ChipDataset(copy, table.paths[:4], table.targets[:4], 64, train=True, seed=0)
+    pixels, factors, t, problems = ds.__getitems__([(0, 0), (0, 1), (0, 2)])
+    assert len(pixels) == len(factors) == len(t) == 2 and len(problems) == 1 and str(bad) in problems[0]
+    assert torch.equal(t, torch.from_numpy(table.targets[[0, 2]].astype(np.float32)))
+    with pytest.raises(JpegError, match="corrupt"):
+        _ = ds[1]
+
+    logs: list[str] = []
+    result = run_train(config(copy, tmp_path / "run", epochs=2), log=logs.append)
+    left_out = [m for m in logs if "left out a chip that cannot be read" in m]
+    assert len(left_out) == 1 and str(bad) in left_out[0] and left_out[0] in result.notes
+    assert result.n_train + result.n_val == len(table)
+
+    for p in table.paths:
+        (copy / p).write_bytes(b"")
+    with pytest.raises(JpegError, match="no training chip of epoch 1 could be read"):
+        run_train(config(copy, tmp_path / "run2"))
 
 
 # --- training runs ---

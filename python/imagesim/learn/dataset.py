@@ -2,10 +2,11 @@
 
 Reads the labels written by `imagesim labels` — ``labels.parquet`` (class names from the
 ``labels.json`` beside it) or the dense ``labels.csv`` (``Feature,<class>…``, 0/1 columns) — checks
-them against the chips folder, makes or reads the train/validation split, and serves chips as
-normalised tensors.
+them against the chips folder, makes or reads the train/validation split, and serves chips a batch
+at a time: decoded by the Rust core (the decode `encode` uses), mirrored and turned in the DataLoader
+workers, colour-jittered and normalised where the model runs (:func:`model_input`).
 
-Only numpy, polars and Pillow are needed at import time; torch is imported where tensors are made.
+Only numpy and polars are needed at import time; torch is imported where tensors are made.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
 
 from imagesim import options
 from imagesim.artefacts import CHIPS_MANIFEST, manifest_chip_names
-from imagesim.errors import ImagesimFileNotFoundError, InvalidArgumentError
+from imagesim.errors import ImagesimFileNotFoundError, InvalidArgumentError, JpegError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -274,7 +276,7 @@ def _check_nonempty(split: Split, src: Path | None) -> None:
 
 
 def load_chip(path: str | Path, size: int) -> np.ndarray:
-    """Decode a chip JPEG to an RGB ``(size, size, 3)`` uint8 array.
+    """Decode a chip JPEG to an RGB ``(size, size, 3)`` uint8 array (Pillow; `pretrain`'s views).
 
     JPEG DCT scaling (Pillow's ``draft``) decodes straight at 1/2, 1/4 or 1/8 scale when that is
     still at least ``size``, then a bilinear resize gives the exact size.
@@ -289,54 +291,119 @@ def load_chip(path: str | Path, size: int) -> np.ndarray:
     return np.asarray(rgb, dtype=np.uint8)
 
 
-def augment(img: np.ndarray, rng: np.random.Generator, jitter: float = 0.1) -> np.ndarray:
-    """Overhead-imagery augmentation on float RGB in [0, 1]: flips, 90° rotations, mild colour jitter."""
-    if rng.random() < 0.5:
-        img = img[:, ::-1]
-    img = np.rot90(img, int(rng.integers(4)))
-    if jitter > 0:
-        b, c, s = (float(v) for v in rng.uniform(1 - jitter, 1 + jitter, size=3))
-        img = img * b
-        mean = img.mean()
-        img = (img - mean) * c + mean
-        gray = img @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-        img = (img - gray[..., None]) * s + gray[..., None]
-        img = np.clip(img, 0.0, 1.0)
-    return img
-
-
-def to_input(img_u8: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
-    """uint8 HWC → normalised float32 CHW (augmented when ``rng`` is given)."""
+def to_input(img_u8: np.ndarray) -> np.ndarray:
+    """uint8 HWC → normalised float32 CHW."""
     img: np.ndarray = img_u8.astype(np.float32) / 255.0
-    if rng is not None:
-        img = augment(img, rng)
     img = (img - np.array(IMAGENET_MEAN, dtype=np.float32)) / np.array(IMAGENET_STD, dtype=np.float32)
     return np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32)
 
 
+# Training augmentation for overhead imagery: flips, 90° rotations (no "up" in a nadir view) and mild
+# colour jitter (brightness, contrast, saturation factors in [1 - JITTER, 1 + JITTER]).
+JITTER = 0.1
+GRAY_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+def draw_augmentation(rng: np.random.Generator, jitter: float = JITTER) -> tuple[bool, int, np.ndarray]:
+    """One sample's augmentation: mirror it?, quarter turns, (brightness, contrast, saturation) factors."""
+    flip = bool(rng.random() < 0.5)
+    turns = int(rng.integers(4))
+    return flip, turns, rng.uniform(1 - jitter, 1 + jitter, size=3).astype(np.float32)
+
+
+def decode_chips(chips: Path, paths: list[str], size: int, threads: int = 0) -> tuple[np.ndarray, list[str | None]]:
+    """``paths`` (relative to ``chips``) decoded by the Rust core into uint8 ``(n, size, size, 3)`` (the
+    decode and resize of `encode`, so a model trains on the pixels it will embed) and each chip's problem
+    (None when decoded; a failed chip's slot is zeroed)."""
+    from imagesim import _imagesim
+
+    out = np.empty((len(paths), size, size, 3), np.uint8)
+    errors = _imagesim.decode_batch([str(chips / p) for p in paths], out, threads=threads)
+    return out, [e.replace(": encode takes RGB chips", ": the model takes RGB chips") if e else None for e in errors]
+
+
+def model_input(pixels: Any, factors: Any, device: Any, *, channels_last: bool = False) -> Any:
+    """A batch as the model takes it: uint8 NHWC chips → normalised float NCHW on ``device``, colour-jittered
+    by ``factors`` ((n, 3): brightness, contrast, saturation) when given.
+
+    Runs where the model runs, on whole batches: on a GPU the DataLoader workers only decode (and send a
+    quarter of the bytes a float batch would be). ``channels_last``: keep the NHWC layout (what a CUDA
+    model in channels-last wants; the permuted view already has its strides).
+    """
+    import torch
+
+    x = pixels.to(device, non_blocking=True).permute(0, 3, 1, 2).float()  # 0…255
+    dev = x.device
+    if factors is None:
+        x = x.div_(255.0)
+    else:
+        # Brightness b, contrast c (about the chip's mean), saturation s (about each pixel's grey), in
+        # that order, are one affine map per pixel (the grey weights sum to 1), applied in one pass:
+        # s·c·b·x + (1 − s)·c·b·grey(x) + (1 − c)·b·mean(x), then clipped to [0, 1].
+        f = factors.to(dev, non_blocking=True).view(-1, 3, 1, 1)
+        b, c, s = f[:, 0:1] / 255.0, f[:, 1:2], f[:, 2:3]  # b also takes x from 0…255 to 0…1
+        grey = torch.einsum("nchw,c->nhw", x, torch.tensor(GRAY_WEIGHTS, device=dev)).unsqueeze(1)
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = torch.addcmul(grey * ((1 - s) * c * b) + (1 - c) * b * mean, x, s * c * b).clamp_(0.0, 1.0)
+    x = x.sub_(torch.tensor(IMAGENET_MEAN, device=dev).view(1, 3, 1, 1)).div_(torch.tensor(IMAGENET_STD, device=dev).view(1, 3, 1, 1))
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def keep_batch(batch: Any) -> Any:
+    """The DataLoader's ``collate_fn``: :meth:`ChipDataset.__getitems__` already makes whole batches."""
+    return batch
+
+
 class ChipDataset:
-    """Chips as normalised ``(3, size, size)`` float tensors with their float targets.
+    """Chips with their float targets, fetched a batch at a time (:meth:`__getitems__`).
+
+    A batch is ``(pixels, factors, targets, problems)``: uint8 NHWC chips decoded by the Rust core,
+    already mirrored and turned for training; the colour-jitter factors ((n, 3), None when not training)
+    that :func:`model_input` applies where the model runs; float targets; and the problems of chips that
+    could not be read (left out of the batch, each named by its file).
 
     Items are indexed by ``(epoch, i)`` (see :class:`EpochSampler`): a training sample's augmentation
     is drawn from ``(seed, epoch, i)``, so it is the same whatever the worker count, and a resumed run
     sees exactly what an uninterrupted one would have. A plain module-level class (picklable), so
-    DataLoader workers can start with spawn/forkserver.
+    DataLoader workers can start with spawn/forkserver. ``threads``: decode threads per batch (0: all
+    cores, for fetching in the main process; 1 in each DataLoader worker).
     """
 
-    def __init__(self, chips: Path, paths: list[str], targets: np.ndarray, size: int, *, train: bool, seed: int) -> None:
+    def __init__(self, chips: Path, paths: list[str], targets: np.ndarray, size: int, *, train: bool, seed: int, threads: int = 0) -> None:
         self.chips, self.paths, self.targets = Path(chips), list(paths), np.asarray(targets, dtype=np.float32)
-        self.size, self.train, self.seed = size, train, seed
+        self.size, self.train, self.seed, self.threads = size, train, seed, threads
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, key):
+    def __getitems__(self, keys: list) -> tuple[Any, Any, Any, list[str]]:
         import torch
 
-        epoch, i = key if isinstance(key, tuple) else (0, key)
-        img = load_chip(self.chips / self.paths[i], self.size)
-        rng = np.random.default_rng([self.seed, epoch, i]) if self.train else None
-        return torch.from_numpy(to_input(img, rng)), torch.from_numpy(self.targets[i])
+        pairs = [key if isinstance(key, tuple) else (0, key) for key in keys]
+        pixels, errors = decode_chips(self.chips, [self.paths[i] for _, i in pairs], self.size, self.threads)
+        factors = np.ones((len(pairs), 3), np.float32)
+        if self.train:
+            for j, (epoch, i) in enumerate(pairs):
+                flip, turns, factors[j] = draw_augmentation(np.random.default_rng([self.seed, epoch, i]))
+                if flip or turns:
+                    pixels[j] = np.ascontiguousarray(np.rot90(pixels[j][:, ::-1] if flip else pixels[j], turns))
+        keep = [j for j, e in enumerate(errors) if e is None]
+        if len(keep) < len(pairs):
+            pixels, factors = pixels[keep], factors[keep]
+        targets = self.targets[[pairs[j][1] for j in keep]]
+        return (
+            torch.from_numpy(pixels),
+            torch.from_numpy(factors) if self.train else None,
+            torch.from_numpy(targets),
+            [e for e in errors if e is not None],
+        )
+
+    def __getitem__(self, key: Any) -> tuple[Any, Any]:
+        """One chip as a normalised float ``(3, size, size)`` tensor (on the CPU) and its targets."""
+        pixels, factors, targets, problems = self.__getitems__([key])
+        if problems:
+            raise JpegError(problems[0])
+        return model_input(pixels, factors, "cpu")[0], targets[0]
 
 
 class EpochSampler:

@@ -371,7 +371,7 @@ def run_pretrain(
             note(f"the run already has {start} epoch(s); nothing to do (pass a larger `epochs` to extend it)")
 
     # the kNN chips, decoded and normalised once for every epoch's measurement
-    knn_inputs = np.stack([to_input(load_chip(chips / p, config.chip_size), None) for p in knn_set[0]]) if knn_set is not None else None
+    knn_inputs = np.stack([to_input(load_chip(chips / p, config.chip_size)) for p in knn_set[0]]) if knn_set is not None else None
 
     def features(inputs: np.ndarray) -> np.ndarray:
         net.eval()

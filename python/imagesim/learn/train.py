@@ -28,7 +28,7 @@ import numpy as np
 
 from imagesim import options
 from imagesim.artefacts import LAST_PT, METRICS_JSON, MODEL_PT, RUN_FILES, SPLIT_JSON, TRAINING_CURVES
-from imagesim.errors import ImagesimFileNotFoundError, InvalidArgumentError, LabelInputError, OutputExistsError
+from imagesim.errors import ImagesimFileNotFoundError, InvalidArgumentError, JpegError, LabelInputError, OutputExistsError
 from imagesim.fsutil import write_json, write_with
 
 RUN_MARKERS = RUN_FILES[:3]  # a folder with any of these holds a run (split.json alone: a run that never finished an epoch)
@@ -247,7 +247,7 @@ def run_train(
     import torch
     from torch import nn
 
-    from imagesim.learn.dataset import ChipDataset, EpochSampler, check_chips, load_labels, make_split
+    from imagesim.learn.dataset import ChipDataset, EpochSampler, check_chips, keep_batch, load_labels, make_split, model_input
     from imagesim.learn.devices import torch_device
     from imagesim.learn.metrics import evaluate, frequency_baseline
     from imagesim.learn.model import MultilabelNet, load_backbone_weights
@@ -323,11 +323,22 @@ def run_train(
             {"params": model.head_parameters(), "lr": config.lr, "name": "head"},
         ]
     )
-    train_set = ChipDataset(chips, [table.paths[i] for i in split.train], y_train, config.chip_size, train=True, seed=config.seed)
-    val_set = ChipDataset(chips, [table.paths[i] for i in split.val], y_val, config.chip_size, train=False, seed=config.seed)
+    # Decode threads per batch: every core when batches are fetched in this process, one per worker.
+    threads = 0 if config.workers == 0 else 1
+    train_set = ChipDataset(
+        chips, [table.paths[i] for i in split.train], y_train, config.chip_size, train=True, seed=config.seed, threads=threads
+    )
+    val_set = ChipDataset(
+        chips, [table.paths[i] for i in split.val], y_val, config.chip_size, train=False, seed=config.seed, threads=threads
+    )
     train_sampler = EpochSampler(len(train_set), shuffle=True, seed=config.seed)
     val_sampler = EpochSampler(len(val_set), shuffle=False, seed=config.seed)
-    loader_args: dict[str, Any] = {"batch_size": config.batch_size, "num_workers": config.workers, "pin_memory": cuda}
+    loader_args: dict[str, Any] = {
+        "batch_size": config.batch_size,
+        "num_workers": config.workers,
+        "pin_memory": cuda,
+        "collate_fn": keep_batch,
+    }
     if config.workers > 0:
         # Fresh interpreters for workers: forking a process that runs Rust (rayon) or CUDA threads can deadlock.
         import multiprocessing as mp
@@ -362,19 +373,28 @@ def run_train(
         write_json(out / SPLIT_JSON, split_info)
     bar_factory = progress or (lambda desc, total: _NullBar())
 
-    def run_epoch(epoch: int, train: bool) -> tuple[float, np.ndarray, float]:
+    unreadable: dict[str, None] = {}  # problems of chips left out, in the order met (each noted once)
+
+    def run_epoch(epoch: int, train: bool) -> tuple[float, np.ndarray, np.ndarray, float]:
+        """Loss, probabilities and targets of the chips read, images/s. Nothing here waits for the GPU
+        but the end of the epoch (the loss is summed on the device)."""
         loader, sampler = (train_loader, train_sampler) if train else (val_loader, val_sampler)
         sampler.epoch = epoch
         model.train(train)
         bar = bar_factory(f"epoch {epoch + 1}/{epochs} {'train' if train else 'val'}", len(loader))
-        total, count, probs = 0.0, 0, []
+        total, count, probs, targets = torch.zeros((), device=device), 0, [], []
         t0 = time.perf_counter()
         try:
-            for step, (x, t) in enumerate(loader, 1):
-                x = x.to(device, non_blocking=True)
+            for step, (pixels, factors, t, problems) in enumerate(loader, 1):
+                for problem in problems:
+                    if problem not in unreadable:
+                        unreadable[problem] = None
+                        note(f"left out a chip that cannot be read: {problem}")
+                bar.update(step)
+                if len(t) < (2 if train else 1):  # BatchNorm cannot train on one chip
+                    continue
+                x = model_input(pixels, factors, device, channels_last=cuda)
                 t = t.to(device, non_blocking=True)
-                if cuda:
-                    x = x.contiguous(memory_format=torch.channels_last)
                 with torch.set_grad_enabled(train), torch.autocast("cuda", dtype=torch.float16, enabled=amp):
                     logits = model(x)
                     loss = criterion(logits.float(), t)
@@ -385,14 +405,22 @@ def run_train(
                     scaler.update()
                     scheduler.step()
                 else:
-                    probs.append(torch.sigmoid(logits.float()).cpu().numpy())
-                total += float(loss.detach()) * len(x)
-                count += len(x)
-                bar.update(step)
+                    probs.append(torch.sigmoid(logits.float()))
+                    targets.append(t)
+                total += loss.detach() * len(t)
+                count += len(t)
         finally:
             bar.close()
+        if count == 0:
+            raise JpegError(
+                f"{chips}: no {'training' if train else 'validation'} chip of epoch {epoch + 1} could be read"
+                + (f" ({len(unreadable)} unreadable; the first: {next(iter(unreadable))})" if unreadable else "")
+            )
+        mean_loss = float(total) / count  # waits for the GPU once an epoch
         seconds = time.perf_counter() - t0
-        return total / max(count, 1), (np.concatenate(probs) if probs else np.zeros((0, len(table.classes)))), count / max(seconds, 1e-9)
+        if not train:
+            return mean_loss, torch.cat(probs).cpu().numpy(), torch.cat(targets).cpu().numpy(), count / max(seconds, 1e-9)
+        return mean_loss, np.zeros((0, len(table.classes))), np.zeros((0, len(table.classes))), count / max(seconds, 1e-9)
 
     ran = 0
     rates: list[float] = []
@@ -403,10 +431,10 @@ def run_train(
         frozen = epoch < config.frozen_epochs
         model.set_backbone_frozen(frozen)
         t0 = time.perf_counter()
-        train_loss, _, rate = run_epoch(epoch, True)
-        val_loss, probs, _ = run_epoch(epoch, False)
+        train_loss, _, _, rate = run_epoch(epoch, True)
+        val_loss, probs, val_targets, _ = run_epoch(epoch, False)
         rates.append(rate)
-        m = evaluate(y_val, probs, table.classes, config.threshold)
+        m = evaluate(val_targets, probs, table.classes, config.threshold)
         record = {
             "epoch": epoch + 1,
             "train_loss": train_loss,
