@@ -380,6 +380,24 @@ def test_devices_choose_cuda_only_when_a_gpu_is_present(monkeypatch) -> None:
     assert devices.torch_device("auto").type == "cuda"
 
 
+def test_cuda_kernels_fast_by_default_or_deterministic(monkeypatch) -> None:
+    from imagesim.learn.train import cuda_kernels
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic, torch.are_deterministic_algorithms_enabled())
+    try:
+        cuda_kernels(torch, deterministic=False)
+        assert torch.backends.cudnn.benchmark and not torch.backends.cudnn.deterministic
+        assert not torch.are_deterministic_algorithms_enabled() and "CUBLAS_WORKSPACE_CONFIG" not in __import__("os").environ
+        cuda_kernels(torch, deterministic=True)
+        assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert __import__("os").environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[:2]
+        torch.use_deterministic_algorithms(saved[2])
+
+
 def test_bad_options_fail_clearly(chips, tmp_path) -> None:
     with pytest.raises(InvalidArgumentError, match="`backbone` 'vgg16': choose one of resnet50, resnet18"):
         run_train(config(chips, tmp_path / "r", backbone="vgg16"))
@@ -503,7 +521,8 @@ def test_cli_smoke(chips, tmp_path) -> None:
     assert isinstance(res.exception, OutputExistsError)
     res = runner.invoke(app, [*args[:-6], "--resume"])
     assert res.exit_code == 0 and "nothing to do" in res.output, res.output
-    res = runner.invoke(app, [*args[:-6], "--epochs", "2", "--resume"])
+    res = runner.invoke(app, [*args[:-6], "--epochs", "2", "--resume", "--deterministic"])
     assert res.exit_code == 0, res.output
-    assert len(json.loads((out / "metrics.json").read_text())["epochs"]) == 2
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["epochs"]) == 2 and metrics["config"]["deterministic"] is True
     assert "--backbone" in runner.invoke(app, ["train", "--help"]).output

@@ -154,6 +154,14 @@ def train(
     amp: Annotated[bool, typer.Option("--amp", help="Mixed precision (float16) on CUDA.")] = False,
     workers: LoaderWorkers = options.TRAIN_WORKERS,
     seed: Seed = 0,
+    deterministic: Annotated[
+        bool,
+        typer.Option(
+            "--deterministic",
+            help="On CUDA, deterministic kernels only (slower; adaptive pooling's backward has none and warns). "
+            "Default: cuDNN's fastest algorithms. CPU runs are deterministic either way.",
+        ),
+    ] = False,
     resume: Resume = False,
     overwrite: Overwrite = False,
 ) -> None:
@@ -187,6 +195,7 @@ def train(
         amp=amp,
         workers=workers,
         seed=seed,
+        deterministic=deterministic,
     )
     result = run_train(
         config,

@@ -18,6 +18,7 @@ device and thread count).
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -57,6 +58,7 @@ class TrainConfig:
     amp: bool = False
     workers: int = options.TRAIN_WORKERS
     seed: int = 0
+    deterministic: bool = False  # CUDA only: deterministic kernels (CPU runs are deterministic anyway)
 
     def check(self) -> None:
         options.check_training_run(self.backbone, self.device, self.chip_size, self.epochs, self.workers, self.lr)
@@ -229,6 +231,17 @@ def plot_curves(history: list[dict], baseline: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def cuda_kernels(torch: Any, *, deterministic: bool) -> None:
+    """How CUDA runs the model: cuDNN's fastest algorithms for the run's fixed shapes, benchmarked once
+    (the default, as torchvision's reference training does), or only deterministic kernels — slower,
+    and a few kernels (adaptive average pooling's backward) have no deterministic version and warn."""
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS is deterministic only with it
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+
+
 def run_train(
     config: TrainConfig,
     *,
@@ -265,7 +278,12 @@ def run_train(
     if resume:
         ckpt = load_checkpoint(out / LAST_PT)
         saved = ckpt["config"]
-        keep = {"epochs": config.epochs or saved["epochs"], "workers": config.workers, "device": config.device}
+        keep = {
+            "epochs": config.epochs or saved["epochs"],
+            "workers": config.workers,
+            "device": config.device,
+            "deterministic": config.deterministic,
+        }
         config = TrainConfig(**{**{f.name: saved[f.name] for f in fields(TrainConfig) if f.name in saved}, **keep})
         if config.epochs != saved["epochs"]:
             note(f"resume: epochs {saved['epochs']} → {config.epochs}; the cosine schedule is stretched to the new length")
@@ -302,8 +320,7 @@ def run_train(
         note("`amp` needs CUDA; training in float32 on the CPU")
     torch.manual_seed(config.seed)
     if cuda:
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
+        cuda_kernels(torch, deterministic=config.deterministic)
 
     model = MultilabelNet(config.backbone, len(table.classes))
     if ckpt is None:
