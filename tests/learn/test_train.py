@@ -381,7 +381,7 @@ def test_devices_choose_cuda_only_when_a_gpu_is_present(monkeypatch) -> None:
 
 
 def test_cuda_kernels_fast_by_default_or_deterministic(monkeypatch) -> None:
-    from imagesim.learn.train import cuda_kernels
+    from imagesim.learn.devices import cuda_kernels
 
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic, torch.are_deterministic_algorithms_enabled())

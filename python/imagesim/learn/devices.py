@@ -5,6 +5,7 @@ else the CPU. An explicit ``cuda`` (or ``tensorrt``) on a machine without a GPU 
 silent fall back to the CPU.
 
 - :func:`torch_device` — the ``torch.device`` of ``train`` (``device``: auto, cpu, cuda);
+- :func:`cuda_kernels` — cuDNN's fastest algorithms or deterministic kernels for training on CUDA;
 - :func:`onnx_providers` — the onnxruntime execution providers of ``encode`` and of ``export``'s
   parity check (``provider``: auto, cuda, tensorrt, cpu), best first, CPU last;
 - :func:`onnx_session` — an onnxruntime session on those providers that really runs on the first.
@@ -15,6 +16,7 @@ torch and onnxruntime are imported inside the functions that need them.
 from __future__ import annotations
 
 import ctypes
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -52,6 +54,17 @@ def torch_device(requested: str = options.DEVICE) -> Any:
     if requested == "cuda" and not torch.cuda.is_available():
         raise InvalidArgumentError("`device` cuda asked for, but torch sees no CUDA device (use `device` cpu or auto)", param="device")
     return torch.device(requested)
+
+
+def cuda_kernels(torch: Any, *, deterministic: bool) -> None:
+    """How CUDA runs the model: cuDNN's fastest algorithms for the run's fixed shapes, benchmarked once
+    (the default, as torchvision's reference training does), or only deterministic kernels — slower,
+    and a few kernels (adaptive average pooling's backward) have no deterministic version and warn."""
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS is deterministic only with it
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
 
 
 def onnx_providers(requested: str = options.PROVIDER, available: Sequence[str] | None = None) -> list[str]:

@@ -282,7 +282,7 @@ def run_pretrain(
     """Pretrain (or continue) the run in ``config.out``; ``stop_after`` ends this call after that many epochs."""
     import torch
 
-    from imagesim.learn.devices import torch_device
+    from imagesim.learn.devices import cuda_kernels, torch_device
     from imagesim.learn.model import MultilabelNet, load_backbone_weights, read_torch_file
 
     started = time.perf_counter()
@@ -337,6 +337,7 @@ def run_pretrain(
         log(f"starting from backbone weights: {report.summary()}")
     model = torch.nn.ModuleDict({"backbone": net, "projector": projector}).to(device)
     if cuda:
+        cuda_kernels(torch, deterministic=False)
         model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-4)
     dataset = PairDataset(
@@ -391,7 +392,7 @@ def run_pretrain(
         model.train()
         bar = bar_factory(f"epoch {epoch + 1}/{config.epochs}", steps)
         t0 = time.perf_counter()
-        total, count = 0.0, 0
+        total, count = torch.zeros((), device=device), 0  # summed on the device: no wait for the GPU each step
         try:
             for step, (a, b) in enumerate(loader, 1):
                 a, b = a.to(device, non_blocking=True), b.to(device, non_blocking=True)
@@ -405,16 +406,17 @@ def run_pretrain(
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
-                total += float(loss.detach()) * len(a)
+                total += loss.detach() * len(a)
                 count += len(a)
                 if bar is not None:
                     bar.update(step)
         finally:
             if bar is not None:
                 bar.close()
+        mean_loss = float(total) / max(count, 1)  # waits for the GPU once an epoch
         seconds = time.perf_counter() - t0
         rates.append(2 * count / max(seconds, 1e-9))
-        record: dict[str, Any] = {"epoch": epoch + 1, "loss": total / max(count, 1), "images_per_s": rates[-1], "seconds": seconds}
+        record: dict[str, Any] = {"epoch": epoch + 1, "loss": mean_loss, "images_per_s": rates[-1], "seconds": seconds}
         if knn_set is not None and knn_inputs is not None:
             prec, rand = knn_precision(features(knn_inputs), knn_set[1], knn_set[2])
             record |= {"knn_precision": prec, "knn_random": rand, "knn_chips": len(knn_set[0])}

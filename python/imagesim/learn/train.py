@@ -18,7 +18,6 @@ device and thread count).
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -231,17 +230,6 @@ def plot_curves(history: list[dict], baseline: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def cuda_kernels(torch: Any, *, deterministic: bool) -> None:
-    """How CUDA runs the model: cuDNN's fastest algorithms for the run's fixed shapes, benchmarked once
-    (the default, as torchvision's reference training does), or only deterministic kernels — slower,
-    and a few kernels (adaptive average pooling's backward) have no deterministic version and warn."""
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS is deterministic only with it
-    torch.use_deterministic_algorithms(deterministic, warn_only=True)
-    torch.backends.cudnn.benchmark = not deterministic
-    torch.backends.cudnn.deterministic = deterministic
-
-
 def run_train(
     config: TrainConfig,
     *,
@@ -261,7 +249,7 @@ def run_train(
     from torch import nn
 
     from imagesim.learn.dataset import ChipDataset, EpochSampler, check_chips, keep_batch, load_labels, make_split, model_input
-    from imagesim.learn.devices import torch_device
+    from imagesim.learn.devices import cuda_kernels, torch_device
     from imagesim.learn.metrics import evaluate, frequency_baseline
     from imagesim.learn.model import MultilabelNet, load_backbone_weights
 
