@@ -11,6 +11,8 @@ and `train`'s images/s in float32 and with ``--amp``.
       augmentation and normalisation to float32 CHW, then torch's default collate;
     - a DataLoader of ``--workers`` workers on each side, feeding the device (``model_input`` or
       ``.to(device)``): chips/s, the ceiling on training speed.
+    The same for `pretrain`'s items (a place's two views: random crop, mirror, turns, colour, decoded at
+    twice the size), against the per-view Pillow + numpy pipeline it used before.
 (b) ``--train``: ``run_train`` in float32 and then with ``--amp`` (CUDA only) on ``--chips``/``--labels``
     (default: the sample's chips with random labels): images/s of the last epoch each, and the GPU's
     utilisation sampled with nvidia-smi while it trains. Goal on a GPU: AMP >= 2x float32.
@@ -83,6 +85,61 @@ class PerSampleChips:
         epoch, i = key
         img = numpy_input(pil_chip(self.chips / self.paths[i], self.size), np.random.default_rng([0, epoch, i]))
         return torch.from_numpy(img), torch.zeros(len(CLASSES))
+
+
+def numpy_view(img: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
+    """`pretrain`'s view as it was made per view before batches (float32 CHW)."""
+    h = img.shape[0]
+    side = int(round(h * np.sqrt(rng.uniform(0.5, 1.0))))
+    r0, c0 = (int(v) for v in rng.integers(0, h - side + 1, 2))
+    idx = (np.arange(size) * side / size).astype(np.int64)
+    x = img[r0 : r0 + side, c0 : c0 + side][idx][:, idx].astype(np.float32) / 255.0
+    if rng.random() < 0.5:
+        x = x[:, ::-1]
+    x = np.rot90(x, int(rng.integers(4)))
+    b, c, s = (float(v) for v in rng.uniform(0.6, 1.4, 3))
+    x = x * b
+    mean = x.mean()
+    x = (x - mean) * c + mean
+    gray = x @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    x = (x - gray[..., None]) * (0.0 if rng.random() < 0.2 else s) + gray[..., None]
+    x = np.clip(x + rng.normal(0, 0.03, 3).astype(np.float32), 0.0, 1.0)
+    x = (x - np.array([0.485, 0.456, 0.406], np.float32)) / np.array([0.229, 0.224, 0.225], np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
+
+
+def pretrain_worker(chips: Path, size: int, batch: int, count: int) -> dict[str, float]:
+    """Places/s (two views each) of one worker's work for `pretrain`, each side."""
+    import torch
+    from torch.utils.data import default_collate
+
+    from imagesim.learn.dataset import model_input
+    from imagesim.learn.pretrain import PairDataset, places
+
+    paths, _ = places(chips)
+    paths = paths[:count]
+    ds = PairDataset(chips, paths, None, size, temporal=True, seed=0, threads=1)
+    decode = min(2 * size, 512)
+    keys = [(0, i) for i in range(len(paths))]
+    t0 = time.perf_counter()
+    for s in range(0, len(keys), batch):
+        items = []
+        for key in keys[s : s + batch]:
+            a, b, rng = ds._pair(*key)
+            img_a = pil_chip(chips / a, decode)
+            img_b = img_a if b == a else pil_chip(chips / b, decode)
+            items.append((torch.from_numpy(numpy_view(img_a, rng, size)), torch.from_numpy(numpy_view(img_b, rng, size))))
+        default_collate(items)
+    baseline = len(keys) / (time.perf_counter() - t0)
+    batches, t0 = [], time.perf_counter()
+    for s in range(0, len(keys), batch):
+        batches.append(ds.__getitems__(keys[s : s + batch]))
+    worker = len(keys) / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for first, second, fc, sc, _ in batches:
+            model_input(torch.cat([first, second]), torch.cat([fc, sc]), "cpu")
+    return {"pretrain_baseline": baseline, "pretrain_worker": worker, "pretrain_cpu_colour": len(keys) / (time.perf_counter() - t0)}
 
 
 # --- (a) ---
@@ -276,6 +333,15 @@ def main() -> None:
     print(f"  baseline: Pillow decode + numpy augmentation per chip     {best['baseline']:8.0f}")
     print(f"  imagesim: Rust batch decode + uint8 mirror/turns          {best['imagesim_worker']:8.0f}   {ratio:.2f}x the baseline")
     print(f"  imagesim: jitter + normalisation of the batch on the CPU  {best['imagesim_cpu_jitter']:8.0f}   (on a GPU: on the device)")
+    pre: dict[str, float] = {}
+    for _ in range(args.repeat):
+        for k, v in pretrain_worker(chips, args.size, args.batch_size, args.count // 2).items():
+            pre[k] = max(pre.get(k, 0.0), v)
+    ratio = pre["pretrain_worker"] / pre["pretrain_baseline"]
+    print(f"\n    `pretrain`, places/s (two views each, decoded at {min(2 * args.size, 512)} px), one worker's share:")
+    print(f"  baseline: Pillow decode + numpy views per place            {pre['pretrain_baseline']:8.0f}")
+    print(f"  imagesim: Rust batch decode + uint8 crop/mirror/turns      {pre['pretrain_worker']:8.0f}   {ratio:.2f}x the baseline")
+    print(f"  imagesim: colour + normalisation of the batch on the CPU   {pre['pretrain_cpu_colour']:8.0f}   (on a GPU: on the device)")
     rates = loaders(chips, paths, args.size, args.batch_size, args.workers, device)
     print(
         f"\n    DataLoader, {args.workers} worker(s) each side, feeding {device}: baseline {rates['baseline']:.0f} chips/s, "

@@ -36,27 +36,95 @@ def test_places_group_the_acquisitions_of_a_quadkey(sample_chips) -> None:
 
 def test_second_view_is_the_place_on_another_date(sample_chips, monkeypatch) -> None:
     paths, _ = P.places(sample_chips)
-    marker = {p: float(i + 1) for i, p in enumerate(sorted({p for acqs in paths for p in acqs}))}
-    monkeypatch.setattr(P, "load_chip", lambda path, size: np.full((size, size, 3), marker[f"{path.parent.name}/{path.name}"], np.float32))
-    monkeypatch.setattr(P, "_view", lambda img, rng, size: img[:size, :size].transpose(2, 0, 1).copy())
+    files = sorted({p for acqs in paths for p in acqs})
+    marker = {p: i + 1 for i, p in enumerate(files)}
+
+    def marked(chips, names, size, threads=0):  # each chip's pixels hold its number (two bytes)
+        out = np.zeros((len(names), size, size, 3), np.uint8)
+        for k, name in enumerate(names):
+            out[k, ..., 0], out[k, ..., 1] = marker[name] % 256, marker[name] // 256
+        return out, [None] * len(names)
+
+    monkeypatch.setattr(P, "decode_chips", marked)
     temporal = P.PairDataset(sample_chips, paths, None, 16, temporal=True, seed=0)
     plain = P.PairDataset(sample_chips, paths, None, 16, temporal=False, seed=0)
+
+    def numbers(dataset, key):
+        first, second, *_ = dataset.__getitems__([key])
+        return [int(v[0, 0, 0, 0]) + 256 * int(v[0, 0, 0, 1]) for v in (first, second)]
+
     for i, acqs in enumerate(paths):
-        a, b = (float(t.flatten()[0]) for t in temporal[(0, i)])
+        a, b = numbers(temporal, (0, i))
         if len(acqs) > 1:
             assert a != b and {a, b} <= {marker[p] for p in acqs}
         else:
-            assert a == b
-        a, b = (float(t.flatten()[0]) for t in plain[(0, i)])
+            assert a == b == marker[acqs[0]]
+        a, b = numbers(plain, (0, i))
         assert a == b
-    assert all(float(x.flatten()[0]) == float(y.flatten()[0]) for x, y in [temporal[(3, 0)]] * 2)  # seeded
+    assert numbers(temporal, (3, 0)) == numbers(temporal, (3, 0))  # seeded
 
 
-def test_view_shape_and_normalisation() -> None:
-    img = np.random.default_rng(0).integers(0, 255, (128, 128, 3), dtype=np.uint8)
-    v = P._view(img, np.random.default_rng(1), 64)
-    assert v.shape == (3, 64, 64) and v.dtype == np.float32 and v.flags.c_contiguous
-    assert -3 < v.min() and v.max() < 3
+def test_views_batch_like_the_per_view_pipeline(sample_chips) -> None:
+    """A batch's views (uint8 crop, mirror, turns in the worker; colour where the model runs) are what the
+    per-view numpy pipeline made of the same draws: crop 50-100 %, flips, turns, jitter, grey, cast."""
+    paths, _ = P.places(sample_chips)
+    ds = P.PairDataset(sample_chips, paths, None, 32, temporal=True, seed=4, threads=1)
+    keys = [(1, i) for i in range(min(6, len(paths)))]
+    first, second, first_colour, second_colour, problems = ds.__getitems__(keys)
+    assert problems == [] and first.dtype == torch.uint8 and tuple(first.shape) == (len(keys), 32, 32, 3)
+    x = P.model_input(torch.cat([first, second]), torch.cat([first_colour, second_colour]), "cpu")
+    assert tuple(x.shape) == (2 * len(keys), 3, 32, 32)
+    for j, (epoch, i) in enumerate(keys):
+        a, b, rng = ds._pair(epoch, i)
+        decoded, _ = P.decode_chips(sample_chips, [a, b], 64)
+        for k, img in enumerate(decoded):
+            want = reference_view(img, rng, 32)
+            np.testing.assert_allclose(x[j + k * len(keys)].numpy(), want, atol=3e-5)
+    single = ds[keys[0]]
+    np.testing.assert_allclose(single[0].numpy(), x[0].numpy(), atol=1e-6)
+    np.testing.assert_allclose(single[1].numpy(), x[len(keys)].numpy(), atol=1e-6)
+
+
+def reference_view(img: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
+    """One view as `pretrain` made it per view in numpy before batches (float32 CHW, normalised)."""
+    h = img.shape[0]
+    side = int(round(h * np.sqrt(rng.uniform(0.5, 1.0))))
+    r0, c0 = (int(v) for v in rng.integers(0, h - side + 1, 2))
+    idx = (np.arange(size) * side / size).astype(np.int64)
+    x = img[r0 : r0 + side, c0 : c0 + side][idx][:, idx].astype(np.float32) / 255.0
+    if rng.random() < 0.5:
+        x = x[:, ::-1]
+    x = np.rot90(x, int(rng.integers(4)))
+    b, c, s = (float(v) for v in rng.uniform(0.6, 1.4, 3).astype(np.float32))
+    x = x * b
+    mean = x.mean()
+    x = (x - mean) * c + mean
+    gray = x @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    x = (x - gray[..., None]) * (0.0 if rng.random() < 0.2 else s) + gray[..., None]
+    x = x + rng.normal(0, 0.03, 3).astype(np.float32)
+    x = np.clip(x, 0.0, 1.0)
+    x = (x - np.array([0.485, 0.456, 0.406], np.float32)) / np.array([0.229, 0.224, 0.225], np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def test_unreadable_chips_leave_their_places_out(sample_chips, tmp_path) -> None:
+    import shutil
+
+    copy = tmp_path / "chips"
+    shutil.copytree(sample_chips, copy)
+    paths, _ = P.places(copy)
+    bad = copy / paths[0][0]
+    bad.write_bytes(b"not a jpeg")
+    ds = P.PairDataset(copy, paths, None, 16, temporal=False, seed=0)
+    first, second, fc, sc, problems = ds.__getitems__([(0, 0), (0, 1), (0, 2)])
+    assert len(first) == len(second) == len(fc) == len(sc) == 2 and len(problems) == 1 and str(bad) in problems[0]
+    first, *_, problems = ds.__getitems__([(0, 0)])
+    assert len(first) == 0 and problems
+    logs: list[str] = []
+    cfg = P.PretrainConfig(chips=str(copy), out=str(tmp_path / "run"), backbone="resnet18", chip_size=32, epochs=1, batch_size=8, workers=0)
+    result = P.run_pretrain(cfg, log=logs.append)
+    left_out = [m for m in logs if "left out a place whose chip cannot be read" in m]
+    assert len(left_out) == 1 and str(bad) in left_out[0] and left_out[0] in result.notes
 
 
 def test_nt_xent_rewards_matching_views() -> None:

@@ -275,29 +275,6 @@ def _check_nonempty(split: Split, src: Path | None) -> None:
 # --- images ---
 
 
-def load_chip(path: str | Path, size: int) -> np.ndarray:
-    """Decode a chip JPEG to an RGB ``(size, size, 3)`` uint8 array (Pillow; `pretrain`'s views).
-
-    JPEG DCT scaling (Pillow's ``draft``) decodes straight at 1/2, 1/4 or 1/8 scale when that is
-    still at least ``size``, then a bilinear resize gives the exact size.
-    """
-    from PIL import Image
-
-    with Image.open(path) as src:
-        src.draft("RGB", (size, size))
-        rgb = src.convert("RGB")
-    if rgb.size != (size, size):
-        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(rgb, dtype=np.uint8)
-
-
-def to_input(img_u8: np.ndarray) -> np.ndarray:
-    """uint8 HWC → normalised float32 CHW."""
-    img: np.ndarray = img_u8.astype(np.float32) / 255.0
-    img = (img - np.array(IMAGENET_MEAN, dtype=np.float32)) / np.array(IMAGENET_STD, dtype=np.float32)
-    return np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32)
-
-
 # Training augmentation for overhead imagery: flips, 90° rotations (no "up" in a nadir view) and mild
 # colour jitter (brightness, contrast, saturation factors in [1 - JITTER, 1 + JITTER]).
 JITTER = 0.1
@@ -324,7 +301,8 @@ def decode_chips(chips: Path, paths: list[str], size: int, threads: int = 0) -> 
 
 def model_input(pixels: Any, factors: Any, device: Any, *, channels_last: bool = False) -> Any:
     """A batch as the model takes it: uint8 NHWC chips → normalised float NCHW on ``device``, colour-jittered
-    by ``factors`` ((n, 3): brightness, contrast, saturation) when given.
+    by ``factors`` when given: (n, 3) brightness, contrast, saturation, or (n, 6) with a colour cast per
+    band after them (`pretrain`'s views).
 
     Runs where the model runs, on whole batches: on a GPU the DataLoader workers only decode (and send a
     quarter of the bytes a float batch would be). ``channels_last``: keep the NHWC layout (what a CUDA
@@ -337,14 +315,15 @@ def model_input(pixels: Any, factors: Any, device: Any, *, channels_last: bool =
     if factors is None:
         x = x.div_(255.0)
     else:
-        # Brightness b, contrast c (about the chip's mean), saturation s (about each pixel's grey), in
-        # that order, are one affine map per pixel (the grey weights sum to 1), applied in one pass:
-        # s·c·b·x + (1 − s)·c·b·grey(x) + (1 − c)·b·mean(x), then clipped to [0, 1].
-        f = factors.to(dev, non_blocking=True).view(-1, 3, 1, 1)
+        # Brightness b, contrast c (about the chip's mean), saturation s (about each pixel's grey) and the
+        # cast, in that order, are one affine map per pixel (the grey weights sum to 1), applied in one
+        # pass: s·c·b·x + (1 − s)·c·b·grey(x) + (1 − c)·b·mean(x) + cast, then clipped to [0, 1].
+        f = factors.to(dev, non_blocking=True).view(len(x), -1, 1, 1)
         b, c, s = f[:, 0:1] / 255.0, f[:, 1:2], f[:, 2:3]  # b also takes x from 0…255 to 0…1
         grey = torch.einsum("nchw,c->nhw", x, torch.tensor(GRAY_WEIGHTS, device=dev)).unsqueeze(1)
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        x = torch.addcmul(grey * ((1 - s) * c * b) + (1 - c) * b * mean, x, s * c * b).clamp_(0.0, 1.0)
+        shift = (1 - c) * b * mean + (f[:, 3:6] if f.shape[1] == 6 else 0.0)
+        x = torch.addcmul(grey * ((1 - s) * c * b) + shift, x, s * c * b).clamp_(0.0, 1.0)
     x = x.sub_(torch.tensor(IMAGENET_MEAN, device=dev).view(1, 3, 1, 1)).div_(torch.tensor(IMAGENET_STD, device=dev).view(1, 3, 1, 1))
     return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 

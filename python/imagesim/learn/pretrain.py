@@ -35,9 +35,9 @@ import polars as pl
 
 from imagesim import grid, options
 from imagesim.artefacts import LABELS_PARQUET, METRICS_JSON, read_chip_table, with_data
-from imagesim.errors import ImagesimFileNotFoundError, InvalidArgumentError, OutputExistsError
+from imagesim.errors import ImagesimFileNotFoundError, InvalidArgumentError, JpegError, OutputExistsError
 from imagesim.fsutil import write_json, write_with
-from imagesim.learn.dataset import IMAGENET_MEAN, IMAGENET_STD, load_chip, to_input
+from imagesim.learn.dataset import decode_chips, model_input
 from imagesim.learn.model import BACKBONE_FORMAT, BACKBONE_KIND
 
 __all__ = ["PretrainConfig", "PretrainResult", "run_pretrain", "places", "nt_xent", "knn_precision", "BACKBONE_KIND"]
@@ -133,58 +133,94 @@ def _neighbour_index(keys: list[tuple[int, str]]) -> list[list[int]]:
     return out
 
 
-def _view(img: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
-    """One augmented view (float32 CHW, normalised) of a uint8 HWC chip decoded at ``2 * size`` or more."""
+def _view(img: np.ndarray, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """One augmented view of a uint8 HWC chip decoded at ``2 * size`` or more: its pixels (uint8, ``size``
+    square: random crop, mirror, quarter turns) and its colour (float32: brightness, contrast, saturation —
+    0 for a grey view —, and a colour cast per band), which :func:`~imagesim.learn.dataset.model_input`
+    applies to the batch where the model runs."""
     h = img.shape[0]
     side = int(round(h * math.sqrt(rng.uniform(0.5, 1.0))))
     r0, c0 = (int(v) for v in rng.integers(0, h - side + 1, 2))
-    crop = img[r0 : r0 + side, c0 : c0 + side]
-    # nearest-neighbour index resize (cheap, no extra dependency); the crop is at least size px
+    # nearest-neighbour index resize (cheap, exact on uint8); the crop is at least size px
     idx = (np.arange(size) * side / size).astype(np.int64)
-    x = crop[idx][:, idx].astype(np.float32) / 255.0
+    x = img[r0 : r0 + side, c0 : c0 + side][idx][:, idx]
     if rng.random() < 0.5:
         x = x[:, ::-1]
     x = np.rot90(x, int(rng.integers(4)))
-    b, c, s = (float(v) for v in rng.uniform(0.6, 1.4, 3))
-    x = x * b
-    mean = x.mean()
-    x = (x - mean) * c + mean
-    gray = x @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    x = (x - gray[..., None]) * (0.0 if rng.random() < 0.2 else s) + gray[..., None]
-    x = x + rng.normal(0, 0.03, 3).astype(np.float32)  # a colour cast
-    x = np.clip(x, 0.0, 1.0)
-    x = (x - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
+    b, c, s = rng.uniform(0.6, 1.4, 3)
+    saturation = 0.0 if rng.random() < 0.2 else s
+    cast = rng.normal(0, 0.03, 3)
+    return np.ascontiguousarray(x), np.array([b, c, saturation, *cast], np.float32)
 
 
 class PairDataset:
     """Item ``(epoch, i)``: two augmented views of place ``i`` (see the module docstring), seeded by
-    ``(seed, epoch, i)``: the same whatever the worker count, and a resumed run sees what it would have."""
+    ``(seed, epoch, i)``: the same whatever the worker count, and a resumed run sees what it would have.
 
-    def __init__(self, chips: Path, paths: list[list[str]], near: list[list[int]] | None, size: int, *, temporal: bool, seed: int) -> None:
+    Fetched a batch at a time (:meth:`__getitems__`): ``(first, second, first_colour, second_colour,
+    problems)`` — the views' uint8 NHWC pixels (each chip decoded once by the Rust core), their colour
+    parameters (see :func:`_view`) and the problems of chips that could not be read (their places are
+    left out of the batch, each problem naming its file). ``threads``: decode threads per batch (0: all
+    cores, for fetching in the main process; 1 in each DataLoader worker).
+    """
+
+    def __init__(
+        self,
+        chips: Path,
+        paths: list[list[str]],
+        near: list[list[int]] | None,
+        size: int,
+        *,
+        temporal: bool,
+        seed: int,
+        threads: int = 0,
+    ) -> None:
         self.chips, self.paths, self.near, self.size, self.temporal, self.seed = Path(chips), paths, near, size, temporal, seed
+        self.threads = threads
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, key: tuple[int, int]) -> Any:
-        import torch
-
-        epoch, i = key
+    def _pair(self, epoch: int, i: int) -> tuple[str, str, np.random.Generator]:
+        """The two chips of place ``i``'s item in ``epoch``, and the generator its views draw from next."""
         rng = np.random.default_rng([self.seed, epoch, i, 11])
         acqs = self.paths[i]
         first = int(rng.integers(len(acqs)))
         if self.near is not None and self.near[i] and rng.random() < 0.25:
             j = self.near[i][int(rng.integers(len(self.near[i])))]
-            second_path = self.paths[j][int(rng.integers(len(self.paths[j])))]
+            second = self.paths[j][int(rng.integers(len(self.paths[j])))]
         elif self.temporal and len(acqs) > 1:
-            second_path = acqs[(first + 1 + int(rng.integers(len(acqs) - 1))) % len(acqs)]
+            second = acqs[(first + 1 + int(rng.integers(len(acqs) - 1))) % len(acqs)]
         else:
-            second_path = acqs[first]
+            second = acqs[first]
+        return acqs[first], second, rng
+
+    def __getitems__(self, keys: list[tuple[int, int]]) -> tuple[Any, Any, Any, Any, list[str]]:
+        import torch
+
+        pairs = [self._pair(epoch, i) for epoch, i in keys]
+        files = list(dict.fromkeys(p for a, b, _ in pairs for p in (a, b)))
         decode = min(2 * self.size, 512)  # room for the random crop
-        a = load_chip(self.chips / acqs[first], decode)
-        b = a if second_path == acqs[first] else load_chip(self.chips / second_path, decode)
-        return torch.from_numpy(_view(a, rng, self.size)), torch.from_numpy(_view(b, rng, self.size))
+        pixels, errors = decode_chips(self.chips, files, decode, self.threads)
+        at = {p: k for k, p in enumerate(files)}
+        views: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], list[np.ndarray]] = ([], [], [], [])
+        for a, b, rng in pairs:
+            if errors[at[a]] is None and errors[at[b]] is None:
+                (va, ca), (vb, cb) = _view(pixels[at[a]], rng, self.size), _view(pixels[at[b]], rng, self.size)
+                for out, v in zip(views, (va, vb, ca, cb)):
+                    out.append(v)
+        if not views[0]:
+            empty = torch.zeros((0, self.size, self.size, 3), dtype=torch.uint8)
+            return empty, empty, torch.zeros((0, 6)), torch.zeros((0, 6)), [e for e in errors if e is not None]
+        first, second, first_colour, second_colour = (torch.from_numpy(np.stack(v)) for v in views)
+        return first, second, first_colour, second_colour, [e for e in errors if e is not None]
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[Any, Any]:
+        """Item ``key`` as two normalised float ``(3, size, size)`` views (on the CPU)."""
+        first, second, first_colour, second_colour, problems = self.__getitems__([key])
+        if problems:
+            raise JpegError(problems[0])
+        return model_input(first, first_colour, "cpu")[0], model_input(second, second_colour, "cpu")[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -341,13 +377,25 @@ def run_pretrain(
         model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-4)
     dataset = PairDataset(
-        chips, paths, _neighbour_index(keys) if config.neighbours else None, config.chip_size, temporal=config.temporal, seed=config.seed
+        chips,
+        paths,
+        _neighbour_index(keys) if config.neighbours else None,
+        config.chip_size,
+        temporal=config.temporal,
+        seed=config.seed,
+        threads=0 if config.workers == 0 else 1,  # every core in this process, one per DataLoader worker
     )
 
-    from imagesim.learn.dataset import EpochSampler
+    from imagesim.learn.dataset import EpochSampler, keep_batch
 
     sampler = EpochSampler(len(dataset), shuffle=True, seed=config.seed)
-    loader_args: dict[str, Any] = {"batch_size": config.batch_size, "num_workers": config.workers, "pin_memory": cuda, "drop_last": True}
+    loader_args: dict[str, Any] = {
+        "batch_size": config.batch_size,
+        "num_workers": config.workers,
+        "pin_memory": cuda,
+        "drop_last": True,
+        "collate_fn": keep_batch,
+    }
     if config.workers > 0:
         import multiprocessing as mp
 
@@ -371,18 +419,27 @@ def run_pretrain(
         if start >= config.epochs:
             note(f"the run already has {start} epoch(s); nothing to do (pass a larger `epochs` to extend it)")
 
-    # the kNN chips, decoded and normalised once for every epoch's measurement
-    knn_inputs = np.stack([to_input(load_chip(chips / p, config.chip_size)) for p in knn_set[0]]) if knn_set is not None else None
+    # the kNN chips, decoded once (uint8) for every epoch's measurement, as `encode` decodes them
+    knn_pixels = None
+    if knn_set is not None:
+        knn_pixels, errors = decode_chips(chips, knn_set[0], config.chip_size)
+        readable = [k for k, e in enumerate(errors) if e is None]
+        if len(readable) < len(errors):
+            note(f"kNN metric: left out {len(errors) - len(readable)} chip(s) that cannot be read (the first: {next(e for e in errors if e)})")
+            knn_pixels = knn_pixels[readable]
+            knn_set = ([knn_set[0][k] for k in readable], knn_set[1][readable], [knn_set[2][k] for k in readable])
 
-    def features(inputs: np.ndarray) -> np.ndarray:
+    def features(pixels: np.ndarray) -> np.ndarray:
         net.eval()
         outs = []
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=amp):
-            for s in range(0, len(inputs), 128):
-                outs.append(net(torch.from_numpy(inputs[s : s + 128]).to(device)).float().cpu().numpy())
-        return np.concatenate(outs)
+            for s in range(0, len(pixels), 128):
+                x = model_input(torch.from_numpy(pixels[s : s + 128]), None, device, channels_last=cuda)
+                outs.append(net(x).float().cpu().numpy())
+        return np.concatenate(outs) if outs else np.zeros((0, FEATURES[config.backbone]), np.float32)
 
     bar_factory = progress or (lambda desc, total: None)
+    unreadable: dict[str, None] = {}  # problems of chips whose places were left out, each noted once
     rates: list[float] = []
     ran = 0
     for epoch in range(start, config.epochs):
@@ -394,31 +451,41 @@ def run_pretrain(
         t0 = time.perf_counter()
         total, count = torch.zeros((), device=device), 0  # summed on the device: no wait for the GPU each step
         try:
-            for step, (a, b) in enumerate(loader, 1):
-                a, b = a.to(device, non_blocking=True), b.to(device, non_blocking=True)
-                if cuda:
-                    a, b = a.contiguous(memory_format=torch.channels_last), b.contiguous(memory_format=torch.channels_last)
+            for step, (first, second, first_colour, second_colour, problems) in enumerate(loader, 1):
+                for problem in problems:
+                    if problem not in unreadable:
+                        unreadable[problem] = None
+                        note(f"left out a place whose chip cannot be read: {problem}")
+                if bar is not None:
+                    bar.update(step)
+                pairs = len(first)
+                if pairs < 2:  # the projector's BatchNorm needs two places
+                    continue
+                x = model_input(torch.cat([first, second]), torch.cat([first_colour, second_colour]), device, channels_last=cuda)
                 with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
-                    z = projector(net(torch.cat([a, b])))
-                    loss = nt_xent(z[: len(a)], z[len(a) :], config.temperature)
+                    z = projector(net(x))
+                    loss = nt_xent(z[:pairs], z[pairs:], config.temperature)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
-                total += loss.detach() * len(a)
-                count += len(a)
-                if bar is not None:
-                    bar.update(step)
+                total += loss.detach() * pairs
+                count += pairs
         finally:
             if bar is not None:
                 bar.close()
+        if count == 0:
+            raise JpegError(
+                f"{chips}: no batch of epoch {epoch + 1} had two places whose chips could be read"
+                + (f" ({len(unreadable)} unreadable; the first: {next(iter(unreadable))})" if unreadable else "")
+            )
         mean_loss = float(total) / max(count, 1)  # waits for the GPU once an epoch
         seconds = time.perf_counter() - t0
         rates.append(2 * count / max(seconds, 1e-9))
         record: dict[str, Any] = {"epoch": epoch + 1, "loss": mean_loss, "images_per_s": rates[-1], "seconds": seconds}
-        if knn_set is not None and knn_inputs is not None:
-            prec, rand = knn_precision(features(knn_inputs), knn_set[1], knn_set[2])
+        if knn_set is not None and knn_pixels is not None:
+            prec, rand = knn_precision(features(knn_pixels), knn_set[1], knn_set[2])
             record |= {"knn_precision": prec, "knn_random": rand, "knn_chips": len(knn_set[0])}
         history.append(record)
         ran += 1
