@@ -425,7 +425,9 @@ def run_pretrain(
         knn_pixels, errors = decode_chips(chips, knn_set[0], config.chip_size)
         readable = [k for k, e in enumerate(errors) if e is None]
         if len(readable) < len(errors):
-            note(f"kNN metric: left out {len(errors) - len(readable)} chip(s) that cannot be read (the first: {next(e for e in errors if e)})")
+            note(
+                f"kNN metric: left out {len(errors) - len(readable)} chip(s) that cannot be read (the first: {next(e for e in errors if e)})"
+            )
             knn_pixels = knn_pixels[readable]
             knn_set = ([knn_set[0][k] for k in readable], knn_set[1][readable], [knn_set[2][k] for k in readable])
 
