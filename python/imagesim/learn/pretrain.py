@@ -458,10 +458,10 @@ def run_pretrain(
                     if problem not in unreadable:
                         unreadable[problem] = None
                         note(f"left out a place whose chip cannot be read: {problem}")
-                if bar is not None:
-                    bar.update(step)
                 pairs = len(first)
                 if pairs < 2:  # the projector's BatchNorm needs two places
+                    if bar is not None:
+                        bar.update(step)
                     continue
                 x = model_input(torch.cat([first, second]), torch.cat([first_colour, second_colour]), device, channels_last=cuda)
                 with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
@@ -474,6 +474,8 @@ def run_pretrain(
                 scheduler.step()
                 total += loss.detach() * pairs
                 count += pairs
+                if bar is not None:
+                    bar.update(step)
         finally:
             if bar is not None:
                 bar.close()

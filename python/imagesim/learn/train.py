@@ -395,8 +395,8 @@ def run_train(
                     if problem not in unreadable:
                         unreadable[problem] = None
                         note(f"left out a chip that cannot be read: {problem}")
-                bar.update(step)
                 if len(t) < (2 if train else 1):  # BatchNorm cannot train on one chip
+                    bar.update(step)
                     continue
                 x = model_input(pixels, factors, device, channels_last=cuda)
                 t = t.to(device, non_blocking=True)
@@ -414,6 +414,7 @@ def run_train(
                     targets.append(t)
                 total += loss.detach() * len(t)
                 count += len(t)
+                bar.update(step)
         finally:
             bar.close()
         if count == 0:
@@ -424,7 +425,7 @@ def run_train(
         mean_loss = float(total) / count  # waits for the GPU once an epoch
         seconds = time.perf_counter() - t0
         if not train:
-            return mean_loss, torch.cat(probs).cpu().numpy(), torch.cat(targets).cpu().numpy(), count / max(seconds, 1e-9)
+            return mean_loss, torch.cat(probs).cpu().numpy(), torch.cat(targets).cpu().numpy().astype(np.uint8), count / max(seconds, 1e-9)
         return mean_loss, np.zeros((0, len(table.classes))), np.zeros((0, len(table.classes))), count / max(seconds, 1e-9)
 
     ran = 0
