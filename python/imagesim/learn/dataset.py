@@ -299,6 +299,24 @@ def decode_chips(chips: Path, paths: list[str], size: int, threads: int = 0) -> 
     return out, [e.replace(": encode takes RGB chips", ": the model takes RGB chips") if e else None for e in errors]
 
 
+_CONSTANTS: dict[str, tuple[Any, Any, Any]] = {}
+
+
+def _constants(device: Any) -> tuple[Any, Any, Any]:
+    """The grey weights and ImageNet mean/std on ``device``, made once: a tensor made from Python values on
+    a GPU is a copy from pageable memory, which waits for the GPU's queue to drain each batch."""
+    key = str(device)
+    if key not in _CONSTANTS:
+        import torch
+
+        _CONSTANTS[key] = (
+            torch.tensor(GRAY_WEIGHTS, device=device),
+            torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1),
+            torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1),
+        )
+    return _CONSTANTS[key]
+
+
 def model_input(pixels: Any, factors: Any, device: Any, *, channels_last: bool = False) -> Any:
     """A batch as the model takes it: uint8 NHWC chips → normalised float NCHW on ``device``, colour-jittered
     by ``factors`` when given: (n, 3) brightness, contrast, saturation, or (n, 6) with a colour cast per
@@ -311,6 +329,7 @@ def model_input(pixels: Any, factors: Any, device: Any, *, channels_last: bool =
     import torch
 
     x = pixels.to(device, non_blocking=True).permute(0, 3, 1, 2).float()  # 0…255
+    grey_weights, mean_rgb, std_rgb = _constants(x.device)
     dev = x.device
     if factors is None:
         x = x.div_(255.0)
@@ -320,11 +339,11 @@ def model_input(pixels: Any, factors: Any, device: Any, *, channels_last: bool =
         # pass: s·c·b·x + (1 − s)·c·b·grey(x) + (1 − c)·b·mean(x) + cast, then clipped to [0, 1].
         f = factors.to(dev, non_blocking=True).view(len(x), -1, 1, 1)
         b, c, s = f[:, 0:1] / 255.0, f[:, 1:2], f[:, 2:3]  # b also takes x from 0…255 to 0…1
-        grey = torch.einsum("nchw,c->nhw", x, torch.tensor(GRAY_WEIGHTS, device=dev)).unsqueeze(1)
+        grey = torch.einsum("nchw,c->nhw", x, grey_weights).unsqueeze(1)
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
         shift = (1 - c) * b * mean + (f[:, 3:6] if f.shape[1] == 6 else 0.0)
         x = torch.addcmul(grey * ((1 - s) * c * b) + shift, x, s * c * b).clamp_(0.0, 1.0)
-    x = x.sub_(torch.tensor(IMAGENET_MEAN, device=dev).view(1, 3, 1, 1)).div_(torch.tensor(IMAGENET_STD, device=dev).view(1, 3, 1, 1))
+    x = x.sub_(mean_rgb).div_(std_rgb)
     return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
