@@ -375,7 +375,8 @@ def run_pretrain(
     if cuda:
         cuda_kernels(torch, deterministic=False)
         model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-4)
+    # fused on CUDA: one kernel, and the AMP scaler's overflow check stays on the GPU (see `train`)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-4, fused=True if cuda else None)
     dataset = PairDataset(
         chips,
         paths,
