@@ -10,7 +10,8 @@ Chips: z17 chips of the full-size sample COG (the ones with data). Model: a resn
 
 Targets: CPU >= 2x the baseline; H100 >= 5,000 chips/s end to end at 224 px with --fp16.
 
-    python benches/bench_encode.py [--count 256] [--size 224] [--batch-size 32] [--fp16] [--workers 2]
+    python benches/bench_encode.py [--count 256] [--size 224] [--batch-size 32] [--fp16] [--workers 2] [--chips DIR]
+                                   [--agree N]
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_chip import REPO, ensure_cog  # noqa: E402
@@ -115,6 +117,19 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers of the baseline")
     ap.add_argument("--fp16", action="store_true")
+    ap.add_argument(
+        "--chips",
+        type=Path,
+        help="encode this chips folder (every chip with data, both sides) instead of --count chips of the sample COG: "
+        "e.g. a set of >= 10,000 grown with ../shared/tools/gpu-offline/replicate.py on a GPU machine",
+    )
+    ap.add_argument(
+        "--agree",
+        type=int,
+        default=0,
+        help="also encode this many of the chips on the CPU with the float32 model and print the cosine between "
+        "those embeddings and the timed run's (goal on a GPU: >= 0.999 fp32, >= 0.99 fp16)",
+    )
     ap.add_argument("--out", type=Path, default=REPO / "bench-out")
     args = ap.parse_args()
     import polars as pl
@@ -124,19 +139,26 @@ def main() -> None:
     from imagesim.learn.encode import EncodeSettings, cuda_device_count, run_encode
     from imagesim.learn.export import ExportSettings, export_onnx
 
-    cog = ensure_cog(args.out)
-    catalog_id = cog.name[: -len("-visual.tif")]
-    chips = args.out / "encode-chips"
-    if not (chips / "chips.parquet").exists():
-        run_chip(cog.parents[3], chips, ChipSettings(zoom=17), catalog_ids=[catalog_id])
-    manifest = pl.read_parquet(chips / "chips.parquet").filter(pl.col("nodata_class") == "all_data").sort("chip")
-    subset = args.out / "encode-subset"
-    shutil.rmtree(subset, ignore_errors=True)
-    (subset / str(manifest["zone"][0])).mkdir(parents=True)
-    rows = manifest.head(args.count)
-    for zone, chip in rows.select("zone", "chip").iter_rows():
-        shutil.copy(chips / str(zone) / chip, subset / str(zone) / chip)
-    rows.write_parquet(subset / "chips.parquet")
+    if args.chips is not None:
+        # The folder as it is: `encode` takes every chip with data (no_data left out), so the baseline does too.
+        subset, source = args.chips, str(args.chips)
+        rows = pl.read_parquet(subset / "chips.parquet")
+        if "nodata_class" in rows.columns:
+            rows = rows.filter(pl.col("nodata_class").is_null() | (pl.col("nodata_class") != "no_data"))
+    else:
+        cog = ensure_cog(args.out)
+        source = cog.name
+        chips = args.out / "encode-chips"
+        if not (chips / "chips.parquet").exists():
+            run_chip(cog.parents[3], chips, ChipSettings(zoom=17), catalog_ids=[cog.name[: -len("-visual.tif")]])
+        manifest = pl.read_parquet(chips / "chips.parquet").filter(pl.col("nodata_class") == "all_data").sort("chip")
+        subset = args.out / "encode-subset"
+        shutil.rmtree(subset, ignore_errors=True)
+        (subset / str(manifest["zone"][0])).mkdir(parents=True)
+        rows = manifest.head(args.count)
+        for zone, chip in rows.select("zone", "chip").iter_rows():
+            shutil.copy(chips / str(zone) / chip, subset / str(zone) / chip)
+        rows.write_parquet(subset / "chips.parquet")
     paths = [subset / str(z) / c for z, c in rows.select("zone", "chip").iter_rows()]
     for p in paths:
         p.read_bytes()  # same warm page cache for both sides
@@ -149,7 +171,7 @@ def main() -> None:
     export_onnx(model_pt, onnx_path, ExportSettings(fp16=args.fp16, overwrite=True, parity_chips=subset))
     torch.set_num_threads(torch.get_num_threads())
     print(
-        f"{len(paths)} z17 chips ({cog.name}), {args.backbone} at {args.size} px, batch {args.batch_size}, "
+        f"{len(paths)} chips ({source}), {args.backbone} at {args.size} px, batch {args.batch_size}, "
         f"{'fp16' if args.fp16 else 'fp32'}, device {device}",
         flush=True,
     )
@@ -161,10 +183,45 @@ def main() -> None:
     )
     ours = summary.rate
     base = run_baseline(model_pt, paths, args.size, args.batch_size, args.workers, device, args.fp16)
+    if summary.encoded != len(paths):
+        print(f"note: imagesim encoded {summary.encoded} chips, the baseline {len(paths)}")
     print(f"imagesim encode ({summary.provider}): {ours:8.1f} chips/s")
     print(f"PyTorch baseline (PIL + torchvision + DataLoader x{args.workers} + eager): {base:8.1f} chips/s")
     target = "5,000 chips/s on an H100 at 224 px fp16" if gpu else "2x the baseline on CPU"
     print(f"ratio: {ours / base:.2f}x  (target: {target})")
+    if args.agree:
+        agreement(args, model_pt, rows, subset, summary.provider)
+
+
+def agreement(args: argparse.Namespace, model_pt: Path, rows: Any, subset: Path, provider: str) -> None:
+    """Cosine between the timed run's embeddings and a CPU encode (float32 model) of the first ``--agree`` chips."""
+    import numpy as np
+    import polars as pl
+
+    from imagesim.learn.encode import EncodeSettings, run_encode
+    from imagesim.learn.export import ExportSettings, export_onnx
+
+    some = args.out / "encode-agree"
+    shutil.rmtree(some, ignore_errors=True)
+    head = rows.head(args.agree)
+    for zone, chip in head.select("zone", "chip").iter_rows():
+        (some / str(zone)).mkdir(parents=True, exist_ok=True)
+        shutil.copy(subset / str(zone) / chip, some / str(zone) / chip)
+    head.write_parquet(some / "chips.parquet")
+    fp32 = args.out / f"encode-{args.backbone}-{args.size}.onnx"
+    if args.fp16:
+        export_onnx(model_pt, fp32, ExportSettings(overwrite=True, parity_chips=some))
+    run_encode(fp32, some, EncodeSettings(out=args.out / "encode-agree.parquet", provider="cpu", overwrite=True))
+    cpu = pl.read_parquet(args.out / "encode-agree.parquet").select("chip", "embedding")
+    ours = pl.read_parquet(args.out / "encode-bench.parquet").select("chip", "embedding")
+    both = cpu.join(ours, on="chip", suffix="_run")
+    a, b = np.stack(both["embedding"].to_list()), np.stack(both["embedding_run"].to_list())
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    goal = 0.99 if args.fp16 else 0.999
+    print(
+        f"agreement on {len(both)} chips, {provider} {'fp16' if args.fp16 else 'fp32'} vs CPU fp32: cosine min {cos.min():.5f}, "
+        f"mean {cos.mean():.5f} (goal >= {goal}) [{'met' if cos.min() >= goal else 'MISSED'}]"
+    )
 
 
 if __name__ == "__main__":
