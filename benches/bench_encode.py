@@ -219,8 +219,9 @@ def agreement(args: argparse.Namespace, model_pt: Path, rows: Any, subset: Path,
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
     goal = 0.99 if args.fp16 else 0.999
     print(
-        f"agreement on {len(both)} chips, {provider} {'fp16' if args.fp16 else 'fp32'} vs CPU fp32: cosine min {cos.min():.5f}, "
-        f"mean {cos.mean():.5f} (goal >= {goal}) [{'met' if cos.min() >= goal else 'MISSED'}]"
+        f"agreement on {len(both)} chips, {provider} {'fp16' if args.fp16 else 'fp32'} vs CPU fp32: cosine min {cos.min():.5f} "
+        f"(1 - cos up to {1 - cos.min():.1e}), mean {cos.mean():.5f}; largest difference {np.abs(a - b).max():.1e} "
+        f"(goal >= {goal}) [{'met' if cos.min() >= goal else 'MISSED'}]"
     )
 
 
