@@ -250,6 +250,17 @@ def test_unreadable_chips_are_left_out_and_named(chips, tmp_path) -> None:
     left_out = [m for m in logs if "left out a chip that cannot be read" in m]
     assert len(left_out) == 1 and str(bad) in left_out[0] and left_out[0] in result.notes
     assert result.n_train + result.n_val == len(table)
+    unreadable = json.loads((tmp_path / "run" / "metrics.json").read_text())["unreadable_chips"]
+    assert len(unreadable) == 1 and str(bad) in unreadable[0]
+
+    # Many bad chips: the first five are named, then counted at the epoch's end; metrics.json has them all.
+    for p in table.paths[2:12]:
+        (copy / p).write_bytes(b"\xff\xd8 not a jpeg either")
+    logs.clear()
+    run_train(config(copy, tmp_path / "many"), log=logs.append)
+    named = [m for m in logs if "left out a chip that cannot be read" in m]
+    assert len(named) == 5 and any("11 unreadable chips left out so far" in m for m in logs), logs
+    assert len(json.loads((tmp_path / "many" / "metrics.json").read_text())["unreadable_chips"]) == 11
 
     for p in table.paths:
         (copy / p).write_bytes(b"")

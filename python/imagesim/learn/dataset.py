@@ -352,6 +352,42 @@ def keep_batch(batch: Any) -> Any:
     return batch
 
 
+class Unreadable:
+    """The chips a run left out because they cannot be read, each problem once and in the order met.
+
+    The first :attr:`NAMED` are noted by name as they come (``what``: "a chip that cannot be read"); past
+    them, :meth:`epoch_end` notes how many there are so far, so thousands of bad files do not flood the
+    log. :attr:`problems` lists them all (the run's ``metrics.json`` keeps them).
+    """
+
+    NAMED = 5
+
+    def __init__(self, note: Any, what: str) -> None:
+        self.note, self.what = note, what
+        self._seen: dict[str, None] = {}
+        self._counted = 0
+
+    @property
+    def problems(self) -> list[str]:
+        return list(self._seen)
+
+    def add(self, problems: list[str]) -> None:
+        for problem in problems:
+            if problem not in self._seen:
+                self._seen[problem] = None
+                if len(self._seen) <= self.NAMED:
+                    self.note(f"left out {self.what}: {problem}")
+
+    def epoch_end(self) -> None:
+        if len(self._seen) > self.NAMED and len(self._seen) != self._counted:
+            self._counted = len(self._seen)
+            self.note(f"{self._counted} unreadable chips left out so far (the first {self.NAMED} named above; all in metrics.json)")
+
+    def summary(self) -> str:
+        """What an error says when nothing could be read."""
+        return f" ({len(self._seen)} unreadable; the first: {next(iter(self._seen))})" if self._seen else ""
+
+
 class ChipDataset:
     """Chips with their float targets, fetched a batch at a time (:meth:`__getitems__`).
 

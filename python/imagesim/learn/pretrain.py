@@ -37,7 +37,7 @@ from imagesim import grid, options
 from imagesim.artefacts import LABELS_PARQUET, METRICS_JSON, read_chip_table, with_data
 from imagesim.errors import ImagesimFileNotFoundError, InvalidArgumentError, JpegError, OutputExistsError
 from imagesim.fsutil import write_json, write_with
-from imagesim.learn.dataset import decode_chips, model_input
+from imagesim.learn.dataset import Unreadable, decode_chips, model_input
 from imagesim.learn.model import BACKBONE_FORMAT, BACKBONE_KIND
 
 __all__ = ["PretrainConfig", "PretrainResult", "run_pretrain", "places", "nt_xent", "knn_precision", "BACKBONE_KIND"]
@@ -442,7 +442,7 @@ def run_pretrain(
         return np.concatenate(outs) if outs else np.zeros((0, FEATURES[config.backbone]), np.float32)
 
     bar_factory = progress or (lambda desc, total: None)
-    unreadable: dict[str, None] = {}  # problems of chips whose places were left out, each noted once
+    unreadable = Unreadable(note, "a place whose chip cannot be read")
     rates: list[float] = []
     ran = 0
     for epoch in range(start, config.epochs):
@@ -455,10 +455,7 @@ def run_pretrain(
         total, count = torch.zeros((), device=device), 0  # summed on the device: no wait for the GPU each step
         try:
             for step, (first, second, first_colour, second_colour, problems) in enumerate(loader, 1):
-                for problem in problems:
-                    if problem not in unreadable:
-                        unreadable[problem] = None
-                        note(f"left out a place whose chip cannot be read: {problem}")
+                unreadable.add(problems)
                 pairs = len(first)
                 if pairs < 2:  # the projector's BatchNorm needs two places
                     if bar is not None:
@@ -481,10 +478,7 @@ def run_pretrain(
             if bar is not None:
                 bar.close()
         if count == 0:
-            raise JpegError(
-                f"{chips}: no batch of epoch {epoch + 1} had two places whose chips could be read"
-                + (f" ({len(unreadable)} unreadable; the first: {next(iter(unreadable))})" if unreadable else "")
-            )
+            raise JpegError(f"{chips}: no batch of epoch {epoch + 1} had two places whose chips could be read" + unreadable.summary())
         mean_loss = float(total) / max(count, 1)  # waits for the GPU once an epoch
         seconds = time.perf_counter() - t0
         rates.append(2 * count / max(seconds, 1e-9))
@@ -493,6 +487,7 @@ def run_pretrain(
             prec, rand = knn_precision(features(knn_pixels), knn_set[1], knn_set[2])
             record |= {"knn_precision": prec, "knn_random": rand, "knn_chips": len(knn_set[0])}
         history.append(record)
+        unreadable.epoch_end()
         ran += 1
         knn = f", kNN precision@{KNN_K} {record['knn_precision']:.3f} (random {record['knn_random']:.3f})" if knn_set is not None else ""
         log(f"epoch {epoch + 1}/{config.epochs}: loss {record['loss']:.4f}{knn}; {record['images_per_s']:.1f} img/s")
@@ -516,6 +511,7 @@ def run_pretrain(
                 "temporal_places": temporal,
                 "config": asdict(config),
                 "history": history,
+                "unreadable_chips": unreadable.problems,
                 "notes": notes,
             },
         )

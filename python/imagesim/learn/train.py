@@ -248,7 +248,16 @@ def run_train(
     import torch
     from torch import nn
 
-    from imagesim.learn.dataset import ChipDataset, EpochSampler, check_chips, keep_batch, load_labels, make_split, model_input
+    from imagesim.learn.dataset import (
+        ChipDataset,
+        EpochSampler,
+        Unreadable,
+        check_chips,
+        keep_batch,
+        load_labels,
+        make_split,
+        model_input,
+    )
     from imagesim.learn.devices import cuda_kernels, torch_device
     from imagesim.learn.metrics import evaluate, frequency_baseline
     from imagesim.learn.model import MultilabelNet, load_backbone_weights
@@ -381,7 +390,7 @@ def run_train(
         write_json(out / SPLIT_JSON, split_info)
     bar_factory = progress or (lambda desc, total: _NullBar())
 
-    unreadable: dict[str, None] = {}  # problems of chips left out, in the order met (each noted once)
+    unreadable = Unreadable(note, "a chip that cannot be read")
 
     def run_epoch(epoch: int, train: bool) -> tuple[float, np.ndarray, np.ndarray, float]:
         """Loss, probabilities and targets of the chips read, images/s. Nothing here waits for the GPU
@@ -394,10 +403,7 @@ def run_train(
         t0 = time.perf_counter()
         try:
             for step, (pixels, factors, t, problems) in enumerate(loader, 1):
-                for problem in problems:
-                    if problem not in unreadable:
-                        unreadable[problem] = None
-                        note(f"left out a chip that cannot be read: {problem}")
+                unreadable.add(problems)
                 if len(t) < (2 if train else 1):  # BatchNorm cannot train on one chip
                     bar.update(step)
                     continue
@@ -422,8 +428,7 @@ def run_train(
             bar.close()
         if count == 0:
             raise JpegError(
-                f"{chips}: no {'training' if train else 'validation'} chip of epoch {epoch + 1} could be read"
-                + (f" ({len(unreadable)} unreadable; the first: {next(iter(unreadable))})" if unreadable else "")
+                f"{chips}: no {'training' if train else 'validation'} chip of epoch {epoch + 1} could be read" + unreadable.summary()
             )
         mean_loss = float(total) / count  # waits for the GPU once an epoch
         seconds = time.perf_counter() - t0
@@ -500,7 +505,8 @@ def run_train(
                 "best_epoch": best_epoch,
             },
         )
-        _write_metrics(out, config, table, split_info, baseline, history, best, best_epoch)
+        unreadable.epoch_end()
+        _write_metrics(out, config, table, split_info, baseline, history, best, best_epoch, unreadable.problems)
         plot_curves(history, baseline, out / TRAINING_CURVES)
         log(
             f"epoch {epoch + 1}/{epochs}{' (backbone frozen)' if frozen else ''}: loss {train_loss:.4f} / val {val_loss:.4f}; "
@@ -531,7 +537,15 @@ def run_train(
 
 
 def _write_metrics(
-    out: Path, config: TrainConfig, table, split_info: dict, baseline: dict, history: list[dict], best: dict | None, best_epoch: int
+    out: Path,
+    config: TrainConfig,
+    table,
+    split_info: dict,
+    baseline: dict,
+    history: list[dict],
+    best: dict | None,
+    best_epoch: int,
+    unreadable: list[str],
 ) -> None:
     write_json(
         out / METRICS_JSON,
@@ -546,6 +560,7 @@ def _write_metrics(
             "best_epoch": best_epoch,
             "best": best,
             "epochs": history,
+            "unreadable_chips": unreadable,  # left out of this call's epochs (see the log)
         },
     )
 
