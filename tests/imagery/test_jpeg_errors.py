@@ -152,7 +152,7 @@ def test_encode_decoder_uses_the_same_words(bad_chips, tmp_path) -> None:
         assert msg is not None and msg.startswith(paths[kinds.index(kind)] + ": "), (kind, msg)
         # The same category for the same file as nodata-index (a note there, a refusal here).
         assert category(msg) == category(by_nodata[names[kind]]), (kind, msg, by_nodata[names[kind]])
-    assert errors["grey"].endswith("greyscale JPEG (1 component): encode takes RGB chips")
+    assert errors["grey"].endswith("greyscale JPEG (1 component): the model takes RGB chips")
     assert errors["small"].endswith("wrong chip size: expected 512×512 for a z17 chip, got 256×256")
     # Refused chips are not fed to the model: their slots are zeroed.
     for kind in ("grey", "small", "odd", "cmyk"):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -296,7 +297,7 @@ def decode_chips(chips: Path, paths: list[str], size: int, threads: int = 0) -> 
 
     out = np.empty((len(paths), size, size, 3), np.uint8)
     errors = _imagesim.decode_batch([str(chips / p) for p in paths], out, threads=threads)
-    return out, [e.replace(": encode takes RGB chips", ": the model takes RGB chips") if e else None for e in errors]
+    return out, errors
 
 
 _CONSTANTS: dict[str, tuple[Any, Any, Any]] = {}
@@ -362,7 +363,7 @@ class Unreadable:
 
     NAMED = 5
 
-    def __init__(self, note: Any, what: str) -> None:
+    def __init__(self, note: Callable[[str], None], what: str) -> None:
         self.note, self.what = note, what
         self._seen: dict[str, None] = {}
         self._counted = 0

@@ -82,7 +82,7 @@ pub fn decode_resize_into(
             *slot = None; // a handle that failed mid-stream can carry its state into the next image
         }
         result.map_err(|p| match p {
-            Problem::Greyscale => format!("{p}: encode takes RGB chips"),
+            Problem::Greyscale => format!("{p}: the model takes RGB chips"),
             p => p.to_string(),
         })
     })?;
